@@ -1,0 +1,6 @@
+//! `scold ctl` (being built).
+#[derive(clap::Args)]
+pub struct Args {}
+pub async fn run(_a: Args) -> anyhow::Result<()> {
+    anyhow::bail!("scold ctl is not available in this build")
+}

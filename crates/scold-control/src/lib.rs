@@ -1,0 +1,3 @@
+//! The SCOLD control plane.
+pub mod coordinator;
+pub mod ctl;

@@ -1,0 +1,2 @@
+//! Secure DNS of SCOLD.
+pub mod cli;

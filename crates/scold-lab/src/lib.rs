@@ -1,0 +1,2 @@
+//! The SCOLD testbed.
+pub mod cli;

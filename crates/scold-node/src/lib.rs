@@ -1,0 +1,5 @@
+//! The SCOLD daemons on the data path.
+pub mod client;
+pub mod gateway;
+pub mod proxy;
+pub mod target;

@@ -1,0 +1,2 @@
+//! The consortium certificate authority of SCOLD.
+pub mod cli;

@@ -1,0 +1,1 @@
+//! Data-plane commands carried by the control channel (being built).

@@ -1,0 +1,8 @@
+//! Sans-IO wire formats and state machines of SCOLD.
+//!
+//! Everything here is pure: no sockets, no clocks (time is a parameter), no threads.
+//! The daemons in `scold-node` drive these types over real I/O; the fuzz targets and
+//! unit tests drive them over bytes in memory.
+
+pub mod dataplane;
+pub mod identity;
