@@ -4,5 +4,8 @@
 //! The daemons in `scold-node` drive these types over real I/O; the fuzz targets and
 //! unit tests drive them over bytes in memory.
 
+pub mod control;
 pub mod dataplane;
+pub mod frame;
 pub mod identity;
+pub mod state;

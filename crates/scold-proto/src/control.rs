@@ -1,0 +1,494 @@
+//! Control messages between SCOLD daemons, and who may send which.
+//!
+//! Every message travels in one frame (see [`crate::frame`]) as JSON. Either side of a
+//! connection may send requests; each carries an id chosen by its sender, and the answer
+//! echoes it. Commands that change state carry an epoch: the coordinator raises a
+//! target's epoch on every phase change, and a node refuses a command older than the
+//! newest it has applied for that target, so a replayed or reordered message does no
+//! harm. Commands are idempotent, so a retry of the same epoch is harmless too.
+
+use crate::identity::{Identity, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use thiserror::Error;
+
+pub type RequestId = u64;
+
+/// One control-channel message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    Request { id: RequestId, request: Request },
+    Response { id: RequestId, response: Response },
+}
+
+/// What a node tells the coordinator about itself when it (re)connects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The address clients or proxies reach this node at (proxies: the public address
+    /// that goes into ALT records).
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// Capacity the node offers, in Mbit/s (proxies).
+    #[serde(default)]
+    pub capacity_mbps: Option<u32>,
+    /// Organisation of the consortium that contributes the node.
+    #[serde(default)]
+    pub organisation: Option<String>,
+    /// Software version, for the operator's view.
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    // --- nodes -> coordinator -------------------------------------------------------
+    /// A proxy, gateway, target or client announces itself after connecting.
+    Register(NodeInfo),
+    /// Liveness; a node that stays silent is marked down.
+    Heartbeat {
+        seq: u64,
+    },
+    /// A target reports an attack on its main link (paper Sec. 3 step 1).
+    Alarm {
+        target: String,
+        /// Free-form summary from the detector: rates, protocol mix, top sources.
+        #[serde(default)]
+        summary: serde_json::Value,
+    },
+    /// A target reports that the attack has ended (after its hold-down time).
+    AllClear {
+        target: String,
+    },
+    /// A proxy reports a severe attack on itself (paper Sec. 4.4).
+    ProxyAttacked {
+        proxy: String,
+        #[serde(default)]
+        summary: serde_json::Value,
+    },
+    /// A proxy reports attack sources it filtered (traceback information).
+    Traceback {
+        proxy: String,
+        sources: Vec<IpAddr>,
+    },
+
+    // --- coordinator -> nodes -------------------------------------------------------
+    /// A data-plane order for one target (route set-up, tear-down, ...).
+    Dataplane {
+        target: String,
+        epoch: u64,
+        command: serde_json::Value,
+    },
+
+    // --- operator -> coordinator ----------------------------------------------------
+    Status,
+    Proxies,
+    Events {
+        limit: u32,
+    },
+    Divert {
+        target: String,
+    },
+    Restore {
+        target: String,
+    },
+}
+
+impl Request {
+    /// Short stable name, used in logs and as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Register(_) => "register",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::Alarm { .. } => "alarm",
+            Request::AllClear { .. } => "all_clear",
+            Request::ProxyAttacked { .. } => "proxy_attacked",
+            Request::Traceback { .. } => "traceback",
+            Request::Dataplane { .. } => "dataplane",
+            Request::Status => "status",
+            Request::Proxies => "proxies",
+            Request::Events { .. } => "events",
+            Request::Divert { .. } => "divert",
+            Request::Restore { .. } => "restore",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Response {
+    Ok { reply: Reply },
+    Refused(Refusal),
+    Failed { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Done,
+    Registered {
+        heartbeat_ms: u64,
+    },
+    Status(StatusReport),
+    Proxies {
+        proxies: Vec<ProxyView>,
+    },
+    Events {
+        events: Vec<EventView>,
+    },
+    /// The current phase of a target after an operator or alarm request.
+    Target(TargetView),
+    /// Result of a data-plane order.
+    Dataplane {
+        result: serde_json::Value,
+    },
+}
+
+/// Why a request was refused. Typed, so the sender can tell a bug from a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The peer's role may not send this request.
+    Role,
+    /// The peer's role may, but not about this subject (e.g. an alarm for another target).
+    Subject,
+    /// The command's epoch is older than one already applied.
+    Stale,
+    /// The request names a target, proxy or gateway the receiver does not know.
+    Unknown,
+    /// The request is malformed.
+    BadRequest,
+    /// The receiver cannot do this yet (a subsystem is not available).
+    Unavailable,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Role => "role",
+            RefusalReason::Subject => "subject",
+            RefusalReason::Stale => "stale",
+            RefusalReason::Unknown => "unknown",
+            RefusalReason::BadRequest => "bad_request",
+            RefusalReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("refused ({reason:?}): {message}")]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: RefusalReason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+// --- operator views ----------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub targets: Vec<TargetView>,
+    pub proxies: Vec<ProxyView>,
+    pub gateways: Vec<NodeView>,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetView {
+    pub name: String,
+    pub phase: String,
+    pub epoch: u64,
+    pub scheme: String,
+    /// Proxies currently in the target's ALT set (or its A records, scheme 4.3).
+    pub proxies: Vec<String>,
+    /// Steps still to do in the current phase.
+    pub pending: Vec<String>,
+    pub last_error: Option<String>,
+    /// Unix time (ms) of the last phase change.
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub organisation: Option<String>,
+    pub capacity_mbps: Option<u32>,
+    pub health: String,
+    /// Unix time (ms) the proxy was last heard from, if ever.
+    pub last_seen_ms: Option<u64>,
+    /// Targets whose ALT set lists this proxy.
+    pub serving: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub health: String,
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub subject: String,
+    pub event: String,
+    pub detail: String,
+}
+
+// --- codec -------------------------------------------------------------------------
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("malformed control message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Message {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising these types cannot fail: every map key is a string.
+        serde_json::to_vec(self).expect("control messages serialise")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+// --- authorisation -----------------------------------------------------------------
+
+/// The one authorisation table: which roles may send each request, and whether the
+/// request's subject must be the sender itself.
+///
+/// `Subject::Own` means the request names a target or proxy, and a peer may only speak
+/// for the node its certificate names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Any,
+    Own,
+}
+
+pub fn policy(req: &Request) -> (&'static [Role], Subject) {
+    use Role::*;
+    match req {
+        Request::Register(_) | Request::Heartbeat { .. } => {
+            (&[Proxy, Gateway, Target, Client], Subject::Any)
+        }
+        Request::Alarm { .. } | Request::AllClear { .. } => (&[Target], Subject::Own),
+        Request::ProxyAttacked { .. } | Request::Traceback { .. } => (&[Proxy], Subject::Own),
+        Request::Dataplane { .. } => (&[Coordinator], Subject::Any),
+        Request::Status | Request::Proxies | Request::Events { .. } => (&[Operator], Subject::Any),
+        Request::Divert { .. } | Request::Restore { .. } => (&[Operator], Subject::Any),
+    }
+}
+
+fn subject_of(req: &Request) -> Option<&str> {
+    match req {
+        Request::Alarm { target, .. } | Request::AllClear { target } => Some(target),
+        Request::ProxyAttacked { proxy, .. } | Request::Traceback { proxy, .. } => Some(proxy),
+        _ => None,
+    }
+}
+
+/// Decides whether `peer` may send `req`.
+pub fn authorize(peer: &Identity, req: &Request) -> Result<(), Refusal> {
+    let (roles, subject) = policy(req);
+    if !roles.contains(&peer.role) {
+        return Err(Refusal::new(
+            RefusalReason::Role,
+            format!("a {} may not send {}", peer.role, req.kind()),
+        ));
+    }
+    if subject == Subject::Own {
+        let named = subject_of(req).unwrap_or_default();
+        if named != peer.name {
+            return Err(Refusal::new(
+                RefusalReason::Subject,
+                format!(
+                    "{} may send {} only about itself, not about {named:?}",
+                    peer,
+                    req.kind()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// --- epochs ------------------------------------------------------------------------
+
+/// Node-side guard against replayed or reordered commands: remembers the newest epoch
+/// applied per target and refuses anything older.
+#[derive(Debug, Default, Clone)]
+pub struct EpochGuard {
+    newest: HashMap<String, u64>,
+}
+
+impl EpochGuard {
+    /// Accepts `epoch` for `target` if it is not older than the newest seen, and records it.
+    pub fn admit(&mut self, target: &str, epoch: u64) -> Result<(), Refusal> {
+        match self.newest.get_mut(target) {
+            Some(newest) if epoch < *newest => Err(Refusal::new(
+                RefusalReason::Stale,
+                format!("epoch {epoch} for {target} is older than the applied epoch {newest}"),
+            )),
+            Some(newest) => {
+                *newest = epoch;
+                Ok(())
+            }
+            None => {
+                self.newest.insert(target.to_string(), epoch);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(role: Role, name: &str) -> Identity {
+        Identity::new(role, name).unwrap()
+    }
+
+    fn every_request() -> Vec<Request> {
+        vec![
+            Request::Register(NodeInfo::default()),
+            Request::Heartbeat { seq: 1 },
+            Request::Alarm {
+                target: "web".into(),
+                summary: serde_json::Value::Null,
+            },
+            Request::AllClear {
+                target: "web".into(),
+            },
+            Request::ProxyAttacked {
+                proxy: "p1".into(),
+                summary: serde_json::Value::Null,
+            },
+            Request::Traceback {
+                proxy: "p1".into(),
+                sources: vec![],
+            },
+            Request::Dataplane {
+                target: "web".into(),
+                epoch: 3,
+                command: serde_json::json!({"op": "x"}),
+            },
+            Request::Status,
+            Request::Proxies,
+            Request::Events { limit: 10 },
+            Request::Divert {
+                target: "web".into(),
+            },
+            Request::Restore {
+                target: "web".into(),
+            },
+        ]
+    }
+
+    /// The whole table, spelled out: (role, name) x request -> allowed?
+    #[test]
+    fn authorisation_table() {
+        use Role::*;
+        let expect = |role: Role, name: &str, req: &Request| -> bool {
+            match req.kind() {
+                "register" | "heartbeat" => matches!(role, Proxy | Gateway | Target | Client),
+                "alarm" | "all_clear" => role == Target && name == "web",
+                "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
+                "dataplane" => role == Coordinator,
+                "status" | "proxies" | "events" | "divert" | "restore" => role == Operator,
+                other => panic!("request {other} missing from the test"),
+            }
+        };
+        for role in Role::ALL {
+            for name in ["web", "p1", "other"] {
+                let peer = id(role, name);
+                for req in every_request() {
+                    let got = authorize(&peer, &req).is_ok();
+                    assert_eq!(got, expect(role, name, &req), "{peer} sending {req:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn target_cannot_raise_alarm_for_another() {
+        let err = authorize(
+            &id(Role::Target, "mail"),
+            &Request::Alarm {
+                target: "web".into(),
+                summary: serde_json::Value::Null,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, RefusalReason::Subject);
+    }
+
+    #[test]
+    fn proxy_cannot_command_a_gateway() {
+        let err = authorize(
+            &id(Role::Proxy, "p1"),
+            &Request::Dataplane {
+                target: "web".into(),
+                epoch: 1,
+                command: serde_json::Value::Null,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, RefusalReason::Role);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for (i, req) in every_request().into_iter().enumerate() {
+            let m = Message::Request {
+                id: i as u64,
+                request: req,
+            };
+            assert_eq!(Message::from_bytes(&m.to_bytes()).unwrap(), m);
+        }
+        let m = Message::Response {
+            id: 9,
+            response: Response::Refused(Refusal::new(RefusalReason::Stale, "old")),
+        };
+        assert_eq!(Message::from_bytes(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"{\"kind\":\"request\",\"id\":1}",
+            b"{\"kind\":\"request\",\"id\":-1,\"request\":{\"type\":\"status\"}}",
+            b"{\"kind\":\"request\",\"id\":1,\"request\":{\"type\":\"launch\"}}",
+            b"\xff\xfe",
+        ] {
+            assert!(Message::from_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn epoch_guard_refuses_older() {
+        let mut g = EpochGuard::default();
+        g.admit("web", 5).unwrap();
+        g.admit("web", 5).unwrap(); // retry of the same epoch: idempotent
+        g.admit("web", 6).unwrap();
+        assert_eq!(g.admit("web", 5).unwrap_err().reason, RefusalReason::Stale);
+        g.admit("mail", 1).unwrap(); // per target
+    }
+}
