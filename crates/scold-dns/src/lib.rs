@@ -1,2 +1,23 @@
-//! Secure DNS of SCOLD.
+//! Secure DNS of SCOLD (paper Section 3): how clients learn which proxies lead to a
+//! target under attack.
+//!
+//! - [`alt`]: the ALT record codec (sans-IO), used by every part that reads ALT answers.
+//! - [`zonefile`], [`zone`], [`answer`]: master files, zone data and the query path of
+//!   `scold dns`, the target's authoritative server.
+//! - [`update`], [`tsig`], [`journal`]: RFC 2136 dynamic update authenticated with
+//!   RFC 8945 TSIG, per-key policy, and the on-disk journal that makes every acknowledged
+//!   update survive a crash.
+//! - [`updater`]: the coordinator's client that sets and clears a target's ALT set.
+//! - [`resolver`]: `scold resolver`, the client site's caching resolver (ClientDNS) that
+//!   drops a cached name on a TSIG-signed NOTIFY from a proxy.
+//!
+//! Everything speaks standard DNS (ALT is an RFC 3597 unknown type), so BIND, Knot,
+//! Unbound and `nsupdate` interoperate with no patch.
+
+pub mod alt;
+pub mod answer;
 pub mod cli;
+pub mod tsig;
+pub mod wire;
+pub mod zone;
+pub mod zonefile;
