@@ -1,2 +1,30 @@
-//! The consortium certificate authority of SCOLD.
+//! The consortium certificate authority of SCOLD and the mutual TLS every daemon speaks.
+//!
+//! Every control connection between SCOLD daemons is TLS 1.3 with certificates on both
+//! sides, issued by one consortium CA (`scold ca`). A certificate names its holder's role
+//! and node in a SAN URI (`scold://proxy/p1`, see [`scold_proto::identity`]); peers are
+//! identified by that URI, never by DNS names. The CA publishes revocations as a signed
+//! X.509 CRL that running daemons re-read, so a revoked node is refused everywhere
+//! without restarts.
+//!
+//! - [`TlsIdentity`]: a daemon's loaded material, and its rustls server and client
+//!   configurations; [`peer_identity`] and [`refusal_reason`] for after the handshake.
+//! - [`Ca`]: the CA directory, used by `scold ca` and by the testbed to issue
+//!   certificates programmatically.
+
+pub mod ca;
+mod cert;
 pub mod cli;
+mod error;
+mod fsutil;
+mod refusal;
+mod tls;
+
+pub use ca::{Ca, CaInfo, CaInit, CertStatus, IndexEntry, IssuedPaths, RevokeTarget, Validity};
+pub use cert::identity_from_der;
+pub use error::PkiError;
+pub use refusal::{refusal_reason, refusal_reason_io, IdentityRefusal, RefusalReason};
+pub use scold_proto::identity::{Identity, Role};
+pub use tls::{
+    install_crypto_provider, peer_identity, TlsIdentity, TlsPaths, DEFAULT_CRL_CHECK_INTERVAL,
+};
