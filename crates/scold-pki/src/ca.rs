@@ -435,7 +435,9 @@ impl Ca {
     ) -> Result<IssuedPaths, PkiError> {
         // Identity fields are public: re-check so a hand-built one cannot smuggle a '/'.
         let id = Identity::new(id.role, id.name.clone())?;
-        let validity = Validity::between(validity.not_before, validity.not_after)?;
+        // Certificates carry whole seconds; the index records what the certificate says.
+        let secs = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+        let validity = Validity::between(secs(validity.not_before), secs(validity.not_after))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, id.to_string());
@@ -447,9 +449,9 @@ impl Ca {
                 .map_err(rc("encode the identity URI"))?,
         )];
         for d in dns {
-            sans.push(SanType::DnsName(d.clone().try_into().map_err(|_| {
-                PkiError::Validity(format!("{d:?} is not a DNS name (ASCII only)"))
-            })?));
+            let bad = || PkiError::Validity(format!("{d:?} is not a DNS name (ASCII only)"));
+            rustls::pki_types::DnsName::try_from(d.as_str()).map_err(|_| bad())?;
+            sans.push(SanType::DnsName(d.clone().try_into().map_err(|_| bad())?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.subject_alt_names = sans;
