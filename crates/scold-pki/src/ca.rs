@@ -259,6 +259,56 @@ pub fn normalise_serial(s: &str) -> Option<String> {
     unhex(s).map(|b| hex(&b))
 }
 
+fn read_index(dir: &Path) -> Result<IndexFile, PkiError> {
+    let path = dir.join(INDEX);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| PkiError::Index {
+            path: path.clone(),
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IndexFile {
+            version: 1,
+            ..Default::default()
+        }),
+        Err(source) => Err(PkiError::Read {
+            what: "CA index",
+            path,
+            source,
+        }),
+    }
+}
+
+/// An exclusive lock on the CA directory, released when dropped (the file is closed).
+/// `scold ca` run by an operator and the testbed may change the same CA at once; each
+/// change re-reads the index under the lock so neither loses the other's entries.
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_dir(dir: &Path) -> Result<DirLock, PkiError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| PkiError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    loop {
+        // SAFETY: flock on a descriptor we own and keep open for the call; no memory is
+        // passed.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(DirLock(f));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(PkiError::Write { path, source: err });
+        }
+    }
+}
+
 impl Ca {
     /// Creates a CA in `dir` (created if needed): key, self-signed certificate, empty
     /// index and an empty CRL, so daemons can name the CRL from the start.
@@ -274,6 +324,7 @@ impl Ca {
             return Err(PkiError::Validity("the organisation name is empty".into()));
         }
         create_dir(dir)?;
+        let _lock = lock_dir(dir)?;
         let key = KeyPair::generate().map_err(rc("generate the CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -312,7 +363,8 @@ impl Ca {
                 ..Default::default()
             },
         };
-        ca.write_crl(DEFAULT_CRL_DAYS)?;
+        // Also replaces the index, so a forced re-init forgets the old CA's entries.
+        ca.write_crl_locked(DEFAULT_CRL_DAYS)?;
         tracing::info!(dir = %dir.display(), "created consortium CA");
         Ok(ca)
     }
@@ -355,24 +407,7 @@ impl Ca {
                 key: key_path,
             });
         }
-        let index_path = dir.join(INDEX);
-        let index = match std::fs::read(&index_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| PkiError::Index {
-                path: index_path.clone(),
-                detail: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IndexFile {
-                version: 1,
-                ..Default::default()
-            },
-            Err(source) => {
-                return Err(PkiError::Read {
-                    what: "CA index",
-                    path: index_path,
-                    source,
-                })
-            }
-        };
+        let index = read_index(dir)?;
         Ok(Ca {
             dir: dir.to_path_buf(),
             cert_pem,
@@ -469,6 +504,8 @@ impl Ca {
         params.key_identifier_method = KeyIdMethod::Sha256;
 
         let key = KeyPair::generate().map_err(rc("generate a node key"))?;
+        let _lock = lock_dir(&self.dir)?;
+        self.index = read_index(&self.dir)?;
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(rc("sign the node certificate"))?;
@@ -510,6 +547,8 @@ impl Ca {
     /// revoked by this call; revoking an already revoked serial is not an error and
     /// returns nothing new.
     pub fn revoke(&mut self, target: &RevokeTarget) -> Result<Vec<IndexEntry>, PkiError> {
+        let _lock = lock_dir(&self.dir)?;
+        self.index = read_index(&self.dir)?;
         let now = OffsetDateTime::now_utc();
         let mut matched = false;
         let mut newly = Vec::new();
@@ -543,7 +582,7 @@ impl Ca {
             }));
         }
         self.save_index()?;
-        self.write_crl(DEFAULT_CRL_DAYS)?;
+        self.write_crl_locked(DEFAULT_CRL_DAYS)?;
         for e in &newly {
             tracing::info!(identity = %e.identity, serial = %e.serial, "revoked certificate");
         }
@@ -553,6 +592,12 @@ impl Ca {
     /// Signs a fresh CRL of every revoked certificate, valid for `days`, and writes it
     /// atomically to `crl.pem` (daemons pick it up by its changed metadata).
     pub fn write_crl(&mut self, days: u32) -> Result<PathBuf, PkiError> {
+        let _lock = lock_dir(&self.dir)?;
+        self.index = read_index(&self.dir)?;
+        self.write_crl_locked(days)
+    }
+
+    fn write_crl_locked(&mut self, days: u32) -> Result<PathBuf, PkiError> {
         let now = OffsetDateTime::now_utc();
         let revoked_certs = self
             .index

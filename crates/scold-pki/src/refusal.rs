@@ -129,6 +129,10 @@ mod tests {
             RefusalReason::Revoked
         );
         assert_eq!(
+            refusal_reason(&ic(CertificateError::BadSignature)),
+            RefusalReason::UnknownCa
+        );
+        assert_eq!(
             refusal_reason(&ic(CertificateError::Expired)),
             RefusalReason::Expired
         );

@@ -73,6 +73,18 @@ pub struct TlsIdentity {
     trust: Arc<Trust>,
 }
 
+impl Clone for TlsIdentity {
+    /// A clone shares the revocation state (and check interval) of the original.
+    fn clone(&self) -> Self {
+        TlsIdentity {
+            identity: self.identity.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            trust: self.trust.clone(),
+        }
+    }
+}
+
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")

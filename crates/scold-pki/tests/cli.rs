@@ -231,3 +231,55 @@ fn every_flag_is_documented() {
         assert!(help.contains("--dir"), "{sub}: {help}");
     }
 }
+
+#[test]
+fn two_handles_on_one_ca_do_not_lose_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let mut a = Ca::init(&dir, &Default::default()).unwrap();
+    let mut b = Ca::open(&dir).unwrap();
+    let v = scold_pki::Validity::days(1);
+    let out = tmp.path().join("out");
+    a.issue(
+        &Identity::new(Role::Proxy, "p1").unwrap(),
+        &[],
+        &[],
+        v,
+        &out,
+    )
+    .unwrap();
+    b.issue(
+        &Identity::new(Role::Proxy, "p2").unwrap(),
+        &[],
+        &[],
+        v,
+        &out,
+    )
+    .unwrap();
+    a.revoke(&scold_pki::RevokeTarget::Identity(
+        Identity::new(Role::Proxy, "p2").unwrap(),
+    ))
+    .unwrap();
+    let all = Ca::open(&dir).unwrap();
+    let names: Vec<_> = all
+        .entries()
+        .iter()
+        .map(|e| (e.identity.name.as_str(), e.revoked))
+        .collect();
+    assert_eq!(names, [("p1", false), ("p2", true)]);
+}
+
+#[test]
+fn damaged_index_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    Ca::init(&dir, &Default::default()).unwrap();
+    std::fs::write(dir.join("index.json"), b"{ not json").unwrap();
+    let e = Ca::open(&dir).unwrap_err();
+    assert!(matches!(e, scold_pki::PkiError::Index { .. }), "{e}");
+    std::fs::write(dir.join("ca.key"), b"garbage").unwrap();
+    assert!(matches!(
+        Ca::open(&dir),
+        Err(scold_pki::PkiError::BadPem { .. })
+    ));
+}

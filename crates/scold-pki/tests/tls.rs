@@ -498,3 +498,71 @@ fn private_keys_are_mode_0600() {
     let mode = std::fs::metadata(&again.key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// A CA that copies our CA's subject name but has its own key: the chain's signature
+/// fails, and that is reported as an unknown CA.
+#[tokio::test]
+async fn look_alike_ca_is_refused_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ours = new_ca(&dir.path().join("ours"));
+    let server = load(&issue(
+        &mut ours,
+        &id(Role::Coordinator, "c1"),
+        Validity::days(1),
+        &dir.path().join("a"),
+    ));
+
+    let fake_key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ours.cert_pem(), &fake_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "scold://proxy/evil".try_into().unwrap(),
+    )];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&leaf_key, &issuer).unwrap();
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("evil.crt"), cert.pem()).unwrap();
+    std::fs::write(b.join("evil.key"), leaf_key.serialize_pem()).unwrap();
+    // The forger also forges its CA file: the same subject, its own key.
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ours_der = rustls::pki_types::CertificateDer::from_pem_file(ours.cert_path()).unwrap();
+    let (_, ours_x509) = x509_parser::parse_x509_certificate(&ours_der).unwrap();
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    for attr in ours_x509.subject().iter_attributes() {
+        let ty = rcgen::DnType::from_oid(&attr.attr_type().iter().unwrap().collect::<Vec<_>>());
+        ca_params
+            .distinguished_name
+            .push(ty, attr.as_str().unwrap());
+    }
+    std::fs::write(
+        b.join("ca.crt"),
+        ca_params.self_signed(&fake_key).unwrap().pem(),
+    )
+    .unwrap();
+    let evil = load(&TlsPaths {
+        ca_cert: b.join("ca.crt"),
+        cert: b.join("evil.crt"),
+        key: b.join("evil.key"),
+        crl: None,
+    });
+    assert_eq!(evil.identity(), &id(Role::Proxy, "evil"));
+
+    // Our client refuses the forged server.
+    let o = connect(&evil, &server, &[Role::Proxy]).await;
+    assert_eq!(o.client_saw, Err(RefusalReason::UnknownCa), "{o:?}");
+    // The forged client, trusting its forged CA, refuses our server first (alert
+    // decrypt_error, which says too little to name a reason); our server never admits it.
+    let o = connect(&server, &evil, &[Role::Coordinator]).await;
+    assert!(o.server_saw.is_err(), "{o:?}");
+
+    // A clone shares the trust state and makes working configurations.
+    let again = server.clone();
+    assert_eq!(again.identity(), server.identity());
+    assert!(again.server_config().is_ok());
+}
