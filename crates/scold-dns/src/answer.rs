@@ -36,6 +36,12 @@ pub mod rcode {
     pub const NOTIMP: u16 = 4;
     /// Refused.
     pub const REFUSED: u16 = 5;
+    /// Name exists when it should not (RFC 2136).
+    pub const YXDOMAIN: u16 = 6;
+    /// RRset exists when it should not (RFC 2136).
+    pub const YXRRSET: u16 = 7;
+    /// RRset that should exist does not (RFC 2136).
+    pub const NXRRSET: u16 = 8;
     /// Not authoritative (RFC 2136) / not authorized (RFC 8945).
     pub const NOTAUTH: u16 = 9;
     /// Not in zone.

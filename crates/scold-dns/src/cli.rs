@@ -1,11 +1,115 @@
-//! `scold dns` and `scold resolver` (being built).
-#[derive(clap::Args)]
-pub struct DnsArgs {}
-#[derive(clap::Args)]
-pub struct ResolverArgs {}
-pub async fn run_dns(_a: DnsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("scold dns is not available in this build")
+//! `scold dns` and `scold resolver`: command-line entry points.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// `scold dns`: the authoritative server of a target site.
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Authoritative DNS server for one or more zones (TargetDNS), over UDP and TCP, with \
+RFC 2136 dynamic updates authenticated by TSIG (hmac-sha256/hmac-sha512) and a per-key policy. \
+Every accepted update is journaled (fsync) before it is answered and replayed at start. \
+Zone files are RFC 1035 master files that may use `ALT 203.0.113.7` and `TYPE65280 \\# 4 CB007107`."
+)]
+pub struct DnsArgs {
+    /// TOML configuration file (listen addresses, zones, journal, TSIG keys and their
+    /// policies, rate limit). `--example-config` prints a commented one.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "example_config"
+    )]
+    pub config: Option<PathBuf>,
+    /// Print a commented example configuration to standard output and exit.
+    #[arg(long)]
+    pub example_config: bool,
+    /// Load the configuration, zone files and journal, report problems, and exit
+    /// without serving.
+    #[arg(long)]
+    pub check: bool,
 }
-pub async fn run_resolver(_a: ResolverArgs) -> anyhow::Result<()> {
-    anyhow::bail!("scold resolver is not available in this build")
+
+/// `scold resolver`: the caching resolver of a client site.
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Caching forwarding resolver (ClientDNS) over UDP and TCP. It honours TTLs, carries ALT \
+records like any other type, and drops a cached name at once when a proxy sends a NOTIFY signed \
+with one of the configured TSIG keys; unsigned or wrongly signed NOTIFY is ignored and logged."
+)]
+pub struct ResolverArgs {
+    /// TOML configuration file (listen addresses, upstream servers, cache limits, the
+    /// proxies' NOTIFY keys). `--example-config` prints a commented one.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "example_config"
+    )]
+    pub config: Option<PathBuf>,
+    /// Print a commented example configuration to standard output and exit.
+    #[arg(long)]
+    pub example_config: bool,
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs `scold dns`.
+pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
+    if a.example_config {
+        print!("{}", crate::config::DNS_EXAMPLE);
+        return Ok(());
+    }
+    let path = a.config.context("--config FILE is required")?;
+    let cfg = crate::config::load_dns(&path)?;
+    if a.check {
+        let shared = crate::server::Shared::load(&cfg)?;
+        let cat = shared.catalog();
+        for z in &cat.zones {
+            println!(
+                "zone {}: {} records, serial {}",
+                z.data.origin,
+                z.data.rr_count(),
+                z.data.soa().map(|s| s.serial).unwrap_or(0)
+            );
+        }
+        println!("configuration {} is valid", path.display());
+        return Ok(());
+    }
+    let server = crate::server::start(&cfg)
+        .await
+        .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
+    tracing::info!(config = %path.display(), "scold dns ready");
+    let sig = shutdown_signal().await?;
+    tracing::info!(signal = sig, "shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Runs `scold resolver`.
+pub async fn run_resolver(a: ResolverArgs) -> anyhow::Result<()> {
+    if a.example_config {
+        print!("{}", crate::config::RESOLVER_EXAMPLE);
+        return Ok(());
+    }
+    let path = a.config.context("--config FILE is required")?;
+    let cfg = crate::config::load_resolver(&path)?;
+    let r = crate::resolver::start(&cfg)
+        .await
+        .with_context(|| format!("cannot start scold resolver from {}", path.display()))?;
+    tracing::info!(config = %path.display(), "scold resolver ready");
+    let sig = shutdown_signal().await?;
+    tracing::info!(signal = sig, "shutting down");
+    r.shutdown().await;
+    Ok(())
 }

@@ -3,11 +3,12 @@
 //!
 //! - [`alt`]: the ALT record codec (sans-IO), used by every part that reads ALT answers.
 //! - [`zonefile`], [`zone`], [`answer`]: master files, zone data and the query path of
-//!   `scold dns`, the target's authoritative server.
+//!   `scold dns`, the target's authoritative server ([`server`]).
 //! - [`update`], [`tsig`], [`journal`]: RFC 2136 dynamic update authenticated with
 //!   RFC 8945 TSIG, per-key policy, and the on-disk journal that makes every acknowledged
-//!   update survive a crash.
-//! - [`updater`]: the coordinator's client that sets and clears a target's ALT set.
+//!   update survive a crash. [`rrl`] limits responses per source.
+//! - [`updater`]: the coordinator's client that sets and clears a target's ALT set, and
+//!   the proxy's signed NOTIFY.
 //! - [`resolver`]: `scold resolver`, the client site's caching resolver (ClientDNS) that
 //!   drops a cached name on a TSIG-signed NOTIFY from a proxy.
 //!
@@ -17,7 +18,18 @@
 pub mod alt;
 pub mod answer;
 pub mod cli;
+pub mod config;
+pub mod journal;
+pub mod net;
+pub mod resolver;
+pub mod rrl;
+pub mod server;
 pub mod tsig;
+pub mod update;
+pub mod updater;
 pub mod wire;
 pub mod zone;
 pub mod zonefile;
+
+pub use tsig::{TsigAlgorithm, TsigKey};
+pub use updater::{send_notify, UpdateError, Updater};

@@ -1,0 +1,557 @@
+//! `scold dns`: the authoritative server's I/O.
+//!
+//! UDP is served by blocking worker threads, one socket each on the same address
+//! (`SO_REUSEPORT`, so the kernel spreads queries), because a plain `recvfrom` /
+//! `sendto` loop over a precompiled answer costs far less CPU per query than an async
+//! runtime's wake-ups. TCP, which is rarer and needs timeouts per connection, runs on
+//! tokio. UPDATE, NOTIFY and TSIG-signed messages leave the fast path for
+//! [`Shared::handle_slow`], where hickory-proto parses them fully.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::tsig::TsigError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::answer::{self, rcode, Outcome};
+use crate::config::DnsConfig;
+use crate::journal::{Journal, JournalError};
+use crate::rrl::{Action, Rrl, RrlConfig};
+use crate::tsig::{self, TsigKey, Verdict};
+use crate::update::{self, Policy, UpdateResult};
+use crate::zone::{Catalog, Zone};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A zone file is wrong.
+    #[error(transparent)]
+    ZoneFile(#[from] crate::zonefile::ZoneFileError),
+    /// The journal cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A socket could not be opened.
+    #[error("cannot listen on {addr} ({proto}): {source} (is another server on that port? ports below 1024 need root)")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// udp or tcp.
+        proto: &'static str,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A zone name is wrong.
+    #[error("zone `{0}` is not a valid domain name")]
+    ZoneName(String),
+    /// The same zone twice.
+    #[error("zone `{0}` is configured twice")]
+    DuplicateZone(String),
+}
+
+/// State shared by every worker.
+pub struct Shared {
+    catalog: RwLock<Arc<Catalog>>,
+    generation: AtomicU64,
+    keys: Vec<TsigKey>,
+    policies: Vec<Policy>,
+    journal: Mutex<Journal>,
+    alt_type: u16,
+}
+
+impl Shared {
+    /// Loads the zones and replays the journal over them.
+    pub fn load(cfg: &DnsConfig) -> Result<Self, ServerError> {
+        let mut datas = Vec::new();
+        for (name, file) in &cfg.zones {
+            let mut origin = hickory_proto::rr::Name::from_ascii(name)
+                .map_err(|_| ServerError::ZoneName(name.clone()))?;
+            origin.set_fqdn(true);
+            let z = crate::zonefile::load(file, &origin, cfg.alt_type)?;
+            if datas
+                .iter()
+                .any(|d: &crate::zone::ZoneData| d.apex == z.apex)
+            {
+                return Err(ServerError::DuplicateZone(name.clone()));
+            }
+            tracing::info!(zone = %z.origin, file = %file.display(), records = z.rr_count(), serial = z.soa().map(|s| s.serial), "zone loaded");
+            datas.push(z);
+        }
+        let (journal, entries) = Journal::open(&cfg.journal)?;
+        let n = entries.len();
+        for cs in &entries {
+            match datas.iter_mut().find(|d| d.apex == cs.zone) {
+                Some(d) => update::replay(d, cs),
+                None => tracing::warn!(
+                    zone = %crate::wire::key_to_name(&cs.zone),
+                    "journal entry for a zone no longer configured; skipped"
+                ),
+            }
+        }
+        if n > 0 {
+            tracing::info!(journal = %cfg.journal.display(), entries = n, "journal replayed");
+        }
+        let catalog = Catalog {
+            zones: datas.into_iter().map(|d| Arc::new(Zone::new(d))).collect(),
+        };
+        let (keys, policies) = cfg.keys.iter().cloned().unzip();
+        Ok(Self {
+            catalog: RwLock::new(Arc::new(catalog)),
+            generation: AtomicU64::new(0),
+            keys,
+            policies,
+            journal: Mutex::new(journal),
+            alt_type: cfg.alt_type,
+        })
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever the catalog does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Handles UPDATE, NOTIFY and signed messages. Returns the response to send, if any.
+    pub fn handle_slow(&self, req: &[u8], src: SocketAddr, udp: bool) -> Option<Vec<u8>> {
+        let msg = match Message::from_vec(req) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%src, error = %e, "unparseable message");
+                let mut out = Vec::new();
+                answer::header_only(&mut out, req, rcode::FORMERR, opcode_bits(req));
+                return Some(out);
+            }
+        };
+        if msg.metadata.message_type == MessageType::Response {
+            return None;
+        }
+        match msg.metadata.op_code {
+            OpCode::Update => Some(self.handle_update(&msg, req, src)),
+            OpCode::Query => self.signed_query(msg, req, src, udp),
+            _ => {
+                let mut out = Vec::new();
+                answer::header_only(&mut out, req, rcode::NOTIMP, opcode_bits(req));
+                Some(out)
+            }
+        }
+    }
+
+    fn signed_query(
+        &self,
+        mut msg: Message,
+        req: &[u8],
+        src: SocketAddr,
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let Some(sig) = msg.signature.take() else {
+            let mut out = Vec::new();
+            answer::header_only(&mut out, req, rcode::FORMERR, 0);
+            return Some(out);
+        };
+        let now = tsig::now_secs();
+        match tsig::verify_request(req, &sig, &self.keys, now) {
+            Verdict::Ok { key, mac } => {
+                let unsigned = msg.to_vec().ok()?;
+                let mut out = Vec::new();
+                if answer::answer(&self.catalog(), &unsigned, &mut out, udp) != Outcome::Reply {
+                    return None;
+                }
+                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
+                    .ok()?;
+                Some(out)
+            }
+            v => Some(self.tsig_failure(&msg, v, src, now)),
+        }
+    }
+
+    fn tsig_failure(&self, msg: &Message, v: Verdict, src: SocketAddr, now: u64) -> Vec<u8> {
+        let sig_name = msg
+            .signature
+            .as_ref()
+            .map(|s| s.name.to_ascii())
+            .unwrap_or_default();
+        let (rc, err) = match &v {
+            Verdict::BadKey { .. } => (rcode::NOTAUTH, Some(TsigError::BadKey)),
+            Verdict::BadSig { .. } => (rcode::NOTAUTH, Some(TsigError::BadSig)),
+            Verdict::BadTime { .. } => (rcode::NOTAUTH, Some(TsigError::BadTime)),
+            Verdict::Malformed | Verdict::Ok { .. } => (rcode::FORMERR, None),
+        };
+        tracing::warn!(%src, key = %sig_name, error = ?err, "TSIG check failed; request refused");
+        let mut out = self.response(msg, rc);
+        let id = msg.metadata.id;
+        let r = match v {
+            Verdict::BadKey { name } => {
+                let alg = msg
+                    .signature
+                    .as_ref()
+                    .map(|s| s.data.algorithm.clone())
+                    .unwrap_or(hickory_proto::rr::rdata::tsig::TsigAlgorithm::HmacSha256);
+                tsig::append_unsigned_error(&mut out, &name, alg, id, now, TsigError::BadKey)
+            }
+            Verdict::BadSig { key } => tsig::append_unsigned_error(
+                &mut out,
+                &self.keys[key].dns_name(),
+                self.keys[key].algorithm.to_hickory(),
+                id,
+                now,
+                TsigError::BadSig,
+            ),
+            Verdict::BadTime { key, mac } => tsig::sign_response(
+                &mut out,
+                &self.keys[key],
+                &mac,
+                id,
+                now,
+                Some(TsigError::BadTime),
+            ),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot append the TSIG error record");
+        }
+        out
+    }
+
+    /// An unsigned response echoing the question/zone section.
+    fn response(&self, msg: &Message, rc: u16) -> Vec<u8> {
+        let mut resp = Message::response(msg.metadata.id, msg.metadata.op_code);
+        resp.metadata.response_code = <ResponseCode as From<u16>>::from(rc);
+        resp.metadata.recursion_desired = msg.metadata.recursion_desired;
+        if let Some(q) = msg.queries.first() {
+            resp.add_query(q.clone());
+        }
+        resp.to_vec().unwrap_or_else(|_| {
+            let mut out = Vec::new();
+            answer::header_only(&mut out, &msg.metadata.id.to_be_bytes(), rc, 0);
+            out
+        })
+    }
+
+    fn handle_update(&self, msg: &Message, req: &[u8], src: SocketAddr) -> Vec<u8> {
+        let now = tsig::now_secs();
+        let Some(sig) = msg.signature.as_ref() else {
+            tracing::warn!(%src, "unsigned UPDATE refused: updates need a TSIG key");
+            return self.response(msg, rcode::REFUSED);
+        };
+        let (key, mac) = match tsig::verify_request(req, sig, &self.keys, now) {
+            Verdict::Ok { key, mac } => (key, mac),
+            v => return self.tsig_failure(msg, v, src, now),
+        };
+        let rc = self.apply_update(msg, key, src);
+        let mut out = self.response(msg, rc);
+        if let Err(e) =
+            tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
+        {
+            tracing::warn!(error = %e, "cannot sign the UPDATE response");
+        }
+        out
+    }
+
+    fn apply_update(&self, msg: &Message, key: usize, src: SocketAddr) -> u16 {
+        let Some(zq) = msg.queries.first() else {
+            return rcode::FORMERR;
+        };
+        let zkey = crate::wire::name_key(zq.name());
+        // One update at a time: each sees the previous one's result, and the journal
+        // order is the apply order.
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let cat = self.catalog();
+        let Some(zi) = cat.find_exact(&zkey) else {
+            tracing::warn!(%src, zone = %zq.name(), "UPDATE for a zone not served here");
+            return rcode::NOTAUTH;
+        };
+        let keyname = &self.keys[key].name;
+        match update::apply(msg, &cat.zones[zi].data, &self.policies[key], self.alt_type) {
+            UpdateResult::NoChange => {
+                tracing::info!(%src, key = %keyname, zone = %zq.name(), "UPDATE accepted; nothing to change");
+                rcode::NOERROR
+            }
+            UpdateResult::Error(rc, why) => {
+                tracing::warn!(%src, key = %keyname, zone = %zq.name(), rcode = rc, reason = %why, "UPDATE refused");
+                rc
+            }
+            UpdateResult::Changed { zone, changes } => {
+                if let Err(e) = journal.append(&changes) {
+                    tracing::error!(error = %e, "UPDATE not applied: the journal cannot be written");
+                    return rcode::SERVFAIL;
+                }
+                let mut zones = cat.zones.clone();
+                zones[zi] = Arc::new(Zone::new(*zone));
+                *self.catalog.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(Catalog { zones });
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(%src, key = %keyname, zone = %zq.name(), serial = changes.serial, rrsets = changes.changes.len() - 1, "UPDATE applied and journaled");
+                rcode::NOERROR
+            }
+        }
+    }
+}
+
+fn opcode_bits(req: &[u8]) -> u16 {
+    if req.len() >= 3 {
+        (req[2] as u16 & 0x78) << 8
+    } else {
+        0
+    }
+}
+
+/// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
+pub struct RunningServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tcp: Vec<tokio::task::JoinHandle<()>>,
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    /// Shared state (for tests and metrics).
+    pub shared: Arc<Shared>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets workers finish the message in hand, and joins them.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Release);
+        for t in &self.tcp {
+            t.abort();
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts: a flood fills the queue, not the server's memory.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(s.into())
+}
+
+/// Starts serving `cfg` (call within a tokio runtime).
+pub async fn start(cfg: &DnsConfig) -> Result<RunningServer, ServerError> {
+    let shared = Arc::new(Shared::load(cfg)?);
+    start_with(cfg, shared).await
+}
+
+/// Starts serving with already-loaded state.
+pub async fn start_with(
+    cfg: &DnsConfig,
+    shared: Arc<Shared>,
+) -> Result<RunningServer, ServerError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = if cfg.udp_workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cfg.udp_workers
+    };
+    let mut threads = Vec::new();
+    let mut tcp = Vec::new();
+    let mut addrs = Vec::new();
+    let conn_limit = Arc::new(tokio::sync::Semaphore::new(cfg.tcp_max_connections));
+    for &want in &cfg.listen {
+        let bind_err = |proto, source| ServerError::Bind {
+            addr: want,
+            proto,
+            source,
+        };
+        let first = udp_socket(want).map_err(|e| bind_err("udp", e))?;
+        let addr = first.local_addr().map_err(|e| bind_err("udp", e))?;
+        let mut socks = vec![first];
+        for _ in 1..workers {
+            socks.push(udp_socket(addr).map_err(|e| bind_err("udp", e))?);
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_err("tcp", e))?;
+        for (i, s) in socks.into_iter().enumerate() {
+            let sh = shared.clone();
+            let st = stop.clone();
+            let rrl = cfg.rrl;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || udp_worker(s, sh, st, rrl))
+                    .map_err(|e| bind_err("udp", e))?,
+            );
+        }
+        let sh = shared.clone();
+        let idle = Duration::from_secs(cfg.tcp_idle_timeout_secs);
+        let lim = conn_limit.clone();
+        tcp.push(tokio::spawn(tcp_accept(listener, sh, idle, lim)));
+        tracing::info!(%addr, udp_workers = workers, "scold dns listening on UDP and TCP");
+        addrs.push(addr);
+    }
+    Ok(RunningServer {
+        stop,
+        threads,
+        tcp,
+        addrs,
+        shared,
+    })
+}
+
+fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>, rrl_cfg: RrlConfig) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(4096);
+    let mut cat = shared.catalog();
+    let mut gen = shared.generation();
+    let mut rrl = Rrl::new(rrl_cfg);
+    let limiting = rrl_cfg.responses_per_second > 0;
+    let t0 = Instant::now();
+    let mut last_limited_log = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let g = shared.generation();
+        if g != gen {
+            cat = shared.catalog();
+            gen = g;
+        }
+        let req = &buf[..n];
+        let resp: &[u8] = match answer::answer(&cat, req, &mut out, true) {
+            Outcome::Reply => {
+                if limiting {
+                    let now_ms = t0.elapsed().as_millis() as u64 + 1;
+                    match rrl.check(src.ip(), now_ms) {
+                        Action::Send => &out,
+                        Action::Slip => {
+                            answer::make_truncated(&mut out, req);
+                            &out
+                        }
+                        Action::Drop => {
+                            if rrl.limited_total >= last_limited_log * 2 + 1000 {
+                                last_limited_log = rrl.limited_total;
+                                tracing::warn!(%src, limited = rrl.limited_total, "rate limiting responses");
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    &out
+                }
+            }
+            Outcome::Drop => continue,
+            Outcome::Slow => match shared.handle_slow(req, src, true) {
+                Some(r) => {
+                    out = r;
+                    &out
+                }
+                None => continue,
+            },
+        };
+        if let Err(e) = sock.send_to(resp, src) {
+            tracing::debug!(%src, error = %e, "udp send failed");
+        }
+    }
+}
+
+async fn tcp_accept(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    idle: Duration,
+    limit: Arc<tokio::sync::Semaphore>,
+) {
+    loop {
+        let (stream, src) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(%src, "tcp connection limit reached; closing");
+            continue;
+        };
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tcp_conn(stream, src, sh, idle).await {
+                tracing::debug!(%src, error = %e, "tcp connection ended");
+            }
+        });
+    }
+}
+
+async fn tcp_conn(
+    mut stream: tokio::net::TcpStream,
+    src: SocketAddr,
+    shared: Arc<Shared>,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(4096);
+    let mut req = Vec::with_capacity(512);
+    loop {
+        let mut lenb = [0u8; 2];
+        match tokio::time::timeout(idle, stream.read_exact(&mut lenb)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        let len = u16::from_be_bytes(lenb) as usize;
+        req.resize(len, 0);
+        tokio::time::timeout(idle, stream.read_exact(&mut req))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow client"))??;
+        let cat = shared.catalog();
+        let resp = match answer::answer(&cat, &req, &mut out, false) {
+            Outcome::Reply => std::mem::take(&mut out),
+            Outcome::Drop => return Ok(()),
+            Outcome::Slow => {
+                let sh = shared.clone();
+                let r = std::mem::take(&mut req);
+                let (resp, r) =
+                    tokio::task::spawn_blocking(move || (sh.handle_slow(&r, src, false), r))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                req = r;
+                match resp {
+                    Some(x) => x,
+                    None => continue,
+                }
+            }
+        };
+        let mut framed = Vec::with_capacity(resp.len() + 2);
+        framed.extend_from_slice(&(resp.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&resp);
+        stream.write_all(&framed).await?;
+        out = resp;
+    }
+}
