@@ -1,2 +1,24 @@
-//! The SCOLD testbed.
+//! The SCOLD testbed (`scold lab`): the paper's Figure 8 built from network namespaces
+//! on one Linux host, with the traffic, attack and measurement tools that reproduce its
+//! Section 5, and the report that sets our figures beside the paper's.
+//!
+//! It is also the harness of every end-to-end test: other crates build a
+//! [`topology::Topology`] (or the ready-made [`fig8::Fig8`]), start real processes in
+//! its nodes with [`topology::Topology::spawn`], and rely on its tear-down to leave
+//! nothing behind. Only this crate shells out to iproute2 (`ip`, `tc`); the daemons use
+//! netlink.
+
 pub mod cli;
+pub mod error;
+pub mod fig8;
+pub mod flood;
+pub mod measure;
+pub mod net;
+pub mod report;
+pub mod serve;
+pub mod topology;
+
+pub use error::LabError;
+pub use fig8::{Fig8, Fig8Options};
+pub use net::{Ipv4Net, LAB_RANGE};
+pub use topology::{LabProcess, Spec, Tbf, Topology};

@@ -1,0 +1,341 @@
+//! The paper's Figure 8 testbed as a ready-made topology.
+//!
+//! ```text
+//!   client1..M   attacker1..K   proxy1..N   clientdns   targetdns   coordinator
+//!        \            |             |           |           |           /
+//!         +-----------+------- inet (the "internet" router) ----------+
+//!                                 |                       |
+//!                   main link (tbf bottleneck)        alternate link
+//!                                 |                       |
+//!                              maingw                   altgw  (hidden)
+//!                                 |                       |
+//!                                 +------- target --------+
+//! ```
+//!
+//! Address plan, all inside 198.18.0.0/15 (see [`crate::net::LAB_RANGE`]):
+//! each leaf on the internet router has its own /24 (router `.1`, leaf `.2`);
+//! the target site is 198.19.0.0/16: main-gateway segment 198.19.1.0/24 (the target's
+//! public address 198.19.1.2) and alternate-gateway segment 198.19.2.0/24, which the
+//! internet router has no route to (the alternate gateway's inside is hidden; only its
+//! uplink address, where proxies send tunnels, is reachable).
+
+use std::net::Ipv4Addr;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LabError;
+use crate::net::Ipv4Net;
+use crate::topology::{Spec, Tbf, Topology};
+
+/// The internet router in the middle.
+pub const INTERNET: &str = "inet";
+/// The target site's main gateway (the bottleneck link is its uplink).
+pub const MAIN_GW: &str = "maingw";
+/// The target site's hidden alternate gateway.
+pub const ALT_GW: &str = "altgw";
+/// The attacked site.
+pub const TARGET: &str = "target";
+/// The client site's resolver.
+pub const CLIENT_DNS: &str = "clientdns";
+/// The target's authoritative DNS server.
+pub const TARGET_DNS: &str = "targetdns";
+/// The coordinator.
+pub const COORDINATOR: &str = "coordinator";
+/// The name of the bottleneck link (internet router -- main gateway).
+pub const MAIN_LINK: &str = "main";
+/// The name of the alternate link (internet router -- alternate gateway).
+pub const ALT_LINK: &str = "alt";
+
+/// Interface name of every leaf's single uplink.
+pub const LEAF_IF: &str = "eth0";
+/// Gateways' uplink interface towards the internet router.
+pub const GW_UP_IF: &str = "wan";
+/// Gateways' interface towards the target.
+pub const GW_SITE_IF: &str = "lan";
+/// The target's interface to the main gateway (carries its public address).
+pub const TARGET_MAIN_IF: &str = "main";
+/// The target's interface to the alternate gateway.
+pub const TARGET_ALT_IF: &str = "alt";
+
+/// Most proxies, clients and attackers the address plan holds.
+pub const MAX_PROXIES: usize = 64;
+pub const MAX_CLIENTS: usize = 32;
+pub const MAX_ATTACKERS: usize = 32;
+
+const PROXY_BASE: usize = 16;
+const CLIENT_BASE: usize = 80;
+const ATTACKER_BASE: usize = 112;
+
+/// The n-th proxy's node name (1-based).
+pub fn proxy(n: usize) -> String {
+    format!("proxy{n}")
+}
+/// The n-th client's node name (1-based).
+pub fn client(n: usize) -> String {
+    format!("client{n}")
+}
+/// The n-th attacker's node name (1-based).
+pub fn attacker(n: usize) -> String {
+    format!("attacker{n}")
+}
+
+/// How big a Figure 8 testbed to build.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fig8Options {
+    pub proxies: usize,
+    pub clients: usize,
+    pub attackers: usize,
+    /// The main link's token-bucket filter (both directions).
+    pub bottleneck: Tbf,
+}
+
+impl Default for Fig8Options {
+    fn default() -> Self {
+        Fig8Options {
+            proxies: 2,
+            clients: 1,
+            attackers: 1,
+            bottleneck: Tbf::default(),
+        }
+    }
+}
+
+fn leaf_subnet(third: usize) -> (String, String) {
+    (
+        format!("198.18.{third}.1/24"),
+        format!("198.18.{third}.2/24"),
+    )
+}
+
+/// The third octet of a leaf's /24 on the internet router, by node name.
+fn leaf_octet(node: &str) -> Option<usize> {
+    let num = |p: &str| node.strip_prefix(p).and_then(|n| n.parse::<usize>().ok());
+    match node {
+        CLIENT_DNS => Some(1),
+        TARGET_DNS => Some(2),
+        COORDINATOR => Some(3),
+        _ => num("proxy")
+            .filter(|&n| (1..=MAX_PROXIES).contains(&n))
+            .map(|n| PROXY_BASE + n - 1)
+            .or_else(|| {
+                num("client")
+                    .filter(|&n| (1..=MAX_CLIENTS).contains(&n))
+                    .map(|n| CLIENT_BASE + n - 1)
+            })
+            .or_else(|| {
+                num("attacker")
+                    .filter(|&n| (1..=MAX_ATTACKERS).contains(&n))
+                    .map(|n| ATTACKER_BASE + n - 1)
+            }),
+    }
+}
+
+/// The address of a Figure 8 node as other nodes reach it: a leaf's uplink address, a
+/// gateway's uplink address, or the target's public (main-link) address.
+pub fn address_of(node: &str) -> Option<Ipv4Addr> {
+    match node {
+        TARGET => Some(Ipv4Addr::new(198, 19, 1, 2)),
+        MAIN_GW => Some(Ipv4Addr::new(198, 18, 200, 2)),
+        ALT_GW => Some(Ipv4Addr::new(198, 18, 201, 2)),
+        INTERNET => Some(Ipv4Addr::new(198, 18, 200, 1)),
+        _ => leaf_octet(node).map(|o| Ipv4Addr::new(198, 18, o as u8, 2)),
+    }
+}
+
+/// The target's public address (behind the bottleneck).
+pub const TARGET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
+/// The target's address on the alternate gateway's segment.
+pub const TARGET_ALT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 2);
+/// The alternate gateway's address on the target's segment.
+pub const ALT_GW_SITE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
+
+/// The Figure 8 spec for `opts`.
+pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
+    let check = |what: &str, n: usize, lo: usize, max: usize| {
+        if n < lo || n > max {
+            Err(LabError::BadSpec(format!(
+                "{what}: {n} requested, the Figure 8 address plan holds {lo} to {max}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    check("proxies", opts.proxies, 0, MAX_PROXIES)?;
+    check("clients", opts.clients, 1, MAX_CLIENTS)?;
+    check("attackers", opts.attackers, 0, MAX_ATTACKERS)?;
+
+    let mut s = Spec::new();
+    s.router(INTERNET)
+        .router(MAIN_GW)
+        .router(ALT_GW)
+        .host(TARGET);
+    let mut leaves: Vec<(String, bool)> = vec![
+        (CLIENT_DNS.into(), false),
+        (TARGET_DNS.into(), false),
+        (COORDINATOR.into(), false),
+    ];
+    // Proxies relay between tunnels, so they forward like routers.
+    leaves.extend((1..=opts.proxies).map(|i| (proxy(i), true)));
+    leaves.extend((1..=opts.clients).map(|i| (client(i), false)));
+    leaves.extend((1..=opts.attackers).map(|i| (attacker(i), false)));
+    for (name, forwards) in &leaves {
+        if *forwards {
+            s.router(name);
+        } else {
+            s.host(name);
+        }
+        let octet = leaf_octet(name).expect("leaf names come from the plan");
+        let (r, l) = leaf_subnet(octet);
+        s.link(
+            &format!("to-{name}"),
+            (INTERNET, &format!("to-{name}"), &r),
+            (name, LEAF_IF, &l),
+        )?;
+        s.route(name, None, Ipv4Addr::new(198, 18, octet as u8, 1));
+    }
+    s.link(
+        MAIN_LINK,
+        (INTERNET, "to-maingw", "198.18.200.1/24"),
+        (MAIN_GW, GW_UP_IF, "198.18.200.2/24"),
+    )?;
+    s.link(
+        ALT_LINK,
+        (INTERNET, "to-altgw", "198.18.201.1/24"),
+        (ALT_GW, GW_UP_IF, "198.18.201.2/24"),
+    )?;
+    s.link(
+        "site-main",
+        (MAIN_GW, GW_SITE_IF, "198.19.1.1/24"),
+        (TARGET, TARGET_MAIN_IF, "198.19.1.2/24"),
+    )?;
+    s.link(
+        "site-alt",
+        (ALT_GW, GW_SITE_IF, "198.19.2.1/24"),
+        (TARGET, TARGET_ALT_IF, "198.19.2.2/24"),
+    )?;
+    let site: Ipv4Net = "198.19.1.0/24".parse()?;
+    s.route(INTERNET, Some(site), Ipv4Addr::new(198, 18, 200, 2));
+    s.route(MAIN_GW, None, Ipv4Addr::new(198, 18, 200, 1));
+    s.route(ALT_GW, None, Ipv4Addr::new(198, 18, 201, 1));
+    s.route(TARGET, None, Ipv4Addr::new(198, 19, 1, 1));
+    s.bottleneck(MAIN_LINK, opts.bottleneck);
+    s.validate()?;
+    Ok(s)
+}
+
+/// A built Figure 8 testbed; derefs to its [`Topology`].
+pub struct Fig8 {
+    topo: Topology,
+    opts: Fig8Options,
+}
+
+impl Fig8 {
+    /// Builds the testbed (root needed).
+    pub fn build(opts: Fig8Options) -> Result<Fig8, LabError> {
+        let topo = Topology::build(spec(&opts)?)?;
+        Ok(Fig8 { topo, opts })
+    }
+
+    pub fn options(&self) -> &Fig8Options {
+        &self.opts
+    }
+
+    /// Node names of the proxies.
+    pub fn proxies(&self) -> Vec<String> {
+        (1..=self.opts.proxies).map(proxy).collect()
+    }
+
+    /// Node names of the clients.
+    pub fn clients(&self) -> Vec<String> {
+        (1..=self.opts.clients).map(client).collect()
+    }
+
+    /// Node names of the attackers.
+    pub fn attackers(&self) -> Vec<String> {
+        (1..=self.opts.attackers).map(attacker).collect()
+    }
+
+    /// The address other nodes reach `node` at (see [`address_of`]).
+    pub fn address(&self, node: &str) -> Result<Ipv4Addr, LabError> {
+        self.topo.netns(node)?;
+        address_of(node).ok_or_else(|| LabError::UnknownNode(node.to_string()))
+    }
+
+    /// Tears the testbed down (also done on drop).
+    pub fn teardown(self) -> Result<(), LabError> {
+        self.topo.teardown()
+    }
+}
+
+impl Deref for Fig8 {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plan_is_valid_and_inside_lab_range() {
+        let s = spec(&Fig8Options::default()).unwrap();
+        for p in s.prefixes() {
+            assert!(
+                crate::net::LAB_RANGE.covers(&p),
+                "{p} outside the lab range"
+            );
+        }
+        assert!(s.node("proxy2").is_some() && s.node("proxy3").is_none());
+        assert_eq!(s.bottlenecks.len(), 1);
+        assert_eq!(s.bottlenecks[0].link, MAIN_LINK);
+    }
+
+    #[test]
+    fn largest_plan_is_valid() {
+        let opts = Fig8Options {
+            proxies: MAX_PROXIES,
+            clients: MAX_CLIENTS,
+            attackers: MAX_ATTACKERS,
+            ..Default::default()
+        };
+        spec(&opts).unwrap();
+        let too_many = Fig8Options {
+            proxies: MAX_PROXIES + 1,
+            ..Default::default()
+        };
+        assert!(spec(&too_many).is_err());
+        let no_client = Fig8Options {
+            clients: 0,
+            ..Default::default()
+        };
+        assert!(spec(&no_client).is_err());
+    }
+
+    #[test]
+    fn addresses_match_the_spec() {
+        let opts = Fig8Options {
+            proxies: 3,
+            clients: 2,
+            attackers: 2,
+            ..Default::default()
+        };
+        let s = spec(&opts).unwrap();
+        for node in [
+            "proxy3",
+            "client2",
+            "attacker2",
+            CLIENT_DNS,
+            TARGET_DNS,
+            COORDINATOR,
+        ] {
+            let e = s.endpoints(node).next().unwrap();
+            assert_eq!(Some(e.addr.addr()), address_of(node), "{node}");
+        }
+        assert_eq!(address_of(TARGET), Some(TARGET_ADDR));
+        assert_eq!(address_of("proxy99"), None);
+        assert_eq!(address_of("nobody"), None);
+    }
+}
