@@ -333,7 +333,7 @@ impl Ca {
         // with equal subjects a peer of the other CA is refused for a bad signature
         // (alert decrypt_error) instead of as an unknown CA.
         let fp = hex(&params.key_identifier(&key)[..4]);
-        dn.push(DnType::CommonName, format!("{} SCOLD CA {fp}", opts.org));
+        dn.push(DnType::CommonName, format!("{} CA {fp}", opts.org));
         params.distinguished_name = dn;
         // Path length 0: the CA signs node certificates only, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

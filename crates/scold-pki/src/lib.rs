@@ -11,6 +11,25 @@
 //!   configurations; [`peer_identity`] and [`refusal_reason`] for after the handshake.
 //! - [`Ca`]: the CA directory, used by `scold ca` and by the testbed to issue
 //!   certificates programmatically.
+//!
+//! ```
+//! use scold_pki::{Ca, CaInit, Identity, Role, TlsIdentity, Validity};
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir = tmp.path();
+//! let mut ca = Ca::init(&dir.join("ca"), &CaInit::default())?;
+//! let issued = ca.issue(
+//!     &Identity::new(Role::Proxy, "p1")?,
+//!     &["10.0.0.1".parse().unwrap()],
+//!     &[],
+//!     Validity::days(30),
+//!     &dir.join("certs"),
+//! )?;
+//! let tls = TlsIdentity::load(&issued.tls_paths())?;
+//! let server = tls.server_config()?; // for tokio_rustls::TlsAcceptor
+//! let client = tls.client_config(&[Role::Coordinator])?; // for tokio_rustls::TlsConnector
+//! # let _ = (server, client);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod ca;
 mod cert;
