@@ -442,11 +442,22 @@ fn certificate_without_identity_is_refused_at_load() {
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("ca/ca.key")).unwrap())
             .unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(ca.cert_pem(), &key).unwrap();
-    for sans in [vec!["node.example".to_string()], vec![]] {
-        let mut params = rcgen::CertificateParams::new(sans).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI("https://x/y".try_into().unwrap()));
+    let uri_sets: [&[&str]; 6] = [
+        &["https://x/y"],
+        &[],
+        &["scold://king/x"],
+        &["scold://proxy/P1"],
+        &["scold://proxy/a/b"],
+        // Two identities in one certificate: ambiguous, refused.
+        &["scold://proxy/p1", "scold://coordinator/c1"],
+    ];
+    for uris in uri_sets {
+        let mut params = rcgen::CertificateParams::new(vec!["node.example".to_string()]).unwrap();
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&leaf_key, &issuer).unwrap();
         let c = dir.path().join("anon.crt");
@@ -565,4 +576,53 @@ async fn look_alike_ca_is_refused_as_unknown() {
     let again = server.clone();
     assert_eq!(again.identity(), server.identity());
     assert!(again.server_config().is_ok());
+}
+
+/// Truncations and byte flips of real certificate, key and CRL files give errors, never a
+/// panic.
+#[test]
+fn damaged_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = new_ca(&dir.path().join("ca"));
+    let out = dir.path().join("certs");
+    let good = issue(&mut ca, &id(Role::Proxy, "p1"), Validity::days(1), &out);
+    ca.revoke(&RevokeTarget::Identity(id(Role::Proxy, "p1")))
+        .unwrap();
+    let bad = dir.path().join("bad.pem");
+    let mut refused = 0;
+    for (which, src) in [
+        ("cert", good.cert.clone()),
+        ("key", good.key.clone()),
+        ("crl", ca.crl_path()),
+        ("ca", good.ca_cert.clone()),
+    ] {
+        let bytes = std::fs::read(&src).unwrap();
+        let mut variants: Vec<Vec<u8>> = (0..bytes.len())
+            .step_by(5)
+            .map(|n| bytes[..n].to_vec())
+            .collect();
+        for i in (30..bytes.len().saturating_sub(30)).step_by(11) {
+            let mut v = bytes.clone();
+            // Swap one base64 character for another, keeping the armour intact.
+            v[i] = if v[i] == b'A' { b'B' } else { b'A' };
+            variants.push(v);
+        }
+        for v in variants {
+            std::fs::write(&bad, &v).unwrap();
+            let mut p = good.clone();
+            match which {
+                "cert" => p.cert = bad.clone(),
+                "key" => p.key = bad.clone(),
+                "crl" => p.crl = Some(bad.clone()),
+                _ => p.ca_cert = bad.clone(),
+            }
+            match TlsIdentity::load(&p) {
+                // Only a flip in bytes nobody checks (a key's unused encoding, padding)
+                // can still load, and then it is still the same node.
+                Ok(t) => assert_eq!(t.identity(), &id(Role::Proxy, "p1"), "{which}"),
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 100, "only {refused} damaged files refused");
 }
