@@ -1,6 +1,1185 @@
-//! `scold coordinator` (being built).
+//! `scold coordinator`: the registry of targets, proxies and gateways, and the driver of
+//! every target's state machine.
+//!
+//! Nodes connect over the mutual-TLS control channel, register and send heartbeats.
+//! An alarm (from a target's detector or an operator) starts a divert: the state
+//! machine of [`scold_proto::state`] lays out the steps, this module runs them (orders to
+//! gateways, proxies and the target over their channels; DNS updates through the
+//! [`DnsBackend`]), retries failed ones with backoff, and writes every state change and
+//! audit event to the store before acknowledging anything.
+
+use crate::channel::{self, Channel, Handler};
+use crate::config::{self, TlsConfig};
+use crate::metrics::Metrics;
+use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
+use anyhow::Context;
+use scold_proto::control::{
+    EventView, NodeInfo, NodeView, ProxyView, Refusal, RefusalReason, Reply, Request, Response,
+    StatusReport, TargetView,
+};
+use scold_proto::identity::Role;
+use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Step, TargetState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+// --- configuration -----------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub coordinator: CoordinatorSection,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default, rename = "proxy")]
+    pub proxies: Vec<ProxyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// Address the control channel listens on.
+    pub listen: SocketAddr,
+    /// The durable state file (redb).
+    pub state: PathBuf,
+    /// How often nodes send heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is marked down.
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+    /// How many proxies each diverted target gets.
+    #[serde(default = "default_proxies_per_target")]
+    pub proxies_per_target: usize,
+    /// How long an `attacked` mark on a proxy holds before it may be chosen again.
+    #[serde(default = "default_attacked_hold_ms")]
+    pub attacked_hold_ms: u64,
+    /// Upper bound of the retry backoff of a failed step.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_down_after_ms() -> u64 {
+    3500
+}
+fn default_proxies_per_target() -> usize {
+    2
+}
+fn default_attacked_hold_ms() -> u64 {
+    300_000
+}
+fn default_max_backoff_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
+}
+
+/// Which indirect-route scheme of the paper a target uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheme {
+    /// 4.1: client agents learn proxies from ALT records.
+    #[serde(rename = "4.1")]
+    Resolver,
+    /// 4.2: proxies push routes to client agents.
+    #[serde(rename = "4.2")]
+    Push,
+    /// 4.3: A records replaced by proxy addresses; proxies relay as NAT.
+    #[serde(rename = "4.3")]
+    Nat,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Resolver => "4.1",
+            Scheme::Push => "4.2",
+            Scheme::Nat => "4.3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Node name; the target's certificate must be `scold://target/<name>`.
+    pub name: String,
+    /// The DNS name clients use, e.g. `www.example.net.`.
+    pub fqdn: String,
+    /// The zone that holds it, e.g. `example.net.`.
+    pub zone: String,
+    /// The target's normal (main-link) addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Names of its hidden alternate gateways.
+    pub gateways: Vec<String>,
+    #[serde(default = "default_scheme")]
+    pub scheme: Scheme,
+    /// TTL of the ALT records; also how long a restore waits for caches to drain.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Proxies for this target; overrides `[coordinator] proxies_per_target`.
+    #[serde(default)]
+    pub proxies: Option<usize>,
+    pub dns: TargetDnsConfig,
+}
+
+fn default_scheme() -> Scheme {
+    Scheme::Resolver
+}
+fn default_ttl() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDnsConfig {
+    /// The TargetDNS server that accepts RFC 2136 updates.
+    pub server: SocketAddr,
+    /// TSIG key as `algorithm:name:base64-secret`, e.g. `hmac-sha256:scold:AbC...=`.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub name: String,
+    pub address: IpAddr,
+    #[serde(default = "default_capacity")]
+    pub capacity_mbps: u32,
+    #[serde(default)]
+    pub organisation: Option<String>,
+}
+
+fn default_capacity() -> u32 {
+    1000
+}
+
+pub const EXAMPLE_CONFIG: &str = r#"# scold coordinator configuration.
+[coordinator]
+# Control channel address (mutual TLS). Only consortium nodes and operators connect here;
+# it is never shown to clients.
+listen = "0.0.0.0:7800"
+# Durable state: target phases, registry, audit log.
+state = "/var/lib/scold/coordinator.redb"
+# Nodes send heartbeats this often; one silent for down_after_ms is marked down.
+heartbeat_ms = 1000
+down_after_ms = 3500
+# Proxies per diverted target (spread over organisations, by free capacity).
+proxies_per_target = 2
+# A proxy that reported an attack on itself is not chosen again for this long.
+attacked_hold_ms = 300000
+# Failed steps are retried with exponential backoff up to this.
+max_backoff_ms = 10000
+
+[tls]
+# Paths are relative to this file's folder unless absolute.
+ca = "ca.crt"
+cert = "coordinator-main.crt"
+key = "coordinator-main.key"
+crl = "crl.pem"
+
+# Prometheus metrics at http://<listen>/metrics (optional).
+[metrics]
+listen = "127.0.0.1:9800"
+
+# One table per protected target.
+[[target]]
+name = "web"
+fqdn = "www.example.net."
+zone = "example.net."
+addresses = ["192.0.2.10"]
+gateways = ["gw1"]
+# "4.1" client agents read ALT records; "4.2" proxies push routes; "4.3" proxy as NAT.
+scheme = "4.1"
+ttl = 10
+[target.dns]
+server = "192.0.2.53:53"
+key = "hmac-sha256:scold-update:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
+
+# Proxies of the pool may be declared here; proxies that register with a consortium
+# certificate join the pool too.
+[[proxy]]
+name = "p1"
+address = "198.51.100.1"
+capacity_mbps = 1000
+organisation = "org-a"
+"#;
+
+impl Config {
+    fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.targets {
+            scold_proto::identity::validate_name(&t.name)
+                .with_context(|| format!("{}: [[target]] name", path.display()))?;
+            anyhow::ensure!(
+                seen.insert(&t.name),
+                "{}: target {:?} is defined twice; give each [[target]] its own name",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                !t.gateways.is_empty(),
+                "{}: target {:?} has no gateways; list its hidden alternate gateways in `gateways`",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                !t.addresses.is_empty(),
+                "{}: target {:?} has no addresses; list its main-link addresses in `addresses`",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                t.fqdn.ends_with('.') && t.zone.ends_with('.') && t.fqdn.ends_with(&t.zone),
+                "{}: target {:?}: fqdn {:?} must be a fully qualified name (ending in '.') inside zone {:?}",
+                path.display(),
+                t.name,
+                t.fqdn,
+                t.zone
+            );
+            anyhow::ensure!(
+                t.dns.key.splitn(3, ':').count() == 3,
+                "{}: target {:?}: dns.key must be `algorithm:name:base64-secret`, e.g. hmac-sha256:scold:...",
+                path.display(),
+                t.name
+            );
+        }
+        Ok(())
+    }
+}
+
+// --- back ends the steps call ------------------------------------------------------
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The secure DNS update of a target's records (RFC 2136 + TSIG).
+pub trait DnsBackend: Send + Sync + 'static {
+    /// Lists `proxies` for the target: ALT records (4.1, 4.2) or A/AAAA records (4.3).
+    fn publish<'a>(
+        &'a self,
+        target: &'a TargetConfig,
+        proxies: &'a [IpAddr],
+    ) -> BoxFut<'a, Result<(), String>>;
+    /// Puts the target's normal records back.
+    fn restore<'a>(&'a self, target: &'a TargetConfig) -> BoxFut<'a, Result<(), String>>;
+}
+
+/// Used until a DNS updater is configured: every DNS step fails, visibly, and is
+/// retried; the target stays in its phase rather than pretending to be diverted.
+pub struct NoDns;
+
+impl DnsBackend for NoDns {
+    fn publish<'a>(
+        &'a self,
+        _: &'a TargetConfig,
+        _: &'a [IpAddr],
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async { Err("the secure DNS updater is not available in this build".to_string()) })
+    }
+    fn restore<'a>(&'a self, _: &'a TargetConfig) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async { Err("the secure DNS updater is not available in this build".to_string()) })
+    }
+}
+
+// --- the coordinator ---------------------------------------------------------------
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct World {
+    targets: BTreeMap<String, TargetState>,
+    nodes: BTreeMap<String, NodeRecord>,
+    live: HashMap<String, Channel>,
+}
+
+pub struct Coordinator {
+    cfg: Config,
+    targets: HashMap<String, TargetConfig>,
+    store: Store,
+    metrics: Metrics,
+    dns: Box<dyn DnsBackend>,
+    world: Mutex<World>,
+}
+
+fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
+    EventRecord {
+        at_ms: now_ms(),
+        subject: subject.to_string(),
+        event: event.to_string(),
+        detail: detail.into(),
+    }
+}
+
+impl Coordinator {
+    /// Opens the state store and rebuilds the world from it and the config.
+    pub fn open(
+        cfg: Config,
+        dns: Box<dyn DnsBackend>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Self>> {
+        let store = Store::open(&cfg.coordinator.state)?;
+        let mut targets = store.targets()?;
+        for t in &cfg.targets {
+            targets.entry(t.name.clone()).or_default();
+        }
+        for name in targets.keys() {
+            if !cfg.targets.iter().any(|t| &t.name == name) {
+                warn!(target = %name, "state holds a target the config no longer defines; it is kept but not driven");
+            }
+        }
+        let mut nodes: BTreeMap<String, NodeRecord> = store
+            .nodes()?
+            .into_iter()
+            .map(|mut n| {
+                // Nobody is connected to a freshly started coordinator.
+                if n.health == Health::Up {
+                    n.health = Health::Down;
+                }
+                (NodeRecord::key(n.role, &n.name), n)
+            })
+            .collect();
+        for p in &cfg.proxies {
+            let key = NodeRecord::key(Role::Proxy, &p.name);
+            let rec = nodes.entry(key).or_insert_with(|| NodeRecord {
+                role: Role::Proxy,
+                name: p.name.clone(),
+                info: NodeInfo::default(),
+                health: Health::Down,
+                last_seen_ms: None,
+                attacked_until_ms: None,
+            });
+            rec.info.address = Some(p.address);
+            rec.info.capacity_mbps = Some(p.capacity_mbps);
+            rec.info.organisation = p.organisation.clone();
+        }
+        let target_cfgs = cfg
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        Ok(Arc::new(Coordinator {
+            cfg,
+            targets: target_cfgs,
+            store,
+            metrics,
+            dns,
+            world: Mutex::new(World {
+                targets,
+                nodes,
+                live: HashMap::new(),
+            }),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().expect("coordinator state lock")
+    }
+
+    /// Re-drives every step that was running when the coordinator stopped.
+    pub fn resume(self: &Arc<Self>) {
+        let running: Vec<(String, u64, Vec<Step>)> = self
+            .lock()
+            .targets
+            .iter()
+            .filter(|(name, _)| self.targets.contains_key(*name))
+            .map(|(name, st)| (name.clone(), st.epoch, st.running().to_vec()))
+            .filter(|(_, _, steps)| !steps.is_empty())
+            .collect();
+        for (target, epoch, steps) in running {
+            info!(%target, epoch, steps = steps.len(), "resuming half-done steps after restart");
+            for step in steps {
+                self.spawn_step(target.clone(), epoch, step);
+            }
+        }
+    }
+
+    /// Applies `ev` to a target, durably, then starts the steps it calls for.
+    fn apply(self: &Arc<Self>, target: &str, ev: Event, why: &str) -> Result<TargetView, Refusal> {
+        let (outcome, view, epoch) = {
+            let mut world = self.lock();
+            let Some(state) = world.targets.get(target) else {
+                return Err(Refusal::new(
+                    RefusalReason::Unknown,
+                    format!("no target named {target:?}"),
+                ));
+            };
+            let mut next = state.clone();
+            let audit = match &ev {
+                Event::StepDone { step, .. } => Some(event(target, "step_done", step.to_string())),
+                Event::StepFailed { .. } => None, // audited by the retry loop, with backoff
+                other => Some(event(target, why, format!("{other:?}"))),
+            };
+            let outcome: Outcome = next.apply(now_ms(), ev);
+            if !outcome.changed {
+                let view = self.target_view(target, state);
+                return Ok(view);
+            }
+            let mut events: Vec<EventRecord> = audit.into_iter().collect();
+            if let Some((from, to)) = outcome.transition {
+                events.push(event(
+                    target,
+                    "phase",
+                    format!(
+                        "{from} -> {to} (epoch {}, proxies {:?})",
+                        next.epoch, next.proxies
+                    ),
+                ));
+            }
+            self.store
+                .commit(Batch {
+                    targets: vec![(target, &next)],
+                    events,
+                    ..Default::default()
+                })
+                .map_err(|e| {
+                    error!(%target, error = %e, "cannot persist target state; change not applied");
+                    Refusal::new(RefusalReason::Unavailable, format!("state store: {e}"))
+                })?;
+            let epoch = next.epoch;
+            let view = self.target_view(target, &next);
+            world.targets.insert(target.to_string(), next);
+            (outcome, view, epoch)
+        };
+        if let Some((from, to)) = outcome.transition {
+            info!(%target, %from, %to, epoch, "target phase changed");
+            self.metrics.transition(from.as_str(), to.as_str());
+        }
+        for step in outcome.start {
+            self.spawn_step(target.to_string(), epoch, step);
+        }
+        Ok(view)
+    }
+
+    fn target_view(&self, name: &str, st: &TargetState) -> TargetView {
+        TargetView {
+            name: name.to_string(),
+            phase: st.phase.to_string(),
+            epoch: st.epoch,
+            scheme: self
+                .targets
+                .get(name)
+                .map(|t| t.scheme.as_str())
+                .unwrap_or("?")
+                .to_string(),
+            proxies: st.proxies.clone(),
+            pending: st.stages.iter().flatten().map(|s| s.to_string()).collect(),
+            last_error: st.last_error.clone(),
+            since_ms: st.since_ms,
+        }
+    }
+
+    fn spawn_step(self: &Arc<Self>, target: String, epoch: u64, step: Step) {
+        let me = self.clone();
+        tokio::spawn(async move { me.drive_step(target, epoch, step).await });
+    }
+
+    /// Runs one step until it succeeds or is no longer wanted, backing off on failure.
+    async fn drive_step(self: Arc<Self>, target: String, epoch: u64, step: Step) {
+        let mut backoff = Duration::from_millis(200);
+        let max = Duration::from_millis(self.cfg.coordinator.max_backoff_ms);
+        let mut attempt: u32 = 0;
+        loop {
+            if !self.still_pending(&target, epoch, &step) {
+                return;
+            }
+            attempt += 1;
+            match self.execute(&target, epoch, &step).await {
+                Ok(()) => {
+                    let _ = self.apply(&target, Event::StepDone { epoch, step }, "step_done");
+                    return;
+                }
+                Err(error) => {
+                    warn!(%target, epoch, %step, attempt, %error, "step failed; will retry");
+                    // Audit the 1st, 2nd, 4th, 8th... failure so a long outage is
+                    // visible without flooding the log.
+                    if attempt.is_power_of_two() {
+                        let _ = self.store.commit(Batch {
+                            events: vec![event(
+                                &target,
+                                "step_failed",
+                                format!("{step} (attempt {attempt}): {error}"),
+                            )],
+                            ..Default::default()
+                        });
+                    }
+                    let _ = self.apply(
+                        &target,
+                        Event::StepFailed {
+                            epoch,
+                            step: step.clone(),
+                            error,
+                        },
+                        "step_failed",
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+
+    fn still_pending(&self, target: &str, epoch: u64, step: &Step) -> bool {
+        self.lock()
+            .targets
+            .get(target)
+            .is_some_and(|s| s.is_pending(epoch, step))
+    }
+
+    fn proxy_address(&self, name: &str) -> Option<IpAddr> {
+        self.lock()
+            .nodes
+            .get(&NodeRecord::key(Role::Proxy, name))
+            .and_then(|n| n.info.address)
+    }
+
+    async fn execute(&self, target: &str, epoch: u64, step: &Step) -> Result<(), String> {
+        let tcfg = self
+            .targets
+            .get(target)
+            .ok_or_else(|| format!("target {target} is not configured"))?;
+        let proxies: Vec<String> = self
+            .lock()
+            .targets
+            .get(target)
+            .map(|s| s.proxies.clone())
+            .unwrap_or_default();
+        let proxy_addrs: Vec<IpAddr> = proxies
+            .iter()
+            .filter_map(|p| self.proxy_address(p))
+            .collect();
+        match step {
+            Step::DnsPublish => {
+                if proxy_addrs.len() != proxies.len() {
+                    return Err("a proxy of the set has no known address yet".into());
+                }
+                self.dns.publish(tcfg, &proxy_addrs).await
+            }
+            Step::DnsRestore => self.dns.restore(tcfg).await,
+            Step::Drain => {
+                tokio::time::sleep(Duration::from_secs(tcfg.ttl as u64)).await;
+                Ok(())
+            }
+            Step::GatewaySetup | Step::GatewayTeardown => {
+                for gw in &tcfg.gateways {
+                    self.order(Role::Gateway, gw, tcfg, epoch, step, &proxies)
+                        .await?;
+                }
+                Ok(())
+            }
+            Step::TargetSetup | Step::TargetTeardown => {
+                self.order(Role::Target, &tcfg.name, tcfg, epoch, step, &proxies)
+                    .await
+            }
+            Step::ProxyTeardown(p) if !self.is_connected(Role::Proxy, p) => {
+                // A dead proxy cannot be told. Its relay is already cut off: the gateway
+                // set-up before this step admits only the current set.
+                let _ = self.store.commit(Batch {
+                    events: vec![event(
+                        target,
+                        "step_deferred",
+                        format!("{step}: {p} is not connected; the gateway no longer admits it"),
+                    )],
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Step::ProxySetup(p) | Step::ProxyTeardown(p) => {
+                self.order(Role::Proxy, p, tcfg, epoch, step, &proxies)
+                    .await
+            }
+            Step::NotifyResolvers => {
+                for p in &proxies {
+                    self.order(Role::Proxy, p, tcfg, epoch, step, &proxies)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn is_connected(&self, role: Role, name: &str) -> bool {
+        self.lock()
+            .live
+            .get(&NodeRecord::key(role, name))
+            .is_some_and(|c| !c.is_closed())
+    }
+
+    /// Sends one data-plane order to a node and waits for its result.
+    async fn order(
+        &self,
+        role: Role,
+        name: &str,
+        tcfg: &TargetConfig,
+        epoch: u64,
+        step: &Step,
+        proxies: &[String],
+    ) -> Result<(), String> {
+        let key = NodeRecord::key(role, name);
+        let channel = self
+            .lock()
+            .live
+            .get(&key)
+            .cloned()
+            .filter(|c| !c.is_closed())
+            .ok_or_else(|| format!("{key} is not connected"))?;
+        let proxies: Vec<serde_json::Value> = proxies
+            .iter()
+            .map(|p| serde_json::json!({"name": p, "address": self.proxy_address(p)}))
+            .collect();
+        let command = serde_json::json!({
+            "step": step,
+            "target": {
+                "name": tcfg.name,
+                "fqdn": tcfg.fqdn,
+                "addresses": tcfg.addresses,
+                "scheme": tcfg.scheme,
+                "gateways": tcfg.gateways,
+            },
+            "proxies": proxies,
+        });
+        channel
+            .request(
+                Request::Dataplane {
+                    target: tcfg.name.clone(),
+                    epoch,
+                    command,
+                },
+                channel::REQUEST_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    // --- registry --------------------------------------------------------------------
+
+    fn candidates(&self, world: &World) -> Vec<Candidate> {
+        let now = now_ms();
+        world
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Proxy)
+            .map(|n| Candidate {
+                name: n.name.clone(),
+                organisation: n
+                    .info
+                    .organisation
+                    .clone()
+                    .unwrap_or_else(|| n.name.clone()),
+                capacity_mbps: n.info.capacity_mbps.unwrap_or(default_capacity()),
+                serving: world
+                    .targets
+                    .values()
+                    .filter(|t| t.proxies.contains(&n.name))
+                    .count() as u32,
+                usable: n.health == Health::Up
+                    && n.info.address.is_some()
+                    && n.attacked_until_ms.is_none_or(|u| u <= now),
+            })
+            .collect()
+    }
+
+    fn choose_for(&self, target: &str, exclude: &[String]) -> Vec<String> {
+        let k = self
+            .targets
+            .get(target)
+            .and_then(|t| t.proxies)
+            .unwrap_or(self.cfg.coordinator.proxies_per_target);
+        let world = self.lock();
+        choose_proxies(&self.candidates(&world), k, exclude)
+    }
+
+    /// Takes a lost proxy out of every target that lists it, with a replacement each.
+    fn proxy_lost(self: &Arc<Self>, proxy: &str, why: &str) {
+        let affected: Vec<(String, Vec<String>)> = self
+            .lock()
+            .targets
+            .iter()
+            .filter(|(_, s)| s.phase.is_diverted() && s.proxies.iter().any(|p| p == proxy))
+            .map(|(n, s)| (n.clone(), s.proxies.clone()))
+            .collect();
+        for (target, current) in affected {
+            let mut exclude = current;
+            exclude.push(proxy.to_string());
+            let replacement = self.choose_for(&target, &exclude).into_iter().next();
+            if replacement.is_none() {
+                warn!(%target, %proxy, "no replacement proxy available; the target keeps fewer proxies");
+            }
+            let _ = self.apply(
+                &target,
+                Event::ProxyLost {
+                    proxy: proxy.to_string(),
+                    replacement,
+                },
+                why,
+            );
+        }
+    }
+
+    fn set_health(
+        &self,
+        world: &mut World,
+        key: &str,
+        health: Health,
+        why: &str,
+    ) -> Option<NodeRecord> {
+        let node = world.nodes.get_mut(key)?;
+        if node.health == health {
+            return None;
+        }
+        node.health = health;
+        if health == Health::Attacked {
+            node.attacked_until_ms = Some(now_ms() + self.cfg.coordinator.attacked_hold_ms);
+        }
+        let rec = node.clone();
+        if let Err(e) = self.store.commit(Batch {
+            nodes: vec![&rec],
+            events: vec![event(key, "health", format!("{} ({why})", health.as_str()))],
+            ..Default::default()
+        }) {
+            error!(node = key, error = %e, "cannot persist node health");
+        }
+        Some(rec)
+    }
+
+    fn register(&self, from: &Channel, info: NodeInfo) -> Result<Reply, Refusal> {
+        let peer = from.peer();
+        let key = NodeRecord::key(peer.role, &peer.name);
+        let mut world = self.lock();
+        let rec = world
+            .nodes
+            .entry(key.clone())
+            .or_insert_with(|| NodeRecord {
+                role: peer.role,
+                name: peer.name.clone(),
+                info: NodeInfo::default(),
+                health: Health::Down,
+                last_seen_ms: None,
+                attacked_until_ms: None,
+            });
+        // Configured values win over what a node says of itself.
+        let configured = self
+            .cfg
+            .proxies
+            .iter()
+            .find(|p| peer.role == Role::Proxy && p.name == peer.name);
+        rec.info = NodeInfo {
+            address: configured.map(|p| p.address).or(info.address),
+            capacity_mbps: configured.map(|p| p.capacity_mbps).or(info.capacity_mbps),
+            organisation: configured
+                .and_then(|p| p.organisation.clone())
+                .or(info.organisation),
+            version: info.version,
+        };
+        rec.last_seen_ms = Some(now_ms());
+        if rec.health == Health::Down {
+            rec.health = Health::Up;
+        }
+        let rec = rec.clone();
+        self.store
+            .commit(Batch {
+                nodes: vec![&rec],
+                events: vec![event(&key, "registered", format!("from {}", from.remote()))],
+                ..Default::default()
+            })
+            .map_err(|e| Refusal::new(RefusalReason::Unavailable, format!("state store: {e}")))?;
+        world.live.insert(key, from.clone());
+        Ok(Reply::Registered {
+            heartbeat_ms: self.cfg.coordinator.heartbeat_ms,
+        })
+    }
+
+    fn heartbeat(&self, from: &Channel) {
+        let key = NodeRecord::key(from.peer().role, &from.peer().name);
+        let mut world = self.lock();
+        let revived = match world.nodes.get_mut(&key) {
+            Some(n) => {
+                n.last_seen_ms = Some(now_ms());
+                n.health == Health::Down
+            }
+            None => false,
+        };
+        world
+            .live
+            .entry(key.clone())
+            .or_insert_with(|| from.clone());
+        if revived {
+            self.set_health(&mut world, &key, Health::Up, "heartbeat");
+        }
+    }
+
+    /// Marks silent nodes down and attacked marks that expired back up; a proxy that
+    /// goes down is swapped out of its targets.
+    fn sweep(self: &Arc<Self>) {
+        let now = now_ms();
+        let down_after = self.cfg.coordinator.down_after_ms;
+        let mut lost = Vec::new();
+        {
+            let mut world = self.lock();
+            let keys: Vec<String> = world.nodes.keys().cloned().collect();
+            for key in keys {
+                let n = &world.nodes[&key];
+                let silent = n
+                    .last_seen_ms
+                    .is_none_or(|t| now.saturating_sub(t) > down_after);
+                let expired =
+                    n.health == Health::Attacked && n.attacked_until_ms.is_some_and(|u| u <= now);
+                let (role, name) = (n.role, n.name.clone());
+                if n.health == Health::Up && silent {
+                    self.set_health(&mut world, &key, Health::Down, "silent");
+                    world.live.remove(&key);
+                    if role == Role::Proxy {
+                        lost.push(name);
+                    }
+                } else if expired {
+                    let h = if silent { Health::Down } else { Health::Up };
+                    self.set_health(&mut world, &key, h, "attacked mark expired");
+                }
+            }
+        }
+        for p in lost {
+            self.proxy_lost(&p, "proxy_down");
+        }
+    }
+
+    fn status(&self, limit: usize) -> Result<StatusReport, Refusal> {
+        let world = self.lock();
+        let targets = world
+            .targets
+            .iter()
+            .map(|(n, s)| self.target_view(n, s))
+            .collect();
+        let proxies = self.proxy_views(&world);
+        let gateways = world
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Gateway)
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                address: n.info.address,
+                health: n.health.as_str().to_string(),
+                last_seen_ms: n.last_seen_ms,
+            })
+            .collect();
+        drop(world);
+        Ok(StatusReport {
+            targets,
+            proxies,
+            gateways,
+            events: self.events(limit)?,
+        })
+    }
+
+    fn proxy_views(&self, world: &World) -> Vec<ProxyView> {
+        world
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Proxy)
+            .map(|n| ProxyView {
+                name: n.name.clone(),
+                address: n.info.address,
+                organisation: n.info.organisation.clone(),
+                capacity_mbps: n.info.capacity_mbps,
+                health: n.health.as_str().to_string(),
+                last_seen_ms: n.last_seen_ms,
+                serving: world
+                    .targets
+                    .iter()
+                    .filter(|(_, s)| s.proxies.contains(&n.name))
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn events(&self, limit: usize) -> Result<Vec<EventView>, Refusal> {
+        Ok(self
+            .store
+            .events(limit)
+            .map_err(|e| Refusal::new(RefusalReason::Unavailable, e.to_string()))?
+            .into_iter()
+            .map(|(seq, e)| EventView {
+                seq,
+                at_ms: e.at_ms,
+                subject: e.subject,
+                event: e.event,
+                detail: e.detail,
+            })
+            .collect())
+    }
+
+    fn alarm(self: &Arc<Self>, target: &str, why: &str, detail: &str) -> Result<Reply, Refusal> {
+        if !self.targets.contains_key(target) {
+            return Err(Refusal::new(
+                RefusalReason::Unknown,
+                format!("no target named {target:?} is configured on this coordinator"),
+            ));
+        }
+        let proxies = self.choose_for(target, &[]);
+        if proxies.is_empty() {
+            warn!(%target, "alarm, but no usable proxy is registered; divert proceeds and waits for proxies");
+        }
+        info!(%target, why, detail, ?proxies, "alarm");
+        self.apply(target, Event::Alarm { proxies }, why)
+            .map(Reply::Target)
+    }
+
+    fn all_clear(self: &Arc<Self>, target: &str, why: &str) -> Result<Reply, Refusal> {
+        if !self.targets.contains_key(target) {
+            return Err(Refusal::new(
+                RefusalReason::Unknown,
+                format!("no target named {target:?} is configured on this coordinator"),
+            ));
+        }
+        info!(%target, why, "all clear");
+        self.apply(target, Event::AllClear, why).map(Reply::Target)
+    }
+}
+
+/// The coordinator's side of every control connection.
+pub struct CoordinatorHandler(pub Arc<Coordinator>);
+
+fn respond(r: Result<Reply, Refusal>) -> Response {
+    match r {
+        Ok(reply) => Response::Ok { reply },
+        Err(refusal) => Response::Refused(refusal),
+    }
+}
+
+impl Handler for CoordinatorHandler {
+    async fn handle(&self, from: &Channel, request: Request) -> Response {
+        let c = &self.0;
+        match request {
+            Request::Register(info) => respond(c.register(from, info)),
+            Request::Heartbeat { .. } => {
+                c.heartbeat(from);
+                respond(Ok(Reply::Done))
+            }
+            Request::Alarm { target, summary } => {
+                respond(c.alarm(&target, "alarm", &summary.to_string()))
+            }
+            Request::AllClear { target } => respond(c.all_clear(&target, "all_clear")),
+            Request::ProxyAttacked { proxy, summary } => {
+                let key = NodeRecord::key(Role::Proxy, &proxy);
+                warn!(%proxy, %summary, "proxy reports a severe attack on itself; resetting it out");
+                c.set_health(&mut c.lock(), &key, Health::Attacked, "reported attack");
+                c.proxy_lost(&proxy, "proxy_attacked");
+                respond(Ok(Reply::Done))
+            }
+            Request::Traceback { proxy, sources } => {
+                let detail = format!(
+                    "{} sources: {:?}",
+                    sources.len(),
+                    sources.iter().take(20).collect::<Vec<_>>()
+                );
+                let r = c.store.commit(Batch {
+                    events: vec![event(&format!("proxy/{proxy}"), "traceback", detail)],
+                    ..Default::default()
+                });
+                respond(
+                    r.map(|_| Reply::Done)
+                        .map_err(|e| Refusal::new(RefusalReason::Unavailable, e.to_string())),
+                )
+            }
+            Request::Status => respond(c.status(10).map(Reply::Status)),
+            Request::Proxies => {
+                let proxies = c.proxy_views(&c.lock());
+                respond(Ok(Reply::Proxies { proxies }))
+            }
+            Request::Events { limit } => respond(
+                c.events(limit.min(10_000) as usize)
+                    .map(|events| Reply::Events { events }),
+            ),
+            Request::Divert { target } => {
+                respond(c.alarm(&target, "operator_divert", &from.peer().to_string()))
+            }
+            Request::Restore { target } => respond(c.all_clear(&target, "operator_restore")),
+            Request::Dataplane { .. } => Response::Refused(Refusal::new(
+                RefusalReason::Role,
+                "the coordinator takes no data-plane orders",
+            )),
+        }
+    }
+
+    async fn closed(&self, channel: &Channel) {
+        let key = NodeRecord::key(channel.peer().role, &channel.peer().name);
+        let mut world = self.0.lock();
+        // Only forget the channel if it is still the current one for this node.
+        if world
+            .live
+            .get(&key)
+            .is_some_and(|c| c.remote() == channel.remote())
+        {
+            world.live.remove(&key);
+        }
+    }
+}
+
+// --- the daemon ---------------------------------------------------------------------
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scold coordinator is not available in this build")
+pub struct Args {
+    /// The coordinator's TOML configuration file.
+    #[arg(long, short, required_unless_present = "example_config")]
+    pub config: Option<PathBuf>,
+    /// Print a commented example configuration and exit.
+    #[arg(long)]
+    pub example_config: bool,
+}
+
+/// Starts a coordinator from a loaded config; returns when `shutdown` flips.
+pub async fn serve(
+    cfg: Config,
+    config_path: &Path,
+    dns: Box<dyn DnsBackend>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    scold_pki::install_crypto_provider();
+    let tls = Arc::new(cfg.tls.load(config_path)?);
+    anyhow::ensure!(
+        tls.identity().role == Role::Coordinator,
+        "{}: [tls] cert is for {}, not a coordinator; issue one with `scold ca issue --role coordinator --name NAME`",
+        config_path.display(),
+        tls.identity()
+    );
+    let listen = cfg.coordinator.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen}; change [coordinator] listen in {}",
+                config_path.display()
+            )
+        })?;
+    let metrics = Metrics::new();
+    if let Some(m) = &cfg.metrics {
+        let addr = m.listen;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(addr).await {
+                error!("{e:#}");
+            }
+        });
+    }
+    serve_on(cfg, tls, dns, listener, metrics, shutdown).await
+}
+
+/// Runs a coordinator on an already bound listener (tests, embedding).
+pub async fn serve_on(
+    cfg: Config,
+    tls: Arc<scold_pki::TlsIdentity>,
+    dns: Box<dyn DnsBackend>,
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let sweep_every = Duration::from_millis(cfg.coordinator.heartbeat_ms.clamp(50, 1000));
+    let coordinator = Coordinator::open(cfg, dns, metrics.clone())?;
+    info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
+    coordinator.resume();
+    let sweeper = {
+        let c = coordinator.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            loop {
+                tick.tick().await;
+                c.sweep();
+            }
+        })
+    };
+    let r = channel::serve(
+        listener,
+        tls,
+        Arc::new(CoordinatorHandler(coordinator)),
+        metrics,
+        shutdown,
+    )
+    .await;
+    sweeper.abort();
+    r
+}
+
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let cfg: Config = config::load(path, "scold coordinator --example-config")?;
+    cfg.validate(path)?;
+    Ok(cfg)
+}
+
+/// A watch that flips to true on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.example_config {
+        print!("{EXAMPLE_CONFIG}");
+        return Ok(());
+    }
+    let path = args.config.expect("clap requires --config");
+    let cfg = load_config(&path)?;
+    serve(cfg, &path, Box::new(NoDns), shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let p = Path::new("example.toml");
+        let cfg: Config = config::parse(EXAMPLE_CONFIG, p, "x").unwrap();
+        cfg.validate(p).unwrap();
+        assert_eq!(cfg.targets[0].scheme, Scheme::Resolver);
+        assert_eq!(cfg.proxies[0].name, "p1");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let p = Path::new("c.toml");
+        let bad = EXAMPLE_CONFIG.replace("gateways = [\"gw1\"]", "gateways = []");
+        let cfg: Config = config::parse(&bad, p, "x").unwrap();
+        let e = cfg.validate(p).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("gateways"), "{e}");
+        let bad = EXAMPLE_CONFIG.replace("fqdn = \"www.example.net.\"", "fqdn = \"www.other.org\"");
+        let cfg: Config = config::parse(&bad, p, "x").unwrap();
+        let e = cfg.validate(p).unwrap_err().to_string();
+        assert!(e.contains("fully qualified"), "{e}");
+    }
 }

@@ -1,6 +1,291 @@
-//! `scold ctl` (being built).
+//! `scold ctl`: operator commands against a running coordinator, over the same mutual
+//! TLS as every daemon (with an operator certificate).
+
+use crate::channel::{self, NoRequests};
+use crate::metrics::Metrics;
+use anyhow::Context;
+use scold_proto::control::{EventView, ProxyView, Reply, Request, TargetView};
+use scold_proto::identity::Role;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scold ctl is not available in this build")
+pub struct Args {
+    /// Control address of the coordinator.
+    #[arg(long, env = "SCOLD_COORDINATOR", default_value = "127.0.0.1:7800")]
+    pub coordinator: SocketAddr,
+    /// The consortium CA certificate.
+    #[arg(long, env = "SCOLD_CA", default_value = "ca.crt")]
+    pub ca: PathBuf,
+    /// Your operator certificate (`scold ca issue --role operator --name YOU`).
+    #[arg(long, env = "SCOLD_CERT", default_value = "operator.crt")]
+    pub cert: PathBuf,
+    /// The private key of the operator certificate.
+    #[arg(long, env = "SCOLD_KEY", default_value = "operator.key")]
+    pub key: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for the coordinator.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CtlCommand {
+    /// Targets with their phase and proxies, proxies, gateways, and the last events.
+    Status,
+    /// Divert a target now, as if its detector had raised an alarm.
+    Divert {
+        /// Target name as configured on the coordinator.
+        target: String,
+    },
+    /// Restore a target now, as if its detector had sent the all-clear.
+    Restore {
+        /// Target name as configured on the coordinator.
+        target: String,
+    },
+    /// The proxy pool: address, organisation, capacity, health, targets served.
+    Proxies,
+    /// The audit log, newest last.
+    Events {
+        /// How many events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+fn fmt_time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let days = secs / 86400;
+    // Civil date from days since the epoch (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}.{:03}Z",
+        ms % 1000
+    )
+}
+
+/// Renders rows as an aligned table with a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn targets_table(ts: &[TargetView]) -> String {
+    table(
+        &[
+            "TARGET",
+            "PHASE",
+            "EPOCH",
+            "SCHEME",
+            "PROXIES",
+            "PENDING",
+            "SINCE",
+            "LAST ERROR",
+        ],
+        ts.iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.phase.clone(),
+                    t.epoch.to_string(),
+                    t.scheme.clone(),
+                    if t.proxies.is_empty() {
+                        "-".into()
+                    } else {
+                        t.proxies.join(",")
+                    },
+                    if t.pending.is_empty() {
+                        "-".into()
+                    } else {
+                        t.pending.join(",")
+                    },
+                    fmt_time(t.since_ms),
+                    t.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn proxies_table(ps: &[ProxyView]) -> String {
+    table(
+        &[
+            "PROXY",
+            "ADDRESS",
+            "ORG",
+            "MBIT/S",
+            "HEALTH",
+            "LAST SEEN",
+            "SERVING",
+        ],
+        ps.iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    p.organisation.clone().unwrap_or_else(|| "-".into()),
+                    p.capacity_mbps
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    p.health.clone(),
+                    p.last_seen_ms
+                        .map(fmt_time)
+                        .unwrap_or_else(|| "never".into()),
+                    if p.serving.is_empty() {
+                        "-".into()
+                    } else {
+                        p.serving.join(",")
+                    },
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn events_table(es: &[EventView]) -> String {
+    table(
+        &["SEQ", "TIME", "SUBJECT", "EVENT", "DETAIL"],
+        es.iter()
+            .map(|e| {
+                vec![
+                    e.seq.to_string(),
+                    fmt_time(e.at_ms),
+                    e.subject.clone(),
+                    e.event.clone(),
+                    e.detail.clone(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Renders a reply for a terminal.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Status(s) => {
+            let gws = table(
+                &["GATEWAY", "HEALTH", "LAST SEEN"],
+                s.gateways
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.name.clone(),
+                            g.health.clone(),
+                            g.last_seen_ms
+                                .map(fmt_time)
+                                .unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect(),
+            );
+            format!(
+                "{}\n{}\n{}\n{}",
+                targets_table(&s.targets),
+                proxies_table(&s.proxies),
+                gws,
+                events_table(&s.events)
+            )
+        }
+        Reply::Proxies { proxies } => proxies_table(proxies),
+        Reply::Events { events } => events_table(events),
+        Reply::Target(t) => targets_table(std::slice::from_ref(t)),
+        other => format!("{other:?}\n"),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    scold_pki::install_crypto_provider();
+    let tls = scold_pki::TlsIdentity::load(&scold_pki::TlsPaths {
+        ca_cert: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        crl: None,
+    })
+    .context("cannot load the operator certificate; pass --ca, --cert and --key (or SCOLD_CA, SCOLD_CERT, SCOLD_KEY)")?;
+    let channel = channel::connect(
+        args.coordinator,
+        &tls,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let request = match &args.command {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::Divert { target } => Request::Divert {
+            target: target.clone(),
+        },
+        CtlCommand::Restore { target } => Request::Restore {
+            target: target.clone(),
+        },
+        CtlCommand::Proxies => Request::Proxies,
+        CtlCommand::Events { limit } => Request::Events { limit: *limit },
+    };
+    let reply = channel
+        .request(request, Duration::from_secs(args.timeout))
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", render(&reply));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(fmt_time(0), "-");
+        assert_eq!(fmt_time(1_700_000_000_123), "2023-11-14 22:13:20.123Z");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], vec![vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
 }

@@ -1,0 +1,143 @@
+//! A node's link to the coordinator: connect, register, heartbeat, reconnect with
+//! backoff, and serve the coordinator's orders through the node's [`Handler`].
+
+use crate::channel::{self, Channel, ChannelError, Handler};
+use crate::metrics::Metrics;
+use scold_pki::TlsIdentity;
+use scold_proto::control::{NodeInfo, Reply, Request};
+use scold_proto::identity::Role;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A running link to the coordinator. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    current: watch::Receiver<Option<Channel>>,
+}
+
+impl Agent {
+    /// Starts the connect/register/heartbeat loop in the background. It stops when
+    /// `shutdown` flips to true.
+    pub fn start<H: Handler>(
+        coordinator: SocketAddr,
+        info: NodeInfo,
+        tls: Arc<TlsIdentity>,
+        handler: Arc<H>,
+        metrics: Metrics,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Agent {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let attempt = async {
+                    let ch = channel::connect(
+                        coordinator,
+                        &tls,
+                        &[Role::Coordinator],
+                        handler.clone(),
+                        metrics.clone(),
+                    )
+                    .await?;
+                    let reply = ch
+                        .request(Request::Register(info.clone()), channel::REQUEST_TIMEOUT)
+                        .await?;
+                    let every = match reply {
+                        Reply::Registered { heartbeat_ms } => {
+                            Duration::from_millis(heartbeat_ms.max(50))
+                        }
+                        _ => Duration::from_secs(1),
+                    };
+                    Ok::<_, ChannelError>((ch, every))
+                };
+                let (ch, every) = tokio::select! {
+                    r = attempt => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(%coordinator, error = %e, retry_in = ?backoff, "cannot reach the coordinator");
+                            tokio::select! {
+                                _ = tokio::time::sleep(jitter(backoff)) => {},
+                                _ = channel::until_set(&mut shutdown) => return,
+                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    },
+                    _ = channel::until_set(&mut shutdown) => return,
+                };
+                info!(%coordinator, peer = %ch.peer(), "registered with the coordinator");
+                backoff = MIN_BACKOFF;
+                let _ = tx.send(Some(ch.clone()));
+                let mut seq = 0u64;
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            seq += 1;
+                            if let Err(e) = ch.request(Request::Heartbeat { seq }, every * 3).await {
+                                warn!(error = %e, "heartbeat failed; reconnecting");
+                                break;
+                            }
+                        }
+                        _ = ch.wait_closed() => {
+                            warn!("coordinator connection closed; reconnecting");
+                            break;
+                        }
+                        _ = channel::until_set(&mut shutdown) => return,
+                    }
+                }
+                let _ = tx.send(None);
+            }
+        });
+        Agent { current: rx }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| !c.is_closed())
+    }
+
+    /// Sends a request to the coordinator, waiting up to `timeout` for a connection
+    /// and the answer together.
+    pub async fn request(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Reply, ChannelError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.current.clone();
+        let ch = tokio::time::timeout_at(deadline, async {
+            loop {
+                if let Some(ch) = rx.borrow_and_update().clone().filter(|c| !c.is_closed()) {
+                    return Ok(ch);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ChannelError::Closed("coordinator".into()));
+                }
+            }
+        })
+        .await
+        .map_err(|_| ChannelError::Timeout {
+            peer: "coordinator".into(),
+            kind: request.kind(),
+            timeout,
+        })??;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        ch.request(request, left.max(Duration::from_millis(1)))
+            .await
+    }
+}
+
+/// Spreads reconnects of many nodes after a coordinator restart.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random::<f64>() * 0.5 + 0.75;
+    d.mul_f64(f)
+}

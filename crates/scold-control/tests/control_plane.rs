@@ -1,0 +1,631 @@
+//! The control plane end to end over real mutual TLS on loopback: a coordinator, nodes
+//! linked through `Agent`, an operator channel. The nodes' data planes are played by
+//! handlers that record the orders they get; the DNS back end records the updates.
+
+use scold_control::agent::Agent;
+use scold_control::channel::{self, Channel, ChannelError, Handler, NoRequests};
+use scold_control::coordinator::{self, BoxFut, Config, DnsBackend, TargetConfig};
+use scold_control::metrics::Metrics;
+use scold_pki::{Ca, CaInit, Identity, RevokeTarget, Role, TlsIdentity, Validity};
+use scold_proto::control::{
+    EpochGuard, NodeInfo, RefusalReason, Reply, Request, Response, StatusReport,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const T: Duration = Duration::from_secs(10);
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: Ca,
+    root: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        scold_pki::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let ca = Ca::init(&root.join("ca"), &CaInit::default()).unwrap();
+        Pki {
+            _dir: dir,
+            ca,
+            root,
+        }
+    }
+
+    fn issue_with(&mut self, role: Role, name: &str, validity: Validity) -> Arc<TlsIdentity> {
+        let out = self.root.join(format!("{role}-{name}"));
+        let paths = self
+            .ca
+            .issue(
+                &Identity::new(role, name).unwrap(),
+                &[],
+                &[],
+                validity,
+                &out,
+            )
+            .unwrap();
+        Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap())
+    }
+
+    fn issue(&mut self, role: Role, name: &str) -> Arc<TlsIdentity> {
+        self.issue_with(role, name, Validity::days(1))
+    }
+}
+
+/// Records the DNS updates the coordinator makes.
+#[derive(Default, Clone)]
+struct RecordingDns {
+    log: Arc<Mutex<Vec<String>>>,
+    fail: Arc<Mutex<bool>>,
+}
+
+impl DnsBackend for RecordingDns {
+    fn publish<'a>(
+        &'a self,
+        t: &'a TargetConfig,
+        proxies: &'a [IpAddr],
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            if *self.fail.lock().unwrap() {
+                return Err("server unreachable".into());
+            }
+            let mut v: Vec<String> = proxies.iter().map(|a| a.to_string()).collect();
+            v.sort();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("publish {} {}", t.fqdn, v.join(",")));
+            Ok(())
+        })
+    }
+    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!("restore {}", t.fqdn));
+            Ok(())
+        })
+    }
+}
+
+/// A node that applies orders by recording them, guarding epochs like a real node.
+#[derive(Default)]
+struct Node {
+    orders: Mutex<Vec<String>>,
+    epochs: Mutex<EpochGuard>,
+}
+
+impl Handler for Node {
+    async fn handle(&self, _from: &Channel, request: Request) -> Response {
+        match request {
+            Request::Dataplane {
+                target,
+                epoch,
+                command,
+            } => {
+                if let Err(r) = self.epochs.lock().unwrap().admit(&target, epoch) {
+                    return Response::Refused(r);
+                }
+                let step = &command["step"];
+                let what = match step.get("proxy") {
+                    Some(p) => format!(
+                        "{}({})",
+                        step["step"].as_str().unwrap(),
+                        p.as_str().unwrap()
+                    ),
+                    None => step["step"].as_str().unwrap().to_string(),
+                };
+                self.orders.lock().unwrap().push(what);
+                Response::Ok { reply: Reply::Done }
+            }
+            other => Response::Refused(scold_proto::control::Refusal::new(
+                RefusalReason::Role,
+                format!("unexpected {}", other.kind()),
+            )),
+        }
+    }
+}
+
+fn config(state: &Path, listen: SocketAddr, proxies: usize) -> Config {
+    let text = format!(
+        r#"
+[coordinator]
+listen = "{listen}"
+state = "{}"
+heartbeat_ms = 100
+down_after_ms = 600
+proxies_per_target = {proxies}
+max_backoff_ms = 200
+[tls]
+ca = "unused"
+cert = "unused"
+key = "unused"
+[[target]]
+name = "web"
+fqdn = "www.example.net."
+zone = "example.net."
+addresses = ["192.0.2.10"]
+gateways = ["gw1"]
+ttl = 0
+[target.dns]
+server = "127.0.0.1:53"
+key = "hmac-sha256:k:AAAA"
+[[proxy]]
+name = "p1"
+address = "198.51.100.1"
+organisation = "a"
+capacity_mbps = 3000
+[[proxy]]
+name = "p2"
+address = "198.51.100.2"
+organisation = "b"
+capacity_mbps = 2000
+[[proxy]]
+name = "p3"
+address = "198.51.100.3"
+organisation = "c"
+capacity_mbps = 1000
+"#,
+        state.display()
+    );
+    scold_control::config::parse(&text, Path::new("test.toml"), "x").unwrap()
+}
+
+struct Rig {
+    pki: Pki,
+    addr: SocketAddr,
+    dns: RecordingDns,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+}
+
+impl Rig {
+    async fn start(proxies: usize) -> Rig {
+        let mut pki = Pki::new();
+        let tls = pki.issue(Role::Coordinator, "main");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = config(&pki.root.join("state.redb"), addr, proxies);
+        let dns = RecordingDns::default();
+        let metrics = Metrics::new();
+        let (stop, rx) = watch::channel(false);
+        let (d, m) = (dns.clone(), metrics.clone());
+        tokio::spawn(async move {
+            coordinator::serve_on(cfg, tls, Box::new(d), listener, m, rx)
+                .await
+                .unwrap()
+        });
+        Rig {
+            pki,
+            addr,
+            dns,
+            metrics,
+            stop,
+        }
+    }
+
+    fn node(&mut self, role: Role, name: &str, address: Option<&str>) -> (Agent, Arc<Node>) {
+        let (agent, node, stop) = self.stoppable_node(role, name, address);
+        std::mem::forget(stop);
+        (agent, node)
+    }
+
+    fn stoppable_node(
+        &mut self,
+        role: Role,
+        name: &str,
+        address: Option<&str>,
+    ) -> (Agent, Arc<Node>, watch::Sender<bool>) {
+        let tls = self.pki.issue(role, name);
+        let node = Arc::new(Node::default());
+        let info = NodeInfo {
+            address: address.map(|a| a.parse().unwrap()),
+            ..Default::default()
+        };
+        let (stop, rx) = watch::channel(false);
+        let agent = Agent::start(self.addr, info, tls, node.clone(), Metrics::new(), rx);
+        (agent, node, stop)
+    }
+
+    async fn operator(&mut self) -> Channel {
+        let tls = self.pki.issue(Role::Operator, "admin");
+        channel::connect(
+            self.addr,
+            &tls,
+            &[Role::Coordinator],
+            Arc::new(NoRequests),
+            Metrics::new(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn status(op: &Channel) -> StatusReport {
+    match op.request(Request::Status, T).await.unwrap() {
+        Reply::Status(s) => s,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Polls the status until `pred` holds (bounded).
+async fn wait_status(
+    op: &Channel,
+    what: &str,
+    pred: impl Fn(&StatusReport) -> bool,
+) -> StatusReport {
+    for _ in 0..200 {
+        let s = status(op).await;
+        if pred(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}: {:#?}", status(op).await);
+}
+
+fn phase(s: &StatusReport) -> &str {
+    &s.targets.iter().find(|t| t.name == "web").unwrap().phase
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_reset_and_restore() {
+    let mut rig = Rig::start(2).await;
+    let (target, target_node) = rig.node(Role::Target, "web", None);
+    let (_gw, gw_node) = rig.node(Role::Gateway, "gw1", None);
+    let mut proxies = Vec::new();
+    for p in ["p1", "p2", "p3"] {
+        proxies.push(rig.node(Role::Proxy, p, None));
+    }
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 3
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+
+    // A target may raise alarms only for itself.
+    let err = target
+        .request(
+            Request::Alarm {
+                target: "mail".into(),
+                summary: serde_json::Value::Null,
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::Refused { ref refusal, .. } if refusal.reason == RefusalReason::Subject),
+        "{err}"
+    );
+
+    // The alarm: divert with the two proxies of most free capacity, different orgs.
+    let reply = target
+        .request(
+            Request::Alarm {
+                target: "web".into(),
+                summary: serde_json::json!({"pps": 1e6}),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    let Reply::Target(view) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(view.phase, "diverting");
+    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    let web = s.targets.iter().find(|t| t.name == "web").unwrap();
+    assert_eq!(web.proxies, vec!["p1", "p2"]);
+    assert_eq!(
+        rig.dns.log.lock().unwrap().clone(),
+        vec!["publish www.example.net. 198.51.100.1,198.51.100.2"]
+    );
+    assert_eq!(
+        gw_node.orders.lock().unwrap().clone(),
+        vec!["gateway_setup"]
+    );
+    assert_eq!(
+        target_node.orders.lock().unwrap().clone(),
+        vec!["target_setup"]
+    );
+    assert_eq!(
+        proxies[0].1.orders.lock().unwrap().clone(),
+        vec!["proxy_setup(p1)", "notify_resolvers"]
+    );
+    assert!(proxies[2].1.orders.lock().unwrap().is_empty());
+
+    // A second alarm changes nothing (idempotent).
+    target
+        .request(
+            Request::Alarm {
+                target: "web".into(),
+                summary: serde_json::Value::Null,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(phase(&status(&op).await), "diverted");
+
+    // p1 reports a severe attack on itself: it is swapped for p3 (paper 4.4).
+    proxies[0]
+        .0
+        .request(
+            Request::ProxyAttacked {
+                proxy: "p1".into(),
+                summary: serde_json::Value::Null,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    let s = wait_status(&op, "reset done", |s| {
+        phase(s) == "diverted" && s.targets[0].proxies == vec!["p2", "p3"]
+    })
+    .await;
+    assert_eq!(
+        s.proxies.iter().find(|p| p.name == "p1").unwrap().health,
+        "attacked"
+    );
+    assert!(proxies[0]
+        .1
+        .orders
+        .lock()
+        .unwrap()
+        .contains(&"proxy_teardown(p1)".to_string()));
+    assert!(proxies[2]
+        .1
+        .orders
+        .lock()
+        .unwrap()
+        .contains(&"proxy_setup(p3)".to_string()));
+    assert_eq!(
+        rig.dns.log.lock().unwrap().last().unwrap(),
+        "publish www.example.net. 198.51.100.2,198.51.100.3"
+    );
+
+    // A proxy may not speak for another one, nor act as an operator.
+    let err = proxies[1]
+        .0
+        .request(
+            Request::ProxyAttacked {
+                proxy: "p3".into(),
+                summary: serde_json::Value::Null,
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::Refused { ref refusal, .. } if refusal.reason == RefusalReason::Subject)
+    );
+    let err = proxies[1]
+        .0
+        .request(
+            Request::Restore {
+                target: "web".into(),
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::Refused { ref refusal, .. } if refusal.reason == RefusalReason::Role)
+    );
+
+    // The all-clear restores: DNS back, routes torn down, normal.
+    target
+        .request(
+            Request::AllClear {
+                target: "web".into(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    let s = wait_status(&op, "normal", |s| phase(s) == "normal").await;
+    assert!(s.targets[0].proxies.is_empty());
+    assert_eq!(
+        rig.dns.log.lock().unwrap().last().unwrap(),
+        "restore www.example.net."
+    );
+    assert_eq!(
+        gw_node.orders.lock().unwrap().last().unwrap(),
+        "gateway_teardown"
+    );
+    assert_eq!(
+        target_node.orders.lock().unwrap().last().unwrap(),
+        "target_teardown"
+    );
+
+    // The audit log has every phase change, in order.
+    let Reply::Events { events } = op
+        .request(Request::Events { limit: 1000 }, T)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "phase")
+        .map(|e| e.detail.split(" (").next().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            "normal -> diverting",
+            "diverting -> diverted",
+            "diverted -> resetting",
+            "resetting -> diverted",
+            "diverted -> restoring",
+            "restoring -> normal"
+        ]
+    );
+    let metrics = rig.metrics.render();
+    assert!(
+        metrics.contains("scold_transitions_total{from=\"normal\",to=\"diverting\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("scold_refusals_total{reason=\"subject\"} 2"),
+        "{metrics}"
+    );
+    let _ = rig.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_steps_are_retried_not_skipped_and_dead_proxies_are_replaced() {
+    let mut rig = Rig::start(1).await;
+    *rig.dns.fail.lock().unwrap() = true;
+    let (_target, _) = rig.node(Role::Target, "web", None);
+    let (_gw, _) = rig.node(Role::Gateway, "gw1", None);
+    let (_p1, p1_node, p1_stop) = rig.stoppable_node(Role::Proxy, "p1", None);
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().any(|p| p.name == "p1" && p.health == "up")
+    })
+    .await;
+    // Only p1 is up, so it is chosen.
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let s = wait_status(&op, "dns failure visible", |s| {
+        s.targets[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("server unreachable"))
+    })
+    .await;
+    assert_eq!(phase(&s), "diverting");
+    assert_eq!(
+        s.targets[0].pending,
+        vec!["dns-publish", "notify-resolvers"]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        phase(&status(&op).await),
+        "diverting",
+        "a failing step must block the divert"
+    );
+    // The DNS server comes back: the retry goes through.
+    *rig.dns.fail.lock().unwrap() = false;
+    wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+
+    // p2 comes up; p1 goes silent: it is marked down and replaced by p2.
+    let (_p2, p2_node) = rig.node(Role::Proxy, "p2", None);
+    wait_status(&op, "p2 up", |s| {
+        s.proxies.iter().any(|p| p.name == "p2" && p.health == "up")
+    })
+    .await;
+    let _ = p1_stop.send(true); // p1 dies: no more heartbeats
+    let s = wait_status(&op, "p1 replaced", |s| {
+        phase(s) == "diverted" && s.targets[0].proxies == vec!["p2"]
+    })
+    .await;
+    assert_eq!(
+        s.proxies.iter().find(|p| p.name == "p1").unwrap().health,
+        "down"
+    );
+    assert!(p2_node
+        .orders
+        .lock()
+        .unwrap()
+        .contains(&"proxy_setup(p2)".to_string()));
+    // p1 is gone, so its tear-down cannot be delivered: it stays pending and retried,
+    // and the target is nonetheless served by p2 (DNS already lists only p2).
+    assert!(rig
+        .dns
+        .log
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .ends_with("198.51.100.2"));
+    let _ = p1_node;
+    let _ = rig.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificates_are_refused_and_others_still_served() {
+    let mut rig = Rig::start(2).await;
+    // A certificate from another CA.
+    let mut other = Pki::new();
+    let stranger = other.issue(Role::Operator, "admin");
+    let err = channel::connect(
+        rig.addr,
+        &stranger,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await;
+    // TLS 1.3: the client may finish its handshake before the server's verdict arrives;
+    // then the first request fails instead.
+    if let Ok(ch) = err {
+        assert!(ch.request(Request::Status, T).await.is_err());
+    }
+    // An expired certificate.
+    let now = time::OffsetDateTime::now_utc();
+    let expired = rig.pki.issue_with(
+        Role::Operator,
+        "old",
+        Validity::between(
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
+        .unwrap(),
+    );
+    if let Ok(ch) = channel::connect(
+        rig.addr,
+        &expired,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    {
+        assert!(ch.request(Request::Status, T).await.is_err());
+    }
+    // A revoked certificate, revoked while the coordinator runs.
+    let revoked = rig.pki.issue(Role::Operator, "gone");
+    rig.pki
+        .ca
+        .revoke(&RevokeTarget::Identity(
+            Identity::new(Role::Operator, "gone").unwrap(),
+        ))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // CRL re-read interval
+    if let Ok(ch) = channel::connect(
+        rig.addr,
+        &revoked,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    {
+        assert!(ch.request(Request::Status, T).await.is_err());
+    }
+    // Everyone else is still served.
+    let op = rig.operator().await;
+    status(&op).await;
+    let m = rig.metrics.render();
+    for reason in ["unknown_ca", "expired", "revoked"] {
+        assert!(
+            m.contains(&format!("scold_refusals_total{{reason=\"{reason}\"}} 1")),
+            "{reason} not counted:\n{m}"
+        );
+    }
+    let _ = rig.stop.send(true);
+}
