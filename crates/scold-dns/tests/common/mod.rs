@@ -1,0 +1,324 @@
+//! Helpers for the process and interop tests: locating binaries, free loopback ports,
+//! child processes killed by PID on drop, and small DNS clients.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A TSIG secret shared by the tests (base64).
+pub const SECRET: &str = "c2NvbGQtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZg==";
+/// A different secret.
+pub const WRONG_SECRET: &str = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZy0=";
+
+/// The `scold` binary: `$SCOLD_BIN`, or `debug/scold` in the target directory.
+pub fn scold_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SCOLD_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let p = target.join("debug/scold");
+    assert!(
+        p.exists(),
+        "the scold binary is not built at {}: run `cargo build -p scold` (with the same CARGO_TARGET_DIR) first, or set SCOLD_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test, naming the Debian package, if `tool` is not installed.
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/bin",
+        "/sbin",
+    ] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("`{tool}` is not installed: install the Debian package `{package}` (apt-get install {package})");
+}
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = u.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// A child process killed (by PID) and reaped when dropped, also on panic.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr to `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            name: name.into(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL now.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to 5 s; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+            }
+        }
+    }
+}
+
+/// Builds a query for `name`/`qtype` (with EDNS when `edns`).
+pub fn query_bytes(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut m = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        edns as u8,
+    ];
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() {
+            continue;
+        }
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    if edns {
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]);
+    }
+    m
+}
+
+/// One UDP exchange; `None` on time-out.
+pub fn udp_ask(server: SocketAddr, req: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.send_to(req, server).ok()?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        if n >= 2 && buf[..2] == req[..2] {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+}
+
+/// Waits until `server` answers a query for `name` SOA, up to 15 s.
+pub fn wait_answering(server: SocketAddr, name: &str, proc_: &mut Proc) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        assert!(
+            proc_.alive(),
+            "{} exited early:\n{}",
+            proc_.name,
+            proc_.log_text()
+        );
+        if udp_ask(
+            server,
+            &query_bytes(7, name, 6, false),
+            Duration::from_millis(200),
+        )
+        .is_some()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{} did not answer within 15 s:\n{}",
+        proc_.name,
+        proc_.log_text()
+    );
+}
+
+/// Runs a command to completion.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("command runs")
+}
+
+/// Runs `nsupdate` with `script` on stdin and the given extra arguments.
+pub fn nsupdate(args: &[&str], script: &str) -> Output {
+    use std::io::Write;
+    let bin = require_tool("nsupdate", "bind9-dnsutils");
+    let mut c = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsupdate starts");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    c.wait_with_output().unwrap()
+}
+
+/// `dig +short` output lines.
+pub fn dig_short(port: u16, name: &str, qtype: &str, extra: &[&str]) -> Vec<String> {
+    let bin = require_tool("dig", "bind9-dnsutils");
+    let out = run(Command::new(bin)
+        .args([
+            "+short",
+            "+time=2",
+            "+tries=2",
+            "-p",
+            &port.to_string(),
+            "@127.0.0.1",
+            name,
+            qtype,
+        ])
+        .args(extra));
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A temporary directory with the standard test zone and a `scold dns` config.
+pub struct DnsSetup {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+}
+
+pub const ZONE: &str = "$ORIGIN example.com.\n$TTL 300\n@ SOA ns1 hostmaster 1 3600 900 604800 60\n  NS ns1\nns1 A 127.0.0.1\nwww A 192.0.2.10\nwww 60 ALT 203.55.57.102\nold 60 TYPE65280 \\# 4 CB373967\n";
+
+impl DnsSetup {
+    /// Writes the zone and a config; `extra` is appended to the config.
+    pub fn new(rate_limit: u32, extra: &str) -> DnsSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("example.com.zone"), ZONE).unwrap();
+        let cfg = format!(
+            r#"listen = ["127.0.0.1:{port}"]
+journal = "dns.journal"
+udp_workers = 2
+[[zone]]
+name = "example.com"
+file = "example.com.zone"
+[[key]]
+name = "coordinator"
+algorithm = "hmac-sha256"
+secret = "{SECRET}"
+[[key.allow]]
+names = ["*.example.com"]
+types = ["ALT", "A", "AAAA"]
+[[key]]
+name = "alt-only-www"
+algorithm = "hmac-sha512"
+secret = "{SECRET}"
+[[key.allow]]
+names = ["www.example.com"]
+types = ["ALT"]
+[rate_limit]
+responses_per_second = {rate_limit}
+ipv4_prefix = 32
+{extra}
+"#
+        );
+        let config = dir.path().join("dns.toml");
+        std::fs::write(&config, cfg).unwrap();
+        DnsSetup { dir, port, config }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts `scold dns` and waits until it answers.
+    pub fn start(&self, tag: &str) -> Proc {
+        let mut p = Proc::spawn(
+            "scold dns",
+            Command::new(scold_bin())
+                .args(["dns", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info"),
+            &self.dir.path().join(format!("dns-{tag}.log")),
+        );
+        wait_answering(self.addr(), "example.com", &mut p);
+        p
+    }
+}

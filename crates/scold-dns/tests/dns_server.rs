@@ -1,0 +1,412 @@
+//! `scold dns` as a user meets it: a real process, driven by BIND's `nsupdate` and
+//! `dig` and Knot's `kdig`, killed with SIGKILL, fed garbage and floods.
+
+mod common;
+
+use std::net::{TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn key(name: &str, alg: &str, secret: &str) -> String {
+    format!("{alg}:{name}:{secret}")
+}
+
+fn script(port: u16, body: &str) -> String {
+    format!("server 127.0.0.1 {port}\nzone example.com\n{body}\nsend\n")
+}
+
+#[test]
+fn nsupdate_adds_and_deletes_alt_and_dig_kdig_read_them() {
+    let s = DnsSetup::new(0, "");
+    let _srv = s.start("a");
+    let good = key("coordinator", "hmac-sha256", SECRET);
+
+    // Zone-file ALT in both syntaxes, read by dig and kdig.
+    assert_eq!(
+        dig_short(s.port, "www.example.com", "TYPE65280", &[]),
+        vec!["\\# 4 CB373966"]
+    );
+    assert_eq!(
+        dig_short(s.port, "old.example.com", "TYPE65280", &["+tcp"]),
+        vec!["\\# 4 CB373967"]
+    );
+    let kdig = require_tool("kdig", "knot-dnsutils");
+    let out = run(Command::new(&kdig).args([
+        "-p",
+        &s.port.to_string(),
+        "@127.0.0.1",
+        "www.example.com",
+        "TYPE65280",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TYPE65280") && text.contains("\\# 4 CB373966"),
+        "kdig output:\n{text}"
+    );
+    assert!(text.contains("NOERROR"), "kdig output:\n{text}");
+
+    let serial0 = dig_short(s.port, "example.com", "SOA", &[]);
+
+    // Add two ALT records with nsupdate (RFC 3597 syntax, TSIG hmac-sha256).
+    let out = nsupdate(
+        &["-y", &good],
+        &script(
+            s.port,
+            "update add p.example.com. 60 TYPE65280 \\# 4 C6336401\nupdate add p.example.com. 60 TYPE65280 \\# 4 C6336402",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "nsupdate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dig_short(s.port, "p.example.com", "TYPE65280", &[]),
+        vec!["\\# 4 C6336401", "\\# 4 C6336402"]
+    );
+    let serial1 = dig_short(s.port, "example.com", "SOA", &[]);
+    assert_ne!(serial0, serial1, "the SOA serial changes with every update");
+    let kout = run(Command::new(&kdig).args([
+        "+short",
+        "-p",
+        &s.port.to_string(),
+        "@127.0.0.1",
+        "p.example.com",
+        "TYPE65280",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&kout.stdout).lines().count(), 2);
+
+    // Delete one RR, then the whole set.
+    let out = nsupdate(
+        &["-y", &good],
+        &script(
+            s.port,
+            "update delete p.example.com. TYPE65280 \\# 4 C6336401",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dig_short(s.port, "p.example.com", "TYPE65280", &[]),
+        vec!["\\# 4 C6336402"]
+    );
+    let out = nsupdate(
+        &["-y", &good],
+        &script(s.port, "update delete p.example.com. TYPE65280"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dig_short(s.port, "p.example.com", "TYPE65280", &[]).is_empty());
+
+    // hmac-sha512 key limited to www ALT.
+    let www_key = key("alt-only-www", "hmac-sha512", SECRET);
+    let out = nsupdate(
+        &["-y", &www_key],
+        &script(
+            s.port,
+            "update add www.example.com. 60 TYPE65280 \\# 4 0A000001",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dig_short(s.port, "www.example.com", "TYPE65280", &[])
+        .contains(&"\\# 4 0A000001".to_string()));
+
+    let before = dig_short(s.port, "example.com", "SOA", &[]);
+    let refused = |args: &[&str], body: &str, want: &str| {
+        let out = nsupdate(args, &script(s.port, body));
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "update {body:?} with {args:?} was accepted"
+        );
+        assert!(
+            err.contains(want),
+            "expected {want} for {body:?}, nsupdate said: {err}"
+        );
+    };
+    let add = "update add evil.example.com. 60 TYPE65280 \\# 4 01020304";
+    refused(
+        &["-y", &key("coordinator", "hmac-sha256", WRONG_SECRET)],
+        add,
+        "BADSIG",
+    );
+    refused(
+        &["-y", &key("stranger", "hmac-sha256", SECRET)],
+        add,
+        "BADKEY",
+    );
+    refused(&[], add, "REFUSED");
+    // Policy: the www-only key may not touch other names or types.
+    refused(&["-y", &www_key], add, "REFUSED");
+    refused(
+        &["-y", &www_key],
+        "update add www.example.com. 60 A 192.0.2.99",
+        "REFUSED",
+    );
+    refused(
+        &["-y", &good],
+        "update add evil.example.com. 60 TXT \"x\"",
+        "REFUSED",
+    );
+    // Malformed ALT RDATA.
+    refused(
+        &["-y", &good],
+        "update add evil.example.com. 60 TYPE65280 \\# 3 010203",
+        "FORMERR",
+    );
+    // Nothing above changed the zone.
+    assert!(dig_short(s.port, "evil.example.com", "TYPE65280", &[]).is_empty());
+    assert_eq!(dig_short(s.port, "example.com", "SOA", &[]), before);
+    assert_eq!(
+        dig_short(s.port, "www.example.com", "A", &[]),
+        vec!["192.0.2.10"]
+    );
+}
+
+#[test]
+fn out_of_window_update_gets_badtime() {
+    // nsupdate cannot forge its clock, so sign with our own client 1 hour in the past.
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{DNSClass, Name, RecordType};
+    let s = DnsSetup::new(0, "");
+    let _srv = s.start("t");
+    let k: scold_dns::TsigKey = key("coordinator", "hmac-sha256", SECRET).parse().unwrap();
+    let mut m = Message::new(4242, MessageType::Query, OpCode::Update);
+    let mut q = Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::SOA);
+    q.set_query_class(DNSClass::IN);
+    m.add_query(q);
+    let mut r = hickory_proto::rr::Record::from_rdata(
+        Name::from_ascii("late.example.com.").unwrap(),
+        60,
+        hickory_proto::rr::RData::A("192.0.2.1".parse().unwrap()),
+    );
+    r.dns_class = DNSClass::IN;
+    m.authorities.push(r);
+    m.finalize(&k.signer(300), scold_dns::tsig::now_secs() - 3600)
+        .unwrap();
+    let resp = udp_ask(s.addr(), &m.to_vec().unwrap(), Duration::from_secs(2)).expect("an answer");
+    let resp = Message::from_vec(&resp).unwrap();
+    assert_eq!(
+        resp.metadata.response_code,
+        hickory_proto::op::ResponseCode::NotAuth
+    );
+    let sig = resp.signature.expect("BADTIME answers carry a TSIG");
+    assert_eq!(
+        sig.data.error,
+        Some(hickory_proto::rr::rdata::tsig::TsigError::BadTime)
+    );
+    assert_eq!(sig.data.other.len(), 6, "BADTIME carries the server time");
+    assert!(dig_short(s.port, "late.example.com", "A", &[]).is_empty());
+}
+
+#[test]
+fn acknowledged_update_survives_kill_9() {
+    let s = DnsSetup::new(0, "");
+    let good = key("coordinator", "hmac-sha256", SECRET);
+    for round in 0..3u8 {
+        let mut srv = s.start(&format!("k{round}"));
+        let body = format!("update add k{round}.example.com. 60 TYPE65280 \\# 4 0A0000{round:02X}");
+        let out = nsupdate(&["-y", &good], &script(s.port, &body));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // SIGKILL right after the acknowledgement: no chance to flush anything.
+        srv.kill9();
+        let _srv2 = s.start(&format!("k{round}b"));
+        for r in 0..=round {
+            assert_eq!(
+                dig_short(s.port, &format!("k{r}.example.com"), "TYPE65280", &[]),
+                vec![format!("\\# 4 0A0000{r:02X}")],
+                "update {r} lost after kill -9 in round {round}"
+            );
+        }
+    }
+}
+
+#[test]
+fn garbage_is_answered_or_dropped_and_service_continues() {
+    let s = DnsSetup::new(0, "");
+    let mut srv = s.start("f");
+    let addr = s.addr();
+    let good = query_bytes(0x4242, "www.example.com", 1, true);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut answered_garbage = 0;
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    // Every truncation of a good query.
+    for cut in 0..good.len() {
+        cases.push(good[..cut].to_vec());
+    }
+    // Random bytes, and random bit flips of a good query.
+    for i in 0..300 {
+        let len = (next() % 600) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 {
+            b = good.clone();
+            for _ in 0..(1 + next() % 4) {
+                let p = (next() as usize) % b.len();
+                b[p] ^= 1 << (next() % 8);
+            }
+        }
+        cases.push(b);
+    }
+    // Oversized: a 60 KB datagram with a valid header.
+    let mut big = good.clone();
+    big.resize(60_000, 0xAB);
+    cases.push(big);
+    // Compression loop in the question.
+    cases.push(vec![
+        0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1,
+    ]);
+    for c in &cases {
+        let _ = sock.send_to(c, addr);
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            answered_garbage += 1;
+            assert!(n >= 12, "a reply shorter than a header");
+            assert_eq!(&buf[..2], &c[..2], "a reply to garbage keeps the ID");
+            assert!(buf[2] & 0x80 != 0, "replies have QR set");
+        }
+    }
+    assert!(
+        answered_garbage > 0,
+        "malformed queries must get error answers, not only silence"
+    );
+    // Garbage over TCP: a length prefix larger than what follows, then close.
+    if let Ok(mut t) = TcpStream::connect(addr) {
+        use std::io::Write;
+        let _ = t.write_all(&[0xFF, 0xFF, 1, 2, 3]);
+    }
+    assert!(
+        srv.alive(),
+        "server died on malformed input:\n{}",
+        srv.log_text()
+    );
+    let r = udp_ask(addr, &good, Duration::from_secs(2)).expect("still answering");
+    assert_eq!(r[3] & 0xF, 0, "NOERROR for the good query");
+    assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1);
+}
+
+#[test]
+fn flood_from_one_source_does_not_starve_others() {
+    // Limit 50 responses/s per /32; flood from 127.0.0.1, query from 127.0.0.2.
+    let s = DnsSetup::new(50, "slip = 0");
+    let srv_addr = s.addr();
+    let mut srv = s.start("r");
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let q = query_bytes(1, "www.example.com", 1, false);
+    let mut got = 0usize;
+    let t0 = Instant::now();
+    let mut sent = 0;
+    let mut buf = [0u8; 512];
+    let other = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    other
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut other_ok = 0;
+    while sent < 20_000 && t0.elapsed() < Duration::from_secs(4) {
+        for _ in 0..200 {
+            if flood.send_to(&q, srv_addr).is_ok() {
+                sent += 1;
+            }
+        }
+        while flood.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        if sent % 4000 == 0 {
+            let oq = query_bytes(0x7777, "www.example.com", 1, false);
+            other.send_to(&oq, srv_addr).unwrap();
+            if let Ok((n, _)) = other.recv_from(&mut buf) {
+                if n >= 12 && buf[..2] == oq[..2] {
+                    other_ok += 1;
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    while flood.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    // Each of two workers allows up to 50/s plus a burst of 50.
+    let allowed = (2.0 * 50.0 * (elapsed + 1.0)) as usize + 100;
+    assert!(
+        got <= allowed,
+        "flooding source got {got} answers for {sent} queries in {elapsed:.1}s (limit ~{allowed})"
+    );
+    assert!(got > 0, "the flooding source still gets its share");
+    assert!(other_ok >= 1, "another source was starved during the flood");
+    assert!(srv.alive());
+    let third = UdpSocket::bind("127.0.0.3:0").unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    third.send_to(&q, srv_addr).unwrap();
+    assert!(
+        third.recv_from(&mut buf).is_ok(),
+        "server still answers after the flood"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_key_and_sigterm_stops_cleanly() {
+    let s = DnsSetup::new(0, "");
+    let bad = s.dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = [\"127.0.0.1:1\"]\njournal = \"j\"\nalt_type = 12\n[[zone]]\nname=\"example.com\"\nfile=\"x\"\n").unwrap();
+    let out = run(Command::new(scold_bin())
+        .args(["dns", "--config"])
+        .arg(&bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("alt_type") && err.contains("65280"),
+        "{err}"
+    );
+
+    let out = run(Command::new(scold_bin()).args(["dns", "--example-config"]));
+    assert!(out.status.success());
+    std::fs::create_dir(s.dir.path().join("ex")).unwrap();
+    let example = s.dir.path().join("ex/example.toml");
+    std::fs::write(&example, &out.stdout).unwrap();
+    let out = run(Command::new(scold_bin())
+        .args(["dns", "--config"])
+        .arg(&example)
+        .arg("--check"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("example.com.zone"),
+        "a missing zone file is named: {err}"
+    );
+
+    let mut srv = s.start("s");
+    let status = srv.terminate().expect("exit status");
+    assert!(
+        status.success(),
+        "SIGTERM must stop scold dns cleanly: {status:?}\n{}",
+        srv.log_text()
+    );
+}
