@@ -202,6 +202,8 @@ impl Updater {
     pub async fn query(&self, name: &str, rtype: u16) -> Result<Vec<Record>, UpdateError> {
         let n = fqdn(name)?;
         let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+        // Authoritative servers ignore RD; resolvers (Unbound) refuse queries without it.
+        m.metadata.recursion_desired = true;
         m.add_query(Query::query(n.clone(), RecordType::from(rtype)));
         let mut e = hickory_proto::op::Edns::new();
         e.set_max_payload(crate::answer::OUR_UDP_PAYLOAD);
@@ -220,7 +222,7 @@ impl Updater {
                     what: "query",
                     name: name.to_string(),
                     answer: rc.to_string(),
-                    hint: rcode_hint(rc, None),
+                    hint: "the server does not answer this name for this client (not authoritative for it, or recursion refused)",
                 })
             }
         }
