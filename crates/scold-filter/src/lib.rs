@@ -20,7 +20,13 @@
 pub mod detect;
 pub mod firewall;
 pub mod heavy;
+#[cfg(target_os = "linux")]
+pub mod monitor;
+#[cfg(target_os = "linux")]
+pub mod nft;
 pub mod packet;
+#[cfg(target_os = "linux")]
+pub mod sample;
 pub mod selfdefence;
 
 pub use detect::{
