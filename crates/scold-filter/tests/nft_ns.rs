@@ -1,0 +1,177 @@
+//! The nftables back end in a network namespace: the table is created
+//! idempotently, blocked sources appear in the kernel set, their traffic is
+//! dropped before it reaches a socket, elements expire by their timeout, and
+//! the table is removed cleanly. Needs root and the `nftables` package.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Link, PEER_IP, TARGET_IP};
+use scold_filter::firewall::{Filter, FilterConfig, FilterEvent, SourceLimits};
+use scold_filter::nft::{NftBlocklist, NftConfig};
+use scold_filter::sample::in_netns;
+
+fn blocklist(link: &Link) -> NftBlocklist {
+    common::require_tool("nft", "nftables");
+    NftBlocklist::ensure(NftConfig {
+        netns: Some(link.target.name.clone()),
+        ..NftConfig::default()
+    })
+    .expect("create table inet scold in the namespace")
+}
+
+/// Sends `n` datagrams from the peer to the target and counts how many a
+/// socket in the target receives.
+fn delivered(link: &Link, port: u16, n: usize) -> usize {
+    let rx = in_netns(&link.target.name, move || {
+        UdpSocket::bind(SocketAddrV4::new(TARGET_IP, port)).expect("bind in target")
+    })
+    .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let tx = in_netns(&link.peer.name, || UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
+    for _ in 0..n {
+        tx.send_to(b"hello", SocketAddrV4::new(TARGET_IP, port)).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got < n && Instant::now() < deadline {
+        match rx.recv(&mut buf) {
+            Ok(_) => got += 1,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn rule_counter(link: &Link) -> u64 {
+    let out = link
+        .target
+        .exec("nft", &["list", "chain", "inet", "scold", "prerouting"]);
+    out.lines()
+        .find(|l| l.contains("@blocked4"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in:\n{out}"))
+}
+
+#[test]
+fn table_is_idempotent_and_removed_cleanly() {
+    let link = Link::new("nfta");
+    let bl = blocklist(&link);
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(60)).unwrap();
+    // A second ensure (daemon restart) keeps the elements and does not duplicate rules.
+    let bl = NftBlocklist::ensure(bl.config().clone()).unwrap();
+    let chain = link
+        .target
+        .exec("nft", &["list", "chain", "inet", "scold", "prerouting"]);
+    assert_eq!(chain.matches(" drop").count(), 2, "{chain}");
+    assert_eq!(bl.list().unwrap().len(), 1);
+    bl.remove().unwrap();
+    let tables = link.target.exec("nft", &["list", "tables"]);
+    assert!(!tables.contains("scold"), "{tables}");
+    // Removing twice is not an error.
+    NftBlocklist::ensure(NftConfig {
+        netns: Some(link.target.name.clone()),
+        ..NftConfig::default()
+    })
+    .unwrap()
+    .remove()
+    .unwrap();
+}
+
+#[test]
+fn blocked_source_is_dropped_in_the_kernel_until_unblocked() {
+    let link = Link::new("nftb");
+    let bl = blocklist(&link);
+    assert_eq!(delivered(&link, 5001, 20), 20, "open path before any block");
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(60)).unwrap();
+    let shown = link
+        .target
+        .exec("nft", &["list", "set", "inet", "scold", "blocked4"]);
+    assert!(shown.contains("10.99.0.2"), "{shown}");
+    assert_eq!(delivered(&link, 5002, 20), 0, "blocked source reaches no socket");
+    assert!(rule_counter(&link) >= 20);
+    bl.unblock(PEER_IP.into(), 32).unwrap();
+    assert!(bl.list().unwrap().is_empty());
+    assert_eq!(delivered(&link, 5003, 20), 20, "traffic flows after unblock");
+    // Unblocking what is not blocked is fine.
+    bl.unblock(PEER_IP.into(), 32).unwrap();
+    bl.remove().unwrap();
+}
+
+#[test]
+fn elements_expire_by_their_timeout() {
+    let link = Link::new("nftc");
+    let bl = blocklist(&link);
+    let v6: IpAddr = "2001:db8:0:1::5".parse().unwrap();
+    // A long block shortened by a re-block: the new duration wins.
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(600)).unwrap();
+    bl.block_many(&[
+        (PEER_IP.into(), 32, Duration::from_secs(2)),
+        (v6, 64, Duration::from_secs(2)),
+    ])
+    .unwrap();
+    let entries = bl.list().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries
+        .iter()
+        .any(|e| e.addr == IpAddr::from(PEER_IP) && e.prefix_len == 32));
+    assert!(entries
+        .iter()
+        .any(|e| e.addr == "2001:db8:0:1::".parse::<IpAddr>().unwrap() && e.prefix_len == 64));
+    assert!(entries
+        .iter()
+        .all(|e| e.expires.is_some_and(|x| x <= Duration::from_secs(2))));
+    let six = link
+        .target
+        .exec("nft", &["list", "set", "inet", "scold", "blocked6"]);
+    assert!(six.contains("2001:db8:0:1::/64"), "{six}");
+    assert_eq!(delivered(&link, 5004, 10), 0);
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert!(bl.list().unwrap().is_empty(), "expired elements are gone");
+    assert_eq!(delivered(&link, 5005, 10), 10, "traffic flows after expiry");
+    bl.remove().unwrap();
+}
+
+#[test]
+fn filter_events_are_mirrored_into_the_set() {
+    let link = Link::new("nftd");
+    let bl = blocklist(&link);
+    let mut f = Filter::new(FilterConfig {
+        limits: SourceLimits {
+            udp_pps: 100.0,
+            ..SourceLimits::default()
+        },
+        block_after_drops: 10,
+        block_for: Duration::from_secs(30),
+        new_source_pps: None,
+        ..FilterConfig::default()
+    });
+    let b = etherparse::PacketBuilder::ipv4(PEER_IP.octets(), TARGET_IP.octets(), 64).udp(1, 2);
+    let mut pkt = Vec::new();
+    b.write(&mut pkt, &[0u8; 32]).unwrap();
+    let t0 = Duration::from_secs(1);
+    for i in 0..500u64 {
+        f.check(t0 + Duration::from_micros(i * 100), &pkt);
+    }
+    let events: Vec<FilterEvent> = f.drain_events().collect();
+    assert!(matches!(events.as_slice(), [FilterEvent::Blocked { .. }]), "{events:?}");
+    bl.apply_events(&events).unwrap();
+    let entries = bl.list().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].addr, IpAddr::from(PEER_IP));
+    assert!(entries[0].expires.is_some_and(|e| e > Duration::from_secs(20)));
+    assert_eq!(delivered(&link, 5006, 10), 0);
+    // The filter's expiry lifts the kernel block too.
+    f.expire(t0 + Duration::from_secs(31));
+    let events: Vec<FilterEvent> = f.drain_events().collect();
+    assert!(matches!(events.as_slice(), [FilterEvent::Expired { .. }]), "{events:?}");
+    bl.apply_events(&events).unwrap();
+    assert!(bl.list().unwrap().is_empty());
+    bl.remove().unwrap();
+}
