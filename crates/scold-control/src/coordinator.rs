@@ -253,12 +253,13 @@ impl Config {
                 t.fqdn,
                 t.zone
             );
-            anyhow::ensure!(
-                t.dns.key.splitn(3, ':').count() == 3,
-                "{}: target {:?}: dns.key must be `algorithm:name:base64-secret`, e.g. hmac-sha256:scold:...",
-                path.display(),
-                t.name
-            );
+            t.dns.key.parse::<scold_dns::TsigKey>().map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: target {:?}: dns.key: {e}; write it as `hmac-sha256:KEYNAME:BASE64SECRET`",
+                    path.display(),
+                    t.name
+                )
+            })?;
         }
         Ok(())
     }
@@ -280,20 +281,49 @@ pub trait DnsBackend: Send + Sync + 'static {
     fn restore<'a>(&'a self, target: &'a TargetConfig) -> BoxFut<'a, Result<(), String>>;
 }
 
-/// Used until a DNS updater is configured: every DNS step fails, visibly, and is
-/// retried; the target stays in its phase rather than pretending to be diverted.
-pub struct NoDns;
+/// The real back end: RFC 2136 updates signed with the target's TSIG key, each
+/// confirmed by a query, against `scold dns`, BIND, Knot or any RFC 2136 server.
+pub struct TsigDns;
 
-impl DnsBackend for NoDns {
+fn updater(t: &TargetConfig) -> Result<scold_dns::Updater, String> {
+    let key: scold_dns::TsigKey = t
+        .dns
+        .key
+        .parse()
+        .map_err(|e| format!("target {}: dns.key: {e}", t.name))?;
+    Ok(scold_dns::Updater::new(t.dns.server, key))
+}
+
+impl DnsBackend for TsigDns {
     fn publish<'a>(
         &'a self,
-        _: &'a TargetConfig,
-        _: &'a [IpAddr],
+        t: &'a TargetConfig,
+        proxies: &'a [IpAddr],
     ) -> BoxFut<'a, Result<(), String>> {
-        Box::pin(async { Err("the secure DNS updater is not available in this build".to_string()) })
+        Box::pin(async move {
+            let u = updater(t)?;
+            let r = match t.scheme {
+                Scheme::Nat => u.replace_addresses(&t.zone, &t.fqdn, proxies, t.ttl).await,
+                Scheme::Resolver | Scheme::Push => {
+                    u.set_alt(&t.zone, &t.fqdn, proxies, t.ttl).await
+                }
+            };
+            r.map_err(|e| e.to_string())
+        })
     }
-    fn restore<'a>(&'a self, _: &'a TargetConfig) -> BoxFut<'a, Result<(), String>> {
-        Box::pin(async { Err("the secure DNS updater is not available in this build".to_string()) })
+
+    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            let u = updater(t)?;
+            let r = match t.scheme {
+                Scheme::Nat => {
+                    u.replace_addresses(&t.zone, &t.fqdn, &t.addresses, t.ttl)
+                        .await
+                }
+                Scheme::Resolver | Scheme::Push => u.clear_alt(&t.zone, &t.fqdn).await,
+            };
+            r.map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -1154,7 +1184,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let path = args.config.expect("clap requires --config");
     let cfg = load_config(&path)?;
-    serve(cfg, &path, Box::new(NoDns), shutdown_signal()).await
+    serve(cfg, &path, Box::new(TsigDns), shutdown_signal()).await
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ gateways = ["gw1"]
 ttl = 0
 [target.dns]
 server = "127.0.0.1:53"
-key = "hmac-sha256:k:AAAA"
+key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
 [[proxy]]
 name = "p1"
 address = "198.51.100.1"

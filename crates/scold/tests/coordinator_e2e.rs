@@ -1,0 +1,437 @@
+//! The coordinator as an operator runs it: real `scold ca`, `scold dns`,
+//! `scold coordinator` and `scold ctl` processes; gateway, target and proxies linked
+//! over mutual TLS (their data planes answer orders in this test process); the secure
+//! DNS update checked on the wire with `dig`; a kill -9 of the coordinator in the middle
+//! of a divert, and a restart that finishes it.
+
+use scold_control::agent::Agent;
+use scold_control::channel::{Channel, Handler};
+use scold_control::metrics::Metrics;
+use scold_pki::{Ca, Identity, Role, TlsIdentity, Validity};
+use scold_proto::control::{NodeInfo, Reply, Request, Response, StatusReport};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const SCOLD: &str = env!("CARGO_BIN_EXE_scold");
+const SECRET: &str = "c2NvbGQtZTJlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk=";
+
+/// A child process killed by PID when dropped, also when the test fails.
+struct Proc(Child);
+
+impl Proc {
+    fn start(args: &[&str], log: &Path) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        Proc(
+            Command::new(SCOLD)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scold(args: &[&str]) -> String {
+    let out = Command::new(SCOLD).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scold {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn require(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package `{package}`"
+    );
+}
+
+fn wait_port(addr: SocketAddr, log: &Path) {
+    let t = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "nothing listens on {addr}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Records the orders a node gets; answers every one with success.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Handler for Recorder {
+    async fn handle(&self, _from: &Channel, request: Request) -> Response {
+        if let Request::Dataplane { command, .. } = &request {
+            self.0
+                .lock()
+                .unwrap()
+                .push(command["step"]["step"].as_str().unwrap_or("?").to_string());
+        }
+        Response::Ok { reply: Reply::Done }
+    }
+}
+
+struct Site {
+    dir: PathBuf,
+    control: SocketAddr,
+    metrics: SocketAddr,
+    dns_port: u16,
+}
+
+impl Site {
+    fn ctl(&self, args: &[&str]) -> String {
+        let certs = self.dir.join("certs");
+        let mut all = vec![
+            "ctl".to_string(),
+            "--coordinator".into(),
+            self.control.to_string(),
+            "--ca".into(),
+            certs.join("ca.crt").display().to_string(),
+            "--cert".into(),
+            certs.join("operator-admin.crt").display().to_string(),
+            "--key".into(),
+            certs.join("operator-admin.key").display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        scold(&all)
+    }
+
+    fn status(&self) -> StatusReport {
+        let out = self.ctl(&["--json", "status"]);
+        match serde_json::from_str::<Reply>(&out).unwrap() {
+            Reply::Status(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn wait_phase(&self, want: &str) -> StatusReport {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            if s.targets[0].phase == want {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "never reached {want}: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alt(&self) -> Vec<String> {
+        let out = Command::new("dig")
+            .args([
+                "+short",
+                "+tries=1",
+                "+time=2",
+                "-p",
+                &self.dns_port.to_string(),
+                "@127.0.0.1",
+                "www.example.net",
+                "TYPE65280",
+            ])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
+    require("dig", "bind9-dnsutils");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let ca_dir = dir.join("ca");
+    let certs = dir.join("certs");
+    let ca_s = ca_dir.display().to_string();
+    let certs_s = certs.display().to_string();
+    scold(&["ca", "--dir", &ca_s, "init"]);
+    scold(&[
+        "ca",
+        "--dir",
+        &ca_s,
+        "issue",
+        "--role",
+        "coordinator",
+        "--name",
+        "main",
+        "--out",
+        &certs_s,
+    ]);
+    scold(&[
+        "ca", "--dir", &ca_s, "issue", "--role", "operator", "--name", "admin", "--out", &certs_s,
+    ]);
+
+    // TargetDNS: the real `scold dns`, with the coordinator's TSIG key.
+    let dns_port = free_port();
+    std::fs::write(
+        dir.join("example.net.zone"),
+        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 192.0.2.53\nwww 10 A 192.0.2.10\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("dns.toml"),
+        format!(
+            "listen = [\"127.0.0.1:{dns_port}\"]\njournal = \"dns.journal\"\n[[zone]]\nname = \"example.net\"\nfile = \"example.net.zone\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n"
+        ),
+    )
+    .unwrap();
+    let dns_log = dir.join("dns.log");
+    let _dns = Proc::start(
+        &[
+            "dns",
+            "--config",
+            &dir.join("dns.toml").display().to_string(),
+        ],
+        &dns_log,
+    );
+    wait_port(format!("127.0.0.1:{dns_port}").parse().unwrap(), &dns_log);
+
+    let site = Site {
+        control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        metrics: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        dns_port,
+        dir: dir.clone(),
+    };
+    let coord_cfg = dir.join("coordinator.toml");
+    std::fs::write(
+        &coord_cfg,
+        format!(
+            r#"[coordinator]
+listen = "{}"
+state = "state/coordinator.redb"
+heartbeat_ms = 200
+down_after_ms = 3000
+max_backoff_ms = 300
+[tls]
+ca = "certs/ca.crt"
+cert = "certs/coordinator-main.crt"
+key = "certs/coordinator-main.key"
+crl = "ca/crl.pem"
+[metrics]
+listen = "{}"
+[[target]]
+name = "web"
+fqdn = "www.example.net."
+zone = "example.net."
+addresses = ["192.0.2.10"]
+gateways = ["gw1"]
+ttl = 1
+[target.dns]
+server = "127.0.0.1:{dns_port}"
+key = "hmac-sha256:coordinator:{SECRET}"
+[[proxy]]
+name = "p1"
+address = "198.51.100.1"
+organisation = "a"
+[[proxy]]
+name = "p2"
+address = "198.51.100.2"
+organisation = "b"
+"#,
+            site.control, site.metrics
+        ),
+    )
+    .unwrap();
+    // `state` is relative to the working directory of the process.
+    let coord_log = dir.join("coordinator.log");
+    let start_coordinator = |log: &Path| {
+        let f = std::fs::File::create(log).unwrap();
+        Proc(
+            Command::new(SCOLD)
+                .args(["coordinator", "--config", &coord_cfg.display().to_string()])
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut coordinator = start_coordinator(&coord_log);
+    wait_port(site.control, &coord_log);
+
+    // Nodes: target and proxies now; the gateway only after the crash.
+    scold_pki::install_crypto_provider();
+    let mut ca = Ca::open(&ca_dir).unwrap();
+    let control = site.control;
+    let site = Arc::new(site);
+    let mut node = |role: Role, name: &str| -> (Agent, Arc<Recorder>, watch::Sender<bool>) {
+        let paths = ca
+            .issue(
+                &Identity::new(role, name).unwrap(),
+                &[],
+                &[],
+                Validity::days(1),
+                &dir.join(format!("n-{name}")),
+            )
+            .unwrap();
+        let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
+        let rec = Arc::new(Recorder::default());
+        let (stop, rx) = watch::channel(false);
+        let agent = Agent::start(
+            control,
+            NodeInfo::default(),
+            tls,
+            rec.clone(),
+            Metrics::new(),
+            rx,
+        );
+        (agent, rec, stop)
+    };
+    let (_t, target, _ts) = node(Role::Target, "web");
+    let (_p1, p1, _p1s) = node(Role::Proxy, "p1");
+    let (_p2, _p2r, _p2s) = node(Role::Proxy, "p2");
+    let (gw_agent, gw, gw_stop) = node(Role::Gateway, "gw1");
+    let _ = gw_stop.send(true); // not yet: the gateway is away
+    drop(gw_agent);
+
+    let before = tokio::task::spawn_blocking({
+        let site = site.clone();
+        move || {
+            let t = Instant::now();
+            while site
+                .status()
+                .proxies
+                .iter()
+                .filter(|p| p.health == "up")
+                .count()
+                < 2
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "proxies never registered"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(site.alt().is_empty(), "ALT records before any divert");
+            site.ctl(&["divert", "web"]);
+            // The gateway is not connected: the divert waits at its first stage, and
+            // nothing is published in DNS before the route works.
+            let t = Instant::now();
+            let s = loop {
+                let s = site.status();
+                if s.targets[0]
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("gateway/gw1 is not connected"))
+                {
+                    break s;
+                }
+                assert!(t.elapsed() < Duration::from_secs(20), "{s:#?}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(s.targets[0].phase, "diverting");
+            assert!(
+                site.alt().is_empty(),
+                "ALT published before the route was set up"
+            );
+            s
+        }
+    })
+    .await
+    .unwrap();
+
+    // kill -9 in the middle of the divert, then restart.
+    coordinator.kill9();
+    let mut coordinator = start_coordinator(&dir.join("coordinator-2.log"));
+    wait_port(site.control, &dir.join("coordinator-2.log"));
+    let after = tokio::task::spawn_blocking({
+        let site = site.clone();
+        move || site.status()
+    })
+    .await
+    .unwrap();
+    assert_eq!(after.targets[0].phase, "diverting");
+    assert_eq!(after.targets[0].epoch, before.targets[0].epoch);
+    assert_eq!(after.targets[0].proxies, before.targets[0].proxies);
+
+    // The gateway comes: the restarted coordinator finishes the divert by itself.
+    let (_gw2, gw2, _gws) = node(Role::Gateway, "gw1");
+    tokio::task::spawn_blocking(move || {
+        let s = site.wait_phase("diverted");
+        assert_eq!(s.targets[0].proxies, vec!["p1", "p2"]);
+        // The secure DNS update really happened, on the wire, signed (dig shows the
+        // RFC 3597 form of ALT: 198.51.100.1 = C6336401).
+        assert_eq!(site.alt(), vec!["\\# 4 C6336401", "\\# 4 C6336402"]);
+        let m = site.metrics();
+        assert!(
+            m.contains("scold_transitions_total{from=\"diverting\",to=\"diverted\"} 1"),
+            "{m}"
+        );
+        site.ctl(&["restore", "web"]);
+        let s = site.wait_phase("normal");
+        assert!(s.targets[0].proxies.is_empty());
+        assert!(site.alt().is_empty(), "ALT records left after restore");
+        let events = site.ctl(&["events", "--limit", "200"]);
+        assert!(events.contains("operator_divert"), "{events}");
+        assert!(events.contains("restoring -> normal"), "{events}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(gw.0.lock().unwrap().len(), 0);
+    assert_eq!(
+        gw2.0.lock().unwrap().clone(),
+        vec!["gateway_setup", "gateway_teardown"]
+    );
+    assert!(target
+        .0
+        .lock()
+        .unwrap()
+        .contains(&"target_setup".to_string()));
+    assert!(p1.0.lock().unwrap().contains(&"proxy_teardown".to_string()));
+    coordinator.kill9();
+}
