@@ -1,6 +1,269 @@
-//! `scold gateway` (being built).
-#[derive(clap::Args)]
-pub struct Args {}
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scold gateway is not available in this build")
+//! `scold gateway`: the hidden alternate gateway of a target site (paper Sections 2.2 A
+//! and 4).
+//!
+//! It accepts tunnels only from the proxies the coordinator registered (by outer source
+//! address, and in wireguard mode by key); anything else is dropped without an answer:
+//! the tunnel socket is open, so the kernel sends no ICMP, and the engine never replies to
+//! an unregistered or unauthenticated sender. Decapsulated packets go out of a TUN device
+//! into the kernel, which forwards them to the target. The target's replies arrive on the
+//! LAN interface; a policy rule (`iif LAN lookup TABLE`, TABLE: `default dev TUN`) sends
+//! them back into the TUN device, and the engine returns each through the proxy that
+//! client's traffic last came in by.
+
+use crate::common::{self, CommandReceiver, Sysctl, TunnelSection};
+use anyhow::Context as _;
+use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
+use scold_tunnel::fib::{Dest, PeerPolicy};
+use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
+use scold_tunnel::{Engine, EngineConfig, EngineHandle};
+use serde::Deserialize;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example: scold gateway --config /etc/scold/gateway.toml\n\
+Print a commented config with --example-config; make a WireGuard key with --genkey."
+)]
+pub struct Args {
+    /// The gateway's TOML config file: tunnel socket, TUN device, LAN interface,
+    /// registered proxies.
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
+    pub config: Option<PathBuf>,
+    /// Print a commented example config and exit.
+    #[arg(long)]
+    pub example_config: bool,
+    /// Print a fresh WireGuard private key (and its public key) and exit.
+    #[arg(long)]
+    pub genkey: bool,
+    /// Check the config file and exit without touching the system.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub const EXAMPLE: &str = r#"# scold gateway: the hidden alternate gateway of a target site.
+
+[tunnel]
+# UDP socket for udp and wireguard tunnels from proxies.
+listen = "0.0.0.0:51820"
+# Also accept RFC 2003 ipip tunnels (IP protocol 4).
+ipip = false
+# WireGuard private key (make one with `scold gateway --genkey`), or private_key_file.
+private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
+# Outer path MTU, and the encapsulation whose overhead sets the TUN MTU.
+outer_mtu = 1500
+encap = "wireguard"
+
+# TUN device that carries decapsulated traffic to and from the target.
+tun_name = "scold-gw"
+# Interface towards the target: packets arriving here are sent back into the tunnels.
+lan_interface = "eth1"
+# SCOLD's own routing table and the priority of the rule that leads to it.
+table = 5101
+rule_priority = 5101
+# Turn on IPv4 forwarding while running (restored on exit).
+enable_forwarding = true
+
+# Proxies registered by the coordinator (more come through the control channel).
+[[peers]]
+name = "proxy-1"
+address = "192.0.2.10"
+encap = "wireguard"
+public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+# port = 51820   # leave out to learn it from the proxy's first packet
+"#;
+
+fn default_tun() -> String {
+    "scold-gw".into()
+}
+fn default_table() -> u32 {
+    5101
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    #[serde(default = "default_tun")]
+    pub tun_name: String,
+    pub lan_interface: String,
+    #[serde(default = "default_table")]
+    pub table: u32,
+    #[serde(default = "default_table")]
+    pub rule_priority: u32,
+    #[serde(default = "yes")]
+    pub enable_forwarding: bool,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let mut c: Config = common::load(path)?;
+        c.file = path.to_path_buf();
+        c.tunnel.check(path)?;
+        if c.tunnel.listen.is_none() && !c.tunnel.ipip {
+            anyhow::bail!(
+                "config file {}: tunnel.listen is not set and tunnel.ipip is false: the gateway would accept no tunnel; set one",
+                path.display()
+            );
+        }
+        for (i, p) in c.peers.iter().enumerate() {
+            Command::AddPeer(p.clone())
+                .validate()
+                .map_err(|e| anyhow::anyhow!("config file {}: peers[{i}]: {e}", path.display()))?;
+        }
+        Ok(c)
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.example_config {
+        print!("{EXAMPLE}");
+        return Ok(());
+    }
+    if a.genkey {
+        return common::print_genkey();
+    }
+    let path = a.config.expect("clap requires --config");
+    let cfg = Config::load(&path)?;
+    if a.check {
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let (_keep, rx) = tokio::sync::mpsc::channel(16);
+    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+}
+
+struct Gateway {
+    engine: EngineHandle,
+}
+
+impl common::Node for Gateway {
+    async fn apply(&mut self, cmd: Command) -> Reply {
+        if let Err(e) = cmd.validate() {
+            return e.into();
+        }
+        match cmd {
+            Command::AddPeer(p) => {
+                // Replies go back by the proxy a client's packets came in by.
+                let policy = PeerPolicy {
+                    learn_sources: true,
+                    ..Default::default()
+                };
+                match self.engine.call(move |s| s.add_peer(&p, policy)).await {
+                    Ok(Ok((_, changed))) => Reply::Done { changed },
+                    Ok(Err(e)) => Reply::refused(RefusalCode::Conflict, e.to_string()),
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
+            Command::RemovePeer { name } => match self.engine.call(move |s| s.remove_peer(&name)).await {
+                Ok(changed) => Reply::Done { changed },
+                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+            },
+            Command::GetStats => match self.engine.call(|s| s.stats()).await {
+                Ok(s) => Reply::Stats(s),
+                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+            },
+            other => Reply::refused(
+                RefusalCode::NotForThisRole,
+                format!(
+                    "{} is not a gateway command (a gateway takes add_peer, remove_peer, get_stats)",
+                    other.kind()
+                ),
+            ),
+        }
+    }
+}
+
+/// Runs the gateway until `shutdown`; `commands` is the control plane's feed. Returns the
+/// final counters after routes and sysctls are put back.
+pub async fn serve(
+    cfg: Config,
+    mut commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<scold_proto::dataplane::Stats> {
+    let mtu = cfg.tunnel.inner_mtu();
+    let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu)?;
+    let nl = Netlink::new()?;
+    let index = nl.link_index(&cfg.tun_name).await?;
+    nl.set_up(index).await?;
+    // Decapsulated sources come in on the TUN device while the reverse route may point
+    // elsewhere; strict reverse-path filtering would drop them.
+    let _ = Sysctl::set(&format!("net.ipv4.conf.{}.rp_filter", cfg.tun_name), "0");
+    let private_key = cfg.tunnel.private_key(&cfg.file)?;
+    let (engine, handle) = Engine::new(
+        EngineConfig {
+            udp_listen: cfg.tunnel.listen,
+            ipip: cfg.tunnel.ipip,
+            ipip_bind: cfg.tunnel.ipip_bind,
+            private_key,
+            outer_mtu: cfg.tunnel.outer_mtu,
+            peer_default: Some(Dest::Tun),
+        },
+        Some(tun),
+    )?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine_task = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let forwarding = if cfg.enable_forwarding {
+        Sysctl::set("net.ipv4.ip_forward", "1")?
+    } else {
+        None
+    };
+    let mut table = RouteTable::new(
+        nl.clone(),
+        cfg.table,
+        cfg.rule_priority,
+        RuleSelector {
+            iif: Some(cfg.lan_interface.clone()),
+        },
+    );
+    let mut gw = Gateway { engine: handle };
+    let setup = async {
+        nl.link_index(&cfg.lan_interface)
+            .await
+            .with_context(|| format!("config file {}: lan_interface", cfg.file.display()))?;
+        table
+            .add(
+                Prefix::new("0.0.0.0".parse().expect("literal"), 0).expect("valid"),
+                RouteTarget::Device { index, src: None },
+            )
+            .await?;
+        let entries = cfg
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    format!("peers[{i}] ({})", p.name),
+                    Command::AddPeer(p.clone()),
+                )
+            })
+            .collect();
+        common::apply_static(&cfg.file, entries, &mut gw).await
+    };
+    let result = setup.await;
+    if result.is_ok() {
+        tracing::info!(tun = %cfg.tun_name, mtu, lan = %cfg.lan_interface, "gateway running");
+        common::command_loop(&mut gw, &mut commands, shutdown).await;
+    }
+    for e in table.clear().await {
+        tracing::warn!(error = %e, "tear-down incomplete");
+    }
+    if let Some(f) = forwarding {
+        f.restore();
+    }
+    let _ = stop_tx.send(());
+    let stats = engine_task.await.context("packet engine task failed")?;
+    tracing::info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "gateway stopped");
+    result.map(|_| stats)
 }

@@ -1,6 +1,473 @@
-//! `scold proxy` (being built).
-#[derive(clap::Args)]
-pub struct Args {}
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scold proxy is not available in this build")
+//! `scold proxy`: admits clients and relays their tunnels to the hidden gateway of the
+//! target each asked for (paper Section 4), and in NAT mode (scheme 4.3) relays a
+//! target's service ports from its own public address.
+//!
+//! Each admitted client is a tunnel peer known by its address: its inner packets must
+//! carry that address as source and may only go to its targets; tunnel packets from
+//! anyone not admitted are dropped without a word. The L3 relay never enters the kernel's
+//! forwarding path: a packet is decapsulated, checked, and re-encapsulated for the
+//! gateway inside the packet engine. Replies from the gateway go back to the session of
+//! their destination. Counters are per session (peer) and node-wide.
+
+use crate::common::{self, CommandReceiver, TunnelSection};
+use anyhow::Context as _;
+use scold_proto::dataplane::{
+    Command, NatService, Peer, Prefix, Protocol, RefusalCode, Reply, Route, Session, Stats, Via,
+};
+use scold_tunnel::fib::{Dest, PeerPolicy};
+use scold_tunnel::nat::{self, NatRelay};
+use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
+use scold_tunnel::{Engine, EngineConfig, EngineHandle};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example: scold proxy --config /etc/scold/proxy.toml\n\
+Print a commented config with --example-config; make a WireGuard key with --genkey.")]
+pub struct Args {
+    /// The proxy's TOML config file: tunnel socket, gateways, admitted clients, NAT
+    /// services.
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
+    pub config: Option<PathBuf>,
+    /// Print a commented example config and exit.
+    #[arg(long)]
+    pub example_config: bool,
+    /// Print a fresh WireGuard private key (and its public key) and exit.
+    #[arg(long)]
+    pub genkey: bool,
+    /// Check the config file and exit without touching the system.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub const EXAMPLE: &str = r#"# scold proxy: admits clients and relays them to the target's hidden gateway.
+
+[tunnel]
+# UDP socket for udp and wireguard tunnels (clients and gateways alike).
+listen = "0.0.0.0:51820"
+# Also carry RFC 2003 ipip tunnels (IP protocol 4, one raw socket for all peers).
+ipip = false
+# WireGuard private key (make one with `scold proxy --genkey`), or private_key_file.
+private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
+outer_mtu = 1500
+encap = "wireguard"
+
+# Gateways of targets (the coordinator adds more through the control channel).
+[[peers]]
+name = "gw-example"
+address = "203.0.113.1"
+port = 51820
+encap = "wireguard"
+public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+keepalive_secs = 25
+
+# Which gateway carries which target.
+[[routes]]
+destination = "203.0.113.10/32"
+via = { peer = "gw-example" }
+
+# Admitted clients (normally added after the admission exchange or a coordinator push).
+[[sessions]]
+client = "198.51.100.7"
+encap = "wireguard"
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+targets = ["203.0.113.10/32"]
+# port = 40000   # leave out to learn it from the client's first packet
+
+# NAT mode (scheme 4.3): relay the target's service ports from this proxy's address.
+# Needs the [nat] section: relayed flows leave through a TUN device with this source
+# address, and the target routes replies to it back through its gateway.
+[nat]
+tun_name = "scold-nat"
+source = "100.64.0.1"
+table = 5100
+rule_priority = 5100
+
+[[nat_services]]
+protocol = "tcp"
+listen = "192.0.2.10:80"
+target = "203.0.113.10:80"
+proxy_protocol = true   # start each connection with a PROXY protocol v2 header
+"#;
+
+fn default_nat_tun() -> String {
+    "scold-nat".into()
+}
+fn default_table() -> u32 {
+    5100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatSection {
+    #[serde(default = "default_nat_tun")]
+    pub tun_name: String,
+    /// Source address of relayed flows inside the tunnel.
+    pub source: IpAddr,
+    #[serde(default = "default_table")]
+    pub table: u32,
+    #[serde(default = "default_table")]
+    pub rule_priority: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    #[serde(default)]
+    pub nat: Option<NatSection>,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub sessions: Vec<Session>,
+    #[serde(default)]
+    pub nat_services: Vec<NatService>,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let mut c: Config = common::load(path)?;
+        c.file = path.to_path_buf();
+        c.tunnel.check(path)?;
+        if c.tunnel.listen.is_none() && !c.tunnel.ipip {
+            anyhow::bail!(
+                "config file {}: tunnel.listen is not set and tunnel.ipip is false: the proxy would carry no tunnel; set one",
+                path.display()
+            );
+        }
+        if !c.nat_services.is_empty() && c.nat.is_none() {
+            anyhow::bail!(
+                "config file {}: nat_services need a [nat] section (tun_name, source)",
+                path.display()
+            );
+        }
+        for (place, cmd) in c.entries() {
+            cmd.validate()
+                .map_err(|e| anyhow::anyhow!("config file {}: {place}: {e}", path.display()))?;
+        }
+        Ok(c)
+    }
+
+    fn entries(&self) -> Vec<(String, Command)> {
+        let mut v: Vec<(String, Command)> = Vec::new();
+        v.extend(self.peers.iter().enumerate().map(|(i, p)| {
+            (
+                format!("peers[{i}] ({})", p.name),
+                Command::AddPeer(p.clone()),
+            )
+        }));
+        v.extend(self.routes.iter().enumerate().map(|(i, r)| {
+            (
+                format!("routes[{i}] ({})", r.destination),
+                Command::AddRoute(r.clone()),
+            )
+        }));
+        v.extend(self.sessions.iter().enumerate().map(|(i, s)| {
+            (
+                format!("sessions[{i}] ({})", s.client),
+                Command::AddSession(s.clone()),
+            )
+        }));
+        v.extend(self.nat_services.iter().enumerate().map(|(i, n)| {
+            (
+                format!("nat_services[{i}] ({} {})", n.protocol, n.listen),
+                Command::AddNatService(n.clone()),
+            )
+        }));
+        v
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.example_config {
+        print!("{EXAMPLE}");
+        return Ok(());
+    }
+    if a.genkey {
+        return common::print_genkey();
+    }
+    let path = a.config.expect("clap requires --config");
+    let cfg = Config::load(&path)?;
+    if a.check {
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let (_keep, rx) = tokio::sync::mpsc::channel(16);
+    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+}
+
+/// The peer name of a client session.
+pub fn session_peer_name(client: IpAddr) -> String {
+    format!("client-{client}")
+}
+
+struct Nat {
+    table: RouteTable,
+    tun_index: u32,
+    source: IpAddr,
+    services: HashMap<(Protocol, SocketAddr), (NatService, NatRelay)>,
+}
+
+struct Proxy {
+    engine: EngineHandle,
+    nat: Option<Nat>,
+}
+
+fn engine_reply<T>(
+    r: Result<Result<(T, bool), scold_tunnel::TunnelError>, scold_tunnel::TunnelError>,
+) -> Reply {
+    match r {
+        Ok(Ok((_, changed))) => Reply::Done { changed },
+        Ok(Err(e)) => Reply::refused(RefusalCode::Conflict, e.to_string()),
+        Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+    }
+}
+
+impl Proxy {
+    async fn add_session(&mut self, s: Session) -> Reply {
+        let peer = Peer {
+            name: session_peer_name(s.client),
+            address: s.client,
+            port: s.port,
+            encap: s.encap,
+            public_key: s.public_key.clone(),
+            keepalive_secs: None,
+        };
+        let policy = PeerPolicy {
+            sources: vec![Prefix::host(s.client)],
+            destinations: s.targets.clone(),
+            learn_sources: false,
+        };
+        let client = s.client;
+        let r = self
+            .engine
+            .call(move |st| {
+                st.add_peer(&peer, policy).map(|(id, changed)| {
+                    let routed = st.fib.insert(Prefix::host(client), Dest::Peer(id));
+                    ((), changed || routed)
+                })
+            })
+            .await;
+        engine_reply(r)
+    }
+
+    async fn add_nat_service(&mut self, n: NatService) -> Reply {
+        let Some(nat) = self.nat.as_mut() else {
+            return Reply::refused(
+                RefusalCode::NotForThisRole,
+                "this proxy has no [nat] section, so it cannot relay services",
+            );
+        };
+        let key = (n.protocol, n.listen);
+        if let Some((existing, _)) = nat.services.get(&key) {
+            if *existing == n {
+                return Reply::Done { changed: false };
+            }
+            nat.services.remove(&key);
+        }
+        let target_host = Prefix::host(n.target.ip());
+        if let Err(e) = nat
+            .table
+            .add(
+                target_host,
+                RouteTarget::Device {
+                    index: nat.tun_index,
+                    src: Some(nat.source).filter(|s| s.is_ipv4() == n.target.is_ipv4()),
+                },
+            )
+            .await
+        {
+            return Reply::refused(RefusalCode::System, e.to_string());
+        }
+        let relay = match n.protocol {
+            Protocol::Tcp => nat::spawn_tcp(n.listen, n.target, n.proxy_protocol).await,
+            Protocol::Udp => nat::spawn_udp(n.listen, n.target).await,
+        };
+        match relay {
+            Ok(r) => {
+                tracing::info!(protocol = %n.protocol, listen = %n.listen, target = %n.target, proxy_protocol = n.proxy_protocol, "NAT service relaying");
+                nat.services.insert(key, (n, r));
+                Reply::Done { changed: true }
+            }
+            Err(e) => {
+                if !nat
+                    .services
+                    .values()
+                    .any(|(s, _)| s.target.ip() == n.target.ip())
+                {
+                    let _ = nat.table.remove(&target_host).await;
+                }
+                Reply::refused(RefusalCode::System, e.to_string())
+            }
+        }
+    }
+
+    async fn remove_nat_service(&mut self, protocol: Protocol, listen: SocketAddr) -> Reply {
+        let Some(nat) = self.nat.as_mut() else {
+            return Reply::Done { changed: false };
+        };
+        let Some((svc, _relay)) = nat.services.remove(&(protocol, listen)) else {
+            return Reply::Done { changed: false };
+        };
+        if !nat
+            .services
+            .values()
+            .any(|(s, _)| s.target.ip() == svc.target.ip())
+        {
+            if let Err(e) = nat.table.remove(&Prefix::host(svc.target.ip())).await {
+                return Reply::refused(RefusalCode::System, e.to_string());
+            }
+        }
+        Reply::Done { changed: true }
+    }
+}
+
+impl common::Node for Proxy {
+    async fn apply(&mut self, cmd: Command) -> Reply {
+        if let Err(e) = cmd.validate() {
+            return e.into();
+        }
+        match cmd {
+            Command::AddPeer(p) => {
+                let r = self
+                    .engine
+                    .call(move |s| s.add_peer(&p, PeerPolicy::default()))
+                    .await;
+                engine_reply(r)
+            }
+            Command::RemovePeer { name } => {
+                match self.engine.call(move |s| s.remove_peer(&name)).await {
+                    Ok(changed) => Reply::Done { changed },
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
+            Command::AddSession(s) => self.add_session(s).await,
+            Command::RemoveSession { client } => {
+                let name = session_peer_name(client);
+                match self.engine.call(move |s| s.remove_peer(&name)).await {
+                    Ok(changed) => Reply::Done { changed },
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
+            Command::AddRoute(Route {
+                destination,
+                via: Via::Peer(name),
+            }) => {
+                let r = self
+                    .engine
+                    .call(move |s| match s.peer_id(&name) {
+                        Some(id) => Ok(s.fib.insert(destination, Dest::Peer(id))),
+                        None => Err(name),
+                    })
+                    .await;
+                match r {
+                    Ok(Ok(changed)) => Reply::Done { changed },
+                    Ok(Err(name)) => Reply::refused(
+                        RefusalCode::UnknownReference,
+                        format!("route {destination}: no peer named {name:?}; add the gateway peer first"),
+                    ),
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
+            Command::AddRoute(_) => Reply::refused(
+                RefusalCode::NotForThisRole,
+                "a proxy routes targets through gateway peers (via = { peer = NAME })",
+            ),
+            Command::RemoveRoute { destination } => {
+                match self.engine.call(move |s| s.fib.remove(&destination)).await {
+                    Ok(changed) => Reply::Done { changed },
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
+            Command::AddNatService(n) => self.add_nat_service(n).await,
+            Command::RemoveNatService { protocol, listen } => {
+                self.remove_nat_service(protocol, listen).await
+            }
+            Command::GetStats => match self.engine.call(|s| s.stats()).await {
+                Ok(s) => Reply::Stats(s),
+                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+            },
+        }
+    }
+}
+
+/// Runs the proxy until `shutdown`; `commands` is the control plane's feed. Returns the
+/// final counters after NAT routes are removed.
+pub async fn serve(
+    cfg: Config,
+    mut commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Stats> {
+    let nl = Netlink::new()?;
+    let mut nat = None;
+    let tun = match &cfg.nat {
+        Some(n) => {
+            let mtu = cfg.tunnel.inner_mtu();
+            let tun = scold_tunnel::tun::create(&n.tun_name, mtu)?;
+            let index = nl.link_index(&n.tun_name).await?;
+            let len = if n.source.is_ipv4() { 32 } else { 128 };
+            nl.add_address(index, n.source, len).await?;
+            nl.set_up(index).await?;
+            nat = Some(Nat {
+                table: RouteTable::new(
+                    nl.clone(),
+                    n.table,
+                    n.rule_priority,
+                    RuleSelector::default(),
+                ),
+                tun_index: index,
+                source: n.source,
+                services: HashMap::new(),
+            });
+            Some(tun)
+        }
+        None => None,
+    };
+    let (engine, handle) = Engine::new(
+        EngineConfig {
+            udp_listen: cfg.tunnel.listen,
+            ipip: cfg.tunnel.ipip,
+            ipip_bind: cfg.tunnel.ipip_bind,
+            private_key: cfg.tunnel.private_key(&cfg.file)?,
+            outer_mtu: cfg.tunnel.outer_mtu,
+            peer_default: None,
+        },
+        tun,
+    )?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine_task = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+    if let Some(n) = &cfg.nat {
+        // Replies to relayed flows come back from the gateway addressed to the NAT source.
+        let src = Prefix::host(n.source);
+        handle.call(move |s| s.fib.insert(src, Dest::Tun)).await?;
+    }
+    let mut node = Proxy {
+        engine: handle,
+        nat,
+    };
+    let result = common::apply_static(&cfg.file, cfg.entries(), &mut node).await;
+    if result.is_ok() {
+        tracing::info!(listen = ?cfg.tunnel.listen, ipip = cfg.tunnel.ipip, nat = cfg.nat.is_some(), "proxy running");
+        common::command_loop(&mut node, &mut commands, shutdown).await;
+    }
+    if let Some(mut n) = node.nat.take() {
+        n.services.clear();
+        for e in n.table.clear().await {
+            tracing::warn!(error = %e, "tear-down incomplete");
+        }
+    }
+    let _ = stop_tx.send(());
+    let stats = engine_task.await.context("packet engine task failed")?;
+    tracing::info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "proxy stopped");
+    result.map(|_| stats)
 }

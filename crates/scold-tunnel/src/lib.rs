@@ -18,7 +18,9 @@ pub mod engine;
 pub mod error;
 pub mod fib;
 pub mod keys;
+pub mod nat;
 pub mod netlink;
+pub mod proxy_protocol;
 pub mod socket;
 pub mod tun;
 

@@ -349,83 +349,93 @@ impl OuterSocket {
         Ok(n.max(kept))
     }
 
+    /// One `sendmmsg` over `tx[start..]`: how many went, or the error of the first.
+    fn send_some(&self, tx: &mut TxBatch, start: usize) -> io::Result<usize> {
+        let count = tx.n - start;
+        let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let mut names: [MaybeUninit<SockAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let base = tx.data.as_mut_ptr();
+        for j in 0..count {
+            let i = start + j;
+            let dst = match (self.kind, tx.dsts[i]) {
+                // Raw sockets take no port.
+                (OuterKind::Ipip, SocketAddr::V4(a)) => {
+                    SocketAddr::V4(SocketAddrV4::new(*a.ip(), 0))
+                }
+                (_, d) => d,
+            };
+            let name = names[j].write(SockAddr::from(dst));
+            iov[j].write(libc::iovec {
+                // SAFETY: slot i lies inside `tx.data`.
+                iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
+                iov_len: tx.lens[i],
+            });
+            hdrs[j].msg_hdr.msg_iov = iov[j].as_mut_ptr();
+            hdrs[j].msg_hdr.msg_iovlen = 1;
+            hdrs[j].msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+            hdrs[j].msg_hdr.msg_namelen = name.len();
+        }
+        // SAFETY: `count` headers, each pointing at a live iovec and a live address.
+        let r = unsafe {
+            libc::sendmmsg(
+                self.fd.get_ref().as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let res = if r >= 0 {
+            Ok(r as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        for n in names.iter_mut().take(count) {
+            // SAFETY: names[..count] were written above.
+            unsafe { n.assume_init_drop() };
+        }
+        res
+    }
+
     /// Sends every queued datagram, waiting for socket space when needed; per-datagram
     /// failures are counted, not returned.
     pub async fn flush(&self, tx: &mut TxBatch) -> SendReport {
         let mut report = SendReport::default();
         let mut start = 0;
         while start < tx.n {
-            let count = tx.n - start;
-            let mut iov: [MaybeUninit<libc::iovec>; BATCH] =
-                [const { MaybeUninit::uninit() }; BATCH];
-            let mut names: [MaybeUninit<SockAddr>; BATCH] =
-                [const { MaybeUninit::uninit() }; BATCH];
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            let base = tx.data.as_mut_ptr();
-            for j in 0..count {
-                let i = start + j;
-                let dst = match (self.kind, tx.dsts[i]) {
-                    // Raw sockets take no port.
-                    (OuterKind::Ipip, SocketAddr::V4(a)) => {
-                        SocketAddr::V4(SocketAddrV4::new(*a.ip(), 0))
+            match self.send_some(tx, start) {
+                Ok(0) => {}
+                Ok(r) => {
+                    for k in 0..r {
+                        report.sent += 1;
+                        report.bytes += tx.lens[start + k] as u64;
                     }
-                    (_, d) => d,
-                };
-                let name = names[j].write(SockAddr::from(dst));
-                iov[j].write(libc::iovec {
-                    // SAFETY: slot i lies inside `tx.data`.
-                    iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
-                    iov_len: tx.lens[i],
-                });
-                hdrs[j].msg_hdr.msg_iov = iov[j].as_mut_ptr();
-                hdrs[j].msg_hdr.msg_iovlen = 1;
-                hdrs[j].msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-                hdrs[j].msg_hdr.msg_namelen = name.len();
-            }
-            // SAFETY: `count` headers, each pointing at a live iovec and address.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.fd.get_ref().as_raw_fd(),
-                    hdrs.as_mut_ptr(),
-                    count as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            // SAFETY: names[..count] were written above; drop them.
-            for n in names.iter_mut().take(count) {
-                unsafe { n.assume_init_drop() };
-            }
-            if r > 0 {
-                for k in 0..r as usize {
-                    report.sent += 1;
-                    report.bytes += tx.lens[start + k] as u64;
+                    start += r;
                 }
-                start += r as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
-                    // The socket buffer is full: wait for room instead of dropping, so a
-                    // fast sender is slowed rather than made to retransmit.
-                    match self.fd.writable().await {
-                        Ok(mut g) => g.clear_ready(),
-                        Err(_) => {
-                            report.errors += (tx.n - start) as u64;
-                            break;
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                        // The socket buffer is full: wait for room instead of dropping, so
+                        // a fast sender is slowed rather than made to retransmit.
+                        match self.fd.writable().await {
+                            Ok(mut g) => g.clear_ready(),
+                            Err(_) => {
+                                report.errors += (tx.n - start) as u64;
+                                break;
+                            }
                         }
                     }
-                }
-                Some(libc::EMSGSIZE) => {
-                    report.too_big += 1;
-                    start += 1;
-                }
-                _ => {
-                    report.errors += 1;
-                    start += 1;
-                }
+                    Some(libc::EMSGSIZE) => {
+                        report.too_big += 1;
+                        start += 1;
+                    }
+                    // Unreachable peer (a queued ICMP error), no route, filtered.
+                    _ => {
+                        report.errors += 1;
+                        start += 1;
+                    }
+                },
             }
         }
         tx.clear();
