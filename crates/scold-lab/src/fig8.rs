@@ -5,12 +5,19 @@
 //!        \            |             |           |           |           /
 //!         +-----------+------- inet (the "internet" router) ----------+
 //!                                 |                       |
-//!                   main link (tbf bottleneck)        alternate link
+//!                   main link: wire (tbf bottleneck)  alternate link
 //!                                 |                       |
 //!                              maingw                   altgw  (hidden)
 //!                                 |                       |
 //!                                 +------- target --------+
 //! ```
+//!
+//! The main link runs through a `wire` router that holds the bottleneck. By default it
+//! is one shared medium for both directions, like a half-duplex link or a hub: the wire
+//! sends every packet, either way, through one veth pair whose egress carries the
+//! token-bucket filter, so an inbound flood also starves the target's outbound replies.
+//! With [`Duplex::Full`] each direction has its own filter instead, and a flood only
+//! delays what enters the site (ACKs, requests), which TCP downloads shrug off.
 //!
 //! Address plan, all inside 198.18.0.0/15 (see [`crate::net::LAB_RANGE`]):
 //! each leaf on the internet router has its own /24 (router `.1`, leaf `.2`);
@@ -42,8 +49,12 @@ pub const CLIENT_DNS: &str = "clientdns";
 pub const TARGET_DNS: &str = "targetdns";
 /// The coordinator.
 pub const COORDINATOR: &str = "coordinator";
-/// The name of the bottleneck link (internet router -- main gateway).
+/// The router in the middle of the main link that holds the bottleneck.
+pub const WIRE: &str = "wire";
+/// The name of the main link's internet side (internet router -- wire).
 pub const MAIN_LINK: &str = "main";
+/// The interface of the wire that carries the shared bottleneck (half duplex).
+pub const SHARED_IF: &str = "hx";
 /// The name of the alternate link (internet router -- alternate gateway).
 pub const ALT_LINK: &str = "alt";
 
@@ -86,8 +97,22 @@ pub struct Fig8Options {
     pub proxies: usize,
     pub clients: usize,
     pub attackers: usize,
-    /// The main link's token-bucket filter (both directions).
+    /// The main link's token-bucket filter.
     pub bottleneck: Tbf,
+    /// Whether both directions of the main link share the bottleneck.
+    #[serde(default)]
+    pub duplex: Duplex,
+}
+
+/// How the main link's bottleneck treats the two directions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Duplex {
+    /// One shared capacity for both directions (a half-duplex link or a hub).
+    #[default]
+    Half,
+    /// Each direction has the full rate.
+    Full,
 }
 
 impl Default for Fig8Options {
@@ -97,6 +122,7 @@ impl Default for Fig8Options {
             clients: 1,
             attackers: 1,
             bottleneck: Tbf::default(),
+            duplex: Duplex::default(),
         }
     }
 }
@@ -136,7 +162,8 @@ fn leaf_octet(node: &str) -> Option<usize> {
 pub fn address_of(node: &str) -> Option<Ipv4Addr> {
     match node {
         TARGET => Some(Ipv4Addr::new(198, 19, 1, 2)),
-        MAIN_GW => Some(Ipv4Addr::new(198, 18, 200, 2)),
+        MAIN_GW => Some(Ipv4Addr::new(198, 18, 202, 2)),
+        WIRE => Some(Ipv4Addr::new(198, 18, 200, 2)),
         ALT_GW => Some(Ipv4Addr::new(198, 18, 201, 2)),
         INTERNET => Some(Ipv4Addr::new(198, 18, 200, 1)),
         _ => leaf_octet(node).map(|o| Ipv4Addr::new(198, 18, o as u8, 2)),
@@ -167,6 +194,7 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
 
     let mut s = Spec::new();
     s.router(INTERNET)
+        .router(WIRE)
         .router(MAIN_GW)
         .router(ALT_GW)
         .host(TARGET);
@@ -197,7 +225,12 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
     s.link(
         MAIN_LINK,
         (INTERNET, "to-maingw", "198.18.200.1/24"),
-        (MAIN_GW, GW_UP_IF, "198.18.200.2/24"),
+        (WIRE, "inet", "198.18.200.2/24"),
+    )?;
+    s.link(
+        "main-gw",
+        (WIRE, "gw", "198.18.202.1/24"),
+        (MAIN_GW, GW_UP_IF, "198.18.202.2/24"),
     )?;
     s.link(
         ALT_LINK,
@@ -216,10 +249,35 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
     )?;
     let site: Ipv4Net = "198.19.1.0/24".parse()?;
     s.route(INTERNET, Some(site), Ipv4Addr::new(198, 18, 200, 2));
-    s.route(MAIN_GW, None, Ipv4Addr::new(198, 18, 200, 1));
+    s.route(WIRE, Some(site), Ipv4Addr::new(198, 18, 202, 2));
+    s.route(WIRE, None, Ipv4Addr::new(198, 18, 200, 1));
+    s.route(MAIN_GW, None, Ipv4Addr::new(198, 18, 202, 1));
     s.route(ALT_GW, None, Ipv4Addr::new(198, 18, 201, 1));
     s.route(TARGET, None, Ipv4Addr::new(198, 19, 1, 1));
-    s.bottleneck(MAIN_LINK, opts.bottleneck);
+    match opts.duplex {
+        Duplex::Full => {
+            s.shaper(WIRE, "gw", opts.bottleneck);
+            s.shaper(WIRE, "inet", opts.bottleneck);
+        }
+        Duplex::Half => {
+            // Everything the wire forwards, either way, first goes out `hx` (policy
+            // rules by input interface) to its twin `hy`, then on by the main table.
+            // The gateway of that detour is a made-up address pinned to hy's MAC:
+            // Linux refuses a route via one of the node's own addresses.
+            const HY_MAC: &str = "02:5c:01:d0:00:02";
+            let hop = Ipv4Addr::new(198, 18, 203, 3);
+            s.link(
+                "shared",
+                (WIRE, SHARED_IF, "198.18.203.1/24"),
+                (WIRE, "hy", "198.18.203.2/24"),
+            )?;
+            s.mac(WIRE, "hy", HY_MAC);
+            s.rule(WIRE, "inet", 100).rule(WIRE, "gw", 100);
+            s.table_route(WIRE, 100, None, hop, SHARED_IF);
+            s.neighbour(WIRE, SHARED_IF, hop, HY_MAC);
+            s.shaper(WIRE, SHARED_IF, opts.bottleneck);
+        }
+    }
     s.validate()?;
     Ok(s)
 }
@@ -262,6 +320,11 @@ impl Fig8 {
         address_of(node).ok_or_else(|| LabError::UnknownNode(node.to_string()))
     }
 
+    /// Keeps the namespaces after this handle is gone (see [`Topology::keep`]).
+    pub fn keep(self) -> String {
+        self.topo.keep()
+    }
+
     /// Tears the testbed down (also done on drop).
     pub fn teardown(self) -> Result<(), LabError> {
         self.topo.teardown()
@@ -289,8 +352,14 @@ mod tests {
             );
         }
         assert!(s.node("proxy2").is_some() && s.node("proxy3").is_none());
-        assert_eq!(s.bottlenecks.len(), 1);
-        assert_eq!(s.bottlenecks[0].link, MAIN_LINK);
+        assert_eq!(s.shapers.len(), 1);
+        assert_eq!(s.shapers[0].ifname, SHARED_IF);
+        let full = spec(&Fig8Options {
+            duplex: Duplex::Full,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(full.shapers.len(), 2);
     }
 
     #[test]

@@ -14,7 +14,9 @@ pub mod fig8;
 pub mod flood;
 pub mod measure;
 pub mod net;
+pub mod progress;
 pub mod report;
+pub mod scenario;
 pub mod serve;
 pub mod topology;
 

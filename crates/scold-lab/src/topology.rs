@@ -72,6 +72,37 @@ pub struct RouteSpec {
     pub node: String,
     pub dest: Option<Ipv4Net>,
     pub via: Ipv4Addr,
+    /// Routing table (main when `None`).
+    #[serde(default)]
+    pub table: Option<u32>,
+    /// Output interface with the gateway taken as on-link (no subnet check).
+    #[serde(default)]
+    pub onlink_dev: Option<String>,
+}
+
+/// A policy rule: packets arriving on `iif` use routing table `table`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub node: String,
+    pub iif: String,
+    pub table: u32,
+}
+
+/// A permanent neighbour entry (`ip neigh add ... nud permanent`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeighSpec {
+    pub node: String,
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    pub lladdr: String,
+}
+
+/// A fixed MAC address for one interface.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MacSpec {
+    pub node: String,
+    pub ifname: String,
+    pub mac: String,
 }
 
 /// Token-bucket filter parameters, as `tc qdisc ... tbf` takes them.
@@ -95,10 +126,11 @@ impl Default for Tbf {
     }
 }
 
-/// A link whose both directions are limited by a token-bucket filter.
+/// A token-bucket filter on one interface's egress.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Bottleneck {
-    pub link: String,
+pub struct Shaper {
+    pub node: String,
+    pub ifname: String,
     pub tbf: Tbf,
 }
 
@@ -108,7 +140,13 @@ pub struct Spec {
     pub nodes: Vec<NodeSpec>,
     pub links: Vec<LinkSpec>,
     pub routes: Vec<RouteSpec>,
-    pub bottlenecks: Vec<Bottleneck>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    #[serde(default)]
+    pub neighbours: Vec<NeighSpec>,
+    #[serde(default)]
+    pub macs: Vec<MacSpec>,
+    pub shapers: Vec<Shaper>,
 }
 
 impl Spec {
@@ -162,16 +200,94 @@ impl Spec {
             node: node.to_string(),
             dest,
             via,
+            table: None,
+            onlink_dev: None,
         });
         self
     }
 
-    /// Limits both directions of `link` with `tbf`.
-    pub fn bottleneck(&mut self, link: &str, tbf: Tbf) -> &mut Self {
-        self.bottlenecks.push(Bottleneck {
-            link: link.to_string(),
+    /// Adds a route in routing `table` through `dev`, gateway taken as on-link.
+    pub fn table_route(
+        &mut self,
+        node: &str,
+        table: u32,
+        dest: Option<Ipv4Net>,
+        via: Ipv4Addr,
+        dev: &str,
+    ) -> &mut Self {
+        self.routes.push(RouteSpec {
+            node: node.to_string(),
+            dest,
+            via,
+            table: Some(table),
+            onlink_dev: Some(dev.to_string()),
+        });
+        self
+    }
+
+    /// Packets arriving on `iif` of `node` use routing table `table`.
+    pub fn rule(&mut self, node: &str, iif: &str, table: u32) -> &mut Self {
+        self.rules.push(RuleSpec {
+            node: node.to_string(),
+            iif: iif.to_string(),
+            table,
+        });
+        self
+    }
+
+    /// A permanent neighbour entry on `node`'s `ifname`.
+    pub fn neighbour(
+        &mut self,
+        node: &str,
+        ifname: &str,
+        addr: Ipv4Addr,
+        lladdr: &str,
+    ) -> &mut Self {
+        self.neighbours.push(NeighSpec {
+            node: node.to_string(),
+            ifname: ifname.to_string(),
+            addr,
+            lladdr: lladdr.to_string(),
+        });
+        self
+    }
+
+    /// Gives `node`'s `ifname` a fixed MAC address.
+    pub fn mac(&mut self, node: &str, ifname: &str, mac: &str) -> &mut Self {
+        self.macs.push(MacSpec {
+            node: node.to_string(),
+            ifname: ifname.to_string(),
+            mac: mac.to_string(),
+        });
+        self
+    }
+
+    /// Limits the egress of `node`'s `ifname` with `tbf`.
+    pub fn shaper(&mut self, node: &str, ifname: &str, tbf: Tbf) -> &mut Self {
+        self.shapers.push(Shaper {
+            node: node.to_string(),
+            ifname: ifname.to_string(),
             tbf,
         });
+        self
+    }
+
+    /// Limits both directions of `link` with `tbf` (one filter on each end).
+    pub fn bottleneck(&mut self, link: &str, tbf: Tbf) -> &mut Self {
+        let ends: Vec<(String, String)> = self
+            .links
+            .iter()
+            .filter(|l| l.name == link)
+            .flat_map(|l| [&l.a, &l.b])
+            .map(|e| (e.node.clone(), e.ifname.clone()))
+            .collect();
+        if ends.is_empty() {
+            // Kept so validation reports the unknown link.
+            self.shaper("", link, tbf);
+        }
+        for (n, i) in ends {
+            self.shaper(&n, &i, tbf);
+        }
         self
     }
 
@@ -262,9 +378,6 @@ impl Spec {
                     ));
                 }
             }
-            if l.a.node == l.b.node {
-                return bad(format!("link `{}` joins `{}` to itself", l.name, l.a.node));
-            }
             if l.a.addr.trunc() != l.b.addr.trunc() {
                 return bad(format!(
                     "link `{}`: {} and {} are not on one subnet",
@@ -276,22 +389,60 @@ impl Spec {
             if !names.contains(r.node.as_str()) {
                 return bad(format!("route names unknown node `{}`", r.node));
             }
-            if !self.endpoints(&r.node).any(|e| e.addr.contains(r.via)) {
+            if let Some(dev) = &r.onlink_dev {
+                if !ifnames.contains(&(r.node.as_str(), dev.as_str())) {
+                    return bad(format!(
+                        "route on `{}` names unknown interface `{dev}`",
+                        r.node
+                    ));
+                }
+            } else if !self.endpoints(&r.node).any(|e| e.addr.contains(r.via)) {
                 return bad(format!(
                     "route on `{}` via {} : no link of that node reaches the gateway",
                     r.node, r.via
                 ));
             }
         }
-        for b in &self.bottlenecks {
-            if !links.contains(b.link.as_str()) {
-                return bad(format!("bottleneck names unknown link `{}`", b.link));
+        let known_if = |node: &str, ifname: &str, what: &str| {
+            if ifnames.contains(&(node, ifname)) {
+                Ok(())
+            } else {
+                Err(LabError::BadSpec(format!(
+                    "{what} names unknown interface `{ifname}` on `{node}`"
+                )))
             }
+        };
+        for r in &self.rules {
+            known_if(&r.node, &r.iif, "rule")?;
+        }
+        let mac_ok = |m: &str| {
+            m.len() == 17
+                && m.split(':').count() == 6
+                && m.split(':')
+                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+        };
+        for n in &self.neighbours {
+            known_if(&n.node, &n.ifname, "neighbour entry")?;
+            if !mac_ok(&n.lladdr) {
+                return bad(format!(
+                    "neighbour entry: `{}` is not a MAC address",
+                    n.lladdr
+                ));
+            }
+        }
+        for m in &self.macs {
+            known_if(&m.node, &m.ifname, "MAC setting")?;
+            if !mac_ok(&m.mac) {
+                return bad(format!("`{}` is not a MAC address", m.mac));
+            }
+        }
+        for b in &self.shapers {
+            known_if(&b.node, &b.ifname, "bottleneck")?;
             if b.tbf.rate_bit < 8_000 || b.tbf.burst_bytes < 1600 || b.tbf.latency_ms == 0 {
                 return bad(format!(
-                    "bottleneck on `{}`: rate must be at least 8 kbit/s, burst at least 1600 bytes \
-                     (one full frame) and latency above 0",
-                    b.link
+                    "bottleneck on `{}` of `{}`: rate must be at least 8 kbit/s, burst at least \
+                     1600 bytes (one full frame) and latency above 0",
+                    b.ifname, b.node
                 ));
             }
         }
@@ -656,7 +807,7 @@ impl Topology {
         spec.validate()?;
         require_root()?;
         require_tool("ip", "iproute2")?;
-        if !spec.bottlenecks.is_empty() {
+        if !spec.shapers.is_empty() {
             require_tool("tc", "iproute2")?;
         }
         let id = format!(
@@ -728,6 +879,17 @@ impl Topology {
                 ],
             )?;
             for (e, ns) in [(&l.a, na), (&l.b, nb)] {
+                if let Some(m) = self
+                    .spec
+                    .macs
+                    .iter()
+                    .find(|m| m.node == e.node && m.ifname == e.ifname)
+                {
+                    run_cmd(
+                        "ip",
+                        &["-n", ns, "link", "set", "dev", &e.ifname, "address", &m.mac],
+                    )?;
+                }
                 run_cmd(
                     "ip",
                     &[
@@ -749,39 +911,71 @@ impl Topology {
                 .dest
                 .map(|d| d.trunc().to_string())
                 .unwrap_or_else(|| "default".into());
+            let via = r.via.to_string();
+            let table = r.table.map(|t| t.to_string());
+            let mut args = vec!["-n", ns, "route", "add", &dest, "via", &via];
+            if let Some(dev) = &r.onlink_dev {
+                args.extend(["dev", dev, "onlink"]);
+            }
+            if let Some(t) = &table {
+                args.extend(["table", t]);
+            }
+            run_cmd("ip", &args)?;
+        }
+        for r in &self.spec.rules {
+            let table = r.table.to_string();
             run_cmd(
                 "ip",
-                &["-n", ns, "route", "add", &dest, "via", &r.via.to_string()],
+                &[
+                    "-n",
+                    &self.ns[&r.node],
+                    "rule",
+                    "add",
+                    "iif",
+                    &r.iif,
+                    "table",
+                    &table,
+                ],
             )?;
         }
-        for b in &self.spec.bottlenecks {
-            let l = self
-                .spec
-                .links
-                .iter()
-                .find(|l| l.name == b.link)
-                .expect("validated");
-            for e in [&l.a, &l.b] {
-                run_cmd(
-                    "tc",
-                    &[
-                        "-n",
-                        &self.ns[&e.node],
-                        "qdisc",
-                        "add",
-                        "dev",
-                        &e.ifname,
-                        "root",
-                        "tbf",
-                        "rate",
-                        &format!("{}bit", b.tbf.rate_bit),
-                        "burst",
-                        &b.tbf.burst_bytes.to_string(),
-                        "latency",
-                        &format!("{}ms", b.tbf.latency_ms),
-                    ],
-                )?;
-            }
+        for n in &self.spec.neighbours {
+            run_cmd(
+                "ip",
+                &[
+                    "-n",
+                    &self.ns[&n.node],
+                    "neigh",
+                    "replace",
+                    &n.addr.to_string(),
+                    "lladdr",
+                    &n.lladdr,
+                    "dev",
+                    &n.ifname,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
+        for b in &self.spec.shapers {
+            run_cmd(
+                "tc",
+                &[
+                    "-n",
+                    &self.ns[&b.node],
+                    "qdisc",
+                    "add",
+                    "dev",
+                    &b.ifname,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{}bit", b.tbf.rate_bit),
+                    "burst",
+                    &b.tbf.burst_bytes.to_string(),
+                    "latency",
+                    &format!("{}ms", b.tbf.latency_ms),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -1006,6 +1200,15 @@ impl Topology {
         }
     }
 
+    /// Leaves the namespaces in place (for inspection after a failure) and returns the
+    /// run id; processes still stop when their [`LabProcess`] handles drop.
+    /// `scold lab cleanup --all` removes them later.
+    pub fn keep(mut self) -> String {
+        self.done = true;
+        live().remove(&self.id);
+        std::mem::take(&mut self.id)
+    }
+
     /// Kills every process and removes every namespace of this run; returns the first
     /// error (all steps are attempted regardless).
     pub fn teardown(mut self) -> Result<(), LabError> {
@@ -1098,6 +1301,19 @@ mod tests {
         let mut s = two_hosts();
         s.bottleneck("nope", Tbf::default());
         assert!(s.validate().is_err(), "unknown bottleneck link");
+
+        let mut s = two_hosts();
+        s.rule("a", "eth9", 100);
+        assert!(s.validate().is_err(), "rule on an unknown interface");
+
+        let mut s = two_hosts();
+        s.neighbour(
+            "a",
+            "eth0",
+            Ipv4Addr::new(198, 18, 0, 9),
+            "zz:00:00:00:00:00",
+        );
+        assert!(s.validate().is_err(), "bad MAC");
 
         let mut s = two_hosts();
         s.bottleneck(

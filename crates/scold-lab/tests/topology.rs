@@ -137,7 +137,7 @@ fn ping_crosses_the_internet_router() {
 }
 
 #[test]
-fn bottleneck_limits_the_main_link() {
+fn full_duplex_bottleneck_limits_the_main_link() {
     // 4 Mbit/s on the main link: a 1 MB download through it needs at least ~2 s, so
     // its rate is clearly under the veth rate, whatever the machine's speed.
     let rate_bit = 4_000_000u64;
@@ -150,6 +150,7 @@ fn bottleneck_limits_the_main_link() {
             burst_bytes: 16 * 1024,
             latency_ms: 50,
         },
+        duplex: fig8::Duplex::Full,
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,6 +180,150 @@ fn bottleneck_limits_the_main_link() {
         "{rate:.0} bit/s through a {rate_bit} bit/s bottleneck: tbf not in place"
     );
     eprintln!("bulk 1 MB through a {rate_bit} bit/s bottleneck: {rate:.0} bit/s");
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap().expect("server");
+    lab.teardown().unwrap();
+}
+
+fn rx_packets(lab: &Topology, node: &str, ifname: &str) -> u64 {
+    let out = lab
+        .exec(
+            node,
+            "ip",
+            ["-j", "-s", "link", "show", "dev", ifname],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
+
+#[test]
+fn flood_stops_at_its_cap_and_refuses_outside_addresses() {
+    use scold_lab::flood::{self, FloodEnd, FloodKind, FloodSpec};
+    let lab = Fig8::build(Fig8Options {
+        proxies: 0,
+        clients: 1,
+        attackers: 1,
+        ..Default::default()
+    })
+    .expect("build");
+    let allowed = lab.prefixes();
+    // The alternate gateway's uplink is not rate-limited: every packet arrives.
+    let victim = fig8::address_of(fig8::ALT_GW).unwrap();
+    for kind in [FloodKind::Udp, FloodKind::Icmp, FloodKind::Syn] {
+        let before = rx_packets(&lab, fig8::ALT_GW, fig8::GW_UP_IF);
+        let spec = FloodSpec {
+            kind,
+            target: victim,
+            port: 9,
+            rate_pps: 2000,
+            payload: 200,
+            duration: Duration::from_secs(30),
+            max_packets: 300,
+        };
+        let allowed2 = allowed.clone();
+        let report = lab
+            .run_in(&fig8::attacker(1), move || {
+                flood::run(&spec, &allowed2, None)
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{kind:?} flood: {e}"));
+        assert_eq!(report.sent, 300, "{kind:?}");
+        assert_eq!(report.ended_by, FloodEnd::PacketCap, "{kind:?}");
+        assert!(report.seconds < 30.0, "{kind:?} ran to its duration");
+        let after = rx_packets(&lab, fig8::ALT_GW, fig8::GW_UP_IF);
+        assert!(
+            after - before >= 300,
+            "{kind:?}: only {} packets arrived",
+            after - before
+        );
+    }
+    // From inside the testbed, outside addresses are still refused.
+    for outside in [
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(8, 8, 8, 8),
+        Ipv4Addr::new(198, 18, 250, 1), // lab range, but no link of this testbed
+    ] {
+        let spec = FloodSpec {
+            kind: FloodKind::Udp,
+            target: outside,
+            port: 9,
+            rate_pps: 10,
+            payload: 10,
+            duration: Duration::from_secs(1),
+            max_packets: 1,
+        };
+        let allowed2 = allowed.clone();
+        let r = lab
+            .run_in(&fig8::attacker(1), move || {
+                flood::run(&spec, &allowed2, None)
+            })
+            .unwrap();
+        assert!(
+            matches!(r, Err(scold_lab::LabError::OutsideTestbed { .. })),
+            "{outside}: {r:?}"
+        );
+    }
+    lab.teardown().unwrap();
+}
+
+#[test]
+fn half_duplex_bottleneck_is_shared_by_both_directions() {
+    // The default main link shares one token bucket between both directions: a
+    // download's data (outbound) and a flood (inbound) compete for it. Without the
+    // flood, the download runs at most at the bottleneck rate.
+    let rate_bit = 4_000_000u64;
+    let lab = Fig8::build(Fig8Options {
+        proxies: 0,
+        clients: 1,
+        attackers: 0,
+        bottleneck: Tbf {
+            rate_bit,
+            burst_bytes: 16 * 1024,
+            latency_ms: 50,
+        },
+        duplex: fig8::Duplex::Half,
+    })
+    .expect("build");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = lab
+        .thread_in(fig8::TARGET, move || {
+            scold_lab::serve::Server::bind(&scold_lab::serve::ServeConfig::default())
+                .map(|s| s.run_until(stop2))
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let size = 500_000u64;
+    let t = lab
+        .run_in(&fig8::client(1), || {
+            measure::fetch_http(
+                (fig8::TARGET_ADDR, scold_lab::serve::DEFAULT_HTTP_PORT).into(),
+                "target",
+                &scold_lab::serve::http_path(size),
+                Duration::from_secs(20),
+            )
+        })
+        .unwrap()
+        .expect("HTTP download across the shared bottleneck");
+    let rate = size as f64 * 8.0 / t.seconds;
+    assert!(rate < rate_bit as f64 * 1.3, "{rate:.0} bit/s: not shaped");
+    // Every packet of the download crossed the shaped interface.
+    let out = lab
+        .exec(
+            fig8::WIRE,
+            "tc",
+            ["-s", "-j", "qdisc", "show", "dev", fig8::SHARED_IF],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = v[0]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes >= size,
+        "only {bytes} bytes went through the shared bottleneck"
+    );
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap().expect("server");
     lab.teardown().unwrap();
