@@ -398,6 +398,41 @@ impl NftBlocklist {
         Ok(out)
     }
 
+    /// Packets and bytes dropped so far by the blocklist rules (both families).
+    pub fn drop_counters(&self) -> Result<(u64, u64), NftError> {
+        let args: Vec<OsString> = [
+            "-j",
+            "list",
+            "chain",
+            "inet",
+            &self.cfg.table,
+            &self.cfg.chain,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let program = self.cfg.program.clone();
+        let action = format!("list chain inet {} {}", self.cfg.table, self.cfg.chain);
+        let output = self
+            .run(move || Command::new(&program).args(&args).output())?
+            .map_err(|e| NftError::Other {
+                action: action.clone(),
+                detail: e.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(NftError::Failed {
+                action,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| NftError::Other {
+                action: action.clone(),
+                detail: format!("unreadable JSON: {e}"),
+            })?;
+        Ok(sum_counters(&v))
+    }
+
     /// Deletes the whole table (sets, chain, rules). Not an error if it is gone.
     pub fn remove(self) -> Result<(), NftError> {
         let mut b = Batch::new();
@@ -465,6 +500,31 @@ fn parse_set_elements(v: &serde_json::Value, out: &mut Vec<BlockedEntry>) {
     }
 }
 
+/// Adds up the anonymous counters of all rules in `nft -j list chain` output.
+fn sum_counters(v: &serde_json::Value) -> (u64, u64) {
+    let mut total = (0, 0);
+    let rules = v
+        .get("nftables")
+        .and_then(|x| x.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"));
+    for r in rules {
+        for st in r
+            .get("expr")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = st.get("counter") {
+                total.0 += c.get("packets").and_then(|x| x.as_u64()).unwrap_or(0);
+                total.1 += c.get("bytes").and_then(|x| x.as_u64()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// True when `nft` can be run (the binary exists and answers `--version`).
 pub fn nft_available(program: &str) -> bool {
     Command::new(program)
@@ -512,6 +572,17 @@ mod tests {
         );
         parse_set_elements(&serde_json::json!([1, 2]), &mut out);
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn counters_are_summed() {
+        let v = serde_json::json!({"nftables": [
+            {"chain": {"name": "prerouting"}},
+            {"rule": {"expr": [{"match": {}}, {"counter": {"packets": 5, "bytes": 300}}, {"drop": null}]}},
+            {"rule": {"expr": [{"counter": {"packets": 2, "bytes": 100}}]}}
+        ]});
+        assert_eq!(sum_counters(&v), (7, 400));
+        assert_eq!(sum_counters(&serde_json::json!({})), (0, 0));
     }
 
     #[test]

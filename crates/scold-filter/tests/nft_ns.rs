@@ -29,10 +29,12 @@ fn delivered(link: &Link, port: u16, n: usize) -> usize {
         UdpSocket::bind(SocketAddrV4::new(TARGET_IP, port)).expect("bind in target")
     })
     .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let tx = in_netns(&link.peer.name, || UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
     for _ in 0..n {
-        tx.send_to(b"hello", SocketAddrV4::new(TARGET_IP, port)).unwrap();
+        tx.send_to(b"hello", SocketAddrV4::new(TARGET_IP, port))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut got = 0;
@@ -63,7 +65,8 @@ fn rule_counter(link: &Link) -> u64 {
 fn table_is_idempotent_and_removed_cleanly() {
     let link = Link::new("nfta");
     let bl = blocklist(&link);
-    bl.block(PEER_IP.into(), 32, Duration::from_secs(60)).unwrap();
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(60))
+        .unwrap();
     // A second ensure (daemon restart) keeps the elements and does not duplicate rules.
     let bl = NftBlocklist::ensure(bl.config().clone()).unwrap();
     let chain = link
@@ -89,16 +92,26 @@ fn blocked_source_is_dropped_in_the_kernel_until_unblocked() {
     let link = Link::new("nftb");
     let bl = blocklist(&link);
     assert_eq!(delivered(&link, 5001, 20), 20, "open path before any block");
-    bl.block(PEER_IP.into(), 32, Duration::from_secs(60)).unwrap();
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(60))
+        .unwrap();
     let shown = link
         .target
         .exec("nft", &["list", "set", "inet", "scold", "blocked4"]);
     assert!(shown.contains("10.99.0.2"), "{shown}");
-    assert_eq!(delivered(&link, 5002, 20), 0, "blocked source reaches no socket");
+    assert_eq!(
+        delivered(&link, 5002, 20),
+        0,
+        "blocked source reaches no socket"
+    );
     assert!(rule_counter(&link) >= 20);
+    assert!(bl.drop_counters().unwrap().0 >= 20);
     bl.unblock(PEER_IP.into(), 32).unwrap();
     assert!(bl.list().unwrap().is_empty());
-    assert_eq!(delivered(&link, 5003, 20), 20, "traffic flows after unblock");
+    assert_eq!(
+        delivered(&link, 5003, 20),
+        20,
+        "traffic flows after unblock"
+    );
     // Unblocking what is not blocked is fine.
     bl.unblock(PEER_IP.into(), 32).unwrap();
     bl.remove().unwrap();
@@ -110,7 +123,8 @@ fn elements_expire_by_their_timeout() {
     let bl = blocklist(&link);
     let v6: IpAddr = "2001:db8:0:1::5".parse().unwrap();
     // A long block shortened by a re-block: the new duration wins.
-    bl.block(PEER_IP.into(), 32, Duration::from_secs(600)).unwrap();
+    bl.block(PEER_IP.into(), 32, Duration::from_secs(600))
+        .unwrap();
     bl.block_many(&[
         (PEER_IP.into(), 32, Duration::from_secs(2)),
         (v6, 64, Duration::from_secs(2)),
@@ -160,17 +174,25 @@ fn filter_events_are_mirrored_into_the_set() {
         f.check(t0 + Duration::from_micros(i * 100), &pkt);
     }
     let events: Vec<FilterEvent> = f.drain_events().collect();
-    assert!(matches!(events.as_slice(), [FilterEvent::Blocked { .. }]), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [FilterEvent::Blocked { .. }]),
+        "{events:?}"
+    );
     bl.apply_events(&events).unwrap();
     let entries = bl.list().unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].addr, IpAddr::from(PEER_IP));
-    assert!(entries[0].expires.is_some_and(|e| e > Duration::from_secs(20)));
+    assert!(entries[0]
+        .expires
+        .is_some_and(|e| e > Duration::from_secs(20)));
     assert_eq!(delivered(&link, 5006, 10), 0);
     // The filter's expiry lifts the kernel block too.
     f.expire(t0 + Duration::from_secs(31));
     let events: Vec<FilterEvent> = f.drain_events().collect();
-    assert!(matches!(events.as_slice(), [FilterEvent::Expired { .. }]), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [FilterEvent::Expired { .. }]),
+        "{events:?}"
+    );
     bl.apply_events(&events).unwrap();
     assert!(bl.list().unwrap().is_empty());
     bl.remove().unwrap();
