@@ -37,6 +37,10 @@ pub struct Args {
 
 pub const EXAMPLE: &str = r#"# scold target: return path of diverted clients through the hidden gateway.
 
+# The address clients reach the target at (on the main link). Return routes prefer it
+# as source, so servers on unbound sockets (UDP) answer from the address clients asked.
+source = "203.0.113.10"
+
 # SCOLD's own routing table and the priority of the rule that leads to it. The rule
 # exists only while at least one return route does.
 table = 5102
@@ -55,6 +59,8 @@ fn default_table() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    pub source: Option<std::net::IpAddr>,
     #[serde(default = "default_table")]
     pub table: u32,
     #[serde(default = "default_table")]
@@ -101,6 +107,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
 struct Target {
     table: RouteTable,
+    source: Option<std::net::IpAddr>,
 }
 
 impl common::Node for Target {
@@ -112,7 +119,17 @@ impl common::Node for Target {
             Command::AddRoute(Route {
                 destination,
                 via: Via::Gateway(gw),
-            }) => match self.table.add(destination, RouteTarget::Via(gw)).await {
+            }) => match self
+                .table
+                .add(
+                    destination,
+                    RouteTarget::Via {
+                        gateway: gw,
+                        src: self.source.filter(|s| s.is_ipv4() == gw.is_ipv4()),
+                    },
+                )
+                .await
+            {
                 Ok(changed) => Reply::Done { changed },
                 Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
             },
@@ -148,6 +165,7 @@ pub async fn serve(
     let nl = Netlink::new()?;
     let mut node = Target {
         table: RouteTable::new(nl, cfg.table, cfg.rule_priority, RuleSelector::default()),
+        source: cfg.source,
     };
     let entries = cfg
         .routes

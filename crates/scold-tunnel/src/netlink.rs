@@ -92,8 +92,11 @@ impl Netlink {
 pub enum RouteTarget {
     /// Out of an interface (the TUN device), with an optional preferred source.
     Device { index: u32, src: Option<IpAddr> },
-    /// Through a next-hop router.
-    Via(IpAddr),
+    /// Through a next-hop router, with an optional preferred source.
+    Via {
+        gateway: IpAddr,
+        src: Option<IpAddr>,
+    },
 }
 
 /// Which packets consult the table.
@@ -154,7 +157,13 @@ impl RouteTable {
                     None => b,
                 }
             }
-            RouteTarget::Via(gw) => b.gateway(gw).map_err(&bad)?,
+            RouteTarget::Via { gateway, src } => {
+                let b = b.gateway(gateway).map_err(&bad)?;
+                match src {
+                    Some(s) => b.pref_source(s).map_err(&bad)?,
+                    None => b,
+                }
+            }
         };
         Ok(b.build())
     }

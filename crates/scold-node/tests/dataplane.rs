@@ -1,0 +1,777 @@
+//! The indirect route end to end with real `scold` processes in network namespaces:
+//! client -> proxy -> gateway -> target, per encapsulation; the silent gateway; NAT mode
+//! with a PROXY v2 header; the target's return path and its exact restore.
+//!
+//! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `tcpdump`, `sha256sum`
+//! and a built binary (`cargo build -p scold`, or SCOLD_BIN=/path/to/scold).
+
+use scold_tunnel::keys;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn scold_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SCOLD_BIN") {
+        return PathBuf::from(p);
+    }
+    // CARGO_TARGET_TMPDIR is <target>/tmp; the binary sits in <target>/<profile>/.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("scold");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "the scold binary is not built under {}: run `cargo build -p scold` first (or set SCOLD_BIN)",
+        target.display()
+    );
+}
+
+fn require(tool: &str, package: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is missing: install the Debian package {package}"
+    );
+}
+
+fn require_all() {
+    require("ip", "iproute2");
+    require("ping", "iputils-ping");
+    require("socat", "socat");
+    require("tcpdump", "tcpdump");
+    require("sha256sum", "coreutils");
+    require("timeout", "coreutils");
+    assert!(
+        unsafe_is_root(),
+        "these tests build network namespaces and need root"
+    );
+}
+
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
+}
+
+fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Five namespaces: client c, proxy p, gateway g, target t and the target's upstream
+/// router r (the attacked main link). r has no route back to the client, so a reply
+/// that leaves by the main link is lost: only the return path through g works.
+///
+/// c 10.1.0.2 -- 10.1.0.1 p 10.2.0.1 -- 10.2.0.2 g 10.3.0.1 -- 10.3.0.2 t 10.4.0.2 -- 10.4.0.1 r
+struct Lab {
+    s: String,
+    dir: tempfile::TempDir,
+    children: Vec<(String, Child)>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        require_all();
+        let s = format!(
+            "{}{}",
+            std::process::id() % 100000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab {
+            s,
+            dir: tempfile::tempdir().expect("tempdir"),
+            children: Vec::new(),
+        };
+        let s = &lab.s;
+        for n in ["c", "p", "g", "t", "r"] {
+            must(&format!(
+                "ip netns add {n}{s} && ip -n {n}{s} link set lo up"
+            ));
+        }
+        for (a, b) in [("c", "p"), ("p", "g"), ("g", "t"), ("t", "r")] {
+            must(&format!(
+                "ip link add {a}{b}{s} type veth peer name {b}{a}{s} && \
+                 ip link set {a}{b}{s} netns {a}{s} && ip link set {b}{a}{s} netns {b}{s}"
+            ));
+        }
+        for (ns, dev, addr) in [
+            ("c", "cp", "10.1.0.2/24"),
+            ("p", "pc", "10.1.0.1/24"),
+            ("p", "pg", "10.2.0.1/24"),
+            ("g", "gp", "10.2.0.2/24"),
+            ("g", "gt", "10.3.0.1/24"),
+            ("t", "tg", "10.3.0.2/24"),
+            ("t", "tr", "10.4.0.2/24"),
+            ("r", "rt", "10.4.0.1/24"),
+        ] {
+            must(&format!(
+                "ip -n {ns}{s} addr add {addr} dev {dev}{s} && ip -n {ns}{s} link set {dev}{s} up"
+            ));
+        }
+        must(&format!("ip -n t{s} route add default via 10.4.0.1"));
+        must(&format!("ip -n g{s} route add 10.4.0.0/24 via 10.3.0.2"));
+        lab
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{n}{}", self.s)
+    }
+
+    fn dev(&self, d: &str) -> String {
+        format!("{d}{}", self.s)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Starts a process inside namespace `n`, output to a log file.
+    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.path(&format!("{label}.log"))).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(n)])
+            .args(args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        self.children.push((label.to_string(), child));
+    }
+
+    fn scold(&mut self, n: &str, role: &str, config: &Path) {
+        let bin = scold_bin();
+        let cfg = config.to_str().expect("utf-8 path").to_string();
+        self.spawn(
+            n,
+            role,
+            &[bin.to_str().expect("utf-8"), role, "--config", &cfg],
+        );
+    }
+
+    /// Stops one started process with SIGTERM (what an operator does) and waits.
+    fn stop(&mut self, label: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
+        let (_, mut child) = self.children.remove(i);
+        terminate(&mut child);
+    }
+
+    fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
+    }
+
+    fn exec(&self, n: &str, cmd: &str) -> std::process::Output {
+        sh(&format!("timeout 60 ip netns exec {} {cmd}", self.ns(n)))
+    }
+
+    fn ping(&self, extra: &str, count: u32) -> bool {
+        self.exec(
+            "c",
+            &format!("ping -n -q -c {count} -i 0.2 -W 2 {extra} 10.4.0.2"),
+        )
+        .status
+        .success()
+    }
+
+    /// Waits until a ping gets through (a WireGuard handshake takes a round trip).
+    fn wait_ping(&self) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if self.ping("", 1) {
+                return;
+            }
+        }
+        panic!(
+            "no ping through the indirect route in 15 s\n{}",
+            self.logs()
+        );
+    }
+
+    fn logs(&self) -> String {
+        self.children
+            .iter()
+            .map(|(l, _)| format!("--- {l}\n{}", self.log(l)))
+            .collect()
+    }
+
+    fn routing(&self, n: &str) -> String {
+        let out = self.exec(
+            n,
+            "sh -c 'ip rule; ip -6 rule; ip route show table all; ip -6 route show table all'",
+        );
+        // The kernel's own local/link-local entries and link states change by themselves
+        // while links come up; what SCOLD may touch is the rules and the other tables.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains("fe80::") && !l.contains("table local"))
+            .map(|l| l.replace(" linkdown", ""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn terminate(child: &mut Child) {
+    // By the PID we started, never by name.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.children.iter_mut().rev() {
+            terminate(c);
+        }
+        for n in ["c", "p", "g", "t", "r"] {
+            let _ = sh(&format!("ip netns del {n}{}", self.s));
+        }
+    }
+}
+
+struct Keys {
+    client: (String, String),
+    proxy: (String, String),
+    gateway: (String, String),
+}
+
+fn keypair() -> (String, String) {
+    let private = keys::generate_private().expect("key");
+    let public = keys::public_of(&private).expect("public");
+    (private, public)
+}
+
+fn keys3() -> Keys {
+    Keys {
+        client: keypair(),
+        proxy: keypair(),
+        gateway: keypair(),
+    }
+}
+
+/// `[tunnel]` plus peer lines for one encapsulation.
+fn tunnel(encap: &str, listen: &str, private: &str) -> String {
+    let mut t = format!("[tunnel]\nencap = \"{encap}\"\nlisten = \"{listen}\"\n");
+    if encap == "ipip" {
+        t.push_str("ipip = true\n");
+    }
+    if encap == "wireguard" {
+        t.push_str(&format!("private_key = \"{private}\"\n"));
+    }
+    t
+}
+
+fn peer(name: &str, addr: &str, port: Option<u16>, encap: &str, public: &str) -> String {
+    let mut p =
+        format!("[[peers]]\nname = \"{name}\"\naddress = \"{addr}\"\nencap = \"{encap}\"\n");
+    if let (Some(port), true) = (port, encap != "ipip") {
+        p.push_str(&format!("port = {port}\n"));
+    }
+    if encap == "wireguard" {
+        p.push_str(&format!("public_key = \"{public}\"\n"));
+    }
+    p
+}
+
+fn write_configs(lab: &Lab, encap: &str, k: &Keys) -> [PathBuf; 4] {
+    let gw = lab.write(
+        "gateway.toml",
+        &format!(
+            "lan_interface = \"{}\"\ntun_name = \"sg{}\"\n{}{}",
+            lab.dev("gt"),
+            lab.s,
+            tunnel(encap, "0.0.0.0:51820", &k.gateway.0),
+            peer("proxy-1", "10.2.0.1", None, encap, &k.proxy.1)
+        ),
+    );
+    let mut session = format!(
+        "[[sessions]]\nclient = \"10.1.0.2\"\nencap = \"{encap}\"\ntargets = [\"10.4.0.2/32\"]\n"
+    );
+    if encap == "wireguard" {
+        session.push_str(&format!("public_key = \"{}\"\n", k.client.1));
+    }
+    let proxy = lab.write(
+        "proxy.toml",
+        &format!(
+            "{}{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"gw\" }}\n{}",
+            tunnel(encap, "0.0.0.0:51820", &k.proxy.0),
+            peer("gw", "10.2.0.2", Some(51820), encap, &k.gateway.1),
+            session
+        ),
+    );
+    let target = lab.write(
+        "target.toml",
+        "source = \"10.4.0.2\"\n[[routes]]\ndestination = \"10.1.0.2/32\"\nvia = { gateway = \"10.3.0.1\" }\n",
+    );
+    let client = lab.write(
+        "client.toml",
+        &format!(
+            "source = \"10.1.0.2\"\ntun_name = \"sc{}\"\n{}{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"proxy\" }}\n",
+            lab.s,
+            tunnel(encap, "0.0.0.0:0", &k.client.0),
+            peer("proxy", "10.1.0.1", Some(51820), encap, &k.proxy.1)
+        ),
+    );
+    [gw, proxy, target, client]
+}
+
+/// A counter from the final stats line a daemon logs when it stops.
+fn counter(log: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    log.rfind(&key)
+        .map(|i| {
+            log[i + key.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sha256(path: &Path) -> String {
+    must(&format!("sha256sum {}", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn indirect_route(encap: &str) {
+    let mut lab = Lab::new();
+    let k = keys3();
+    let [gw, proxy, target, client] = write_configs(&lab, encap, &k);
+    let before_target = lab.routing("t");
+    let before_client = lab.routing("c");
+
+    // Capture the proxy-gateway link for the whole run, to count outer fragments.
+    let pcap = lab.path("pg.pcap");
+    let pcap_s = pcap.to_str().expect("utf-8").to_string();
+    let dev = lab.dev("pg");
+    lab.spawn(
+        "p",
+        "tcpdump",
+        &["tcpdump", "-i", &dev, "-n", "-s", "96", "-U", "-w", &pcap_s],
+    );
+
+    lab.scold("g", "gateway", &gw);
+    lab.scold("p", "proxy", &proxy);
+    lab.scold("c", "client", &client);
+    std::thread::sleep(Duration::from_millis(500));
+    // Without the target's return path, replies leave by the main link and are lost.
+    assert!(
+        !lab.ping("", 2),
+        "ping succeeded without the target's return path: the test topology is wrong"
+    );
+    lab.scold("t", "target", &target);
+    lab.wait_ping();
+
+    assert!(lab.ping("", 5), "ping over {encap}\n{}", lab.logs());
+    assert!(
+        lab.ping("-s 1400 -M do", 3),
+        "1400-byte ping over {encap}\n{}",
+        lab.logs()
+    );
+    // A 1500-byte IP packet is larger than the tunnel MTU: the sending host fragments
+    // the inner packet; the outer packets must still never be fragmented.
+    assert!(
+        lab.ping("-s 1472", 3),
+        "1500-byte ping over {encap}\n{}",
+        lab.logs()
+    );
+
+    // 10 MB over TCP with full-size segments, checked end to end.
+    let src = lab.path("src.bin");
+    let dst = lab.path("dst.bin");
+    must(&format!(
+        "head -c 10000000 /dev/urandom > {}",
+        src.display()
+    ));
+    lab.spawn(
+        "t",
+        "tcp-sink",
+        &[
+            "timeout",
+            "60",
+            "socat",
+            "-u",
+            "TCP4-LISTEN:5001,reuseaddr",
+            &format!("OPEN:{},creat,trunc", dst.display()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.exec(
+        "c",
+        &format!("socat -u FILE:{} TCP4:10.4.0.2:5001", src.display()),
+    );
+    assert!(
+        out.status.success(),
+        "TCP transfer over {encap} failed: {out:?}\n{}",
+        lab.logs()
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 10_000_000 && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sha256(&src),
+        sha256(&dst),
+        "10 MB over {encap}: checksums differ"
+    );
+
+    // A UDP exchange.
+    lab.spawn(
+        "t",
+        "udp-echo",
+        &[
+            "timeout",
+            "30",
+            "socat",
+            "UDP4-RECVFROM:5002,fork,reuseaddr",
+            "EXEC:cat",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.exec(
+        "c",
+        "sh -c 'echo scold-udp-probe | socat -t 3 -T 3 - UDP4:10.4.0.2:5002'",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "scold-udp-probe",
+        "UDP echo over {encap}\n{}",
+        lab.logs()
+    );
+
+    // Tunnel packets from an address that was never admitted are dropped.
+    if encap != "ipip" {
+        must(&format!(
+            "ip -n {} addr add 10.1.0.3/24 dev {}",
+            lab.ns("c"),
+            lab.dev("cp")
+        ));
+        let _ = lab.exec(
+            "c",
+            "sh -c 'head -c 100 /dev/zero | socat -u - UDP4:10.1.0.1:51820,bind=10.1.0.3'",
+        );
+        must(&format!(
+            "ip -n {} addr del 10.1.0.3/24 dev {}",
+            lab.ns("c"),
+            lab.dev("cp")
+        ));
+    }
+
+    lab.stop("client");
+    lab.stop("target");
+    lab.stop("proxy");
+    lab.stop("gateway");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop("tcpdump");
+
+    assert_eq!(
+        lab.routing("t"),
+        before_target,
+        "target routing not restored"
+    );
+    assert_eq!(
+        lab.routing("c"),
+        before_client,
+        "client routing not restored"
+    );
+
+    let total = must(&format!(
+        "tcpdump -n -r {} 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    let frags = must(&format!(
+        "tcpdump -n -r {} 'ip[6:2] & 0x3fff != 0' 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    assert!(
+        total.trim().parse::<u64>().unwrap_or(0) > 7000,
+        "capture on the proxy-gateway link saw too few packets ({total})"
+    );
+    assert_eq!(
+        frags.trim(),
+        "0",
+        "outer packets were fragmented over {encap}"
+    );
+
+    let plog = lab.log("proxy");
+    assert!(
+        plog.contains("proxy stopped"),
+        "proxy did not stop cleanly:\n{plog}"
+    );
+    if encap != "ipip" {
+        let dropped = counter(&plog, "dropped_unknown_source");
+        assert!(
+            dropped >= 1,
+            "the probe from a non-admitted address was not counted as dropped:\n{plog}"
+        );
+    }
+}
+
+#[test]
+fn indirect_route_udp() {
+    indirect_route("udp");
+}
+
+#[test]
+fn indirect_route_ipip() {
+    indirect_route("ipip");
+}
+
+#[test]
+fn indirect_route_wireguard() {
+    indirect_route("wireguard");
+}
+
+/// In wireguard mode the gateway answers nothing to a non-proxy address: not a junk
+/// datagram, not a real WireGuard handshake with an unregistered key. A probe of a
+/// closed port in the same capture does draw an ICMP answer, so the capture works.
+#[test]
+fn gateway_is_silent_to_strangers() {
+    let mut lab = Lab::new();
+    let k = keys3();
+    let [gw, ..] = write_configs(&lab, "wireguard", &k);
+    lab.scold("g", "gateway", &gw);
+    must(&format!(
+        "ip -n {} addr add 10.2.0.9/24 dev {}",
+        lab.ns("p"),
+        lab.dev("pg")
+    ));
+    let pcap = lab.path("gw.pcap");
+    let pcap_s = pcap.to_str().expect("utf-8").to_string();
+    let dev = lab.dev("gp");
+    lab.spawn(
+        "g",
+        "tcpdump",
+        &[
+            "tcpdump",
+            "-i",
+            &dev,
+            "-n",
+            "-U",
+            "-w",
+            &pcap_s,
+            "ip and host 10.2.0.9",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+
+    // A stranger running a real WireGuard initiator (unregistered key) from 10.2.0.9.
+    let stranger = keypair();
+    let cfg = lab.write(
+        "stranger.toml",
+        &format!(
+            "source = \"10.2.0.9\"\ntun_name = \"sx{}\"\n[tunnel]\nencap = \"wireguard\"\nlisten = \"10.2.0.9:0\"\nprivate_key = \"{}\"\n{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"gw\" }}\n",
+            lab.s,
+            stranger.0,
+            peer("gw", "10.2.0.2", Some(51820), "wireguard", &k.gateway.1)
+        ),
+    );
+    lab.scold("p", "client", &cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = lab.exec("p", "ping -c 3 -i 0.3 -W 1 10.4.0.2");
+    // Junk of the sizes of WireGuard messages, and a closed-port control probe.
+    for size in [1, 32, 92, 148] {
+        let _ = lab.exec(
+            "p",
+            &format!("sh -c 'head -c {size} /dev/urandom | socat -u - UDP4:10.2.0.2:51820,bind=10.2.0.9'"),
+        );
+    }
+    let _ = lab.exec(
+        "p",
+        "sh -c 'echo control | socat -u - UDP4:10.2.0.2:51999,bind=10.2.0.9'",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.stop("client");
+    lab.stop("tcpdump");
+
+    let to_port = must(&format!(
+        "tcpdump -n -r {} 'dst host 10.2.0.2 and udp dst port 51820' 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    assert!(
+        to_port.trim().parse::<u32>().unwrap_or(0) >= 5,
+        "the probes did not reach the gateway ({to_port})"
+    );
+    let control = must(&format!(
+        "tcpdump -n -r {} 'src host 10.2.0.2 and icmp' 2>/dev/null",
+        pcap.display()
+    ));
+    assert!(
+        control.contains("51999"),
+        "the closed-port control probe drew no ICMP answer, so the capture proves nothing:\n{control}"
+    );
+    let answers = must(&format!(
+        "tcpdump -n -r {} 'src host 10.2.0.2 and not (icmp and icmp[icmptype] == icmp-unreach and udp[30:2] == 51999)' 2>/dev/null",
+        pcap.display()
+    ));
+    // Filter out the one expected control answer by text as well (offsets vary with
+    // options), and require nothing else.
+    let other: Vec<&str> = answers.lines().filter(|l| !l.contains("51999")).collect();
+    assert!(
+        other.is_empty(),
+        "the gateway answered a stranger:\n{}",
+        other.join("\n")
+    );
+    let glog = lab.log("gateway");
+    assert!(!glog.contains("panicked"), "{glog}");
+}
+
+/// Scheme 4.3: the proxy relays a TCP service port from its own address through the
+/// tunnel, starting with a PROXY v2 header that carries the client's address.
+#[test]
+fn nat_mode_with_proxy_v2_header() {
+    let mut lab = Lab::new();
+    let k = keys3();
+    let [gw, ..] = write_configs(&lab, "wireguard", &k);
+    let proxy = lab.write(
+        "proxy-nat.toml",
+        &format!(
+            "{}{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"gw\" }}\n\
+             [nat]\ntun_name = \"sn{}\"\nsource = \"100.64.0.1\"\n\
+             [[nat_services]]\nprotocol = \"tcp\"\nlisten = \"10.1.0.1:8080\"\ntarget = \"10.4.0.2:8080\"\nproxy_protocol = true\n\
+             [[nat_services]]\nprotocol = \"udp\"\nlisten = \"10.1.0.1:8053\"\ntarget = \"10.4.0.2:8053\"\n",
+            tunnel("wireguard", "0.0.0.0:51820", &k.proxy.0),
+            peer("gw", "10.2.0.2", Some(51820), "wireguard", &k.gateway.1),
+            lab.s
+        ),
+    );
+    let target = lab.write(
+        "target-nat.toml",
+        "source = \"10.4.0.2\"\n[[routes]]\ndestination = \"100.64.0.1/32\"\nvia = { gateway = \"10.3.0.1\" }\n",
+    );
+    let before_proxy = lab.routing("p");
+    lab.scold("g", "gateway", &gw);
+    lab.scold("t", "target", &target);
+    lab.scold("p", "proxy", &proxy);
+    let got = lab.path("nat.bin");
+    lab.spawn(
+        "t",
+        "tcp-sink",
+        &[
+            "timeout",
+            "30",
+            "socat",
+            "-u",
+            "TCP4-LISTEN:8080,reuseaddr",
+            &format!("OPEN:{},creat,trunc", got.display()),
+        ],
+    );
+    lab.spawn(
+        "t",
+        "udp-echo",
+        &[
+            "timeout",
+            "30",
+            "socat",
+            "UDP4-RECVFROM:8053,fork,reuseaddr",
+            "EXEC:cat",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // The client runs no SCOLD software at all: it talks to the proxy's address.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = lab.exec(
+            "c",
+            "sh -c 'printf hello-through-nat | socat -u - TCP4:10.1.0.1:8080'",
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "NAT TCP relay never accepted\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut data = Vec::new();
+    while Instant::now() < end {
+        data = std::fs::read(&got).unwrap_or_default();
+        if data.ends_with(b"hello-through-nat") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = scold_tunnel::proxy_protocol::parse(&data).unwrap_or_else(|e| {
+        panic!(
+            "no PROXY v2 header at the target ({e}): {data:?}\n{}",
+            lab.logs()
+        )
+    });
+    let (src, dst) = h.addresses.expect("PROXY command with addresses");
+    assert_eq!(
+        src.ip().to_string(),
+        "10.1.0.2",
+        "client address in the header"
+    );
+    assert_eq!(dst.to_string(), "10.1.0.1:8080");
+    assert_eq!(&data[h.len..], b"hello-through-nat");
+
+    let out = lab.exec(
+        "c",
+        "sh -c 'echo nat-udp | socat -t 3 -T 3 - UDP4:10.1.0.1:8053'",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nat-udp",
+        "UDP through the NAT relay\n{}",
+        lab.logs()
+    );
+    lab.stop("proxy");
+    assert_eq!(lab.routing("p"), before_proxy, "proxy routing not restored");
+}
