@@ -369,7 +369,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             let stop = stop_on_signal()?;
             let server = serve::Server::bind(&cfg)?;
             let (h, b) = server.local_addrs();
-            tracing::info!(http = %h, bulk = %b, "serving");
+            tracing::debug!(http = %h, bulk = %b, "serving");
             tokio::task::spawn_blocking(move || server.run_until(stop)).await?;
             Ok(())
         }

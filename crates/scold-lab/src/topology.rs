@@ -1,11 +1,10 @@
 //! Declarative testbed topologies built from network namespaces and veth links.
 //!
-//! A [`Spec`] lists nodes, point-to-point links with their addresses, static routes and
-//! the rate-limited bottleneck. [`Topology::build`] creates it with iproute2 (`ip`, `tc`):
+//! A [`Spec`] lists nodes, point-to-point links with their addresses, static routes,
+//! policy rules, permanent neighbour entries and token-bucket filters (the bottleneck). [`Topology::build`] creates it with iproute2 (`ip`, `tc`):
 //! one namespace per node, veth pairs created directly inside their namespaces (so no
 //! interface ever appears in the host's namespace and interface names only need to be
-//! unique per node), forwarding on routers, and a token-bucket filter on both ends of the
-//! bottleneck link.
+//! unique per node), forwarding on routers, and a token-bucket filter on each shaped interface.
 //!
 //! Clean-up is complete by construction: nothing is created outside the run's
 //! namespaces, so deleting them removes every link, address and route. Every process is
