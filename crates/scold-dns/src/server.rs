@@ -516,6 +516,7 @@ async fn tcp_conn(
     idle: Duration,
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(4096);
+    let mut framed = Vec::with_capacity(4096);
     let mut req = Vec::with_capacity(512);
     loop {
         let mut lenb = [0u8; 2];
@@ -548,7 +549,7 @@ async fn tcp_conn(
                 }
             }
         };
-        let mut framed = Vec::with_capacity(resp.len() + 2);
+        framed.clear();
         framed.extend_from_slice(&(resp.len() as u16).to_be_bytes());
         framed.extend_from_slice(&resp);
         stream.write_all(&framed).await?;

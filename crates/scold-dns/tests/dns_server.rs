@@ -78,6 +78,24 @@ fn nsupdate_adds_and_deletes_alt_and_dig_kdig_read_them() {
     ]));
     assert_eq!(String::from_utf8_lossy(&kout.stdout).lines().count(), 2);
 
+    // The same over TCP (nsupdate -v).
+    let out = nsupdate(
+        &["-v", "-y", &good],
+        &script(
+            s.port,
+            "update add tcp.example.com. 60 TYPE65280 \\# 4 C6336403",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "nsupdate over TCP failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dig_short(s.port, "tcp.example.com", "TYPE65280", &["+tcp"]),
+        vec!["\\# 4 C6336403"]
+    );
+
     // Delete one RR, then the whole set.
     let out = nsupdate(
         &["-y", &good],
