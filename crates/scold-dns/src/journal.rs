@@ -61,6 +61,13 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(|e| io("cannot open", e))?;
+        // A new journal's directory entry must be durable too, or the first
+        // acknowledged update could vanish with the file after a power loss.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("cannot sync its directory", e))?;
+        }
         let mut buf = Vec::new();
         file.read_to_end(&mut buf)
             .map_err(|e| io("cannot read", e))?;

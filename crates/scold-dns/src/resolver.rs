@@ -311,6 +311,11 @@ fn error_reply(req: &Message, rc: ResponseCode) -> Vec<u8> {
     m.to_vec().unwrap_or_default()
 }
 
+/// Largest number of UDP queries being answered at once.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Largest number of concurrent TCP clients.
+const MAX_TCP_CONNECTIONS: usize = 256;
+
 /// A started resolver.
 pub struct RunningResolver {
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -359,15 +364,23 @@ pub async fn start(cfg: &ResolverConfig) -> Result<RunningResolver, ResolverErro
             })?;
         let udp = Arc::new(udp);
         let r = inner.clone();
+        // Bounded work in flight: a flood of misses waiting on the upstream must not
+        // grow memory without limit; past the bound, queries are dropped.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
             loop {
                 let Ok((n, src)) = udp.recv_from(&mut buf).await else {
                     continue;
                 };
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    tracing::debug!(%src, "too many queries in flight; dropped");
+                    continue;
+                };
                 let req = buf[..n].to_vec();
                 let (r, udp) = (r.clone(), udp.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Some(resp) = r.handle(&req, src, true).await {
                         let _ = udp.send_to(&resp, src).await;
                     }
@@ -375,13 +388,18 @@ pub async fn start(cfg: &ResolverConfig) -> Result<RunningResolver, ResolverErro
             }
         }));
         let r = inner.clone();
+        let conns = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((mut s, src)) = tcp.accept().await else {
                     continue;
                 };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let r = r.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     loop {
                         let mut lb = [0u8; 2];
                         let idle = Duration::from_secs(10);
