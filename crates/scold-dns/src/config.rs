@@ -179,7 +179,11 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
         file: file.clone(),
         msg,
     };
-    let raw: DnsFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    let raw: DnsFile = toml::from_str(text).map_err(|e| {
+        err(format!(
+            "{e}(`scold dns --example-config` prints every key with its meaning)"
+        ))
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     if raw.listen.is_empty() {
         return Err(err(
@@ -393,7 +397,11 @@ pub fn parse_resolver(text: &str, path: &Path) -> Result<ResolverConfig, ConfigE
         file: file.clone(),
         msg,
     };
-    let raw: ResolverFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    let raw: ResolverFile = toml::from_str(text).map_err(|e| {
+        err(format!(
+            "{e}(`scold resolver --example-config` prints every key with its meaning)"
+        ))
+    })?;
     if raw.listen.is_empty() {
         return Err(err(
             "`listen` is empty: give at least one address, e.g. listen = [\"127.0.0.1:53\"]".into(),
