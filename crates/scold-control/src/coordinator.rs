@@ -11,6 +11,7 @@
 use crate::channel::{self, Channel, Handler};
 use crate::config::{self, TlsConfig};
 use crate::metrics::Metrics;
+use crate::orchestrate;
 use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
 use anyhow::Context;
 use scold_proto::control::{
@@ -136,7 +137,54 @@ pub struct TargetConfig {
     /// Proxies for this target; overrides `[coordinator] proxies_per_target`.
     #[serde(default)]
     pub proxies: Option<usize>,
+    /// Scheme 4.3: the service ports proxies relay, as `tcp/80`, `udp/53`, or
+    /// `tcp/443+proxy` to start each connection with a PROXY protocol v2 header.
+    #[serde(default)]
+    pub services: Vec<Service>,
     pub dns: TargetDnsConfig,
+}
+
+/// A service port relayed by proxies in scheme 4.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub protocol: scold_proto::dataplane::Protocol,
+    pub port: u16,
+    pub proxy_protocol: bool,
+}
+
+impl std::str::FromStr for Service {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use scold_proto::dataplane::Protocol;
+        let bad = || format!("service {s:?}: write tcp/PORT, udp/PORT or tcp/PORT+proxy");
+        let (proto, rest) = s.split_once('/').ok_or_else(bad)?;
+        let (port, proxy_protocol) = match rest.strip_suffix("+proxy") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let protocol = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" if !proxy_protocol => Protocol::Udp,
+            _ => return Err(bad()),
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(bad());
+        }
+        Ok(Service {
+            protocol,
+            port,
+            proxy_protocol,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Service {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_scheme() -> Scheme {
@@ -593,32 +641,32 @@ impl Coordinator {
             .get(target)
             .map(|s| s.proxies.clone())
             .unwrap_or_default();
-        let proxy_addrs: Vec<IpAddr> = proxies
-            .iter()
-            .filter_map(|p| self.proxy_address(p))
-            .collect();
         match step {
             Step::DnsPublish => {
-                if proxy_addrs.len() != proxies.len() {
+                let addrs: Vec<IpAddr> = proxies
+                    .iter()
+                    .filter_map(|p| self.proxy_address(p))
+                    .collect();
+                if addrs.len() != proxies.len() {
                     return Err("a proxy of the set has no known address yet".into());
                 }
-                self.dns.publish(tcfg, &proxy_addrs).await
+                return self.dns.publish(tcfg, &addrs).await;
             }
-            Step::DnsRestore => self.dns.restore(tcfg).await,
+            Step::DnsRestore => return self.dns.restore(tcfg).await,
             Step::Drain => {
                 tokio::time::sleep(Duration::from_secs(tcfg.ttl as u64)).await;
-                Ok(())
+                return Ok(());
             }
-            Step::GatewaySetup | Step::GatewayTeardown => {
-                for gw in &tcfg.gateways {
-                    self.order(Role::Gateway, gw, tcfg, epoch, step, &proxies)
-                        .await?;
+            Step::NotifyResolvers => {
+                for p in &proxies {
+                    let request = Request::Notify {
+                        target: tcfg.name.clone(),
+                        epoch,
+                        fqdn: tcfg.fqdn.clone(),
+                    };
+                    self.send(Role::Proxy, p, request).await?;
                 }
-                Ok(())
-            }
-            Step::TargetSetup | Step::TargetTeardown => {
-                self.order(Role::Target, &tcfg.name, tcfg, epoch, step, &proxies)
-                    .await
+                return Ok(());
             }
             Step::ProxyTeardown(p) if !self.is_connected(Role::Proxy, p) => {
                 // A dead proxy cannot be told. Its relay is already cut off: the gateway
@@ -631,19 +679,97 @@ impl Coordinator {
                     )],
                     ..Default::default()
                 });
-                Ok(())
+                return Ok(());
             }
-            Step::ProxySetup(p) | Step::ProxyTeardown(p) => {
-                self.order(Role::Proxy, p, tcfg, epoch, step, &proxies)
-                    .await
-            }
-            Step::NotifyResolvers => {
-                for p in &proxies {
-                    self.order(Role::Proxy, p, tcfg, epoch, step, &proxies)
-                        .await?;
+            _ => {}
+        }
+        let ctx = self.context(tcfg, &proxies);
+        let role = match step {
+            Step::GatewaySetup | Step::GatewayTeardown => Role::Gateway,
+            Step::TargetSetup | Step::TargetTeardown => Role::Target,
+            _ => Role::Proxy,
+        };
+        for order in orchestrate::orders(step, &ctx)? {
+            let request = Request::Dataplane {
+                target: tcfg.name.clone(),
+                epoch,
+                commands: order.commands,
+            };
+            match self.send(role, &order.node, request).await? {
+                Reply::Dataplane { replies } => {
+                    for r in replies {
+                        if let scold_proto::dataplane::Reply::Refused { code, message } = r {
+                            return Err(format!(
+                                "{role}/{} refused ({code:?}): {message}",
+                                order.node
+                            ));
+                        }
+                    }
                 }
-                Ok(())
+                Reply::Done => {}
+                other => return Err(format!("{role}/{} answered {other:?}", order.node)),
             }
+        }
+        Ok(())
+    }
+
+    /// What the orders of a step depend on, from the registry and the other targets.
+    fn context<'a>(&self, tcfg: &'a TargetConfig, proxies: &[String]) -> orchestrate::Context<'a> {
+        let world = self.lock();
+        let known = |role: Role, name: &str| orchestrate::Known {
+            name: name.to_string(),
+            tunnel: world
+                .nodes
+                .get(&NodeRecord::key(role, name))
+                .and_then(|n| n.info.tunnel.clone()),
+        };
+        let diverted_using = |gw: &str| -> Vec<(&String, &TargetState)> {
+            world
+                .targets
+                .iter()
+                .filter(|(n, st)| {
+                    st.phase.is_diverted()
+                        && self
+                            .targets
+                            .get(*n)
+                            .is_some_and(|t| t.gateways.iter().any(|g| g == gw))
+                })
+                .collect()
+        };
+        let gateway_admits = tcfg
+            .gateways
+            .iter()
+            .map(|gw| {
+                let mut admit: Vec<String> = diverted_using(gw)
+                    .into_iter()
+                    .flat_map(|(_, st)| st.proxies.iter().cloned())
+                    .collect();
+                admit.sort();
+                admit.dedup();
+                (gw.clone(), admit)
+            })
+            .collect();
+        let gateway_shared = tcfg.gateways.iter().any(|gw| {
+            diverted_using(gw)
+                .into_iter()
+                .any(|(n, st)| *n != tcfg.name && st.proxies.iter().any(|p| proxies.contains(p)))
+        });
+        orchestrate::Context {
+            target: tcfg,
+            proxies: proxies.iter().map(|p| known(Role::Proxy, p)).collect(),
+            gateways: tcfg
+                .gateways
+                .iter()
+                .map(|g| known(Role::Gateway, g))
+                .collect(),
+            pool: world
+                .nodes
+                .values()
+                .filter(|n| n.role == Role::Proxy)
+                .map(|n| known(Role::Proxy, &n.name))
+                .collect(),
+            gateway_admits,
+            gateway_shared,
         }
     }
 
@@ -654,16 +780,8 @@ impl Coordinator {
             .is_some_and(|c| !c.is_closed())
     }
 
-    /// Sends one data-plane order to a node and waits for its result.
-    async fn order(
-        &self,
-        role: Role,
-        name: &str,
-        tcfg: &TargetConfig,
-        epoch: u64,
-        step: &Step,
-        proxies: &[String],
-    ) -> Result<(), String> {
+    /// Sends one request to a node and waits for its answer.
+    async fn send(&self, role: Role, name: &str, request: Request) -> Result<Reply, String> {
         let key = NodeRecord::key(role, name);
         let channel = self
             .lock()
@@ -672,32 +790,9 @@ impl Coordinator {
             .cloned()
             .filter(|c| !c.is_closed())
             .ok_or_else(|| format!("{key} is not connected"))?;
-        let proxies: Vec<serde_json::Value> = proxies
-            .iter()
-            .map(|p| serde_json::json!({"name": p, "address": self.proxy_address(p)}))
-            .collect();
-        let command = serde_json::json!({
-            "step": step,
-            "target": {
-                "name": tcfg.name,
-                "fqdn": tcfg.fqdn,
-                "addresses": tcfg.addresses,
-                "scheme": tcfg.scheme,
-                "gateways": tcfg.gateways,
-            },
-            "proxies": proxies,
-        });
         channel
-            .request(
-                Request::Dataplane {
-                    target: tcfg.name.clone(),
-                    epoch,
-                    command,
-                },
-                channel::REQUEST_TIMEOUT,
-            )
+            .request(request, channel::REQUEST_TIMEOUT)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
@@ -820,6 +915,7 @@ impl Coordinator {
                 .and_then(|p| p.organisation.clone())
                 .or(info.organisation),
             version: info.version,
+            tunnel: info.tunnel,
         };
         rec.last_seen_ms = Some(now_ms());
         if rec.health == Health::Down {
@@ -1044,7 +1140,7 @@ impl Handler for CoordinatorHandler {
                 respond(c.alarm(&target, "operator_divert", &from.peer().to_string()))
             }
             Request::Restore { target } => respond(c.all_clear(&target, "operator_restore")),
-            Request::Dataplane { .. } => Response::Refused(Refusal::new(
+            Request::Dataplane { .. } | Request::Notify { .. } => Response::Refused(Refusal::new(
                 RefusalReason::Role,
                 "the coordinator takes no data-plane orders",
             )),

@@ -11,4 +11,5 @@ pub mod config;
 pub mod coordinator;
 pub mod ctl;
 pub mod metrics;
+pub mod orchestrate;
 pub mod store;

@@ -8,8 +8,9 @@ use scold_control::coordinator::{self, BoxFut, Config, DnsBackend, TargetConfig}
 use scold_control::metrics::Metrics;
 use scold_pki::{Ca, CaInit, Identity, RevokeTarget, Role, TlsIdentity, Validity};
 use scold_proto::control::{
-    EpochGuard, NodeInfo, RefusalReason, Reply, Request, Response, StatusReport,
+    EpochGuard, NodeInfo, RefusalReason, Reply, Request, Response, StatusReport, TunnelInfo,
 };
+use scold_proto::dataplane;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,21 +105,27 @@ impl Handler for Node {
             Request::Dataplane {
                 target,
                 epoch,
-                command,
+                commands,
             } => {
                 if let Err(r) = self.epochs.lock().unwrap().admit(&target, epoch) {
                     return Response::Refused(r);
                 }
-                let step = &command["step"];
-                let what = match step.get("proxy") {
-                    Some(p) => format!(
-                        "{}({})",
-                        step["step"].as_str().unwrap(),
-                        p.as_str().unwrap()
-                    ),
-                    None => step["step"].as_str().unwrap().to_string(),
-                };
-                self.orders.lock().unwrap().push(what);
+                let what: Vec<String> = commands.iter().map(describe).collect();
+                self.orders.lock().unwrap().push(what.join(","));
+                Response::Ok {
+                    reply: Reply::Dataplane {
+                        replies: commands
+                            .iter()
+                            .map(|_| dataplane::Reply::Done { changed: true })
+                            .collect(),
+                    },
+                }
+            }
+            Request::Notify { target, epoch, .. } => {
+                if let Err(r) = self.epochs.lock().unwrap().admit(&target, epoch) {
+                    return Response::Refused(r);
+                }
+                self.orders.lock().unwrap().push("notify".into());
                 Response::Ok { reply: Reply::Done }
             }
             other => Response::Refused(scold_proto::control::Refusal::new(
@@ -127,6 +134,31 @@ impl Handler for Node {
             )),
         }
     }
+}
+
+fn describe(c: &dataplane::Command) -> String {
+    match c {
+        dataplane::Command::AddPeer(p) => format!("add_peer({})", p.name),
+        dataplane::Command::RemovePeer { name } => format!("remove_peer({name})"),
+        other => other.kind().to_string(),
+    }
+}
+
+/// The tunnel end point a node announces: proxies at their configured address.
+fn tunnel(role: Role, name: &str) -> Option<TunnelInfo> {
+    let (ip, inside) = match (role, name) {
+        (Role::Proxy, "p1") => ("198.51.100.1", None),
+        (Role::Proxy, "p2") => ("198.51.100.2", None),
+        (Role::Proxy, "p3") => ("198.51.100.3", None),
+        (Role::Gateway, _) => ("203.0.113.9", Some("10.3.0.1".parse().unwrap())),
+        _ => return None,
+    };
+    Some(TunnelInfo {
+        endpoint: format!("{ip}:51820").parse().unwrap(),
+        encap: dataplane::Encap::Udp,
+        public_key: None,
+        inside,
+    })
 }
 
 fn config(state: &Path, listen: SocketAddr, proxies: usize) -> Config {
@@ -223,6 +255,7 @@ impl Rig {
         let node = Arc::new(Node::default());
         let info = NodeInfo {
             address: address.map(|a| a.parse().unwrap()),
+            tunnel: tunnel(role, name),
             ..Default::default()
         };
         let (stop, rx) = watch::channel(false);
@@ -327,15 +360,12 @@ async fn divert_reset_and_restore() {
     );
     assert_eq!(
         gw_node.orders.lock().unwrap().clone(),
-        vec!["gateway_setup"]
+        vec!["add_peer(p1),add_peer(p2),remove_peer(p3)"]
     );
-    assert_eq!(
-        target_node.orders.lock().unwrap().clone(),
-        vec!["target_setup"]
-    );
+    assert_eq!(target_node.orders.lock().unwrap().clone(), vec![""]);
     assert_eq!(
         proxies[0].1.orders.lock().unwrap().clone(),
-        vec!["proxy_setup(p1)", "notify_resolvers"]
+        vec!["add_peer(gw1),add_route", "notify"]
     );
     assert!(proxies[2].1.orders.lock().unwrap().is_empty());
 
@@ -377,13 +407,13 @@ async fn divert_reset_and_restore() {
         .orders
         .lock()
         .unwrap()
-        .contains(&"proxy_teardown(p1)".to_string()));
+        .contains(&"remove_route,remove_peer(gw1)".to_string()));
     assert!(proxies[2]
         .1
         .orders
         .lock()
         .unwrap()
-        .contains(&"proxy_setup(p3)".to_string()));
+        .contains(&"add_peer(gw1),add_route".to_string()));
     assert_eq!(
         rig.dns.log.lock().unwrap().last().unwrap(),
         "publish www.example.net. 198.51.100.2,198.51.100.3"
@@ -436,12 +466,9 @@ async fn divert_reset_and_restore() {
     );
     assert_eq!(
         gw_node.orders.lock().unwrap().last().unwrap(),
-        "gateway_teardown"
+        "remove_peer(p1),remove_peer(p2),remove_peer(p3)"
     );
-    assert_eq!(
-        target_node.orders.lock().unwrap().last().unwrap(),
-        "target_teardown"
-    );
+    assert_eq!(target_node.orders.lock().unwrap().last().unwrap(), "");
 
     // The audit log has every phase change, in order.
     let Reply::Events { events } = op
@@ -541,7 +568,7 @@ async fn failed_steps_are_retried_not_skipped_and_dead_proxies_are_replaced() {
         .orders
         .lock()
         .unwrap()
-        .contains(&"proxy_setup(p2)".to_string()));
+        .contains(&"add_peer(gw1),add_route".to_string()));
     // p1 is gone, so its tear-down cannot be delivered: it stays pending and retried,
     // and the target is nonetheless served by p2 (DNS already lists only p2).
     assert!(rig

@@ -7,6 +7,7 @@
 //! newest it has applied for that target, so a replayed or reordered message does no
 //! harm. Commands are idempotent, so a retry of the same epoch is harmless too.
 
+use crate::dataplane;
 use crate::identity::{Identity, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -39,6 +40,25 @@ pub struct NodeInfo {
     /// Software version, for the operator's view.
     #[serde(default)]
     pub version: String,
+    /// This node's tunnel end point, which the coordinator passes to the nodes at the
+    /// other end (a gateway's to its proxies, a proxy's to its gateway).
+    #[serde(default)]
+    pub tunnel: Option<TunnelInfo>,
+}
+
+/// How other nodes reach a node's tunnel end point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelInfo {
+    /// Outer address and UDP port (udp, wireguard); for ipip only the address counts.
+    pub endpoint: std::net::SocketAddr,
+    pub encap: dataplane::Encap,
+    /// WireGuard public key (wireguard only).
+    #[serde(default)]
+    pub public_key: Option<dataplane::PublicKey>,
+    /// Gateways: their address on the target's network, the next hop of the target's
+    /// return path.
+    #[serde(default)]
+    pub inside: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,11 +95,19 @@ pub enum Request {
     },
 
     // --- coordinator -> nodes -------------------------------------------------------
-    /// A data-plane order for one target (route set-up, tear-down, ...).
+    /// Data-plane orders for one target (route set-up, tear-down, ...), applied in
+    /// order; each is idempotent.
     Dataplane {
         target: String,
         epoch: u64,
-        command: serde_json::Value,
+        commands: Vec<dataplane::Command>,
+    },
+    /// A proxy tells the client sites' resolvers, with a TSIG-signed NOTIFY, to drop
+    /// their cached answer for `fqdn` (paper Sec. 3 step 4).
+    Notify {
+        target: String,
+        epoch: u64,
+        fqdn: String,
     },
 
     // --- operator -> coordinator ----------------------------------------------------
@@ -107,6 +135,7 @@ impl Request {
             Request::ProxyAttacked { .. } => "proxy_attacked",
             Request::Traceback { .. } => "traceback",
             Request::Dataplane { .. } => "dataplane",
+            Request::Notify { .. } => "notify",
             Request::Status => "status",
             Request::Proxies => "proxies",
             Request::Events { .. } => "events",
@@ -140,9 +169,9 @@ pub enum Reply {
     },
     /// The current phase of a target after an operator or alarm request.
     Target(TargetView),
-    /// Result of a data-plane order.
+    /// Results of data-plane orders, one per command.
     Dataplane {
-        result: serde_json::Value,
+        replies: Vec<dataplane::Reply>,
     },
 }
 
@@ -288,7 +317,7 @@ pub fn policy(req: &Request) -> (&'static [Role], Subject) {
         }
         Request::Alarm { .. } | Request::AllClear { .. } => (&[Target], Subject::Own),
         Request::ProxyAttacked { .. } | Request::Traceback { .. } => (&[Proxy], Subject::Own),
-        Request::Dataplane { .. } => (&[Coordinator], Subject::Any),
+        Request::Dataplane { .. } | Request::Notify { .. } => (&[Coordinator], Subject::Any),
         Request::Status | Request::Proxies | Request::Events { .. } => (&[Operator], Subject::Any),
         Request::Divert { .. } | Request::Restore { .. } => (&[Operator], Subject::Any),
     }
@@ -386,7 +415,12 @@ mod tests {
             Request::Dataplane {
                 target: "web".into(),
                 epoch: 3,
-                command: serde_json::json!({"op": "x"}),
+                commands: vec![dataplane::Command::GetStats],
+            },
+            Request::Notify {
+                target: "web".into(),
+                epoch: 3,
+                fqdn: "www.example.net.".into(),
             },
             Request::Status,
             Request::Proxies,
@@ -409,7 +443,7 @@ mod tests {
                 "register" | "heartbeat" => matches!(role, Proxy | Gateway | Target | Client),
                 "alarm" | "all_clear" => role == Target && name == "web",
                 "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
-                "dataplane" => role == Coordinator,
+                "dataplane" | "notify" => role == Coordinator,
                 "status" | "proxies" | "events" | "divert" | "restore" => role == Operator,
                 other => panic!("request {other} missing from the test"),
             }
@@ -445,7 +479,7 @@ mod tests {
             &Request::Dataplane {
                 target: "web".into(),
                 epoch: 1,
-                command: serde_json::Value::Null,
+                commands: vec![],
             },
         )
         .unwrap_err();

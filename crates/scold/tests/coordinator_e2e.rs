@@ -8,7 +8,8 @@ use scold_control::agent::Agent;
 use scold_control::channel::{Channel, Handler};
 use scold_control::metrics::Metrics;
 use scold_pki::{Ca, Identity, Role, TlsIdentity, Validity};
-use scold_proto::control::{NodeInfo, Reply, Request, Response, StatusReport};
+use scold_proto::control::{NodeInfo, Reply, Request, Response, StatusReport, TunnelInfo};
+use scold_proto::dataplane;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -95,14 +96,37 @@ struct Recorder(Mutex<Vec<String>>);
 
 impl Handler for Recorder {
     async fn handle(&self, _from: &Channel, request: Request) -> Response {
-        if let Request::Dataplane { command, .. } = &request {
-            self.0
-                .lock()
-                .unwrap()
-                .push(command["step"]["step"].as_str().unwrap_or("?").to_string());
-        }
+        let what = match &request {
+            Request::Dataplane { commands, .. } => commands
+                .iter()
+                .map(|c| match c {
+                    dataplane::Command::AddPeer(p) => format!("add_peer({})", p.name),
+                    dataplane::Command::RemovePeer { name } => format!("remove_peer({name})"),
+                    other => other.kind().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.kind().to_string(),
+        };
+        self.0.lock().unwrap().push(what);
         Response::Ok { reply: Reply::Done }
     }
+}
+
+/// The tunnel end points the nodes announce when they register.
+fn tunnel_of(role: Role, name: &str) -> Option<TunnelInfo> {
+    let (endpoint, inside) = match (role, name) {
+        (Role::Proxy, "p1") => ("198.51.100.1:51820", None),
+        (Role::Proxy, "p2") => ("198.51.100.2:51820", None),
+        (Role::Gateway, _) => ("203.0.113.9:51820", Some("10.3.0.1".parse().unwrap())),
+        _ => return None,
+    };
+    Some(TunnelInfo {
+        endpoint: endpoint.parse().unwrap(),
+        encap: dataplane::Encap::Udp,
+        public_key: None,
+        inside,
+    })
 }
 
 struct Site {
@@ -324,7 +348,10 @@ organisation = "b"
         let (stop, rx) = watch::channel(false);
         let agent = Agent::start(
             control,
-            NodeInfo::default(),
+            NodeInfo {
+                tunnel: tunnel_of(role, name),
+                ..Default::default()
+            },
             tls,
             rec.clone(),
             Metrics::new(),
@@ -425,13 +452,21 @@ organisation = "b"
     assert_eq!(gw.0.lock().unwrap().len(), 0);
     assert_eq!(
         gw2.0.lock().unwrap().clone(),
-        vec!["gateway_setup", "gateway_teardown"]
+        vec![
+            "add_peer(p1),add_peer(p2)",
+            "remove_peer(p1),remove_peer(p2)"
+        ]
     );
-    assert!(target
-        .0
-        .lock()
-        .unwrap()
-        .contains(&"target_setup".to_string()));
-    assert!(p1.0.lock().unwrap().contains(&"proxy_teardown".to_string()));
+    // Target: set-up and tear-down orders (scheme 4.1 needs no per-proxy route).
+    assert_eq!(target.0.lock().unwrap().len(), 2);
+    assert_eq!(
+        p1.0.lock().unwrap().clone(),
+        vec![
+            "add_peer(gw1),add_route",
+            "notify", // divert: resolvers drop the answer without ALT
+            "notify", // restore: resolvers drop the answer with ALT
+            "remove_route,remove_peer(gw1)"
+        ]
+    );
     coordinator.kill9();
 }

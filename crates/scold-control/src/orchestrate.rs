@@ -1,0 +1,343 @@
+//! What each step of a target's plan asks of each node, as data-plane commands.
+//!
+//! Pure: the coordinator gathers what it knows (the target's config, the tunnel end
+//! points nodes announced when they registered, which proxies each gateway must admit)
+//! and this module turns a step into orders. Every order is idempotent and states the
+//! wanted end state (a gateway's peer list is synchronised, not appended to), so a
+//! retried or re-driven step converges.
+
+use crate::coordinator::{Scheme, TargetConfig};
+use scold_proto::control::TunnelInfo;
+use scold_proto::dataplane::{Command, NatService, Peer, Prefix, Route, Via};
+use scold_proto::state::Step;
+use std::net::SocketAddr;
+
+/// A node the coordinator knows, with the tunnel end point it announced.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub name: String,
+    pub tunnel: Option<TunnelInfo>,
+}
+
+/// Everything a step's orders depend on.
+pub struct Context<'a> {
+    pub target: &'a TargetConfig,
+    /// The target's current proxy set.
+    pub proxies: Vec<Known>,
+    /// The target's gateways.
+    pub gateways: Vec<Known>,
+    /// Every proxy of the pool (a gateway is told to drop the ones it must not admit).
+    pub pool: Vec<Known>,
+    /// For each gateway of the target: the proxies it must admit, over every target
+    /// that uses it and is diverted now.
+    pub gateway_admits: Vec<(String, Vec<String>)>,
+    /// Whether another diverted target still sends this proxy to the same gateway.
+    pub gateway_shared: bool,
+}
+
+/// One order: which node, what to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub node: String,
+    pub commands: Vec<Command>,
+}
+
+fn tunnel<'a>(k: &'a Known, what: &str) -> Result<&'a TunnelInfo, String> {
+    k.tunnel
+        .as_ref()
+        .ok_or_else(|| format!("{what} {} has not announced its tunnel end point", k.name))
+}
+
+fn peer(k: &Known, what: &str) -> Result<Peer, String> {
+    let t = tunnel(k, what)?;
+    Ok(Peer {
+        name: k.name.clone(),
+        address: t.endpoint.ip(),
+        port: t.encap.uses_udp().then_some(t.endpoint.port()),
+        encap: t.encap,
+        public_key: t.public_key.clone(),
+        keepalive_secs: None,
+    })
+}
+
+/// The gateway a proxy sends this target's traffic to: the first one that announced
+/// its tunnel end point.
+fn gateway<'a>(ctx: &'a Context<'_>) -> Result<&'a Known, String> {
+    ctx.gateways
+        .iter()
+        .find(|g| g.tunnel.is_some())
+        .ok_or_else(|| {
+            format!(
+                "no gateway of target {} has announced its tunnel end point",
+                ctx.target.name
+            )
+        })
+}
+
+fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, String> {
+    if ctx.target.scheme != Scheme::Nat {
+        return Ok(Vec::new());
+    }
+    let listen_ip = tunnel(proxy, "proxy")?.endpoint.ip();
+    let mut out = Vec::new();
+    for s in &ctx.target.services {
+        for addr in &ctx.target.addresses {
+            out.push(NatService {
+                protocol: s.protocol,
+                listen: SocketAddr::new(listen_ip, s.port),
+                target: SocketAddr::new(*addr, s.port),
+                proxy_protocol: s.proxy_protocol,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The orders of `step`; an empty list means the step needs no node (DNS, drain).
+pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
+    let target_routes = || ctx.target.addresses.iter().map(|a| Prefix::host(*a));
+    match step {
+        Step::GatewaySetup | Step::GatewayTeardown => {
+            let mut out = Vec::new();
+            for (gw, admit) in &ctx.gateway_admits {
+                let mut commands = Vec::new();
+                for p in &ctx.pool {
+                    if admit.contains(&p.name) {
+                        commands.push(Command::AddPeer(peer(p, "proxy")?));
+                    } else {
+                        commands.push(Command::RemovePeer {
+                            name: p.name.clone(),
+                        });
+                    }
+                }
+                out.push(Order {
+                    node: gw.clone(),
+                    commands,
+                });
+            }
+            Ok(out)
+        }
+        Step::ProxySetup(p) => {
+            let proxy = find(&ctx.proxies, p)?;
+            let gw = gateway(ctx)?;
+            let mut commands = vec![Command::AddPeer(peer(gw, "gateway")?)];
+            commands.extend(target_routes().map(|destination| {
+                Command::AddRoute(Route {
+                    destination,
+                    via: Via::Peer(gw.name.clone()),
+                })
+            }));
+            commands.extend(
+                nat_services(ctx, proxy)?
+                    .into_iter()
+                    .map(Command::AddNatService),
+            );
+            Ok(vec![Order {
+                node: p.clone(),
+                commands,
+            }])
+        }
+        Step::ProxyTeardown(p) => {
+            let proxy = Known {
+                name: p.clone(),
+                tunnel: ctx
+                    .pool
+                    .iter()
+                    .find(|k| &k.name == p)
+                    .and_then(|k| k.tunnel.clone()),
+            };
+            let mut commands: Vec<Command> = nat_services(ctx, &proxy)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| Command::RemoveNatService {
+                    protocol: n.protocol,
+                    listen: n.listen,
+                })
+                .collect();
+            commands
+                .extend(target_routes().map(|destination| Command::RemoveRoute { destination }));
+            if !ctx.gateway_shared {
+                if let Ok(gw) = gateway(ctx) {
+                    commands.push(Command::RemovePeer {
+                        name: gw.name.clone(),
+                    });
+                }
+            }
+            Ok(vec![Order {
+                node: p.clone(),
+                commands,
+            }])
+        }
+        Step::TargetSetup | Step::TargetTeardown => {
+            // The return path: replies to diverted clients leave through the gateway.
+            // Scheme 4.3 flows reach the target from the proxies' relays, so each
+            // proxy's address is routed back through the gateway.
+            let gw = gateway(ctx)?;
+            let inside = tunnel(gw, "gateway")?.inside.ok_or_else(|| {
+                format!(
+                    "gateway {} has not announced its address on the target's network",
+                    gw.name
+                )
+            })?;
+            let mut commands = Vec::new();
+            if ctx.target.scheme == Scheme::Nat {
+                for p in &ctx.proxies {
+                    let destination = Prefix::host(tunnel(p, "proxy")?.endpoint.ip());
+                    commands.push(if *step == Step::TargetSetup {
+                        Command::AddRoute(Route {
+                            destination,
+                            via: Via::Gateway(inside),
+                        })
+                    } else {
+                        Command::RemoveRoute { destination }
+                    });
+                }
+            }
+            Ok(vec![Order {
+                node: ctx.target.name.clone(),
+                commands,
+            }])
+        }
+        Step::DnsPublish | Step::DnsRestore | Step::Drain | Step::NotifyResolvers => Ok(vec![]),
+    }
+}
+
+fn find<'a>(ks: &'a [Known], name: &str) -> Result<&'a Known, String> {
+    ks.iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| format!("proxy {name} is not in the target's set"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::Service;
+    use scold_proto::dataplane::{Encap, Protocol, PublicKey};
+
+    fn known(name: &str, ip: &str, inside: Option<&str>) -> Known {
+        Known {
+            name: name.into(),
+            tunnel: Some(TunnelInfo {
+                endpoint: format!("{ip}:51820").parse().unwrap(),
+                encap: Encap::Wireguard,
+                public_key: Some(PublicKey(format!("{}=", "A".repeat(43)))),
+                inside: inside.map(|s| s.parse().unwrap()),
+            }),
+        }
+    }
+
+    fn target(scheme: Scheme) -> TargetConfig {
+        let text = format!(
+            r#"
+name = "web"
+fqdn = "www.example.net."
+zone = "example.net."
+addresses = ["192.0.2.10"]
+gateways = ["gw1"]
+scheme = "{}"
+services = ["tcp/80", "tcp/443+proxy", "udp/53"]
+[dns]
+server = "127.0.0.1:53"
+key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
+"#,
+            scheme.as_str()
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    fn ctx(t: &TargetConfig) -> Context<'_> {
+        Context {
+            target: t,
+            proxies: vec![known("p1", "198.51.100.1", None)],
+            gateways: vec![known("gw1", "203.0.113.9", Some("10.3.0.1"))],
+            pool: vec![
+                known("p1", "198.51.100.1", None),
+                known("p2", "198.51.100.2", None),
+            ],
+            gateway_admits: vec![("gw1".into(), vec!["p1".into()])],
+            gateway_shared: false,
+        }
+    }
+
+    #[test]
+    fn gateway_admits_exactly_the_set() {
+        let t = target(Scheme::Resolver);
+        let o = orders(&Step::GatewaySetup, &ctx(&t)).unwrap();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].node, "gw1");
+        assert!(
+            matches!(&o[0].commands[0], Command::AddPeer(p) if p.name == "p1" && p.port == Some(51820))
+        );
+        assert_eq!(o[0].commands[1], Command::RemovePeer { name: "p2".into() });
+    }
+
+    #[test]
+    fn proxy_setup_routes_the_target_to_the_gateway() {
+        let t = target(Scheme::Resolver);
+        let o = orders(&Step::ProxySetup("p1".into()), &ctx(&t)).unwrap();
+        let c = &o[0].commands;
+        assert!(
+            matches!(&c[0], Command::AddPeer(p) if p.name == "gw1" && p.address.to_string() == "203.0.113.9")
+        );
+        assert_eq!(
+            c[1],
+            Command::AddRoute(Route {
+                destination: "192.0.2.10/32".parse().unwrap(),
+                via: Via::Peer("gw1".into())
+            })
+        );
+        assert_eq!(c.len(), 2, "no NAT services outside scheme 4.3");
+        for cmd in c {
+            cmd.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn nat_scheme_relays_services_and_routes_proxies_back() {
+        let t = target(Scheme::Nat);
+        let o = orders(&Step::ProxySetup("p1".into()), &ctx(&t)).unwrap();
+        let nat: Vec<&NatService> = o[0]
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::AddNatService(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(nat.len(), 3);
+        assert_eq!(nat[1].listen.to_string(), "198.51.100.1:443");
+        assert!(nat[1].proxy_protocol);
+        assert_eq!(nat[2].protocol, Protocol::Udp);
+        let o = orders(&Step::TargetSetup, &ctx(&t)).unwrap();
+        assert_eq!(
+            o[0].commands,
+            vec![Command::AddRoute(Route {
+                destination: "198.51.100.1/32".parse().unwrap(),
+                via: Via::Gateway("10.3.0.1".parse().unwrap())
+            })]
+        );
+        let o = orders(&Step::ProxyTeardown("p1".into()), &ctx(&t)).unwrap();
+        assert_eq!(o[0].commands.len(), 3 + 1 + 1);
+    }
+
+    #[test]
+    fn missing_tunnel_info_is_an_error_that_names_the_node() {
+        let t = target(Scheme::Resolver);
+        let mut c = ctx(&t);
+        c.gateways[0].tunnel = None;
+        let e = orders(&Step::ProxySetup("p1".into()), &c).unwrap_err();
+        assert!(e.contains("no gateway of target web"), "{e}");
+    }
+
+    #[test]
+    fn service_syntax() {
+        let s: Service = "tcp/443+proxy".parse().unwrap();
+        assert_eq!(
+            (s.protocol, s.port, s.proxy_protocol),
+            (Protocol::Tcp, 443, true)
+        );
+        assert!("sctp/1".parse::<Service>().is_err());
+        assert!("tcp/0".parse::<Service>().is_err());
+        assert!("udp/53+proxy".parse::<Service>().is_err());
+    }
+}
