@@ -691,6 +691,71 @@ mod tests {
         assert!(matches!(apply(&m, &z0, &p, ALT), UpdateResult::Error(1, _)));
     }
 
+    fn everything() -> Policy {
+        Policy {
+            grants: vec![Grant {
+                names: vec![
+                    NamePattern::parse("example.com").unwrap(),
+                    NamePattern::parse("*.example.com").unwrap(),
+                ],
+                types: None,
+            }],
+        }
+    }
+
+    proptest::proptest! {
+        // Any UPDATE either fails cleanly or yields a change set whose replay on the
+        // old zone gives exactly the new one (what the journal relies on).
+        #[test]
+        fn random_updates_replay_to_the_same_zone(
+            ops in proptest::collection::vec((0u8..4, 0u8..3, 0u8..4, 0u8..3), 0..8)
+        ) {
+            let z0 = zone();
+            let names = ["www.example.com.", "new.example.com.", "example.com."];
+            let mut ups = Vec::new();
+            for (kind, name, last, ty) in ops {
+                let nm = names[name as usize];
+                let mut r = alt_rr(nm, [10, 0, 0, last], DNSClass::IN, 30);
+                if ty == 1 {
+                    r.data = RData::A(std::net::Ipv4Addr::new(10, 0, 0, last).into());
+                }
+                if ty == 2 {
+                    r.data = RData::Update0(RecordType::NS);
+                    r.dns_class = DNSClass::ANY;
+                    r.ttl = 0;
+                }
+                match kind {
+                    1 => { r.dns_class = DNSClass::NONE; r.ttl = 0; }
+                    2 => { r.data = RData::Update0(r.record_type()); r.dns_class = DNSClass::ANY; r.ttl = 0; }
+                    3 => { r.data = RData::Update0(RecordType::ANY); r.dns_class = DNSClass::ANY; r.ttl = 0; }
+                    _ => {}
+                }
+                ups.push(r);
+            }
+            let m = msg(vec![], ups);
+            if let UpdateResult::Changed { zone, changes } = apply(&m, &z0, &everything(), ALT) {
+                let mut z = z0.clone();
+                replay(&mut z, &changes);
+                proptest::prop_assert_eq!(&z.nodes.keys().collect::<Vec<_>>(), &zone.nodes.keys().collect::<Vec<_>>());
+                for (k, n) in &zone.nodes {
+                    proptest::prop_assert_eq!(&z.nodes[k].rrsets, &n.rrsets);
+                }
+                // The apex keeps its SOA and NS whatever the update said.
+                let apex = z.node(&z.apex).unwrap();
+                proptest::prop_assert!(apex.rrsets.contains_key(&T_SOA));
+                proptest::prop_assert!(apex.rrsets.contains_key(&T_NS));
+                proptest::prop_assert!(serial_gt(zone.soa().unwrap().serial, z0.soa().unwrap().serial));
+            }
+        }
+
+        #[test]
+        fn random_bytes_as_update_never_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 12..200)) {
+            if let Ok(m) = Message::from_vec(&b) {
+                let _ = apply(&m, &zone(), &everything(), ALT);
+            }
+        }
+    }
+
     #[test]
     fn patterns() {
         let below = NamePattern::parse("*.example.com").unwrap();
