@@ -68,7 +68,10 @@ fn init_tracing(format: LogFormat, filter: &str) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
