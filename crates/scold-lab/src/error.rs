@@ -76,6 +76,16 @@ pub enum LabError {
 
     #[error("protocol error from {peer}: {reason}")]
     Protocol { peer: String, reason: String },
+
+    #[error("{role} ({program}) {problem}; its log is {}{tail}", log.display())]
+    Role {
+        role: String,
+        program: String,
+        problem: String,
+        log: PathBuf,
+        /// The log's last lines, starting with a newline, or empty.
+        tail: String,
+    },
 }
 
 impl LabError {

@@ -102,6 +102,11 @@ pub struct Fig8Options {
     /// Whether both directions of the main link share the bottleneck.
     #[serde(default)]
     pub duplex: Duplex,
+    /// The alternate link's token-bucket filter, each direction on its own (`None`:
+    /// unshaped). The site's second uplink has a capacity too: shaped like the main
+    /// link, indirect and direct downloads compare like for like, as in the paper.
+    #[serde(default)]
+    pub alt_link: Option<Tbf>,
 }
 
 /// How the main link's bottleneck treats the two directions.
@@ -123,6 +128,7 @@ impl Default for Fig8Options {
             attackers: 1,
             bottleneck: Tbf::default(),
             duplex: Duplex::default(),
+            alt_link: Some(Tbf::default()),
         }
     }
 }
@@ -253,6 +259,17 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
     s.route(WIRE, None, Ipv4Addr::new(198, 18, 200, 1));
     s.route(MAIN_GW, None, Ipv4Addr::new(198, 18, 202, 1));
     s.route(ALT_GW, None, Ipv4Addr::new(198, 18, 201, 1));
+    // The alternate gateway reaches the target's public address across the site LAN:
+    // that is where the packets it takes out of proxy tunnels are going.
+    s.route(
+        ALT_GW,
+        Some(Ipv4Net::new(TARGET_ADDR, 32)?),
+        TARGET_ALT_ADDR,
+    );
+    if let Some(tbf) = opts.alt_link {
+        s.shaper(INTERNET, "to-altgw", tbf);
+        s.shaper(ALT_GW, GW_UP_IF, tbf);
+    }
     s.route(TARGET, None, Ipv4Addr::new(198, 19, 1, 1));
     match opts.duplex {
         Duplex::Full => {
@@ -352,10 +369,12 @@ mod tests {
             );
         }
         assert!(s.node("proxy2").is_some() && s.node("proxy3").is_none());
-        assert_eq!(s.shapers.len(), 1);
-        assert_eq!(s.shapers[0].ifname, SHARED_IF);
+        // The shared main-link bottleneck and the alternate link's two directions.
+        assert_eq!(s.shapers.len(), 3);
+        assert!(s.shapers.iter().any(|b| b.ifname == SHARED_IF));
         let full = spec(&Fig8Options {
             duplex: Duplex::Full,
+            alt_link: None,
             ..Default::default()
         })
         .unwrap();

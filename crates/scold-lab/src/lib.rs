@@ -9,6 +9,7 @@
 //! netlink.
 
 pub mod cli;
+pub mod dnsq;
 pub mod error;
 pub mod fig8;
 pub mod flood;
@@ -16,6 +17,7 @@ pub mod measure;
 pub mod net;
 pub mod progress;
 pub mod report;
+pub mod roles;
 pub mod scenario;
 pub mod serve;
 pub mod topology;

@@ -40,19 +40,47 @@ fn remaining(deadline: Instant, what: &str, timeout: Duration) -> Result<Duratio
     Ok(deadline - now)
 }
 
-fn connect(addr: SocketAddr, deadline: Instant, timeout: Duration) -> Result<TcpStream, LabError> {
+/// A socket confined to `device` (SO_BINDTODEVICE): it sends only out of that device
+/// and receives only what arrives on it.
+fn bound_socket(
+    domain: Domain,
+    ty: Type,
+    proto: Protocol,
+    device: &str,
+) -> Result<Socket, LabError> {
+    let s = Socket::new(domain, ty, Some(proto))
+        .map_err(|e| LabError::io(format!("opening a socket for {device}"), e))?;
+    s.bind_device(Some(device.as_bytes()))
+        .map_err(|e| LabError::io(format!("binding a socket to device {device}"), e))?;
+    Ok(s)
+}
+
+fn connect(
+    addr: SocketAddr,
+    deadline: Instant,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<TcpStream, LabError> {
     let what = format!("connecting to {addr}");
-    let s =
-        TcpStream::connect_timeout(&addr, remaining(deadline, &what, timeout)?).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                LabError::Timeout {
-                    what: what.clone(),
-                    secs: timeout.as_secs_f64(),
-                }
-            } else {
-                LabError::io(what.clone(), e)
+    let left = remaining(deadline, &what, timeout)?;
+    let timed_out = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            LabError::Timeout {
+                what: what.clone(),
+                secs: timeout.as_secs_f64(),
             }
-        })?;
+        } else {
+            LabError::io(what.clone(), e)
+        }
+    };
+    let s = match device {
+        None => TcpStream::connect_timeout(&addr, left).map_err(timed_out)?,
+        Some(dev) => {
+            let s = bound_socket(Domain::for_address(addr), Type::STREAM, Protocol::TCP, dev)?;
+            s.connect_timeout(&addr.into(), left).map_err(timed_out)?;
+            TcpStream::from(s)
+        }
+    };
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -102,10 +130,21 @@ fn drain(
 
 /// Downloads `size` bytes from the bulk service at `addr` (see [`crate::serve`]).
 pub fn fetch_bulk(addr: SocketAddr, size: u64, timeout: Duration) -> Result<Transfer, LabError> {
+    fetch_bulk_via(addr, size, timeout, None)
+}
+
+/// [`fetch_bulk`] on a socket confined to `device` when given: only a download that
+/// went out and came back through that device succeeds.
+pub fn fetch_bulk_via(
+    addr: SocketAddr,
+    size: u64,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<Transfer, LabError> {
     let start = Instant::now();
     let deadline = start + timeout;
     let what = format!("bulk download of {size} bytes from {addr}");
-    let mut s = connect(addr, deadline, timeout)?;
+    let mut s = connect(addr, deadline, timeout, device)?;
     let connect_seconds = start.elapsed().as_secs_f64();
     s.write_all(crate::serve::bulk_request(size).as_bytes())
         .map_err(|e| LabError::io(what.clone(), e))?;
@@ -133,10 +172,21 @@ pub fn fetch_http(
     path: &str,
     timeout: Duration,
 ) -> Result<Transfer, LabError> {
+    fetch_http_via(addr, host, path, timeout, None)
+}
+
+/// [`fetch_http`] on a socket confined to `device` when given.
+pub fn fetch_http_via(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<Transfer, LabError> {
     let start = Instant::now();
     let deadline = start + timeout;
     let what = format!("HTTP GET {path} from {addr}");
-    let mut s = connect(addr, deadline, timeout)?;
+    let mut s = connect(addr, deadline, timeout, device)?;
     let connect_seconds = start.elapsed().as_secs_f64();
     write!(
         s,
@@ -228,8 +278,23 @@ pub fn ping_samples(
     interval: Duration,
     timeout: Duration,
 ) -> Result<Vec<Echo>, LabError> {
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-        .map_err(|e| LabError::io("opening a raw ICMP socket (root needed)", e))?;
+    ping_samples_via(dest, count, interval, timeout, None)
+}
+
+/// [`ping_samples`] from a socket confined to `device` when given: an echo counts only
+/// if its reply arrived on that device.
+pub fn ping_samples_via(
+    dest: Ipv4Addr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<Vec<Echo>, LabError> {
+    let sock = match device {
+        None => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+            .map_err(|e| LabError::io("opening a raw ICMP socket (root needed)", e))?,
+        Some(dev) => bound_socket(Domain::IPV4, Type::RAW, Protocol::ICMPV4, dev)?,
+    };
     let to: SocketAddr = SocketAddrV4::new(dest, 0).into();
     // Raw ICMP sockets see every echo reply arriving in the namespace: a random
     // identifier tells ours from another prober's.

@@ -45,14 +45,15 @@ pub enum Probe {
     Download { proto: Proto, size: u64 },
 }
 
-/// Which resolver the client used (Table 3).
+/// How the client named the target (Table 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resolver {
-    /// The host's ordinary resolver.
-    Plain,
-    /// The SCOLD-aware client agent.
-    Scold,
+    /// By its address: no name lookup.
+    Address,
+    /// By its name, looked up through the client site's resolver (ClientDNS), which
+    /// asks the target's authoritative server (TargetDNS).
+    Name,
 }
 
 /// The four conditions of Tables 1-2.
@@ -107,8 +108,12 @@ pub enum Metric {
     Condition { probe: Probe, condition: Condition },
     /// Table 3: a probe by the target's name through one resolver.
     Resolver { probe: Probe, resolver: Resolver },
-    /// Table 4: from the alarm until the probe first succeeds over the indirect route.
+    /// Table 4: from the start of the route set-up until the probe first succeeds over
+    /// the indirect route.
     Setup { probe: Probe },
+    /// From the alarm until the client site's resolver returns the target's ALT
+    /// records (the coordinator's divert as clients can see it).
+    Divert,
     /// From a proxy's reset until the client works through another proxy (4.4).
     Failover,
     /// From the end of the attack until the direct route is back.
@@ -151,6 +156,10 @@ pub struct Results {
     /// The options the run used.
     pub config: serde_json::Value,
     pub samples: Vec<Sample>,
+    /// How each part of the figures was obtained: which parts ran through the
+    /// coordinator and which were set up by static configuration.
+    #[serde(default)]
+    pub provenance: Vec<String>,
     /// What was not measured and why, and anything else a reader must know.
     pub notes: Vec<String>,
 }
@@ -461,14 +470,14 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
                 cell(
                     r.summary(Metric::Resolver {
                         probe,
-                        resolver: Resolver::Plain,
+                        resolver: Resolver::Address,
                     }),
                     Some(plain),
                 ),
                 cell(
                     r.summary(Metric::Resolver {
                         probe,
-                        resolver: Resolver::Scold,
+                        resolver: Resolver::Name,
                     }),
                     Some(scold),
                 ),
@@ -476,8 +485,9 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
         })
         .collect();
     out += &table(
-        "Table 3: resolver overhead, by name (our median  [paper])",
-        &["", "plain resolver", "SCOLD resolver"],
+        "Table 3: resolver overhead: lookup (if any) then probe, direct route \
+         (our median  [paper: original | enhanced resolve library])",
+        &["", "by address", "by name via ClientDNS -> TargetDNS"],
         &rows,
     );
     out.push('\n');
@@ -506,25 +516,45 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
         })
         .collect();
     out += &table(
-        "Table 4: time to set up the indirect route (our median  [paper])",
+        "Table 4: time to set up the indirect route, from starting the client agent and \
+         the target's return path to the first answer through the tunnel (our median  [paper])",
         &["", "set-up time"],
         &rows,
     );
     out.push('\n');
 
+    // Why a timing is missing is too long for a cell: it goes below the table.
+    let mut why = Vec::new();
+    let mut long = |m: Metric| match r.summary(m) {
+        Summary::AllFailed { error, .. } => {
+            why.push(error);
+            format!("not reached [{}]", why.len())
+        }
+        other => fmt_summary(&other),
+    };
     let rows = vec![
         vec![
-            "proxy failover (4.4)".to_string(),
-            fmt_summary(&r.summary(Metric::Failover)),
+            "divert: alarm -> ALT records at ClientDNS (coordinator)".to_string(),
+            long(Metric::Divert),
         ],
+        vec!["proxy failover (4.4)".to_string(), long(Metric::Failover)],
         vec![
             "restore after the attack".to_string(),
-            fmt_summary(&r.summary(Metric::Restore)),
+            long(Metric::Restore),
         ],
     ];
     out += &table("Further timings (median)", &["", "time"], &rows);
+    for (i, w) in why.iter().enumerate() {
+        let _ = writeln!(out, "  [{}] {w}", i + 1);
+    }
     out.push('\n');
     out += &render_shape(r, sizes);
+    if !r.provenance.is_empty() {
+        out.push_str("\nHow these figures were obtained\n");
+        for p in &r.provenance {
+            let _ = writeln!(out, "  - {p}");
+        }
+    }
     out
 }
 

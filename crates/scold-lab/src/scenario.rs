@@ -1,28 +1,40 @@
-//! The scenario `scold lab` runs: build Figure 8, start the target's services as a real
-//! `scold lab serve` process, measure ping and downloads from the client, flood the
-//! target's main link from the attackers (real `scold lab flood` processes), measure
-//! again, and write the report.
+//! The scenario `scold lab` runs.
 //!
-//! This is the direct-route half of Tables 1-2. The indirect route needs the
-//! coordinator, DNS, proxies and tunnels in the lab; until they are wired in, the
-//! report marks those columns (and Tables 3-4, failover and restore) as not measured.
+//! 1. Build Figure 8 and start every role as a real `scold` process ([`crate::roles`]).
+//! 2. Baseline: ping and downloads over the direct route (Tables 1-2, "direct").
+//! 3. Table 3: the same probes by address and by name through ClientDNS and TargetDNS.
+//! 4. Table 4: start the client agent and the target's return path, time the first
+//!    answer through the tunnel; repeated.
+//! 5. Indirect route without attack (Tables 1-2, "indirect").
+//! 6. Attack on the main link (real `scold lab flood` processes); the operator alarm
+//!    (`scold ctl divert`) goes to the coordinator, and ClientDNS is watched for the
+//!    target's ALT records; meanwhile direct and indirect measurements under attack.
+//! 7. The attack ends; `scold ctl restore`; what the coordinator reached is reported.
+//!
+//! The indirect route comes from static data-path configs: the data-path daemons do not
+//! yet take the coordinator's orders. The report says which figure came from where.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dnsq;
 use crate::error::LabError;
 use crate::fig8::{self, Fig8, Fig8Options};
 use crate::flood::{FloodKind, FloodReport};
 use crate::measure::{self, Transfer};
 use crate::progress::Progress;
 use crate::report::{
-    self, fmt_seconds, fmt_size, Condition, Metric, Outcome, Probe, Proto, Results, Route,
+    self, fmt_seconds, fmt_size, Condition, Metric, Outcome, Probe, Proto, Resolver, Results,
+    Route, PAPER_RESOLVER,
 };
+use crate::roles::{self, Encap, RoleOptions, Roles, Scheme};
 use crate::serve::{self, DEFAULT_BULK_PORT, DEFAULT_HTTP_PORT};
 use crate::topology::LabProcess;
 
@@ -30,7 +42,7 @@ use crate::topology::LabProcess;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScenarioConfig {
     pub testbed: Fig8Options,
-    /// Repetitions of each download per condition.
+    /// Repetitions of each download per condition (and of Tables 3 and 4).
     pub reps: u32,
     /// ICMP echoes per condition.
     pub pings: u32,
@@ -41,16 +53,36 @@ pub struct ScenarioConfig {
     pub flood_payload: usize,
     /// Longest a download may take without an attack.
     pub timeout: Duration,
-    /// Longest a download may take under attack (then it counts as "above").
+    /// Longest a download over the attacked direct route may take (then it counts as
+    /// "above").
     pub attack_timeout: Duration,
+    /// Repetitions of each download over the attacked direct route.
+    pub attack_reps: u32,
+    /// Run the attacked direct route's downloads one after another instead of at once.
+    pub attack_sequential: bool,
     /// How long the flood runs before measuring, so the queue is full.
     pub attack_warmup: Duration,
+    /// Longest wait from the alarm for the ALT records at ClientDNS.
+    pub divert_wait: Duration,
+    pub encap: Encap,
+    pub scheme: Scheme,
     pub out_dir: PathBuf,
     /// On failure, keep the namespaces for inspection (`scold lab cleanup` removes them).
     pub keep_on_failure: bool,
     /// The `scold` binary that runs each role.
     pub scold_bin: PathBuf,
     pub quiet: bool,
+}
+
+impl ScenarioConfig {
+    /// Steps the progress display counts.
+    fn steps(&self) -> usize {
+        let downloads = self.sizes.len() as u32 * 2;
+        let per_cond = |reps: u32| (self.pings + downloads * reps) as usize;
+        let table3 = PAPER_RESOLVER.len() * 2 * self.reps as usize;
+        let table4 = 3 * self.reps as usize;
+        3 * per_cond(self.reps) + per_cond(self.attack_reps) + table3 + table4 + 9
+    }
 }
 
 /// Where the report went.
@@ -60,6 +92,7 @@ pub struct Outputs {
     pub json: PathBuf,
     pub svg: PathBuf,
     pub text: PathBuf,
+    pub logs: PathBuf,
 }
 
 fn unix_now() -> u64 {
@@ -69,20 +102,24 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the scenario and writes `results.json`, `report.txt` and `downloads.svg` into
-/// the output directory.
+/// Runs the scenario and writes `results.json`, `report.txt`, `downloads.svg` and each
+/// role's log under `logs/` into the output directory.
 pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
     std::fs::create_dir_all(&cfg.out_dir)
         .map_err(|e| LabError::io(format!("creating {}", cfg.out_dir.display()), e))?;
+    let logs = cfg.out_dir.join("logs");
+    // Logs of an earlier run in the same folder would be mistaken for this one's.
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs)
+            .map_err(|e| LabError::io(format!("clearing {}", logs.display()), e))?;
+    }
     let mut results = Results {
         scold_version: env!("CARGO_PKG_VERSION").to_string(),
         started_unix: unix_now(),
         config: serde_json::to_value(cfg).unwrap_or_default(),
         ..Default::default()
     };
-    let downloads = cfg.sizes.len() as u32 * 2 * cfg.reps;
-    let total = 2 * (cfg.pings + downloads) as usize + 5;
-    let mut progress = Progress::new(total, cfg.quiet);
+    let mut progress = Progress::new(cfg.steps(), cfg.quiet);
 
     progress.phase(&format!(
         "building the Figure 8 testbed: {} proxies, {} clients, {} attackers, main link {} bit/s ({:?} duplex)",
@@ -91,7 +128,7 @@ pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
     ));
     let lab = Fig8::build(cfg.testbed.clone())?;
     progress.step("testbed", lab.id());
-    let outcome = measure_direct(&lab, cfg, &mut results, &mut progress);
+    let outcome = phases(&lab, cfg, &logs, &mut results, &mut progress);
     if let Err(e) = outcome {
         if cfg.keep_on_failure {
             let id = lab.keep();
@@ -103,14 +140,11 @@ pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
         return Err(e);
     }
     lab.teardown()?;
-    progress.step("tear-down", "namespaces and processes removed");
-
-    results.notes.push(
-        "indirect route (Tables 1-2, right half), resolver overhead (Table 3), route set-up \
-         (Table 4), proxy failover and restore: not measured in this build; they need the \
-         coordinator, DNS, proxies and tunnels running in the lab"
-            .into(),
+    progress.step(
+        "tear-down",
+        "processes, namespaces and their /etc/netns files removed",
     );
+
     results.finished_unix = unix_now();
     let tables = report::render_tables(&results, &cfg.sizes);
     let json = cfg.out_dir.join("results.json");
@@ -136,45 +170,8 @@ pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
         json,
         svg,
         text,
+        logs,
     })
-}
-
-fn scold(lab: &Fig8, cfg: &ScenarioConfig, node: &str) -> Result<std::process::Command, LabError> {
-    lab.command(node, &cfg.scold_bin)
-}
-
-/// Starts the target's services and waits until the client reaches them.
-fn start_services(lab: &Fig8, cfg: &ScenarioConfig) -> Result<LabProcess, LabError> {
-    let mut cmd = scold(lab, cfg, fig8::TARGET)?;
-    cmd.args(["lab", "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut server = lab.spawn("target: scold lab serve", &mut cmd)?;
-    let http: SocketAddr = (fig8::TARGET_ADDR, DEFAULT_HTTP_PORT).into();
-    let client = fig8::client(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let probe = lab.run_in(&client, || {
-            measure::fetch_http(http, "target", "/0k", Duration::from_secs(1))
-        })?;
-        if probe.is_ok() {
-            return Ok(server);
-        }
-        if let Some(st) = server.try_wait()? {
-            return Err(LabError::Command {
-                command: format!("{} lab serve", cfg.scold_bin.display()),
-                status: st.to_string(),
-                stderr: "the target's services exited at start (see the log above)".into(),
-            });
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout {
-                what: format!("waiting for the target's services at {http}"),
-                secs: 10.0,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn transfer_outcome(r: Result<Transfer, LabError>, limit: Duration) -> Outcome {
@@ -193,27 +190,49 @@ fn show(o: &Outcome) -> String {
     match o {
         Outcome::Ok { seconds } => fmt_seconds(*seconds),
         Outcome::Timeout { limit_seconds } => {
-            format!("no answer within {}", fmt_seconds(*limit_seconds))
+            format!("> {} (cut)", fmt_seconds(*limit_seconds))
         }
         Outcome::Failed { error } => format!("failed: {error}"),
     }
 }
 
-/// Ping and downloads from client 1 to the target under `condition`.
+fn download(
+    target: Ipv4Addr,
+    proto: Proto,
+    size: u64,
+    limit: Duration,
+) -> Result<Transfer, LabError> {
+    match proto {
+        Proto::Bulk => measure::fetch_bulk((target, DEFAULT_BULK_PORT).into(), size, limit),
+        Proto::Http => measure::fetch_http(
+            (target, DEFAULT_HTTP_PORT).into(),
+            "target",
+            &serve::http_path(size),
+            limit,
+        ),
+    }
+}
+
+/// How to run one condition's measurements.
+struct Plan {
+    condition: Condition,
+    reps: u32,
+    limit: Duration,
+    /// All downloads at once instead of one after another.
+    concurrent: bool,
+}
+
+/// Ping and downloads from client 1 to the target; returns the bytes downloaded.
 fn measure_condition(
     lab: &Fig8,
     cfg: &ScenarioConfig,
-    condition: Condition,
-    target: Ipv4Addr,
+    plan: &Plan,
     results: &mut Results,
     progress: &mut Progress,
-) -> Result<(), LabError> {
+) -> Result<u64, LabError> {
     let client = fig8::client(1);
-    let limit = if condition.attack {
-        cfg.attack_timeout
-    } else {
-        cfg.timeout
-    };
+    let target = fig8::TARGET_ADDR;
+    let label = plan.condition.label();
     let echo_timeout = Duration::from_secs(1);
     let echoes = lab.run_in(&client, || {
         measure::ping_samples(target, cfg.pings, Duration::from_millis(100), echo_timeout)
@@ -227,56 +246,91 @@ fn measure_condition(
                 limit_seconds: echo_timeout.as_secs_f64(),
             },
         };
-        progress.step(
-            &format!("{}: ping #{}", condition.label(), i + 1),
-            &show(&outcome),
-        );
+        progress.step(&format!("{label}: ping #{}", i + 1), &show(&outcome));
         results.push(
             Metric::Condition {
                 probe: Probe::Ping,
-                condition,
+                condition: plan.condition,
             },
             i as u32 + 1,
             outcome,
         );
     }
     // Repetitions outermost, so slow drift spreads over every size alike.
-    for rep in 1..=cfg.reps {
+    let mut jobs = Vec::new();
+    for rep in 1..=plan.reps {
         for &size in &cfg.sizes {
             for proto in [Proto::Bulk, Proto::Http] {
-                let r = lab.run_in(&client, || match proto {
-                    Proto::Bulk => {
-                        measure::fetch_bulk((target, DEFAULT_BULK_PORT).into(), size, limit)
-                    }
-                    Proto::Http => measure::fetch_http(
-                        (target, DEFAULT_HTTP_PORT).into(),
-                        "target",
-                        &serve::http_path(size),
-                        limit,
-                    ),
-                })?;
-                let outcome = transfer_outcome(r, limit);
-                progress.step(
-                    &format!(
-                        "{}: {} {} #{rep}",
-                        condition.label(),
-                        proto.label(),
-                        fmt_size(size)
-                    ),
-                    &show(&outcome),
-                );
-                results.push(
-                    Metric::Condition {
-                        probe: Probe::Download { proto, size },
-                        condition,
-                    },
-                    rep,
-                    outcome,
-                );
+                jobs.push((rep, size, proto));
             }
         }
     }
-    Ok(())
+    let limit = plan.limit;
+    let outcomes: Vec<Result<Transfer, LabError>> = if plan.concurrent {
+        let handles = jobs
+            .iter()
+            .map(|&(_, size, proto)| {
+                lab.thread_in(&client, move || download(target, proto, size, limit))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(LabError::io(
+                        "a download thread",
+                        std::io::Error::other("panicked"),
+                    ))
+                })
+            })
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for &(rep, size, proto) in &jobs {
+            let r = lab.run_in(&client, || download(target, proto, size, limit))?;
+            // Shown as it happens; recorded below with the rest.
+            progress.step(
+                &format!("{label}: {} {} #{rep}", proto.label(), fmt_size(size)),
+                &show(&transfer_outcome(clone_result(&r), limit)),
+            );
+            v.push(r);
+        }
+        v
+    };
+    let mut bytes = 0;
+    for (&(rep, size, proto), r) in jobs.iter().zip(outcomes) {
+        if let Ok(t) = &r {
+            bytes += t.bytes;
+        }
+        let outcome = transfer_outcome(r, limit);
+        if plan.concurrent {
+            progress.step(
+                &format!("{label}: {} {} #{rep}", proto.label(), fmt_size(size)),
+                &show(&outcome),
+            );
+        }
+        results.push(
+            Metric::Condition {
+                probe: Probe::Download { proto, size },
+                condition: plan.condition,
+            },
+            rep,
+            outcome,
+        );
+    }
+    Ok(bytes)
+}
+
+/// A copy of a download result for display (errors keep their kind and text).
+fn clone_result(r: &Result<Transfer, LabError>) -> Result<Transfer, LabError> {
+    match r {
+        Ok(t) => Ok(*t),
+        Err(LabError::Timeout { what, secs }) => Err(LabError::Timeout {
+            what: what.clone(),
+            secs: *secs,
+        }),
+        Err(e) => Err(LabError::BadSpec(e.to_string())),
+    }
 }
 
 /// Starts one flood process per attacker, splitting the rate among them.
@@ -291,7 +345,7 @@ fn start_floods(
     let allow: Vec<String> = lab.prefixes().iter().map(|p| p.to_string()).collect();
     let mut procs = Vec::new();
     for a in &attackers {
-        let mut cmd = scold(lab, cfg, a)?;
+        let mut cmd = lab.command(a, &cfg.scold_bin)?;
         cmd.args(["lab", "flood", "--kind"])
             .arg(match cfg.flood_kind {
                 FloodKind::Udp => "udp",
@@ -311,6 +365,26 @@ fn start_floods(
     Ok(procs)
 }
 
+/// An error naming the first flood process that is no longer running.
+fn floods_ended(procs: &mut [LabProcess]) -> Option<LabError> {
+    for p in procs.iter_mut() {
+        match p.try_wait() {
+            Ok(None) => {}
+            Ok(Some(st)) => {
+                return Some(LabError::Command {
+                    command: p.label().to_string(),
+                    status: st.to_string(),
+                    stderr: "the flood ended before the measurements under attack did (see its \
+                             message above); the figures under attack would not be"
+                        .into(),
+                })
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 /// Stops the floods and reads each one's report.
 fn stop_floods(procs: Vec<LabProcess>) -> Vec<Result<FloodReport, String>> {
     procs
@@ -328,31 +402,454 @@ fn stop_floods(procs: Vec<LabProcess>) -> Vec<Result<FloodReport, String>> {
         .collect()
 }
 
-fn measure_direct(
+/// One JSON line from `scold lab fetch` or `scold lab ping` run in `client`.
+fn tool_json(
+    lab: &Fig8,
+    cfg: &ScenarioConfig,
+    client: &str,
+    args: &[String],
+) -> Result<serde_json::Value, LabError> {
+    let mut all = vec!["--log".to_string(), "warn".into(), "lab".into()];
+    all.extend(args.iter().cloned());
+    let out = lab.exec(
+        client,
+        &cfg.scold_bin.display().to_string(),
+        &all,
+        cfg.timeout + Duration::from_secs(5),
+    )?;
+    serde_json::from_slice(&out.stdout).map_err(|e| LabError::Protocol {
+        peer: format!(
+            "scold lab {}",
+            args.first().map(String::as_str).unwrap_or("")
+        ),
+        reason: format!(
+            "output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+    })
+}
+
+/// Table 3: each probe by address and by name, as a separate process in client 1 whose
+/// resolv.conf points at ClientDNS; the time is the tool's lookup plus its probe.
+fn measure_resolver(
     lab: &Fig8,
     cfg: &ScenarioConfig,
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
-    progress.phase("starting the target's HTTP and bulk TCP services (scold lab serve)");
-    let mut server = start_services(lab, cfg)?;
-    progress.step("services", "ready");
+    let client = fig8::client(1);
+    let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64());
+    for rep in 1..=cfg.reps {
+        for &(probe, _, _) in PAPER_RESOLVER.iter() {
+            for resolver in [Resolver::Address, Resolver::Name] {
+                let host = match resolver {
+                    Resolver::Address => fig8::TARGET_ADDR.to_string(),
+                    Resolver::Name => roles::TARGET_FQDN.to_string(),
+                };
+                let args: Vec<String> = match probe {
+                    Probe::Ping => vec![
+                        "ping".into(),
+                        host.clone(),
+                        "--count".into(),
+                        "1".into(),
+                        "--timeout".into(),
+                        "1".into(),
+                    ],
+                    Probe::Download { proto, size } => vec![
+                        "fetch".into(),
+                        "--proto".into(),
+                        match proto {
+                            Proto::Bulk => "bulk".into(),
+                            Proto::Http => "http".into(),
+                        },
+                        "--server".into(),
+                        host.clone(),
+                        "--size".into(),
+                        size.to_string(),
+                        "--timeout".into(),
+                        cfg.timeout.as_secs_f64().to_string(),
+                    ],
+                };
+                let outcome = match tool_json(lab, cfg, &client, &args) {
+                    Ok(v) => {
+                        let resolve = f(&v, "resolve_seconds");
+                        let probe_s = match probe {
+                            Probe::Ping => v
+                                .get("rtt_seconds")
+                                .and_then(|r| r.get(0))
+                                .and_then(|x| x.as_f64()),
+                            Probe::Download { .. } => f(&v, "seconds"),
+                        };
+                        match (resolve, probe_s) {
+                            (Some(a), Some(b)) => Outcome::Ok { seconds: a + b },
+                            (Some(_), None) if probe == Probe::Ping => {
+                                Outcome::Timeout { limit_seconds: 1.0 }
+                            }
+                            _ => Outcome::Failed {
+                                error: format!("unexpected tool output {v}"),
+                            },
+                        }
+                    }
+                    Err(e) => Outcome::Failed {
+                        error: e.to_string(),
+                    },
+                };
+                progress.step(
+                    &format!(
+                        "Table 3: {} by {} #{rep}",
+                        match probe {
+                            Probe::Ping => "ping".to_string(),
+                            Probe::Download { proto, size } =>
+                                format!("{} {}", proto.label(), fmt_size(size)),
+                        },
+                        match resolver {
+                            Resolver::Address => "address",
+                            Resolver::Name => "name",
+                        }
+                    ),
+                    &show(&outcome),
+                );
+                results.push(Metric::Resolver { probe, resolver }, rep, outcome);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seconds from `t0` until `attempt` first succeeds, trying until `deadline`.
+fn first_success(t0: Instant, deadline: Instant, mut attempt: impl FnMut() -> bool) -> Option<f64> {
+    while Instant::now() < deadline {
+        if attempt() {
+            return Some(t0.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Table 4 (static set-up): starts the client agents and the target's return path,
+/// and times the first ping reply and the first complete 100k downloads that went out
+/// and came back through client 1's tunnel (sockets bound to its TUN device, so the
+/// direct route cannot answer for it). Leaves the agents stopped.
+///
+/// A download attempt started before the route is whole loses its SYN and waits out
+/// its own time limit, so attempts are cut short ([`SETUP_ATTEMPT`]); that bounds how
+/// much a set-up time can overstate the truth.
+const SETUP_ATTEMPT: Duration = Duration::from_millis(200);
+
+fn measure_setup(
+    lab: &Fig8,
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    let client = fig8::client(1);
+    let target = fig8::TARGET_ADDR;
+    let limit = Duration::from_secs(15);
+    let dev = roles::CLIENT_TUN;
+    for rep in 1..=cfg.reps {
+        let t0 = Instant::now();
+        let deadline = t0 + limit;
+        roles.indirect_on()?;
+        let ping = lab.thread_in(&client, move || {
+            first_success(t0, deadline, || {
+                measure::ping_samples_via(
+                    target,
+                    1,
+                    Duration::ZERO,
+                    Duration::from_millis(100),
+                    Some(dev),
+                )
+                .is_ok_and(|e| e[0].is_some())
+            })
+        })?;
+        let bulk = lab.thread_in(&client, move || {
+            first_success(t0, deadline, || {
+                measure::fetch_bulk_via(
+                    (target, DEFAULT_BULK_PORT).into(),
+                    100_000,
+                    SETUP_ATTEMPT,
+                    Some(dev),
+                )
+                .is_ok()
+            })
+        })?;
+        let http = lab.thread_in(&client, move || {
+            first_success(t0, deadline, || {
+                measure::fetch_http_via(
+                    (target, DEFAULT_HTTP_PORT).into(),
+                    "target",
+                    &serve::http_path(100_000),
+                    SETUP_ATTEMPT,
+                    Some(dev),
+                )
+                .is_ok()
+            })
+        })?;
+        let probes = [
+            (Probe::Ping, ping),
+            (
+                Probe::Download {
+                    proto: Proto::Bulk,
+                    size: 100_000,
+                },
+                bulk,
+            ),
+            (
+                Probe::Download {
+                    proto: Proto::Http,
+                    size: 100_000,
+                },
+                http,
+            ),
+        ];
+        for (probe, h) in probes {
+            let outcome = match h.join().ok().flatten() {
+                Some(s) => Outcome::Ok { seconds: s },
+                None => Outcome::Timeout {
+                    limit_seconds: limit.as_secs_f64(),
+                },
+            };
+            progress.step(
+                &format!(
+                    "Table 4: set-up until the first {} #{rep}",
+                    match probe {
+                        Probe::Ping => "ping reply".to_string(),
+                        Probe::Download { proto, size } =>
+                            format!("{} {} download", proto.label(), fmt_size(size)),
+                    }
+                ),
+                &show(&outcome),
+            );
+            results.push(Metric::Setup { probe }, rep, outcome);
+        }
+        roles.check_agents()?;
+        roles.indirect_off()?;
+    }
+    Ok(())
+}
+
+/// Starts the indirect route and waits until a ping through the tunnel is answered.
+fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
+    roles.indirect_on()?;
+    let client = fig8::client(1);
+    let target = fig8::TARGET_ADDR;
+    let t0 = Instant::now();
+    let ok = lab.run_in(&client, || {
+        first_success(t0, t0 + Duration::from_secs(15), || {
+            measure::ping_samples_via(
+                target,
+                1,
+                Duration::ZERO,
+                Duration::from_millis(200),
+                Some(roles::CLIENT_TUN),
+            )
+            .is_ok_and(|e| e[0].is_some())
+        })
+    })?;
+    roles.check_agents()?;
+    if ok.is_none() {
+        return Err(LabError::Timeout {
+            what: format!(
+                "the indirect route {} -> {} -> {} -> target (no ping answer through the \
+                 tunnel; see the logs in {})",
+                client,
+                roles.proxy_of(&client).unwrap_or("?"),
+                fig8::ALT_GW,
+                roles.log_dir().display()
+            ),
+            secs: 15.0,
+        });
+    }
+    Ok(())
+}
+
+/// Measures one indirect condition and checks the bytes really came through the tunnel.
+fn measure_indirect(
+    lab: &Fig8,
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    attack: bool,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    indirect_up(lab, roles)?;
+    let client = fig8::client(1);
+    let before = roles.client_tun_rx_bytes(&client)?;
+    let plan = Plan {
+        condition: Condition {
+            route: Route::Indirect,
+            attack,
+        },
+        reps: cfg.reps,
+        limit: cfg.timeout,
+        concurrent: false,
+    };
+    let bytes = measure_condition(lab, cfg, &plan, results, progress)?;
+    let through = roles.client_tun_rx_bytes(&client)?.saturating_sub(before);
+    roles.check()?;
+    roles.indirect_off()?;
+    if through < bytes {
+        return Err(LabError::BadSpec(format!(
+            "{} downloaded {bytes} bytes on the indirect route but only {through} arrived \
+             through its tunnel device {}: the measurement did not take the indirect route",
+            client,
+            roles::CLIENT_TUN
+        )));
+    }
+    Ok(())
+}
+
+/// Seconds until the ALT records changed, and the set then seen.
+type AltSeen = (f64, Vec<std::net::IpAddr>);
+
+/// Watches ClientDNS from client 1 for the target's ALT records; returns the seconds
+/// from `t0` until they appear (and the addresses), or `None` at `deadline` or `stop`.
+fn watch_alt(
+    lab: &Fig8,
+    t0: Instant,
+    deadline: Instant,
+    present: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Option<AltSeen>>, LabError> {
+    let server: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("in the plan"), 53).into();
+    lab.thread_in(&fig8::client(1), move || {
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            if let Ok(a) = dnsq::query(
+                server,
+                &format!("{}.", roles::TARGET_FQDN),
+                dnsq::ALT_TYPE,
+                Duration::from_millis(500),
+            ) {
+                if a.alt.is_empty() != present {
+                    return Some((t0.elapsed().as_secs_f64(), a.alt));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+}
+
+/// The coordinator's view of the target: phase, pending steps, last error.
+fn target_status(roles: &Roles) -> String {
+    match roles.ctl(&["status"]) {
+        Ok(v) => {
+            let t = v
+                .get("targets")
+                .and_then(|t| t.as_array())
+                .and_then(|a| {
+                    a.iter()
+                        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(roles::TARGET_ID))
+                })
+                .cloned()
+                .unwrap_or_default();
+            let s = |k: &str| t.get(k).map(|x| x.to_string()).unwrap_or("?".into());
+            format!(
+                "phase {}, pending steps {}, last error {}",
+                s("phase"),
+                s("pending"),
+                s("last_error")
+            )
+        }
+        Err(e) => format!("`scold ctl status` failed: {e}"),
+    }
+}
+
+fn phases(
+    lab: &Fig8,
+    cfg: &ScenarioConfig,
+    logs: &Path,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    progress.phase(
+        "starting the roles: CA and certificates, scold dns, scold resolver, scold coordinator, \
+         scold gateway, scold proxy, the target's services",
+    );
+    let mut roles = Roles::start(
+        lab,
+        RoleOptions {
+            scold_bin: cfg.scold_bin.clone(),
+            log_dir: logs.to_path_buf(),
+            encap: cfg.encap,
+            scheme: cfg.scheme,
+        },
+    )?;
+    progress.step(
+        "roles",
+        &format!(
+            "coordinator, TargetDNS, ClientDNS, gateway, {} proxies, target services up",
+            lab.proxies().len()
+        ),
+    );
+    let client = fig8::client(1);
+    let proxy = roles.proxy_of(&client).unwrap_or("?").to_string();
+    let encap = cfg.encap.as_str();
+    results.provenance = vec![
+        "every role ran as its own `scold` process in its network namespace (logs in the \
+         output's logs/ folder); certificates from a CA made for the run"
+            .into(),
+        format!("direct route: {client} -> internet router -> main link (bottleneck) -> target"),
+        format!(
+            "indirect route: {client} -> {proxy} -> {} (hidden gateway) -> target over {encap}, \
+             set up by STATIC configs (scold client, proxy, gateway and target config files): the \
+             data-path daemons do not take the coordinator's orders yet, so the coordinator did \
+             not set up this route",
+            fig8::ALT_GW
+        ),
+        "Table 3: real lookups of the target's name from a process whose resolv.conf names \
+         ClientDNS (`scold resolver`), which forwards to TargetDNS (`scold dns`)"
+            .into(),
+        "Table 4: static set-up (client agent and target return path started from their \
+         config files), not the coordinator's divert"
+            .into(),
+        format!(
+            "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
+             operator alarm; scheme {}), watched as ALT records at ClientDNS with real DNS queries",
+            cfg.scheme.as_str()
+        ),
+    ];
 
     let direct = Condition {
         route: Route::Direct,
         attack: false,
     };
     progress.phase("baseline: direct route, no attack");
-    measure_condition(lab, cfg, direct, fig8::TARGET_ADDR, results, progress)?;
+    measure_condition(
+        lab,
+        cfg,
+        &Plan {
+            condition: direct,
+            reps: cfg.reps,
+            limit: cfg.timeout,
+            concurrent: false,
+        },
+        results,
+        progress,
+    )?;
+    roles.check()?;
 
-    // The flood's own time limit is a backstop; it is stopped as soon as measuring ends.
-    let per_download = cfg.attack_timeout.as_secs_f64();
-    let budget = Duration::from_secs_f64(
-        cfg.attack_warmup.as_secs_f64()
-            + cfg.pings as f64 * 1.2
-            + per_download * (cfg.sizes.len() as f64 * 2.0 * cfg.reps as f64)
-            + 30.0,
-    );
+    progress.phase(&format!(
+        "Table 3: probes by address and by the name {} (ClientDNS -> TargetDNS)",
+        roles::TARGET_FQDN
+    ));
+    measure_resolver(lab, cfg, results, progress)?;
+    roles.check()?;
+
+    progress.phase("Table 4: setting the indirect route up (static configs), repeatedly");
+    measure_setup(lab, &mut roles, cfg, results, progress)?;
+
+    progress.phase(&format!(
+        "indirect route, no attack: {client} -> {proxy} -> {} -> target ({encap})",
+        fig8::ALT_GW
+    ));
+    measure_indirect(lab, &mut roles, cfg, false, results, progress)?;
+
+    // The attack. The flood's own time limit (the generator's longest) is a backstop;
+    // it is stopped as soon as measuring ends, and one that ended first fails the run.
+    let budget = crate::flood::HARD_MAX_DURATION;
     progress.phase(&format!(
         "attack: {} flood at {} packets/s of {} bytes from {} attackers on the target's main link",
         match cfg.flood_kind {
@@ -364,13 +861,9 @@ fn measure_direct(
         cfg.flood_payload,
         lab.attackers().len()
     ));
-    let floods = start_floods(lab, cfg, budget)?;
-    std::thread::sleep(cfg.attack_warmup);
-    let attacked = Condition {
-        route: Route::Direct,
-        attack: true,
-    };
-    let measured = measure_condition(lab, cfg, attacked, fig8::TARGET_ADDR, results, progress);
+    let mut floods = start_floods(lab, cfg, budget)?;
+    let attacked = attack_phase(lab, &mut roles, cfg, &mut floods, results, progress);
+    let early = floods_ended(&mut floods);
     let reports = stop_floods(floods);
     let mut sent = 0;
     for r in &reports {
@@ -386,7 +879,171 @@ fn measure_direct(
         }
     }
     progress.step("attack ended", &format!("{sent} packets sent"));
-    measured?;
-    let _ = server.stop(Duration::from_secs(2));
+    let diverted = attacked?;
+    if let Some(e) = early {
+        return Err(e);
+    }
+
+    restore_phase(lab, &roles, cfg, diverted, results, progress)?;
+    results.push(
+        Metric::Failover,
+        1,
+        Outcome::Failed {
+            error: "not measured: a proxy's reset (4.4) needs the proxies linked to the \
+                    coordinator and a client agent that fails over, neither of which exists yet"
+                .into(),
+        },
+    );
+    roles.check()?;
+    roles.stop_all()?;
+    progress.step("roles stopped", "every scold process exited");
+    Ok(())
+}
+
+/// Under attack: the operator alarm, the direct route, the indirect route, and what
+/// the coordinator's divert reached. Returns whether the ALT records appeared.
+fn attack_phase(
+    lab: &Fig8,
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    floods: &mut [LabProcess],
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<bool, LabError> {
+    std::thread::sleep(cfg.attack_warmup);
+    if let Some(e) = floods_ended(floods) {
+        return Err(e);
+    }
+    // The operator's alarm: the target's own detector does not raise alarms yet.
+    let t_alarm = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_alt(lab, t_alarm, t_alarm + cfg.divert_wait, true, stop.clone())?;
+    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+    progress.step(
+        "alarm: scold ctl divert",
+        &match &divert {
+            Ok(v) => format!(
+                "coordinator answered, target phase {}",
+                v.get("phase").map(|p| p.to_string()).unwrap_or("?".into())
+            ),
+            Err(e) => format!("failed: {e}"),
+        },
+    );
+
+    let attacked = Condition {
+        route: Route::Direct,
+        attack: true,
+    };
+    progress.phase(&format!(
+        "direct route under attack ({} each, {})",
+        fmt_seconds(cfg.attack_timeout.as_secs_f64()),
+        if cfg.attack_sequential {
+            "downloads one after another"
+        } else {
+            "downloads all at once"
+        }
+    ));
+    measure_condition(
+        lab,
+        cfg,
+        &Plan {
+            condition: attacked,
+            reps: cfg.attack_reps,
+            limit: cfg.attack_timeout,
+            concurrent: !cfg.attack_sequential,
+        },
+        results,
+        progress,
+    )?;
+    if !cfg.attack_sequential {
+        results.notes.push(format!(
+            "direct route under attack: the {} downloads ran at the same time, each cut at {} \
+             (shown as \"> {}\"); `--attack-sequential` runs them one after another",
+            cfg.sizes.len() * 2 * cfg.attack_reps as usize,
+            fmt_seconds(cfg.attack_timeout.as_secs_f64()),
+            fmt_seconds(cfg.attack_timeout.as_secs_f64()),
+        ));
+    }
+
+    progress.phase("indirect route under attack");
+    measure_indirect(lab, roles, cfg, true, results, progress)?;
+
+    let seen = watcher.join().ok().flatten();
+    stop.store(true, Ordering::Relaxed);
+    let status = target_status(roles);
+    let outcome = match (&divert, &seen) {
+        (Err(e), _) => Outcome::Failed {
+            error: format!("`scold ctl divert` failed: {e}"),
+        },
+        (Ok(_), Some((s, alt))) => {
+            results.notes.push(format!(
+                "divert: ALT records {alt:?} visible at ClientDNS {} after the alarm; \
+                 coordinator: {status}",
+                fmt_seconds(*s)
+            ));
+            Outcome::Ok { seconds: *s }
+        }
+        (Ok(_), None) => Outcome::Failed {
+            error: format!(
+                "no ALT records at ClientDNS within {} of the alarm; coordinator: {status}",
+                fmt_seconds(cfg.divert_wait.as_secs_f64())
+            ),
+        },
+    };
+    progress.step("divert (coordinator)", &show(&outcome));
+    let diverted = matches!(outcome, Outcome::Ok { .. });
+    results.push(Metric::Divert, 1, outcome);
+    Ok(diverted)
+}
+
+/// After the attack: the operator's all-clear, and the time until the ALT records are
+/// gone from ClientDNS when the divert had published them.
+fn restore_phase(
+    lab: &Fig8,
+    roles: &Roles,
+    cfg: &ScenarioConfig,
+    diverted: bool,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    progress.phase("the attack is over: scold ctl restore");
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The coordinator waits out the ALT TTL before tearing down; allow for it.
+    let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
+    let watcher = if diverted {
+        Some(watch_alt(lab, t0, t0 + wait, false, stop)?)
+    } else {
+        None
+    };
+    let restore = roles.ctl(&["restore", roles::TARGET_ID]);
+    let outcome = match (restore, watcher) {
+        (Err(e), _) => Outcome::Failed {
+            error: format!("`scold ctl restore` failed: {e}"),
+        },
+        (Ok(_), Some(w)) => match w.join().ok().flatten() {
+            Some((s, _)) => Outcome::Ok { seconds: s },
+            None => Outcome::Failed {
+                error: format!(
+                    "ALT records still at ClientDNS {} after the all-clear; coordinator: {}",
+                    fmt_seconds(wait.as_secs_f64()),
+                    target_status(roles)
+                ),
+            },
+        },
+        (Ok(_), None) => {
+            // Give the coordinator a moment, then report where it stands.
+            std::thread::sleep(Duration::from_millis(500));
+            Outcome::Failed {
+                error: format!(
+                    "the divert never published ALT records, so nothing was withdrawn; \
+                     coordinator after the all-clear: {}",
+                    target_status(roles)
+                ),
+            }
+        }
+    };
+    progress.step("restore (coordinator)", &show(&outcome));
+    results.push(Metric::Restore, 1, outcome);
     Ok(())
 }

@@ -36,6 +36,11 @@ pub const NETNS_PREFIX: &str = "scoldlab-";
 /// Where iproute2 keeps named network namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// Where `ip netns exec` finds per-namespace files that it bind-mounts over `/etc`
+/// (`/etc/netns/<ns>/resolv.conf`). The only thing the lab writes outside its
+/// namespaces; tear-down and `scold lab cleanup` remove it.
+pub const NETNS_ETC_DIR: &str = "/etc/netns";
+
 const MAX_NODE_NAME: usize = 24;
 const MAX_IFNAME: usize = 15;
 
@@ -606,6 +611,12 @@ fn destroy(namespaces: &[String], pids: &BTreeSet<u32>) -> Vec<LabError> {
     terminate(&all, Duration::from_millis(1500));
     let mut errors = Vec::new();
     for ns in namespaces {
+        let etc = Path::new(NETNS_ETC_DIR).join(ns);
+        if etc.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&etc) {
+                errors.push(LabError::io(format!("removing {}", etc.display()), e));
+            }
+        }
         if !Path::new(NETNS_DIR).join(ns).exists() {
             continue;
         }
@@ -637,16 +648,23 @@ pub struct Leftover {
     pub owner_alive: bool,
 }
 
-/// Lists the lab's namespaces on this host.
+/// Lists the lab's namespaces on this host, and namespace names that only have a
+/// per-namespace `/etc/netns` folder left.
 pub fn find_leftovers() -> Result<Vec<Leftover>, LabError> {
-    let dir = match std::fs::read_dir(NETNS_DIR) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(LabError::io(format!("reading {NETNS_DIR}"), e)),
-    };
+    let mut names = BTreeSet::new();
+    for d in [NETNS_DIR, NETNS_ETC_DIR] {
+        let dir = match std::fs::read_dir(d) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LabError::io(format!("reading {d}"), e)),
+        };
+        names.extend(
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in names {
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
             continue;
         };
@@ -1009,6 +1027,30 @@ impl Topology {
             .get(node)
             .map(String::as_str)
             .ok_or_else(|| LabError::UnknownNode(node.to_string()))
+    }
+
+    /// Makes `ip netns exec` processes in `node` resolve names through `nameservers`:
+    /// writes `/etc/netns/<ns>/resolv.conf`, which it bind-mounts over
+    /// `/etc/resolv.conf`. Processes started before this keep the host's file. Removed
+    /// with the namespace.
+    pub fn set_resolv_conf(
+        &self,
+        node: &str,
+        nameservers: &[Ipv4Addr],
+    ) -> Result<PathBuf, LabError> {
+        let dir = Path::new(NETNS_ETC_DIR).join(self.netns(node)?);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join("resolv.conf");
+        let mut text = format!("# written by scold lab for {node}; removed with the testbed\n");
+        for ns in nameservers {
+            text.push_str(&format!("nameserver {ns}\n"));
+        }
+        // Short time-outs: a lost answer shows as a slow lookup, not a long hang.
+        text.push_str("options timeout:1 attempts:2\n");
+        std::fs::write(&path, text)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        Ok(path)
     }
 
     /// The namespace file of `node`, for setns.

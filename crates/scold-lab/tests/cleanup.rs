@@ -1,9 +1,14 @@
 //! Clean-up after failures. Its own test binary: it compares the host's namespace list
 //! before and after, which tests building testbeds in parallel would disturb.
+//!
+//! The process tests run the real `scold` binary (`cargo build -p scold` first).
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use common::*;
 use scold_lab::topology::{Spec, Topology, NETNS_DIR};
 
 fn two_hosts_via_router() -> Spec {
@@ -56,84 +61,34 @@ fn failed_build_removes_partial_state() {
     assert!(leaked.is_empty(), "partial build left {leaked:?}");
 }
 
-fn namespaces_of_pid(pid: u32) -> BTreeSet<String> {
-    std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("scoldlab-{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn pids_in(ns: &str) -> Vec<u32> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .expect("ip (iproute2)");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !matches!(
-                s.rsplit_once(") ").unwrap().1.chars().next(),
-                Some('Z' | 'X')
-            )
-        })
-        .unwrap_or(false)
-}
-
-/// Waits until `cond` holds, at most `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    cond()
-}
-
-/// Kills the child on drop, so a failing assertion leaves no lab process running.
-struct Reap(std::process::Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn sigint_to_a_running_lab_removes_everything() {
+    require_root();
     let out = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_scold-lab"))
+    let child = std::process::Command::new(scold_bin())
         .args([
             "lab", "--reps", "50", "--pings", "2", "--sizes", "100k", "--quiet", "--out",
         ])
         .arg(out.path())
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("start scold-lab");
+        .expect("start scold lab");
     let mut child = Reap(child);
     let pid = child.0.id();
-    // Wait until the testbed is up and the target's server runs inside it.
+    // Wait until every role runs: the target's services are the last to start.
     let target_ns = format!("scoldlab-{pid}-0-target");
+    let proxy_ns = format!("scoldlab-{pid}-0-proxy1");
     assert!(
-        wait_for(30, || !pids_in(&target_ns).is_empty()),
-        "the lab never started its target service"
+        wait_for(30, || !pids_in(&target_ns).is_empty()
+            && !pids_in(&proxy_ns).is_empty()),
+        "the lab never started its roles"
     );
-    let mut inside: Vec<u32> = Vec::new();
-    for ns in namespaces_of_pid(pid) {
-        inside.extend(pids_in(&ns));
-    }
-    assert!(!namespaces_of_pid(pid).is_empty());
+    let inside = processes_of_pid(pid);
+    assert!(inside.len() >= 6, "too few role processes: {inside:?}");
+    assert!(
+        !etc_netns_of_pid(pid).is_empty(),
+        "no client resolv.conf written"
+    );
     // SAFETY: plain signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     assert!(
@@ -147,21 +102,102 @@ fn sigint_to_a_running_lab_removes_everything() {
         "namespaces left after SIGINT: {:?}",
         namespaces_of_pid(pid)
     );
-    for p in inside {
-        assert!(
-            !running(p),
-            "process {p} of the lab still runs after SIGINT"
-        );
+    assert!(
+        etc_netns_of_pid(pid).is_empty(),
+        "/etc/netns folders left after SIGINT: {:?}",
+        etc_netns_of_pid(pid)
+    );
+    let left = still_running(&inside);
+    assert!(left.is_empty(), "processes {left:?} still run after SIGINT");
+    assert!(host_lab_routes().is_empty(), "{:?}", host_lab_routes());
+}
+
+/// A role that dies mid-run fails the run, which names it and still removes everything.
+#[test]
+fn a_role_dying_fails_the_run_and_removes_everything() {
+    require_root();
+    let out = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(scold_bin())
+        .args([
+            "lab",
+            "--reps",
+            "30",
+            "--pings",
+            "2",
+            "--sizes",
+            "100k",
+            "--proxies",
+            "1",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start scold lab");
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    let proxy_ns = format!("scoldlab-{pid}-0-proxy1");
+    let target_ns = format!("scoldlab-{pid}-0-target");
+    assert!(
+        wait_for(30, || !pids_in(&target_ns).is_empty()
+            && !pids_in(&proxy_ns).is_empty()),
+        "the lab never started its roles"
+    );
+    let inside = processes_of_pid(pid);
+    // The proxy dies as a crashed daemon does.
+    for p in pids_in(&proxy_ns) {
+        // SAFETY: a plain signal to a process the lab started inside its own namespace.
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
+    assert!(
+        wait_for(90, || child.0.try_wait().unwrap().is_some()),
+        "the lab did not notice its proxy died within 90 s"
+    );
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a run whose proxy died must fail:\n{err}"
+    );
+    assert!(
+        err.contains("proxy1") && err.contains("scold proxy"),
+        "the error does not name the role that died:\n{err}"
+    );
+    assert!(
+        out.path().join("logs").join("proxy1.log").is_file(),
+        "the role's log was not kept"
+    );
+    assert!(
+        namespaces_of_pid(pid).is_empty(),
+        "namespaces left after a failed run: {:?}",
+        namespaces_of_pid(pid)
+    );
+    assert!(etc_netns_of_pid(pid).is_empty());
+    let left = still_running(&inside);
+    assert!(
+        left.is_empty(),
+        "processes {left:?} still run after a failed run"
+    );
 }
 
 #[test]
 fn cleanup_removes_what_a_killed_lab_left() {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_scold-lab"))
+    require_root();
+    let child = std::process::Command::new(scold_bin())
         .args(["lab", "up", "--proxies", "1"])
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("start scold-lab");
+        .expect("start scold lab");
     let mut child = Reap(child);
     let pid = child.0.id();
     assert!(
@@ -182,11 +218,16 @@ fn cleanup_removes_what_a_killed_lab_left() {
         .unwrap();
     let mut stray = Reap(stray);
     let stray_pid = stray.0.id();
+    // What a scenario run writes outside its namespaces: a client's resolv.conf.
+    let etc = std::path::Path::new(scold_lab::topology::NETNS_ETC_DIR)
+        .join(format!("scoldlab-{pid}-0-client1"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("resolv.conf"), "nameserver 198.18.1.2\n").unwrap();
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let left = namespaces_of_pid(pid);
     assert!(!left.is_empty(), "SIGKILL cannot have cleaned up");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scold-lab"))
+    let out = std::process::Command::new(scold_bin())
         .args(["lab", "cleanup"])
         .output()
         .unwrap();
@@ -203,9 +244,14 @@ fn cleanup_removes_what_a_killed_lab_left() {
         );
     }
     assert!(namespaces_of_pid(pid).is_empty(), "cleanup left namespaces");
+    assert!(
+        etc_netns_of_pid(pid).is_empty(),
+        "cleanup left /etc/netns folders: {:?}",
+        etc_netns_of_pid(pid)
+    );
     let _ = stray.0.wait();
     assert!(
-        !running(stray_pid),
+        start_time(stray_pid).is_none(),
         "cleanup left a process inside a namespace"
     );
 }

@@ -151,6 +151,7 @@ fn full_duplex_bottleneck_limits_the_main_link() {
             latency_ms: 50,
         },
         duplex: fig8::Duplex::Full,
+        alt_link: None,
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));
@@ -205,11 +206,12 @@ fn flood_stops_at_its_cap_and_refuses_outside_addresses() {
         proxies: 0,
         clients: 1,
         attackers: 1,
+        alt_link: None,
         ..Default::default()
     })
     .expect("build");
     let allowed = lab.prefixes();
-    // The alternate gateway's uplink is not rate-limited: every packet arrives.
+    // The alternate gateway's uplink is not rate-limited here: every packet arrives.
     let victim = fig8::address_of(fig8::ALT_GW).unwrap();
     for kind in [FloodKind::Udp, FloodKind::Icmp, FloodKind::Syn] {
         let before = rx_packets(&lab, fig8::ALT_GW, fig8::GW_UP_IF);
@@ -284,6 +286,7 @@ fn half_duplex_bottleneck_is_shared_by_both_directions() {
             latency_ms: 50,
         },
         duplex: fig8::Duplex::Half,
+        alt_link: None,
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,732 @@
+//! Every role of the Figure 8 testbed as a real `scold` process in its namespace, with
+//! a CA, certificates, keys and config files generated for the run.
+//!
+//! | node         | process                 | what it gets                                          |
+//! |--------------|-------------------------|-------------------------------------------------------|
+//! | coordinator  | `scold coordinator`     | certificate, the target, its DNS and TSIG key, the proxies |
+//! | targetdns    | `scold dns`             | zone `target.test` (`www` A = the target, TTL 10), the coordinator's TSIG key |
+//! | clientdns    | `scold resolver`        | forwards to TargetDNS; the clients' resolv.conf names it |
+//! | altgw        | `scold gateway`         | the proxies as peers, the site LAN                     |
+//! | proxyN       | `scold proxy`           | the gateway as peer, a route to the target, client sessions |
+//! | target       | `scold lab serve`       | HTTP on 80 and bulk TCP on 5001                        |
+//! | target       | `scold target`          | return routes of diverted clients (while indirect)     |
+//! | clientN      | `scold client`          | tunnel to its proxy, host route to the target (while indirect) |
+//!
+//! The data-path daemons take static configs: the indirect route is laid out by these
+//! files, not yet by the coordinator's orders. [`Roles::indirect_on`] and
+//! [`Roles::indirect_off`] start and stop the two agents that switch a client between
+//! the direct and the indirect route (the client agent and the target's return path);
+//! the gateway and proxies run throughout, as consortium infrastructure does.
+//!
+//! Each process writes its log to `<out>/logs/<label>.log`. A role that exits or does
+//! not become ready fails the run with its log's last lines.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dnsq;
+use crate::error::LabError;
+use crate::fig8::{self, Fig8};
+use crate::topology::LabProcess;
+
+/// The target's zone on TargetDNS (`.test` is reserved for testing, RFC 6761).
+pub const ZONE: &str = "target.test";
+/// The name clients look up.
+pub const TARGET_FQDN: &str = "www.target.test";
+/// TTL of the target's records, as the paper's short-TTL advice and the coordinator's
+/// ALT records use.
+pub const DNS_TTL: u32 = 10;
+/// The target's name in the coordinator and in its certificate.
+pub const TARGET_ID: &str = "target";
+/// The alternate gateway's name in the coordinator and in its certificate.
+pub const GATEWAY_ID: &str = "altgw";
+/// The coordinator's control port.
+pub const COORDINATOR_PORT: u16 = 7800;
+/// Tunnel port of gateway and proxies (udp and wireguard).
+pub const TUNNEL_PORT: u16 = 51820;
+/// The client agent's TUN device.
+pub const CLIENT_TUN: &str = "scold-cl";
+/// The gateway's TUN device.
+pub const GATEWAY_TUN: &str = "scold-gw";
+
+/// Encapsulation between client, proxy and gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    Udp,
+    Ipip,
+    Wireguard,
+}
+
+impl Encap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encap::Udp => "udp",
+            Encap::Ipip => "ipip",
+            Encap::Wireguard => "wireguard",
+        }
+    }
+}
+
+/// The paper's indirect-route scheme, as the coordinator is configured with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Scheme {
+    /// 4.1: client agents learn the proxies from ALT records.
+    #[value(name = "4.1")]
+    #[serde(rename = "4.1")]
+    Resolver,
+    /// 4.2: proxies push the route to client agents.
+    #[value(name = "4.2")]
+    #[serde(rename = "4.2")]
+    Push,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Resolver => "4.1",
+            Scheme::Push => "4.2",
+        }
+    }
+}
+
+/// How to run the roles.
+#[derive(Clone, Debug)]
+pub struct RoleOptions {
+    /// The `scold` binary.
+    pub scold_bin: PathBuf,
+    /// Where each process's log goes.
+    pub log_dir: PathBuf,
+    pub encap: Encap,
+    pub scheme: Scheme,
+}
+
+struct Running {
+    label: String,
+    program: String,
+    log: PathBuf,
+    proc: LabProcess,
+}
+
+/// A WireGuard key pair (base64).
+#[derive(Clone)]
+struct KeyPair {
+    private: String,
+    public: String,
+}
+
+fn keypair() -> Result<KeyPair, LabError> {
+    let private = scold_tunnel::keys::generate_private()
+        .map_err(|e| LabError::BadSpec(format!("cannot make a WireGuard key: {e}")))?;
+    let public = scold_tunnel::keys::public_of(&private)
+        .map_err(|e| LabError::BadSpec(format!("cannot derive a WireGuard public key: {e}")))?;
+    Ok(KeyPair { private, public })
+}
+
+/// The last `n` lines of a log file, each indented, after a newline; empty if none.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(", which ends with:");
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        out.push_str("\n    ");
+        out.push_str(l);
+    }
+    out
+}
+
+/// The running roles of one testbed. Dropping it stops every process.
+pub struct Roles<'a> {
+    lab: &'a Fig8,
+    opts: RoleOptions,
+    /// CA, certificates, keys, configs, state files; removed with this value.
+    dir: tempfile::TempDir,
+    daemons: Vec<Running>,
+    agents: Vec<Running>,
+    /// The client each proxy serves: client node -> proxy node.
+    assignment: Vec<(String, String)>,
+    coordinator: scold_pki::IssuedPaths,
+    operator: scold_pki::IssuedPaths,
+}
+
+impl<'a> Roles<'a> {
+    /// Generates the PKI and configs and starts every long-running role: TargetDNS,
+    /// ClientDNS, the coordinator, the gateway, the proxies and the target's services.
+    /// Returns once each answers (or fails naming the role that did not).
+    pub fn start(lab: &'a Fig8, opts: RoleOptions) -> Result<Roles<'a>, LabError> {
+        if lab.proxies().is_empty() {
+            return Err(LabError::BadSpec(
+                "the indirect route needs at least one proxy (--proxies)".into(),
+            ));
+        }
+        std::fs::create_dir_all(&opts.log_dir)
+            .map_err(|e| LabError::io(format!("creating {}", opts.log_dir.display()), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("scold-lab-")
+            .tempdir()
+            .map_err(|e| LabError::io("creating the run's temporary directory", e))?;
+        let proxies = lab.proxies();
+        let assignment: Vec<(String, String)> = lab
+            .clients()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c, proxies[i % proxies.len()].clone()))
+            .collect();
+        // The CA library logs each certificate; the progress display says it once.
+        let (coordinator, operator) = tracing::subscriber::with_default(
+            tracing::subscriber::NoSubscriber::default(),
+            || Self::issue_certs(lab, dir.path()),
+        )?;
+        let mut roles = Roles {
+            lab,
+            opts,
+            dir,
+            daemons: Vec::new(),
+            agents: Vec::new(),
+            assignment,
+            coordinator,
+            operator,
+        };
+        roles.write_configs()?;
+        for c in lab.clients() {
+            lab.set_resolv_conf(&c, &[fig8::address_of(fig8::CLIENT_DNS).expect("in plan")])?;
+        }
+        roles.start_daemons()?;
+        Ok(roles)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The consortium CA and a certificate for every node that speaks the control
+    /// protocol; returns the coordinator's and the operator's (for `scold ctl`).
+    fn issue_certs(
+        lab: &Fig8,
+        dir: &Path,
+    ) -> Result<(scold_pki::IssuedPaths, scold_pki::IssuedPaths), LabError> {
+        use scold_pki::{Ca, CaInit, Identity, Role, Validity};
+        let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
+        let mut ca = Ca::init(
+            &dir.join("ca"),
+            &CaInit {
+                org: "SCOLD lab consortium".into(),
+                ..CaInit::default()
+            },
+        )
+        .map_err(pki)?;
+        let mut issue = |role: Role, name: &str, ip: Option<Ipv4Addr>| {
+            let ips: Vec<IpAddr> = ip.into_iter().map(IpAddr::V4).collect();
+            ca.issue(
+                &Identity::new(role, name).map_err(|e| LabError::BadSpec(e.to_string()))?,
+                &ips,
+                &[],
+                Validity::days(2),
+                &dir.join(format!("{}-{name}", role.as_str())),
+            )
+            .map_err(pki)
+        };
+        let coordinator = issue(
+            Role::Coordinator,
+            "coordinator",
+            fig8::address_of(fig8::COORDINATOR),
+        )?;
+        issue(Role::Gateway, GATEWAY_ID, fig8::address_of(fig8::ALT_GW))?;
+        issue(Role::Target, TARGET_ID, Some(fig8::TARGET_ADDR))?;
+        for p in lab.proxies() {
+            issue(Role::Proxy, &p, fig8::address_of(&p))?;
+        }
+        Ok((coordinator, issue(Role::Operator, "lab", None)?))
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf, LabError> {
+        let p = self.path(name);
+        std::fs::write(&p, text)
+            .map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
+        Ok(p)
+    }
+
+    fn tunnel_section(&self, listen: &str, key: &KeyPair) -> String {
+        let encap = self.opts.encap;
+        let mut t = format!(
+            "[tunnel]\nencap = \"{}\"\nlisten = \"{listen}\"\nipip = {}\n",
+            encap.as_str(),
+            encap == Encap::Ipip
+        );
+        if encap == Encap::Wireguard {
+            let _ = writeln!(t, "private_key = \"{}\"", key.private);
+        }
+        t
+    }
+
+    fn peer(&self, name: &str, addr: Ipv4Addr, port: Option<u16>, key: &KeyPair) -> String {
+        let encap = self.opts.encap;
+        let mut p = format!(
+            "[[peers]]\nname = \"{name}\"\naddress = \"{addr}\"\nencap = \"{}\"\n",
+            encap.as_str()
+        );
+        if let (Some(port), true) = (port, encap != Encap::Ipip) {
+            let _ = writeln!(p, "port = {port}");
+        }
+        if encap == Encap::Wireguard {
+            let _ = writeln!(p, "public_key = \"{}\"", key.public);
+        }
+        p
+    }
+
+    fn write_configs(&self) -> Result<(), LabError> {
+        let lab = self.lab;
+        let addr = |n: &str| fig8::address_of(n).expect("node of the plan");
+        let target = fig8::TARGET_ADDR;
+        let gw_addr = addr(fig8::ALT_GW);
+        let gw_key = keypair()?;
+        let proxy_keys: Vec<(String, KeyPair)> = lab
+            .proxies()
+            .into_iter()
+            .map(|p| keypair().map(|k| (p, k)))
+            .collect::<Result<_, _>>()?;
+        let client_keys: Vec<(String, KeyPair)> = lab
+            .clients()
+            .into_iter()
+            .map(|c| keypair().map(|k| (c, k)))
+            .collect::<Result<_, _>>()?;
+        let key_of = |list: &[(String, KeyPair)], n: &str| {
+            list.iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, k)| k.clone())
+                .expect("a key per node")
+        };
+
+        // The hidden gateway: accepts the registered proxies, delivers to the site LAN.
+        let mut gw = format!(
+            "# scold gateway of the lab's target site\ntun_name = \"{GATEWAY_TUN}\"\nlan_interface = \"{}\"\n",
+            fig8::GW_SITE_IF
+        );
+        gw += &self.tunnel_section(&format!("{gw_addr}:{TUNNEL_PORT}"), &gw_key);
+        for (p, k) in &proxy_keys {
+            gw += &self.peer(p, addr(p), None, k);
+        }
+        self.write("gateway.toml", &gw)?;
+
+        for (p, k) in &proxy_keys {
+            let mut cfg = format!("# scold proxy {p}\n");
+            cfg += &self.tunnel_section(&format!("0.0.0.0:{TUNNEL_PORT}"), k);
+            cfg += &self.peer("gw", gw_addr, Some(TUNNEL_PORT), &gw_key);
+            let _ = write!(
+                cfg,
+                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"gw\" }}\n"
+            );
+            for (c, _) in self.assignment.iter().filter(|(_, q)| q == p) {
+                let _ = write!(
+                    cfg,
+                    "[[sessions]]\nclient = \"{}\"\nencap = \"{}\"\ntargets = [\"{target}/32\"]\n",
+                    addr(c),
+                    self.opts.encap.as_str()
+                );
+                if self.opts.encap == Encap::Wireguard {
+                    let _ = writeln!(cfg, "public_key = \"{}\"", key_of(&client_keys, c).public);
+                }
+            }
+            self.write(&format!("{p}.toml"), &cfg)?;
+        }
+
+        for (c, p) in &self.assignment {
+            let mut cfg = format!(
+                "# scold client agent of {c}\nsource = \"{}\"\ntun_name = \"{CLIENT_TUN}\"\n",
+                addr(c)
+            );
+            cfg += &self.tunnel_section("0.0.0.0:0", &key_of(&client_keys, c));
+            cfg += &self.peer(p, addr(p), Some(TUNNEL_PORT), &key_of(&proxy_keys, p));
+            let _ = write!(
+                cfg,
+                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{p}\" }}\n"
+            );
+            self.write(&format!("{c}.toml"), &cfg)?;
+        }
+
+        let mut t =
+            format!("# scold target: return path of the diverted clients\nsource = \"{target}\"\n");
+        for c in lab.clients() {
+            let _ = write!(
+                t,
+                "[[routes]]\ndestination = \"{}/32\"\nvia = {{ gateway = \"{}\" }}\n",
+                addr(&c),
+                fig8::ALT_GW_SITE_ADDR
+            );
+        }
+        self.write("target.toml", &t)?;
+
+        // DNS: the target's zone with a short TTL, and the coordinator's update key.
+        let secret = scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>());
+        let dns_addr = addr(fig8::TARGET_DNS);
+        self.write(
+            "target.test.zone",
+            &format!(
+                "$ORIGIN {ZONE}.\n$TTL {DNS_TTL}\n@ SOA ns1 hostmaster 1 3600 900 604800 {DNS_TTL}\n  NS ns1\nns1 A {dns_addr}\nwww A {target}\n"
+            ),
+        )?;
+        self.write(
+            "dns.toml",
+            &format!(
+                "# scold dns: the lab's TargetDNS\nlisten = [\"{dns_addr}:53\"]\njournal = \"{}\"\n\n\
+                 [[zone]]\nname = \"{ZONE}\"\nfile = \"{}\"\n\n\
+                 [[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{secret}\"\n\
+                 [[key.allow]]\nnames = [\"*.{ZONE}\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
+                self.path("dns.journal").display(),
+                self.path("target.test.zone").display()
+            ),
+        )?;
+        let cdns = addr(fig8::CLIENT_DNS);
+        self.write(
+            "resolver.toml",
+            &format!(
+                "# scold resolver: the lab's ClientDNS\nlisten = [\"{cdns}:53\"]\nupstream = [\"{dns_addr}:53\"]\n"
+            ),
+        )?;
+
+        let tls = &self.coordinator;
+        let mut c = format!(
+            "# scold coordinator of the lab\n[coordinator]\nlisten = \"0.0.0.0:{COORDINATOR_PORT}\"\nstate = \"{}\"\n\
+             heartbeat_ms = 500\ndown_after_ms = 2000\nproxies_per_target = {}\n\n\
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n\n\
+             [[target]]\nname = \"{TARGET_ID}\"\nfqdn = \"{TARGET_FQDN}.\"\nzone = \"{ZONE}.\"\n\
+             addresses = [\"{target}\"]\ngateways = [\"{GATEWAY_ID}\"]\nscheme = \"{}\"\nttl = {DNS_TTL}\n\
+             [target.dns]\nserver = \"{dns_addr}:53\"\nkey = \"hmac-sha256:coordinator:{secret}\"\n",
+            self.path("coordinator.redb").display(),
+            lab.proxies().len().min(2),
+            tls.ca_cert.display(),
+            tls.cert.display(),
+            tls.key.display(),
+            tls.crl.display(),
+            self.opts.scheme.as_str(),
+        );
+        for p in lab.proxies() {
+            let _ = write!(
+                c,
+                "\n[[proxy]]\nname = \"{p}\"\naddress = \"{}\"\norganisation = \"org-{p}\"\n",
+                addr(&p)
+            );
+        }
+        self.write("coordinator.toml", &c)?;
+        Ok(())
+    }
+
+    /// Starts `scold <args>` in `node`, logging to `<log_dir>/<label>.log`.
+    fn spawn(&self, node: &str, label: &str, args: &[&str]) -> Result<Running, LabError> {
+        let log = self.opts.log_dir.join(format!("{label}.log"));
+        let file = std::fs::File::create(&log)
+            .map_err(|e| LabError::io(format!("creating {}", log.display()), e))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| LabError::io(format!("opening {}", log.display()), e))?;
+        let mut cmd = self.lab.command(node, &self.opts.scold_bin)?;
+        cmd.args(["--log", "info"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err));
+        let program = format!("scold {}", args.first().copied().unwrap_or_default());
+        let proc = self.lab.spawn(&format!("{node}: {program}"), &mut cmd)?;
+        tracing::debug!(node, label, pid = proc.pid(), "role started");
+        Ok(Running {
+            label: label.to_string(),
+            program,
+            log,
+            proc,
+        })
+    }
+
+    fn failed(r: &Running, problem: String) -> LabError {
+        LabError::Role {
+            role: r.label.clone(),
+            program: r.program.clone(),
+            problem,
+            log: r.log.clone(),
+            tail: log_tail(&r.log, 15),
+        }
+    }
+
+    /// Waits until `ready` holds, failing if the process exits first or `limit` passes.
+    fn wait_ready(
+        r: &mut Running,
+        limit: Duration,
+        mut ready: impl FnMut(&Running) -> bool,
+    ) -> Result<(), LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = r.proc.try_wait()? {
+                return Err(Self::failed(r, format!("exited at start ({st})")));
+            }
+            if ready(r) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Self::failed(
+                    r,
+                    format!("did not become ready within {:.0} s", limit.as_secs_f64()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn log_says(r: &Running, line: &str) -> bool {
+        std::fs::read_to_string(&r.log)
+            .map(|t| t.contains(line))
+            .unwrap_or(false)
+    }
+
+    fn config_arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn start_daemons(&mut self) -> Result<(), LabError> {
+        let lab = self.lab;
+        let limit = Duration::from_secs(15);
+        let target = fig8::TARGET_ADDR;
+
+        let cfg = self.config_arg("dns.toml");
+        let mut dns = self.spawn(fig8::TARGET_DNS, "targetdns", &["dns", "--config", &cfg])?;
+        let dns_addr: SocketAddr = (fig8::address_of(fig8::TARGET_DNS).expect("plan"), 53).into();
+        let answers = |node: &str, server: SocketAddr| {
+            let node = node.to_string();
+            move |_: &Running| {
+                lab.run_in(&node, || {
+                    dnsq::query(
+                        server,
+                        &format!("{TARGET_FQDN}."),
+                        1,
+                        Duration::from_millis(300),
+                    )
+                })
+                .ok()
+                .and_then(|r| r.ok())
+                .is_some_and(|a| a.a == [target])
+            }
+        };
+        Self::wait_ready(&mut dns, limit, answers(fig8::TARGET_DNS, dns_addr))?;
+        self.daemons.push(dns);
+
+        let cfg = self.config_arg("resolver.toml");
+        let mut res = self.spawn(
+            fig8::CLIENT_DNS,
+            "clientdns",
+            &["resolver", "--config", &cfg],
+        )?;
+        let cdns: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("plan"), 53).into();
+        Self::wait_ready(&mut res, limit, answers(&fig8::client(1), cdns))?;
+        self.daemons.push(res);
+
+        let cfg = self.config_arg("coordinator.toml");
+        let mut coord = self.spawn(
+            fig8::COORDINATOR,
+            "coordinator",
+            &["coordinator", "--config", &cfg],
+        )?;
+        Self::wait_ready(&mut coord, limit, |r| {
+            Self::log_says(r, "coordinator listening") && self.ctl(&["status"]).is_ok()
+        })?;
+        self.daemons.push(coord);
+
+        let cfg = self.config_arg("gateway.toml");
+        let mut gw = self.spawn(fig8::ALT_GW, "altgw", &["gateway", "--config", &cfg])?;
+        Self::wait_ready(&mut gw, limit, |r| Self::log_says(r, "gateway running"))?;
+        self.daemons.push(gw);
+
+        for p in lab.proxies() {
+            let cfg = self.config_arg(&format!("{p}.toml"));
+            let mut r = self.spawn(&p, &p, &["proxy", "--config", &cfg])?;
+            Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "proxy running"))?;
+            self.daemons.push(r);
+        }
+
+        let mut serve = self.spawn(fig8::TARGET, "target-services", &["lab", "serve"])?;
+        let http: SocketAddr = (target, crate::serve::DEFAULT_HTTP_PORT).into();
+        let client = fig8::client(1);
+        Self::wait_ready(&mut serve, limit, |_| {
+            lab.run_in(&client, || {
+                crate::measure::fetch_http(http, "target", "/0k", Duration::from_millis(500))
+            })
+            .ok()
+            .and_then(|r| r.ok())
+            .is_some()
+        })?;
+        self.daemons.push(serve);
+        Ok(())
+    }
+
+    /// Runs `scold ctl --json ARGS` as the lab's operator inside the coordinator's
+    /// namespace and returns its JSON reply.
+    pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value, LabError> {
+        let coordinator = format!("127.0.0.1:{COORDINATOR_PORT}");
+        let mut all: Vec<String> = [
+            "--log",
+            "warn",
+            "ctl",
+            "--coordinator",
+            &coordinator,
+            "--timeout",
+            "5",
+            "--json",
+            "--ca",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.push(self.operator.ca_cert.display().to_string());
+        all.push("--cert".into());
+        all.push(self.operator.cert.display().to_string());
+        all.push("--key".into());
+        all.push(self.operator.key.display().to_string());
+        all.extend(args.iter().map(|s| s.to_string()));
+        let out = self.lab.exec(
+            fig8::COORDINATOR,
+            &self.opts.scold_bin.display().to_string(),
+            &all,
+            Duration::from_secs(10),
+        )?;
+        serde_json::from_slice(&out.stdout).map_err(|e| LabError::Protocol {
+            peer: "scold ctl".into(),
+            reason: format!(
+                "its output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+        })
+    }
+
+    /// Starts the agents that put every client on the indirect route: the target's
+    /// return path and each client's agent. Returns without waiting for the route.
+    pub fn indirect_on(&mut self) -> Result<(), LabError> {
+        if !self.agents.is_empty() {
+            return Ok(());
+        }
+        let cfg = self.config_arg("target.toml");
+        let t = self.spawn(fig8::TARGET, "target-agent", &["target", "--config", &cfg])?;
+        self.agents.push(t);
+        for (c, _) in self.assignment.clone() {
+            let cfg = self.config_arg(&format!("{c}.toml"));
+            let r = self.spawn(&c, &format!("{c}-agent"), &["client", "--config", &cfg])?;
+            self.agents.push(r);
+        }
+        Ok(())
+    }
+
+    /// Fails naming the agent if one exited.
+    pub fn check_agents(&mut self) -> Result<(), LabError> {
+        for r in &mut self.agents {
+            if let Some(st) = r.proc.try_wait()? {
+                return Err(Self::failed(r, format!("exited ({st})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the indirect-route agents (SIGTERM: each removes its routes) and waits for
+    /// them; an agent that does not stop cleanly is an error.
+    pub fn indirect_off(&mut self) -> Result<(), LabError> {
+        let mut first_err = None;
+        for mut r in std::mem::take(&mut self.agents) {
+            match r.proc.stop(Duration::from_secs(5)) {
+                Ok(Some(st)) if st.success() => {}
+                Ok(st) => {
+                    let problem = match st {
+                        Some(st) => format!("did not stop cleanly ({st})"),
+                        None => "had already exited".into(),
+                    };
+                    first_err.get_or_insert(Self::failed(&r, problem));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the indirect-route agents run.
+    pub fn indirect(&self) -> bool {
+        !self.agents.is_empty()
+    }
+
+    /// Fails naming the role if a long-running one exited.
+    pub fn check(&mut self) -> Result<(), LabError> {
+        for r in &mut self.daemons {
+            if let Some(st) = r.proc.try_wait()? {
+                return Err(Self::failed(
+                    r,
+                    format!("exited while the run needed it ({st})"),
+                ));
+            }
+        }
+        self.check_agents()
+    }
+
+    /// The proxy that serves `client`.
+    pub fn proxy_of(&self, client: &str) -> Option<&str> {
+        self.assignment
+            .iter()
+            .find(|(c, _)| c == client)
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Bytes received by the client agent's TUN device on `client` (what came to it
+    /// over the indirect route), from `ip -s link`.
+    pub fn client_tun_rx_bytes(&self, client: &str) -> Result<u64, LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "-j",
+                "-s",
+                "-n",
+                self.lab.netns(client)?,
+                "link",
+                "show",
+                "dev",
+                CLIENT_TUN,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
+            peer: "ip -j -s link".into(),
+            reason: e.to_string(),
+        })?;
+        v.get(0)
+            .and_then(|l| l.pointer("/stats64/rx/bytes"))
+            .and_then(|b| b.as_u64())
+            .ok_or_else(|| LabError::Protocol {
+                peer: "ip -j -s link".into(),
+                reason: format!("no rx byte count for {CLIENT_TUN} on {client}: {out}"),
+            })
+    }
+
+    /// Stops every process (agents first), in reverse start order.
+    pub fn stop_all(&mut self) -> Result<(), LabError> {
+        let agents = self.indirect_off();
+        for mut r in std::mem::take(&mut self.daemons).into_iter().rev() {
+            let _ = r.proc.stop(Duration::from_secs(3));
+        }
+        agents
+    }
+
+    /// Where the logs are.
+    pub fn log_dir(&self) -> &Path {
+        &self.opts.log_dir
+    }
+}
+
+impl Drop for Roles<'_> {
+    fn drop(&mut self) {
+        let _ = self.stop_all();
+    }
+}

@@ -1,0 +1,163 @@
+//! What the process-level tests share: the `scold` binary, and the host's view of a
+//! lab run's namespaces and processes.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use scold_lab::topology::{NETNS_DIR, NETNS_ETC_DIR};
+
+/// The `scold` binary that `cargo build -p scold` (or `cargo build --workspace --bins`)
+/// made in this target directory, or `$SCOLD_BIN`. The lab runs every role through it,
+/// so these tests need the real binary, not a copy of the library.
+pub fn scold_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SCOLD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "SCOLD_BIN={} is not a file", p.display());
+        return p;
+    }
+    // CARGO_TARGET_TMPDIR is <target dir>/tmp, wherever CARGO_TARGET_DIR put it; the
+    // binaries are in <target dir>/<profile>/.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .to_path_buf();
+    let profile = if cfg!(debug_assertions) {
+        ["debug", "release"]
+    } else {
+        ["release", "debug"]
+    };
+    for p in profile {
+        let bin = target.join(p).join("scold");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    panic!(
+        "the scold binary is not built under {}: run `cargo build -p scold` (CI runs \
+         `cargo build --workspace --bins`) before these tests, or set SCOLD_BIN",
+        target.display()
+    );
+}
+
+/// Names in `dir` that start with `prefix`.
+fn names_in(dir: &str, prefix: &str) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The namespaces of the lab run by process `pid`.
+pub fn namespaces_of_pid(pid: u32) -> BTreeSet<String> {
+    names_in(NETNS_DIR, &format!("scoldlab-{pid}-"))
+}
+
+/// The `/etc/netns` folders (resolv.conf) of the lab run by process `pid`.
+pub fn etc_netns_of_pid(pid: u32) -> BTreeSet<String> {
+    names_in(NETNS_ETC_DIR, &format!("scoldlab-{pid}-"))
+}
+
+pub fn pids_in(ns: &str) -> Vec<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat), so a
+/// reused PID is not taken for the same process; `None` once it is gone or a zombie.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(") ")?.1;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // `rest` starts at field 3 (state); field 22 is 19 further on.
+    f.nth(18)?.parse().ok()
+}
+
+/// Every process seen in the run's namespaces, with its start time.
+pub fn processes_of_pid(pid: u32) -> BTreeSet<(u32, u64)> {
+    let mut out = BTreeSet::new();
+    for ns in namespaces_of_pid(pid) {
+        for p in pids_in(&ns) {
+            if let Some(t) = start_time(p) {
+                out.insert((p, t));
+            }
+        }
+    }
+    out
+}
+
+/// Those of `seen` that still run.
+pub fn still_running(seen: &BTreeSet<(u32, u64)>) -> Vec<u32> {
+    seen.iter()
+        .filter(|(p, t)| start_time(*p) == Some(*t))
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// Host routes or rules that mention the lab's address range (198.18.0.0/15): the lab
+/// must never leave one (it never creates one).
+pub fn host_lab_routes() -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [
+        &["route", "show", "table", "all"][..],
+        &["rule", "show"][..],
+    ] {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip (iproute2)");
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("198.18.") || l.contains("198.19."))
+                .map(String::from),
+        );
+    }
+    out
+}
+
+/// Waits until `cond` holds, at most `secs`.
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Kills the child on drop, so a failing assertion leaves no lab process running.
+pub struct Reap(pub std::process::Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests build network namespaces: run them as root"
+    );
+}

@@ -1,0 +1,211 @@
+//! `scold lab` end to end, short: every role as a real process, the direct and indirect
+//! routes with and without the attack, and nothing left behind. Asserts the shape of
+//! Tables 1-2 (as a reader of the paper would check them), never a wall-clock speed.
+//!
+//! Runs the real `scold` binary (`cargo build -p scold` first, as CI does).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use scold_lab::report::{Condition, Metric, Outcome, Probe, Proto, Results, Route, Summary};
+
+fn cond(route: Route, attack: bool) -> Condition {
+    Condition { route, attack }
+}
+
+/// The median of a Tables 1-2 cell as seconds; "above the limit" counts as the limit.
+fn median(r: &Results, probe: Probe, c: Condition) -> f64 {
+    match r.summary(Metric::Condition {
+        probe,
+        condition: c,
+    }) {
+        Summary::Median { seconds, .. } => seconds,
+        Summary::Above { limit, .. } => limit,
+        other => panic!("{probe:?} {c:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
+    require_root();
+    let out = tempfile::tempdir().unwrap();
+    let routes_before = host_lab_routes();
+    let child = std::process::Command::new(scold_bin())
+        .args([
+            "lab",
+            "--reps",
+            "1",
+            "--pings",
+            "5",
+            "--sizes",
+            "250k",
+            "--attack-timeout",
+            "4",
+            "--divert-wait",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start scold lab");
+    let mut child = Reap(child);
+    let pid = child.0.id();
+
+    // Note every process that runs in the lab's namespaces while it runs.
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let now = processes_of_pid(pid);
+                seen.lock().unwrap().extend(now);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    assert!(
+        wait_for(110, || child.0.try_wait().unwrap().is_some()),
+        "the short scenario did not finish within 110 s"
+    );
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "scold lab failed:\n{stderr}\n{stdout}");
+
+    // Nothing left behind.
+    assert!(
+        namespaces_of_pid(pid).is_empty(),
+        "{:?}",
+        namespaces_of_pid(pid)
+    );
+    assert!(
+        etc_netns_of_pid(pid).is_empty(),
+        "{:?}",
+        etc_netns_of_pid(pid)
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() >= 8,
+        "only {} processes seen in the lab's namespaces: were the roles real processes?",
+        seen.len()
+    );
+    let left = still_running(&seen);
+    assert!(left.is_empty(), "processes {left:?} outlived the lab");
+    assert_eq!(host_lab_routes(), routes_before, "host routes changed");
+
+    // The report a user reads.
+    for t in [
+        "Table 1",
+        "Table 2",
+        "Table 3",
+        "Table 4",
+        "How these figures were obtained",
+    ] {
+        assert!(stdout.contains(t), "{t} missing from the output:\n{stdout}");
+    }
+    assert!(stdout.contains("STATIC configs"), "{stdout}");
+    for f in ["results.json", "report.txt", "downloads.svg"] {
+        assert!(out.path().join(f).is_file(), "{f} not written");
+    }
+    for role in [
+        "coordinator",
+        "targetdns",
+        "clientdns",
+        "altgw",
+        "proxy1",
+        "client1-agent",
+    ] {
+        let log = out.path().join("logs").join(format!("{role}.log"));
+        assert!(log.is_file(), "no log for {role}");
+    }
+
+    let r: Results =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let ping = Probe::Ping;
+    let bulk = Probe::Download {
+        proto: Proto::Bulk,
+        size: 250_000,
+    };
+    let http = Probe::Download {
+        proto: Proto::Http,
+        size: 250_000,
+    };
+    let (d, da) = (cond(Route::Direct, false), cond(Route::Direct, true));
+    let (i, ia) = (cond(Route::Indirect, false), cond(Route::Indirect, true));
+    // Direct under attack: far worse than direct (the flood fills the bottleneck).
+    assert!(
+        median(&r, ping, da) > 10.0 * median(&r, ping, d),
+        "ping: the attack did not hurt the direct route:\n{stdout}"
+    );
+    for p in [bulk, http] {
+        assert!(
+            median(&r, p, da) > 3.0 * median(&r, p, d),
+            "{p:?}: the attack did not hurt the direct route:\n{stdout}"
+        );
+    }
+    // Indirect under attack: about as good as indirect without (generous bounds: the
+    // machine is shared and the tunnel runs in user space).
+    assert!(
+        median(&r, ping, ia) < (5.0 * median(&r, ping, i)).max(median(&r, ping, i) + 0.02),
+        "ping: the indirect route suffered from the attack:\n{stdout}"
+    );
+    for p in [bulk, http] {
+        assert!(
+            median(&r, p, ia) < 2.0 * median(&r, p, i) + 0.2,
+            "{p:?}: the indirect route suffered from the attack:\n{stdout}"
+        );
+        // And the indirect route works at all under attack: a finished download.
+        assert!(matches!(
+            r.summary(Metric::Condition {
+                probe: p,
+                condition: ia
+            }),
+            Summary::Median { .. }
+        ));
+    }
+    // Table 3 and 4 were measured; the divert's outcome is reported, number or reason.
+    assert!(r
+        .samples
+        .iter()
+        .any(|s| matches!(s.metric, Metric::Resolver { .. })
+            && matches!(s.outcome, Outcome::Ok { .. })));
+    assert!(r.samples.iter().any(
+        |s| matches!(s.metric, Metric::Setup { .. }) && matches!(s.outcome, Outcome::Ok { .. })
+    ));
+    let divert = r
+        .samples
+        .iter()
+        .find(|s| s.metric == Metric::Divert)
+        .expect("a divert sample");
+    match &divert.outcome {
+        Outcome::Ok { seconds } => assert!(*seconds > 0.0),
+        Outcome::Failed { error } => assert!(error.contains("coordinator"), "{error}"),
+        Outcome::Timeout { .. } => panic!("the divert is a number or a reason"),
+    }
+}
