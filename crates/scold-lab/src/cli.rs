@@ -96,8 +96,10 @@ pub struct ScenarioArgs {
     /// Encapsulation of the indirect route (client -> proxy -> gateway).
     #[arg(long, value_enum, default_value_t = Encap::Wireguard)]
     pub encap: Encap,
-    /// The indirect-route scheme the coordinator is configured with (4.1: clients learn
-    /// proxies from ALT records; 4.2: proxies push routes to clients).
+    /// The indirect-route scheme (4.1: clients learn proxies from ALT records; 4.2:
+    /// proxies push routes to clients; 4.3: proxies relay the target's ports as a NAT and
+    /// clients connect to a proxy's address). Sets the coordinator's config, and for 4.3
+    /// the static data path too.
     #[arg(long, value_enum, default_value_t = Scheme::Resolver)]
     pub scheme: Scheme,
     /// Longest wait, seconds, from the alarm for the target's ALT records at ClientDNS.

@@ -84,6 +84,11 @@ pub enum Scheme {
     #[value(name = "4.2")]
     #[serde(rename = "4.2")]
     Push,
+    /// 4.3: the proxy relays the target's service ports as a NAT; clients run no
+    /// SCOLD software and connect to the proxy's address.
+    #[value(name = "4.3")]
+    #[serde(rename = "4.3")]
+    Nat,
 }
 
 impl Scheme {
@@ -91,8 +96,16 @@ impl Scheme {
         match self {
             Scheme::Resolver => "4.1",
             Scheme::Push => "4.2",
+            Scheme::Nat => "4.3",
         }
     }
+}
+
+/// The source address the n-th proxy (1-based) gives the flows it relays in NAT mode
+/// (4.3): inside the lab range, on no link, so only the target's return route through
+/// the hidden gateway leads back to it.
+pub fn nat_source(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 240, n as u8)
 }
 
 /// How to run the roles.
@@ -126,6 +139,13 @@ fn keypair() -> Result<KeyPair, LabError> {
     let public = scold_tunnel::keys::public_of(&private)
         .map_err(|e| LabError::BadSpec(format!("cannot derive a WireGuard public key: {e}")))?;
     Ok(KeyPair { private, public })
+}
+
+/// `proxyN` -> N.
+fn proxy_index(node: &str) -> usize {
+    node.strip_prefix("proxy")
+        .and_then(|n| n.parse().ok())
+        .expect("proxy nodes are named proxyN")
 }
 
 /// The last `n` lines of a log file, each indented, after a newline; empty if none.
@@ -324,6 +344,23 @@ impl<'a> Roles<'a> {
                 cfg,
                 "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"gw\" }}\n"
             );
+            if self.opts.scheme == Scheme::Nat {
+                let _ = write!(
+                    cfg,
+                    "[nat]\ntun_name = \"scold-nat\"\nsource = \"{}\"\n",
+                    nat_source(proxy_index(p))
+                );
+                for port in [
+                    crate::serve::DEFAULT_HTTP_PORT,
+                    crate::serve::DEFAULT_BULK_PORT,
+                ] {
+                    let _ = write!(
+                        cfg,
+                        "[[nat_services]]\nprotocol = \"tcp\"\nlisten = \"{}:{port}\"\ntarget = \"{target}:{port}\"\n",
+                        addr(p)
+                    );
+                }
+            }
             for (c, _) in self.assignment.iter().filter(|(_, q)| q == p) {
                 let _ = write!(
                     cfg,
@@ -354,11 +391,20 @@ impl<'a> Roles<'a> {
 
         let mut t =
             format!("# scold target: return path of the diverted clients\nsource = \"{target}\"\n");
-        for c in lab.clients() {
+        // Replies go back to the clients themselves, or in NAT mode to the proxies'
+        // relay addresses.
+        let returns: Vec<Ipv4Addr> = if self.opts.scheme == Scheme::Nat {
+            lab.proxies()
+                .iter()
+                .map(|p| nat_source(proxy_index(p)))
+                .collect()
+        } else {
+            lab.clients().iter().map(|c| addr(c)).collect()
+        };
+        for dest in returns {
             let _ = write!(
                 t,
-                "[[routes]]\ndestination = \"{}/32\"\nvia = {{ gateway = \"{}\" }}\n",
-                addr(&c),
+                "[[routes]]\ndestination = \"{dest}/32\"\nvia = {{ gateway = \"{}\" }}\n",
                 fig8::ALT_GW_SITE_ADDR
             );
         }
@@ -612,6 +658,10 @@ impl<'a> Roles<'a> {
         let cfg = self.config_arg("target.toml");
         let t = self.spawn(fig8::TARGET, "target-agent", &["target", "--config", &cfg])?;
         self.agents.push(t);
+        if self.opts.scheme == Scheme::Nat {
+            // Clients run no SCOLD software in 4.3: they talk to the proxy's address.
+            return Ok(());
+        }
         for (c, _) in self.assignment.clone() {
             let cfg = self.config_arg(&format!("{c}.toml"));
             let r = self.spawn(&c, &format!("{c}-agent"), &["client", "--config", &cfg])?;
@@ -681,20 +731,21 @@ impl<'a> Roles<'a> {
             .map(|(_, p)| p.as_str())
     }
 
-    /// Bytes received by the client agent's TUN device on `client` (what came to it
-    /// over the indirect route), from `ip -s link`.
-    pub fn client_tun_rx_bytes(&self, client: &str) -> Result<u64, LabError> {
+    /// Bytes the hidden gateway took from the site into its tunnels (what its TUN
+    /// device transmitted, from `ip -s link`): every byte the target sends over the
+    /// indirect route passes there, whatever the scheme.
+    pub fn gateway_tunnel_bytes(&self) -> Result<u64, LabError> {
         let out = crate::topology::run_cmd(
             "ip",
             &[
                 "-j",
                 "-s",
                 "-n",
-                self.lab.netns(client)?,
+                self.lab.netns(fig8::ALT_GW)?,
                 "link",
                 "show",
                 "dev",
-                CLIENT_TUN,
+                GATEWAY_TUN,
             ],
         )?;
         let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
@@ -702,12 +753,20 @@ impl<'a> Roles<'a> {
             reason: e.to_string(),
         })?;
         v.get(0)
-            .and_then(|l| l.pointer("/stats64/rx/bytes"))
+            .and_then(|l| l.pointer("/stats64/tx/bytes"))
             .and_then(|b| b.as_u64())
             .ok_or_else(|| LabError::Protocol {
                 peer: "ip -j -s link".into(),
-                reason: format!("no rx byte count for {CLIENT_TUN} on {client}: {out}"),
+                reason: format!(
+                    "no tx byte count for {GATEWAY_TUN} on {}: {out}",
+                    fig8::ALT_GW
+                ),
             })
+    }
+
+    /// The scheme the roles run.
+    pub fn scheme(&self) -> Scheme {
+        self.opts.scheme
     }
 
     /// Stops every process (agents first), in reverse start order.

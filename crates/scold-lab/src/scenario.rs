@@ -216,6 +216,10 @@ fn download(
 /// How to run one condition's measurements.
 struct Plan {
     condition: Condition,
+    /// Where the client sends its probes: the target, or in NAT mode (4.3) its proxy.
+    dest: Ipv4Addr,
+    /// Whether ICMP echoes reach the target this way (NAT mode relays service ports only).
+    ping: bool,
     reps: u32,
     limit: Duration,
     /// All downloads at once instead of one after another.
@@ -231,12 +235,16 @@ fn measure_condition(
     progress: &mut Progress,
 ) -> Result<u64, LabError> {
     let client = fig8::client(1);
-    let target = fig8::TARGET_ADDR;
+    let target = plan.dest;
     let label = plan.condition.label();
     let echo_timeout = Duration::from_secs(1);
-    let echoes = lab.run_in(&client, || {
-        measure::ping_samples(target, cfg.pings, Duration::from_millis(100), echo_timeout)
-    })??;
+    let echoes = if plan.ping {
+        lab.run_in(&client, || {
+            measure::ping_samples(target, cfg.pings, Duration::from_millis(100), echo_timeout)
+        })??
+    } else {
+        Vec::new()
+    };
     for (i, e) in echoes.iter().enumerate() {
         let outcome = match e {
             Some(d) => Outcome::Ok {
@@ -545,21 +553,26 @@ fn measure_setup(
     progress: &mut Progress,
 ) -> Result<(), LabError> {
     let client = fig8::client(1);
-    let target = fig8::TARGET_ADDR;
     let limit = Duration::from_secs(15);
-    let dev = roles::CLIENT_TUN;
+    // In NAT mode (4.3) the proxy's address answers only through the relay, so no
+    // socket binding is needed there, and pings do not reach the target.
+    let (target, pings) = indirect_dest(roles);
+    let dev = pings.then_some(roles::CLIENT_TUN);
     for rep in 1..=cfg.reps {
         let t0 = Instant::now();
         let deadline = t0 + limit;
         roles.indirect_on()?;
         let ping = lab.thread_in(&client, move || {
+            if !pings {
+                return None;
+            }
             first_success(t0, deadline, || {
                 measure::ping_samples_via(
                     target,
                     1,
                     Duration::ZERO,
                     Duration::from_millis(100),
-                    Some(dev),
+                    dev,
                 )
                 .is_ok_and(|e| e[0].is_some())
             })
@@ -570,7 +583,7 @@ fn measure_setup(
                     (target, DEFAULT_BULK_PORT).into(),
                     100_000,
                     SETUP_ATTEMPT,
-                    Some(dev),
+                    dev,
                 )
                 .is_ok()
             })
@@ -582,7 +595,7 @@ fn measure_setup(
                     "target",
                     &serve::http_path(100_000),
                     SETUP_ATTEMPT,
-                    Some(dev),
+                    dev,
                 )
                 .is_ok()
             })
@@ -605,7 +618,11 @@ fn measure_setup(
             ),
         ];
         for (probe, h) in probes {
-            let outcome = match h.join().ok().flatten() {
+            let got = h.join().ok().flatten();
+            if probe == Probe::Ping && !pings {
+                continue;
+            }
+            let outcome = match got {
                 Some(s) => Outcome::Ok { seconds: s },
                 None => Outcome::Timeout {
                     limit_seconds: limit.as_secs_f64(),
@@ -634,25 +651,36 @@ fn measure_setup(
 fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_on()?;
     let client = fig8::client(1);
-    let target = fig8::TARGET_ADDR;
+    let (dest, ping) = indirect_dest(roles);
     let t0 = Instant::now();
     let ok = lab.run_in(&client, || {
         first_success(t0, t0 + Duration::from_secs(15), || {
-            measure::ping_samples_via(
-                target,
-                1,
-                Duration::ZERO,
-                Duration::from_millis(200),
-                Some(roles::CLIENT_TUN),
-            )
-            .is_ok_and(|e| e[0].is_some())
+            if ping {
+                measure::ping_samples_via(
+                    dest,
+                    1,
+                    Duration::ZERO,
+                    Duration::from_millis(200),
+                    Some(roles::CLIENT_TUN),
+                )
+                .is_ok_and(|e| e[0].is_some())
+            } else {
+                // NAT mode: only the relay through the tunnel can answer there.
+                measure::fetch_http(
+                    (dest, DEFAULT_HTTP_PORT).into(),
+                    "target",
+                    "/0k",
+                    Duration::from_millis(300),
+                )
+                .is_ok()
+            }
         })
     })?;
     roles.check_agents()?;
     if ok.is_none() {
         return Err(LabError::Timeout {
             what: format!(
-                "the indirect route {} -> {} -> {} -> target (no ping answer through the \
+                "the indirect route {} -> {} -> {} -> target (no answer through the \
                  tunnel; see the logs in {})",
                 client,
                 roles.proxy_of(&client).unwrap_or("?"),
@@ -665,6 +693,23 @@ fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Where client 1 sends its probes over the indirect route, and whether pings get
+/// there: the target itself, or in NAT mode (4.3) its proxy's address, which relays
+/// the service ports only.
+fn indirect_dest(roles: &Roles) -> (Ipv4Addr, bool) {
+    let client = fig8::client(1);
+    match roles.scheme() {
+        Scheme::Nat => (
+            roles
+                .proxy_of(&client)
+                .and_then(fig8::address_of)
+                .expect("client 1 has a proxy"),
+            false,
+        ),
+        _ => (fig8::TARGET_ADDR, true),
+    }
+}
+
 /// Measures one indirect condition and checks the bytes really came through the tunnel.
 fn measure_indirect(
     lab: &Fig8,
@@ -675,55 +720,80 @@ fn measure_indirect(
     progress: &mut Progress,
 ) -> Result<(), LabError> {
     indirect_up(lab, roles)?;
-    let client = fig8::client(1);
-    let before = roles.client_tun_rx_bytes(&client)?;
+    let before = roles.gateway_tunnel_bytes()?;
+    let (dest, ping) = indirect_dest(roles);
     let plan = Plan {
         condition: Condition {
             route: Route::Indirect,
             attack,
         },
+        dest,
+        ping,
         reps: cfg.reps,
         limit: cfg.timeout,
         concurrent: false,
     };
     let bytes = measure_condition(lab, cfg, &plan, results, progress)?;
-    let through = roles.client_tun_rx_bytes(&client)?.saturating_sub(before);
+    let through = roles.gateway_tunnel_bytes()?.saturating_sub(before);
     roles.check()?;
     roles.indirect_off()?;
     if through < bytes {
         return Err(LabError::BadSpec(format!(
-            "{} downloaded {bytes} bytes on the indirect route but only {through} arrived \
-             through its tunnel device {}: the measurement did not take the indirect route",
-            client,
-            roles::CLIENT_TUN
+            "{} downloaded {bytes} bytes on the indirect route but only {through} left the \
+             site through the hidden gateway's tunnel device {}: the measurement did not take \
+             the indirect route",
+            fig8::client(1),
+            roles::GATEWAY_TUN
         )));
     }
     Ok(())
 }
 
+/// What the divert publishes for clients: ALT records, or in NAT mode (4.3) the
+/// proxies' addresses as the name's A records.
+fn published(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Nat => "A records naming the proxies",
+        _ => "ALT records",
+    }
+}
+
 /// Seconds until the ALT records changed, and the set then seen.
 type AltSeen = (f64, Vec<std::net::IpAddr>);
 
-/// Watches ClientDNS from client 1 for the target's ALT records; returns the seconds
-/// from `t0` until they appear (and the addresses), or `None` at `deadline` or `stop`.
+/// Watches ClientDNS from client 1 for the divert as clients see it: the target's ALT
+/// records (4.1, 4.2), or in NAT mode (4.3) A records that no longer name the target
+/// but its proxies. Returns the seconds from `t0` until the answer shows `diverted`
+/// (and the addresses then listed), or `None` at `deadline` or `stop`.
 fn watch_alt(
     lab: &Fig8,
+    scheme: Scheme,
     t0: Instant,
     deadline: Instant,
-    present: bool,
+    diverted: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<Option<AltSeen>>, LabError> {
     let server: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("in the plan"), 53).into();
+    let nat = scheme == Scheme::Nat;
     lab.thread_in(&fig8::client(1), move || {
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            let rtype = if nat { 1 } else { dnsq::ALT_TYPE };
             if let Ok(a) = dnsq::query(
                 server,
                 &format!("{}.", roles::TARGET_FQDN),
-                dnsq::ALT_TYPE,
+                rtype,
                 Duration::from_millis(500),
             ) {
-                if a.alt.is_empty() != present {
-                    return Some((t0.elapsed().as_secs_f64(), a.alt));
+                let (now_diverted, listed) = if nat {
+                    (
+                        !a.a.is_empty() && !a.a.contains(&fig8::TARGET_ADDR),
+                        a.a.iter().map(|&x| x.into()).collect(),
+                    )
+                } else {
+                    (!a.alt.is_empty(), a.alt)
+                };
+                if now_diverted == diverted {
+                    return Some((t0.elapsed().as_secs_f64(), listed));
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -787,6 +857,13 @@ fn phases(
     let client = fig8::client(1);
     let proxy = roles.proxy_of(&client).unwrap_or("?").to_string();
     let encap = cfg.encap.as_str();
+    if cfg.scheme == Scheme::Nat {
+        results.notes.push(format!(
+            "scheme 4.3: {client} connects to {proxy}'s address, which relays the target's \
+             HTTP and bulk ports through the tunnel; ICMP echo is not relayed, so the indirect \
+             ping and its set-up time are not measured"
+        ));
+    }
     results.provenance = vec![
         "every role ran as its own `scold` process in its network namespace (logs in the \
          output's logs/ folder); certificates from a CA made for the run"
@@ -794,10 +871,14 @@ fn phases(
         format!("direct route: {client} -> internet router -> main link (bottleneck) -> target"),
         format!(
             "indirect route: {client} -> {proxy} -> {} (hidden gateway) -> target over {encap}, \
-             set up by STATIC configs (scold client, proxy, gateway and target config files): the \
-             data-path daemons do not take the coordinator's orders yet, so the coordinator did \
-             not set up this route",
-            fig8::ALT_GW
+             set up by STATIC configs ({} config files): the data-path daemons do not take the \
+             coordinator's orders yet, so the coordinator did not set up this route",
+            fig8::ALT_GW,
+            if cfg.scheme == Scheme::Nat {
+                "scold proxy with NAT services, gateway and target"
+            } else {
+                "scold client, proxy, gateway and target"
+            }
         ),
         "Table 3: real lookups of the target's name from a process whose resolv.conf names \
          ClientDNS (`scold resolver`), which forwards to TargetDNS (`scold dns`)"
@@ -822,6 +903,8 @@ fn phases(
         cfg,
         &Plan {
             condition: direct,
+            dest: fig8::TARGET_ADDR,
+            ping: true,
             reps: cfg.reps,
             limit: cfg.timeout,
             concurrent: false,
@@ -917,7 +1000,14 @@ fn attack_phase(
     // The operator's alarm: the target's own detector does not raise alarms yet.
     let t_alarm = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_alt(lab, t_alarm, t_alarm + cfg.divert_wait, true, stop.clone())?;
+    let watcher = watch_alt(
+        lab,
+        cfg.scheme,
+        t_alarm,
+        t_alarm + cfg.divert_wait,
+        true,
+        stop.clone(),
+    )?;
     let divert = roles.ctl(&["divert", roles::TARGET_ID]);
     progress.step(
         "alarm: scold ctl divert",
@@ -948,6 +1038,8 @@ fn attack_phase(
         cfg,
         &Plan {
             condition: attacked,
+            dest: fig8::TARGET_ADDR,
+            ping: true,
             reps: cfg.attack_reps,
             limit: cfg.attack_timeout,
             concurrent: !cfg.attack_sequential,
@@ -977,15 +1069,17 @@ fn attack_phase(
         },
         (Ok(_), Some((s, alt))) => {
             results.notes.push(format!(
-                "divert: ALT records {alt:?} visible at ClientDNS {} after the alarm; \
+                "divert: {} {alt:?} visible at ClientDNS {} after the alarm; \
                  coordinator: {status}",
+                published(cfg.scheme),
                 fmt_seconds(*s)
             ));
             Outcome::Ok { seconds: *s }
         }
         (Ok(_), None) => Outcome::Failed {
             error: format!(
-                "no ALT records at ClientDNS within {} of the alarm; coordinator: {status}",
+                "no {} at ClientDNS within {} of the alarm; coordinator: {status}",
+                published(cfg.scheme),
                 fmt_seconds(cfg.divert_wait.as_secs_f64())
             ),
         },
@@ -1012,7 +1106,7 @@ fn restore_phase(
     // The coordinator waits out the ALT TTL before tearing down; allow for it.
     let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
     let watcher = if diverted {
-        Some(watch_alt(lab, t0, t0 + wait, false, stop)?)
+        Some(watch_alt(lab, cfg.scheme, t0, t0 + wait, false, stop)?)
     } else {
         None
     };
@@ -1025,7 +1119,8 @@ fn restore_phase(
             Some((s, _)) => Outcome::Ok { seconds: s },
             None => Outcome::Failed {
                 error: format!(
-                    "ALT records still at ClientDNS {} after the all-clear; coordinator: {}",
+                    "{} still at ClientDNS {} after the all-clear; coordinator: {}",
+                    published(cfg.scheme),
                     fmt_seconds(wait.as_secs_f64()),
                     target_status(roles)
                 ),
@@ -1036,8 +1131,9 @@ fn restore_phase(
             std::thread::sleep(Duration::from_millis(500));
             Outcome::Failed {
                 error: format!(
-                    "the divert never published ALT records, so nothing was withdrawn; \
+                    "the divert never published {}, so nothing was withdrawn; \
                      coordinator after the all-clear: {}",
+                    published(cfg.scheme),
                     target_status(roles)
                 ),
             }
