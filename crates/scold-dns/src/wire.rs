@@ -134,7 +134,8 @@ pub fn parse_type(s: &str, alt_type: u16) -> Option<u16> {
     if s.eq_ignore_ascii_case(crate::alt::ALT_MNEMONIC) {
         return Some(alt_type);
     }
-    if s.len() > 4 && s[..4].eq_ignore_ascii_case("TYPE") {
+    // Compare bytes: `s` is untrusted text and byte 4 may fall inside a character.
+    if s.len() > 4 && s.as_bytes()[..4].eq_ignore_ascii_case(b"TYPE") {
         return s[4..].parse().ok();
     }
     let up = s.to_ascii_uppercase();
@@ -247,6 +248,9 @@ mod tests {
         assert_eq!(parse_type("type65280", 65280), Some(65280));
         assert_eq!(parse_type("aaaa", 65280), Some(28));
         assert_eq!(parse_type("NOPE", 65280), None);
+        // Found by fuzzing: a multi-byte character across byte 4.
+        assert_eq!(parse_type("TYP\u{72b}1", 65280), None);
+        assert_eq!(parse_type("ABC\u{72b}", 65280), None);
         assert_eq!(type_name(65280, 65280), "ALT");
         assert_eq!(type_name(65281, 65280), "TYPE65281");
         assert_eq!(type_name(1, 65280), "A");

@@ -304,9 +304,26 @@ pub fn rdata_from_tokens(
     origin: &Name,
     alt_type: u16,
 ) -> Result<Vec<u8>, String> {
+    if matches!(rtype, 0 | 41 | 249..=255) {
+        return Err(format!(
+            "type {rtype} is a meta type and cannot be in a zone file"
+        ));
+    }
     if rd.first().map(String::as_str) == Some("\\#") {
         let bytes = parse_generic_rdata(&rd.join(" ")).map_err(|e| e.to_string())?;
         check_wire_rdata(rtype, &bytes, alt_type)?;
+        let rt = RecordType::from(rtype);
+        if rtype != alt_type && !matches!(rt, RecordType::Unknown(_)) {
+            // RFC 3597 section 5: generic RDATA of a known type must be valid for it.
+            use hickory_proto::serialize::binary::{BinDecoder, Restrict};
+            let data = RData::read(
+                &mut BinDecoder::new(&bytes),
+                rt,
+                Restrict::new(bytes.len() as u16),
+            )
+            .map_err(|e| format!("\\# RDATA is not valid {rt} RDATA: {e}"))?;
+            return rdata_wire(&data).map_err(|e| format!("cannot encode {rt} RDATA: {e}"));
+        }
         return Ok(bytes);
     }
     if rtype == alt_type {
@@ -368,6 +385,7 @@ www 60 IN A 192.0.2.10
 www IN ALT 203.55.57.102
 www IN TYPE65280 \# 4 CB373967
 www IN AAAA 2001:db8::10
+www2 IN TYPE1 \# 4 C0000201
 alias IN CNAME www
 mail IN MX 10 mx.example.net.
 txt IN TXT "hello world" "two; parts"
@@ -421,6 +439,9 @@ ns.sub IN A 192.0.2.77
             ("$INCLUDE other\n", "not supported"),
             ("www TXT \"open\n", "unterminated"),
             ("www SOA ns1 h 1 2 3 4 5\n", "only allowed at the zone apex"),
+            // Found by fuzzing: generic RDATA that is no valid NS name.
+            ("www NS \\# 4 c0000201\n", "not valid NS RDATA"),
+            ("www TYPE41 \\# 0\n", "meta type"),
         ] {
             let text = format!("{head}{body}");
             let e = parse(&text, "z.db", &origin(), DEFAULT_ALT_TYPE).unwrap_err();
@@ -431,6 +452,14 @@ ns.sub IN A 192.0.2.77
         assert!(e.to_string().contains("no SOA"), "{e}");
         let e = parse("www A 1.2.3.4\n", "z", &origin(), DEFAULT_ALT_TYPE).unwrap_err();
         assert!(e.to_string().contains("no TTL"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_never_panics(s in "\\PC{0,120}") {
+            let _ = parse(&s, "z", &origin(), DEFAULT_ALT_TYPE);
+            let _ = parse(&format!("$TTL 60\n@ SOA a b 1 2 3 4 5\n{s}\n"), "z", &origin(), DEFAULT_ALT_TYPE);
+        }
     }
 
     #[test]
