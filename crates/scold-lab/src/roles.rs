@@ -167,8 +167,8 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 pub struct Roles<'a> {
     lab: &'a Fig8,
     opts: RoleOptions,
-    /// CA, certificates, keys, configs, state files; removed with this value.
-    dir: tempfile::TempDir,
+    /// CA, certificates, keys, configs, state files; removed with the testbed.
+    dir: PathBuf,
     daemons: Vec<Running>,
     agents: Vec<Running>,
     /// The client each proxy serves: client node -> proxy node.
@@ -189,10 +189,7 @@ impl<'a> Roles<'a> {
         }
         std::fs::create_dir_all(&opts.log_dir)
             .map_err(|e| LabError::io(format!("creating {}", opts.log_dir.display()), e))?;
-        let dir = tempfile::Builder::new()
-            .prefix("scold-lab-")
-            .tempdir()
-            .map_err(|e| LabError::io("creating the run's temporary directory", e))?;
+        let dir = lab.files_dir()?;
         let proxies = lab.proxies();
         let assignment: Vec<(String, String)> = lab
             .clients()
@@ -203,7 +200,7 @@ impl<'a> Roles<'a> {
         // The CA library logs each certificate; the progress display says it once.
         let (coordinator, operator) = tracing::subscriber::with_default(
             tracing::subscriber::NoSubscriber::default(),
-            || Self::issue_certs(lab, dir.path()),
+            || Self::issue_certs(lab, &dir),
         )?;
         let mut roles = Roles {
             lab,
@@ -224,7 +221,7 @@ impl<'a> Roles<'a> {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     /// The consortium CA and a certificate for every node that speaks the control

@@ -627,13 +627,29 @@ fn destroy(namespaces: &[String], pids: &BTreeSet<u32>) -> Vec<LabError> {
     errors
 }
 
+/// The folder of run `id`'s files on the host (certificates, keys, configs, state):
+/// named after the run so `scold lab cleanup` finds it when the run was killed.
+pub fn files_dir_of(id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{id}-files"))
+}
+
+fn remove_files_dir(id: &str) -> Option<LabError> {
+    let dir = files_dir_of(id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(LabError::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
 /// Tears down every run of this process that is still live. Meant for a signal handler
 /// path that will exit the process right after.
 pub fn teardown_all_live() -> Vec<LabError> {
     let runs: Vec<(String, LiveRun)> = std::mem::take(&mut *live()).into_iter().collect();
     let mut errors = Vec::new();
-    for (_, run) in runs {
+    for (id, run) in runs {
         errors.extend(destroy(&run.namespaces, &run.pids));
+        errors.extend(remove_files_dir(&id));
     }
     errors
 }
@@ -710,7 +726,35 @@ pub fn cleanup_leftovers(include_live: bool) -> Result<CleanupReport, LabError> 
             doomed.push(l.netns);
         }
     }
-    let errors = destroy(&doomed, &BTreeSet::new());
+    let mut errors = destroy(&doomed, &BTreeSet::new());
+    // The files folders of killed runs (certificates, keys, configs).
+    let live_ids: BTreeSet<String> = live().keys().cloned().collect();
+    let tmp = std::env::temp_dir();
+    if let Ok(dir) = std::fs::read_dir(&tmp) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_suffix("-files")
+                .filter(|id| id.starts_with(NETNS_PREFIX))
+            else {
+                continue;
+            };
+            if live_ids.contains(id) {
+                continue;
+            }
+            let owner = id[NETNS_PREFIX.len()..]
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+            let alive = owner.is_some_and(|p| p != std::process::id() && running(p));
+            if alive && !include_live {
+                report.skipped_live.push(name);
+                continue;
+            }
+            errors.extend(remove_files_dir(id));
+            doomed.push(tmp.join(&name).display().to_string());
+        }
+    }
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
     }
@@ -1053,6 +1097,20 @@ impl Topology {
         Ok(path)
     }
 
+    /// This run's folder for files on the host (certificates, keys, configs, state),
+    /// created private to root on first use and removed with the testbed, also on a
+    /// signal or by `scold lab cleanup` after a kill.
+    pub fn files_dir(&self) -> Result<PathBuf, LabError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = files_dir_of(&self.id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
     /// The namespace file of `node`, for setns.
     pub fn netns_path(&self, node: &str) -> Result<PathBuf, LabError> {
         Ok(Path::new(NETNS_DIR).join(self.netns(node)?))
@@ -1266,7 +1324,8 @@ impl Topology {
         self.done = true;
         let run = live().remove(&self.id);
         let pids = run.map(|r| r.pids).unwrap_or_default();
-        let errors = destroy(&self.namespaces(), &pids);
+        let mut errors = destroy(&self.namespaces(), &pids);
+        errors.extend(remove_files_dir(&self.id));
         for e in &errors {
             tracing::warn!(id = %self.id, error = %e, "testbed tear-down");
         }

@@ -107,6 +107,11 @@ fn sigint_to_a_running_lab_removes_everything() {
         "/etc/netns folders left after SIGINT: {:?}",
         etc_netns_of_pid(pid)
     );
+    assert!(
+        files_dirs_of_pid(pid).is_empty(),
+        "{:?}",
+        files_dirs_of_pid(pid)
+    );
     let left = still_running(&inside);
     assert!(left.is_empty(), "processes {left:?} still run after SIGINT");
     assert!(host_lab_routes().is_empty(), "{:?}", host_lab_routes());
@@ -183,6 +188,11 @@ fn a_role_dying_fails_the_run_and_removes_everything() {
         namespaces_of_pid(pid)
     );
     assert!(etc_netns_of_pid(pid).is_empty());
+    assert!(
+        files_dirs_of_pid(pid).is_empty(),
+        "{:?}",
+        files_dirs_of_pid(pid)
+    );
     let left = still_running(&inside);
     assert!(
         left.is_empty(),
@@ -223,6 +233,10 @@ fn cleanup_removes_what_a_killed_lab_left() {
         .join(format!("scoldlab-{pid}-0-client1"));
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("resolv.conf"), "nameserver 198.18.1.2\n").unwrap();
+    // And its folder of certificates and configs.
+    let files = scold_lab::topology::files_dir_of(&format!("scoldlab-{pid}-0"));
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("coordinator.toml"), "# left by a killed run\n").unwrap();
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let left = namespaces_of_pid(pid);
@@ -248,6 +262,11 @@ fn cleanup_removes_what_a_killed_lab_left() {
         etc_netns_of_pid(pid).is_empty(),
         "cleanup left /etc/netns folders: {:?}",
         etc_netns_of_pid(pid)
+    );
+    assert!(
+        !files.exists(),
+        "cleanup left the run's files folder {}",
+        files.display()
     );
     let _ = stray.0.wait();
     assert!(

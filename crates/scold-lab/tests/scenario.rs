@@ -160,6 +160,11 @@ fn run_short(extra: &[&str]) -> (Results, String) {
         "{:?}",
         etc_netns_of_pid(pid)
     );
+    assert!(
+        files_dirs_of_pid(pid).is_empty(),
+        "{:?}",
+        files_dirs_of_pid(pid)
+    );
     let seen = seen.lock().unwrap().clone();
     assert!(
         seen.len() >= 8,

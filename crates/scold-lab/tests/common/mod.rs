@@ -64,6 +64,14 @@ pub fn etc_netns_of_pid(pid: u32) -> BTreeSet<String> {
     names_in(NETNS_ETC_DIR, &format!("scoldlab-{pid}-"))
 }
 
+/// The host folders of files (certificates, keys, configs) of the run by process `pid`.
+pub fn files_dirs_of_pid(pid: u32) -> BTreeSet<String> {
+    names_in(
+        &std::env::temp_dir().display().to_string(),
+        &format!("scoldlab-{pid}-"),
+    )
+}
+
 pub fn pids_in(ns: &str) -> Vec<u32> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
