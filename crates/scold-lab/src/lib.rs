@@ -7,6 +7,10 @@
 //! its nodes with [`topology::Topology::spawn`], and rely on its tear-down to leave
 //! nothing behind. Only this crate shells out to iproute2 (`ip`, `tc`); the daemons use
 //! netlink.
+//!
+//! The scenario ([`scenario`]) runs every role as its own `scold` process
+//! ([`roles`]): coordinator, TargetDNS, ClientDNS, gateway, proxies, target and client
+//! agents, with a CA and configs made for the run.
 
 pub mod cli;
 pub mod dnsq;

@@ -10,7 +10,11 @@
 //! | proxyN       | `scold proxy`           | the gateway as peer, a route to the target, client sessions |
 //! | target       | `scold lab serve`       | HTTP on 80 and bulk TCP on 5001                        |
 //! | target       | `scold target`          | return routes of diverted clients (while indirect)     |
-//! | clientN      | `scold client`          | tunnel to its proxy, host route to the target (while indirect) |
+//! | clientN      | `scold client`          | tunnel to its proxy, host route to the target (while indirect; not in 4.3) |
+//!
+//! In scheme 4.3 the proxies also relay the target's HTTP and bulk ports as a NAT from
+//! their own addresses, the target's return routes lead to the proxies' relay
+//! addresses, and clients run no SCOLD software.
 //!
 //! The data-path daemons take static configs: the indirect route is laid out by these
 //! files, not yet by the coordinator's orders. [`Roles::indirect_on`] and
@@ -19,7 +23,11 @@
 //! the gateway and proxies run throughout, as consortium infrastructure does.
 //!
 //! Each process writes its log to `<out>/logs/<label>.log`. A role that exits or does
-//! not become ready fails the run with its log's last lines.
+//! not become ready fails the run with its log's last lines. Certificates, keys and
+//! configs go into the testbed's own files folder ([`Topology::files_dir`]), removed
+//! with it.
+//!
+//! [`Topology::files_dir`]: crate::topology::Topology::files_dir
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
