@@ -1,6 +1,7 @@
 //! Reading certificates: the SCOLD identity in a certificate's SAN URI, and the PEM files
 //! the CA writes.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
@@ -36,6 +37,33 @@ pub(crate) fn identity_of(cert: &X509Certificate<'_>) -> Result<Identity, String
         return Err(format!("two SCOLD identities ({uri} and {second})"));
     }
     Identity::from_uri(uri).map_err(|e| e.to_string())
+}
+
+/// The IP addresses a DER certificate names in its subjectAltName (empty when none).
+pub fn ip_addresses_from_der(der: &[u8]) -> Result<Vec<IpAddr>, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not X.509: {e}"))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subjectAltName: {e}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::IPAddress(b) => Some(match b.len() {
+                4 => Ok(IpAddr::from(
+                    <[u8; 4]>::try_from(*b).expect("length checked"),
+                )),
+                16 => Ok(IpAddr::from(
+                    <[u8; 16]>::try_from(*b).expect("length checked"),
+                )),
+                n => Err(format!("subjectAltName IP address of {n} bytes")),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, PkiError> {

@@ -40,10 +40,11 @@ mod refusal;
 mod tls;
 
 pub use ca::{Ca, CaInfo, CaInit, CertStatus, IndexEntry, IssuedPaths, RevokeTarget, Validity};
-pub use cert::identity_from_der;
+pub use cert::{identity_from_der, ip_addresses_from_der};
 pub use error::PkiError;
 pub use refusal::{refusal_reason, refusal_reason_io, IdentityRefusal, RefusalReason};
 pub use scold_proto::identity::{Identity, Role};
 pub use tls::{
-    install_crypto_provider, peer_identity, TlsIdentity, TlsPaths, DEFAULT_CRL_CHECK_INTERVAL,
+    install_crypto_provider, peer_identity, peer_ip_addresses, CaTrust, TlsIdentity, TlsPaths,
+    DEFAULT_CRL_CHECK_INTERVAL,
 };

@@ -101,19 +101,7 @@ impl TlsIdentity {
     /// certificate is only logged: the daemon can still start, and its peers will refuse it
     /// with a clear reason.
     pub fn load(paths: &TlsPaths) -> Result<Self, PkiError> {
-        let ca_der = read_certs(&paths.ca_cert)?.swap_remove(0);
-        {
-            let (_, ca) =
-                X509Certificate::from_der(&ca_der).map_err(|e| PkiError::BadCertificate {
-                    path: paths.ca_cert.clone(),
-                    detail: e.to_string(),
-                })?;
-            if !ca.is_ca() {
-                return Err(PkiError::NotACa {
-                    path: paths.ca_cert.clone(),
-                });
-            }
-        }
+        let ca_der = read_ca(&paths.ca_cert)?;
         let chain = read_certs(&paths.cert)?;
         let identity = identity_from_der(&chain[0]).map_err(|detail| PkiError::NoIdentity {
             path: paths.cert.clone(),
@@ -182,6 +170,20 @@ impl TlsIdentity {
         Ok(Arc::new(config))
     }
 
+    /// Server side for peers that hold no certificate: the client agents of scheme 4.1,
+    /// which only have the consortium CA certificate and authenticate the proxy, not
+    /// themselves (the proxy admits them by address and tunnel key). TLS 1.3 only, no
+    /// session resumption, and no certificate is asked for.
+    pub fn server_config_without_client_auth(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.trust.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
     /// Client side: TLS 1.3 only; the server must chain to the CA, be within its validity,
     /// not be revoked, and its SAN URI must name one of the `expected` roles. The
     /// `ServerName` given to `connect` is not checked against the certificate (pass the
@@ -207,6 +209,80 @@ impl TlsIdentity {
         self.trust.refresh(true);
         self.trust.lock().revoked
     }
+}
+
+/// Trust in the consortium CA without an identity of one's own: what a client agent of
+/// scheme 4.1 holds (`ca.crt`, optionally the CRL) to verify the proxies it talks to.
+#[derive(Clone)]
+pub struct CaTrust {
+    trust: Arc<Trust>,
+}
+
+impl fmt::Debug for CaTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaTrust")
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
+impl CaTrust {
+    /// Loads the CA certificate (it must be a CA) and, if named, its CRL (it must be
+    /// signed by that CA); the CRL is re-read while running, as for [`TlsIdentity`].
+    pub fn load(ca_cert: &Path, crl: Option<&Path>) -> Result<Self, PkiError> {
+        let ca_der = read_ca(ca_cert)?;
+        let trust = Trust::new(
+            provider(),
+            ca_der,
+            ca_cert.to_path_buf(),
+            crl.map(Path::to_path_buf),
+        )?;
+        Ok(CaTrust {
+            trust: Arc::new(trust),
+        })
+    }
+
+    /// Client side without a client certificate: TLS 1.3 only, no resumption; the server
+    /// must chain to the CA, be within its validity, not be revoked, and name one of the
+    /// `expected` roles in its SAN URI.
+    pub fn client_config(&self, expected: &[Role]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let verifier = Arc::new(RoleCheckingServerVerifier {
+            trust: self.trust.clone(),
+            expected: expected.to_vec(),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(self.trust.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Reads a CA certificate file and checks that it holds a CA.
+fn read_ca(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
+    let ca_der = read_certs(path)?.swap_remove(0);
+    let (_, ca) = X509Certificate::from_der(&ca_der).map_err(|e| PkiError::BadCertificate {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if !ca.is_ca() {
+        return Err(PkiError::NotACa {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(ca_der)
+}
+
+/// The IP addresses the peer's end-entity certificate names in its subjectAltName (empty
+/// when it names none), from an established connection.
+pub fn peer_ip_addresses(conn: &CommonState) -> Result<Vec<std::net::IpAddr>, PkiError> {
+    let certs = conn
+        .peer_certificates()
+        .ok_or(PkiError::NoPeerCertificate)?;
+    let ee = certs.first().ok_or(PkiError::NoPeerCertificate)?;
+    crate::cert::ip_addresses_from_der(ee).map_err(PkiError::PeerIdentity)
 }
 
 /// Identity of the peer, from the end-entity certificate of an established connection
