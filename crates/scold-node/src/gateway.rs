@@ -11,6 +11,7 @@
 //! client's traffic last came in by.
 
 use crate::common::{self, CommandReceiver, Sysctl, TunnelSection};
+use crate::control::{self, ControlSection};
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
 use scold_tunnel::fib::{Dest, PeerPolicy};
@@ -64,6 +65,24 @@ rule_priority = 5101
 # Turn on IPv4 forwarding while running (restored on exit).
 enable_forwarding = true
 
+# The link to the coordinator (optional: without it the gateway runs standalone with
+# the peers below). The coordinator tells the gateway which proxies to admit.
+[control]
+coordinator = "192.0.2.100:7800"
+# The tunnel end point proxies send to (default: address and the port of tunnel.listen).
+address = "203.0.113.1"
+# This gateway's address on the target's network: the next hop of the target's return
+# path, announced to the coordinator.
+inside = "10.3.0.1"
+organisation = "org-target"
+# Prometheus metrics at http://ADDR/metrics (optional, also without a coordinator).
+metrics = "127.0.0.1:9802"
+[control.tls]
+ca = "ca.crt"                 # relative to this file's folder unless absolute
+cert = "gateway-gw1.crt"      # scold ca issue --role gateway --name gw1
+key = "gateway-gw1.key"
+crl = "crl.pem"
+
 # Proxies registered by the coordinator (more come through the control channel).
 [[peers]]
 name = "proxy-1"
@@ -99,6 +118,8 @@ pub struct Config {
     pub enable_forwarding: bool,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub control: ControlSection,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -108,6 +129,7 @@ impl Config {
         let mut c: Config = common::load(path)?;
         c.file = path.to_path_buf();
         c.tunnel.check(path)?;
+        c.control.check(path)?;
         if c.tunnel.listen.is_none() && !c.tunnel.ipip {
             anyhow::bail!(
                 "config file {}: tunnel.listen is not set and tunnel.ipip is false: the gateway would accept no tunnel; set one",
@@ -137,8 +159,30 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    let (_keep, rx) = tokio::sync::mpsc::channel(16);
-    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let info = scold_proto::control::NodeInfo {
+        address: cfg.control.address,
+        capacity_mbps: cfg.control.capacity_mbps,
+        organisation: cfg.control.organisation.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        tunnel: cfg.control.tunnel_info(&cfg.tunnel, &path)?,
+    };
+    if cfg.control.coordinator.is_some() && info.tunnel.as_ref().is_none_or(|t| t.inside.is_none())
+    {
+        tracing::warn!("[control] has no inside address: the coordinator cannot give the target its return path");
+    }
+    let link = control::Link::start(
+        scold_proto::identity::Role::Gateway,
+        &cfg.control,
+        &path,
+        info,
+        tx,
+        None,
+    )
+    .await?;
+    let r = serve(cfg, rx, common::shutdown_signal()).await.map(|_| ());
+    link.stop();
+    r
 }
 
 struct Gateway {

@@ -10,6 +10,7 @@
 //! their destination. Counters are per session (peer) and node-wide.
 
 use crate::common::{self, CommandReceiver, TunnelSection};
+use crate::control::{self, ControlSection, NodeContext, NotifyEntry};
 use anyhow::Context as _;
 use scold_proto::dataplane::{
     Command, NatService, Peer, Prefix, Protocol, RefusalCode, Reply, Route, Session, Stats, Via,
@@ -54,6 +55,28 @@ ipip = false
 private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
 outer_mtu = 1500
 encap = "wireguard"
+
+# The link to the coordinator (optional: without it the proxy runs standalone with the
+# entries below). The coordinator sets up gateways and routes while a target is diverted.
+[control]
+coordinator = "192.0.2.100:7800"
+# The public address that goes into ALT records; the tunnel end point is this address
+# and the port of tunnel.listen unless `endpoint` says otherwise.
+address = "192.0.2.10"
+capacity_mbps = 1000
+organisation = "org-a"
+metrics = "127.0.0.1:9801"    # Prometheus metrics (optional, also standalone)
+[control.tls]
+ca = "ca.crt"                 # relative to this file's folder unless absolute
+cert = "proxy-p1.crt"         # scold ca issue --role proxy --name p1
+key = "proxy-p1.key"
+crl = "crl.pem"
+
+# Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
+# (each resolver lists this key under its notify_key).
+[[notify]]
+resolver = "198.51.100.53:53"
+key = "hmac-sha256:p1:cHJveHkxLWV4YW1wbGUtc2VjcmV0LWNoYW5nZS1tZSE="
 
 # Gateways of targets (the coordinator adds more through the control channel).
 [[peers]]
@@ -128,6 +151,10 @@ pub struct Config {
     pub sessions: Vec<Session>,
     #[serde(default)]
     pub nat_services: Vec<NatService>,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
+    pub notify: Vec<NotifyEntry>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -137,6 +164,8 @@ impl Config {
         let mut c: Config = common::load(path)?;
         c.file = path.to_path_buf();
         c.tunnel.check(path)?;
+        c.control.check(path)?;
+        control::Notifier::from_config(&c.notify, path)?;
         if c.tunnel.listen.is_none() && !c.tunnel.ipip {
             anyhow::bail!(
                 "config file {}: tunnel.listen is not set and tunnel.ipip is false: the proxy would carry no tunnel; set one",
@@ -200,8 +229,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    let (_keep, rx) = tokio::sync::mpsc::channel(16);
-    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let info = scold_proto::control::NodeInfo {
+        address: cfg.control.address,
+        capacity_mbps: cfg.control.capacity_mbps,
+        organisation: cfg.control.organisation.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        tunnel: cfg.control.tunnel_info(&cfg.tunnel, &path)?,
+    };
+    let notifier = control::Notifier::from_config(&cfg.notify, &path)?;
+    let link = control::Link::start(
+        scold_proto::identity::Role::Proxy,
+        &cfg.control,
+        &path,
+        info,
+        tx,
+        Some(notifier),
+    )
+    .await?;
+    let r = serve_with(cfg, rx, common::shutdown_signal(), link.context())
+        .await
+        .map(|_| ());
+    link.stop();
+    r
 }
 
 /// The peer name of a client session.
@@ -395,6 +445,10 @@ impl common::Node for Proxy {
                 Ok(s) => Reply::Stats(s),
                 Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
             },
+            Command::SetReturnPath { .. } | Command::ClearReturnPath => Reply::refused(
+                RefusalCode::NotForThisRole,
+                "the return path is set at the target, not at a proxy",
+            ),
         }
     }
 }
@@ -403,8 +457,18 @@ impl common::Node for Proxy {
 /// final counters after NAT routes are removed.
 pub async fn serve(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Stats> {
+    serve_with(cfg, commands, shutdown, NodeContext::default()).await
+}
+
+/// [`serve`] with the control link's context: the filter reports through its agent.
+pub async fn serve_with(
+    cfg: Config,
     mut commands: CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
+    _ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
     let nl = Netlink::new()?;
     let mut nat = None;

@@ -1,13 +1,22 @@
-//! `scold target`, routing part: the return path while the target is diverted.
+//! `scold target`: attack detection on the main link, and the return path while the
+//! target is diverted.
 //!
 //! The target's replies to diverted clients must go back through the hidden gateway,
-//! never out of the attacked main link. Each diverted client (or proxy NAT source) gets
-//! a host route `CLIENT via GATEWAY` in SCOLD's own routing table, reached by one policy
-//! rule; other traffic finds no match there and falls through to the main table, so it is
-//! unaffected. Removing the routes (or stopping the daemon) removes the rule with the
-//! last route: routing is back exactly as it was.
+//! never out of the attacked main link. In schemes 4.1/4.2 connections that arrive from
+//! the gateway are marked and their replies policy-routed back to it
+//! ([`crate::returnpath`], command `set_return_path`). In scheme 4.3 each proxy NAT
+//! source gets a host route `SOURCE via GATEWAY` in SCOLD's own routing table, reached
+//! by one policy rule; other traffic finds no match there and falls through to the main
+//! table, so it is unaffected. Removing the routes (or stopping the daemon) removes the
+//! rule with the last route: routing is back exactly as it was.
+//!
+//! With `[detect]`, the main link is watched ([`crate::detect`]); alarms and all-clears
+//! go to the coordinator, which diverts and restores.
 
 use crate::common::{self, CommandReceiver};
+use crate::control::{self, ControlSection, NodeContext};
+use crate::detect::{DetectSection, Detection};
+use crate::returnpath::{ReturnPath, ReturnPathSection};
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, RefusalCode, Reply, Route, Stats, Via};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
@@ -46,7 +55,43 @@ source = "203.0.113.10"
 table = 5102
 rule_priority = 5102
 
-# Return routes (the coordinator adds and removes them while diverting).
+# The link to the coordinator (optional: without it the target runs standalone).
+[control]
+coordinator = "192.0.2.100:7800"
+metrics = "127.0.0.1:9803"    # Prometheus metrics (optional, also standalone)
+[control.tls]
+ca = "ca.crt"                 # relative to this file's folder unless absolute
+cert = "target-web.crt"       # scold ca issue --role target --name web
+key = "target-web.key"
+crl = "crl.pem"
+
+# Attack detection on the main link: an alarm asks the coordinator to divert, the
+# all-clear (after hold_down of calm) to restore. Without [detect], only the operator
+# diverts (scold ctl divert).
+[detect]
+interface = "eth0"            # the main link
+alarm_after_ms = 1000         # an anomaly must last this long
+hold_down_ms = 30000          # calm this long before the all-clear
+warmup_ms = 10000             # learning time after start
+# interval_ms = 100, one_in = 8, alarm_factor = 4.0, alarm_sigmas = 6.0,
+# clear_factor = 1.5, clear_sigmas = 3.0, baseline_secs = 60, syn_share_alarm = 0.6
+[detect.floors]               # rates under which nothing is an attack
+pps = 5000.0
+udp_pps = 2000.0
+# [detect.ceilings]           # rates that alarm whatever was learned
+# bps = 900000000.0
+
+# Return path of schemes 4.1/4.2 (set by the coordinator with the gateway's inside
+# address): connections that arrive from the gateway are marked (nftables table
+# inet scold_return) and their replies routed back to it by `fwmark` rule.
+[return_path]
+# interface = "eth1"          # default: the interface whose network holds the gateway
+# gateway_mac = "learn"       # also match the gateway's MAC ("learn" or "02:00:5e:00:00:01")
+mark = 0x5c5c
+table = 5104
+rule_priority = 5104
+
+# Return routes (scheme 4.3: the coordinator adds and removes them while diverting).
 [[routes]]
 destination = "198.51.100.7/32"      # a diverted client, or a proxy's NAT source
 via = { gateway = "10.3.0.1" }       # the hidden gateway's address on the target's LAN
@@ -67,6 +112,12 @@ pub struct Config {
     pub rule_priority: u32,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
+    pub detect: Option<DetectSection>,
+    #[serde(default)]
+    pub return_path: ReturnPathSection,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -75,6 +126,14 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let mut c: Config = common::load(path)?;
         c.file = path.to_path_buf();
+        c.control.check(path)?;
+        c.return_path
+            .check()
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        if let Some(d) = &c.detect {
+            d.monitor_config()
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        }
         for (i, r) in c.routes.iter().enumerate() {
             if let Via::Peer(_) = r.via {
                 anyhow::bail!(
@@ -101,13 +160,34 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    let (_keep, rx) = tokio::sync::mpsc::channel(16);
-    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let info = scold_proto::control::NodeInfo {
+        address: cfg.control.address.or(cfg.source),
+        capacity_mbps: cfg.control.capacity_mbps,
+        organisation: cfg.control.organisation.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        tunnel: None,
+    };
+    let link = control::Link::start(
+        scold_proto::identity::Role::Target,
+        &cfg.control,
+        &path,
+        info,
+        tx,
+        None,
+    )
+    .await?;
+    let r = serve_with(cfg, rx, common::shutdown_signal(), link.context())
+        .await
+        .map(|_| ());
+    link.stop();
+    r
 }
 
 struct Target {
     table: RouteTable,
     source: Option<std::net::IpAddr>,
+    return_path: ReturnPath,
 }
 
 impl common::Node for Target {
@@ -143,11 +223,19 @@ impl common::Node for Target {
                 Ok(changed) => Reply::Done { changed },
                 Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
             },
+            Command::SetReturnPath { via } => match self.return_path.set(via).await {
+                Ok(changed) => Reply::Done { changed },
+                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+            },
+            Command::ClearReturnPath => match self.return_path.clear().await {
+                Ok(changed) => Reply::Done { changed },
+                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+            },
             Command::GetStats => Reply::Stats(Stats::default()),
             other => Reply::refused(
                 RefusalCode::NotForThisRole,
                 format!(
-                    "{} is not a target command (a target takes add_route, remove_route, get_stats)",
+                    "{} is not a target command (a target takes add_route, remove_route, set_return_path, clear_return_path, get_stats)",
                     other.kind()
                 ),
             ),
@@ -159,13 +247,28 @@ impl common::Node for Target {
 /// rule it added.
 pub async fn serve(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Stats> {
+    serve_with(cfg, commands, shutdown, NodeContext::default()).await
+}
+
+/// [`serve`] with the control link's context: detection reports through its agent.
+pub async fn serve_with(
+    cfg: Config,
     mut commands: CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
+    ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
     let nl = Netlink::new()?;
     let mut node = Target {
         table: RouteTable::new(nl, cfg.table, cfg.rule_priority, RuleSelector::default()),
         source: cfg.source,
+        return_path: ReturnPath::new(cfg.return_path.clone())?,
+    };
+    let detection = match &cfg.detect {
+        Some(d) => Some(Detection::start(d, &ctx)?),
+        None => None,
     };
     let entries = cfg
         .routes
@@ -183,7 +286,19 @@ pub async fn serve(
         tracing::info!(table = cfg.table, "target return path ready");
         common::command_loop(&mut node, &mut commands, shutdown).await;
     }
-    let errors = node.table.clear().await;
+    if let Some(d) = detection {
+        d.stop().await;
+    }
+    let mut errors: Vec<String> = node
+        .table
+        .clear()
+        .await
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect();
+    if let Err(e) = node.return_path.clear().await {
+        errors.push(e.to_string());
+    }
     for e in &errors {
         tracing::warn!(error = %e, "tear-down incomplete");
     }

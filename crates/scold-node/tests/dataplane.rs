@@ -196,6 +196,18 @@ impl Lab {
         terminate(&mut child);
     }
 
+    /// Waits until a process's log shows `text` (e.g. tcpdump's "listening on").
+    fn wait_log(&self, label: &str, text: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if self.log(label).contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{label} never logged {text:?}:\n{}", self.log(label));
+    }
+
     fn log(&self, label: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
     }
@@ -401,6 +413,7 @@ fn indirect_route(encap: &str) {
         "tcpdump",
         &["tcpdump", "-i", &dev, "-n", "-s", "96", "-U", "-w", &pcap_s],
     );
+    lab.wait_log("tcpdump", "listening on");
 
     lab.scold("g", "gateway", &gw);
     lab.scold("p", "proxy", &proxy);
@@ -606,7 +619,7 @@ fn gateway_is_silent_to_strangers() {
             "ip and host 10.2.0.9",
         ],
     );
-    std::thread::sleep(Duration::from_millis(800));
+    lab.wait_log("tcpdump", "listening on");
 
     // A stranger running a real WireGuard initiator (unregistered key) from 10.2.0.9.
     let stranger = keypair();

@@ -21,12 +21,17 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tun_rs::AsyncDevice;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Room before each packet written to the TUN device for the virtio header.
+const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Largest read from an offloading TUN device: a 64 KB GSO burst and its header.
+const TUN_READ: usize = VIRTIO_NET_HDR_LEN + 65535;
 
 /// Datagram batches drained per wake-up before the other sources get a turn.
 const ROUNDS_PER_WAKE: usize = 8;
-/// TUN packets read per wake-up before the other sources get a turn.
-const TUN_PER_WAKE: usize = 256;
+/// TUN reads (each up to one 64 KB burst) per wake-up before the other sources get a turn.
+const TUN_PER_WAKE: usize = 16;
 
 /// What the engine listens on.
 #[derive(Debug, Clone)]
@@ -297,6 +302,10 @@ struct Sinks<'a> {
     tun: Option<&'a AsyncDevice>,
     tx_udp: &'a mut TxBatch,
     tx_ipip: &'a mut TxBatch,
+    /// Inner packets for the TUN device, written together so GRO can coalesce them.
+    tun_tx: &'a mut [Vec<u8>],
+    tun_tx_n: usize,
+    gro: &'a mut GROTable,
     /// Counted here and added to the state's totals after the batch.
     totals: Totals,
 }
@@ -307,7 +316,21 @@ impl Sinks<'_> {
         totals.send_errors += r.errors;
     }
 
+    async fn flush_tun(&mut self) {
+        if self.tun_tx_n == 0 {
+            return;
+        }
+        if let Some(tun) = self.tun {
+            let bufs = &mut self.tun_tx[..self.tun_tx_n];
+            if tun.send_multiple(self.gro, bufs, TUN_OFFSET).await.is_err() {
+                self.totals.send_errors += 1;
+            }
+        }
+        self.tun_tx_n = 0;
+    }
+
     async fn flush(&mut self) {
+        self.flush_tun().await;
         if let (Some(s), false) = (self.udp, self.tx_udp.is_empty()) {
             let r = s.flush(self.tx_udp).await;
             Self::account(&mut self.totals, r);
@@ -372,19 +395,18 @@ impl Sinks<'_> {
     }
 
     async fn send_tun(&mut self, pkt: &[u8]) {
-        let Some(tun) = self.tun else {
+        if self.tun.is_none() {
             self.totals.no_route += 1;
             return;
-        };
-        match tun.try_send(pkt) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if tun.send(pkt).await.is_err() {
-                    self.totals.send_errors += 1;
-                }
-            }
-            Err(_) => self.totals.send_errors += 1,
         }
+        if self.tun_tx_n == self.tun_tx.len() {
+            self.flush_tun().await;
+        }
+        let b = &mut self.tun_tx[self.tun_tx_n];
+        b.clear();
+        b.resize(TUN_OFFSET, 0);
+        b.extend_from_slice(pkt);
+        self.tun_tx_n += 1;
     }
 }
 
@@ -479,8 +501,17 @@ pub struct Engine {
     tx_ipip: TxBatch,
     rx: RxBatch,
     scratch: Box<[u8]>,
-    tunbuf: Box<[u8]>,
+    tun_rx: TunRx,
+    tun_tx: Vec<Vec<u8>>,
+    gro: GROTable,
     ops: mpsc::Receiver<Op>,
+}
+
+/// Buffers for offloaded TUN reads: the raw burst, and the packets it splits into.
+struct TunRx {
+    original: Box<[u8]>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
 }
 
 async fn readable(s: Option<&OuterSocket>) -> std::io::Result<()> {
@@ -535,7 +566,16 @@ impl Engine {
                 tx_ipip: TxBatch::default(),
                 rx: RxBatch::default(),
                 scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
-                tunbuf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+                tun_rx: TunRx {
+                    original: vec![0u8; TUN_READ].into_boxed_slice(),
+                    bufs: vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE],
+                    sizes: vec![0; IDEAL_BATCH_SIZE],
+                },
+                // Capacity for a coalesced 64 KB write, so GRO never reallocates.
+                tun_tx: (0..IDEAL_BATCH_SIZE)
+                    .map(|_| Vec::with_capacity(TUN_READ + TUN_OFFSET))
+                    .collect(),
+                gro: GROTable::default(),
                 ops: rx,
             },
             EngineHandle { tx },
@@ -576,7 +616,7 @@ impl Engine {
     }
 
     /// Splits the engine into the state and the sinks the packet path writes to.
-    fn split(&mut self) -> (&mut State, Sinks<'_>, &mut RxBatch, &mut [u8], &mut [u8]) {
+    fn split(&mut self) -> (&mut State, Sinks<'_>, &mut RxBatch, &mut [u8], &mut TunRx) {
         let Engine {
             state,
             udp,
@@ -586,7 +626,9 @@ impl Engine {
             tx_ipip,
             rx,
             scratch,
-            tunbuf,
+            tun_rx,
+            tun_tx,
+            gro,
             ..
         } = self;
         let sinks = Sinks {
@@ -595,9 +637,12 @@ impl Engine {
             tun: tun.as_ref(),
             tx_udp,
             tx_ipip,
+            tun_tx,
+            tun_tx_n: 0,
+            gro,
             totals: Totals::default(),
         };
-        (state, sinks, rx, scratch, tunbuf)
+        (state, sinks, rx, scratch, tun_rx)
     }
 
     async fn drain_outer(&mut self, kind: OuterKind) {
@@ -626,11 +671,11 @@ impl Engine {
     }
 
     async fn drain_tun(&mut self) {
-        let (state, mut sinks, _, _, tunbuf) = self.split();
+        let (state, mut sinks, _, _, rx) = self.split();
         let Some(tun) = sinks.tun else { return };
         let outer_mtu = state.outer_mtu;
         for _ in 0..TUN_PER_WAKE {
-            let n = match tun.try_recv(tunbuf) {
+            let n = match tun.try_recv_multiple(&mut rx.original, &mut rx.bufs, &mut rx.sizes, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -638,17 +683,19 @@ impl Engine {
                     break;
                 }
             };
-            let pkt = &tunbuf[..n];
-            let Some((_, dst)) = inner_addrs(pkt) else {
-                continue;
-            };
-            match state.fib.from_tun(dst) {
-                Ok(Dest::Peer(q)) => {
-                    if let Some(p) = state.peers.get_mut(q).and_then(Option::as_mut) {
-                        sinks.send_peer(p, pkt, outer_mtu).await;
+            for i in 0..n {
+                let pkt = &rx.bufs[i][..rx.sizes[i]];
+                let Some((_, dst)) = inner_addrs(pkt) else {
+                    continue;
+                };
+                match state.fib.from_tun(dst) {
+                    Ok(Dest::Peer(q)) => {
+                        if let Some(p) = state.peers.get_mut(q).and_then(Option::as_mut) {
+                            sinks.send_peer(p, pkt, outer_mtu).await;
+                        }
                     }
+                    _ => sinks.totals.no_route += 1,
                 }
-                _ => sinks.totals.no_route += 1,
             }
         }
         sinks.flush().await;
