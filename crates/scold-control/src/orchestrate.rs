@@ -171,7 +171,10 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
         Step::TargetSetup | Step::TargetTeardown => {
             // The return path: replies to diverted clients leave through the gateway.
             // Scheme 4.3 flows reach the target from the proxies' relays, so each
-            // proxy's address is routed back through the gateway.
+            // proxy's address is routed back through the gateway. In 4.1/4.2 clients
+            // arrive with their own addresses, unknown in advance: the target marks
+            // connections that come in from the gateway and routes their replies back
+            // to it (no per-client state).
             let gw = gateway(ctx)?;
             let inside = tunnel(gw, "gateway")?.inside.ok_or_else(|| {
                 format!(
@@ -180,6 +183,13 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
                 )
             })?;
             let mut commands = Vec::new();
+            if ctx.target.scheme != Scheme::Nat {
+                commands.push(if *step == Step::TargetSetup {
+                    Command::SetReturnPath { via: inside }
+                } else {
+                    Command::ClearReturnPath
+                });
+            }
             if ctx.target.scheme == Scheme::Nat {
                 for p in &ctx.proxies {
                     let destination = Prefix::host(tunnel(p, "proxy")?.endpoint.ip());
@@ -318,6 +328,30 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
         );
         let o = orders(&Step::ProxyTeardown("p1".into()), &ctx(&t)).unwrap();
         assert_eq!(o[0].commands.len(), 3 + 1 + 1);
+    }
+
+    #[test]
+    fn resolver_and_push_schemes_mark_the_return_path() {
+        for scheme in [Scheme::Resolver, Scheme::Push] {
+            let t = target(scheme);
+            let o = orders(&Step::TargetSetup, &ctx(&t)).unwrap();
+            assert_eq!(o[0].node, "web");
+            assert_eq!(
+                o[0].commands,
+                vec![Command::SetReturnPath {
+                    via: "10.3.0.1".parse().unwrap()
+                }]
+            );
+            o[0].commands[0].validate().unwrap();
+            let o = orders(&Step::TargetTeardown, &ctx(&t)).unwrap();
+            assert_eq!(o[0].commands, vec![Command::ClearReturnPath]);
+        }
+        // A gateway that did not announce its inside address: an error naming it.
+        let t = target(Scheme::Resolver);
+        let mut c = ctx(&t);
+        c.gateways[0].tunnel.as_mut().unwrap().inside = None;
+        let e = orders(&Step::TargetSetup, &c).unwrap_err();
+        assert!(e.contains("gw1") && e.contains("target's network"), "{e}");
     }
 
     #[test]

@@ -329,6 +329,12 @@ pub enum Command {
         protocol: Protocol,
         listen: SocketAddr,
     },
+    /// Target, schemes 4.1/4.2: send the replies of every connection that arrives from
+    /// the hidden gateway back through it, to its address `via` on the target's
+    /// network. No per-client state: connections are recognised by where they came in.
+    SetReturnPath { via: IpAddr },
+    /// Target: remove the return path, leaving routing as it was found.
+    ClearReturnPath,
     /// Report counters.
     GetStats,
 }
@@ -345,6 +351,8 @@ impl Command {
             Command::RemoveRoute { .. } => "remove_route",
             Command::AddNatService(_) => "add_nat_service",
             Command::RemoveNatService { .. } => "remove_nat_service",
+            Command::SetReturnPath { .. } => "set_return_path",
+            Command::ClearReturnPath => "clear_return_path",
             Command::GetStats => "get_stats",
         }
     }
@@ -415,7 +423,16 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::SetReturnPath { via } => {
+                if via.is_unspecified() || via.is_multicast() || via.is_loopback() {
+                    return Err(DataplaneError::Invalid(format!(
+                        "return path via {via}: the gateway's address must be a unicast address on the target's network"
+                    )));
+                }
+                Ok(())
+            }
             Command::RemovePeer { .. }
+            | Command::ClearReturnPath
             | Command::RemoveSession { .. }
             | Command::RemoveRoute { .. }
             | Command::RemoveNatService { .. }
@@ -618,6 +635,10 @@ mod tests {
             Command::RemoveSession {
                 client: "198.51.100.7".parse().unwrap(),
             },
+            Command::SetReturnPath {
+                via: "10.3.0.1".parse().unwrap(),
+            },
+            Command::ClearReturnPath,
             Command::GetStats,
         ];
         for c in cmds {
@@ -665,6 +686,32 @@ mod tests {
             via: Via::Gateway("2001:db8::1".parse().unwrap()),
         });
         assert!(route.validate().is_err());
+    }
+
+    #[test]
+    fn return_path_commands() {
+        let j = serde_json::to_string(&Command::SetReturnPath {
+            via: "10.3.0.1".parse().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(j, r#"{"op":"set_return_path","via":"10.3.0.1"}"#);
+        assert_eq!(
+            serde_json::from_str::<Command>(r#"{"op":"clear_return_path"}"#).unwrap(),
+            Command::ClearReturnPath
+        );
+        for bad in ["0.0.0.0", "224.0.0.1", "127.0.0.1", "::"] {
+            let c = Command::SetReturnPath {
+                via: bad.parse().unwrap(),
+            };
+            assert!(c.validate().is_err(), "{bad} accepted");
+        }
+        for bad in [
+            r#"{"op":"set_return_path"}"#,
+            r#"{"op":"set_return_path","via":"10.3.0.300"}"#,
+            r#"{"op":"set_return_path","via":null}"#,
+        ] {
+            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
