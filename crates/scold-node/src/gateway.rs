@@ -44,6 +44,16 @@ pub struct Args {
 
 pub const EXAMPLE: &str = r#"# scold gateway: the hidden alternate gateway of a target site.
 
+# TUN device that carries decapsulated traffic to and from the target.
+tun_name = "scold-gw"
+# Interface towards the target: packets arriving here are sent back into the tunnels.
+lan_interface = "eth1"
+# SCOLD's own routing table and the priority of the rule that leads to it.
+table = 5101
+rule_priority = 5101
+# Turn on IPv4 forwarding while running (restored on exit).
+enable_forwarding = true
+
 [tunnel]
 # UDP socket for udp and wireguard tunnels from proxies.
 listen = "0.0.0.0:51820"
@@ -54,16 +64,6 @@ private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
 # Outer path MTU, and the encapsulation whose overhead sets the TUN MTU.
 outer_mtu = 1500
 encap = "wireguard"
-
-# TUN device that carries decapsulated traffic to and from the target.
-tun_name = "scold-gw"
-# Interface towards the target: packets arriving here are sent back into the tunnels.
-lan_interface = "eth1"
-# SCOLD's own routing table and the priority of the rule that leads to it.
-table = 5101
-rule_priority = 5101
-# Turn on IPv4 forwarding while running (restored on exit).
-enable_forwarding = true
 
 # The link to the coordinator (optional: without it the gateway runs standalone with
 # the peers below). The coordinator tells the gateway which proxies to admit.

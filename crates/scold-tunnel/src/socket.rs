@@ -13,6 +13,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::unix::AsyncFd;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -29,45 +30,49 @@ pub enum OuterKind {
 pub struct OuterSocket {
     fd: AsyncFd<Socket>,
     kind: OuterKind,
+    /// UDP segmentation offload on send; turned off if the kernel refuses it.
+    gso: AtomicBool,
 }
 
-/// Received datagrams: payload (for ipip, after the outer IPv4 header) and source.
+/// Linux `UDP_SEGMENT` and `UDP_GRO` (linux/udp.h), not in every libc release.
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Receive slot: one datagram, or with UDP GRO one coalesced train of up to 64 KB.
+const RX_SLOT: usize = 65536;
+/// Most datagrams one GSO send may carry (kernel limit UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Control-message room for one `int` or `u16` option (CMSG_SPACE(4) on 64-bit).
+const CMSG_ROOM: usize = 24;
+
+/// Received datagrams: payload (for ipip, after the outer IPv4 header) and source. A
+/// GRO train is split back into its datagrams here.
 pub struct RxBatch {
     data: Box<[u8]>,
-    lens: [usize; BATCH],
-    offsets: [usize; BATCH],
-    srcs: [SocketAddr; BATCH],
-    n: usize,
+    entries: Vec<(usize, usize, SocketAddr)>,
 }
 
 impl Default for RxBatch {
     fn default() -> Self {
         RxBatch {
-            data: vec![0u8; BATCH * MAX_PACKET].into_boxed_slice(),
-            lens: [0; BATCH],
-            offsets: [0; BATCH],
-            srcs: [SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
-            n: 0,
+            data: vec![0u8; BATCH * RX_SLOT].into_boxed_slice(),
+            entries: Vec::with_capacity(BATCH * GSO_MAX_SEGMENTS),
         }
     }
 }
 
 impl RxBatch {
     pub fn len(&self) -> usize {
-        self.n
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.n == 0
+        self.entries.is_empty()
     }
 
     /// Datagram `i`: its payload and its source.
     pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
-        let base = i * MAX_PACKET;
-        (
-            &self.data[base + self.offsets[i]..base + self.lens[i]],
-            self.srcs[i],
-        )
+        let (start, len, src) = self.entries[i];
+        (&self.data[start..start + len], src)
     }
 }
 
@@ -198,9 +203,12 @@ impl OuterSocket {
         // SAFETY: the socket owns its descriptor, which stays open and unchanged for as
         // long as the AsyncFd holds the socket.
         let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| err(io::Error::from(e)))?;
+        // UDP GRO: the kernel may hand over a train of datagrams from one peer at once.
+        let _ = set_int_opt(fd.get_ref(), libc::SOL_UDP, UDP_GRO, 1);
         Ok(OuterSocket {
             fd,
             kind: OuterKind::Udp,
+            gso: AtomicBool::new(true),
         })
     }
 
@@ -229,6 +237,7 @@ impl OuterSocket {
         Ok(OuterSocket {
             fd,
             kind: OuterKind::Ipip,
+            gso: AtomicBool::new(false),
         })
     }
 
@@ -252,10 +261,11 @@ impl OuterSocket {
         Ok(())
     }
 
-    /// Reads up to [`BATCH`] datagrams without blocking. `Ok(0)`: nothing pending.
-    /// Transient errors that ICMP reports (a peer that is down) are swallowed.
+    /// Reads up to [`BATCH`] datagrams (or GRO trains) without blocking. `Ok(0)`:
+    /// nothing pending. Transient errors that ICMP reports (a peer that is down) are
+    /// swallowed.
     pub fn try_recv_batch(&self, rx: &mut RxBatch) -> io::Result<usize> {
-        rx.n = 0;
+        rx.entries.clear();
         match self
             .fd
             .try_io(tokio::io::Interest::READABLE, |_| self.recv_batch_raw(rx))
@@ -269,24 +279,28 @@ impl OuterSocket {
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
+        let mut control = [[0u64; CMSG_ROOM / 8]; BATCH];
         // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let base = rx.data.as_mut_ptr();
         for i in 0..BATCH {
             iov[i].write(libc::iovec {
-                // SAFETY: slot i lies inside `rx.data` (BATCH * MAX_PACKET bytes).
-                iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
-                iov_len: MAX_PACKET,
+                // SAFETY: slot i lies inside `rx.data` (BATCH * RX_SLOT bytes).
+                iov_base: unsafe { base.add(i * RX_SLOT) }.cast(),
+                iov_len: RX_SLOT,
             });
             hdrs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
             hdrs[i].msg_hdr.msg_iovlen = 1;
             hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr().cast();
             hdrs[i].msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = CMSG_ROOM as _;
         }
         let n = loop {
-            // SAFETY: every header points at a live iovec over its own buffer slot and at
-            // a live sockaddr_storage; the kernel writes at most the given lengths.
+            // SAFETY: every header points at a live iovec over its own buffer slot, a live
+            // sockaddr_storage and a live control buffer; the kernel writes at most the
+            // given lengths.
             let r = unsafe {
                 libc::recvmmsg(
                     self.fd.get_ref().as_raw_fd(),
@@ -314,51 +328,91 @@ impl OuterSocket {
                 _ => return Err(e),
             }
         };
-        let mut kept = 0;
         for i in 0..n {
             let len = hdrs[i].msg_len as usize;
             // SAFETY: the kernel filled msg_namelen bytes of names[i] for this datagram.
             let Some(src) = (unsafe { sockaddr_to_std(names[i].as_ptr()) }) else {
                 continue;
             };
-            let slot = i * MAX_PACKET;
-            let mut off = 0;
+            let slot = i * RX_SLOT;
             if self.kind == OuterKind::Ipip {
                 // Raw IPv4 sockets deliver the outer header too.
                 let b = &rx.data[slot..slot + len];
                 if len < 20 || b[0] >> 4 != 4 || b[9] != libc::IPPROTO_IPIP as u8 {
                     continue;
                 }
-                off = usize::from(b[0] & 0x0f) * 4;
+                let off = usize::from(b[0] & 0x0f) * 4;
                 if off < 20 || off > len {
                     continue;
                 }
+                rx.entries.push((slot + off, len - off, src));
+                continue;
             }
-            if kept != i {
-                rx.data
-                    .copy_within(slot + off..slot + len, kept * MAX_PACKET + off);
+            // SAFETY: the kernel set msg_controllen to the bytes it wrote into control[i].
+            let seg = unsafe { gro_segment(&hdrs[i].msg_hdr) };
+            match seg {
+                Some(seg) if seg > 0 && seg < len => {
+                    let mut at = 0;
+                    while at < len {
+                        let l = seg.min(len - at);
+                        rx.entries.push((slot + at, l, src));
+                        at += l;
+                    }
+                }
+                _ => rx.entries.push((slot, len, src)),
             }
-            rx.offsets[kept] = off;
-            rx.lens[kept] = len;
-            rx.srcs[kept] = src;
-            kept += 1;
         }
-        rx.n = kept;
         // Report "something was read" even if every datagram was malformed, so the caller
         // keeps draining.
-        Ok(n.max(kept))
+        Ok(n)
     }
 
-    /// One `sendmmsg` over `tx[start..]`: how many went, or the error of the first.
-    fn send_some(&self, tx: &mut TxBatch, start: usize) -> io::Result<usize> {
-        let count = tx.n - start;
+    /// Length of the run of datagrams from `i` that one GSO send can carry: same
+    /// destination, same size, except that the last may be shorter.
+    fn gso_run(&self, tx: &TxBatch, i: usize) -> usize {
+        if self.kind != OuterKind::Udp || !self.gso.load(Ordering::Relaxed) {
+            return 1;
+        }
+        let seg = tx.lens[i];
+        let mut j = i + 1;
+        let mut total = seg;
+        while j < tx.n
+            && j - i < GSO_MAX_SEGMENTS
+            && tx.dsts[j] == tx.dsts[i]
+            && tx.lens[j] <= seg
+            && total + tx.lens[j] <= 65000
+        {
+            total += tx.lens[j];
+            j += 1;
+            if tx.lens[j - 1] < seg {
+                break;
+            }
+        }
+        j - i
+    }
+
+    /// One `sendmmsg` over `tx[start..]`, runs of equal datagrams to one peer as one GSO
+    /// message each: how many datagrams went, or the error of the first message with
+    /// the number of datagrams it carried.
+    fn send_some(&self, tx: &mut TxBatch, start: usize) -> Result<usize, (io::Error, usize)> {
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut names: [MaybeUninit<SockAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let mut control = [[0u64; CMSG_ROOM / 8]; BATCH];
+        let mut counts = [0usize; BATCH];
         // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let base = tx.data.as_mut_ptr();
-        for j in 0..count {
-            let i = start + j;
+        let mut msgs = 0;
+        let mut i = start;
+        while i < tx.n {
+            let run = self.gso_run(tx, i);
+            for k in 0..run {
+                iov[i + k].write(libc::iovec {
+                    // SAFETY: slot i + k lies inside `tx.data`.
+                    iov_base: unsafe { base.add((i + k) * MAX_PACKET) }.cast(),
+                    iov_len: tx.lens[i + k],
+                });
+            }
             let dst = match (self.kind, tx.dsts[i]) {
                 // Raw sockets take no port.
                 (OuterKind::Ipip, SocketAddr::V4(a)) => {
@@ -366,33 +420,46 @@ impl OuterSocket {
                 }
                 (_, d) => d,
             };
-            let name = names[j].write(SockAddr::from(dst));
-            iov[j].write(libc::iovec {
-                // SAFETY: slot i lies inside `tx.data`.
-                iov_base: unsafe { base.add(i * MAX_PACKET) }.cast(),
-                iov_len: tx.lens[i],
-            });
-            hdrs[j].msg_hdr.msg_iov = iov[j].as_mut_ptr();
-            hdrs[j].msg_hdr.msg_iovlen = 1;
-            hdrs[j].msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-            hdrs[j].msg_hdr.msg_namelen = name.len();
+            let name = names[msgs].write(SockAddr::from(dst));
+            let h = &mut hdrs[msgs].msg_hdr;
+            h.msg_iov = iov[i].as_mut_ptr();
+            h.msg_iovlen = run as _;
+            h.msg_name = name.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = name.len();
+            if run > 1 {
+                h.msg_control = control[msgs].as_mut_ptr().cast();
+                h.msg_controllen = CMSG_ROOM as _;
+                // SAFETY: the control buffer has room for one u16 control message and is
+                // aligned for cmsghdr (u64 array); the header points at it.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), tx.lens[i] as u16);
+                    h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                }
+            }
+            counts[msgs] = run;
+            msgs += 1;
+            i += run;
         }
-        // SAFETY: `count` headers, each pointing at a live iovec and a live address.
+        // SAFETY: `msgs` headers, each pointing at live iovecs, address and control data.
         let r = unsafe {
             libc::sendmmsg(
                 self.fd.get_ref().as_raw_fd(),
                 hdrs.as_mut_ptr(),
-                count as libc::c_uint,
+                msgs as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
         let res = if r >= 0 {
-            Ok(r as usize)
+            Ok(counts[..r as usize].iter().sum())
         } else {
-            Err(io::Error::last_os_error())
+            Err((io::Error::last_os_error(), counts[0]))
         };
-        for n in names.iter_mut().take(count) {
-            // SAFETY: names[..count] were written above.
+        for n in names.iter_mut().take(msgs) {
+            // SAFETY: names[..msgs] were written above.
             unsafe { n.assume_init_drop() };
         }
         res
@@ -413,7 +480,14 @@ impl OuterSocket {
                     }
                     start += r;
                 }
-                Err(e) => match e.raw_os_error() {
+                // A device that cannot segment: send one datagram per message from now on.
+                Err((e, run)) if run > 1 && e.raw_os_error() == Some(libc::EIO) => {
+                    tracing::info!(
+                        "UDP segmentation offload refused; sending datagrams one by one"
+                    );
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err((e, run)) => match e.raw_os_error() {
                     Some(libc::EINTR) => {}
                     Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
                         // The socket buffer is full: wait for room instead of dropping, so
@@ -427,13 +501,13 @@ impl OuterSocket {
                         }
                     }
                     Some(libc::EMSGSIZE) => {
-                        report.too_big += 1;
-                        start += 1;
+                        report.too_big += run as u64;
+                        start += run;
                     }
                     // Unreachable peer (a queued ICMP error), no route, filtered.
                     _ => {
-                        report.errors += 1;
-                        start += 1;
+                        report.errors += run as u64;
+                        start += run;
                     }
                 },
             }
@@ -441,6 +515,25 @@ impl OuterSocket {
         tx.clear();
         report
     }
+}
+
+/// The segment size of a UDP GRO train, from the control messages of one datagram.
+///
+/// # Safety
+/// `h.msg_control`/`msg_controllen` must describe control data the kernel wrote.
+unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: per the contract; CMSG_* walk only inside msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// Reads an IPv4 or IPv6 socket address the kernel wrote.
@@ -478,5 +571,55 @@ pub fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
     match ip {
         IpAddr::V4(a) => SocketAddr::V4(SocketAddrV4::new(a, port)),
         IpAddr::V6(a) => SocketAddr::V6(SocketAddrV6::new(a, port, 0, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of equal datagrams to one peer goes out as GSO sends and comes in
+    /// (through GRO where the kernel coalesces) as the same datagrams, in order; a
+    /// different peer and a short tail are kept apart.
+    #[tokio::test]
+    async fn batches_survive_gso_and_gro() {
+        let a = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let c = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (bd, cd) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        let mut tx = TxBatch::default();
+        let mut want_b = Vec::new();
+        for i in 0..20u8 {
+            let len = if i == 19 { 300 } else { 1200 };
+            let p = vec![i; len];
+            tx.push(&p, if i == 10 { cd } else { bd });
+            if i != 10 {
+                want_b.push(p);
+            }
+        }
+        let r = a.flush(&mut tx).await;
+        assert_eq!(r.sent, 20, "{r:?}");
+        assert_eq!(r.bytes, 19 * 1200 + 300);
+        assert!(
+            a.gso.load(Ordering::Relaxed),
+            "the kernel refused UDP GSO on loopback"
+        );
+        let mut got = Vec::new();
+        let mut rx = RxBatch::default();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < want_b.len() && std::time::Instant::now() < end {
+            b.readable().await.unwrap();
+            b.try_recv_batch(&mut rx).unwrap();
+            for i in 0..rx.len() {
+                let (p, src) = rx.get(i);
+                assert_eq!(src, a.local_addr().unwrap());
+                got.push(p.to_vec());
+            }
+        }
+        assert_eq!(got, want_b);
+        c.readable().await.unwrap();
+        c.try_recv_batch(&mut rx).unwrap();
+        assert_eq!(rx.len(), 1);
+        assert_eq!(rx.get(0).0, &[10u8; 1200][..]);
     }
 }
