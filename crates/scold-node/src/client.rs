@@ -1,20 +1,41 @@
-//! `scold client`, data path: a tunnel to a proxy and host routes for the target
-//! addresses into it (paper Section 4.1, after the resolver has picked a proxy).
+//! `scold client`: the client agent of scheme 4.1 (paper Section 4.1, "indirect route by
+//! the resolver library"), done without patching libc: a local stub resolver that the
+//! host's resolv.conf points at.
 //!
-//! The routes live in SCOLD's own routing table behind one policy rule, so exiting
-//! leaves routing exactly as found. The DNS-driven agent builds on this later.
+//! With an `[agent]` table the client forwards every query to the site's resolver
+//! (ClientDNS). For an A/AAAA question it also asks for the ALT records of the name; when
+//! there are some, it picks a proxy of the ALT set (lowest round-trip time to the
+//! proxies' admission ports, ties at random), runs the admission exchange
+//! ([`crate::admission`]), brings the tunnel to that proxy up and a host route for each
+//! target address into it, and only then returns the normal answer to the application.
+//! Each admission connection stays open and is probed; when a proxy stops answering the
+//! agent moves to the next proxy of the ALT set. When the name has no ALT records any
+//! more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and routes go.
+//!
+//! Without `[agent]` the client is a static data path: the peers and routes of its config
+//! file. Either way routes live in SCOLD's own routing table behind one policy rule, so
+//! exiting leaves routing exactly as found.
 
+use crate::admission::{self, AdmissionConn, AdmissionError, AdmitRequest, Admitted, Connector};
 use crate::common::{self, CommandReceiver, TunnelSection};
 use anyhow::Context as _;
-use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply, Route, Stats, Via};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use scold_proto::dataplane::{
+    Command, Encap, Peer, Prefix, PublicKey, RefusalCode, Reply, Route, Stats, Via,
+};
 use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
 use scold_tunnel::{Engine, EngineConfig, EngineHandle};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example: scold client --config /etc/scold/client.toml\n\
@@ -34,33 +55,62 @@ pub struct Args {
     pub check: bool,
 }
 
-pub const EXAMPLE: &str = r#"# scold client: tunnel to a proxy and host routes for targets into it.
+pub const EXAMPLE: &str = r#"# scold client: the client agent of scheme 4.1 (a SCOLD-aware stub resolver), or a
+# static tunnel to a proxy.
 
 [tunnel]
 # Local UDP socket for udp and wireguard tunnels (port 0: any free port).
 listen = "0.0.0.0:0"
 ipip = false
+# WireGuard private key (make one with `scold client --genkey`), or private_key_file.
 private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
 outer_mtu = 1500
-encap = "wireguard"        # sets the TUN MTU: outer_mtu minus this encapsulation's overhead
+# The encapsulation asked of proxies; it also sets the TUN MTU (outer_mtu minus its
+# overhead).
+encap = "wireguard"
 
 tun_name = "scold-cl"
-# Source address of tunnelled packets: the address the proxy admitted.
-source = "198.51.100.7"
 table = 5103
 rule_priority = 5103
 
-[[peers]]
-name = "proxy-1"
-address = "192.0.2.10"
-port = 51820
-encap = "wireguard"
-public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-keepalive_secs = 25
+# The agent: point resolv.conf at `listen` (nameserver 127.0.0.53).
+[agent]
+listen = "127.0.0.53:53"
+# The site's resolver (ClientDNS), tried in order.
+upstream = ["192.0.2.53:53"]
+# The consortium CA certificate: proxies must present a certificate it issued, with role
+# proxy. (Optional: its CRL, re-read while running.) Relative to this file.
+ca = "ca.crt"
+# crl = "crl.pem"
+# RR type code of ALT records.
+alt_type = 65280
+# TCP port of the proxies' admission service.
+admission_port = 5443
+# How often the admission connection is probed, and how long an answer may take before
+# the agent moves to the next proxy.
+probe_interval_ms = 200
+probe_timeout_ms = 600
+# Limit of one admission (TCP + TLS + answer) and of one upstream DNS query.
+admission_timeout_ms = 1000
+upstream_timeout_ms = 1500
+# WireGuard persistent keepalive towards the proxy.
+keepalive_secs = 10
+# A name's ALT set is asked again when its TTL runs out, within these bounds.
+min_refresh_secs = 1
+max_refresh_secs = 300
 
-[[routes]]
-destination = "203.0.113.10/32"   # the target
-via = { peer = "proxy-1" }
+# Static mode (no [agent]): the proxy and the routes are fixed.
+# source = "198.51.100.7"     # source address of tunnelled packets
+# [[peers]]
+# name = "proxy-1"
+# address = "192.0.2.10"
+# port = 51820
+# encap = "wireguard"
+# public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+# keepalive_secs = 25
+# [[routes]]
+# destination = "203.0.113.10/32"
+# via = { peer = "proxy-1" }
 "#;
 
 fn default_tun() -> String {
@@ -87,8 +137,104 @@ pub struct Config {
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The stub resolver of scheme 4.1.
+    #[serde(default)]
+    pub agent: Option<AgentSection>,
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+fn default_agent_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 53], 53))
+}
+fn default_alt_type() -> u16 {
+    scold_dns::alt::DEFAULT_ALT_TYPE
+}
+fn default_admission_port() -> u16 {
+    admission::DEFAULT_PORT
+}
+fn default_probe_interval() -> u64 {
+    200
+}
+fn default_probe_timeout() -> u64 {
+    600
+}
+fn default_admission_timeout() -> u64 {
+    1000
+}
+fn default_upstream_timeout() -> u64 {
+    1500
+}
+fn default_keepalive() -> u16 {
+    10
+}
+fn default_min_refresh() -> u64 {
+    1
+}
+fn default_max_refresh() -> u64 {
+    300
+}
+
+/// `[agent]`: the SCOLD-aware stub resolver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Where applications' queries arrive (UDP and TCP).
+    #[serde(default = "default_agent_listen")]
+    pub listen: SocketAddr,
+    /// The site's resolvers (ClientDNS), tried in order.
+    pub upstream: Vec<SocketAddr>,
+    /// The consortium CA certificate (relative paths: from the config file's directory).
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    #[serde(default = "default_alt_type")]
+    pub alt_type: u16,
+    #[serde(default = "default_admission_port")]
+    pub admission_port: u16,
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout_ms: u64,
+    #[serde(default = "default_admission_timeout")]
+    pub admission_timeout_ms: u64,
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_ms: u64,
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u16,
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_secs: u64,
+    #[serde(default = "default_max_refresh")]
+    pub max_refresh_secs: u64,
+}
+
+impl AgentSection {
+    fn check(&self, file: &Path) -> anyhow::Result<()> {
+        let f = file.display();
+        if self.upstream.is_empty() {
+            anyhow::bail!("config file {f}: agent.upstream is empty; name the site's resolver, e.g. upstream = [\"192.0.2.53:53\"]");
+        }
+        if self.upstream.contains(&self.listen) {
+            anyhow::bail!(
+                "config file {f}: agent.upstream contains agent.listen {}: queries would loop",
+                self.listen
+            );
+        }
+        if !(65280..=65534).contains(&self.alt_type) {
+            anyhow::bail!("config file {f}: agent.alt_type = {} is outside the private-use range 65280..=65534", self.alt_type);
+        }
+        if self.probe_interval_ms == 0
+            || self.probe_timeout_ms == 0
+            || self.admission_timeout_ms == 0
+            || self.upstream_timeout_ms == 0
+        {
+            anyhow::bail!("config file {f}: agent time limits must be above zero");
+        }
+        if self.min_refresh_secs == 0 || self.min_refresh_secs > self.max_refresh_secs {
+            anyhow::bail!("config file {f}: agent.min_refresh_secs must be at least 1 and at most max_refresh_secs");
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -103,6 +249,26 @@ impl Config {
             Command::AddPeer(p.clone())
                 .validate()
                 .map_err(|e| anyhow::anyhow!("config file {}: peers[{i}]: {e}", path.display()))?;
+        }
+        if let Some(a) = &c.agent {
+            a.check(path)?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            let resolve = |p: &Path| {
+                if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    base.join(p)
+                }
+            };
+            let a = c.agent.as_mut().expect("checked");
+            a.ca = resolve(&a.ca);
+            a.crl = a.crl.as_deref().map(resolve);
+            if c.tunnel.encap == Encap::Wireguard && c.tunnel.private_key(path)?.is_none() {
+                anyhow::bail!(
+                    "config file {}: tunnel.encap = \"wireguard\" needs tunnel.private_key (make one with `scold client --genkey`)",
+                    path.display()
+                );
+            }
         }
         for (i, r) in c.routes.iter().enumerate() {
             if let Via::Gateway(_) = r.via {
@@ -144,7 +310,9 @@ struct Client {
 }
 
 impl Client {
-    async fn add_route(&mut self, destination: Prefix, peer: String) -> Reply {
+    /// Adds a route through `peer`; `src` is the preferred source of the kernel route
+    /// (the address the proxy admitted), default: the configured `source`.
+    async fn add_route(&mut self, destination: Prefix, peer: String, src: Option<IpAddr>) -> Reply {
         let name = peer.clone();
         let r = self
             .engine
@@ -163,8 +331,8 @@ impl Client {
             }
             Err(e) => return Reply::refused(RefusalCode::System, e.to_string()),
         };
-        let src = self
-            .source
+        let src = src
+            .or(self.source)
             .filter(|s| s.is_ipv4() == destination.addr().is_ipv4());
         match self
             .table
@@ -243,7 +411,7 @@ impl common::Node for Client {
             Command::AddRoute(Route {
                 destination,
                 via: Via::Peer(peer),
-            }) => self.add_route(destination, peer).await,
+            }) => self.add_route(destination, peer, None).await,
             Command::AddRoute(_) => Reply::refused(
                 RefusalCode::NotForThisRole,
                 "a client routes through a proxy peer (via = { peer = NAME })",
@@ -315,10 +483,15 @@ pub async fn serve(
             Command::AddRoute(r.clone()),
         )
     }));
-    let result = common::apply_static(&cfg.file, entries, &mut node).await;
+    let mut result = common::apply_static(&cfg.file, entries, &mut node).await;
     if result.is_ok() {
         tracing::info!(tun = %cfg.tun_name, mtu, "client tunnel ready");
-        common::command_loop(&mut node, &mut commands, shutdown).await;
+        match &cfg.agent {
+            Some(a) => {
+                result = run_agent(&cfg, a, mtu, &mut node, &mut commands, shutdown).await;
+            }
+            None => common::command_loop(&mut node, &mut commands, shutdown).await,
+        }
     }
     for e in node.table.clear().await {
         tracing::warn!(error = %e, "tear-down incomplete");
@@ -327,4 +500,941 @@ pub async fn serve(
     let stats = engine_task.await.context("packet engine task failed")?;
     tracing::info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "client stopped");
     result.map(|_| stats)
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent of scheme 4.1
+// ---------------------------------------------------------------------------------------
+
+/// What the DNS front, the link tasks and the re-queries tell the agent's loop.
+enum Event {
+    /// An A/AAAA answer for `name` came with ALT records: set the route up, then answer.
+    Lookup {
+        name: String,
+        targets: Vec<IpAddr>,
+        alts: Vec<IpAddr>,
+        ttl: u32,
+        done: oneshot::Sender<()>,
+    },
+    /// A lookup of `name` found no ALT records.
+    NoAlt { name: String },
+    /// The ALT re-query of `name` at its TTL; None: no upstream answered.
+    Requeried {
+        name: String,
+        result: Option<(Vec<IpAddr>, u32)>,
+    },
+    /// A proxy's admission connection failed or stopped answering probes.
+    LinkDown { proxy: IpAddr, why: String },
+}
+
+/// Orders for a link task, which owns one admission connection.
+enum LinkOp {
+    Admit(
+        AdmitRequest,
+        Vec<IpAddr>,
+        oneshot::Sender<Result<Admitted, AdmissionError>>,
+    ),
+    Release(Vec<IpAddr>, oneshot::Sender<()>),
+}
+
+struct Link {
+    ops: mpsc::Sender<LinkOp>,
+    admitted: Admitted,
+    peer: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct NameState {
+    targets: BTreeSet<IpAddr>,
+    alts: Vec<IpAddr>,
+    proxy: Option<IpAddr>,
+    refresh_at: Instant,
+    requery_pending: bool,
+    /// When to try again to find a proxy (none worked).
+    retry_at: Option<Instant>,
+}
+
+struct Agent<'a> {
+    node: &'a mut Client,
+    cfg: AgentSection,
+    encap: Encap,
+    public_key: Option<PublicKey>,
+    tun_mtu: u16,
+    connector: Connector,
+    names: HashMap<String, NameState>,
+    links: HashMap<IpAddr, Link>,
+    /// Proxies that failed recently, and until when they are tried last.
+    down: HashMap<IpAddr, Instant>,
+    events: mpsc::Sender<Event>,
+    dns: Arc<DnsFront>,
+}
+
+/// How long a failed proxy is tried only after the others.
+const DOWN_FOR: Duration = Duration::from_secs(30);
+/// How often the agent looks at re-queries and retries.
+const TICK: Duration = Duration::from_millis(250);
+
+fn peer_name(proxy: IpAddr) -> String {
+    format!("proxy-{proxy}")
+}
+
+async fn run_agent(
+    cfg: &Config,
+    a: &AgentSection,
+    tun_mtu: u16,
+    node: &mut Client,
+    commands: &mut CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let file = cfg.file.display();
+    let connector = Connector::new(
+        &a.ca,
+        a.crl.as_deref(),
+        a.admission_port,
+        Duration::from_millis(a.admission_timeout_ms),
+    )
+    .map_err(|e| anyhow::anyhow!("config file {file}: agent.ca: {e}"))?;
+    let public_key = match cfg.tunnel.private_key(&cfg.file)? {
+        Some(k) if cfg.tunnel.encap == Encap::Wireguard => {
+            Some(PublicKey(scold_tunnel::keys::public_of(&k)?))
+        }
+        _ => None,
+    };
+    let (events_tx, mut events) = mpsc::channel(256);
+    let dns = Arc::new(DnsFront {
+        upstream: a.upstream.clone(),
+        timeout: Duration::from_millis(a.upstream_timeout_ms),
+        alt_type: a.alt_type,
+        events: events_tx.clone(),
+    });
+    let servers = dns
+        .clone()
+        .start(a.listen)
+        .await
+        .with_context(|| format!("config file {file}: agent.listen {}", a.listen))?;
+    tracing::info!(listen = %a.listen, upstream = ?a.upstream, encap = %cfg.tunnel.encap, "client agent answering DNS");
+    let mut agent = Agent {
+        node,
+        cfg: a.clone(),
+        encap: cfg.tunnel.encap,
+        public_key,
+        tun_mtu,
+        connector,
+        names: HashMap::new(),
+        links: HashMap::new(),
+        down: HashMap::new(),
+        events: events_tx,
+        dns,
+    };
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(ev) = events.recv() => agent.event(ev).await,
+            c = commands.recv(), if open => match c {
+                Some((cmd, reply)) => {
+                    let kind = cmd.kind();
+                    let r = common::Node::apply(&mut *agent.node, cmd).await;
+                    common::log_reply(kind, &r);
+                    let _ = reply.send(r);
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => agent.tick().await,
+        }
+    }
+    for s in servers {
+        s.abort();
+    }
+    agent.shutdown().await;
+    Ok(())
+}
+
+impl Agent<'_> {
+    async fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Lookup {
+                name,
+                targets,
+                alts,
+                ttl,
+                done,
+            } => {
+                let refresh = self.refresh_in(ttl);
+                let st = self.names.entry(name.clone()).or_insert_with(|| NameState {
+                    targets: BTreeSet::new(),
+                    alts: Vec::new(),
+                    proxy: None,
+                    refresh_at: Instant::now() + refresh,
+                    requery_pending: false,
+                    retry_at: None,
+                });
+                st.targets.extend(targets);
+                st.alts = alts;
+                st.refresh_at = Instant::now() + refresh;
+                self.ensure(&name).await;
+                let _ = done.send(());
+            }
+            Event::NoAlt { name } => {
+                if self.names.contains_key(&name) {
+                    tracing::info!(%name, "no ALT records any more; tearing the indirect route down");
+                    self.teardown(&name).await;
+                }
+            }
+            Event::Requeried { name, result } => {
+                let Some(st) = self.names.get_mut(&name) else {
+                    return;
+                };
+                st.requery_pending = false;
+                match result {
+                    None => st.refresh_at = Instant::now() + Duration::from_secs(1),
+                    Some((alts, _)) if alts.is_empty() => {
+                        tracing::info!(%name, "ALT records withdrawn; tearing the indirect route down");
+                        self.teardown(&name).await;
+                    }
+                    Some((alts, ttl)) => {
+                        let refresh = self.refresh_in(ttl);
+                        let st = self.names.get_mut(&name).expect("present");
+                        st.refresh_at = Instant::now() + refresh;
+                        if st.alts != alts {
+                            tracing::info!(%name, ?alts, "ALT set changed");
+                            st.alts = alts;
+                        }
+                        self.ensure(&name).await;
+                    }
+                }
+            }
+            Event::LinkDown { proxy, why } => self.link_down(proxy, &why).await,
+        }
+    }
+
+    fn refresh_in(&self, ttl: u32) -> Duration {
+        Duration::from_secs(
+            (ttl as u64).clamp(self.cfg.min_refresh_secs, self.cfg.max_refresh_secs),
+        )
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        self.down.retain(|_, until| *until > now);
+        let mut retry = Vec::new();
+        for (name, st) in self.names.iter_mut() {
+            if st.refresh_at <= now && !st.requery_pending {
+                st.requery_pending = true;
+                let dns = self.dns.clone();
+                let events = self.events.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let result = dns.alt(&name).await.ok();
+                    let _ = events.send(Event::Requeried { name, result }).await;
+                });
+            }
+            if st.retry_at.is_some_and(|t| t <= now) {
+                retry.push(name.clone());
+            }
+        }
+        for name in retry {
+            self.ensure(&name).await;
+        }
+    }
+
+    /// Proxies of `alts` in the order to try them: those that failed recently last; the
+    /// others by the round-trip time of a TCP connect to their admission port, ties (same
+    /// millisecond) at random; those that did not answer at all after them.
+    async fn rank(&self, alts: &[IpAddr]) -> Vec<IpAddr> {
+        use rand::seq::SliceRandom;
+        let port = self.connector.port();
+        let limit = Duration::from_millis(self.cfg.admission_timeout_ms.min(500));
+        let probes = alts.iter().map(|&p| async move {
+            let t0 = Instant::now();
+            let r = tokio::time::timeout(limit, tokio::net::TcpStream::connect((p, port))).await;
+            let rtt = match r {
+                Ok(Ok(_)) => Some(t0.elapsed()),
+                _ => None,
+            };
+            (p, rtt)
+        });
+        let mut measured = futures::future::join_all(probes).await;
+        measured.shuffle(&mut rand::rng());
+        measured.sort_by_key(|(p, rtt)| {
+            (
+                self.down.contains_key(p),
+                rtt.map(|d| d.as_millis()).unwrap_or(u128::MAX),
+            )
+        });
+        tracing::debug!(?measured, "proxies ranked");
+        measured.into_iter().map(|(p, _)| p).collect()
+    }
+
+    fn request(&self, targets: &BTreeSet<IpAddr>) -> AdmitRequest {
+        AdmitRequest {
+            targets: targets.iter().copied().collect(),
+            encap: self.encap,
+            public_key: self.public_key.clone(),
+            port: None,
+        }
+    }
+
+    /// Brings `name`'s indirect route up (or keeps it), through its current proxy if that
+    /// one is still in the ALT set and alive, otherwise through the best other one.
+    async fn ensure(&mut self, name: &str) {
+        let Some(st) = self.names.get(name) else {
+            return;
+        };
+        let targets: BTreeSet<IpAddr> = st
+            .targets
+            .iter()
+            .copied()
+            .filter(|t| !st.alts.contains(t))
+            .collect();
+        if targets.len() < st.targets.len() {
+            tracing::warn!(%name, "a target address is also a proxy address; it is not routed into the tunnel");
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let alts = st.alts.clone();
+        let current = st
+            .proxy
+            .filter(|p| alts.contains(p) && self.links.contains_key(p));
+        let req = self.request(&targets);
+        let previous = st.proxy;
+        let mut order: Vec<IpAddr> = current.into_iter().collect();
+        let mut ranked = false;
+        if order.is_empty() {
+            ranked = true;
+            order = self.rank(&alts).await;
+        }
+        while let Some(proxy) = (!order.is_empty()).then(|| order.remove(0)) {
+            let t0 = Instant::now();
+            match self.admit(proxy, &alts, &req).await {
+                Ok(local) => {
+                    if let Err(e) = self.route(&targets, proxy, local).await {
+                        tracing::warn!(%name, %proxy, error = %e, "cannot install routes");
+                        continue;
+                    }
+                    if let Some(st) = self.names.get_mut(name) {
+                        st.proxy = Some(proxy);
+                        st.retry_at = None;
+                    }
+                    if previous != Some(proxy) {
+                        let identity = self
+                            .links
+                            .get(&proxy)
+                            .map(|l| l.admitted.tunnel_address.to_string())
+                            .unwrap_or_default();
+                        tracing::info!(%name, %proxy, tunnel = %identity, source = %local, targets = ?targets, elapsed_ms = t0.elapsed().as_millis() as u64, "indirect route up");
+                        if let Some(old) = previous {
+                            self.release_if_unused(old, &targets).await;
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%name, %proxy, error = %e, "admission failed; trying the next proxy of the ALT set");
+                    self.down.insert(proxy, Instant::now() + DOWN_FOR);
+                }
+            }
+            if order.is_empty() && !ranked {
+                // The current proxy (if any) did not do; measure the others only now, so
+                // a lookup of a name already routed costs no probes.
+                ranked = true;
+                order = self
+                    .rank(&alts)
+                    .await
+                    .into_iter()
+                    .filter(|p| Some(*p) != current)
+                    .collect();
+            }
+        }
+        tracing::error!(%name, alts = ?alts, "no proxy of the ALT set admitted us; retrying in 1 s");
+        if let Some(st) = self.names.get_mut(name) {
+            st.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+
+    /// Admission at `proxy` for `req`, over its open link or a new one. Returns our
+    /// address towards it (the tunnel's inner source).
+    async fn admit(
+        &mut self,
+        proxy: IpAddr,
+        alts: &[IpAddr],
+        req: &AdmitRequest,
+    ) -> Result<IpAddr, AdmissionError> {
+        let timeout = Duration::from_millis(self.cfg.admission_timeout_ms);
+        if let Some(link) = self.links.get_mut(&proxy) {
+            if req
+                .targets
+                .iter()
+                .all(|t| link.admitted.targets.contains(t))
+            {
+                return Ok(link.admitted.client);
+            }
+            let (tx, rx) = oneshot::channel();
+            let sent = link
+                .ops
+                .send(LinkOp::Admit(req.clone(), alts.to_vec(), tx))
+                .await
+                .is_ok();
+            let answer = if sent {
+                tokio::time::timeout(timeout * 2, rx)
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            } else {
+                None
+            };
+            return match answer {
+                Some(Ok(a)) => {
+                    link.admitted = a;
+                    Ok(link.admitted.client)
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(AdmissionError::Timeout {
+                    addr: SocketAddr::new(proxy, self.connector.port()),
+                    what: "admission over the open link",
+                }),
+            };
+        }
+        let t0 = Instant::now();
+        let mut conn = self.connector.connect(proxy, alts).await?;
+        let admitted = conn.admit(req, alts, timeout).await?;
+        if admitted.inner_mtu < self.tun_mtu {
+            tracing::warn!(%proxy, inner_mtu = admitted.inner_mtu, tun_mtu = self.tun_mtu,
+                "the path through this proxy carries smaller packets than the TUN MTU; lower tunnel.outer_mtu or tunnel.mtu");
+        }
+        let peer = Peer {
+            name: peer_name(proxy),
+            address: admitted.tunnel_address,
+            port: admitted.port,
+            encap: admitted.encap,
+            public_key: admitted.public_key.clone(),
+            keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
+        };
+        if let Reply::Refused { code, message } =
+            common::Node::apply(&mut *self.node, Command::AddPeer(peer.clone())).await
+        {
+            return Err(AdmissionError::Protocol {
+                addr: conn.proxy,
+                detail: format!("cannot add the tunnel peer ({code:?}): {message}"),
+            });
+        }
+        tracing::info!(%proxy, identity = %conn.identity, source = %conn.local, encap = %admitted.encap, inner_mtu = admitted.inner_mtu, elapsed_ms = t0.elapsed().as_millis() as u64, "admitted by proxy");
+        let (ops_tx, ops_rx) = mpsc::channel(8);
+        let task = tokio::spawn(link_task(
+            conn,
+            ops_rx,
+            self.events.clone(),
+            Duration::from_millis(self.cfg.probe_interval_ms),
+            Duration::from_millis(self.cfg.probe_timeout_ms),
+            timeout,
+        ));
+        let local = admitted.client;
+        self.links.insert(
+            proxy,
+            Link {
+                ops: ops_tx,
+                admitted,
+                peer: peer.name,
+                task,
+            },
+        );
+        Ok(local)
+    }
+
+    /// Host routes for `targets` into the tunnel to `proxy`, with `local` as source.
+    async fn route(
+        &mut self,
+        targets: &BTreeSet<IpAddr>,
+        proxy: IpAddr,
+        local: IpAddr,
+    ) -> Result<(), String> {
+        let peer = peer_name(proxy);
+        for t in targets {
+            match self
+                .node
+                .add_route(Prefix::host(*t), peer.clone(), Some(local))
+                .await
+            {
+                Reply::Refused { code, message } => {
+                    return Err(format!("route {t} ({code:?}): {message}"))
+                }
+                Reply::Done { changed: true } => {
+                    tracing::info!(target = %t, %proxy, %local, "host route into the tunnel")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// After `targets` moved away from `proxy`: releases them there, and closes the
+    /// link and removes the peer when no name uses the proxy any more.
+    async fn release_if_unused(&mut self, proxy: IpAddr, targets: &BTreeSet<IpAddr>) {
+        let in_use = self.names.values().any(|s| s.proxy == Some(proxy));
+        if let Some(link) = self.links.get(&proxy) {
+            let (tx, rx) = oneshot::channel();
+            if link
+                .ops
+                .send(LinkOp::Release(targets.iter().copied().collect(), tx))
+                .await
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(Duration::from_millis(500), rx).await;
+            }
+        }
+        if !in_use {
+            self.drop_link(proxy).await;
+        }
+    }
+
+    async fn drop_link(&mut self, proxy: IpAddr) {
+        let name = match self.links.remove(&proxy) {
+            Some(link) => {
+                link.task.abort();
+                link.peer
+            }
+            None => peer_name(proxy),
+        };
+        // Routes still through this peer go with it (none when every name moved).
+        let r = common::Node::apply(&mut *self.node, Command::RemovePeer { name }).await;
+        common::log_reply("remove_peer", &r);
+    }
+
+    async fn link_down(&mut self, proxy: IpAddr, why: &str) {
+        let t0 = Instant::now();
+        tracing::warn!(%proxy, %why, "proxy lost; moving to the next proxy of the ALT set");
+        self.down.insert(proxy, Instant::now() + DOWN_FOR);
+        if let Some(link) = self.links.remove(&proxy) {
+            link.task.abort();
+        }
+        let affected: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, s)| s.proxy == Some(proxy))
+            .map(|(n, _)| n.clone())
+            .collect();
+        // The old peer and its routes stay until each name has its new routes, so no
+        // packet falls back to the direct path in between.
+        for name in &affected {
+            if let Some(st) = self.names.get_mut(name) {
+                st.proxy = None;
+            }
+            self.ensure(name).await;
+        }
+        if !self.links.contains_key(&proxy) {
+            // Routes of names that found no other proxy go with the peer.
+            let r = common::Node::apply(
+                &mut *self.node,
+                Command::RemovePeer {
+                    name: peer_name(proxy),
+                },
+            )
+            .await;
+            common::log_reply("remove_peer", &r);
+        }
+        if !affected.is_empty() {
+            let moved: Vec<Option<IpAddr>> = affected
+                .iter()
+                .map(|n| self.names.get(n).and_then(|s| s.proxy))
+                .collect();
+            tracing::info!(%proxy, names = ?affected, now_via = ?moved, elapsed_ms = t0.elapsed().as_millis() as u64, "failover done");
+        }
+    }
+
+    /// Removes `name`'s routes (targets no other name uses), releases them at the proxy
+    /// and closes the link when nothing else uses it.
+    async fn teardown(&mut self, name: &str) {
+        let Some(st) = self.names.remove(name) else {
+            return;
+        };
+        let still: BTreeSet<IpAddr> = self
+            .names
+            .values()
+            .flat_map(|s| s.targets.iter().copied())
+            .collect();
+        let gone: BTreeSet<IpAddr> = st.targets.difference(&still).copied().collect();
+        for t in &gone {
+            match self.node.remove_route(Prefix::host(*t)).await {
+                Ok(_) => tracing::info!(target = %t, %name, "host route removed"),
+                Err(e) => tracing::warn!(target = %t, error = %e, "cannot remove the host route"),
+            }
+        }
+        if let Some(p) = st.proxy {
+            self.release_if_unused(p, &gone).await;
+        }
+    }
+
+    /// On exit: release every admission; the caller removes routes and rule.
+    async fn shutdown(&mut self) {
+        let names: Vec<String> = self.names.keys().cloned().collect();
+        for n in names {
+            self.teardown(&n).await;
+        }
+        let left: Vec<IpAddr> = self.links.keys().copied().collect();
+        for p in left {
+            self.drop_link(p).await;
+        }
+    }
+}
+
+/// Owns one admission connection: carries the agent's requests and probes the proxy.
+async fn link_task(
+    mut conn: AdmissionConn,
+    mut ops: mpsc::Receiver<LinkOp>,
+    events: mpsc::Sender<Event>,
+    probe: Duration,
+    probe_timeout: Duration,
+    call_timeout: Duration,
+) {
+    let proxy = conn.proxy.ip();
+    let mut seq = 0u64;
+    let why = loop {
+        tokio::select! {
+            op = ops.recv() => match op {
+                None => return,
+                Some(LinkOp::Admit(req, alts, reply)) => {
+                    let r = conn.admit(&req, &alts, call_timeout).await;
+                    let broken = matches!(r, Err(AdmissionError::Protocol { .. } | AdmissionError::Timeout { .. }));
+                    let why = r.as_ref().err().map(|e| e.to_string());
+                    let _ = reply.send(r);
+                    if broken {
+                        break why.unwrap_or_default();
+                    }
+                }
+                Some(LinkOp::Release(targets, reply)) => {
+                    let _ = conn.call(&admission::Request::Release { targets }, call_timeout).await;
+                    let _ = reply.send(());
+                }
+            },
+            _ = tokio::time::sleep(probe) => {
+                seq += 1;
+                if let Err(e) = probe_once(&mut conn, seq, probe_timeout).await {
+                    break e;
+                }
+            }
+        }
+    };
+    let _ = events.send(Event::LinkDown { proxy, why }).await;
+}
+
+/// One probe: a ping, and its pong within `timeout`. Late answers to earlier requests
+/// (a release that timed out) are skipped.
+async fn probe_once(conn: &mut AdmissionConn, seq: u64, timeout: Duration) -> Result<(), String> {
+    let r = tokio::time::timeout(timeout, async {
+        conn.send(&admission::Request::Ping { seq }).await?;
+        loop {
+            match conn.recv().await? {
+                admission::Answer::Pong { seq: s } if s == seq => {
+                    return Ok::<(), AdmissionError>(())
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer to a probe within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The DNS front: forwards to ClientDNS, asks for ALT beside A/AAAA
+// ---------------------------------------------------------------------------------------
+
+struct DnsFront {
+    upstream: Vec<SocketAddr>,
+    timeout: Duration,
+    alt_type: u16,
+    events: mpsc::Sender<Event>,
+}
+
+/// Longest wait for the indirect route before the answer goes out anyway.
+const SETUP_WAIT: Duration = Duration::from_secs(4);
+/// Queries answered at once over UDP, and TCP connections served at once.
+const MAX_IN_FLIGHT: usize = 512;
+const MAX_TCP: usize = 128;
+
+fn name_key(n: &Name) -> String {
+    let mut s = n.to_ascii().to_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+impl DnsFront {
+    async fn start(
+        self: Arc<Self>,
+        listen: SocketAddr,
+    ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let udp = Arc::new(tokio::net::UdpSocket::bind(listen).await?);
+        let tcp = tokio::net::TcpListener::bind(listen).await?;
+        let me = self.clone();
+        let udp_task = tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, src) = match udp.recv_from(&mut buf).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DNS receive failed");
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::warn!(%src, "too many DNS queries in flight; dropping one");
+                    continue;
+                };
+                let req = buf[..n].to_vec();
+                let me = me.clone();
+                let udp = udp.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Some(resp) = me.answer(&req, true).await {
+                        let _ = udp.send_to(&resp, src).await;
+                    }
+                });
+            }
+        });
+        let me = self;
+        let tcp_task = tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
+            loop {
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    continue;
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    loop {
+                        let mut lb = [0u8; 2];
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut lb))
+                                .await;
+                        if !matches!(read, Ok(Ok(_))) {
+                            break;
+                        }
+                        let mut req = vec![0u8; u16::from_be_bytes(lb) as usize];
+                        if !matches!(
+                            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut req))
+                                .await,
+                            Ok(Ok(_))
+                        ) {
+                            break;
+                        }
+                        let Some(resp) = me.answer(&req, false).await else {
+                            break;
+                        };
+                        let mut out = (resp.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&resp);
+                        if s.write_all(&out).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(vec![udp_task, tcp_task])
+    }
+
+    /// Sends `req` to the upstreams in order; the first usable answer.
+    async fn forward(&self, req: &[u8]) -> Option<Vec<u8>> {
+        for server in &self.upstream {
+            match scold_dns::net::exchange(
+                *server,
+                req,
+                self.timeout,
+                scold_dns::net::Transport::Auto,
+            )
+            .await
+            {
+                Ok(r) if r.len() >= 12 => {
+                    let rcode = r[3] & 0x0f;
+                    // SERVFAIL and REFUSED: the next upstream may do better.
+                    if (rcode == 2 || rcode == 5)
+                        && server != self.upstream.last().expect("non-empty")
+                    {
+                        continue;
+                    }
+                    return Some(r);
+                }
+                Ok(_) => continue,
+                Err(e) => tracing::debug!(%server, error = %e, "upstream did not answer"),
+            }
+        }
+        None
+    }
+
+    /// The ALT set of `name` and its TTL (for an empty set: the negative TTL).
+    async fn alt(&self, name: &str) -> Result<(Vec<IpAddr>, u32), String> {
+        let qname = Name::from_ascii(name).map_err(|e| format!("{name}: {e}"))?;
+        let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(qname, RecordType::Unknown(self.alt_type)));
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+        let bytes = m.to_vec().map_err(|e| e.to_string())?;
+        let r = self
+            .forward(&bytes)
+            .await
+            .ok_or_else(|| "no upstream answered the ALT query".to_string())?;
+        let resp = Message::from_vec(&r).map_err(|e| format!("ALT answer: {e}"))?;
+        if resp.metadata.id != m.metadata.id {
+            return Err("ALT answer with another ID".into());
+        }
+        alt_from_response(&resp, self.alt_type)
+    }
+
+    /// Answers one query from an application; None: send nothing.
+    async fn answer(&self, req: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let parsed = Message::from_vec(req).ok();
+        let question = parsed.as_ref().and_then(|m| {
+            let q = m.queries.first()?;
+            let scold = m.metadata.message_type == MessageType::Query
+                && m.metadata.op_code == OpCode::Query
+                && q.query_class() == DNSClass::IN
+                && matches!(q.query_type(), RecordType::A | RecordType::AAAA);
+            scold.then(|| name_key(q.name()))
+        });
+        let (resp, alt) = match &question {
+            Some(name) => {
+                let (r, a) = tokio::join!(self.forward(req), self.alt(name));
+                (r, Some(a))
+            }
+            None => (self.forward(req).await, None),
+        };
+        let resp = match resp {
+            Some(r) => r,
+            None => return parsed.map(|m| servfail(&m)),
+        };
+        if let (Some(name), Some(alt)) = (question, alt) {
+            let targets = Message::from_vec(&resp)
+                .ok()
+                .filter(|m| m.metadata.response_code == ResponseCode::NoError)
+                .map(|m| addresses(&m))
+                .unwrap_or_default();
+            match alt {
+                Ok((alts, ttl)) if !alts.is_empty() => {
+                    if !targets.is_empty() {
+                        let (tx, rx) = oneshot::channel();
+                        let ev = Event::Lookup {
+                            name: name.clone(),
+                            targets,
+                            alts,
+                            ttl,
+                            done: tx,
+                        };
+                        if self.events.send(ev).await.is_ok()
+                            && tokio::time::timeout(SETUP_WAIT, rx).await.is_err()
+                        {
+                            tracing::warn!(%name, "indirect route not ready in time; answering anyway");
+                        }
+                    }
+                }
+                Ok(_) => {
+                    let _ = self.events.send(Event::NoAlt { name }).await;
+                }
+                Err(e) => tracing::debug!(%name, error = %e, "ALT lookup failed; routes unchanged"),
+            }
+        }
+        Some(if udp { fit_udp(req, resp) } else { resp })
+    }
+}
+
+/// The ALT addresses of a response and their TTL; NODATA/NXDOMAIN give an empty set with
+/// the negative TTL.
+fn alt_from_response(resp: &Message, alt_type: u16) -> Result<(Vec<IpAddr>, u32), String> {
+    match resp.metadata.response_code {
+        ResponseCode::NoError | ResponseCode::NXDomain => {}
+        rc => return Err(format!("ALT query answered {rc}")),
+    }
+    let mut alts = Vec::new();
+    let mut ttl = u32::MAX;
+    for r in &resp.answers {
+        if u16::from(r.record_type()) != alt_type {
+            continue;
+        }
+        let wire = scold_dns::wire::rdata_wire(&r.data).map_err(|e| e.to_string())?;
+        match scold_dns::alt::AltRdata::from_wire(&wire) {
+            Ok(a) => {
+                if !alts.contains(&a.addr()) {
+                    alts.push(a.addr());
+                }
+                ttl = ttl.min(r.ttl);
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed ALT record ignored"),
+        }
+    }
+    if alts.is_empty() {
+        ttl = resp
+            .authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+            .unwrap_or(5);
+    }
+    Ok((alts, ttl))
+}
+
+/// A/AAAA addresses in the answer section.
+fn addresses(m: &Message) -> Vec<IpAddr> {
+    let mut v = Vec::new();
+    for r in &m.answers {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+    }
+    v
+}
+
+fn servfail(req: &Message) -> Vec<u8> {
+    let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+    m.metadata.response_code = ResponseCode::ServFail;
+    m.metadata.recursion_desired = req.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    if let Some(q) = req.queries.first() {
+        m.add_query(q.clone());
+    }
+    m.to_vec().unwrap_or_default()
+}
+
+/// An upstream answer that may have come over TCP, cut to what the application's UDP
+/// query allows (its EDNS payload size, or 512): truncated with TC set if larger.
+fn fit_udp(req: &[u8], resp: Vec<u8>) -> Vec<u8> {
+    let limit = Message::from_vec(req)
+        .ok()
+        .and_then(|m| m.edns.as_ref().map(|e| e.max_payload()))
+        .unwrap_or(512)
+        .max(512) as usize;
+    if resp.len() <= limit {
+        return resp;
+    }
+    match Message::from_vec(&resp) {
+        Ok(m) => {
+            let mut t = m.truncate();
+            t.metadata.truncation = true;
+            t.to_vec().unwrap_or_default()
+        }
+        Err(_) => resp[..12.min(resp.len())].to_vec(),
+    }
 }

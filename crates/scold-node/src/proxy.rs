@@ -155,6 +155,9 @@ pub struct Config {
     pub control: ControlSection,
     #[serde(default)]
     pub notify: Vec<NotifyEntry>,
+    /// Scheme 4.1: the TLS admission port for client agents.
+    #[serde(default)]
+    pub admission: Option<crate::admission::AdmissionSection>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -470,6 +473,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     _ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
+    let _admission = crate::admission::start(&cfg, &mut commands).await?;
     let nl = Netlink::new()?;
     let mut nat = None;
     let tun = match &cfg.nat {
