@@ -13,11 +13,11 @@
 //! its main link ([`detect`]) and keeps the return path of diverted clients
 //! ([`returnpath`]); the proxy filters what arrives on its link ([`filter`]).
 
-pub mod admission;
 pub mod client;
 pub mod common;
 pub mod control;
 pub mod detect;
+pub mod filter;
 pub mod gateway;
 pub mod proxy;
 pub mod returnpath;

@@ -11,6 +11,7 @@
 
 use crate::common::{self, CommandReceiver, TunnelSection};
 use crate::control::{self, ControlSection, NodeContext, NotifyEntry};
+use crate::filter::{Defence, FilterSection, FilterUpdate, SelfDefenceSection, TunnelPorts};
 use anyhow::Context as _;
 use scold_proto::dataplane::{
     Command, NatService, Peer, Prefix, Protocol, RefusalCode, Reply, Route, Session, Stats, Via,
@@ -77,6 +78,29 @@ crl = "crl.pem"
 [[notify]]
 resolver = "198.51.100.53:53"
 key = "hmac-sha256:p1:cHJveHkxLWV4YW1wbGUtc2VjcmV0LWNoYW5nZS1tZSE="
+
+# The IDS/firewall: every packet arriving on the proxy's link is judged per source
+# (token buckets per flood class); sources that keep flooding are blocked in nftables
+# (table inet scold) and reported to the coordinator (traceback).
+[filter]
+interface = "eth0"
+alerts = "/var/log/scold/alerts.jsonl"   # JSON lines; default: standard error
+nft = true                    # mirror blocks into the kernel when nft is installed
+traceback_secs = 10
+traceback_top = 20
+# Per-source limits (defaults shown): pps = 20000.0, bytes_per_s = 25000000.0,
+# udp_pps = 10000.0, icmp_pps = 50.0, syn_pps = 50.0; block_after_drops = 200,
+# block_secs = 60, max_block_secs = 3600, new_source_pps = 20000.0 (0: off)
+
+# Self-defence: when the proxy itself is overwhelmed it asks the coordinator to reset
+# it out of every ALT set (paper 4.4).
+[selfdefence]
+# interface = "eth0"          # default: filter.interface
+link_capacity_mbps = 1000.0
+rx_pps_max = 500000.0
+cpu_busy_max = 0.95
+sustain_ms = 3000
+recover_ms = 30000
 
 # Gateways of targets (the coordinator adds more through the control channel).
 [[peers]]
@@ -155,9 +179,10 @@ pub struct Config {
     pub control: ControlSection,
     #[serde(default)]
     pub notify: Vec<NotifyEntry>,
-    /// Scheme 4.1: the TLS admission port for client agents.
     #[serde(default)]
-    pub admission: Option<crate::admission::AdmissionSection>,
+    pub filter: Option<FilterSection>,
+    #[serde(default)]
+    pub selfdefence: Option<SelfDefenceSection>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -169,6 +194,20 @@ impl Config {
         c.tunnel.check(path)?;
         c.control.check(path)?;
         control::Notifier::from_config(&c.notify, path)?;
+        if let Some(f) = &c.filter {
+            f.filter_config()
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        }
+        if c.selfdefence
+            .as_ref()
+            .is_some_and(|s| s.interface.is_none())
+            && c.filter.is_none()
+        {
+            anyhow::bail!(
+                "config file {}: [selfdefence] needs an interface (or a [filter] table whose interface it watches)",
+                path.display()
+            );
+        }
         if c.tunnel.listen.is_none() && !c.tunnel.ipip {
             anyhow::bail!(
                 "config file {}: tunnel.listen is not set and tunnel.ipip is false: the proxy would carry no tunnel; set one",
@@ -272,6 +311,15 @@ struct Nat {
 struct Proxy {
     engine: EngineHandle,
     nat: Option<Nat>,
+    filter: Option<tokio::sync::mpsc::UnboundedSender<FilterUpdate>>,
+}
+
+impl Proxy {
+    fn tell_filter(&self, u: FilterUpdate) {
+        if let Some(f) = &self.filter {
+            let _ = f.send(u);
+        }
+    }
 }
 
 fn engine_reply<T>(
@@ -390,6 +438,8 @@ impl common::Node for Proxy {
         }
         match cmd {
             Command::AddPeer(p) => {
+                // A gateway: its replies are never judged by the filter.
+                self.tell_filter(FilterUpdate::Exempt(p.address));
                 let r = self
                     .engine
                     .call(move |s| s.add_peer(&p, PeerPolicy::default()))
@@ -397,12 +447,27 @@ impl common::Node for Proxy {
                 engine_reply(r)
             }
             Command::RemovePeer { name } => {
-                match self.engine.call(move |s| s.remove_peer(&name)).await {
-                    Ok(changed) => Reply::Done { changed },
+                let r = self
+                    .engine
+                    .call(move |s| {
+                        let addr = s.peer_spec(&name).map(|p| p.address);
+                        (s.remove_peer(&name), addr)
+                    })
+                    .await;
+                match r {
+                    Ok((changed, addr)) => {
+                        if let Some(a) = addr {
+                            self.tell_filter(FilterUpdate::Unexempt(a));
+                        }
+                        Reply::Done { changed }
+                    }
                     Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
                 }
             }
-            Command::AddSession(s) => self.add_session(s).await,
+            Command::AddSession(s) => {
+                self.tell_filter(FilterUpdate::Admit(s.client));
+                self.add_session(s).await
+            }
             Command::RemoveSession { client } => {
                 let name = session_peer_name(client);
                 match self.engine.call(move |s| s.remove_peer(&name)).await {
@@ -471,9 +536,8 @@ pub async fn serve_with(
     cfg: Config,
     mut commands: CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
-    _ctx: NodeContext,
+    ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
-    let _admission = crate::admission::start(&cfg, &mut commands).await?;
     let nl = Netlink::new()?;
     let mut nat = None;
     let tun = match &cfg.nat {
@@ -519,9 +583,27 @@ pub async fn serve_with(
         let src = Prefix::host(n.source);
         handle.call(move |s| s.fib.insert(src, Dest::Tun)).await?;
     }
+    let (defence, filter) = match &cfg.filter {
+        Some(f) => {
+            let ports = TunnelPorts {
+                udp: cfg.tunnel.listen.map(|l| l.port()),
+                ipip: cfg.tunnel.ipip,
+            };
+            let (d, tx) = Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx)?;
+            (Some(d), Some(tx))
+        }
+        None => match &cfg.selfdefence {
+            Some(sd) => (
+                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx)?.0),
+                None,
+            ),
+            None => (None, None),
+        },
+    };
     let mut node = Proxy {
         engine: handle,
         nat,
+        filter,
     };
     let result = common::apply_static(&cfg.file, cfg.entries(), &mut node).await;
     if result.is_ok() {
@@ -533,6 +615,9 @@ pub async fn serve_with(
         for e in n.table.clear().await {
             tracing::warn!(error = %e, "tear-down incomplete");
         }
+    }
+    if let Some(d) = defence {
+        d.stop().await;
     }
     let _ = stop_tx.send(());
     let stats = engine_task.await.context("packet engine task failed")?;

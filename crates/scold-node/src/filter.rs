@@ -1,0 +1,842 @@
+//! `scold proxy`, defence part: the IDS/firewall on the proxy's link, traceback
+//! reports, and self-defence (paper Sections 2.1 and 4.4).
+//!
+//! Where the filter sees packets: the packet engine of `scold-tunnel` decapsulates and
+//! relays client packets inside one task and offers no per-packet hook, so the filter
+//! cannot sit on the relay path itself. It watches the proxy's link instead: an
+//! AF_PACKET socket receives a copy of every incoming packet (headers only, cut in the
+//! kernel to [`SNAPLEN`] bytes), and [`scold_filter::Filter`] judges each one per
+//! source. The copy cannot be dropped, so a verdict takes effect through the kernel:
+//! a source the filter blocks goes into the nftables set of
+//! [`scold_filter::nft::NftBlocklist`], which drops it at prerouting before the tunnel
+//! socket, the NAT relays or anything else reads it.
+//!
+//! Tunnel datagrams (UDP to the tunnel port, or IP protocol 4) carry a client's inner
+//! packet; where it is clear text (udp, ipip encapsulation) the filter classifies the
+//! inner packet with the outer source, so a client tunnelling a SYN or UDP flood hits
+//! those buckets; WireGuard payloads are opaque and count under the packet and byte
+//! limits only. Admitted clients (sessions) are marked admitted; registered gateways
+//! are never judged.
+//!
+//! Every `traceback_secs` the sources with the most drops go to the coordinator
+//! (`Traceback`). [`SelfDefence`] watches the link's counters and the CPU; when the
+//! proxy itself is overwhelmed it sends `ProxyAttacked`, and the coordinator resets the
+//! proxy out of every ALT set.
+
+use crate::control::{report_until_acknowledged, NodeContext};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use scold_filter::firewall::{Alert, FilterConfig, SourceLimits};
+use scold_filter::nft::{nft_available, NftBlocklist, NftConfig};
+use scold_filter::packet::{classify_lax, PacketInfo, Proto};
+use scold_filter::{Filter, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict};
+use scold_proto::control::Request;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::io::{self, Write as _};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// Bytes of each packet copied to the filter: outer headers and the start of an inner
+/// packet.
+pub const SNAPLEN: u32 = 160;
+/// Packets read per wake-up before the timers get a turn.
+const READ_BUDGET: usize = 1024;
+
+fn yes() -> bool {
+    true
+}
+fn default_traceback_secs() -> u64 {
+    10
+}
+fn default_traceback_top() -> usize {
+    20
+}
+
+/// `[filter]` of a proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    /// The proxy's public link: every packet arriving here is judged.
+    pub interface: String,
+    /// Alerts as JSON lines to this file (appended); default: standard error.
+    #[serde(default)]
+    pub alerts: Option<PathBuf>,
+    /// Mirror blocks into nftables (table `inet scold`) when `nft` is present.
+    #[serde(default = "yes")]
+    pub nft: bool,
+    /// How often the top offenders go to the coordinator.
+    #[serde(default = "default_traceback_secs")]
+    pub traceback_secs: u64,
+    /// How many sources a traceback report lists at most.
+    #[serde(default = "default_traceback_top")]
+    pub traceback_top: usize,
+    /// Per-source limits (packets/s, bytes/s, and per flood class).
+    #[serde(default)]
+    pub pps: Option<f64>,
+    #[serde(default)]
+    pub bytes_per_s: Option<f64>,
+    #[serde(default)]
+    pub udp_pps: Option<f64>,
+    #[serde(default)]
+    pub icmp_pps: Option<f64>,
+    #[serde(default)]
+    pub syn_pps: Option<f64>,
+    /// Rate-limit drops within one second that block a source...
+    #[serde(default)]
+    pub block_after_drops: Option<u32>,
+    /// ...for this long, doubled per repeat up to `max_block_secs`.
+    #[serde(default)]
+    pub block_secs: Option<u64>,
+    #[serde(default)]
+    pub max_block_secs: Option<u64>,
+    /// Shared packet budget of sources not yet established; 0 turns it off.
+    #[serde(default)]
+    pub new_source_pps: Option<f64>,
+}
+
+impl FilterSection {
+    pub fn filter_config(&self) -> Result<FilterConfig, String> {
+        let d = FilterConfig::default();
+        let l = SourceLimits::default();
+        let limits = SourceLimits {
+            pps: self.pps.unwrap_or(l.pps),
+            bytes_per_s: self.bytes_per_s.unwrap_or(l.bytes_per_s),
+            udp_pps: self.udp_pps.unwrap_or(l.udp_pps),
+            icmp_pps: self.icmp_pps.unwrap_or(l.icmp_pps),
+            syn_pps: self.syn_pps.unwrap_or(l.syn_pps),
+            burst: l.burst,
+        };
+        for (k, v) in [
+            ("pps", limits.pps),
+            ("bytes_per_s", limits.bytes_per_s),
+            ("udp_pps", limits.udp_pps),
+            ("icmp_pps", limits.icmp_pps),
+            ("syn_pps", limits.syn_pps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("filter.{k} = {v}: limits must be positive"));
+            }
+        }
+        if self.interface.is_empty() {
+            return Err("filter.interface is empty; name the proxy's public link".into());
+        }
+        if self.traceback_secs == 0 {
+            return Err("filter.traceback_secs = 0; use at least 1".into());
+        }
+        Ok(FilterConfig {
+            limits,
+            block_after_drops: self.block_after_drops.unwrap_or(d.block_after_drops).max(1),
+            block_for: self
+                .block_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.block_for),
+            max_block_for: self
+                .max_block_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.max_block_for),
+            new_source_pps: match self.new_source_pps {
+                Some(x) if x <= 0.0 => None,
+                Some(x) => Some(x),
+                None => d.new_source_pps,
+            },
+            ..d
+        })
+    }
+}
+
+fn default_sd_interval_ms() -> u64 {
+    500
+}
+
+/// `[selfdefence]` of a proxy: when is the proxy itself overwhelmed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfDefenceSection {
+    /// The link to watch; default: `filter.interface`.
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default = "default_sd_interval_ms")]
+    pub interval_ms: u64,
+    /// The link's capacity; with it, utilisation over `link_utilisation_max` counts.
+    #[serde(default)]
+    pub link_capacity_mbps: Option<f64>,
+    #[serde(default)]
+    pub link_utilisation_max: Option<f64>,
+    /// Received packets/s that count as saturation.
+    #[serde(default)]
+    pub rx_pps_max: Option<f64>,
+    #[serde(default)]
+    pub rx_dropped_per_s_max: Option<f64>,
+    /// Busy share of all CPUs that counts as saturation (above 1: never).
+    #[serde(default)]
+    pub cpu_busy_max: Option<f64>,
+    /// Saturation must last this long before the coordinator is told.
+    #[serde(default)]
+    pub sustain_ms: Option<u64>,
+    #[serde(default)]
+    pub recover_ms: Option<u64>,
+}
+
+impl SelfDefenceSection {
+    pub fn config(&self) -> SelfDefenceConfig {
+        let d = SelfDefenceConfig::default();
+        SelfDefenceConfig {
+            link_capacity_bps: self.link_capacity_mbps.map(|m| m * 1e6),
+            link_utilisation_max: self.link_utilisation_max.unwrap_or(d.link_utilisation_max),
+            rx_pps_max: self.rx_pps_max.or(d.rx_pps_max),
+            rx_dropped_per_s_max: self.rx_dropped_per_s_max.unwrap_or(d.rx_dropped_per_s_max),
+            cpu_busy_max: self.cpu_busy_max.unwrap_or(d.cpu_busy_max),
+            sustain: self
+                .sustain_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.sustain),
+            recover_after: self
+                .recover_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.recover_after),
+        }
+    }
+}
+
+/// What the proxy's command path tells the filter.
+#[derive(Debug, Clone)]
+pub enum FilterUpdate {
+    /// A client session: admitted (exempt from the new-source budget, evicted last).
+    Admit(IpAddr),
+    /// A tunnel peer (gateway): never judged.
+    Exempt(IpAddr),
+    Unexempt(IpAddr),
+}
+
+/// How tunnel datagrams are recognised.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunnelPorts {
+    pub udp: Option<u16>,
+    pub ipip: bool,
+}
+
+/// A non-blocking AF_PACKET socket with a copy of every incoming packet of one link,
+/// as IP packets cut to [`SNAPLEN`] bytes.
+struct Capture {
+    fd: OwnedFd,
+}
+
+impl AsRawFd for Capture {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn last_err(what: &str, interface: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what} on {interface}: {e}"))
+}
+
+impl Capture {
+    fn open(interface: &str) -> io::Result<Capture> {
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {interface:?} not found; check `ip link` and filter.interface"),
+            ));
+        }
+        // Protocol 0 receives nothing until bind, so no uncut packet is queued before
+        // the filter program is attached.
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(last_err(
+                "opening an AF_PACKET socket (needs CAP_NET_RAW)",
+                interface,
+            ));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // One instruction: accept every packet, cut to SNAPLEN bytes in the kernel.
+        let prog = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SNAPLEN,
+        }];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+            .map_err(|_| last_err("attaching the snap-length program", interface))?;
+        // Our own transmissions are not attack traffic.
+        let one: libc::c_int = 1;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
+            .map_err(|_| last_err("setting PACKET_IGNORE_OUTGOING", interface))?;
+        let rcvbuf: libc::c_int = 4 * 1024 * 1024;
+        let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf);
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid start value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = index as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll and we pass its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(last_err("binding the AF_PACKET socket", interface));
+        }
+        Ok(Capture { fd })
+    }
+
+    /// One waiting packet into `buf`; `Ok(None)` when the queue is empty.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: `buf` is valid and writable for its length; the socket is non-blocking.
+        let r = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(None),
+                io::ErrorKind::Interrupted => Ok(Some(0)),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r as usize))
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to a live T and we pass its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            val as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The facts the filter judges a captured packet by: for clear-text tunnel datagrams
+/// the inner packet's class with the outer source and length.
+pub fn judge_info(packet: &[u8], tunnel: TunnelPorts) -> Option<PacketInfo> {
+    let outer = classify_lax(packet).ok()?;
+    let ihl = match packet.first()? >> 4 {
+        4 => usize::from(packet[0] & 0x0f) * 4,
+        6 => 40,
+        _ => return Some(outer),
+    };
+    let is_ipip = tunnel.ipip && packet[0] >> 4 == 4 && packet.get(9) == Some(&4);
+    let inner = if is_ipip {
+        packet.get(ihl..)
+    } else if outer.proto == Proto::Udp
+        && tunnel.udp.is_some()
+        && packet
+            .get(ihl + 2..ihl + 4)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+            == tunnel.udp
+    {
+        match packet.get(ihl + 8..) {
+            // Clear-text encapsulation: the payload is an IP packet.
+            Some(p) if matches!(p.first().map(|b| b >> 4), Some(4) | Some(6)) => Some(p),
+            // WireGuard (or anything else): opaque; judged by rate and size only.
+            _ => {
+                return Some(PacketInfo {
+                    proto: Proto::Other,
+                    syn: false,
+                    ..outer
+                })
+            }
+        }
+    } else {
+        None
+    };
+    match inner.and_then(|p| classify_lax(p).ok()) {
+        Some(i) => Some(PacketInfo {
+            src: outer.src,
+            dst: outer.dst,
+            proto: i.proto,
+            syn: i.syn,
+            len: outer.len,
+        }),
+        None => Some(outer),
+    }
+}
+
+/// Filter metrics, set from the filter's counters once a second.
+#[derive(Clone, Default)]
+struct FilterMetrics {
+    passed: Gauge,
+    dropped: Gauge,
+    blocks: Counter,
+    blocked_now: Gauge,
+    tracked: Gauge,
+}
+
+/// The running defence tasks; stop with [`Defence::stop`].
+pub struct Defence {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    nft: Option<NftBlocklist>,
+}
+
+impl Defence {
+    /// Starts the filter on its interface (and self-defence when configured). Returns
+    /// the sender the proxy uses to tell the filter about sessions and peers.
+    pub fn start(
+        section: Option<&FilterSection>,
+        selfdefence: Option<&SelfDefenceSection>,
+        tunnel: TunnelPorts,
+        ctx: &NodeContext,
+    ) -> anyhow::Result<(Defence, mpsc::UnboundedSender<FilterUpdate>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        let mut nft = None;
+        if let Some(section) = section {
+            let (task, n) = start_filter(section, rx, tunnel, ctx)?;
+            tasks.push(task);
+            nft = n;
+        }
+        if let Some(sd) = selfdefence {
+            let interface = sd
+                .interface
+                .clone()
+                .or_else(|| section.map(|s| s.interface.clone()))
+                .ok_or_else(|| anyhow::anyhow!("[selfdefence] needs an interface"))?;
+            tasks.push(tokio::spawn(run_selfdefence(
+                interface,
+                sd.config(),
+                Duration::from_millis(sd.interval_ms.clamp(50, 10_000)),
+                ctx.clone(),
+            )));
+        }
+        Ok((Defence { tasks, nft }, tx))
+    }
+
+    /// Stops the tasks and removes the nftables table.
+    pub async fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Some(n) = self.nft {
+            let r = tokio::task::spawn_blocking(move || n.remove()).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "cannot remove the nftables block list");
+            }
+        }
+    }
+}
+
+type FilterTask = (tokio::task::JoinHandle<()>, Option<NftBlocklist>);
+
+fn start_filter(
+    section: &FilterSection,
+    rx: mpsc::UnboundedReceiver<FilterUpdate>,
+    tunnel: TunnelPorts,
+    ctx: &NodeContext,
+) -> anyhow::Result<FilterTask> {
+    let cfg = section
+        .filter_config()
+        .map_err(|e| anyhow::anyhow!("[filter]: {e}"))?;
+    let capture = Capture::open(&section.interface)
+        .map_err(|e| anyhow::anyhow!("[filter]: cannot watch the proxy's link: {e}"))?;
+    // SAFETY: the descriptor is owned by `capture`, which the AsyncFd owns in turn, so
+    // it stays open and unchanged for as long as it is registered.
+    let capture = unsafe { AsyncFd::register(capture) }?;
+    let nft = if section.nft {
+        let nc = NftConfig::default();
+        if nft_available(&nc.program) {
+            Some(NftBlocklist::ensure(nc).map_err(|e| anyhow::anyhow!("[filter] nft: {e}"))?)
+        } else {
+            tracing::warn!("nft is not installed (Debian package `nftables`): blocks are only counted and reported, not enforced in the kernel");
+            None
+        }
+    } else {
+        None
+    };
+    let alerts: Box<dyn io::Write + Send> = match &section.alerts {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| {
+                    anyhow::anyhow!("[filter] alerts = {}: cannot open: {e}", p.display())
+                })?,
+        ),
+        None => Box::new(io::stderr()),
+    };
+    let fm = FilterMetrics::default();
+    ctx.metrics.metrics.with_registry(|r| {
+        r.register(
+            "filter_passed",
+            "Packets the proxy filter passed",
+            fm.passed.clone(),
+        );
+        r.register(
+            "filter_dropped",
+            "Packets the proxy filter judged attack traffic",
+            fm.dropped.clone(),
+        );
+        r.register(
+            "filter_blocks",
+            "Sources put on the block list",
+            fm.blocks.clone(),
+        );
+        r.register(
+            "filter_blocked_sources",
+            "Sources blocked now",
+            fm.blocked_now.clone(),
+        );
+        r.register(
+            "filter_tracked_sources",
+            "Sources the filter tracks",
+            fm.tracked.clone(),
+        );
+    });
+    tracing::info!(interface = %section.interface, nft = nft.is_some(), "proxy filter watching the link");
+    let task = tokio::spawn(run_filter(
+        Filter::new(cfg),
+        capture,
+        rx,
+        tunnel,
+        nft.clone(),
+        alerts,
+        fm,
+        section.clone(),
+        ctx.clone(),
+    ));
+    Ok((task, nft))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_filter(
+    mut filter: Filter,
+    capture: AsyncFd<Capture>,
+    mut updates: mpsc::UnboundedReceiver<FilterUpdate>,
+    tunnel: TunnelPorts,
+    nft: Option<NftBlocklist>,
+    mut alerts: Box<dyn io::Write + Send>,
+    fm: FilterMetrics,
+    section: FilterSection,
+    ctx: NodeContext,
+) {
+    let start = Instant::now();
+    let mut exempt: HashSet<IpAddr> = HashSet::new();
+    let mut buf = vec![0u8; SNAPLEN as usize];
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut traceback = tokio::time::interval(Duration::from_secs(section.traceback_secs));
+    traceback.tick().await;
+    let mut last_sent: Vec<IpAddr> = Vec::new();
+    let mut updates_open = true;
+    loop {
+        tokio::select! {
+            u = updates.recv(), if updates_open => match u {
+                Some(FilterUpdate::Admit(ip)) => filter.admit(start.elapsed(), ip),
+                Some(FilterUpdate::Exempt(ip)) => { exempt.insert(ip); }
+                Some(FilterUpdate::Unexempt(ip)) => { exempt.remove(&ip); }
+                None => updates_open = false,
+            },
+            guard = capture.readable() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(error = %e, "packet capture failed; the filter stops");
+                        return;
+                    }
+                };
+                let now = start.elapsed();
+                let mut n = 0;
+                while n < READ_BUDGET {
+                    match guard.get_inner().recv(&mut buf) {
+                        Ok(Some(len)) => {
+                            n += 1;
+                            let Some(info) = judge_info(&buf[..len], tunnel) else { continue };
+                            if exempt.contains(&info.src) {
+                                continue;
+                            }
+                            if let Verdict::Drop(reason) = filter.check_info(now, &info) {
+                                tracing::trace!(src = %info.src, ?reason, "dropped");
+                            }
+                        }
+                        Ok(None) => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading captured packets failed");
+                            guard.clear_ready();
+                            break;
+                        }
+                    }
+                }
+                if n >= READ_BUDGET {
+                    tokio::task::yield_now().await;
+                }
+                flush_events(&mut filter, nft.as_ref(), &mut alerts, &fm).await;
+            }
+            _ = housekeeping.tick() => {
+                filter.expire(start.elapsed());
+                flush_events(&mut filter, nft.as_ref(), &mut alerts, &fm).await;
+                let s = filter.stats();
+                fm.passed.set(s.passed as i64);
+                fm.dropped.set((s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed) as i64);
+                fm.tracked.set(s.tracked_sources as i64);
+            }
+            _ = traceback.tick() => {
+                let top = filter.top_offenders(start.elapsed(), section.traceback_top);
+                let sources: Vec<IpAddr> = top.iter().map(|o| o.src).collect();
+                if sources.is_empty() || sources == last_sent {
+                    continue;
+                }
+                let json = serde_json::to_string(&top).unwrap_or_default();
+                tracing::info!(offenders = %json, "traceback: top offenders");
+                if let (Some(agent), Some(name)) = (&ctx.agent, &ctx.name) {
+                    let req = Request::Traceback { proxy: name.clone(), sources: sources.clone() };
+                    match agent.request(req, Duration::from_secs(5)).await {
+                        Ok(_) => last_sent = sources,
+                        Err(e) => tracing::warn!(error = %e, "traceback report not delivered; next period retries"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn flush_events(
+    filter: &mut Filter,
+    nft: Option<&NftBlocklist>,
+    alerts: &mut Box<dyn io::Write + Send>,
+    fm: &FilterMetrics,
+) {
+    let events: Vec<_> = filter.drain_events().collect();
+    if events.is_empty() {
+        return;
+    }
+    let wall = SystemTime::now();
+    for e in &events {
+        let a = Alert::from_event(e, wall);
+        if a.kind == "blocked" {
+            fm.blocks.inc();
+            fm.blocked_now.inc();
+            tracing::warn!(src = %a.src, reason = ?a.reason, "source blocked");
+        } else {
+            fm.blocked_now.dec();
+        }
+        let _ = writeln!(alerts, "{}", a.to_json_line());
+    }
+    let _ = alerts.flush();
+    if let Some(n) = nft {
+        let n = n.clone();
+        let r = tokio::task::spawn_blocking(move || n.apply_events(events.iter())).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "cannot mirror blocks into nftables");
+        }
+    }
+}
+
+async fn run_selfdefence(
+    interface: String,
+    cfg: SelfDefenceConfig,
+    every: Duration,
+    ctx: NodeContext,
+) {
+    let mut reader = match scold_filter::sample::CounterReader::open(&interface) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "self-defence cannot read the link; it is off");
+            return;
+        }
+    };
+    let mut sd = SelfDefence::new(cfg);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(every);
+    let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tick.tick().await;
+        let (c, cpu) = match (reader.read(), scold_filter::sample::read_cpu_times()) {
+            (Ok(c), Ok(cpu)) => (c, cpu),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "self-defence sample failed");
+                continue;
+            }
+        };
+        let sample = scold_filter::sample::load_sample(&c, &cpu);
+        match sd.observe(start.elapsed(), &sample) {
+            Some(SelfDefenceEvent::UnderAttack(report)) => {
+                let summary = serde_json::to_value(&report).unwrap_or_default();
+                tracing::warn!(%interface, summary = %summary, "this proxy is under a severe attack");
+                if let (Some(agent), Some(name)) = (ctx.agent.clone(), ctx.name.clone()) {
+                    if let Some(r) = reporting.take() {
+                        r.abort();
+                    }
+                    reporting = Some(tokio::spawn(async move {
+                        report_until_acknowledged(
+                            &agent,
+                            "proxy_attacked",
+                            || Request::ProxyAttacked {
+                                proxy: name.clone(),
+                                summary: summary.clone(),
+                            },
+                            || false,
+                        )
+                        .await;
+                    }));
+                }
+            }
+            Some(SelfDefenceEvent::Recovered(report)) => {
+                if let Some(r) = reporting.take() {
+                    r.abort();
+                }
+                let summary = serde_json::to_string(&report).unwrap_or_default();
+                tracing::info!(%interface, summary = %summary, "this proxy recovered; the coordinator's attacked mark expires by itself");
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_udp(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let total = 28 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[0x9c, 0x40]);
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn syn4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        let mut tcp = [0u8; 20];
+        tcp[12] = 0x50;
+        tcp[13] = 0x02;
+        p.extend_from_slice(&tcp);
+        p
+    }
+
+    const T: TunnelPorts = TunnelPorts {
+        udp: Some(51820),
+        ipip: true,
+    };
+
+    #[test]
+    fn clear_text_tunnels_are_judged_by_their_inner_packet() {
+        let inner = syn4([10, 1, 0, 2], [10, 4, 0, 2]);
+        let outer = ipv4_udp([10, 1, 0, 2], [10, 1, 0, 1], 51820, &inner);
+        let i = judge_info(&outer, T).unwrap();
+        assert_eq!((i.proto, i.syn), (Proto::Tcp, true));
+        assert_eq!(i.src.to_string(), "10.1.0.2");
+        assert_eq!(i.len, outer.len());
+        // Truncated capture still classifies the inner SYN.
+        let i = judge_info(&outer[..(SNAPLEN as usize).min(outer.len())], T).unwrap();
+        assert!(i.syn);
+        // ipip: protocol 4, inner right after the outer header.
+        let mut ipip = vec![
+            0x45, 0, 0, 60, 0, 0, 0, 0, 64, 4, 0, 0, 10, 1, 0, 2, 10, 1, 0, 1,
+        ];
+        ipip.extend_from_slice(&inner);
+        let i = judge_info(&ipip, T).unwrap();
+        assert_eq!((i.proto, i.syn), (Proto::Tcp, true));
+    }
+
+    #[test]
+    fn opaque_tunnels_and_other_ports() {
+        // A WireGuard data message: type 4, three zero bytes.
+        let wg = ipv4_udp(
+            [10, 1, 0, 2],
+            [10, 1, 0, 1],
+            51820,
+            &[4, 0, 0, 0, 1, 2, 3, 4],
+        );
+        assert_eq!(judge_info(&wg, T).unwrap().proto, Proto::Other);
+        // Plain UDP to another port: a UDP packet (flood class udp).
+        let flood = ipv4_udp([10, 1, 0, 66], [10, 1, 0, 1], 9, &[0x45; 16]);
+        assert_eq!(judge_info(&flood, T).unwrap().proto, Proto::Udp);
+        // Without a tunnel port, the same datagram to 51820 is plain UDP.
+        let plain = ipv4_udp([10, 1, 0, 2], [10, 1, 0, 1], 51820, &[0x45; 20]);
+        assert_eq!(
+            judge_info(&plain, TunnelPorts::default()).unwrap().proto,
+            Proto::Udp
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_judged() {
+        for bad in [&[][..], &[0x45], &[0x00; 40], &[0xff; 3]] {
+            assert!(judge_info(bad, T).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sections_pass_through() {
+        let s: FilterSection = toml::from_str(
+            "interface = \"eth0\"\nudp_pps = 100.0\nblock_after_drops = 20\nblock_secs = 30\nnew_source_pps = 0.0",
+        )
+        .unwrap();
+        let c = s.filter_config().unwrap();
+        assert_eq!(c.limits.udp_pps, 100.0);
+        assert_eq!(c.block_after_drops, 20);
+        assert_eq!(c.block_for, Duration::from_secs(30));
+        assert_eq!(c.new_source_pps, None);
+        assert_eq!(s.traceback_secs, 10);
+        let s: FilterSection = toml::from_str("interface = \"eth0\"\npps = -1.0").unwrap();
+        assert!(s.filter_config().is_err());
+        assert!(toml::from_str::<FilterSection>("interface = \"e\"\nudp = 1").is_err());
+        let sd: SelfDefenceSection =
+            toml::from_str("rx_pps_max = 500.0\nsustain_ms = 1000\ncpu_busy_max = 2.0").unwrap();
+        let c = sd.config();
+        assert_eq!(c.rx_pps_max, Some(500.0));
+        assert_eq!(c.sustain, Duration::from_secs(1));
+        assert_eq!(c.cpu_busy_max, 2.0);
+    }
+}
