@@ -13,6 +13,7 @@
 //! its main link ([`detect`]) and keeps the return path of diverted clients
 //! ([`returnpath`]); the proxy filters what arrives on its link ([`filter`]).
 
+pub mod admission;
 pub mod client;
 pub mod common;
 pub mod control;

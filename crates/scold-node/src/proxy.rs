@@ -183,6 +183,9 @@ pub struct Config {
     pub filter: Option<FilterSection>,
     #[serde(default)]
     pub selfdefence: Option<SelfDefenceSection>,
+    /// Scheme 4.1: the TLS admission port for client agents.
+    #[serde(default)]
+    pub admission: Option<crate::admission::AdmissionSection>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -538,6 +541,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
+    let _admission = crate::admission::start(&cfg, &mut commands).await?;
     let nl = Netlink::new()?;
     let mut nat = None;
     let tun = match &cfg.nat {
