@@ -42,8 +42,14 @@ pub fn origin() -> Name {
     Name::from_ascii(ORIGIN).expect("valid origin")
 }
 
+/// A fresh copy of the fixture zone (parsed once per process).
 pub fn zone_data() -> ZoneData {
-    scold_dns::zonefile::parse(ZONE, "fuzz", &origin(), ALT).expect("fixture zone parses")
+    static ZONE_DATA: OnceLock<ZoneData> = OnceLock::new();
+    ZONE_DATA
+        .get_or_init(|| {
+            scold_dns::zonefile::parse(ZONE, "fuzz", &origin(), ALT).expect("fixture zone parses")
+        })
+        .clone()
 }
 
 pub fn catalog() -> &'static Catalog {
