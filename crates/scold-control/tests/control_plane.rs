@@ -362,7 +362,11 @@ async fn divert_reset_and_restore() {
         gw_node.orders.lock().unwrap().clone(),
         vec!["add_peer(p1),add_peer(p2),remove_peer(p3)"]
     );
-    assert_eq!(target_node.orders.lock().unwrap().clone(), vec![""]);
+    // Scheme 4.1: the target marks what comes from the gateway and routes it back.
+    assert_eq!(
+        target_node.orders.lock().unwrap().clone(),
+        vec!["set_return_path"]
+    );
     assert_eq!(
         proxies[0].1.orders.lock().unwrap().clone(),
         vec!["add_peer(gw1),add_route", "notify"]
@@ -468,7 +472,10 @@ async fn divert_reset_and_restore() {
         gw_node.orders.lock().unwrap().last().unwrap(),
         "remove_peer(p1),remove_peer(p2),remove_peer(p3)"
     );
-    assert_eq!(target_node.orders.lock().unwrap().last().unwrap(), "");
+    assert_eq!(
+        target_node.orders.lock().unwrap().last().unwrap(),
+        "clear_return_path"
+    );
 
     // The audit log has every phase change, in order.
     let Reply::Events { events } = op

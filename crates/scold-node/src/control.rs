@@ -557,7 +557,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn notify_with_no_reachable_resolver_fails_and_partial_success_is_done() {
+    async fn notify_fails_only_when_every_resolver_fails() {
         let key: scold_dns::TsigKey = "hmac-sha256:p1:c2NvbGQtZTJlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk="
             .parse()
             .unwrap();

@@ -591,6 +591,24 @@ fn client(net: &mut Net, label: &str, source: &str, proxy: &str, tun: &str) {
 fn divert_reset_and_restore_end_to_end() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = Net::new();
+    // Strict reverse-path filtering, as many distributions ship it: the gateway's packets
+    // carry client sources that route out of the main link, so the return path must
+    // loosen it while it exists and put it back afterwards.
+    let tg = net.dev("tg");
+    let rp_filter = |net: &Net| {
+        let o = net.exec(
+            "t",
+            &format!("sh -c 'cat /proc/sys/net/ipv4/conf/all/rp_filter /proc/sys/net/ipv4/conf/{tg}/rp_filter'"),
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    must(&format!(
+        "ip netns exec {} sysctl -q -w net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{tg}.rp_filter=1",
+        net.ns("t")
+    ));
     let before = net.target_state();
     start(&mut net, Extra::default());
     client(&mut net, "client1", "10.1.0.2", "10.1.0.1", "sc");
@@ -613,6 +631,11 @@ fn divert_reset_and_restore_end_to_end() {
     assert!(
         during.contains("table inet scold_return"),
         "no return-path marks:\n{during}"
+    );
+    assert_eq!(
+        rp_filter(&net),
+        "2 2",
+        "reverse-path filtering not loosened"
     );
     // The main link cannot carry replies: the only default route of the main table
     // still points at it, so the replies above went through the gateway.
