@@ -748,7 +748,13 @@ impl Agent<'_> {
         use rand::seq::SliceRandom;
         let port = self.connector.port();
         let limit = Duration::from_millis(self.cfg.admission_timeout_ms.min(500));
+        // Proxies that failed recently are not measured (a silent one would hold the
+        // ranking up for the whole time limit); they come last anyway.
+        let down = &self.down;
         let probes = alts.iter().map(|&p| async move {
+            if down.contains_key(&p) {
+                return (p, None);
+            }
             let t0 = Instant::now();
             let r = tokio::time::timeout(limit, tokio::net::TcpStream::connect((p, port))).await;
             let rtt = match r {
@@ -1436,5 +1442,189 @@ fn fit_udp(req: &[u8], resp: Vec<u8>) -> Vec<u8> {
             t.to_vec().unwrap_or_default()
         }
         Err(_) => resp[..12.min(resp.len())].to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Record, RecordType};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn response(rcode: ResponseCode) -> Message {
+        let mut m = Message::response(7, OpCode::Query);
+        m.metadata.response_code = rcode;
+        m.add_query(Query::query(
+            name("www.site.example."),
+            RecordType::Unknown(65280),
+        ));
+        m
+    }
+
+    fn alt_record(bytes: &[u8], ttl: u32) -> Record {
+        let data = RData::Unknown {
+            code: RecordType::Unknown(65280),
+            rdata: hickory_proto::rr::rdata::NULL::with(bytes.to_vec()),
+        };
+        Record::from_rdata(name("www.site.example."), ttl, data)
+    }
+
+    fn soa(minimum: u32) -> Record {
+        Record::from_rdata(
+            name("site.example."),
+            60,
+            RData::SOA(SOA::new(
+                name("ns.site.example."),
+                name("admin.site.example."),
+                1,
+                60,
+                60,
+                600,
+                minimum,
+            )),
+        )
+    }
+
+    #[test]
+    fn alt_set_from_an_answer() {
+        let mut m = response(ResponseCode::NoError);
+        m.add_answer(alt_record(&[10, 1, 0, 11], 30));
+        m.add_answer(alt_record(&[10, 1, 0, 12], 20));
+        // Duplicates and malformed RDATA (neither 4 nor 16 bytes) are not addresses.
+        m.add_answer(alt_record(&[10, 1, 0, 12], 20));
+        m.add_answer(alt_record(&[1, 2, 3], 5));
+        // Another type in the answer does not count.
+        m.add_answer(Record::from_rdata(
+            name("www.site.example."),
+            1,
+            RData::A(A::new(10, 4, 0, 2)),
+        ));
+        let bytes = m.to_vec().unwrap();
+        let m = Message::from_vec(&bytes).unwrap();
+        let (alts, ttl) = alt_from_response(&m, 65280).unwrap();
+        assert_eq!(alts, vec![ip("10.1.0.11"), ip("10.1.0.12")]);
+        assert_eq!(ttl, 20);
+        // Under another ALT code the same records are not ALT.
+        assert!(alt_from_response(&m, 65281).unwrap().0.is_empty());
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn no_alt_uses_the_negative_ttl_and_failures_are_errors() {
+        let mut m = response(ResponseCode::NoError);
+        m.add_authority(soa(3));
+        let (alts, ttl) = alt_from_response(&m, 65280).unwrap();
+        assert!(alts.is_empty());
+        assert_eq!(ttl, 3);
+        let m = response(ResponseCode::NXDomain);
+        assert_eq!(alt_from_response(&m, 65280).unwrap(), (vec![], 5));
+        assert!(alt_from_response(&response(ResponseCode::ServFail), 65280).is_err());
+        assert!(alt_from_response(&response(ResponseCode::Refused), 65280).is_err());
+    }
+
+    #[test]
+    fn addresses_of_an_answer() {
+        let mut m = response(ResponseCode::NoError);
+        m.add_answer(Record::from_rdata(
+            name("www.site.example."),
+            1,
+            RData::A(A::new(10, 4, 0, 2)),
+        ));
+        m.add_answer(Record::from_rdata(
+            name("www.site.example."),
+            1,
+            RData::A(A::new(10, 4, 0, 2)),
+        ));
+        m.add_answer(alt_record(&[10, 1, 0, 11], 30));
+        assert_eq!(addresses(&m), vec![ip("10.4.0.2")]);
+    }
+
+    #[test]
+    fn large_answers_are_truncated_for_udp() {
+        let mut q = Message::new(9, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name("big.site.example."), RecordType::A));
+        let req = q.to_vec().unwrap();
+        let mut r = Message::response(9, OpCode::Query);
+        r.add_query(Query::query(name("big.site.example."), RecordType::A));
+        for i in 0..60u8 {
+            r.add_answer(Record::from_rdata(
+                name("big.site.example."),
+                1,
+                RData::A(A::new(10, 4, 1, i)),
+            ));
+        }
+        let big = r.to_vec().unwrap();
+        assert!(big.len() > 512);
+        let cut = fit_udp(&req, big);
+        assert!(cut.len() <= 512);
+        let m = Message::from_vec(&cut).unwrap();
+        assert!(m.metadata.truncation);
+        // Garbage from upstream is cut to a header, never passed on whole.
+        assert_eq!(fit_udp(&req, vec![0xff; 600]).len(), 12);
+        // Small answers pass unchanged.
+        let small = response(ResponseCode::NoError).to_vec().unwrap();
+        assert_eq!(fit_udp(&req, small.clone()), small);
+    }
+
+    #[test]
+    fn names_are_compared_lowercase_and_absolute() {
+        assert_eq!(name_key(&name("WWW.Site.Example")), "www.site.example.");
+        assert_eq!(name_key(&name("www.site.example.")), "www.site.example.");
+    }
+
+    #[test]
+    fn agent_config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            let p = dir.path().join("client.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let key = scold_tunnel::keys::generate_private().unwrap();
+        let base = format!("[tunnel]\nprivate_key = \"{key}\"\n");
+        let ok = write(&format!(
+            "{base}[agent]\nupstream = [\"10.1.0.53:53\"]\nca = \"ca.crt\"\n"
+        ));
+        let c = Config::load(&ok).unwrap();
+        let a = c.agent.unwrap();
+        assert_eq!(a.listen, "127.0.0.53:53".parse().unwrap());
+        assert_eq!(a.ca, dir.path().join("ca.crt"));
+        assert_eq!(a.alt_type, 65280);
+        for (text, needle) in [
+            (
+                format!("{base}[agent]\nupstream = []\nca = \"ca.crt\"\n"),
+                "agent.upstream",
+            ),
+            (
+                format!("{base}[agent]\nupstream = [\"127.0.0.53:53\"]\nca = \"ca.crt\"\n"),
+                "loop",
+            ),
+            (
+                format!(
+                    "{base}[agent]\nupstream = [\"10.1.0.53:53\"]\nca = \"ca.crt\"\nalt_type = 1\n"
+                ),
+                "alt_type",
+            ),
+            (
+                "[agent]\nupstream = [\"10.1.0.53:53\"]\nca = \"ca.crt\"\n".to_string(),
+                "private_key",
+            ),
+            (
+                format!(
+                    "{base}[agent]\nupstream = [\"10.1.0.53:53\"]\nca = \"ca.crt\"\nbogus = 1\n"
+                ),
+                "bogus",
+            ),
+        ] {
+            let e = Config::load(&write(&text)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 }

@@ -529,6 +529,56 @@ fn replied(out: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Runs a bounded ping loop (200 pings, 50 ms apart) to the target, breaks the proxy in
+/// use with `brk` after one second, and checks that the loop gets through again by
+/// `expect`; prints the longest gap seen (a measurement, not an assertion).
+fn failover(lab: &mut Lab, what: &str, expect: &str, brk: impl FnOnce(&mut Lab)) {
+    let pinglog = lab.path(&format!("failover-{what}.log"));
+    let mut pinger = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "timeout 60 ip netns exec {} ping -n -c 200 -i 0.05 -W 1 10.4.0.2 > {} 2>&1",
+            lab.ns("c"),
+            pinglog.display()
+        ))
+        .spawn()
+        .expect("ping loop");
+    std::thread::sleep(Duration::from_millis(1000));
+    let downs = lab.log("client").matches("failover done").count();
+    brk(lab);
+    let _ = pinger.wait();
+    let out = std::fs::read_to_string(&pinglog).unwrap_or_default();
+    let seqs = replied(&out);
+    assert!(
+        seqs.iter().any(|s| *s >= 190),
+        "{what} proxy: the ping loop never got through again:\n{out}\n{}",
+        lab.logs()
+    );
+    let gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    eprintln!(
+        "failover ({what} proxy): {} of 200 replies; longest gap {gap} pings of 50 ms (about {} ms)",
+        seqs.len(),
+        gap * 50
+    );
+    let clog = lab.log("client");
+    assert!(
+        clog.matches("failover done").count() > downs,
+        "{what} proxy: no failover:\n{clog}"
+    );
+    assert_eq!(
+        chosen_proxy(&clog).as_deref(),
+        Some(expect),
+        "{what} proxy: the agent did not move to {expect}:\n{clog}"
+    );
+    if let Some(line) = clog
+        .lines()
+        .filter(|l| l.contains("failover done"))
+        .nth(downs)
+    {
+        eprintln!("agent: {line}");
+    }
+}
+
 #[test]
 fn agent_sets_up_fails_over_and_tears_down() {
     let mut lab = Lab::new();
@@ -584,49 +634,34 @@ fn agent_sets_up_fails_over_and_tears_down() {
     let ping = lab.out("c", &format!("ping -n -c 3 -i 0.2 -W 2 www.{ZONE}"));
     assert_eq!(replied(&ping).len(), 3, "ping by name: {ping}");
 
-    // Kill the proxy in use; a bounded ping loop sees the gap close through the other.
-    let (victim, survivor) = if first == "10.1.0.11" {
-        ("proxy1", "10.1.0.12")
+    // First the proxy in use goes silent (its link is cut, no RST, no FIN): the probes
+    // time out and the agent moves to the other proxy.
+    let (p_first, p_other) = if first == "10.1.0.11" {
+        (("p1", "proxy1"), ("p2", "proxy2"))
     } else {
-        ("proxy2", "10.1.0.11")
+        (("p2", "proxy2"), ("p1", "proxy1"))
     };
-    let pinglog = lab.path("failover-ping.log");
-    let mut pinger = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "timeout 60 ip netns exec {} ping -n -c 200 -i 0.05 -W 1 10.4.0.2 > {} 2>&1",
-            lab.ns("c"),
-            pinglog.display()
-        ))
-        .spawn()
-        .expect("ping loop");
-    std::thread::sleep(Duration::from_millis(1000));
-    lab.kill(victim);
-    let _ = pinger.wait();
-    let out = std::fs::read_to_string(&pinglog).unwrap_or_default();
-    let seqs = replied(&out);
-    assert!(
-        seqs.iter().any(|s| *s >= 190),
-        "the ping loop never got through again after {victim} died:\n{out}\n{}",
-        lab.logs()
-    );
-    let gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    eprintln!(
-        "failover: {} of 200 replies; longest gap {} pings of 50 ms (about {} ms)",
-        seqs.len(),
-        gap,
-        gap * 50
-    );
-    let clog = lab.log("client");
-    assert!(clog.contains("failover done"), "{clog}");
+    let other_addr = if first == "10.1.0.11" {
+        "10.1.0.12"
+    } else {
+        "10.1.0.11"
+    };
+    let port = format!("x{}{}", p_first.0, lab.s);
+    let n = lab.ns("n");
+    failover(&mut lab, "silent", other_addr, |_| {
+        must(&format!("ip -n {n} link set {port} down"));
+    });
+    must(&format!("ip -n {n} link set {port} up"));
+
+    // Then the proxy now in use dies (SIGKILL): the agent goes back to the first one,
+    // which answers again.
+    failover(&mut lab, "killed", &first, |lab| lab.kill(p_other.1));
     assert_eq!(
-        chosen_proxy(&clog).as_deref(),
-        Some(survivor),
-        "the agent did not move to the other proxy:\n{clog}"
+        lab.log("client").matches("failover done").count(),
+        2,
+        "{}",
+        lab.log("client")
     );
-    if let Some(line) = clog.lines().find(|l| l.contains("failover done")) {
-        eprintln!("agent: {line}");
-    }
 
     // Withdraw the ALT records; the agent's re-query at the ALT TTL tears everything down.
     let upd = lab.write(
@@ -696,6 +731,15 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
         hosts.contains("10.4.0.2"),
         "getent: {hosts}\n{}",
         lab.logs()
+    );
+    // Over TCP too, and other types pass through unchanged (ALT itself included).
+    require("dig", "bind9-dnsutils");
+    let tcp = lab.out("c", &format!("dig +tcp +short @127.0.0.53 www.{ZONE} A"));
+    assert_eq!(tcp.trim(), "10.4.0.2", "A over TCP: {tcp}");
+    let alt = lab.out("c", &format!("dig +short @127.0.0.53 www.{ZONE} TYPE65280"));
+    assert!(
+        alt.contains("0A01000B") && alt.contains("0A01000C"),
+        "ALT through the agent: {alt}"
     );
     let clog = lab.log("client");
     assert!(
