@@ -77,26 +77,31 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
         return Outcome::Slow;
     }
     let rd = flags & FLAG_RD;
+    let ar = u16::from_be_bytes([req[10], req[11]]);
+    // A request with an additional section may be signed (TSIG); its error answer must
+    // then be signed too (RFC 8945 5.3), which only the full path does.
+    let refuse = |out: &mut Vec<u8>, code: u16, flags: u16| {
+        if ar > 0 {
+            return Outcome::Slow;
+        }
+        header_only(out, req, code, flags);
+        Outcome::Reply
+    };
     if opcode != 0 {
-        header_only(out, req, rcode::NOTIMP, rd | (opcode << 11));
-        return Outcome::Reply;
+        return refuse(out, rcode::NOTIMP, rd | (opcode << 11));
     }
     let qd = u16::from_be_bytes([req[4], req[5]]);
     let an = u16::from_be_bytes([req[6], req[7]]);
     let ns = u16::from_be_bytes([req[8], req[9]]);
-    let ar = u16::from_be_bytes([req[10], req[11]]);
     if qd != 1 || an != 0 || ns != 0 {
-        header_only(out, req, rcode::FORMERR, rd);
-        return Outcome::Reply;
+        return refuse(out, rcode::FORMERR, rd);
     }
     let mut key = [0u8; 255];
     let Some((qend, klen)) = read_plain_name(req, HEADER_LEN, &mut key) else {
-        header_only(out, req, rcode::FORMERR, rd);
-        return Outcome::Reply;
+        return refuse(out, rcode::FORMERR, rd);
     };
     let (Some(qtype), Some(qclass)) = (u16_at(req, qend), u16_at(req, qend + 2)) else {
-        header_only(out, req, rcode::FORMERR, rd);
-        return Outcome::Reply;
+        return refuse(out, rcode::FORMERR, rd);
     };
     let question_end = qend + 4;
 
@@ -106,22 +111,19 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
     for _ in 0..ar {
         let name_start = p;
         let Some(np) = skip_name(req, p) else {
-            header_only(out, req, rcode::FORMERR, rd);
-            return Outcome::Reply;
+            return refuse(out, rcode::FORMERR, rd);
         };
         let (Some(t), Some(class), Some(rdlen)) =
             (u16_at(req, np), u16_at(req, np + 2), u16_at(req, np + 8))
         else {
-            header_only(out, req, rcode::FORMERR, rd);
-            return Outcome::Reply;
+            return refuse(out, rcode::FORMERR, rd);
         };
         if t == T_TSIG {
             return Outcome::Slow;
         }
         if t == T_OPT {
             if edns.is_some() || req[name_start] != 0 {
-                header_only(out, req, rcode::FORMERR, rd);
-                return Outcome::Reply;
+                return refuse(out, rcode::FORMERR, rd);
             }
             edns = Some(Edns {
                 payload: class,
@@ -130,8 +132,7 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
         }
         p = np + 10 + rdlen as usize;
         if p > req.len() {
-            header_only(out, req, rcode::FORMERR, rd);
-            return Outcome::Reply;
+            return refuse(out, rcode::FORMERR, rd);
         }
     }
 
@@ -375,6 +376,25 @@ mod tests {
         assert_eq!(answer(&catalog(), &req, &mut out, true), Outcome::Reply);
         let resp = Message::from_vec(&out).expect("our response parses");
         (out, resp)
+    }
+
+    /// A request the fast path cannot read goes to the full path when it may be
+    /// signed (so the error answer can be signed), and is answered here otherwise.
+    #[test]
+    fn unreadable_requests_with_additional_records_go_to_the_full_path() {
+        // No question, one additional record (a TSIG could be there).
+        let mut req = vec![0x12, 0x34, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut out = Vec::new();
+        assert_eq!(answer(&catalog(), &req, &mut out, true), Outcome::Slow);
+        req[11] = 0;
+        assert_eq!(answer(&catalog(), &req, &mut out, true), Outcome::Reply);
+        let r = Message::from_vec(&out).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+        // An unknown opcode with an additional record, and without.
+        let mut req = vec![0x12, 0x34, 0x31, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        assert_eq!(answer(&catalog(), &req, &mut out, true), Outcome::Slow);
+        req[11] = 0;
+        assert_eq!(answer(&catalog(), &req, &mut out, true), Outcome::Reply);
     }
 
     #[test]
