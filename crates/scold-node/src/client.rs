@@ -552,6 +552,9 @@ struct NameState {
     requery_pending: bool,
     /// When to try again to find a proxy (none worked).
     retry_at: Option<Instant>,
+    /// The wait before the next retry: doubles after each round that found no proxy,
+    /// up to [`MAX_RETRY`], so refused proxies are not asked every second for ever.
+    retry_delay: Duration,
 }
 
 struct Agent<'a> {
@@ -571,6 +574,9 @@ struct Agent<'a> {
 
 /// How long a failed proxy is tried only after the others.
 const DOWN_FOR: Duration = Duration::from_secs(30);
+/// Bounds of the wait between two rounds of admission attempts for a name.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
 /// How often the agent looks at re-queries and retries.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -671,6 +677,7 @@ impl Agent<'_> {
                     refresh_at: Instant::now() + refresh,
                     requery_pending: false,
                     retry_at: None,
+                    retry_delay: MIN_RETRY,
                 });
                 st.targets.extend(targets);
                 st.alts = alts;
@@ -825,6 +832,7 @@ impl Agent<'_> {
                     if let Some(st) = self.names.get_mut(name) {
                         st.proxy = Some(proxy);
                         st.retry_at = None;
+                        st.retry_delay = MIN_RETRY;
                     }
                     if previous != Some(proxy) {
                         let identity = self
@@ -856,9 +864,11 @@ impl Agent<'_> {
                     .collect();
             }
         }
-        tracing::error!(%name, alts = ?alts, "no proxy of the ALT set admitted us; retrying in 1 s");
         if let Some(st) = self.names.get_mut(name) {
-            st.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            tracing::error!(%name, alts = ?alts, retry_in_ms = st.retry_delay.as_millis() as u64,
+                "no proxy of the ALT set admitted us");
+            st.retry_at = Some(Instant::now() + st.retry_delay);
+            st.retry_delay = (st.retry_delay * 2).min(MAX_RETRY);
         }
     }
 
