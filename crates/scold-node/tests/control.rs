@@ -644,7 +644,9 @@ fn divert_reset_and_restore_end_to_end() {
     let m = String::from_utf8_lossy(
         &net.exec(
             "k",
-            "sh -c 'printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" | socat -t 5 - TCP:10.9.4.2:9803'",
+            // HTTP/1.0: the server closes after the answer. The request side stays open
+            // (ignoreeof) so the server never sees a half-closed client and gives up.
+            "sh -c 'printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" | timeout 10 socat STDIO,ignoreeof TCP:10.9.4.2:9803'",
         )
         .stdout,
     )
