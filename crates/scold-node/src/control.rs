@@ -464,8 +464,8 @@ impl Link {
     }
 }
 
-/// Sends `make()` to the coordinator until it is acknowledged or `cancel` says the
-/// report is no longer wanted (a newer one replaced it). Backs off up to 5 s.
+/// Sends `make()` to the coordinator until it is acknowledged, refused, or `cancel`
+/// says the report is no longer wanted (a newer one replaced it). Backs off up to 5 s.
 pub async fn report_until_acknowledged(
     agent: &Agent,
     what: &str,
@@ -481,6 +481,12 @@ pub async fn report_until_acknowledged(
             Ok(reply) => {
                 tracing::info!(report = what, ?reply, "coordinator acknowledged");
                 return true;
+            }
+            // A refusal is the coordinator's answer (unknown target, wrong name): sending
+            // the same report again cannot change it.
+            Err(e @ scold_control::channel::ChannelError::Refused { .. }) => {
+                tracing::error!(report = what, error = %e, "the coordinator refused the report; check this node's certificate name and the coordinator's config");
+                return false;
             }
             Err(e) => {
                 tracing::warn!(report = what, error = %e, retry_in = ?backoff, "report not acknowledged; retrying");
