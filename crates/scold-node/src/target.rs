@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 #[command(after_help = "Example: scold target --config /etc/scold/target.toml\n\
 Print a commented config with --example-config.")]
 pub struct Args {
-    /// The target's TOML config file: routing table, static return routes.
+    /// The target's TOML config file: coordinator link, detection, return path, static
+    /// return routes.
     #[arg(
         long,
         short = 'c',
@@ -44,7 +45,8 @@ pub struct Args {
     pub check: bool,
 }
 
-pub const EXAMPLE: &str = r#"# scold target: return path of diverted clients through the hidden gateway.
+pub const EXAMPLE: &str = r#"# scold target: attack detection on the main link, and the return path of diverted
+# clients through the hidden gateway.
 
 # The address clients reach the target at (on the main link). Return routes prefer it
 # as source, so servers on unbound sockets (UDP) answer from the address clients asked.
