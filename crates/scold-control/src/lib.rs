@@ -10,6 +10,7 @@ pub mod channel;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
-pub mod metrics;
+/// The daemons' Prometheus metrics (kept here under its old path).
+pub use scold_metrics as metrics;
 pub mod orchestrate;
 pub mod store;

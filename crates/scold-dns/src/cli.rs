@@ -64,6 +64,27 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     })
 }
 
+/// Serves `/metrics` at `addr` in the background, with `register` adding the
+/// daemon's own counters. A failure to bind is fatal: an operator who asked for
+/// metrics must not silently get none.
+async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    register: impl FnOnce(&scold_metrics::Metrics),
+) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let m = scold_metrics::Metrics::new();
+    register(&m);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for metrics on {addr}; change `metrics` in the config")
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = m.serve_on(listener).await {
+            tracing::error!("{e:#}");
+        }
+    });
+    Ok(())
+}
+
 /// Runs `scold dns`.
 pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
     if a.example_config {
@@ -89,6 +110,7 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
     let server = crate::server::start(&cfg)
         .await
         .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
+    serve_metrics(cfg.metrics, |m| server.shared.metrics.register(m)).await?;
     tracing::info!(config = %path.display(), "scold dns ready");
     let sig = shutdown_signal().await?;
     tracing::info!(signal = sig, "shutting down");
@@ -107,6 +129,7 @@ pub async fn run_resolver(a: ResolverArgs) -> anyhow::Result<()> {
     let r = crate::resolver::start(&cfg)
         .await
         .with_context(|| format!("cannot start scold resolver from {}", path.display()))?;
+    serve_metrics(cfg.metrics, |m| r.inner.metrics.register(m)).await?;
     tracing::info!(config = %path.display(), "scold resolver ready");
     let sig = shutdown_signal().await?;
     tracing::info!(signal = sig, "shutting down");

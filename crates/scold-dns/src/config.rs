@@ -117,6 +117,9 @@ pub struct DnsFile {
     /// Response rate limiting.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Address of the Prometheus `/metrics` endpoint; absent: none.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_alt() -> u16 {
@@ -150,6 +153,8 @@ pub struct DnsConfig {
     pub keys: Vec<(TsigKey, Policy)>,
     /// Rate limiting.
     pub rrl: RrlConfig,
+    /// Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 fn rel(base: &Path, p: &Path) -> PathBuf {
@@ -266,6 +271,7 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
             ipv4_prefix: rl.ipv4_prefix,
             ipv6_prefix: rl.ipv6_prefix,
         },
+        metrics: raw.metrics,
     })
 }
 
@@ -308,6 +314,10 @@ secret = "c2NvbGQtZXhhbXBsZS1zZWNyZXQtY2hhbmdlLW1lIQ=="
 names = ["*.example.com"]
 types = ["ALT", "A", "AAAA"]
 
+# Prometheus metrics at http://ADDRESS/metrics (answers by path, updates by outcome,
+# rate-limited answers). Leave out for none.
+# metrics = "127.0.0.1:9853"
+
 # Response rate limiting per source prefix (UDP only). 0 disables.
 [rate_limit]
 responses_per_second = 200
@@ -349,6 +359,9 @@ pub struct ResolverFile {
     /// Keys whose signed NOTIFY flushes a cached name.
     #[serde(default)]
     pub notify_key: Vec<NotifyKeyConfig>,
+    /// Address of the Prometheus `/metrics` endpoint; absent: none.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_cache() -> usize {
@@ -376,6 +389,8 @@ pub struct ResolverConfig {
     pub upstream_timeout_ms: u64,
     /// NOTIFY keys.
     pub notify_keys: Vec<TsigKey>,
+    /// Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Reads and checks a `scold resolver` config file.
@@ -428,6 +443,7 @@ pub fn parse_resolver(text: &str, path: &Path) -> Result<ResolverConfig, ConfigE
         max_ttl: raw.max_ttl,
         upstream_timeout_ms: raw.upstream_timeout_ms.max(50),
         notify_keys,
+        metrics: raw.metrics,
     })
 }
 
@@ -446,6 +462,9 @@ max_ttl = 86400
 
 # How long to wait for an upstream before trying the next, in milliseconds.
 upstream_timeout_ms = 1500
+
+# Prometheus metrics at http://ADDRESS/metrics (answers by source, NOTIFY outcomes).
+# metrics = "127.0.0.1:9854"
 
 # Proxies allowed to flush a cached name at once with a TSIG-signed NOTIFY
 # (paper Section 3 step 4). Unsigned or wrongly signed NOTIFY is ignored and logged.

@@ -20,6 +20,7 @@ pub mod answer;
 pub mod cli;
 pub mod config;
 pub mod journal;
+pub mod metrics;
 pub mod net;
 pub mod resolver;
 pub mod rrl;

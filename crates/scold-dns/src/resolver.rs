@@ -44,6 +44,8 @@ struct Entry {
 pub struct Resolver {
     cfg: ResolverConfig,
     cache: Mutex<HashMap<CacheKey, Entry>>,
+    /// Prometheus counters (registered when the config names a metrics address).
+    pub metrics: crate::metrics::ResolverMetrics,
 }
 
 impl Resolver {
@@ -52,6 +54,7 @@ impl Resolver {
         Self {
             cfg,
             cache: Mutex::new(HashMap::new()),
+            metrics: Default::default(),
         }
     }
 
@@ -102,12 +105,14 @@ impl Resolver {
         };
         let Some(sig) = msg.signature.as_ref() else {
             tracing::warn!(%src, name = %q.name(), "unsigned NOTIFY ignored: the cache is unchanged");
+            self.metrics.notify("unsigned");
             return error_reply(msg, ResponseCode::Refused);
         };
         let now = tsig::now_secs();
         match tsig::verify_request(req, sig, &self.cfg.notify_keys, now) {
             Verdict::Ok { key, mac } => {
                 let n = self.flush_name(q.name());
+                self.metrics.notify("flushed");
                 tracing::info!(%src, key = %self.cfg.notify_keys[key].name, name = %q.name(), dropped = n, "signed NOTIFY: cached name dropped");
                 let mut resp = Message::response(msg.metadata.id, OpCode::Notify);
                 resp.metadata.authoritative = true;
@@ -133,6 +138,7 @@ impl Resolver {
                     _ => "malformed TSIG",
                 };
                 tracing::warn!(%src, key = %sig.name, name = %q.name(), reason = why, "NOTIFY ignored: the cache is unchanged");
+                self.metrics.notify("bad_tsig");
                 error_reply(msg, ResponseCode::NotAuth)
             }
         }
@@ -173,13 +179,20 @@ impl Resolver {
             }
         };
         let resp = match cached {
-            Some(m) => m,
+            Some(m) => {
+                self.metrics.answer("cache");
+                m
+            }
             None => match self.forward(q).await {
                 Some(m) => {
+                    self.metrics.answer("upstream");
                     self.store(key, &m);
                     m
                 }
-                None => return error_reply(msg, ResponseCode::ServFail),
+                None => {
+                    self.metrics.answer("failed");
+                    return error_reply(msg, ResponseCode::ServFail);
+                }
             },
         };
         self.finish(msg, resp, udp)

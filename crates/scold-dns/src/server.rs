@@ -59,6 +59,8 @@ pub struct Shared {
     policies: Vec<Policy>,
     journal: Mutex<Journal>,
     alt_type: u16,
+    /// Prometheus counters (registered when the config names a metrics address).
+    pub metrics: crate::metrics::DnsMetrics,
 }
 
 impl Shared {
@@ -104,6 +106,7 @@ impl Shared {
             policies,
             journal: Mutex::new(journal),
             alt_type: cfg.alt_type,
+            metrics: Default::default(),
         })
     }
 
@@ -240,11 +243,15 @@ impl Shared {
         let now = tsig::now_secs();
         let Some(sig) = msg.signature.as_ref() else {
             tracing::warn!(%src, "unsigned UPDATE refused: updates need a TSIG key");
+            self.metrics.update("unsigned");
             return self.response(msg, rcode::REFUSED);
         };
         let (key, mac) = match tsig::verify_request(req, sig, &self.keys, now) {
             Verdict::Ok { key, mac } => (key, mac),
-            v => return self.tsig_failure(msg, v, src, now),
+            v => {
+                self.metrics.update("bad_tsig");
+                return self.tsig_failure(msg, v, src, now);
+            }
         };
         let rc = self.apply_update(msg, key, src);
         let mut out = self.response(msg, rc);
@@ -273,15 +280,18 @@ impl Shared {
         match update::apply(msg, &cat.zones[zi].data, &self.policies[key], self.alt_type) {
             UpdateResult::NoChange => {
                 tracing::info!(%src, key = %keyname, zone = %zq.name(), "UPDATE accepted; nothing to change");
+                self.metrics.update("unchanged");
                 rcode::NOERROR
             }
             UpdateResult::Error(rc, why) => {
                 tracing::warn!(%src, key = %keyname, zone = %zq.name(), rcode = rc, reason = %why, "UPDATE refused");
+                self.metrics.update("refused");
                 rc
             }
             UpdateResult::Changed { zone, changes } => {
                 if let Err(e) = journal.append(&changes) {
                     tracing::error!(error = %e, "UPDATE not applied: the journal cannot be written");
+                    self.metrics.update("error");
                     return rcode::SERVFAIL;
                 }
                 let mut zones = cat.zones.clone();
@@ -290,6 +300,7 @@ impl Shared {
                     Arc::new(Catalog { zones });
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(%src, key = %keyname, zone = %zq.name(), serial = changes.serial, rrsets = changes.changes.len() - 1, "UPDATE applied and journaled");
+                self.metrics.update("applied");
                 rcode::NOERROR
             }
         }
@@ -421,6 +432,7 @@ fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>, rrl_c
     let limiting = rrl_cfg.responses_per_second > 0;
     let t0 = Instant::now();
     let mut last_limited_log = 0u64;
+    let mut counts = crate::metrics::LocalCounts::default();
     while !stop.load(Ordering::Relaxed) {
         let (n, src) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
@@ -430,7 +442,8 @@ fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>, rrl_c
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                continue
+                counts.flush(&shared.metrics);
+                continue;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "udp receive failed");
@@ -442,18 +455,24 @@ fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>, rrl_c
             cat = shared.catalog();
             gen = g;
         }
+        counts.tick(&shared.metrics);
         let req = &buf[..n];
         let resp: &[u8] = match answer::answer(&cat, req, &mut out, true) {
             Outcome::Reply => {
                 if limiting {
                     let now_ms = t0.elapsed().as_millis() as u64 + 1;
                     match rrl.check(src.ip(), now_ms) {
-                        Action::Send => &out,
+                        Action::Send => {
+                            counts.fast += 1;
+                            &out
+                        }
                         Action::Slip => {
+                            counts.slipped += 1;
                             answer::make_truncated(&mut out, req);
                             &out
                         }
                         Action::Drop => {
+                            counts.limited += 1;
                             if rrl.limited_total >= last_limited_log * 2 + 1000 {
                                 last_limited_log = rrl.limited_total;
                                 tracing::warn!(%src, limited = rrl.limited_total, "rate limiting responses");
@@ -462,22 +481,31 @@ fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>, rrl_c
                         }
                     }
                 } else {
+                    counts.fast += 1;
                     &out
                 }
             }
-            Outcome::Drop => continue,
+            Outcome::Drop => {
+                counts.dropped += 1;
+                continue;
+            }
             Outcome::Slow => match shared.handle_slow(req, src, true) {
                 Some(r) => {
+                    counts.full += 1;
                     out = r;
                     &out
                 }
-                None => continue,
+                None => {
+                    counts.dropped += 1;
+                    continue;
+                }
             },
         };
         if let Err(e) = sock.send_to(resp, src) {
             tracing::debug!(%src, error = %e, "udp send failed");
         }
     }
+    counts.flush(&shared.metrics);
 }
 
 async fn tcp_accept(
@@ -533,8 +561,14 @@ async fn tcp_conn(
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow client"))??;
         let cat = shared.catalog();
         let resp = match answer::answer(&cat, &req, &mut out, false) {
-            Outcome::Reply => std::mem::take(&mut out),
-            Outcome::Drop => return Ok(()),
+            Outcome::Reply => {
+                shared.metrics.answer("fast", 1);
+                std::mem::take(&mut out)
+            }
+            Outcome::Drop => {
+                shared.metrics.dropped.inc();
+                return Ok(());
+            }
             Outcome::Slow => {
                 let sh = shared.clone();
                 let r = std::mem::take(&mut req);
@@ -544,8 +578,14 @@ async fn tcp_conn(
                         .map_err(std::io::Error::other)?;
                 req = r;
                 match resp {
-                    Some(x) => x,
-                    None => continue,
+                    Some(x) => {
+                        shared.metrics.answer("full", 1);
+                        x
+                    }
+                    None => {
+                        shared.metrics.dropped.inc();
+                        continue;
+                    }
                 }
             }
         };

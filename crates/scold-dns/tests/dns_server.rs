@@ -428,3 +428,68 @@ fn config_errors_name_the_file_and_key_and_sigterm_stops_cleanly() {
         srv.log_text()
     );
 }
+
+/// Reads `/metrics` from the server's Prometheus endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn metrics_count_answers_and_updates() {
+    let s = DnsSetup::new(0, "");
+    let mport = free_port();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("metrics = \"127.0.0.1:{mport}\"\n{text}"),
+    )
+    .unwrap();
+    let _srv = s.start("metrics");
+    for _ in 0..5 {
+        assert_eq!(
+            dig_short(s.port, "www.example.com", "A", &[]),
+            vec!["192.0.2.10"]
+        );
+    }
+    let good = key("coordinator", "hmac-sha256", SECRET);
+    let bad = key("coordinator", "hmac-sha256", WRONG_SECRET);
+    let body = "update add m.example.com. 60 TYPE65280 \\# 4 0A000001";
+    assert!(nsupdate(&["-y", &good], &script(s.port, body))
+        .status
+        .success());
+    assert!(!nsupdate(&["-y", &bad], &script(s.port, body))
+        .status
+        .success());
+    // UDP workers add their counts in batches, at the latest after an idle 200 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    let m = scrape(mport);
+    assert!(
+        counter(&m, "scold_dns_answers_total{path=\"fast\"}") >= 5,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "scold_dns_updates_total{outcome=\"applied\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "scold_dns_updates_total{outcome=\"bad_tsig\"}"),
+        1,
+        "{m}"
+    );
+}
