@@ -102,6 +102,13 @@ pub struct ScenarioArgs {
     /// the static data path too.
     #[arg(long, value_enum, default_value_t = Scheme::Resolver)]
     pub scheme: Scheme,
+    /// Scheme 4.1: lay the indirect route out with static client and proxy configs
+    /// instead of client agents that set it up on a lookup meeting ALT records.
+    #[arg(long)]
+    pub static_route: bool,
+    /// Repetitions of the proxy failover (4.4) under attack (0: not measured).
+    #[arg(long, default_value_t = 3)]
+    pub failover_reps: u32,
     /// Longest wait, seconds, from the alarm for the target's ALT records at ClientDNS.
     #[arg(long, default_value_t = 20.0)]
     pub divert_wait: f64,
@@ -542,6 +549,8 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         divert_wait: seconds(a.divert_wait, "--divert-wait")?,
         encap: a.encap,
         scheme: a.scheme,
+        static_route: a.static_route,
+        failover_reps: a.failover_reps,
         out_dir: a.out.clone(),
         keep_on_failure: a.keep_on_failure,
         scold_bin: std::env::current_exe().context("finding the scold binary")?,

@@ -10,14 +10,17 @@
 //! | proxyN       | `scold proxy`           | the gateway as peer, a route to the target, client sessions |
 //! | target       | `scold lab serve`       | HTTP on 80 and bulk TCP on 5001                        |
 //! | target       | `scold target`          | return routes of diverted clients (while indirect)     |
-//! | clientN      | `scold client`          | tunnel to its proxy, host route to the target (while indirect; not in 4.3) |
+//! | clientN      | `scold client`          | 4.1: the client agent its resolv.conf names (admission with a proxy of the ALT set, tunnel, host route); otherwise a static tunnel to its proxy (while indirect; not in 4.3) |
 //!
 //! In scheme 4.3 the proxies also relay the target's HTTP and bulk ports as a NAT from
 //! their own addresses, the target's return routes lead to the proxies' relay
 //! addresses, and clients run no SCOLD software.
 //!
-//! The data-path daemons take static configs: the indirect route is laid out by these
-//! files, not yet by the coordinator's orders. [`Roles::indirect_on`] and
+//! In scheme 4.1 (unless static routes are asked for) proxies run their `[admission]`
+//! service and clients the agent of scheme 4.1; the lab publishes ALT records itself
+//! with the coordinator's TSIG key ([`Roles::set_alt`]). The proxies' routes to the
+//! gateway, the gateway's peers and the target's return routes are static configs:
+//! the data-path daemons are not linked to the coordinator here. [`Roles::indirect_on`] and
 //! [`Roles::indirect_off`] start and stop the two agents that switch a client between
 //! the direct and the indirect route (the client agent and the target's return path);
 //! the gateway and proxies run throughout, as consortium infrastructure does.
@@ -125,7 +128,17 @@ pub struct RoleOptions {
     pub log_dir: PathBuf,
     pub encap: Encap,
     pub scheme: Scheme,
+    /// Scheme 4.1 with client agents (`scold client` with `[agent]`): each client's
+    /// resolv.conf names its agent, which sets the route up when a lookup meets ALT
+    /// records; proxies admit clients through their `[admission]` service. Otherwise
+    /// the route comes from static configs.
+    pub agent: bool,
 }
+
+/// TCP port of the proxies' admission service (scheme 4.1 agents).
+pub const ADMISSION_PORT: u16 = 5443;
+/// Where each client agent answers DNS inside its client's namespace.
+pub const AGENT_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 
 struct Running {
     label: String,
@@ -171,6 +184,13 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     out
 }
 
+/// The coordinator's and the operator's certificates, and every other node's by name.
+type IssuedSet = (
+    scold_pki::IssuedPaths,
+    scold_pki::IssuedPaths,
+    Vec<(String, scold_pki::IssuedPaths)>,
+);
+
 /// The running roles of one testbed. Dropping it stops every process.
 pub struct Roles<'a> {
     lab: &'a Fig8,
@@ -183,6 +203,13 @@ pub struct Roles<'a> {
     assignment: Vec<(String, String)>,
     coordinator: scold_pki::IssuedPaths,
     operator: scold_pki::IssuedPaths,
+    /// The other nodes' certificates, by node name.
+    certs: Vec<(String, scold_pki::IssuedPaths)>,
+    /// The coordinator's TSIG secret for TargetDNS (base64).
+    dns_secret: String,
+    /// Client agents of scheme 4.1 (agent mode), running throughout: client node and
+    /// process.
+    client_agents: Vec<(String, Running)>,
 }
 
 impl<'a> Roles<'a> {
@@ -206,7 +233,7 @@ impl<'a> Roles<'a> {
             .map(|(i, c)| (c, proxies[i % proxies.len()].clone()))
             .collect();
         // The CA library logs each certificate; the progress display says it once.
-        let (coordinator, operator) = tracing::subscriber::with_default(
+        let (coordinator, operator, certs) = tracing::subscriber::with_default(
             tracing::subscriber::NoSubscriber::default(),
             || Self::issue_certs(lab, &dir),
         )?;
@@ -219,13 +246,37 @@ impl<'a> Roles<'a> {
             assignment,
             coordinator,
             operator,
+            certs,
+            dns_secret: scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>()),
+            client_agents: Vec::new(),
         };
         roles.write_configs()?;
+        // In agent mode the applications ask the client agent, which asks ClientDNS.
+        let resolver = if roles.opts.agent {
+            AGENT_DNS
+        } else {
+            fig8::address_of(fig8::CLIENT_DNS).expect("in plan")
+        };
         for c in lab.clients() {
-            lab.set_resolv_conf(&c, &[fig8::address_of(fig8::CLIENT_DNS).expect("in plan")])?;
+            lab.set_resolv_conf(&c, &[resolver])?;
         }
         roles.start_daemons()?;
+        if roles.opts.agent {
+            for c in lab.clients() {
+                let r = roles.start_client_agent(&c)?;
+                roles.client_agents.push((c, r));
+            }
+        }
         Ok(roles)
+    }
+
+    /// The certificate issued to `node`.
+    fn cert_of(&self, node: &str) -> &scold_pki::IssuedPaths {
+        self.certs
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, c)| c)
+            .expect("a certificate per node")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -234,10 +285,7 @@ impl<'a> Roles<'a> {
 
     /// The consortium CA and a certificate for every node that speaks the control
     /// protocol; returns the coordinator's and the operator's (for `scold ctl`).
-    fn issue_certs(
-        lab: &Fig8,
-        dir: &Path,
-    ) -> Result<(scold_pki::IssuedPaths, scold_pki::IssuedPaths), LabError> {
+    fn issue_certs(lab: &Fig8, dir: &Path) -> Result<IssuedSet, LabError> {
         use scold_pki::{Ca, CaInit, Identity, Role, Validity};
         let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
         let mut ca = Ca::init(
@@ -264,12 +312,21 @@ impl<'a> Roles<'a> {
             "coordinator",
             fig8::address_of(fig8::COORDINATOR),
         )?;
-        issue(Role::Gateway, GATEWAY_ID, fig8::address_of(fig8::ALT_GW))?;
-        issue(Role::Target, TARGET_ID, Some(fig8::TARGET_ADDR))?;
+        let mut certs = vec![
+            (
+                fig8::ALT_GW.to_string(),
+                issue(Role::Gateway, GATEWAY_ID, fig8::address_of(fig8::ALT_GW))?,
+            ),
+            (
+                fig8::TARGET.to_string(),
+                issue(Role::Target, TARGET_ID, Some(fig8::TARGET_ADDR))?,
+            ),
+        ];
         for p in lab.proxies() {
-            issue(Role::Proxy, &p, fig8::address_of(&p))?;
+            let paths = issue(Role::Proxy, &p, fig8::address_of(&p))?;
+            certs.push((p, paths));
         }
-        Ok((coordinator, issue(Role::Operator, "lab", None)?))
+        Ok((coordinator, issue(Role::Operator, "lab", None)?, certs))
     }
 
     fn write(&self, name: &str, text: &str) -> Result<PathBuf, LabError> {
@@ -366,7 +423,24 @@ impl<'a> Roles<'a> {
                     );
                 }
             }
-            for (c, _) in self.assignment.iter().filter(|(_, q)| q == p) {
+            if self.opts.agent {
+                // Clients are admitted by the TLS exchange, not listed here.
+                let certs = self.cert_of(p);
+                let _ = write!(
+                    cfg,
+                    "[admission]\nlisten = \"{}:{ADMISSION_PORT}\"\nallow = [\"{target}/32\"]\n\
+                     ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    addr(p),
+                    self.coordinator.ca_cert.display(),
+                    certs.cert.display(),
+                    certs.key.display(),
+                );
+            }
+            for (c, _) in self
+                .assignment
+                .iter()
+                .filter(|(_, q)| q == p && !self.opts.agent)
+            {
                 let _ = write!(
                     cfg,
                     "[[sessions]]\nclient = \"{}\"\nencap = \"{}\"\ntargets = [\"{target}/32\"]\n",
@@ -380,7 +454,21 @@ impl<'a> Roles<'a> {
             self.write(&format!("{p}.toml"), &cfg)?;
         }
 
-        for (c, p) in &self.assignment {
+        for (c, p) in self.assignment.iter().filter(|_| self.opts.agent) {
+            let _ = p;
+            let mut cfg =
+                format!("# scold client agent of {c} (scheme 4.1)\ntun_name = \"{CLIENT_TUN}\"\n");
+            cfg += &self.tunnel_section("0.0.0.0:0", &key_of(&client_keys, c));
+            let _ = write!(
+                cfg,
+                "[agent]\nlisten = \"{AGENT_DNS}:53\"\nupstream = [\"{}:53\"]\nca = \"{}\"\n\
+                 admission_port = {ADMISSION_PORT}\nprobe_interval_ms = 200\nprobe_timeout_ms = 600\n",
+                addr(fig8::CLIENT_DNS),
+                self.coordinator.ca_cert.display()
+            );
+            self.write(&format!("{c}.toml"), &cfg)?;
+        }
+        for (c, p) in self.assignment.iter().filter(|_| !self.opts.agent) {
             let mut cfg = format!(
                 "# scold client agent of {c}\nsource = \"{}\"\ntun_name = \"{CLIENT_TUN}\"\n",
                 addr(c)
@@ -416,7 +504,7 @@ impl<'a> Roles<'a> {
         self.write("target.toml", &t)?;
 
         // DNS: the target's zone with a short TTL, and the coordinator's update key.
-        let secret = scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>());
+        let secret = &self.dns_secret;
         let dns_addr = addr(fig8::TARGET_DNS);
         self.write(
             "target.test.zone",
@@ -615,9 +703,20 @@ impl<'a> Roles<'a> {
         Ok(())
     }
 
-    /// Runs `scold ctl --json ARGS` as the lab's operator inside the coordinator's
-    /// namespace and returns its JSON reply.
-    pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value, LabError> {
+    /// `ip netns exec <coordinator's namespace> scold ctl --json ... ARGS` as one argument
+    /// list, for a thread that polls the coordinator while the lab does other work.
+    pub fn ctl_argv(&self, args: &[&str]) -> Result<Vec<String>, LabError> {
+        let mut v = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.lab.netns(fig8::COORDINATOR)?.to_string(),
+            self.opts.scold_bin.display().to_string(),
+        ];
+        v.extend(self.ctl_args(args));
+        Ok(v)
+    }
+
+    fn ctl_args(&self, args: &[&str]) -> Vec<String> {
         let coordinator = format!("127.0.0.1:{COORDINATOR_PORT}");
         let mut all: Vec<String> = [
             "--log",
@@ -639,6 +738,13 @@ impl<'a> Roles<'a> {
         all.push("--key".into());
         all.push(self.operator.key.display().to_string());
         all.extend(args.iter().map(|s| s.to_string()));
+        all
+    }
+
+    /// Runs `scold ctl --json ARGS` as the lab's operator inside the coordinator's
+    /// namespace and returns its JSON reply.
+    pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value, LabError> {
+        let all = self.ctl_args(args);
         let out = self.lab.exec(
             fig8::COORDINATOR,
             &self.opts.scold_bin.display().to_string(),
@@ -661,10 +767,18 @@ impl<'a> Roles<'a> {
             return Ok(());
         }
         let cfg = self.config_arg("target.toml");
-        let t = self.spawn(fig8::TARGET, "target-agent", &["target", "--config", &cfg])?;
+        let mut t = self.spawn(fig8::TARGET, "target-agent", &["target", "--config", &cfg])?;
+        if self.opts.agent {
+            // The site's side is in place before clients look the name up, as after a
+            // divert; the agent's set-up time is then the client's alone.
+            Self::wait_ready(&mut t, Duration::from_secs(15), |r| {
+                Self::log_says(r, "target return path ready")
+            })?;
+        }
         self.agents.push(t);
-        if self.opts.scheme == Scheme::Nat {
+        if self.opts.scheme == Scheme::Nat || self.opts.agent {
             // Clients run no SCOLD software in 4.3: they talk to the proxy's address.
+            // Client agents (4.1) run throughout and set the route up on a lookup.
             return Ok(());
         }
         for (c, _) in self.assignment.clone() {
@@ -675,8 +789,145 @@ impl<'a> Roles<'a> {
         Ok(())
     }
 
+    /// Starts `client`'s agent and waits until it answers DNS.
+    fn start_client_agent(&self, client: &str) -> Result<Running, LabError> {
+        let cfg = self.config_arg(&format!("{client}.toml"));
+        let mut r = self.spawn(
+            client,
+            &format!("{client}-agent"),
+            &["client", "--config", &cfg],
+        )?;
+        Self::wait_ready(&mut r, Duration::from_secs(15), |r| {
+            Self::log_says(r, "client agent answering DNS")
+        })?;
+        Ok(r)
+    }
+
+    /// Whether the clients run agents (scheme 4.1 without static routes).
+    pub fn agent_mode(&self) -> bool {
+        self.opts.agent
+    }
+
+    /// Agent mode: stops each client agent (SIGTERM: it removes its tunnel and routes)
+    /// and starts it again, so the next lookup sets the route up from nothing. Earlier
+    /// logs are kept as `<client>-agent.N.log`.
+    pub fn restart_client_agents(&mut self) -> Result<(), LabError> {
+        for (c, mut r) in std::mem::take(&mut self.client_agents) {
+            match r.proc.stop(Duration::from_secs(5))? {
+                Some(st) if st.success() => {}
+                st => return Err(Self::failed(&r, format!("did not stop cleanly ({st:?})"))),
+            }
+            let mut n = 1;
+            let kept = loop {
+                let k = self.opts.log_dir.join(format!("{c}-agent.{n}.log"));
+                if !k.exists() {
+                    break k;
+                }
+                n += 1;
+            };
+            let _ = std::fs::rename(&r.log, kept);
+            let fresh = self.start_client_agent(&c)?;
+            self.client_agents.push((c, fresh));
+        }
+        Ok(())
+    }
+
+    /// The proxy `client`'s agent brought its route up through last (from its log).
+    pub fn agent_proxy(&self, client: &str) -> Option<Ipv4Addr> {
+        let (_, r) = self.client_agents.iter().find(|(c, _)| c == client)?;
+        let log = std::fs::read_to_string(&r.log).ok()?;
+        let line = log.lines().rfind(|l| l.contains("indirect route up"))?;
+        let rest = line.split("proxy=").nth(1)?;
+        let word: String = rest
+            .chars()
+            .take_while(|ch| ch.is_ascii_digit() || *ch == '.')
+            .collect();
+        word.parse().ok()
+    }
+
+    /// How many times `client`'s agent has logged a finished failover.
+    pub fn agent_failovers(&self, client: &str) -> usize {
+        self.client_agents
+            .iter()
+            .find(|(c, _)| c == client)
+            .and_then(|(_, r)| std::fs::read_to_string(&r.log).ok())
+            .map(|l| l.matches("failover done").count())
+            .unwrap_or(0)
+    }
+
+    /// Publishes (or with an empty list withdraws) the target's ALT records at
+    /// TargetDNS with a TSIG-signed update under the coordinator's key, sent from the
+    /// coordinator's namespace: what the coordinator's divert does, done by the lab.
+    pub fn set_alt(&self, proxies: &[Ipv4Addr]) -> Result<(), LabError> {
+        let key = scold_dns::tsig::TsigKey::new(
+            "coordinator",
+            scold_dns::tsig::TsigAlgorithm::HmacSha256,
+            &self.dns_secret,
+        )
+        .map_err(|e| LabError::BadSpec(format!("the lab's TSIG key: {e}")))?;
+        let server: SocketAddr = (fig8::address_of(fig8::TARGET_DNS).expect("plan"), 53).into();
+        let updater = scold_dns::updater::Updater::new(server, key);
+        let addrs: Vec<IpAddr> = proxies.iter().map(|&a| a.into()).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::io("starting a DNS update runtime", e))?;
+        self.lab
+            .run_in(fig8::COORDINATOR, || {
+                rt.block_on(updater.set_alt(ZONE, TARGET_FQDN, &addrs, DNS_TTL))
+            })?
+            .map_err(|e| LabError::Protocol {
+                peer: format!("TargetDNS {server}"),
+                reason: format!("the signed ALT update for {TARGET_FQDN} failed: {e}"),
+            })
+    }
+
+    /// Kills `proxy`'s process outright (SIGKILL, as a crash or an overwhelmed host
+    /// would stop answering) and waits for it.
+    pub fn kill_proxy(&mut self, proxy: &str) -> Result<(), LabError> {
+        let r = self
+            .daemons
+            .iter_mut()
+            .find(|r| r.label == proxy)
+            .ok_or_else(|| LabError::BadSpec(format!("no running proxy {proxy}")))?;
+        r.proc.kill()?;
+        Ok(())
+    }
+
+    /// Starts a killed `proxy` again from its config and waits until it runs.
+    pub fn restart_proxy(&mut self, proxy: &str) -> Result<(), LabError> {
+        let i = self
+            .daemons
+            .iter()
+            .position(|r| r.label == proxy)
+            .ok_or_else(|| LabError::BadSpec(format!("no proxy {proxy}")))?;
+        let old = self.daemons.remove(i);
+        let mut n = 1;
+        let kept = loop {
+            let k = self.opts.log_dir.join(format!("{proxy}.{n}.log"));
+            if !k.exists() {
+                break k;
+            }
+            n += 1;
+        };
+        let _ = std::fs::rename(&old.log, kept);
+        drop(old);
+        let cfg = self.config_arg(&format!("{proxy}.toml"));
+        let mut r = self.spawn(proxy, proxy, &["proxy", "--config", &cfg])?;
+        Self::wait_ready(&mut r, Duration::from_secs(15), |r| {
+            Self::log_says(r, "proxy running")
+        })?;
+        self.daemons.insert(i, r);
+        Ok(())
+    }
+
     /// Fails naming the agent if one exited.
     pub fn check_agents(&mut self) -> Result<(), LabError> {
+        for (_, r) in &mut self.client_agents {
+            if let Some(st) = r.proc.try_wait()? {
+                return Err(Self::failed(r, format!("exited ({st})")));
+            }
+        }
         for r in &mut self.agents {
             if let Some(st) = r.proc.try_wait()? {
                 return Err(Self::failed(r, format!("exited ({st})")));
@@ -777,6 +1028,9 @@ impl<'a> Roles<'a> {
     /// Stops every process (agents first), in reverse start order.
     pub fn stop_all(&mut self) -> Result<(), LabError> {
         let agents = self.indirect_off();
+        for (_, mut r) in std::mem::take(&mut self.client_agents) {
+            let _ = r.proc.stop(Duration::from_secs(5));
+        }
         for mut r in std::mem::take(&mut self.daemons).into_iter().rev() {
             let _ = r.proc.stop(Duration::from_secs(3));
         }

@@ -3,16 +3,22 @@
 //! 1. Build Figure 8 and start every role as a real `scold` process ([`crate::roles`]).
 //! 2. Baseline: ping and downloads over the direct route (Tables 1-2, "direct").
 //! 3. Table 3: the same probes by address and by name through ClientDNS and TargetDNS.
-//! 4. Table 4: start the client agent and the target's return path, time the first
-//!    answer through the tunnel; repeated.
+//! 4. Table 4. Scheme 4.1 (default): the lab publishes the target's ALT records with a
+//!    signed update under the coordinator's key, and times the application's lookup
+//!    through the client agent (which answers once it has set the route up) until the
+//!    first answer through the tunnel. `--static-route` and schemes 4.2/4.3: the time
+//!    from starting the static client agent and the target's return path. Repeated.
 //! 5. Indirect route without attack (Tables 1-2, "indirect").
 //! 6. Attack on the main link (real `scold lab flood` processes); the operator alarm
-//!    (`scold ctl divert`) goes to the coordinator, and ClientDNS is watched for the
-//!    target's ALT records; meanwhile direct and indirect measurements under attack.
+//!    (`scold ctl divert`) goes to the coordinator, whose progress is watched (ALT
+//!    records at ClientDNS, or its phase when the lab published them); meanwhile direct
+//!    and indirect measurements under attack, then (client agent) the proxy failover of
+//!    4.4: the client's proxy is killed while an echo loop measures the gap.
 //! 7. The attack ends; `scold ctl restore`; what the coordinator reached is reported.
 //!
-//! The indirect route comes from static data-path configs: the data-path daemons do not
-//! yet take the coordinator's orders. The report says which figure came from where.
+//! The proxies' and gateway's routes and the target's return routes come from static
+//! configs: the data-path daemons are not linked to the coordinator here. The report
+//! says which figure came from where.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -66,6 +72,12 @@ pub struct ScenarioConfig {
     pub divert_wait: Duration,
     pub encap: Encap,
     pub scheme: Scheme,
+    /// Scheme 4.1 with static client and proxy configs instead of client agents.
+    #[serde(default)]
+    pub static_route: bool,
+    /// Repetitions of the proxy failover under attack (agent mode only; 0: skipped).
+    #[serde(default)]
+    pub failover_reps: u32,
     pub out_dir: PathBuf,
     /// On failure, keep the namespaces for inspection (`scold lab cleanup` removes them).
     pub keep_on_failure: bool,
@@ -81,7 +93,21 @@ impl ScenarioConfig {
         let per_cond = |reps: u32| (self.pings + downloads * reps) as usize;
         let table3 = PAPER_RESOLVER.len() * 2 * self.reps as usize;
         let table4 = 3 * self.reps as usize;
-        3 * per_cond(self.reps) + per_cond(self.attack_reps) + table3 + table4 + 9
+        3 * per_cond(self.reps)
+            + per_cond(self.attack_reps)
+            + table3
+            + table4
+            + 10
+            + if self.agent_mode() {
+                self.failover_reps as usize
+            } else {
+                0
+            }
+    }
+
+    /// Whether clients run the scheme 4.1 client agent (rather than static routes).
+    pub fn agent_mode(&self) -> bool {
+        self.scheme == Scheme::Resolver && !self.static_route
     }
 }
 
@@ -558,10 +584,21 @@ fn measure_setup(
     // socket binding is needed there, and pings do not reach the target.
     let (target, pings) = indirect_dest(roles);
     let dev = pings.then_some(roles::CLIENT_TUN);
+    let mut lookups = Vec::new();
     for rep in 1..=cfg.reps {
+        if roles.agent_mode() {
+            // The target's side first (as after a divert); the clock starts at the
+            // application's lookup, which the agent answers once the route is up.
+            roles.indirect_on()?;
+        }
         let t0 = Instant::now();
         let deadline = t0 + limit;
-        roles.indirect_on()?;
+        if roles.agent_mode() {
+            let (secs, _) = agent_lookup(lab, limit)?;
+            lookups.push(secs);
+        } else {
+            roles.indirect_on()?;
+        }
         let ping = lab.thread_in(&client, move || {
             if !pings {
                 return None;
@@ -642,7 +679,51 @@ fn measure_setup(
             results.push(Metric::Setup { probe }, rep, outcome);
         }
         roles.check_agents()?;
-        roles.indirect_off()?;
+        route_off(roles)?;
+    }
+    if let (Some(med), Some(worst)) = (
+        measure::median(&lookups),
+        lookups.iter().copied().reduce(f64::max),
+    ) {
+        results.notes.push(format!(
+            "Table 4 (client agent): the application's lookup of {} through the agent took \
+             {} median, {} worst over {} repetitions (it is answered only once the agent \
+             has measured the proxies, been admitted by one and brought the tunnel and host \
+             route up); the figures in Table 4 run from that lookup to the first answer \
+             through the tunnel",
+            roles::TARGET_FQDN,
+            fmt_seconds(med),
+            fmt_seconds(worst),
+            lookups.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Agent mode: client 1's application looks the target's name up through its agent
+/// (the server its resolv.conf names). Returns the seconds until the answer and the A
+/// records; fails when no answer or no address came.
+fn agent_lookup(lab: &Fig8, limit: Duration) -> Result<(f64, Vec<Ipv4Addr>), LabError> {
+    let server: SocketAddr = (roles::AGENT_DNS, 53).into();
+    let t0 = Instant::now();
+    let a = lab.run_in(&fig8::client(1), || {
+        dnsq::query(server, &format!("{}.", roles::TARGET_FQDN), 1, limit)
+    })??;
+    if a.a.is_empty() {
+        return Err(LabError::Protocol {
+            peer: format!("the client agent of {} at {server}", fig8::client(1)),
+            reason: format!("no address for {} (rcode {})", roles::TARGET_FQDN, a.rcode),
+        });
+    }
+    Ok((t0.elapsed().as_secs_f64(), a.a))
+}
+
+/// Takes client 1 off the indirect route: stops the target's return path and, in agent
+/// mode, restarts the client agents (stopping one removes its tunnel and routes).
+fn route_off(roles: &mut Roles) -> Result<(), LabError> {
+    roles.indirect_off()?;
+    if roles.agent_mode() {
+        roles.restart_client_agents()?;
     }
     Ok(())
 }
@@ -651,6 +732,10 @@ fn measure_setup(
 fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_on()?;
     let client = fig8::client(1);
+    if roles.agent_mode() {
+        // The agent sets the route up when the name is looked up.
+        agent_lookup(lab, Duration::from_secs(15))?;
+    }
     let (dest, ping) = indirect_dest(roles);
     let t0 = Instant::now();
     let ok = lab.run_in(&client, || {
@@ -736,7 +821,7 @@ fn measure_indirect(
     let bytes = measure_condition(lab, cfg, &plan, results, progress)?;
     let through = roles.gateway_tunnel_bytes()?.saturating_sub(before);
     roles.check()?;
-    roles.indirect_off()?;
+    route_off(roles)?;
     if through < bytes {
         return Err(LabError::BadSpec(format!(
             "{} downloaded {bytes} bytes on the indirect route but only {through} left the \
@@ -802,6 +887,175 @@ fn watch_alt(
     })
 }
 
+/// Polls the coordinator (`scold ctl --json status`, run as `ip` + `argv`) until the
+/// target's phase is `want`; returns the seconds from `t0`, or `None` at `deadline` or
+/// `stop`.
+fn watch_phase(
+    argv: Vec<String>,
+    t0: Instant,
+    deadline: Instant,
+    want: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<AltSeen>> {
+    std::thread::spawn(move || {
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            let out = std::process::Command::new("ip")
+                .args(&argv)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            if let Ok(o) = out {
+                let phase = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("targets")?
+                            .as_array()?
+                            .iter()
+                            .find(|t| {
+                                t.get("name").and_then(|n| n.as_str()) == Some(roles::TARGET_ID)
+                            })?
+                            .get("phase")?
+                            .as_str()
+                            .map(str::to_string)
+                    });
+                if phase.as_deref() == Some(want) {
+                    return Some((t0.elapsed().as_secs_f64(), Vec::new()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+}
+
+/// One failover repetition's echo log: seconds from the loop's start at which each
+/// answered echo came back.
+struct EchoLog {
+    replies: Vec<f64>,
+}
+
+/// Proxy failover (4.4) under attack: with client 1 on the indirect route through the
+/// proxy its agent chose, a bounded echo loop (one echo every 50 ms through the tunnel,
+/// each waiting at most 200 ms) runs while that proxy's process is killed. The figure
+/// is the gap the loop saw: from the last answer before the kill to the first after
+/// it, which came through the other proxy. The killed proxy is started again after
+/// each repetition.
+fn measure_failover(
+    lab: &Fig8,
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    let client = fig8::client(1);
+    let limit = Duration::from_secs(8);
+    indirect_up(lab, roles)?;
+    let mut gaps = Vec::new();
+    for rep in 1..=cfg.failover_reps {
+        let before = roles.agent_proxy(&client);
+        let node = before.and_then(|ip| {
+            lab.proxies()
+                .into_iter()
+                .find(|p| fig8::address_of(p) == Some(ip))
+        });
+        let Some(node) = node else {
+            return Err(LabError::Protocol {
+                peer: format!("the client agent of {client}"),
+                reason: format!(
+                    "its log names no proxy it brought the route up through ({before:?}); \
+                     see {}",
+                    roles.log_dir().display()
+                ),
+            });
+        };
+        let killed = Arc::new(AtomicBool::new(false));
+        let flag = killed.clone();
+        let start = Instant::now();
+        let pinger = lab.thread_in(&client, move || {
+            let mut log = EchoLog {
+                replies: Vec::new(),
+            };
+            let mut after_kill = 0;
+            while start.elapsed() < limit && after_kill < 10 {
+                let t = Instant::now();
+                let ok = measure::ping_samples_via(
+                    fig8::TARGET_ADDR,
+                    1,
+                    Duration::ZERO,
+                    Duration::from_millis(200),
+                    Some(roles::CLIENT_TUN),
+                )
+                .is_ok_and(|e| e[0].is_some());
+                if ok {
+                    log.replies.push(start.elapsed().as_secs_f64());
+                    if flag.load(Ordering::Relaxed) {
+                        after_kill += 1;
+                    }
+                }
+                if let Some(rest) = Duration::from_millis(50).checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            log
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        let t_kill = start.elapsed().as_secs_f64();
+        roles.kill_proxy(&node)?;
+        killed.store(true, Ordering::Relaxed);
+        let log = pinger.join().map_err(|_| {
+            LabError::io("the failover echo loop", std::io::Error::other("panicked"))
+        })?;
+        let after = roles.agent_proxy(&client);
+        let last_before = log
+            .replies
+            .iter()
+            .copied()
+            .filter(|&t| t <= t_kill)
+            .reduce(f64::max);
+        let first_after = log.replies.iter().copied().find(|&t| t > t_kill);
+        let outcome = match (last_before, first_after) {
+            (Some(b), Some(a)) if after.is_some() && after != before => {
+                gaps.push(a - b);
+                Outcome::Ok { seconds: a - b }
+            }
+            (_, Some(_)) => Outcome::Failed {
+                error: format!(
+                    "echoes came back after {node} was killed but the agent's route names \
+                     {after:?}, not another proxy"
+                ),
+            },
+            (_, None) => Outcome::Timeout {
+                limit_seconds: limit.as_secs_f64() - t_kill,
+            },
+        };
+        progress.step(
+            &format!("failover: {node} killed #{rep}"),
+            &format!(
+                "{} (now via {})",
+                show(&outcome),
+                after.map(|a| a.to_string()).unwrap_or("?".into())
+            ),
+        );
+        results.push(Metric::Failover, rep, outcome);
+        roles.restart_proxy(&node)?;
+        roles.check()?;
+    }
+    if let (Some(med), Some(worst)) = (
+        measure::median(&gaps),
+        gaps.iter().copied().reduce(f64::max),
+    ) {
+        results.notes.push(format!(
+            "failover (4.4): gap in a 50 ms echo loop through the tunnel when the client's \
+             proxy process was killed (SIGKILL) under attack, until echoes came back through \
+             the other proxy: {} median, {} worst over {} repetitions",
+            fmt_seconds(med),
+            fmt_seconds(worst),
+            gaps.len()
+        ));
+    }
+    route_off(roles)
+}
+
 /// The coordinator's view of the target: phase, pending steps, last error.
 fn target_status(roles: &Roles) -> String {
     match roles.ctl(&["status"]) {
@@ -845,6 +1099,7 @@ fn phases(
             log_dir: logs.to_path_buf(),
             encap: cfg.encap,
             scheme: cfg.scheme,
+            agent: cfg.agent_mode(),
         },
     )?;
     progress.step(
@@ -869,7 +1124,49 @@ fn phases(
          output's logs/ folder); certificates from a CA made for the run"
             .into(),
         format!("direct route: {client} -> internet router -> main link (bottleneck) -> target"),
-        format!(
+    ];
+    if cfg.agent_mode() {
+        results.provenance.extend([
+            format!(
+                "indirect route: {client} -> the proxy its client agent chose -> {} (hidden \
+                 gateway) -> target over {encap}, set up by the scheme 4.1 client agent \
+                 (`scold client` with [agent]; {client}'s resolv.conf names it): on the \
+                 target's ALT records it measured the proxies, was admitted by one through \
+                 its TLS admission service and brought the tunnel and host route up. The \
+                 proxies' route to the gateway, the gateway's peers and the target's return \
+                 routes are STATIC configs: the data-path daemons were not given [control] \
+                 tables, so the coordinator did not set them up",
+                fig8::ALT_GW
+            ),
+            format!(
+                "ALT records: published at TargetDNS by the lab itself with a TSIG-signed \
+                 update under the coordinator's key (the coordinator's divert does not \
+                 complete without the daemons' [control] links), TTL {} s",
+                roles::DNS_TTL
+            ),
+            "Table 3: real lookups from a process in the client whose resolv.conf names the \
+             client agent, which forwards to ClientDNS (`scold resolver`) and TargetDNS \
+             (`scold dns`); measured before the ALT records exist, so the agent only passes \
+             the lookup through"
+                .into(),
+            "Table 4: from the application's lookup of the name through the client agent \
+             (which answers only once the route is up) to the first ping reply / complete \
+             100k download through the client's TUN device; the agent is restarted with no \
+             route before each repetition, the target's return path is in place before it"
+                .into(),
+            "failover (4.4): a proxy's process is killed while the client uses it, under \
+             attack; the gap is measured by a 50 ms echo loop through the tunnel"
+                .into(),
+            format!(
+                "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
+                 operator alarm; scheme {}), watched as the target's phase in \
+                 `scold ctl --json status` (ClientDNS already holds the lab's ALT records)",
+                cfg.scheme.as_str()
+            ),
+        ]);
+    } else {
+        results.provenance.extend([
+            format!(
             "indirect route: {client} -> {proxy} -> {} (hidden gateway) -> target over {encap}, \
              set up by STATIC configs ({} config files): the data-path daemons do not take the \
              coordinator's orders yet, so the coordinator did not set up this route",
@@ -880,18 +1177,19 @@ fn phases(
                 "scold client, proxy, gateway and target"
             }
         ),
-        "Table 3: real lookups of the target's name from a process whose resolv.conf names \
+            "Table 3: real lookups of the target's name from a process whose resolv.conf names \
          ClientDNS (`scold resolver`), which forwards to TargetDNS (`scold dns`)"
-            .into(),
-        "Table 4: static set-up (client agent and target return path started from their \
+                .into(),
+            "Table 4: static set-up (client agent and target return path started from their \
          config files), not the coordinator's divert"
-            .into(),
-        format!(
-            "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
+                .into(),
+            format!(
+                "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
              operator alarm; scheme {}), watched as ALT records at ClientDNS with real DNS queries",
-            cfg.scheme.as_str()
-        ),
-    ];
+                cfg.scheme.as_str()
+            ),
+        ]);
+    }
 
     let direct = Condition {
         route: Route::Direct,
@@ -921,7 +1219,61 @@ fn phases(
     measure_resolver(lab, cfg, results, progress)?;
     roles.check()?;
 
-    progress.phase("Table 4: setting the indirect route up (static configs), repeatedly");
+    if roles.agent_mode() {
+        // The divert's DNS step, done by the lab: the coordinator publishes ALT records
+        // only once every data-path daemon has taken its orders.
+        let proxies: Vec<Ipv4Addr> = lab
+            .proxies()
+            .iter()
+            .filter_map(|p| fig8::address_of(p))
+            .collect();
+        let t_pub = Instant::now();
+        roles.set_alt(&proxies)?;
+        // ClientDNS may still hold the agent's earlier "no ALT" answer for the zone's
+        // negative TTL; Table 4 starts once clients can see the records.
+        let seen = watch_alt(
+            lab,
+            cfg.scheme,
+            t_pub,
+            t_pub + Duration::from_secs(roles::DNS_TTL as u64 * 2),
+            true,
+            Arc::new(AtomicBool::new(false)),
+        )?
+        .join()
+        .ok()
+        .flatten();
+        let Some((visible, _)) = seen else {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the lab's ALT records for {} to be visible at ClientDNS",
+                    roles::TARGET_FQDN
+                ),
+                secs: roles::DNS_TTL as f64 * 2.0,
+            });
+        };
+        results.notes.push(format!(
+            "ALT records {proxies:?} published by the lab with a signed update; visible at \
+             ClientDNS {} later (ClientDNS held the earlier negative answer up to the zone's \
+             negative TTL of {} s)",
+            fmt_seconds(visible),
+            roles::DNS_TTL
+        ));
+        progress.step(
+            "ALT records published",
+            &format!(
+                "{} ALT {proxies:?} at TargetDNS by the lab (TSIG-signed with the \
+                 coordinator's key), visible at ClientDNS after {}",
+                roles::TARGET_FQDN,
+                fmt_seconds(visible)
+            ),
+        );
+        progress.phase(
+            "Table 4: the application's lookup through the client agent until the first \
+             answer through the tunnel, repeatedly",
+        );
+    } else {
+        progress.phase("Table 4: setting the indirect route up (static configs), repeatedly");
+    }
     measure_setup(lab, &mut roles, cfg, results, progress)?;
 
     progress.phase(&format!(
@@ -968,15 +1320,17 @@ fn phases(
     }
 
     restore_phase(lab, &roles, cfg, diverted, results, progress)?;
-    results.push(
-        Metric::Failover,
-        1,
-        Outcome::Failed {
-            error: "not measured: a proxy's reset (4.4) needs the proxies linked to the \
-                    coordinator and a client agent that fails over, neither of which exists yet"
-                .into(),
-        },
-    );
+    if !roles.agent_mode() || cfg.failover_reps == 0 {
+        results.push(
+            Metric::Failover,
+            1,
+            Outcome::Failed {
+                error: "not measured: failover needs the scheme 4.1 client agent (not \
+                        --static-route, scheme 4.1) and --failover-reps above 0"
+                    .into(),
+            },
+        );
+    }
     roles.check()?;
     roles.stop_all()?;
     progress.step("roles stopped", "every scold process exited");
@@ -1000,14 +1354,26 @@ fn attack_phase(
     // The operator's alarm: the target's own detector does not raise alarms yet.
     let t_alarm = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_alt(
-        lab,
-        cfg.scheme,
-        t_alarm,
-        t_alarm + cfg.divert_wait,
-        true,
-        stop.clone(),
-    )?;
+    // With the lab's own ALT records already published (agent mode), ClientDNS cannot
+    // tell the coordinator's divert apart: its phase is watched instead.
+    let watcher = if roles.agent_mode() {
+        watch_phase(
+            roles.ctl_argv(&["status"])?,
+            t_alarm,
+            t_alarm + cfg.divert_wait,
+            "diverted",
+            stop.clone(),
+        )
+    } else {
+        watch_alt(
+            lab,
+            cfg.scheme,
+            t_alarm,
+            t_alarm + cfg.divert_wait,
+            true,
+            stop.clone(),
+        )?
+    };
     let divert = roles.ctl(&["divert", roles::TARGET_ID]);
     progress.step(
         "alarm: scold ctl divert",
@@ -1059,6 +1425,13 @@ fn attack_phase(
 
     progress.phase("indirect route under attack");
     measure_indirect(lab, roles, cfg, true, results, progress)?;
+    if roles.agent_mode() && cfg.failover_reps > 0 {
+        progress.phase(&format!(
+            "proxy failover under attack (4.4): kill the client's proxy, {} times",
+            cfg.failover_reps
+        ));
+        measure_failover(lab, roles, cfg, results, progress)?;
+    }
 
     let seen = watcher.join().ok().flatten();
     stop.store(true, Ordering::Relaxed);
@@ -1105,7 +1478,15 @@ fn restore_phase(
     let stop = Arc::new(AtomicBool::new(false));
     // The coordinator waits out the ALT TTL before tearing down; allow for it.
     let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
-    let watcher = if diverted {
+    let watcher = if diverted && roles.agent_mode() {
+        Some(watch_phase(
+            roles.ctl_argv(&["status"])?,
+            t0,
+            t0 + wait,
+            "normal",
+            stop,
+        ))
+    } else if diverted {
         Some(watch_alt(lab, cfg.scheme, t0, t0 + wait, false, stop)?)
     } else {
         None

@@ -826,6 +826,22 @@ impl LabProcess {
         }
     }
 
+    /// Kills it at once (SIGKILL, no chance to clean up) and reaps it.
+    pub fn kill(&mut self) -> Result<Option<ExitStatus>, LabError> {
+        if self.child.is_none() {
+            return Ok(None);
+        }
+        signal(self.pid, libc::SIGKILL);
+        let st = self
+            .child
+            .as_mut()
+            .map(|c| c.wait())
+            .transpose()
+            .map_err(|e| LabError::io(format!("waiting for {}", self.label), e))?;
+        self.reaped();
+        Ok(st)
+    }
+
     /// Asks it to stop (SIGTERM), kills it after `grace`, and reaps it.
     pub fn stop(&mut self, grace: Duration) -> Result<Option<ExitStatus>, LabError> {
         if self.child.is_none() {

@@ -36,7 +36,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (r, stdout) = run_short(&[]);
+    let (r, stdout) = run_short(&["--failover-reps", "2"]);
     let (d, da) = (cond(Route::Direct, false), cond(Route::Direct, true));
     let (i, ia) = (cond(Route::Indirect, false), cond(Route::Indirect, true));
     let ping = Probe::Ping;
@@ -60,6 +60,32 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
     assert!(r.samples.iter().any(
         |s| matches!(s.metric, Metric::Setup { .. }) && matches!(s.outcome, Outcome::Ok { .. })
     ));
+    // Scheme 4.1 by default runs client agents: the route came from a lookup meeting the
+    // ALT records, and killing the client's proxy moved it to the other one each time.
+    assert!(stdout.contains("client agent"), "{stdout}");
+    let failovers: Vec<&Outcome> = r
+        .samples
+        .iter()
+        .filter(|s| s.metric == Metric::Failover)
+        .map(|s| &s.outcome)
+        .collect();
+    assert_eq!(failovers.len(), 2, "{stdout}");
+    assert!(
+        failovers.iter().all(|o| matches!(o, Outcome::Ok { .. })),
+        "a failover did not complete: {failovers:?}\n{stdout}"
+    );
+}
+
+/// Scheme 4.1 with the static route (`--static-route`): no client agent, no failover.
+#[test]
+fn static_route_still_reaches_the_target() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (r, stdout) = run_short(&["--static-route"]);
+    assert!(stdout.contains("STATIC configs"), "{stdout}");
+    assert!(r
+        .samples
+        .iter()
+        .any(|s| s.metric == Metric::Failover && matches!(s.outcome, Outcome::Failed { .. })));
 }
 
 /// Scheme 4.3 (the proxy relays the target's ports as a NAT) over plain UDP tunnels.
