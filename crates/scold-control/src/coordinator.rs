@@ -68,6 +68,14 @@ pub struct CoordinatorSection {
     /// Upper bound of the retry backoff of a failed step.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Scheme 4.2: the TCP port where client agents take route pushes from proxies (the
+    /// same at every client site, like the proxies' admission port in 4.1).
+    #[serde(default = "default_client_push_port")]
+    pub client_push_port: u16,
+}
+
+fn default_client_push_port() -> u16 {
+    5444
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -234,6 +242,9 @@ proxies_per_target = 2
 attacked_hold_ms = 300000
 # Failed steps are retried with exponential backoff up to this.
 max_backoff_ms = 10000
+# Scheme 4.2: client agents (registered with a `client` certificate) take route pushes
+# from proxies on this TCP port of the address they registered with.
+client_push_port = 5444
 
 [tls]
 # Paths are relative to this file's folder unless absolute.
@@ -770,6 +781,13 @@ impl Coordinator {
                 .collect(),
             gateway_admits,
             gateway_shared,
+            clients: world
+                .nodes
+                .values()
+                .filter(|n| n.role == Role::Client && n.health == Health::Up)
+                .filter_map(|n| Some((n.name.clone(), n.info.address?)))
+                .collect(),
+            push_port: self.cfg.coordinator.client_push_port,
         }
     }
 

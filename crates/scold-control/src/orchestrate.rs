@@ -8,9 +8,9 @@
 
 use crate::coordinator::{Scheme, TargetConfig};
 use scold_proto::control::TunnelInfo;
-use scold_proto::dataplane::{Command, NatService, Peer, Prefix, Route, Via};
+use scold_proto::dataplane::{Command, NatService, Peer, Prefix, Push, Route, Via};
 use scold_proto::state::Step;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A node the coordinator knows, with the tunnel end point it announced.
 #[derive(Debug, Clone)]
@@ -33,6 +33,38 @@ pub struct Context<'a> {
     pub gateway_admits: Vec<(String, Vec<String>)>,
     /// Whether another diverted target still sends this proxy to the same gateway.
     pub gateway_shared: bool,
+    /// Scheme 4.2: the client agents that are registered and up, with their address.
+    pub clients: Vec<(String, IpAddr)>,
+    /// The TCP port client agents take pushes on.
+    pub push_port: u16,
+}
+
+/// FNV-1a: a hash that is the same in every build and on every host, so a client keeps
+/// its proxy across coordinator restarts as long as the proxy set is the same.
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Scheme 4.2: which proxy of `proxies` pushes to each client. Stable: each client's
+/// name is hashed over the sorted proxy set, so the assignment depends only on the set,
+/// spreads clients over it, and a client moves only when its proxy leaves the set (or
+/// the set's size changes). Returns `(proxy, clients)` in proxy order.
+pub fn assign_clients(proxies: &[String], clients: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut sorted: Vec<String> = proxies.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut out: Vec<(String, Vec<String>)> =
+        sorted.iter().map(|p| (p.clone(), Vec::new())).collect();
+    if out.is_empty() {
+        return out;
+    }
+    for c in clients {
+        let i = (stable_hash(c) % out.len() as u64) as usize;
+        out[i].1.push(c.clone());
+    }
+    out
 }
 
 /// One order: which node, what to apply.
@@ -137,6 +169,36 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
                 commands,
             }])
         }
+        Step::PushRoutes => {
+            if ctx.target.scheme != Scheme::Push || ctx.clients.is_empty() {
+                return Ok(vec![]);
+            }
+            let names: Vec<String> = ctx.clients.iter().map(|(n, _)| n.clone()).collect();
+            let set: Vec<String> = ctx.proxies.iter().map(|k| k.name.clone()).collect();
+            let mut out = Vec::new();
+            for (proxy, clients) in assign_clients(&set, &names) {
+                if clients.is_empty() {
+                    continue;
+                }
+                let commands = clients
+                    .iter()
+                    .filter_map(|c| ctx.clients.iter().find(|(n, _)| n == c))
+                    .map(|(name, addr)| {
+                        Command::PushRoute(Push {
+                            client: name.clone(),
+                            agent: SocketAddr::new(*addr, ctx.push_port),
+                            fqdn: ctx.target.fqdn.clone(),
+                            targets: ctx.target.addresses.clone(),
+                        })
+                    })
+                    .collect();
+                out.push(Order {
+                    node: proxy,
+                    commands,
+                });
+            }
+            Ok(out)
+        }
         Step::ProxyTeardown(p) => {
             let proxy = Known {
                 name: p.clone(),
@@ -154,6 +216,14 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
                     listen: n.listen,
                 })
                 .collect();
+            if ctx.target.scheme == Scheme::Push {
+                // Which clients this proxy pushed to depends on the set it was in; every
+                // client is named and the proxy withdraws only what it pushed.
+                commands.extend(ctx.clients.iter().map(|(_, addr)| Command::WithdrawPush {
+                    agent: SocketAddr::new(*addr, ctx.push_port),
+                    fqdn: ctx.target.fqdn.clone(),
+                }));
+            }
             commands
                 .extend(target_routes().map(|destination| Command::RemoveRoute { destination }));
             if !ctx.gateway_shared {
@@ -266,6 +336,75 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
             ],
             gateway_admits: vec![("gw1".into(), vec!["p1".into()])],
             gateway_shared: false,
+            clients: vec![
+                ("c1".into(), "10.9.0.2".parse().unwrap()),
+                ("c2".into(), "10.9.0.3".parse().unwrap()),
+            ],
+            push_port: 5444,
+        }
+    }
+
+    #[test]
+    fn clients_are_spread_stably_over_the_proxies() {
+        let names: Vec<String> = (0..200).map(|i| format!("client-{i}")).collect();
+        let set = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let a = assign_clients(&set(&["p2", "p1", "p3"]), &names);
+        // Sorted proxy order, every client exactly once, no proxy left idle.
+        assert_eq!(
+            a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            ["p1", "p2", "p3"]
+        );
+        assert_eq!(a.iter().map(|(_, c)| c.len()).sum::<usize>(), 200);
+        assert!(a.iter().all(|(_, c)| c.len() > 30), "{a:?}");
+        // The same set in another order: the same assignment.
+        assert_eq!(a, assign_clients(&set(&["p3", "p1", "p2"]), &names));
+        // A replacement in the same position keeps everyone else in place.
+        let b = assign_clients(&set(&["p1", "p2", "p4"]), &names);
+        assert_eq!(a[0].1, b[0].1);
+        assert_eq!(a[1].1, b[1].1);
+        assert_eq!(a[2].1, b[2].1);
+        assert!(assign_clients(&[], &names).is_empty());
+    }
+
+    #[test]
+    fn push_scheme_pushes_to_every_client_and_withdraws_on_teardown() {
+        let t = target(Scheme::Push);
+        let mut c = ctx(&t);
+        c.proxies.push(known("p2", "198.51.100.2", None));
+        let o = orders(&Step::PushRoutes, &c).unwrap();
+        let mut pushed: Vec<(String, String)> = Vec::new();
+        for order in &o {
+            for cmd in &order.commands {
+                cmd.validate().unwrap();
+                let Command::PushRoute(p) = cmd else {
+                    panic!("{cmd:?}")
+                };
+                assert_eq!(p.fqdn, "www.example.net.");
+                assert_eq!(p.targets, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+                assert_eq!(p.agent.port(), 5444);
+                pushed.push((order.node.clone(), p.client.clone()));
+            }
+        }
+        pushed.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(pushed.len(), 2, "{pushed:?}");
+        assert_eq!(pushed[0].1, "c1");
+        assert_eq!(pushed[1].1, "c2");
+        let o = orders(&Step::ProxyTeardown("p1".into()), &c).unwrap();
+        let withdrawn = o[0]
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::WithdrawPush { .. }))
+            .count();
+        assert_eq!(withdrawn, 2);
+        // Other schemes push nothing.
+        for scheme in [Scheme::Resolver, Scheme::Nat] {
+            let t = target(scheme);
+            assert!(orders(&Step::PushRoutes, &ctx(&t)).unwrap().is_empty());
+            let o = orders(&Step::ProxyTeardown("p1".into()), &ctx(&t)).unwrap();
+            assert!(!o[0]
+                .commands
+                .iter()
+                .any(|c| matches!(c, Command::WithdrawPush { .. })));
         }
     }
 

@@ -544,7 +544,7 @@ async fn failed_steps_are_retried_not_skipped_and_dead_proxies_are_replaced() {
     assert_eq!(phase(&s), "diverting");
     assert_eq!(
         s.targets[0].pending,
-        vec!["dns-publish", "notify-resolvers"]
+        vec!["dns-publish", "notify-resolvers", "push-routes"]
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(

@@ -668,16 +668,8 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Starts the admission server of a proxy whose config has an `[admission]` table.
-/// `commands` is the proxy's command feed: it is replaced by one that carries both the
-/// original feed and the admission's sessions. Without `[admission]` nothing happens.
-pub async fn start(
-    cfg: &crate::proxy::Config,
-    commands: &mut CommandReceiver,
-) -> anyhow::Result<AdmissionGuard> {
-    let Some(a) = &cfg.admission else {
-        return Ok(AdmissionGuard::default());
-    };
+/// The proxy's consortium identity from `[admission]` (it must be a proxy certificate).
+fn proxy_identity(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<TlsIdentity> {
     let file = cfg.file.display().to_string();
     let base = cfg.file.parent().unwrap_or(Path::new(".")).to_path_buf();
     scold_pki::install_crypto_provider();
@@ -694,10 +686,11 @@ pub async fn start(
             tls.identity()
         );
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        tls.server_config_without_client_auth()
-            .map_err(|e| anyhow::anyhow!("config file {file}: [admission]: {e}"))?,
-    );
+    Ok(tls)
+}
+
+/// What this proxy offers clients, from its `[tunnel]` and `[admission]` tables.
+fn offer_of(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<Offer> {
     let t = &cfg.tunnel;
     let private = t.private_key(&cfg.file)?;
     let public_key = match &private {
@@ -714,7 +707,7 @@ pub async fn start(
     if t.ipip {
         encaps.push(Encap::Ipip);
     }
-    let offer = Offer {
+    Ok(Offer {
         encaps,
         tunnel_address: a.tunnel_address,
         port: t.listen.map(|l| l.port()),
@@ -723,7 +716,39 @@ pub async fn start(
         relay_mtu: t.inner_mtu(),
         allow: a.allow.clone(),
         max_clients: a.max_clients,
+    })
+}
+
+/// Scheme 4.2: the proxy's pusher, from the same `[admission]` identity and offer; None
+/// without `[admission]`.
+pub fn pusher(cfg: &crate::proxy::Config) -> anyhow::Result<Option<crate::push::Pusher>> {
+    let Some(a) = &cfg.admission else {
+        return Ok(None);
     };
+    let tls = proxy_identity(cfg, a)?;
+    let offer = offer_of(cfg, a)?;
+    let p = crate::push::Pusher::new(&tls, &offer, STEP_TIMEOUT.min(Duration::from_secs(2)))
+        .map_err(|e| anyhow::anyhow!("config file {}: [admission]: {e}", cfg.file.display()))?;
+    Ok(Some(p))
+}
+
+/// Starts the admission server of a proxy whose config has an `[admission]` table.
+/// `commands` is the proxy's command feed: it is replaced by one that carries both the
+/// original feed and the admission's sessions. Without `[admission]` nothing happens.
+pub async fn start(
+    cfg: &crate::proxy::Config,
+    commands: &mut CommandReceiver,
+) -> anyhow::Result<AdmissionGuard> {
+    let Some(a) = &cfg.admission else {
+        return Ok(AdmissionGuard::default());
+    };
+    let file = cfg.file.display().to_string();
+    let tls = proxy_identity(cfg, a)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls.server_config_without_client_auth()
+            .map_err(|e| anyhow::anyhow!("config file {file}: [admission]: {e}"))?,
+    );
+    let offer = offer_of(cfg, a)?;
     let listener = TcpListener::bind(a.listen).await.map_err(|e| {
         anyhow::anyhow!(
             "config file {file}: [admission] listen {}: {e} (is another daemon on that port?)",

@@ -55,8 +55,13 @@ pub struct Args {
     pub check: bool,
 }
 
-pub const EXAMPLE: &str = r#"# scold client: the client agent of scheme 4.1 (a SCOLD-aware stub resolver), or a
-# static tunnel to a proxy.
+pub const EXAMPLE: &str = r#"# scold client: the client agent of scheme 4.1 (a SCOLD-aware stub resolver) and of
+# scheme 4.2 (proxies push routes to it), or a static tunnel to a proxy.
+
+# The TUN device, and SCOLD's own routing table behind one policy rule.
+tun_name = "scold-cl"
+table = 5103
+rule_priority = 5103
 
 [tunnel]
 # Local UDP socket for udp and wireguard tunnels (port 0: any free port).
@@ -68,10 +73,6 @@ outer_mtu = 1500
 # The encapsulation asked of proxies; it also sets the TUN MTU (outer_mtu minus its
 # overhead).
 encap = "wireguard"
-
-tun_name = "scold-cl"
-table = 5103
-rule_priority = 5103
 
 # The agent: point resolv.conf at `listen` (nameserver 127.0.0.53).
 [agent]
@@ -98,6 +99,26 @@ keepalive_secs = 10
 # A name's ALT set is asked again when its TTL runs out, within these bounds.
 min_refresh_secs = 1
 max_refresh_secs = 300
+
+# Scheme 4.2: proxies push routes here on the coordinator's order. A push is taken only
+# from a certificate of the consortium CA (agent.ca) with role proxy, connecting from an
+# address in the target's ALT set (asked of agent.upstream). The port must be the
+# coordinator's client_push_port.
+[agent.push]
+listen = "0.0.0.0:5444"
+# This agent's certificate (`scold ca issue --role client --name NAME`) and key.
+cert = "client-site1.crt"
+key = "client-site1.key"
+
+# Scheme 4.2: the agent registers with the coordinator, which assigns it to a proxy of
+# each diverted target. `address`: where proxies reach the push port.
+[control]
+coordinator = "192.0.2.1:7800"
+address = "198.51.100.7"
+[control.tls]
+ca = "ca.crt"
+cert = "client-site1.crt"
+key = "client-site1.key"
 
 # Static mode (no [agent]): the proxy and the routes are fixed.
 # source = "198.51.100.7"     # source address of tunnelled packets
@@ -137,9 +158,13 @@ pub struct Config {
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// The stub resolver of scheme 4.1.
+    /// The stub resolver of scheme 4.1 (and the push service of 4.2).
     #[serde(default)]
     pub agent: Option<AgentSection>,
+    /// Scheme 4.2: the link to the coordinator, which registers the agent (with
+    /// `address`, where proxies reach its push port).
+    #[serde(default)]
+    pub control: crate::control::ControlSection,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -206,6 +231,27 @@ pub struct AgentSection {
     pub min_refresh_secs: u64,
     #[serde(default = "default_max_refresh")]
     pub max_refresh_secs: u64,
+    /// Scheme 4.2: take route pushes from proxies.
+    #[serde(default)]
+    pub push: Option<PushSection>,
+}
+
+fn default_push_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], crate::push::DEFAULT_PORT))
+}
+
+/// `[agent.push]`: where proxies push routes (scheme 4.2), and the client's consortium
+/// certificate it shows them. The CA (and CRL) are the agent's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    /// TCP address of the push service; the port must be the coordinator's
+    /// `client_push_port`.
+    #[serde(default = "default_push_listen")]
+    pub listen: SocketAddr,
+    /// Certificate (role client) and key, relative to the config file.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl AgentSection {
@@ -263,12 +309,23 @@ impl Config {
             let a = c.agent.as_mut().expect("checked");
             a.ca = resolve(&a.ca);
             a.crl = a.crl.as_deref().map(resolve);
+            if let Some(p) = a.push.as_mut() {
+                p.cert = resolve(&p.cert);
+                p.key = resolve(&p.key);
+            }
             if c.tunnel.encap == Encap::Wireguard && c.tunnel.private_key(path)?.is_none() {
                 anyhow::bail!(
                     "config file {}: tunnel.encap = \"wireguard\" needs tunnel.private_key (make one with `scold client --genkey`)",
                     path.display()
                 );
             }
+        }
+        c.control.check(path)?;
+        if c.control.coordinator.is_some() && c.control.address.is_none() {
+            anyhow::bail!(
+                "config file {}: [control] needs `address`: the address proxies reach this agent's push port at",
+                path.display()
+            );
         }
         for (i, r) in c.routes.iter().enumerate() {
             if let Via::Gateway(_) = r.via {
@@ -296,8 +353,25 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    let (_keep, rx) = tokio::sync::mpsc::channel(16);
-    serve(cfg, rx, common::shutdown_signal()).await.map(|_| ())
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let info = scold_proto::control::NodeInfo {
+        address: cfg.control.address,
+        organisation: cfg.control.organisation.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
+    };
+    let link = crate::control::Link::start(
+        scold_proto::identity::Role::Client,
+        &cfg.control,
+        &path,
+        info,
+        tx,
+        None,
+    )
+    .await?;
+    let r = serve(cfg, rx, common::shutdown_signal()).await.map(|_| ());
+    link.stop();
+    r
 }
 
 struct Client {
@@ -525,6 +599,14 @@ enum Event {
     },
     /// A proxy's admission connection failed or stopped answering probes.
     LinkDown { proxy: IpAddr, why: String },
+    /// Scheme 4.2: a verified proxy (certificate role proxy) pushed or withdrew a route.
+    /// `from`: the address it connected from; `local`: ours on that path.
+    Push {
+        from: IpAddr,
+        local: IpAddr,
+        request: crate::push::Request,
+        answer: oneshot::Sender<crate::push::Answer>,
+    },
 }
 
 /// Orders for a link task, which owns one admission connection.
@@ -552,6 +634,9 @@ struct NameState {
     requery_pending: bool,
     /// When to try again to find a proxy (none worked).
     retry_at: Option<Instant>,
+    /// Scheme 4.2: `proxy` pushed this route; the agent keeps it while that proxy is in
+    /// the ALT set and does not look for another (the next push moves it).
+    pushed: bool,
     /// The wait before the next retry: doubles after each round that found no proxy,
     /// up to [`MAX_RETRY`], so refused proxies are not asked every second for ever.
     retry_delay: Duration,
@@ -619,6 +704,14 @@ async fn run_agent(
         .await
         .with_context(|| format!("config file {file}: agent.listen {}", a.listen))?;
     tracing::info!(listen = %a.listen, upstream = ?a.upstream, encap = %cfg.tunnel.encap, "client agent answering DNS");
+    let push_server = match &a.push {
+        Some(p) => Some(
+            start_push(p, a, events_tx.clone())
+                .await
+                .with_context(|| format!("config file {file}: [agent.push]"))?,
+        ),
+        None => None,
+    };
     let mut agent = Agent {
         node,
         cfg: a.clone(),
@@ -655,6 +748,9 @@ async fn run_agent(
     for s in servers {
         s.abort();
     }
+    if let Some(p) = push_server {
+        p.abort();
+    }
     agent.shutdown().await;
     Ok(())
 }
@@ -678,6 +774,7 @@ impl Agent<'_> {
                     requery_pending: false,
                     retry_at: None,
                     retry_delay: MIN_RETRY,
+                    pushed: false,
                 });
                 st.targets.extend(targets);
                 st.alts = alts;
@@ -715,7 +812,120 @@ impl Agent<'_> {
                 }
             }
             Event::LinkDown { proxy, why } => self.link_down(proxy, &why).await,
+            Event::Push {
+                from,
+                local,
+                request,
+                answer,
+            } => {
+                let a = match request {
+                    crate::push::Request::Push(offer) => self.pushed(from, local, offer).await,
+                    crate::push::Request::Withdraw { fqdn } => {
+                        let name = crate::push::name_key(&fqdn);
+                        let ours = self
+                            .names
+                            .get(&name)
+                            .is_some_and(|s| s.pushed && s.proxy == Some(from));
+                        if ours {
+                            tracing::info!(%name, proxy = %from, "pushed route withdrawn by its proxy");
+                            self.teardown(&name).await;
+                        }
+                        crate::push::Answer::Withdrawn { changed: ours }
+                    }
+                };
+                let _ = answer.send(a);
+            }
         }
+    }
+
+    /// Scheme 4.2: a proxy offers the route to `offer.fqdn`. Accepted only when the
+    /// address it connected from and its tunnel address are in the name's ALT set, as
+    /// our own upstream resolver gives it; then the peer and host routes go in.
+    async fn pushed(
+        &mut self,
+        from: IpAddr,
+        local: IpAddr,
+        offer: crate::push::Offer,
+    ) -> crate::push::Answer {
+        use crate::push::{judge, name_key, Accepted, Answer, RefusalCode};
+        let refuse = |code, message: String| {
+            tracing::warn!(proxy = %from, fqdn = %offer.fqdn, ?code, %message, "route push refused");
+            Answer::Refused { code, message }
+        };
+        if let Err(e) = offer.validate() {
+            return refuse(RefusalCode::BadRequest, e);
+        }
+        let name = name_key(&offer.fqdn);
+        let (alts, ttl) = match self.dns.alt(&name).await {
+            Ok(x) => x,
+            Err(e) => return refuse(RefusalCode::AltLookup, format!("ALT of {name}: {e}")),
+        };
+        if let Err(Answer::Refused { code, message }) = judge(&offer, from, &alts, self.encap) {
+            return refuse(code, message);
+        }
+        let targets: BTreeSet<IpAddr> = offer
+            .targets
+            .iter()
+            .copied()
+            .filter(|t| !alts.contains(t))
+            .collect();
+        if targets.is_empty() {
+            return refuse(
+                RefusalCode::BadRequest,
+                "every target address is also a proxy address".into(),
+            );
+        }
+        let peer = Peer {
+            name: peer_name(from),
+            address: offer.tunnel_address,
+            port: self.encap.uses_udp().then_some(offer.port).flatten(),
+            encap: self.encap,
+            public_key: (self.encap == Encap::Wireguard)
+                .then(|| offer.public_key.clone())
+                .flatten(),
+            keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
+        };
+        if let Reply::Refused { code, message } =
+            common::Node::apply(&mut *self.node, Command::AddPeer(peer)).await
+        {
+            return refuse(
+                RefusalCode::System,
+                format!("cannot add the tunnel peer ({code:?}): {message}"),
+            );
+        }
+        if let Err(e) = self.route(&targets, from, local).await {
+            return refuse(RefusalCode::System, e);
+        }
+        if offer.inner_mtu < self.tun_mtu {
+            tracing::warn!(proxy = %from, inner_mtu = offer.inner_mtu, tun_mtu = self.tun_mtu,
+                "the path through this proxy carries smaller packets than the TUN MTU; lower tunnel.outer_mtu");
+        }
+        let refresh = Instant::now() + self.refresh_in(ttl);
+        let previous = self.names.get(&name).and_then(|s| s.proxy);
+        let st = self.names.entry(name.clone()).or_insert_with(|| NameState {
+            targets: BTreeSet::new(),
+            alts: Vec::new(),
+            proxy: None,
+            refresh_at: refresh,
+            requery_pending: false,
+            retry_at: None,
+            retry_delay: MIN_RETRY,
+            pushed: true,
+        });
+        st.targets.extend(targets.iter().copied());
+        st.alts = alts;
+        st.proxy = Some(from);
+        st.pushed = true;
+        st.refresh_at = refresh;
+        st.retry_at = None;
+        tracing::info!(%name, proxy = %from, source = %local, targets = ?targets, "indirect route pushed by proxy");
+        if let Some(old) = previous.filter(|p| *p != from) {
+            self.release_if_unused(old, &targets).await;
+        }
+        Answer::Accepted(Accepted {
+            encap: self.encap,
+            public_key: self.public_key.clone(),
+        })
     }
 
     fn refresh_in(&self, ttl: u32) -> Duration {
@@ -797,6 +1007,14 @@ impl Agent<'_> {
         let Some(st) = self.names.get(name) else {
             return;
         };
+        if st.pushed {
+            if st.proxy.is_some_and(|p| st.alts.contains(&p)) {
+                return;
+            }
+            tracing::info!(%name, proxy = ?st.proxy, "the proxy that pushed the route left the ALT set; dropping the route until the next push");
+            self.teardown(name).await;
+            return;
+        }
         let targets: BTreeSet<IpAddr> = st
             .targets
             .iter()
@@ -1095,6 +1313,132 @@ impl Agent<'_> {
             self.drop_link(p).await;
         }
     }
+}
+
+/// Largest number of push connections served at once.
+const MAX_PUSH_CONNECTIONS: usize = 64;
+/// Limit of a push's TLS handshake, its request, and of writing the answer.
+const PUSH_STEP: Duration = Duration::from_secs(3);
+
+/// Scheme 4.2: the push service. Mutual TLS: the proxy's certificate must chain to the
+/// consortium CA (and not be revoked); its role must be proxy. The request goes to the
+/// agent's loop, which checks the ALT set and installs the route.
+async fn start_push(
+    p: &PushSection,
+    a: &AgentSection,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    scold_pki::install_crypto_provider();
+    let tls = scold_pki::TlsIdentity::load(&scold_pki::TlsPaths {
+        ca_cert: a.ca.clone(),
+        cert: p.cert.clone(),
+        key: p.key.clone(),
+        crl: a.crl.clone(),
+    })?;
+    anyhow::ensure!(
+        tls.identity().role == scold_pki::Role::Client,
+        "cert names {}, but proxies push only to a client certificate; issue one with `scold ca issue --role client --name NAME`",
+        tls.identity()
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .with_context(|| format!("listen {} (is another daemon on that port?)", p.listen))?;
+    tracing::info!(listen = %p.listen, identity = %tls.identity(), "taking route pushes from proxies");
+    Ok(tokio::spawn(async move {
+        let _tls = tls;
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_PUSH_CONNECTIONS));
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many push connections; dropping one");
+                continue;
+            };
+            let Ok(local) = tcp.local_addr().map(|l| l.ip()) else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve_push(acceptor, tcp, peer.ip(), local, events).await {
+                    tracing::info!(%peer, error = %e, "push refused");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_push(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    from: IpAddr,
+    local: IpAddr,
+    events: mpsc::Sender<Event>,
+) -> Result<(), String> {
+    use crate::push::{read_message, write_message, Answer, RefusalCode, Request};
+    let mut tls = tokio::time::timeout(PUSH_STEP, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let identity = scold_pki::peer_identity(tls.get_ref().1).map_err(|e| e.to_string())?;
+    if identity.role != scold_pki::Role::Proxy {
+        let why = format!("{identity} is not a proxy");
+        let _ = write_message(
+            &mut tls,
+            &Answer::Refused {
+                code: RefusalCode::Role,
+                message: why.clone(),
+            },
+            PUSH_STEP,
+        )
+        .await;
+        return Err(why);
+    }
+    let request: Request = match read_message(&mut tls, PUSH_STEP).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_message(
+                &mut tls,
+                &Answer::Refused {
+                    code: RefusalCode::BadRequest,
+                    message: e.clone(),
+                },
+                PUSH_STEP,
+            )
+            .await;
+            return Err(format!("from {identity}: {e}"));
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = events
+        .send(Event::Push {
+            from,
+            local,
+            request,
+            answer: tx,
+        })
+        .await
+        .is_ok();
+    // The agent asks its upstream for the ALT set first: allow for that.
+    let answer = match (sent, tokio::time::timeout(PUSH_STEP * 2, rx).await) {
+        (true, Ok(Ok(a))) => a,
+        _ => Answer::Refused {
+            code: RefusalCode::System,
+            message: "the agent did not decide in time".into(),
+        },
+    };
+    tracing::debug!(%identity, ?answer, "push answered");
+    write_message(&mut tls, &answer, PUSH_STEP).await?;
+    let _ = tls.shutdown().await;
+    Ok(())
 }
 
 /// Owns one admission connection: carries the agent's requests and probes the proxy.
@@ -1587,6 +1931,23 @@ mod tests {
     fn names_are_compared_lowercase_and_absolute() {
         assert_eq!(name_key(&name("WWW.Site.Example")), "www.site.example.");
         assert_eq!(name_key(&name("www.site.example.")), "www.site.example.");
+    }
+
+    #[test]
+    fn example_parses_with_push_and_control() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        std::fs::write(&p, EXAMPLE).unwrap();
+        let c = Config::load(&p).unwrap();
+        let push = c.agent.unwrap().push.unwrap();
+        assert_eq!(push.listen.port(), crate::push::DEFAULT_PORT);
+        assert_eq!(push.cert, dir.path().join("client-site1.crt"));
+        assert_eq!(c.control.address, Some("198.51.100.7".parse().unwrap()));
+        // A coordinator link without an address: proxies could not reach the agent.
+        let text = EXAMPLE.replace("address = \"198.51.100.7\"\n", "");
+        std::fs::write(&p, text).unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(e.contains("[control] needs `address`"), "{e}");
     }
 
     #[test]

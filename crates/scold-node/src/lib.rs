@@ -21,5 +21,6 @@ pub mod detect;
 pub mod filter;
 pub mod gateway;
 pub mod proxy;
+pub mod push;
 pub mod returnpath;
 pub mod target;

@@ -14,7 +14,8 @@ use crate::control::{self, ControlSection, NodeContext, NotifyEntry};
 use crate::filter::{Defence, FilterSection, FilterUpdate, SelfDefenceSection, TunnelPorts};
 use anyhow::Context as _;
 use scold_proto::dataplane::{
-    Command, NatService, Peer, Prefix, Protocol, RefusalCode, Reply, Route, Session, Stats, Via,
+    Command, Encap, NatService, Peer, Prefix, Protocol, PublicKey, Push, RefusalCode, Reply, Route,
+    Session, Stats, Via,
 };
 use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::nat::{self, NatRelay};
@@ -73,6 +74,16 @@ cert = "proxy-p1.crt"         # scold ca issue --role proxy --name p1
 key = "proxy-p1.key"
 crl = "crl.pem"
 
+# The admission service of scheme 4.1 (client agents connect here over TLS and see this
+# certificate). The same identity pushes routes to client agents in scheme 4.2: the
+# coordinator orders a push, the proxy connects to the agent's push port with this
+# certificate, and admits the client with the tunnel parameters the agent answers.
+# [admission]
+# listen = "0.0.0.0:5443"
+# ca = "ca.crt"
+# cert = "proxy-p1.crt"
+# key = "proxy-p1.key"
+
 # Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
 # (each resolver lists this key under its notify_key).
 [[notify]]
@@ -124,6 +135,15 @@ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 targets = ["203.0.113.10/32"]
 # port = 40000   # leave out to learn it from the client's first packet
 
+# Routes pushed to client agents at start (scheme 4.2; normally the coordinator orders
+# them while a target is diverted). Needs [admission]: its certificate is shown to the
+# agent, which accepts only if this proxy is in the ALT set of fqdn.
+# [[pushes]]
+# client = "site1"
+# agent = "198.51.100.7:5444"
+# fqdn = "www.example.net."
+# targets = ["203.0.113.10"]
+
 # NAT mode (scheme 4.3): relay the target's service ports from this proxy's address.
 # Needs the [nat] section: relayed flows leave through a TUN device with this source
 # address, and the target routes replies to it back through its gateway.
@@ -173,6 +193,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub sessions: Vec<Session>,
+    /// Scheme 4.2 routes pushed to client agents at start (normally the coordinator
+    /// orders them); needs `[admission]`.
+    #[serde(default)]
+    pub pushes: Vec<Push>,
     #[serde(default)]
     pub nat_services: Vec<NatService>,
     #[serde(default)]
@@ -223,6 +247,12 @@ impl Config {
                 path.display()
             );
         }
+        if !c.pushes.is_empty() && c.admission.is_none() {
+            anyhow::bail!(
+                "config file {}: pushes need an [admission] table: its certificate is what client agents check",
+                path.display()
+            );
+        }
         for (place, cmd) in c.entries() {
             cmd.validate()
                 .map_err(|e| anyhow::anyhow!("config file {}: {place}: {e}", path.display()))?;
@@ -248,6 +278,12 @@ impl Config {
             (
                 format!("sessions[{i}] ({})", s.client),
                 Command::AddSession(s.clone()),
+            )
+        }));
+        v.extend(self.pushes.iter().enumerate().map(|(i, p)| {
+            (
+                format!("pushes[{i}] ({} at {})", p.client, p.agent),
+                Command::PushRoute(p.clone()),
             )
         }));
         v.extend(self.nat_services.iter().enumerate().map(|(i, n)| {
@@ -315,6 +351,37 @@ struct Proxy {
     engine: EngineHandle,
     nat: Option<Nat>,
     filter: Option<tokio::sync::mpsc::UnboundedSender<FilterUpdate>>,
+    /// Scheme 4.2: the pusher (from `[admission]`), and what was pushed to each agent.
+    pusher: Option<crate::push::Pusher>,
+    pushed: HashMap<SocketAddr, PushedClient>,
+}
+
+/// The routes pushed to one client agent, by target name; its session admits the union.
+struct PushedClient {
+    client: IpAddr,
+    encap: Encap,
+    public_key: Option<PublicKey>,
+    targets: std::collections::BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl PushedClient {
+    fn session(&self) -> Session {
+        let mut targets: Vec<Prefix> = self
+            .targets
+            .values()
+            .flatten()
+            .map(|t| Prefix::host(*t))
+            .collect();
+        targets.sort();
+        targets.dedup();
+        Session {
+            client: self.client,
+            port: None,
+            encap: self.encap,
+            public_key: self.public_key.clone(),
+            targets,
+        }
+    }
 }
 
 impl Proxy {
@@ -361,6 +428,74 @@ impl Proxy {
             })
             .await;
         engine_reply(r)
+    }
+
+    /// Scheme 4.2: offers the route to the agent, then admits the client with the tunnel
+    /// parameters it answered. Idempotent: a repeated push re-applies the same session.
+    async fn push_route(&mut self, p: Push) -> Reply {
+        let Some(pusher) = &self.pusher else {
+            return Reply::refused(
+                RefusalCode::NotForThisRole,
+                "this proxy has no [admission] table, so it has no certificate to show client agents; add one to push routes (scheme 4.2)",
+            );
+        };
+        let pushed = match pusher.push(&p).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(client = %p.client, agent = %p.agent, fqdn = %p.fqdn, error = %e, "push refused or failed");
+                let code = match &e {
+                    crate::push::PushError::Refused { .. } => RefusalCode::Conflict,
+                    _ => RefusalCode::System,
+                };
+                return Reply::refused(code, e.to_string());
+            }
+        };
+        let key = crate::push::name_key(&p.fqdn);
+        let entry = self.pushed.entry(p.agent).or_insert_with(|| PushedClient {
+            client: pushed.client,
+            encap: pushed.accepted.encap,
+            public_key: pushed.accepted.public_key.clone(),
+            targets: Default::default(),
+        });
+        entry.encap = pushed.accepted.encap;
+        entry.public_key = pushed.accepted.public_key.clone();
+        entry.targets.insert(key, p.targets.clone());
+        let session = entry.session();
+        self.tell_filter(FilterUpdate::Admit(session.client));
+        let r = self.add_session(session).await;
+        if r.is_ok() {
+            tracing::info!(client = %p.client, agent = %p.agent, fqdn = %p.fqdn, encap = %pushed.accepted.encap, "route pushed to the client agent; session admitted");
+        }
+        r
+    }
+
+    /// Scheme 4.2: tells the agent to drop what this proxy pushed for `fqdn` (best
+    /// effort: an agent that is gone tears down by itself when ALT goes) and narrows or
+    /// removes the client's session.
+    async fn withdraw_push(&mut self, agent: SocketAddr, fqdn: String) -> Reply {
+        let key = crate::push::name_key(&fqdn);
+        let Some(entry) = self.pushed.get_mut(&agent) else {
+            return Reply::Done { changed: false };
+        };
+        if entry.targets.remove(&key).is_none() {
+            return Reply::Done { changed: false };
+        }
+        if let Some(pusher) = &self.pusher {
+            if let Err(e) = pusher.withdraw(agent, &fqdn).await {
+                tracing::info!(%agent, %fqdn, error = %e, "could not tell the client agent; it drops the route when the ALT records go");
+            }
+        }
+        let (client, remaining) = (entry.client, !entry.targets.is_empty());
+        if remaining {
+            let session = entry.session();
+            return self.add_session(session).await;
+        }
+        self.pushed.remove(&agent);
+        let name = session_peer_name(client);
+        match self.engine.call(move |s| s.remove_peer(&name)).await {
+            Ok(_) => Reply::Done { changed: true },
+            Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+        }
     }
 
     async fn add_nat_service(&mut self, n: NatService) -> Reply {
@@ -508,6 +643,8 @@ impl common::Node for Proxy {
                     Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
                 }
             }
+            Command::PushRoute(p) => self.push_route(p).await,
+            Command::WithdrawPush { agent, fqdn } => self.withdraw_push(agent, fqdn).await,
             Command::AddNatService(n) => self.add_nat_service(n).await,
             Command::RemoveNatService { protocol, listen } => {
                 self.remove_nat_service(protocol, listen).await
@@ -542,6 +679,7 @@ pub async fn serve_with(
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
     let _admission = crate::admission::start(&cfg, &mut commands).await?;
+    let pusher = crate::admission::pusher(&cfg)?;
     let nl = Netlink::new()?;
     let mut nat = None;
     let tun = match &cfg.nat {
@@ -608,6 +746,8 @@ pub async fn serve_with(
         engine: handle,
         nat,
         filter,
+        pusher,
+        pushed: HashMap::new(),
     };
     let result = common::apply_static(&cfg.file, cfg.entries(), &mut node).await;
     if result.is_ok() {

@@ -306,6 +306,27 @@ pub struct NatService {
     pub proxy_protocol: bool,
 }
 
+/// Scheme 4.2: a proxy sets a route up to a client agent (paper Sec. 4.2). The proxy
+/// connects to the agent's push port over mutual TLS with its consortium certificate,
+/// offers its tunnel end point, and admits the client with the tunnel parameters the
+/// agent answers. The agent checks the proxy's certificate and that the proxy's address
+/// is in `fqdn`'s ALT set before it routes anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// The client's node name, for logs.
+    pub client: String,
+    /// Where the client agent takes pushes: its address and push port.
+    pub agent: SocketAddr,
+    /// The target's DNS name, whose ALT set must list this proxy.
+    pub fqdn: String,
+    /// The target's addresses, routed into the tunnel at the client.
+    pub targets: Vec<IpAddr>,
+}
+
+/// Largest number of target addresses in one push (the push frames are small).
+pub const MAX_PUSH_TARGETS: usize = 32;
+
 /// A data-plane order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -318,6 +339,13 @@ pub enum Command {
     AddSession(Session),
     /// Withdraw a client's admission (proxy).
     RemoveSession { client: IpAddr },
+    /// Scheme 4.2: push the route for a target to a client agent, then admit the client
+    /// (proxy).
+    PushRoute(Push),
+    /// Scheme 4.2: tell a client agent to drop the route this proxy pushed for `fqdn`,
+    /// then withdraw the client's admission (proxy). An unreachable agent is no error:
+    /// it tears the route down itself when the ALT records go.
+    WithdrawPush { agent: SocketAddr, fqdn: String },
     /// Add or update a route (client, proxy, target).
     AddRoute(Route),
     /// Remove the route for a destination.
@@ -347,6 +375,8 @@ impl Command {
             Command::RemovePeer { .. } => "remove_peer",
             Command::AddSession(_) => "add_session",
             Command::RemoveSession { .. } => "remove_session",
+            Command::PushRoute(_) => "push_route",
+            Command::WithdrawPush { .. } => "withdraw_push",
             Command::AddRoute(_) => "add_route",
             Command::RemoveRoute { .. } => "remove_route",
             Command::AddNatService(_) => "add_nat_service",
@@ -394,6 +424,32 @@ impl Command {
                     )));
                 }
                 Ok(())
+            }
+            Command::PushRoute(p) => {
+                let who = format!("push to client {} at {}", p.client, p.agent);
+                check_push_agent(p.agent, &who)?;
+                check_fqdn(&p.fqdn, &who)?;
+                if p.targets.is_empty() || p.targets.len() > MAX_PUSH_TARGETS {
+                    return Err(DataplaneError::Invalid(format!(
+                        "{who}: {} target addresses; list 1 to {MAX_PUSH_TARGETS}",
+                        p.targets.len()
+                    )));
+                }
+                if let Some(t) = p
+                    .targets
+                    .iter()
+                    .find(|t| t.is_unspecified() || t.is_multicast())
+                {
+                    return Err(DataplaneError::Invalid(format!(
+                        "{who}: target {t} is not a unicast address"
+                    )));
+                }
+                Ok(())
+            }
+            Command::WithdrawPush { agent, fqdn } => {
+                let who = format!("push withdrawal at {agent}");
+                check_push_agent(*agent, &who)?;
+                check_fqdn(fqdn, &who)
             }
             Command::AddRoute(r) => match &r.via {
                 Via::Peer(name) if name.is_empty() => Err(DataplaneError::Invalid(format!(
@@ -455,6 +511,29 @@ fn check_key(encap: Encap, key: Option<&PublicKey>, who: &str) -> Result<(), Dat
         ))),
         _ => Ok(()),
     }
+}
+
+fn check_push_agent(agent: SocketAddr, who: &str) -> Result<(), DataplaneError> {
+    if agent.port() == 0 || agent.ip().is_unspecified() || agent.ip().is_multicast() {
+        return Err(DataplaneError::Invalid(format!(
+            "{who}: the agent's push end point must be a unicast address and a port above 0"
+        )));
+    }
+    Ok(())
+}
+
+fn check_fqdn(fqdn: &str, who: &str) -> Result<(), DataplaneError> {
+    let ok = !fqdn.is_empty()
+        && fqdn.len() <= 254
+        && fqdn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !ok {
+        return Err(DataplaneError::Invalid(format!(
+            "{who}: {fqdn:?} is not a DNS name"
+        )));
+    }
+    Ok(())
 }
 
 fn check_family(encap: Encap, addr: IpAddr, who: &str) -> Result<(), DataplaneError> {
@@ -598,6 +677,58 @@ mod tests {
         }
         let e = "10.0.0.1/24".parse::<Prefix>().unwrap_err().to_string();
         assert!(e.contains("10.0.0.0/24"), "{e}");
+    }
+
+    #[test]
+    fn push_commands_are_checked() {
+        let push = |agent: &str, fqdn: &str, targets: &[&str]| {
+            Command::PushRoute(Push {
+                client: "c1".into(),
+                agent: agent.parse().unwrap(),
+                fqdn: fqdn.into(),
+                targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
+            })
+        };
+        let good = push("10.9.0.2:5444", "www.example.net.", &["192.0.2.10"]);
+        good.validate().unwrap();
+        let j = serde_json::to_string(&good).unwrap();
+        assert!(j.contains("\"op\":\"push_route\""), "{j}");
+        assert_eq!(serde_json::from_str::<Command>(&j).unwrap(), good);
+        for (bad, why) in [
+            (
+                push("10.9.0.2:0", "www.example.net.", &["192.0.2.10"]),
+                "port",
+            ),
+            (
+                push("0.0.0.0:5444", "www.example.net.", &["192.0.2.10"]),
+                "unicast",
+            ),
+            (push("10.9.0.2:5444", "", &["192.0.2.10"]), "DNS name"),
+            (push("10.9.0.2:5444", "a b.", &["192.0.2.10"]), "DNS name"),
+            (
+                push("10.9.0.2:5444", "www.example.net.", &[]),
+                "target addresses",
+            ),
+            (
+                push("10.9.0.2:5444", "www.example.net.", &["224.0.0.1"]),
+                "unicast",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        let many: Vec<String> = (0..40).map(|i| format!("192.0.2.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(push("10.9.0.2:5444", "w.", &many).validate().is_err());
+        let w = Command::WithdrawPush {
+            agent: "10.9.0.2:5444".parse().unwrap(),
+            fqdn: "www.example.net.".into(),
+        };
+        w.validate().unwrap();
+        assert_eq!(w.kind(), "withdraw_push");
+        // Unknown fields are refused: a push is exactly what it says.
+        let extra = r#"{"op":"push_route","client":"c","agent":"10.9.0.2:5444","fqdn":"w.","targets":["192.0.2.1"],"x":1}"#;
+        assert!(serde_json::from_str::<Command>(extra).is_err());
     }
 
     #[test]

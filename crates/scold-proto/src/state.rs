@@ -74,6 +74,10 @@ pub enum Step {
     DnsPublish,
     /// Proxies tell the client sites' resolvers to drop the cached name (Sec. 3 step 4).
     NotifyResolvers,
+    /// Scheme 4.2: each proxy of the set pushes the route to the client agents assigned
+    /// to it. After the DNS update and the NOTIFY, because a client accepts a push only
+    /// from a proxy it finds in the target's ALT set. Nothing to do in 4.1 and 4.3.
+    PushRoutes,
     /// Wait for cached DNS answers (the ALT TTL) to expire before tearing routes down.
     Drain,
     /// The target's DNS is back to its normal records.
@@ -91,6 +95,7 @@ impl fmt::Display for Step {
             Step::ProxySetup(p) => write!(f, "proxy-setup({p})"),
             Step::DnsPublish => f.write_str("dns-publish"),
             Step::NotifyResolvers => f.write_str("notify-resolvers"),
+            Step::PushRoutes => f.write_str("push-routes"),
             Step::Drain => f.write_str("drain"),
             Step::DnsRestore => f.write_str("dns-restore"),
             Step::ProxyTeardown(p) => write!(f, "proxy-teardown({p})"),
@@ -169,7 +174,12 @@ pub struct Outcome {
 fn divert_plan(proxies: &[String], retired: &[String]) -> VecDeque<Vec<Step>> {
     let mut first = vec![Step::GatewaySetup, Step::TargetSetup];
     first.extend(proxies.iter().cloned().map(Step::ProxySetup));
-    let mut plan = VecDeque::from([first, vec![Step::DnsPublish], vec![Step::NotifyResolvers]]);
+    let mut plan = VecDeque::from([
+        first,
+        vec![Step::DnsPublish],
+        vec![Step::NotifyResolvers],
+        vec![Step::PushRoutes],
+    ]);
     if !retired.is_empty() {
         plan.push_back(retired.iter().cloned().map(Step::ProxyTeardown).collect());
     }
@@ -193,6 +203,8 @@ fn reset_plan(new: Option<&String>, lost: &str) -> VecDeque<Vec<Step>> {
         first,
         vec![Step::DnsPublish],
         vec![Step::NotifyResolvers],
+        // Clients of the lost proxy get their new route before the old one is torn down.
+        vec![Step::PushRoutes],
         vec![Step::ProxyTeardown(lost.to_string())],
     ])
 }
@@ -400,6 +412,17 @@ mod tests {
         assert!(o.start.contains(&Step::TargetSetup));
         assert!(o.start.contains(&Step::ProxySetup("p1".into())));
         assert!(!o.start.contains(&Step::DnsPublish));
+        // Pushes to client agents come last: after DNS lists the proxies and the
+        // resolvers dropped their cached answers.
+        let order: Vec<Vec<Step>> = s.stages.iter().cloned().collect();
+        assert_eq!(
+            order[1..],
+            [
+                vec![Step::DnsPublish],
+                vec![Step::NotifyResolvers],
+                vec![Step::PushRoutes]
+            ]
+        );
         let t = complete_all(&mut s, o.start);
         assert_eq!(t, vec![(Phase::Diverting, Phase::Diverted)]);
         assert!(s.stages.is_empty());
@@ -499,6 +522,16 @@ mod tests {
         assert_eq!(o.transition, Some((Phase::Diverted, Phase::Resetting)));
         assert_eq!(s.proxies, p(&["p2", "p3"]));
         assert!(o.start.contains(&Step::ProxySetup("p3".into())));
+        // The new proxy pushes to the moved clients before the lost one is torn down.
+        let push = s
+            .stages
+            .iter()
+            .position(|st| st.contains(&Step::PushRoutes));
+        let down = s
+            .stages
+            .iter()
+            .position(|st| st.contains(&Step::ProxyTeardown("p1".into())));
+        assert!(push.unwrap() < down.unwrap(), "{:?}", s.stages);
         let t = complete_all(&mut s, o.start);
         assert_eq!(t, vec![(Phase::Resetting, Phase::Diverted)]);
     }
@@ -657,6 +690,16 @@ mod tests {
         assert_eq!(choose_proxies(&pool, 10, &[]).len(), 4);
         assert_eq!(choose_proxies(&pool, 2, &p(&["a1"])), p(&["a2", "d1"]));
         assert!(choose_proxies(&[], 3, &[]).is_empty());
+    }
+
+    #[test]
+    fn restore_pushes_nothing() {
+        let mut s = diverted(&["p1"]);
+        s.apply(0, Event::AllClear);
+        assert!(!s.stages.iter().flatten().any(|st| *st == Step::PushRoutes));
+        assert_eq!(Step::PushRoutes.to_string(), "push-routes");
+        let j = serde_json::to_string(&Step::PushRoutes).unwrap();
+        assert_eq!(serde_json::from_str::<Step>(&j).unwrap(), Step::PushRoutes);
     }
 
     #[test]
