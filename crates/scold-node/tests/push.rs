@@ -9,6 +9,8 @@
 //! - A TLS client with a proxy certificate of another CA is refused at the handshake; a
 //!   `scold proxy` with a consortium proxy certificate whose address is not in the ALT
 //!   set is refused by the agent (typed refusal `not_in_alt_set`); the route is intact.
+//! - The assigned proxy is killed: the coordinator resets the target to the other proxy,
+//!   which pushes to the moved client; the client reaches the target through it.
 //! - `scold ctl restore`: the proxy withdraws the push and the route goes.
 //!
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `openssl`, `sha256sum`,
@@ -234,6 +236,18 @@ impl Net {
     fn scold(&mut self, n: &str, label: &str, role: &str, config: &str) {
         let bin = scold_bin().display().to_string();
         self.spawn(n, label, &[&bin, role, "--config", config]);
+    }
+
+    /// SIGKILL by PID: the process gets no chance to say goodbye.
+    fn kill9(&mut self, label: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
+        let (_, mut child) = self.children.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn log(&self, label: &str) -> String {
@@ -657,6 +671,36 @@ fn proxies_push_routes_to_client_agents() {
     assert!(net.ping(2), "the pushed route broke after refused pushes");
     let route = net.exec("c", "ip route get 10.4.0.2");
     assert!(String::from_utf8_lossy(&route.stdout).contains(&format!("dev sc{}", net.s)));
+
+    // Proxy reset: the assigned proxy dies; the coordinator takes it out of the set and
+    // the other proxy pushes to the moved client before the lost one is torn down.
+    let other_address = if other == "p1" {
+        "10.1.0.1"
+    } else {
+        "10.5.0.1"
+    };
+    net.kill9(proxy);
+    net.wait_phase("diverted", &[other], 30);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = net.log("client");
+        let moved = log
+            .lines()
+            .filter(|l| l.contains("indirect route pushed by proxy"))
+            .any(|l| l.contains(other_address));
+        if moved {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{other} never pushed to the moved client\n{}",
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    net.wait_log(other, "route pushed to the client agent", 10);
+    net.wait_ping();
+    net.fetch("fetched-2.bin");
 
     // Restore: ALT withdrawn, the proxy withdraws its push, the route goes.
     net.ctl("restore web");
