@@ -109,6 +109,10 @@ pub struct ScenarioArgs {
     /// Repetitions of the proxy failover (4.4) under attack (0: not measured).
     #[arg(long, default_value_t = 3)]
     pub failover_reps: u32,
+    /// Scheme 4.1 with client agents: do not give the gateway, proxies and target
+    /// `[control]` tables (the coordinator's divert then cannot complete).
+    #[arg(long)]
+    pub no_control: bool,
     /// Longest wait, seconds, from the alarm for the target's ALT records at ClientDNS.
     #[arg(long, default_value_t = 20.0)]
     pub divert_wait: f64,
@@ -551,6 +555,7 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         scheme: a.scheme,
         static_route: a.static_route,
         failover_reps: a.failover_reps,
+        no_control: a.no_control,
         out_dir: a.out.clone(),
         keep_on_failure: a.keep_on_failure,
         scold_bin: std::env::current_exe().context("finding the scold binary")?,

@@ -133,6 +133,9 @@ pub struct RoleOptions {
     /// records; proxies admit clients through their `[admission]` service. Otherwise
     /// the route comes from static configs.
     pub agent: bool,
+    /// Give the gateway, the proxies and the target `[control]` tables, so they take
+    /// the coordinator's orders and its divert can complete.
+    pub control: bool,
 }
 
 /// TCP port of the proxies' admission service (scheme 4.1 agents).
@@ -349,6 +352,24 @@ impl<'a> Roles<'a> {
         t
     }
 
+    /// A `[control]` table linking `node` to the coordinator, with its certificate;
+    /// empty when the run does not link the data path.
+    fn control_section(&self, node: &str, extra: &str) -> String {
+        if !self.opts.control {
+            return String::new();
+        }
+        let c = self.cert_of(node);
+        format!(
+            "\n[control]\ncoordinator = \"{}:{COORDINATOR_PORT}\"\n{extra}\
+             [control.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n",
+            fig8::address_of(fig8::COORDINATOR).expect("plan"),
+            c.ca_cert.display(),
+            c.cert.display(),
+            c.key.display(),
+            c.crl.display()
+        )
+    }
+
     fn peer(&self, name: &str, addr: Ipv4Addr, port: Option<u16>, key: &KeyPair) -> String {
         let encap = self.opts.encap;
         let mut p = format!(
@@ -396,15 +417,24 @@ impl<'a> Roles<'a> {
         for (p, k) in &proxy_keys {
             gw += &self.peer(p, addr(p), None, k);
         }
+        gw += &self.control_section(
+            fig8::ALT_GW,
+            &format!(
+                "address = \"{gw_addr}\"\ninside = \"{}\"\norganisation = \"org-target\"\n",
+                fig8::ALT_GW_SITE_ADDR
+            ),
+        );
         self.write("gateway.toml", &gw)?;
 
         for (p, k) in &proxy_keys {
             let mut cfg = format!("# scold proxy {p}\n");
             cfg += &self.tunnel_section(&format!("0.0.0.0:{TUNNEL_PORT}"), k);
-            cfg += &self.peer("gw", gw_addr, Some(TUNNEL_PORT), &gw_key);
+            // Named as the coordinator names the gateway, so its orders for this peer
+            // meet the static one rather than a second peer at the same address.
+            cfg += &self.peer(GATEWAY_ID, gw_addr, Some(TUNNEL_PORT), &gw_key);
             let _ = write!(
                 cfg,
-                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"gw\" }}\n"
+                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{GATEWAY_ID}\" }}\n"
             );
             if self.opts.scheme == Scheme::Nat {
                 let _ = write!(
@@ -451,6 +481,13 @@ impl<'a> Roles<'a> {
                     let _ = writeln!(cfg, "public_key = \"{}\"", key_of(&client_keys, c).public);
                 }
             }
+            cfg += &self.control_section(
+                p,
+                &format!(
+                    "address = \"{}\"\ncapacity_mbps = 1000\norganisation = \"org-{p}\"\n",
+                    addr(p)
+                ),
+            );
             self.write(&format!("{p}.toml"), &cfg)?;
         }
 
@@ -502,6 +539,17 @@ impl<'a> Roles<'a> {
             );
         }
         self.write("target.toml", &t)?;
+        if self.opts.control {
+            // A second `scold target`, running throughout, takes the coordinator's
+            // orders (the return path it sets at target set-up is marked by connection,
+            // so it leaves the direct route alone); the static one above comes and goes
+            // with the lab's own indirect phases.
+            let c = format!(
+                "# scold target: linked to the coordinator\nsource = \"{target}\"\n{}",
+                self.control_section(fig8::TARGET, "")
+            );
+            self.write("target-control.toml", &c)?;
+        }
 
         // DNS: the target's zone with a short TTL, and the coordinator's update key.
         let secret = &self.dns_secret;
@@ -686,6 +734,19 @@ impl<'a> Roles<'a> {
             let mut r = self.spawn(&p, &p, &["proxy", "--config", &cfg])?;
             Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "proxy running"))?;
             self.daemons.push(r);
+        }
+
+        if self.opts.control {
+            let cfg = self.config_arg("target-control.toml");
+            let mut t = self.spawn(
+                fig8::TARGET,
+                "target-control",
+                &["target", "--config", &cfg],
+            )?;
+            Self::wait_ready(&mut t, limit, |r| {
+                Self::log_says(r, "registered with the coordinator")
+            })?;
+            self.daemons.push(t);
         }
 
         let mut serve = self.spawn(fig8::TARGET, "target-services", &["lab", "serve"])?;

@@ -78,6 +78,9 @@ pub struct ScenarioConfig {
     /// Repetitions of the proxy failover under attack (agent mode only; 0: skipped).
     #[serde(default)]
     pub failover_reps: u32,
+    /// Leave the data-path daemons unlinked from the coordinator (no `[control]`).
+    #[serde(default)]
+    pub no_control: bool,
     pub out_dir: PathBuf,
     /// On failure, keep the namespaces for inspection (`scold lab cleanup` removes them).
     pub keep_on_failure: bool,
@@ -1100,6 +1103,7 @@ fn phases(
             encap: cfg.encap,
             scheme: cfg.scheme,
             agent: cfg.agent_mode(),
+            control: cfg.agent_mode() && !cfg.no_control,
         },
     )?;
     progress.step(
@@ -1134,14 +1138,22 @@ fn phases(
                  target's ALT records it measured the proxies, was admitted by one through \
                  its TLS admission service and brought the tunnel and host route up. The \
                  proxies' route to the gateway, the gateway's peers and the target's return \
-                 routes are STATIC configs: the data-path daemons were not given [control] \
-                 tables, so the coordinator did not set them up",
-                fig8::ALT_GW
+                 routes used before the divert are STATIC configs{}",
+                fig8::ALT_GW,
+                if cfg.no_control {
+                    "; the data-path daemons had no [control] tables (--no-control), so the \
+                     coordinator's divert could not complete"
+                } else {
+                    "; the gateway, both proxies and a second `scold target` were also linked \
+                     to the coordinator ([control] tables), which set up its routes, return \
+                     path and ALT records during its divert"
+                }
             ),
             format!(
-                "ALT records: published at TargetDNS by the lab itself with a TSIG-signed \
-                 update under the coordinator's key (the coordinator's divert does not \
-                 complete without the daemons' [control] links), TTL {} s",
+                "ALT records for Table 4 and the indirect route without attack: published \
+                 at TargetDNS by the lab itself with a TSIG-signed update under the \
+                 coordinator's key (before any alarm there is no divert to publish them), \
+                 TTL {} s",
                 roles::DNS_TTL
             ),
             "Table 3: real lookups from a process in the client whose resolv.conf names the \

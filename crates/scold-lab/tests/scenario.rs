@@ -74,6 +74,16 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
         failovers.iter().all(|o| matches!(o, Outcome::Ok { .. })),
         "a failover did not complete: {failovers:?}\n{stdout}"
     );
+    // The data-path daemons are linked to the coordinator: its divert and restore both
+    // complete.
+    for m in [Metric::Divert, Metric::Restore] {
+        assert!(
+            r.samples
+                .iter()
+                .any(|s| s.metric == m && matches!(s.outcome, Outcome::Ok { .. })),
+            "{m:?} did not complete:\n{stdout}"
+        );
+    }
 }
 
 /// Scheme 4.1 with the static route (`--static-route`): no client agent, no failover.
@@ -123,7 +133,7 @@ fn run_short(extra: &[&str]) -> (Results, String) {
             "--attack-timeout",
             "4",
             "--divert-wait",
-            "2",
+            "10",
             "--quiet",
             "--out",
         ])
