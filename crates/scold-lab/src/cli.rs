@@ -113,6 +113,10 @@ pub struct ScenarioArgs {
     /// `[control]` tables (the coordinator's divert then cannot complete).
     #[arg(long)]
     pub no_control: bool,
+    /// With the data path linked: raise the alarm with `scold ctl divert` instead of
+    /// letting the target's detector (`[detect]` on its main link) raise it.
+    #[arg(long)]
+    pub operator_alarm: bool,
     /// Longest wait, seconds, from the alarm for the target's ALT records at ClientDNS.
     #[arg(long, default_value_t = 20.0)]
     pub divert_wait: f64,
@@ -556,6 +560,7 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         static_route: a.static_route,
         failover_reps: a.failover_reps,
         no_control: a.no_control,
+        operator_alarm: a.operator_alarm,
         out_dir: a.out.clone(),
         keep_on_failure: a.keep_on_failure,
         scold_bin: std::env::current_exe().context("finding the scold binary")?,

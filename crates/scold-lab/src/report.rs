@@ -491,6 +491,8 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
             .get("static_route")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+    let flag = |k: &str| r.config.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    let detect = !flag("no_control") && !flag("operator_alarm");
     out += &table(
         "Table 3: resolver overhead: lookup (if any) then probe, direct route \
          (our median  [paper: original | enhanced resolve library])",
@@ -556,7 +558,10 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
     };
     let rows = vec![
         vec![
-            if agent {
+            if agent && detect {
+                "divert: attack start -> coordinator phase \"diverted\" (target's detector)"
+                    .to_string()
+            } else if agent {
                 "divert: alarm -> coordinator phase \"diverted\"".to_string()
             } else {
                 "divert: alarm -> ALT records at ClientDNS (coordinator)".to_string()

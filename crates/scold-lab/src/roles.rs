@@ -136,6 +136,9 @@ pub struct RoleOptions {
     /// Give the gateway, the proxies and the target `[control]` tables, so they take
     /// the coordinator's orders and its divert can complete.
     pub control: bool,
+    /// With `control`: the target's detector watches the main link and raises the
+    /// alarm itself (`[detect]`), instead of the operator's `scold ctl divert`.
+    pub detect: bool,
 }
 
 /// TCP port of the proxies' admission service (scheme 4.1 agents).
@@ -544,10 +547,23 @@ impl<'a> Roles<'a> {
             // orders (the return path it sets at target set-up is marked by connection,
             // so it leaves the direct route alone); the static one above comes and goes
             // with the lab's own indirect phases.
-            let c = format!(
+            let mut c = format!(
                 "# scold target: linked to the coordinator\nsource = \"{target}\"\n{}",
                 self.control_section(fig8::TARGET, "")
             );
+            if self.opts.detect {
+                // The lab's main link carries a few hundred packets/s of real traffic
+                // and no UDP to speak of; the flood's UDP well above that is the
+                // attack. A long hold-down leaves the all-clear to the operator.
+                let _ = write!(
+                    c,
+                    "\n[detect]\ninterface = \"{}\"\nalarm_after_ms = 1000\n\
+                     hold_down_ms = 600000\nwarmup_ms = 3000\n\
+                     [detect.floors]\npps = 300.0\nudp_pps = 200.0\n\
+                     [detect.ceilings]\nudp_pps = 600.0\n",
+                    fig8::TARGET_MAIN_IF
+                );
+            }
             self.write("target-control.toml", &c)?;
         }
 

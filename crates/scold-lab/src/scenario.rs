@@ -81,6 +81,9 @@ pub struct ScenarioConfig {
     /// Leave the data-path daemons unlinked from the coordinator (no `[control]`).
     #[serde(default)]
     pub no_control: bool,
+    /// Raise the alarm with `scold ctl divert` even when the target's detector could.
+    #[serde(default)]
+    pub operator_alarm: bool,
     pub out_dir: PathBuf,
     /// On failure, keep the namespaces for inspection (`scold lab cleanup` removes them).
     pub keep_on_failure: bool,
@@ -106,6 +109,16 @@ impl ScenarioConfig {
             } else {
                 0
             }
+    }
+
+    /// Whether the gateway, proxies and a target agent are linked to the coordinator.
+    pub fn control_mode(&self) -> bool {
+        self.agent_mode() && !self.no_control
+    }
+
+    /// Whether the target's detector raises the alarm (no `scold ctl divert`).
+    pub fn detect_mode(&self) -> bool {
+        self.control_mode() && !self.operator_alarm
     }
 
     /// Whether clients run the scheme 4.1 client agent (rather than static routes).
@@ -1103,7 +1116,8 @@ fn phases(
             encap: cfg.encap,
             scheme: cfg.scheme,
             agent: cfg.agent_mode(),
-            control: cfg.agent_mode() && !cfg.no_control,
+            control: cfg.control_mode(),
+            detect: cfg.detect_mode(),
         },
     )?;
     progress.step(
@@ -1170,9 +1184,16 @@ fn phases(
              attack; the gap is measured by a 50 ms echo loop through the tunnel"
                 .into(),
             format!(
-                "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
-                 operator alarm; scheme {}), watched as the target's phase in \
-                 `scold ctl --json status` (ClientDNS already holds the lab's ALT records)",
+                "divert: {}; restore: the operator's all-clear (`scold ctl restore`); both \
+                 timed as the target's phase in `scold ctl --json status` polled every \
+                 100 ms (ClientDNS already holds the lab's ALT records), scheme {}",
+                if cfg.detect_mode() {
+                    "no operator alarm: the target's detector ([detect] on its main link, \
+                     warm-up 3 s, UDP ceiling 600 packets/s) raised it; timed from the \
+                     flood's start"
+                } else {
+                    "the operator's alarm (`scold ctl divert`), timed from it"
+                },
                 cfg.scheme.as_str()
             ),
         ]);
@@ -1359,12 +1380,19 @@ fn attack_phase(
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<bool, LabError> {
+    // The floods started just before this call.
+    let t_attack = Instant::now();
     std::thread::sleep(cfg.attack_warmup);
     if let Some(e) = floods_ended(floods) {
         return Err(e);
     }
-    // The operator's alarm: the target's own detector does not raise alarms yet.
-    let t_alarm = Instant::now();
+    // With the target's detector the clock runs from the attack's start; otherwise
+    // from the operator's alarm.
+    let t_alarm = if cfg.detect_mode() {
+        t_attack
+    } else {
+        Instant::now()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     // With the lab's own ALT records already published (agent mode), ClientDNS cannot
     // tell the coordinator's divert apart: its phase is watched instead.
@@ -1386,10 +1414,19 @@ fn attack_phase(
             stop.clone(),
         )?
     };
-    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+    let divert = if cfg.detect_mode() {
+        Ok(serde_json::Value::Null)
+    } else {
+        roles.ctl(&["divert", roles::TARGET_ID])
+    };
     progress.step(
-        "alarm: scold ctl divert",
+        if cfg.detect_mode() {
+            "alarm: none sent (the target's [detect] watches its main link)"
+        } else {
+            "alarm: scold ctl divert"
+        },
         &match &divert {
+            Ok(serde_json::Value::Null) => "the coordinator is watched for the divert".into(),
             Ok(v) => format!(
                 "coordinator answered, target phase {}",
                 v.get("phase").map(|p| p.to_string()).unwrap_or("?".into())
