@@ -19,7 +19,7 @@ use scold_proto::control::{
     StatusReport, TargetView,
 };
 use scold_proto::identity::Role;
-use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Step, TargetState};
+use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Phase, Step, TargetState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -700,7 +700,19 @@ impl Coordinator {
             Step::TargetSetup | Step::TargetTeardown => Role::Target,
             _ => Role::Proxy,
         };
-        for order in orchestrate::orders(step, &ctx)? {
+        self.send_orders(tcfg, epoch, role, orchestrate::orders(step, &ctx)?)
+            .await
+    }
+
+    /// Sends each order and fails on the first refusal.
+    async fn send_orders(
+        &self,
+        tcfg: &TargetConfig,
+        epoch: u64,
+        role: Role,
+        orders: Vec<orchestrate::Order>,
+    ) -> Result<(), String> {
+        for order in orders {
             let request = Request::Dataplane {
                 target: tcfg.name.clone(),
                 epoch,
@@ -722,6 +734,62 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// Scheme 4.2: a client agent that registers while a target is diverted (it joined
+    /// late, or restarted) gets its push now instead of at the next phase change. Its
+    /// assigned proxy is the one the push-routes step would pick; a few tries, since
+    /// the agent registers just before its push service is up.
+    fn push_to_late_client(self: &Arc<Self>, client: String) {
+        let due: Vec<(String, u64, Vec<String>)> = self
+            .lock()
+            .targets
+            .iter()
+            .filter(|(n, st)| {
+                matches!(st.phase, Phase::Diverted | Phase::Resetting)
+                    && self
+                        .targets
+                        .get(*n)
+                        .is_some_and(|t| t.scheme == Scheme::Push)
+            })
+            .map(|(n, st)| (n.clone(), st.epoch, st.proxies.clone()))
+            .collect();
+        for (target, epoch, proxies) in due {
+            let me = self.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let Some(tcfg) = me.targets.get(&target) else {
+                    return;
+                };
+                let mut backoff = Duration::from_millis(300);
+                for attempt in 1..=5u32 {
+                    tokio::time::sleep(backoff).await;
+                    let current = me.lock().targets.get(&target).map(|s| s.epoch);
+                    if current != Some(epoch) {
+                        return; // a newer plan pushes (or withdraws) for everyone
+                    }
+                    let mut ctx = me.context(tcfg, &proxies);
+                    ctx.clients.retain(|(n, _)| *n == client);
+                    if ctx.clients.is_empty() {
+                        return;
+                    }
+                    let r = match orchestrate::orders(&Step::PushRoutes, &ctx) {
+                        Ok(orders) => me.send_orders(tcfg, epoch, Role::Proxy, orders).await,
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(()) => {
+                            info!(%target, %client, "route pushed to a client agent that registered late");
+                            return;
+                        }
+                        Err(error) => {
+                            warn!(%target, %client, attempt, %error, "push to a late client agent failed")
+                        }
+                    }
+                    backoff *= 2;
+                }
+            });
+        }
     }
 
     /// What the orders of a step depend on, from the registry and the other targets.
@@ -1114,7 +1182,13 @@ impl Handler for CoordinatorHandler {
     async fn handle(&self, from: &Channel, request: Request) -> Response {
         let c = &self.0;
         match request {
-            Request::Register(info) => respond(c.register(from, info)),
+            Request::Register(info) => {
+                let r = c.register(from, info);
+                if r.is_ok() && from.peer().role == Role::Client {
+                    c.push_to_late_client(from.peer().name.clone());
+                }
+                respond(r)
+            }
             Request::Heartbeat { .. } => {
                 c.heartbeat(from);
                 respond(Ok(Reply::Done))

@@ -11,6 +11,8 @@
 //!   set is refused by the agent (typed refusal `not_in_alt_set`); the route is intact.
 //! - The assigned proxy is killed: the coordinator resets the target to the other proxy,
 //!   which pushes to the moved client; the client reaches the target through it.
+//! - The client agent restarts while the target is diverted: on its registration the
+//!   coordinator has its proxy push again.
 //! - `scold ctl restore`: the proxy withdraws the push and the route goes.
 //!
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `openssl`, `sha256sum`,
@@ -236,6 +238,17 @@ impl Net {
     fn scold(&mut self, n: &str, label: &str, role: &str, config: &str) {
         let bin = scold_bin().display().to_string();
         self.spawn(n, label, &[&bin, role, "--config", config]);
+    }
+
+    /// SIGTERM by PID, then SIGKILL after 5 s.
+    fn stop(&mut self, label: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
+        let (_, mut child) = self.children.remove(i);
+        terminate(&mut child);
     }
 
     /// SIGKILL by PID: the process gets no chance to say goodbye.
@@ -701,6 +714,19 @@ fn proxies_push_routes_to_client_agents() {
     net.wait_log(other, "route pushed to the client agent", 10);
     net.wait_ping();
     net.fetch("fetched-2.bin");
+
+    // The client agent restarts while the target is diverted: it leaves routing as it
+    // found it, registers again, and the coordinator has its proxy push at once.
+    net.stop("client");
+    let r = net.exec("c", "ip route get 10.4.0.2");
+    assert!(
+        !String::from_utf8_lossy(&r.stdout).contains(&format!("dev sc{}", net.s)),
+        "the agent left its route behind"
+    );
+    let client_cfg = net.p("client.toml");
+    net.scold("c", "client", "client", &client_cfg);
+    net.wait_log("client", "indirect route pushed by proxy", 20);
+    net.wait_ping();
 
     // Restore: ALT withdrawn, the proxy withdraws its push, the route goes.
     net.ctl("restore web");
