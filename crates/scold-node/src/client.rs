@@ -1402,6 +1402,22 @@ async fn serve_push(
         .await;
         return Err(why);
     }
+    // A certificate that names its addresses must name the one it connected from, as in
+    // the admission of scheme 4.1.
+    let names = scold_pki::peer_ip_addresses(tls.get_ref().1).map_err(|e| e.to_string())?;
+    if !names.is_empty() && !names.contains(&from) {
+        let why = format!("{identity} connected from {from}, but its certificate names {names:?}");
+        let _ = write_message(
+            &mut tls,
+            &Answer::Refused {
+                code: RefusalCode::NotInAltSet,
+                message: why.clone(),
+            },
+            PUSH_STEP,
+        )
+        .await;
+        return Err(why);
+    }
     let request: Request = match read_message(&mut tls, PUSH_STEP).await {
         Ok(r) => r,
         Err(e) => {
