@@ -20,6 +20,7 @@ pub mod fib;
 pub mod keys;
 pub mod nat;
 pub mod netlink;
+pub mod poll;
 pub mod proxy_protocol;
 pub mod socket;
 pub mod tun;

@@ -14,12 +14,19 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::unix::AsyncFd;
+use std::time::Duration;
 
-/// Datagrams per `recvmmsg`/`sendmmsg` call.
+/// Datagrams (or GRO trains) per `recvmmsg` call.
 pub const BATCH: usize = 32;
+/// Datagrams queued for one `sendmmsg` flush: room for a few GSO messages of a full
+/// 64 KB TUN burst each (about 44 datagrams at a 1500-byte MTU).
+pub const TX_BATCH: usize = 128;
 
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Longest wait for room in a full socket send buffer before the rest of a batch is
+/// dropped.
+pub const SEND_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OuterKind {
@@ -28,7 +35,7 @@ pub enum OuterKind {
 }
 
 pub struct OuterSocket {
-    fd: AsyncFd<Socket>,
+    fd: Socket,
     kind: OuterKind,
     /// UDP segmentation offload on send; turned off if the kernel refuses it.
     gso: AtomicBool,
@@ -79,17 +86,17 @@ impl RxBatch {
 /// Datagrams waiting to be sent.
 pub struct TxBatch {
     data: Box<[u8]>,
-    lens: [usize; BATCH],
-    dsts: [SocketAddr; BATCH],
+    lens: [usize; TX_BATCH],
+    dsts: [SocketAddr; TX_BATCH],
     n: usize,
 }
 
 impl Default for TxBatch {
     fn default() -> Self {
         TxBatch {
-            data: vec![0u8; BATCH * MAX_PACKET].into_boxed_slice(),
-            lens: [0; BATCH],
-            dsts: [SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            data: vec![0u8; TX_BATCH * MAX_PACKET].into_boxed_slice(),
+            lens: [0; TX_BATCH],
+            dsts: [SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); TX_BATCH],
             n: 0,
         }
     }
@@ -97,7 +104,7 @@ impl Default for TxBatch {
 
 impl TxBatch {
     pub fn is_full(&self) -> bool {
-        self.n == BATCH
+        self.n == TX_BATCH
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,7 +113,7 @@ impl TxBatch {
 
     /// The next free slot, to encapsulate into. Call [`TxBatch::commit`] to keep it.
     pub fn slot(&mut self) -> &mut [u8] {
-        debug_assert!(self.n < BATCH);
+        debug_assert!(self.n < TX_BATCH);
         let base = self.n * MAX_PACKET;
         &mut self.data[base..base + MAX_PACKET]
     }
@@ -200,13 +207,10 @@ impl OuterSocket {
             .map_err(err)?;
         tune(&sock, bind.is_ipv6()).map_err(err)?;
         sock.bind(&bind.into()).map_err(err)?;
-        // SAFETY: the socket owns its descriptor, which stays open and unchanged for as
-        // long as the AsyncFd holds the socket.
-        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| err(io::Error::from(e)))?;
         // UDP GRO: the kernel may hand over a train of datagrams from one peer at once.
-        let _ = set_int_opt(fd.get_ref(), libc::SOL_UDP, UDP_GRO, 1);
+        let _ = set_int_opt(&sock, libc::SOL_UDP, UDP_GRO, 1);
         Ok(OuterSocket {
-            fd,
+            fd: sock,
             kind: OuterKind::Udp,
             gso: AtomicBool::new(true),
         })
@@ -231,11 +235,8 @@ impl OuterSocket {
             sock.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())
                 .map_err(err)?;
         }
-        // SAFETY: the socket owns its descriptor, which stays open and unchanged for as
-        // long as the AsyncFd holds the socket.
-        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| err(io::Error::from(e)))?;
         Ok(OuterSocket {
-            fd,
+            fd: sock,
             kind: OuterKind::Ipip,
             gso: AtomicBool::new(false),
         })
@@ -247,18 +248,14 @@ impl OuterSocket {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.fd
-            .get_ref()
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("not an IP socket"))
     }
 
-    /// Waits until a read may succeed.
-    pub async fn readable(&self) -> io::Result<()> {
-        // Readiness stays set until a read meets EAGAIN (see try_recv_batch), so a caller
-        // that stops draining early is woken again at once.
-        let _guard = self.fd.readable().await?;
-        Ok(())
+    /// Waits until a read may succeed, at most `timeout`; whether it may.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        crate::poll::wait_readable(self.fd.as_raw_fd(), timeout)
     }
 
     /// Reads up to [`BATCH`] datagrams (or GRO trains) without blocking. `Ok(0)`:
@@ -266,10 +263,7 @@ impl OuterSocket {
     /// swallowed.
     pub fn try_recv_batch(&self, rx: &mut RxBatch) -> io::Result<usize> {
         rx.entries.clear();
-        match self
-            .fd
-            .try_io(tokio::io::Interest::READABLE, |_| self.recv_batch_raw(rx))
-        {
+        match self.recv_batch_raw(rx) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         }
@@ -303,7 +297,7 @@ impl OuterSocket {
             // given lengths.
             let r = unsafe {
                 libc::recvmmsg(
-                    self.fd.get_ref().as_raw_fd(),
+                    self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     BATCH as libc::c_uint,
                     libc::MSG_DONTWAIT,
@@ -395,12 +389,14 @@ impl OuterSocket {
     /// message each: how many datagrams went, or the error of the first message with
     /// the number of datagrams it carried.
     fn send_some(&self, tx: &mut TxBatch, start: usize) -> Result<usize, (io::Error, usize)> {
-        let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
-        let mut names: [MaybeUninit<SockAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
-        let mut control = [[0u64; CMSG_ROOM / 8]; BATCH];
-        let mut counts = [0usize; BATCH];
+        let mut iov: [MaybeUninit<libc::iovec>; TX_BATCH] =
+            [const { MaybeUninit::uninit() }; TX_BATCH];
+        let mut names: [MaybeUninit<SockAddr>; TX_BATCH] =
+            [const { MaybeUninit::uninit() }; TX_BATCH];
+        let mut control = [[0u64; CMSG_ROOM / 8]; TX_BATCH];
+        let mut counts = [0usize; TX_BATCH];
         // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; TX_BATCH] = unsafe { std::mem::zeroed() };
         let base = tx.data.as_mut_ptr();
         let mut msgs = 0;
         let mut i = start;
@@ -447,7 +443,7 @@ impl OuterSocket {
         // SAFETY: `msgs` headers, each pointing at live iovecs, address and control data.
         let r = unsafe {
             libc::sendmmsg(
-                self.fd.get_ref().as_raw_fd(),
+                self.fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 msgs as libc::c_uint,
                 libc::MSG_DONTWAIT,
@@ -465,9 +461,9 @@ impl OuterSocket {
         res
     }
 
-    /// Sends every queued datagram, waiting for socket space when needed; per-datagram
-    /// failures are counted, not returned.
-    pub async fn flush(&self, tx: &mut TxBatch) -> SendReport {
+    /// Sends every queued datagram, waiting for socket space when needed (at most
+    /// [`SEND_WAIT`] each time); per-datagram failures are counted, not returned.
+    pub fn flush(&self, tx: &mut TxBatch) -> SendReport {
         let mut report = SendReport::default();
         let mut start = 0;
         while start < tx.n {
@@ -491,13 +487,11 @@ impl OuterSocket {
                     Some(libc::EINTR) => {}
                     Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
                         // The socket buffer is full: wait for room instead of dropping, so
-                        // a fast sender is slowed rather than made to retransmit.
-                        match self.fd.writable().await {
-                            Ok(mut g) => g.clear_ready(),
-                            Err(_) => {
-                                report.errors += (tx.n - start) as u64;
-                                break;
-                            }
+                        // a fast sender is slowed rather than made to retransmit. A queue
+                        // that stays full (a stuck device) costs the rest of the batch.
+                        if !crate::poll::wait_writable(self.fd.as_raw_fd(), SEND_WAIT) {
+                            report.errors += (tx.n - start) as u64;
+                            break;
                         }
                     }
                     Some(libc::EMSGSIZE) => {
@@ -514,6 +508,12 @@ impl OuterSocket {
         }
         tx.clear();
         report
+    }
+}
+
+impl AsRawFd for OuterSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
@@ -581,8 +581,8 @@ mod tests {
     /// A batch of equal datagrams to one peer goes out as GSO sends and comes in
     /// (through GRO where the kernel coalesces) as the same datagrams, in order; a
     /// different peer and a short tail are kept apart.
-    #[tokio::test]
-    async fn batches_survive_gso_and_gro() {
+    #[test]
+    fn batches_survive_gso_and_gro() {
         let a = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
         let b = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
         let c = OuterSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -597,7 +597,7 @@ mod tests {
                 want_b.push(p);
             }
         }
-        let r = a.flush(&mut tx).await;
+        let r = a.flush(&mut tx);
         assert_eq!(r.sent, 20, "{r:?}");
         assert_eq!(r.bytes, 19 * 1200 + 300);
         assert!(
@@ -608,7 +608,7 @@ mod tests {
         let mut rx = RxBatch::default();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < want_b.len() && std::time::Instant::now() < end {
-            b.readable().await.unwrap();
+            b.wait_readable(Duration::from_secs(1));
             b.try_recv_batch(&mut rx).unwrap();
             for i in 0..rx.len() {
                 let (p, src) = rx.get(i);
@@ -617,7 +617,7 @@ mod tests {
             }
         }
         assert_eq!(got, want_b);
-        c.readable().await.unwrap();
+        assert!(c.wait_readable(Duration::from_secs(5)));
         c.try_recv_batch(&mut rx).unwrap();
         assert_eq!(rx.len(), 1);
         assert_eq!(rx.get(0).0, &[10u8; 1200][..]);
