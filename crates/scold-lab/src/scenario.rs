@@ -706,7 +706,8 @@ fn measure_setup(
              {} median, {} worst over {} repetitions (it is answered only once the agent \
              has measured the proxies, been admitted by one and brought the tunnel and host \
              route up); the figures in Table 4 run from that lookup to the first answer \
-             through the tunnel",
+             through the tunnel; the ping and both 100k downloads start together and share \
+             the alternate link",
             roles::TARGET_FQDN,
             fmt_seconds(med),
             fmt_seconds(worst),
@@ -1489,6 +1490,19 @@ fn attack_phase(
         (Err(e), _) => Outcome::Failed {
             error: format!("`scold ctl divert` failed: {e}"),
         },
+        (Ok(_), Some((s, _))) if roles.agent_mode() => {
+            results.notes.push(format!(
+                "divert: the coordinator reached phase \"diverted\" {} after {}; \
+                 coordinator: {status}",
+                fmt_seconds(*s),
+                if cfg.detect_mode() {
+                    "the flood started (the target's detector raised the alarm)"
+                } else {
+                    "the operator's alarm"
+                }
+            ));
+            Outcome::Ok { seconds: *s }
+        }
         (Ok(_), Some((s, alt))) => {
             results.notes.push(format!(
                 "divert: {} {alt:?} visible at ClientDNS {} after the alarm; \
