@@ -679,6 +679,12 @@ impl Coordinator {
                 }
                 return Ok(());
             }
+            Step::PushRoutes => {
+                let ctx = self.context(tcfg, &proxies);
+                let orders = orchestrate::orders(step, &ctx)?;
+                drop(ctx);
+                return self.push_routes(tcfg, epoch, orders).await;
+            }
             Step::ProxyTeardown(p) if !self.is_connected(Role::Proxy, p) => {
                 // A dead proxy cannot be told. Its relay is already cut off: the gateway
                 // set-up before this step admits only the current set.
@@ -702,6 +708,67 @@ impl Coordinator {
         };
         self.send_orders(tcfg, epoch, role, orchestrate::orders(step, &ctx)?)
             .await
+    }
+
+    /// Scheme 4.2: one request per push, so one slow or dead client agent costs only its
+    /// own time limit; failed pushes are tried again a few times. A client site that
+    /// stays unreachable must not hold the target's divert (or a reset's tear-down) up:
+    /// it is audited and left out, and pushed to when it registers again.
+    async fn push_routes(
+        &self,
+        tcfg: &TargetConfig,
+        epoch: u64,
+        orders: Vec<orchestrate::Order>,
+    ) -> Result<(), String> {
+        let mut todo: Vec<(String, scold_proto::dataplane::Command)> = orders
+            .into_iter()
+            .flat_map(|o| {
+                let node = o.node;
+                o.commands.into_iter().map(move |c| (node.clone(), c))
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for round in 0..3u32 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500) * round).await;
+            }
+            failures.clear();
+            let mut left = Vec::new();
+            for (proxy, cmd) in todo {
+                let who = match &cmd {
+                    scold_proto::dataplane::Command::PushRoute(p) => p.client.clone(),
+                    other => other.kind().to_string(),
+                };
+                let one = orchestrate::Order {
+                    node: proxy.clone(),
+                    commands: vec![cmd.clone()],
+                };
+                if let Err(e) = self.send_orders(tcfg, epoch, Role::Proxy, vec![one]).await {
+                    failures.push(format!("{who} via {proxy}: {e}"));
+                    left.push((proxy, cmd));
+                }
+            }
+            todo = left;
+            if todo.is_empty() {
+                return Ok(());
+            }
+        }
+        for f in &failures {
+            warn!(target = %tcfg.name, epoch, failure = %f, "client agent not reached; left out until it registers again");
+        }
+        let _ = self.store.commit(Batch {
+            events: vec![event(
+                &tcfg.name,
+                "push_failed",
+                format!(
+                    "{} client(s) not reached: {}",
+                    failures.len(),
+                    failures.join("; ")
+                ),
+            )],
+            ..Default::default()
+        });
+        Ok(())
     }
 
     /// Sends each order and fails on the first refusal.

@@ -6,6 +6,8 @@
 //! - `scold ctl divert` of a scheme-4.2 target: the coordinator assigns the client to a
 //!   proxy; that proxy pushes the route; the client reaches the target (ping by address
 //!   and a TCP fetch) with no DNS lookup by any application.
+//! - A second registered client site that nobody can reach is left out (audited) and
+//!   does not hold the divert up.
 //! - A TLS client with a proxy certificate of another CA is refused at the handshake; a
 //!   `scold proxy` with a consortium proxy certificate whose address is not in the ALT
 //!   set is refused by the agent (typed refusal `not_in_alt_set`); the route is intact.
@@ -441,6 +443,7 @@ fn start(net: &mut Net) {
         ("gateway", "gw1"),
         ("target", "web"),
         ("client", "site1"),
+        ("client", "site2"),
     ] {
         must(&format!(
             "{bin} ca --dir {ca} issue --role {role} --name {name} --out {certs}"
@@ -543,6 +546,18 @@ key = "hmac-sha256:coordinator:{SECRET}"
         ),
     );
 
+    // A second client site that registers but whose push port nobody reaches: it must
+    // not hold the divert up.
+    let client2 = net.write(
+        "client2.toml",
+        &format!(
+            "tun_name = \"sd{s}\"\ntable = 5111\nrule_priority = 5111\n[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:0\"\n\
+             [agent]\nlisten = \"127.0.0.54:53\"\nupstream = [\"10.9.5.1:5300\"]\nca = \"{certs}/ca.crt\"\n\
+             [control]\ncoordinator = \"10.9.5.1:7800\"\naddress = \"10.8.0.2\"\n{}",
+            tls("client", "site2")
+        ),
+    );
+
     let payload = net.path("payload.bin");
     must(&format!(
         "head -c 400000 /dev/urandom > {}",
@@ -563,9 +578,11 @@ key = "hmac-sha256:coordinator:{SECRET}"
     net.scold("b", "p2", "proxy", &p2);
     net.scold("t", "target", "target", &target);
     net.scold("c", "client", "client", &client);
+    net.scold("c", "client2", "client", &client2);
     net.wait_nodes_up();
     net.wait_log("client", "taking route pushes from proxies", 20);
     net.wait_log("client", "registered with the coordinator", 20);
+    net.wait_log("client2", "registered with the coordinator", 20);
 }
 
 /// Proxy name and public address of the proxy the coordinator assigns site1 to.
@@ -595,6 +612,7 @@ fn proxies_push_routes_to_client_agents() {
 
     net.ctl("divert web");
     net.wait_phase("diverted", &["p1", "p2"], 40);
+    net.wait_log("coordinator", "client agent not reached", 20);
     let (proxy, address) = assigned();
     let other = if proxy == "p1" { "p2" } else { "p1" };
     net.wait_log(proxy, "route pushed to the client agent", 20);
