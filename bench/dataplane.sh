@@ -8,8 +8,16 @@
 #   socat         TCP relay by socat on the proxy, kernel forwarding behind
 #   scold-udp/ipip/wireguard   client -> proxy -> gateway -> target through scold tunnels
 #   scold-nat     TCP relay by scold proxy in NAT mode (scheme 4.3), over a udp tunnel
-# For each: TCP throughput (iperf3, one stream) and request/response round-trip time
-# (1-byte TCP ping-pong). Prints a table and the ratios the project aims at.
+# For each: TCP throughput (iperf3, one stream, with its retransmissions), the CPU the
+# relaying process(es) used during it, and request/response round-trip time (1-byte TCP
+# ping-pong). Prints a table and the ratios the project aims at.
+#
+# CPU is read from /proc (utime+stime, with reaped children) over the throughput run, in
+# cores (1.0 = one core busy for the whole run). "relay": haproxy, socat, scold's NAT
+# relay threads, or for the L3 paths scold's packet-engine threads on client, proxy and
+# gateway together. "engines": the packet-engine threads behind the NAT relay. The kernel
+# charges softirq work (a forwarded packet's trip through the next namespaces) to the
+# process whose send triggered it, so each figure includes some of the path behind it.
 #
 # Needs root, iproute2, iperf3, haproxy, socat, python3. Usage:
 #   bench/dataplane.sh [SECONDS_PER_THROUGHPUT_RUN]      (default 5)
@@ -29,8 +37,9 @@ fi
 S=b$$
 W=$(mktemp -d)
 PIDS=()
+SERVER_PIDS=()
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}" "${SERVER_PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   sleep 0.5
   for n in c p g t r; do ip netns del $n$S 2>/dev/null || true; done
   rm -rf "$W"
@@ -80,14 +89,47 @@ else:
     print("%.1f" % ((time.perf_counter() - t0) / n * 1e6))
 EOP
 
+# CPU ticks of a set of threads: "PID" (whole process with reaped children),
+# "PID:NAME" (its threads named NAME), "PID:-NAME" (its threads not named NAME).
+ticks() {
+  local t=0 spec p name f c v
+  for spec in "$@"; do
+    p=${spec%%:*}; name=""; [ -n "$p" ] || continue
+    [ "$spec" != "$p" ] && name=${spec#*:}
+    if [ -z "$name" ]; then
+      [ -r /proc/$p/stat ] && t=$((t + $(sed 's/.*) //' /proc/$p/stat | awk '{print $12+$13+$14+$15}')))
+      continue
+    fi
+    for f in /proc/$p/task/*/stat; do
+      [ -r "$f" ] || continue
+      c=$(sed 's/^[0-9]* (\(.*\)) .*/\1/' "$f"); v=$(sed 's/.*) //' "$f" | awk '{print $12+$13}')
+      if [ "${name#-}" != "$name" ]; then [ "$c" != "${name#-}" ] && t=$((t + v))
+      else [ "$c" = "$name" ] && t=$((t + v)); fi
+    done
+  done
+  echo $t
+}
+HZ=$(getconf CLK_TCK)
 RESULTS=()
+RELAY=(); ENGINES=()   # thread specs (see ticks) charged to the path measured next
 measure() { # name ns host port_iperf port_rr
-  local name=$1 ns=$2 host=$3 pi=$4 pr=$5 bps rtt
-  bps=$(nsx "$ns" timeout $((DUR + 20)) iperf3 -c "$host" -p "$pi" -t "$DUR" -J 2>/dev/null \
-        | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' || echo 0)
-  rtt=$(nsx "$ns" timeout 60 python3 "$W/rr.py" client "$host" "$pr" "$RR_COUNT" 2>/dev/null || echo nan)
-  RESULTS+=("$name $bps $rtt")
-  printf '%-16s %8s Gbit/s %8s us\n' "$name" "$bps" "$rtt" >&2
+  local name=$1 ns=$2 host=$3 pi=$4 pr=$5 out bps retr rtt r0 e0 r1 e1 t0 t1 relay engines
+  r0=$(ticks "${RELAY[@]:-}"); e0=$(ticks "${ENGINES[@]:-}"); t0=$(date +%s.%N)
+  out=$(nsx "$ns" timeout $((DUR + 20)) iperf3 -c "$host" -p "$pi" -t "$DUR" -J 2>/dev/null \
+        | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]; print("%.2f %d" % (e["sum_received"]["bits_per_second"]/1e9, e["sum_sent"].get("retransmits", 0)))' || echo "0 0")
+  sleep 0.3   # let a forked relay child exit and be reaped, so its CPU is counted
+  r1=$(ticks "${RELAY[@]:-}"); e1=$(ticks "${ENGINES[@]:-}"); t1=$(date +%s.%N)
+  read -r bps retr <<<"$out"
+  relay=$(python3 -c "print('%.2f' % (($r1 - $r0) / $HZ / ($t1 - $t0)) if ${#RELAY[@]} else '-')")
+  engines=$(python3 -c "print('%.2f' % (($e1 - $e0) / $HZ / ($t1 - $t0)) if ${#ENGINES[@]} else '-')")
+  # Median of five runs: one run is easily caught by a burst of other work on the machine.
+  rtt=$(for _ in 1 2 3 4 5; do
+          nsx "$ns" timeout 60 python3 "$W/rr.py" client "$host" "$pr" $((RR_COUNT / 5)) 2>/dev/null || echo nan
+        done | python3 -c 'import sys, statistics; v = sorted(float(x) for x in sys.stdin.read().split()); print("%.1f" % statistics.median(v))')
+  RESULTS+=("$name $bps $retr $relay $engines $rtt")
+  printf '%-16s %8s Gbit/s %6s retr  relay %5s cores  engines %5s cores %8s us\n' \
+    "$name" "$bps" "$retr" "$relay" "$engines" "$rtt" >&2
+  RELAY=(); ENGINES=()
 }
 
 # Servers on the target (and one on the proxy for the direct path).
@@ -125,11 +167,13 @@ listen rr
 EOH
 bg p haproxy haproxy -f "$W/haproxy.cfg" -db
 sleep 0.5
+RELAY=("${PIDS[-1]}")
 measure haproxy c 10.1.0.1 5301 7301
 stop_all
 bg p socat1 socat TCP4-LISTEN:5401,fork,reuseaddr TCP4:10.4.0.2:5201
 bg p socat2 socat TCP4-LISTEN:7401,fork,reuseaddr,nodelay TCP4:10.4.0.2:7001,nodelay
 sleep 0.5
+RELAY=("${PIDS[-2]}")
 measure socat c 10.1.0.1 5401 7401
 stop_all
 ip -n c$S route del 10.4.0.0/24 via 10.1.0.1
@@ -159,32 +203,52 @@ run_scold() { # encap nat(0/1)
   printf 'source = "10.4.0.2"\n[[routes]]\ndestination = "10.1.0.2/32"\nvia = { gateway = "10.3.0.1" }\n[[routes]]\ndestination = "100.64.0.1/32"\nvia = { gateway = "10.3.0.1" }\n' >"$W/t.toml"
   { echo 'source = "10.1.0.2"'; tun "$e" 0.0.0.0:0 "$KC"; peer proxy 10.1.0.1 51820 "$e" "$KPP"
     printf '[[routes]]\ndestination = "10.4.0.2/32"\nvia = { peer = "proxy" }\n'; } >"$W/c.toml"
-  bg g gateway "$SCOLD_BIN" gateway -c "$W/g.toml"
-  bg p proxy "$SCOLD_BIN" proxy -c "$W/p.toml"
+  bg g gateway "$SCOLD_BIN" gateway -c "$W/g.toml"; PID_G=${PIDS[-1]}
+  bg p proxy "$SCOLD_BIN" proxy -c "$W/p.toml"; PID_P=${PIDS[-1]}
   bg t target "$SCOLD_BIN" target -c "$W/t.toml"
-  [ "$nat" = 1 ] || bg c client "$SCOLD_BIN" client -c "$W/c.toml"
+  PID_C=""; [ "$nat" = 1 ] || { bg c client "$SCOLD_BIN" client -c "$W/c.toml"; PID_C=${PIDS[-1]}; }
   sleep 1
   nsx c ping -c 2 -W 2 10.4.0.2 >/dev/null 2>&1 || true
 }
 
 for e in udp ipip wireguard; do
   run_scold $e 0
+  RELAY=("$PID_C:scold-engine" "$PID_P:scold-engine" "$PID_G:scold-engine")
   measure scold-$e c 10.4.0.2 5201 7001
   stop_all
 done
 run_scold udp 1
+RELAY=("$PID_P:-scold-engine"); ENGINES=("$PID_P:scold-engine" "$PID_G:scold-engine")
 measure scold-nat c 10.1.0.1 5501 7501
 stop_all
 
-printf '\n%-16s %14s %12s\n' path "TCP Gbit/s" "RTT us"
-for r in "${RESULTS[@]}"; do set -- $r; printf '%-16s %14s %12s\n' "$1" "$2" "$3"; done
+printf '\n%-16s %10s %6s %8s %9s %8s %8s\n' path "Gbit/s" retr "RTT us" "relay" "Gb/core" engines
+for r in "${RESULTS[@]}"; do set -- $r
+  per=$(python3 -c "import sys; t, c = sys.argv[1:]; print('%.1f' % (float(t) / float(c)) if c not in ('-', '0.00') else '-')" "$2" "$4")
+  printf '%-16s %10s %6s %8s %9s %8s %8s\n' "$1" "$2" "$3" "$6" "$4" "$per" "$5"; done
 python3 - "${RESULTS[@]}" <<'EOP'
 import sys
-r = {a.split()[0]: (float(a.split()[1]), a.split()[2]) for a in sys.argv[1:]}
+r = {}
+for a in sys.argv[1:]:
+    f = a.split()
+    r[f[0]] = (float(f[1]), f[3], f[5])
 d = r["direct"][0] or 1
 print("\nratios to the direct path (goal: udp/ipip >= 0.25):")
 for k in ("kernel-fwd", "scold-udp", "scold-ipip", "scold-wireguard"):
     print("  %-16s %.2f" % (k, r[k][0] / d))
 h = r["haproxy"][0] or 1
-print("NAT relay vs HAProxy (goal >= 1.0): %.2f; socat vs HAProxy: %.2f" % (r["scold-nat"][0] / h, r["socat"][0] / h))
+print("NAT relay vs HAProxy (goal >= 1.0): throughput %.2f; socat vs HAProxy: %.2f" % (r["scold-nat"][0] / h, r["socat"][0] / h))
+try:
+    per = lambda k: r[k][0] / float(r[k][1])
+    print("  per relay core: scold-nat %.1f Gbit/s, HAProxy %.1f Gbit/s (ratio %.2f)"
+          % (per("scold-nat"), per("haproxy"), per("scold-nat") / per("haproxy")))
+except (ValueError, ZeroDivisionError):
+    pass
+def added(k):
+    try:
+        return float(r[k][2]) - float(r["kernel-fwd"][2])
+    except ValueError:
+        return float("nan")
+print("round-trip time added over kernel forwarding (us): " + ", ".join(
+    "%s %.0f" % (k, added(k)) for k in ("haproxy", "socat", "scold-udp", "scold-ipip", "scold-wireguard", "scold-nat")))
 EOP
