@@ -651,7 +651,15 @@ impl Engine {
             tracing::error!(error = %e, "cannot start the packet engine thread; no packet will move");
             return Stats::default();
         }
-        shutdown.await;
+        tokio::pin!(done_rx);
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut done_rx => {
+                // Only an epoll failure or a panic ends the thread before shutdown.
+                tracing::error!("the packet engine thread ended before shutdown; no packet moves any more");
+                return r.unwrap_or_default();
+            }
+        }
         drop(guard);
         done_rx.await.unwrap_or_default()
     }
@@ -838,5 +846,139 @@ impl Engine {
         }
         sinks.flush();
         state.totals += sinks.totals;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scold_proto::dataplane::Prefix;
+    use std::net::UdpSocket;
+
+    fn v4_packet(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    fn bind(ip: &str) -> UdpSocket {
+        let s = UdpSocket::bind((ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    /// A proxy engine on loopback: a client's udp-encapsulated packets reach the gateway
+    /// peer in order and unchanged, an answer goes back to the client's learned port,
+    /// a stranger is dropped and counted, control calls work while packets flow, and
+    /// after shutdown the handle reports the engine stopped.
+    #[tokio::test]
+    async fn proxy_engine_relays_between_peers_on_its_thread() {
+        let client = bind("127.0.0.2");
+        let gateway = bind("127.0.0.3");
+        let stranger = bind("127.0.0.9");
+        let (engine, handle) = Engine::new(
+            EngineConfig {
+                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..EngineConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        let listen = engine.udp_local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(engine.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let gw_port = gateway.local_addr().unwrap().port();
+        handle
+            .call(move |s| {
+                let gw = Peer {
+                    name: "gw".into(),
+                    address: "127.0.0.3".parse().unwrap(),
+                    port: Some(gw_port),
+                    encap: Encap::Udp,
+                    public_key: None,
+                    keepalive_secs: None,
+                };
+                let (gid, _) = s.add_peer(&gw, PeerPolicy::default()).unwrap();
+                let c = Peer {
+                    name: "client".into(),
+                    address: "127.0.0.2".parse().unwrap(),
+                    port: None,
+                    encap: Encap::Udp,
+                    public_key: None,
+                    keepalive_secs: None,
+                };
+                let policy = PeerPolicy {
+                    sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
+                    destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
+                    learn_sources: false,
+                };
+                // As the proxy daemon does: the session's client address routes to it.
+                let (cid, _) = s.add_peer(&c, policy).unwrap();
+                s.fib
+                    .insert("10.1.0.2/32".parse().unwrap(), Dest::Peer(cid));
+                s.fib
+                    .insert("10.4.0.0/24".parse().unwrap(), Dest::Peer(gid));
+            })
+            .await
+            .unwrap();
+
+        let sent: Vec<Vec<u8>> = (0..50)
+            .map(|i| v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 100 + i * 20))
+            .collect();
+        for p in &sent {
+            client.send_to(p, listen).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for (i, want) in sent.iter().enumerate() {
+            let (n, from) = gateway.recv_from(&mut buf).unwrap();
+            assert_eq!(from, listen);
+            assert_eq!(&buf[..n], &want[..], "packet {i} changed or out of order");
+        }
+        // The answer goes back to the client's port, learned from its first packet.
+        let reply = v4_packet([10, 4, 0, 2], [10, 1, 0, 2], 300);
+        gateway.send_to(&reply, listen).unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &reply[..]);
+        // A stranger and a spoofed inner source get nowhere.
+        stranger
+            .send_to(&v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 64), listen)
+            .unwrap();
+        client
+            .send_to(&v4_packet([10, 9, 9, 9], [10, 4, 0, 2], 64), listen)
+            .unwrap();
+        gateway
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(
+            gateway.recv_from(&mut buf).is_err(),
+            "a refused packet went through"
+        );
+        let stats = handle.call(|s| s.stats()).await.unwrap();
+        assert_eq!(stats.dropped_unknown_source, 1);
+        let c = stats.peers.iter().find(|p| p.name == "client").unwrap();
+        assert_eq!(c.counters.rx_packets, 51);
+        assert_eq!(c.counters.dropped, 1);
+        assert_eq!(c.counters.tx_packets, 1);
+
+        stop_tx.send(()).unwrap();
+        let fin = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the engine did not stop")
+            .unwrap();
+        assert_eq!(fin.dropped_unknown_source, 1);
+        assert!(matches!(
+            handle.call(|_| ()).await,
+            Err(TunnelError::EngineStopped)
+        ));
     }
 }
