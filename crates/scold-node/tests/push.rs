@@ -563,11 +563,14 @@ key = "hmac-sha256:coordinator:{SECRET}"
         "head -c 400000 /dev/urandom > {}",
         payload.display()
     ));
-    let serve = format!(
-        "socat -U TCP-LISTEN:8080,reuseaddr,fork FILE:{}",
-        payload.display()
+    // socat itself, not through `sh -c`: the clean-up stops the PID it started, and a
+    // shell in between would leave socat running after the test.
+    let file = format!("FILE:{}", payload.display());
+    net.spawn(
+        "t",
+        "web-server",
+        &["socat", "-U", "TCP-LISTEN:8080,reuseaddr,fork", &file],
     );
-    net.spawn("t", "web-server", &["sh", "-c", &serve]);
 
     net.scold("k", "dns", "dns", &dns);
     net.scold("k", "resolver", "resolver", &resolver);
