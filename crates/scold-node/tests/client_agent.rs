@@ -25,76 +25,17 @@
 use scold_pki::{Ca, CaInit, Identity, Role, Validity};
 use scold_tunnel::keys;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 const ZONE: &str = "site.example";
 const TSIG_SECRET: &str = "c2NvbGQtY2xpZW50LWFnZW50LXRlc3Qta2V5LTAwMDE=";
-
-fn scold_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SCOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join("scold");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "the scold binary is not built under {}: run `cargo build -p scold` first (or set SCOLD_BIN)",
-        target.display()
-    );
-}
-
-fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{tool} is missing: install the Debian package {package}"
-    );
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn sh(cmd: &str) -> std::process::Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh")
-}
-
-fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn keypair() -> (String, String) {
     let private = keys::generate_private().expect("key");
@@ -329,21 +270,6 @@ impl Lab {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl Drop for Lab {

@@ -7,46 +7,14 @@
 
 use scold_tunnel::keys;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn scold_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SCOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    // CARGO_TARGET_TMPDIR is <target>/tmp; the binary sits in <target>/<profile>/.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join("scold");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "the scold binary is not built under {}: run `cargo build -p scold` first (or set SCOLD_BIN)",
-        target.display()
-    );
-}
-
-fn require(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{tool} is missing: install the Debian package {package}"
-    );
-}
 
 fn require_all() {
     require("ip", "iproute2");
@@ -68,25 +36,6 @@ fn unsafe_is_root() -> bool {
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-fn sh(cmd: &str) -> std::process::Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh")
-}
-
-fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Five namespaces: client c, proxy p, gateway g, target t and the target's upstream
@@ -262,22 +211,6 @@ impl Lab {
     }
 }
 
-fn terminate(child: &mut Child) {
-    // By the PID we started, never by name.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         for (_, c) in self.children.iter_mut().rev() {
@@ -387,14 +320,6 @@ fn counter(log: &str, name: &str) -> u64 {
         })
         .and_then(|d| d.parse().ok())
         .unwrap_or(0)
-}
-
-fn sha256(path: &Path) -> String {
-    must(&format!("sha256sum {}", path.display()))
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn indirect_route(encap: &str) {
