@@ -354,12 +354,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = scold_proto::control::NodeInfo {
-        address: cfg.control.address,
-        organisation: cfg.control.organisation.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        ..Default::default()
-    };
+    let info = cfg.control.node_info(None);
     let link = crate::control::Link::start(
         scold_proto::identity::Role::Client,
         &cfg.control,

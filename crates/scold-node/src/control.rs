@@ -76,6 +76,17 @@ impl ControlSection {
         Ok(())
     }
 
+    /// What this node tells the coordinator about itself when it registers.
+    pub fn node_info(&self, tunnel: Option<TunnelInfo>) -> NodeInfo {
+        NodeInfo {
+            address: self.address,
+            capacity_mbps: self.capacity_mbps,
+            organisation: self.organisation.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tunnel,
+        }
+    }
+
     /// The tunnel end point announced to the coordinator.
     pub fn tunnel_info(
         &self,

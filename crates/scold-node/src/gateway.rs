@@ -160,13 +160,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = scold_proto::control::NodeInfo {
-        address: cfg.control.address,
-        capacity_mbps: cfg.control.capacity_mbps,
-        organisation: cfg.control.organisation.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        tunnel: cfg.control.tunnel_info(&cfg.tunnel, &path)?,
-    };
+    let info = cfg
+        .control
+        .node_info(cfg.control.tunnel_info(&cfg.tunnel, &path)?);
     if cfg.control.coordinator.is_some() && info.tunnel.as_ref().is_none_or(|t| t.inside.is_none())
     {
         tracing::warn!("[control] has no inside address: the coordinator cannot give the target its return path");

@@ -311,13 +311,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = scold_proto::control::NodeInfo {
-        address: cfg.control.address,
-        capacity_mbps: cfg.control.capacity_mbps,
-        organisation: cfg.control.organisation.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        tunnel: cfg.control.tunnel_info(&cfg.tunnel, &path)?,
-    };
+    let info = cfg
+        .control
+        .node_info(cfg.control.tunnel_info(&cfg.tunnel, &path)?);
     let notifier = control::Notifier::from_config(&cfg.notify, &path)?;
     let link = control::Link::start(
         scold_proto::identity::Role::Proxy,

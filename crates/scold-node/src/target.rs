@@ -163,13 +163,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = scold_proto::control::NodeInfo {
-        address: cfg.control.address.or(cfg.source),
-        capacity_mbps: cfg.control.capacity_mbps,
-        organisation: cfg.control.organisation.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        tunnel: None,
-    };
+    let mut info = cfg.control.node_info(None);
+    info.address = info.address.or(cfg.source);
     let link = control::Link::start(
         scold_proto::identity::Role::Target,
         &cfg.control,
