@@ -249,3 +249,30 @@ impl Sysctl {
         }
     }
 }
+
+/// The start every daemon shares: `--example-config` and `--genkey` print and finish,
+/// the config file is loaded, `--check` reports it valid and finishes. Returns the file
+/// and its config when the daemon is to run.
+pub fn prepare<C>(
+    example: &str,
+    flags: (bool, bool, bool),
+    config: Option<PathBuf>,
+    load: impl FnOnce(&Path) -> anyhow::Result<C>,
+) -> anyhow::Result<Option<(PathBuf, C)>> {
+    let (example_config, genkey, check) = flags;
+    if example_config {
+        print!("{example}");
+        return Ok(None);
+    }
+    if genkey {
+        print_genkey()?;
+        return Ok(None);
+    }
+    let path = config.context("--config FILE is required (or --example-config)")?;
+    let cfg = load(&path)?;
+    if check {
+        println!("{}: ok", path.display());
+        return Ok(None);
+    }
+    Ok(Some((path, cfg)))
+}

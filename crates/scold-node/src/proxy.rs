@@ -297,19 +297,10 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    if a.example_config {
-        print!("{EXAMPLE}");
+    let flags = (a.example_config, a.genkey, a.check);
+    let Some((path, cfg)) = common::prepare(EXAMPLE, flags, a.config, Config::load)? else {
         return Ok(());
-    }
-    if a.genkey {
-        return common::print_genkey();
-    }
-    let path = a.config.expect("clap requires --config");
-    let cfg = Config::load(&path)?;
-    if a.check {
-        println!("{}: ok", path.display());
-        return Ok(());
-    }
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let info = cfg
         .control
