@@ -353,6 +353,29 @@ impl fmt::Debug for Trust {
 }
 
 impl Trust {
+    /// Handshake signature check with this trust's provider: the same for both verifier
+    /// directions, so both delegate here.
+    fn verify_signature(
+        &self,
+        tls13: bool,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        if tls13 {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        } else {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        }
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
     fn new(
         provider: Arc<CryptoProvider>,
         ca_der: CertificateDer<'static>,
@@ -566,12 +589,7 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.trust.provider.signature_verification_algorithms,
-        )
+        self.trust.verify_signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -580,19 +598,11 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.trust.provider.signature_verification_algorithms,
-        )
+        self.trust.verify_signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust
-            .provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.trust.schemes()
     }
 }
 
@@ -642,12 +652,7 @@ impl ServerCertVerifier for RoleCheckingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.trust.provider.signature_verification_algorithms,
-        )
+        self.trust.verify_signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -656,18 +661,10 @@ impl ServerCertVerifier for RoleCheckingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.trust.provider.signature_verification_algorithms,
-        )
+        self.trust.verify_signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust
-            .provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.trust.schemes()
     }
 }
