@@ -22,17 +22,22 @@
 //! g 10.3.0.1 -- 10.3.0.2 t 10.4.0.2 -- 10.4.0.1 r
 //! ```
 
-use scold_pki::{Ca, CaInit, Identity, Role, Validity};
+use scold_pki::{Ca, CaInit};
 use scold_tunnel::keys;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::net::{
+    alt_rfc3597, issue_proxy, start_scold_dns, start_scold_resolver, zone_text, Net, UpdateKey,
+};
 use common::*;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Each test builds eight namespaces and a dozen processes; one at a time keeps a 2-core
+/// machine's timing (probes, failover) meaningful.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const ZONE: &str = "site.example";
 const TSIG_SECRET: &str = "c2NvbGQtY2xpZW50LWFnZW50LXRlc3Qta2V5LTAwMDE=";
@@ -43,245 +48,49 @@ fn keypair() -> (String, String) {
     (private, public)
 }
 
-const NAMESPACES: [&str; 8] = ["n", "c", "d", "p1", "p2", "g", "t", "r"];
-
-struct Lab {
-    s: String,
-    dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        for (tool, pkg) in [
-            ("ip", "iproute2"),
+/// The topology drawn at the top of this file.
+fn lab() -> Net {
+    let mut lab = Net::new(
+        "",
+        &["n", "c", "d", "p1", "p2", "g", "t", "r"],
+        &[
             ("ping", "iputils-ping"),
             ("curl", "curl"),
             ("getent", "libc-bin"),
             ("nsupdate", "bind9-dnsutils"),
             ("python3", "python3"),
-            ("timeout", "coreutils"),
-        ] {
-            require(tool, pkg);
-        }
-        assert!(
-            is_root(),
-            "these tests build network namespaces and need root"
-        );
-        let s = format!(
-            "{}{}",
-            std::process::id() % 100000,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab {
-            s,
-            dir: tempfile::tempdir().expect("tempdir"),
-            children: Vec::new(),
-        };
-        let s = &lab.s;
-        for n in NAMESPACES {
-            must(&format!(
-                "ip netns add {n}{s} && ip -n {n}{s} link set lo up"
-            ));
-        }
-        must(&format!(
-            "ip -n n{s} link add br{s} type bridge && ip -n n{s} link set br{s} up"
-        ));
-        for n in ["c", "d", "p1", "p2"] {
-            must(&format!(
-                "ip link add {n}x{s} type veth peer name x{n}{s} && \
-                 ip link set {n}x{s} netns {n}{s} && ip link set x{n}{s} netns n{s} && \
-                 ip -n n{s} link set x{n}{s} master br{s} && ip -n n{s} link set x{n}{s} up"
-            ));
-        }
-        for (a, b) in [("p1", "g"), ("p2", "g"), ("g", "t"), ("t", "r")] {
-            let (ab, ba) = (format!("{a}{b}{s}"), format!("{b}{a}{s}"));
-            must(&format!(
-                "ip link add {ab} type veth peer name {ba} && \
-                 ip link set {ab} netns {a}{s} && ip link set {ba} netns {b}{s}"
-            ));
-        }
-        for (ns, dev, addr) in [
-            ("c", "cx", "10.1.0.2/24"),
-            ("d", "dx", "10.1.0.53/24"),
-            ("d", "dx", "10.1.0.54/24"),
-            ("p1", "p1x", "10.1.0.11/24"),
-            ("p2", "p2x", "10.1.0.12/24"),
-            ("p1", "p1g", "10.2.1.1/24"),
-            ("g", "gp1", "10.2.1.2/24"),
-            ("p2", "p2g", "10.2.2.1/24"),
-            ("g", "gp2", "10.2.2.2/24"),
-            ("g", "gt", "10.3.0.1/24"),
-            ("t", "tg", "10.3.0.2/24"),
-            ("t", "tr", "10.4.0.2/24"),
-            ("r", "rt", "10.4.0.1/24"),
-        ] {
-            must(&format!(
-                "ip -n {ns}{s} addr add {addr} dev {dev}{s} && ip -n {ns}{s} link set {dev}{s} up"
-            ));
-        }
-        must(&format!("ip -n t{s} route add default via 10.4.0.1"));
-        must(&format!("ip -n g{s} route add 10.4.0.0/24 via 10.3.0.2"));
-        // `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: the
-        // client's applications ask the agent, as on a host whose resolv.conf names it.
-        let etc = lab.etc_netns();
-        std::fs::create_dir_all(&etc).expect("mkdir /etc/netns/...");
-        std::fs::write(
-            etc.join("resolv.conf"),
-            "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n",
-        )
-        .expect("write resolv.conf");
-        lab
+        ],
+    );
+    lab.set_log_filter("info,scold_node=debug");
+    lab.bridge("n");
+    for n in ["c", "d", "p1", "p2"] {
+        lab.bridge_port("n", n);
     }
-
-    fn etc_netns(&self) -> PathBuf {
-        PathBuf::from(format!("/etc/netns/c{}", self.s))
+    for (a, b) in [("p1", "g"), ("p2", "g"), ("g", "t"), ("t", "r")] {
+        lab.link(a, b, None, None);
     }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{n}{}", self.s)
+    for (ns, dev, addr) in [
+        ("c", "cx", "10.1.0.2/24"),
+        ("d", "dx", "10.1.0.53/24"),
+        ("d", "dx", "10.1.0.54/24"),
+        ("p1", "p1x", "10.1.0.11/24"),
+        ("p2", "p2x", "10.1.0.12/24"),
+        ("p1", "p1g", "10.2.1.1/24"),
+        ("g", "gp1", "10.2.1.2/24"),
+        ("p2", "p2g", "10.2.2.1/24"),
+        ("g", "gp2", "10.2.2.2/24"),
+        ("g", "gt", "10.3.0.1/24"),
+        ("t", "tg", "10.3.0.2/24"),
+        ("t", "tr", "10.4.0.2/24"),
+        ("r", "rt", "10.4.0.1/24"),
+    ] {
+        lab.addr(ns, &lab.dev(dev), addr);
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write file");
-        p
-    }
-
-    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
-        let log = std::fs::File::create(self.path(&format!("{label}.log"))).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n)])
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-        self.children.push((label.to_string(), child));
-    }
-
-    fn scold(&mut self, n: &str, label: &str, role: &str, config: &Path) {
-        let bin = scold_bin();
-        let cfg = config.to_str().expect("utf-8 path").to_string();
-        self.spawn(
-            n,
-            label,
-            &[
-                bin.to_str().expect("utf-8"),
-                "--log",
-                "info,scold_node=debug",
-                role,
-                "--config",
-                &cfg,
-            ],
-        );
-    }
-
-    fn child(&mut self, label: &str) -> Child {
-        let i = self
-            .children
-            .iter()
-            .position(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"));
-        self.children.remove(i).1
-    }
-
-    fn stop(&mut self, label: &str) {
-        let mut c = self.child(label);
-        terminate(&mut c);
-    }
-
-    /// Kills a process at once (SIGKILL, by its PID): a proxy that dies without a word.
-    fn kill(&mut self, label: &str) {
-        let mut c = self.child(label);
-        let _ = Command::new("kill")
-            .args(["-KILL", &c.id().to_string()])
-            .status();
-        let _ = c.wait();
-    }
-
-    /// A process's output, without terminal colour codes.
-    fn log(&self, label: &str) -> String {
-        let raw = std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters final-byte
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    fn logs(&self) -> String {
-        self.children
-            .iter()
-            .map(|(l, _)| format!("--- {l}\n{}", self.log(l)))
-            .collect()
-    }
-
-    fn wait_log(&self, label: &str, text: &str, secs: u64) {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if self.log(label).contains(text) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{label} never logged {text:?}:\n{}", self.logs());
-    }
-
-    fn exec(&self, n: &str, cmd: &str) -> std::process::Output {
-        sh(&format!("timeout 60 ip netns exec {} {cmd}", self.ns(n)))
-    }
-
-    fn out(&self, n: &str, cmd: &str) -> String {
-        let o = self.exec(n, cmd);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    }
-
-    /// Rules and every table but the kernel's local one (which changes by itself).
-    fn routing(&self, n: &str) -> String {
-        let out = self.exec(
-            n,
-            "sh -c 'ip rule; ip -6 rule; ip route show table all; ip -6 route show table all'",
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.contains("fe80::") && !l.contains("table local"))
-            .map(|l| l.replace(" linkdown", ""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.children.iter_mut().rev() {
-            terminate(c);
-        }
-        for n in NAMESPACES {
-            let _ = sh(&format!("ip netns del {n}{}", self.s));
-        }
-        let _ = std::fs::remove_dir_all(self.etc_netns());
-    }
+    lab.route("t", "default via 10.4.0.1");
+    lab.route("g", "10.4.0.0/24 via 10.3.0.2");
+    // The client's applications ask the agent, as on a host whose resolv.conf names it.
+    lab.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
+    lab
 }
 
 /// Keys, certificates and configs of one run.
@@ -292,21 +101,8 @@ struct Setup {
     ca: PathBuf,
 }
 
-fn issue(ca: &mut Ca, name: &str, ip: &str, out: &Path) -> (PathBuf, PathBuf) {
-    let p = ca
-        .issue(
-            &Identity::new(Role::Proxy, name).expect("identity"),
-            &[ip.parse().expect("ip")],
-            &[],
-            Validity::days(1),
-            out,
-        )
-        .expect("issue");
-    (p.cert, p.key)
-}
-
 impl Setup {
-    fn new(lab: &Lab) -> Setup {
+    fn new(lab: &Net) -> Setup {
         let mut ca = Ca::init(&lab.path("ca"), &CaInit::default()).expect("CA");
         let ca_cert = ca.cert_path();
         let certs = lab.path("certs");
@@ -317,53 +113,60 @@ impl Setup {
             ca: ca_cert,
         };
         for (i, ip) in [(1, "10.1.0.11"), (2, "10.1.0.12")] {
-            issue(&mut ca, &format!("p{i}"), ip, &certs);
+            issue_proxy(&mut ca, &format!("p{i}"), ip, &certs);
         }
         s
     }
 }
 
+/// The site's zone with `www` at the target and `alts` as its ALT set, every other one
+/// in the RFC 3597 form as an unmodified tool would write it.
 fn zone_file(alts: &[&str]) -> String {
-    let mut z = format!(
-        "$ORIGIN {ZONE}.\n$TTL 2\n\
-         @ IN SOA ns.{ZONE}. admin.{ZONE}. 1 60 60 600 1\n\
-         @ IN NS ns\nns IN A 10.1.0.54\nwww IN A 10.4.0.2\n"
-    );
+    let mut records = vec!["www IN A 10.4.0.2".to_string()];
     for (i, a) in alts.iter().enumerate() {
-        if i % 2 == 0 {
-            z.push_str(&format!("www IN ALT {a}\n"));
+        records.push(if i % 2 == 0 {
+            format!("www IN ALT {a}")
         } else {
-            // The RFC 3597 form, as an unmodified tool would write it.
-            let ip: std::net::Ipv4Addr = a.parse().expect("ipv4");
-            let hex: String = ip.octets().iter().map(|b| format!("{b:02X}")).collect();
-            z.push_str(&format!("www IN TYPE65280 \\# 4 {hex}\n"));
-        }
+            format!("www IN {}", alt_rfc3597(a))
+        });
     }
-    z
+    zone_text(ZONE, 2, 1, "10.1.0.54", &records)
+}
+
+/// Starts TargetDNS (with `alts` in the zone).
+fn start_target_dns(lab: &mut Net, alts: &[&str]) {
+    let names = format!("[\"*.{ZONE}\"]");
+    start_scold_dns(
+        lab,
+        "d",
+        "dns",
+        "10.1.0.54:53",
+        ZONE,
+        &zone_file(alts),
+        Some(UpdateKey {
+            name: "coord",
+            secret: TSIG_SECRET,
+            names: &names,
+            types: "[\"ALT\", \"A\"]",
+        }),
+    );
 }
 
 /// Starts TargetDNS (with `alts` in the zone) and ClientDNS.
-fn start_dns(lab: &mut Lab, alts: &[&str]) {
-    lab.write("site.zone", &zone_file(alts));
-    let dns = lab.write(
-        "dns.toml",
-        &format!(
-            "listen = [\"10.1.0.54:53\"]\njournal = \"dns.journal\"\n\
-             [[zone]]\nname = \"{ZONE}\"\nfile = \"site.zone\"\n\
-             [[key]]\nname = \"coord\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{TSIG_SECRET}\"\n\
-             [[key.allow]]\nnames = [\"*.{ZONE}\"]\ntypes = [\"ALT\", \"A\"]\n"
-        ),
+fn start_dns(lab: &mut Net, alts: &[&str]) {
+    start_target_dns(lab, alts);
+    start_scold_resolver(
+        lab,
+        "d",
+        "resolver",
+        "10.1.0.53:53",
+        "10.1.0.54:53",
+        "upstream_timeout_ms = 1000\n",
     );
-    let resolver = lab.write(
-        "resolver.toml",
-        "listen = [\"10.1.0.53:53\"]\nupstream = [\"10.1.0.54:53\"]\nupstream_timeout_ms = 1000\n",
-    );
-    lab.scold("d", "dns", "dns", &dns);
-    lab.scold("d", "resolver", "resolver", &resolver);
 }
 
 /// Starts the gateway, the target, the two proxies and the target's web server.
-fn start_path(lab: &mut Lab, st: &Setup, admission: [&str; 2]) {
+fn start_path(lab: &mut Net, st: &Setup, admission: [&str; 2]) {
     let s = lab.s.clone();
     let gw = lab.write(
         "gateway.toml",
@@ -421,7 +224,7 @@ fn admission_tls(certs: &str, n: u32) -> String {
     format!("ca = \"{certs}/ca.crt\"\ncert = \"{certs}/proxy-p{n}.crt\"\nkey = \"{certs}/proxy-p{n}.key\"\n")
 }
 
-fn start_agent(lab: &mut Lab, st: &Setup) {
+fn start_agent(lab: &mut Net, st: &Setup) {
     let s = lab.s.clone();
     let cfg = lab.write(
         "client.toml",
@@ -458,7 +261,7 @@ fn replied(out: &str) -> Vec<u32> {
 /// Runs a bounded ping loop (200 pings, 50 ms apart) to the target, breaks the proxy in
 /// use with `brk` after one second, and checks that the loop gets through again by
 /// `expect`; prints the longest gap seen (a measurement, not an assertion).
-fn failover(lab: &mut Lab, what: &str, expect: &str, brk: impl FnOnce(&mut Lab)) {
+fn failover(lab: &mut Net, what: &str, expect: &str, brk: impl FnOnce(&mut Net)) {
     let pinglog = lab.path(&format!("failover-{what}.log"));
     let mut pinger = Command::new("sh")
         .arg("-c")
@@ -507,7 +310,8 @@ fn failover(lab: &mut Lab, what: &str, expect: &str, brk: impl FnOnce(&mut Lab))
 
 #[test]
 fn agent_sets_up_fails_over_and_tears_down() {
-    let mut lab = Lab::new();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
     let st = Setup::new(&lab);
     start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
     start_path(
@@ -523,7 +327,7 @@ fn agent_sets_up_fails_over_and_tears_down() {
         "the target answers without the indirect route: the topology is wrong"
     );
     start_agent(&mut lab, &st);
-    let before = lab.routing("c");
+    let before = lab.routing("c", false);
 
     // An unmodified application's lookup brings the route up before it gets its answer.
     let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
@@ -581,7 +385,7 @@ fn agent_sets_up_fails_over_and_tears_down() {
 
     // Then the proxy now in use dies (SIGKILL): the agent goes back to the first one,
     // which answers again.
-    failover(&mut lab, "killed", &first, |lab| lab.kill(p_other.1));
+    failover(&mut lab, "killed", &first, |lab| lab.kill9(p_other.1));
     assert_eq!(
         lab.log("client").matches("failover done").count(),
         2,
@@ -603,11 +407,11 @@ fn agent_sets_up_fails_over_and_tears_down() {
     );
     assert!(o.status.success(), "nsupdate: {o:?}");
     let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end && lab.routing("c") != before {
+    while Instant::now() < end && lab.routing("c", false) != before {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        lab.routing("c"),
+        lab.routing("c", false),
         before,
         "routing not restored after the ALT records went:\n{}",
         lab.logs()
@@ -618,11 +422,11 @@ fn agent_sets_up_fails_over_and_tears_down() {
     // The name still resolves normally; without ALT nothing is set up again.
     let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
     assert!(hosts.contains("10.4.0.2"), "{hosts}");
-    assert_eq!(lab.routing("c"), before);
+    assert_eq!(lab.routing("c", false), before);
 
     lab.stop("client");
     assert_eq!(
-        lab.routing("c"),
+        lab.routing("c", false),
         before,
         "routing changed by the agent's exit"
     );
@@ -635,10 +439,11 @@ fn agent_sets_up_fails_over_and_tears_down() {
 /// routing stays as it was.
 #[test]
 fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
-    let mut lab = Lab::new();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
     let st = Setup::new(&lab);
     let mut other = Ca::init(&lab.path("other-ca"), &CaInit::default()).expect("CA");
-    issue(&mut other, "p1", "10.1.0.11", &lab.path("rogue"));
+    issue_proxy(&mut other, "p1", "10.1.0.11", &lab.path("rogue"));
     start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
     let rogue =
         "ca = \"rogue/ca.crt\"\ncert = \"rogue/proxy-p1.crt\"\nkey = \"rogue/proxy-p1.key\"\n";
@@ -650,7 +455,7 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
     lab.wait_log("proxy1", "admission server listening", 15);
     lab.wait_log("proxy2", "admission server listening", 15);
     start_agent(&mut lab, &st);
-    let before = lab.routing("c");
+    let before = lab.routing("c", false);
 
     let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
     assert!(
@@ -678,7 +483,7 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
     );
     assert!(!clog.contains("indirect route up"), "{clog}");
     assert_eq!(
-        lab.routing("c"),
+        lab.routing("c", false),
         before,
         "a refused proxy left routes behind"
     );

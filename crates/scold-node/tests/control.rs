@@ -15,334 +15,23 @@
 //! (nftables), `sha256sum`, `timeout` (coreutils) and a built binary (`cargo build -p
 //! scold`, or SCOLD_BIN=/path/to/scold).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::*;
+use common::consortium::{consortium, control_tls, serve_payload};
+use common::must;
+use common::net::{ca_issue, Net};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// The tests build seven namespaces each; one at a time keeps a 2-core machine usable.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const SECRET: &str = "c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=";
 const NOTIFY_SECRET: &str = "cHJveHktbm90aWZ5LXRlc3Qtc2VjcmV0LTAxMjM0NTY=";
 
-const NS: [&str; 7] = ["k", "c", "a", "b", "g", "t", "r"];
-
-/// Namespaces (suffixed with a per-test id):
-///
-/// ```text
-///            k: coordinator, scold dns, scold resolver (10.9.N.1 towards each node)
-///           /  |  \   \
-///  c 10.1.0.2 -- 10.1.0.1 a (proxy p1) 10.2.0.1 -- 10.2.0.2 \
-///  c 10.5.0.2 -- 10.5.0.1 b (proxy p2) 10.6.0.1 -- 10.6.0.2  g (gateway gw1, 10.7.0.1)
-///                                                 g 10.3.0.1 -- 10.3.0.2 t (target web)
-///                                                 t 10.4.0.2 -- 10.4.0.1 r (main link)
-/// ```
-///
-/// r has no route back to the client: replies that leave by the main link are lost,
-/// so only the return path through g works. The client has no route to the target
-/// but its tunnel.
-struct Net {
-    s: String,
-    dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
-}
-
-impl Net {
-    fn new() -> Net {
-        assert!(
-            is_root(),
-            "these tests build network namespaces and need root"
-        );
-        for (t, p) in [
-            ("ip", "iproute2"),
-            ("ping", "iputils-ping"),
-            ("socat", "socat"),
-            ("hping3", "hping3"),
-            ("nft", "nftables"),
-            ("sha256sum", "coreutils"),
-            ("timeout", "coreutils"),
-        ] {
-            require(t, p);
-        }
-        let s = format!(
-            "{}{}",
-            std::process::id() % 100000,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let net = Net {
-            s,
-            dir: tempfile::tempdir().expect("tempdir"),
-            children: Vec::new(),
-        };
-        let s = &net.s;
-        for n in NS {
-            must(&format!(
-                "ip netns add w{n}{s} && ip -n w{n}{s} link set lo up"
-            ));
-        }
-        let links = [
-            ("k", "a", "10.9.1.1/24", "10.9.1.2/24"),
-            ("k", "b", "10.9.2.1/24", "10.9.2.2/24"),
-            ("k", "g", "10.9.3.1/24", "10.9.3.2/24"),
-            ("k", "t", "10.9.4.1/24", "10.9.4.2/24"),
-            ("c", "a", "10.1.0.2/24", "10.1.0.1/24"),
-            ("c", "b", "10.5.0.2/24", "10.5.0.1/24"),
-            ("a", "g", "10.2.0.1/24", "10.2.0.2/24"),
-            ("b", "g", "10.6.0.1/24", "10.6.0.2/24"),
-            ("g", "t", "10.3.0.1/24", "10.3.0.2/24"),
-            ("t", "r", "10.4.0.2/24", "10.4.0.1/24"),
-        ];
-        for (x, y, ax, ay) in links {
-            must(&format!(
-                "ip link add {x}{y}{s} type veth peer name {y}{x}{s} && \
-                 ip link set {x}{y}{s} netns w{x}{s} && ip link set {y}{x}{s} netns w{y}{s} && \
-                 ip -n w{x}{s} addr add {ax} dev {x}{y}{s} && ip -n w{x}{s} link set {x}{y}{s} up && \
-                 ip -n w{y}{s} addr add {ay} dev {y}{x}{s} && ip -n w{y}{s} link set {y}{x}{s} up"
-            ));
-        }
-        must(&format!("ip -n wg{s} addr add 10.7.0.1/32 dev lo"));
-        must(&format!("ip -n wg{s} route add 10.4.0.0/24 via 10.3.0.2"));
-        must(&format!("ip -n wa{s} route add 10.7.0.1/32 via 10.2.0.2"));
-        must(&format!("ip -n wb{s} route add 10.7.0.1/32 via 10.6.0.2"));
-        must(&format!("ip -n wt{s} route add default via 10.4.0.1"));
-        net
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("w{n}{}", self.s)
-    }
-
-    fn dev(&self, d: &str) -> String {
-        format!("{d}{}", self.s)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn p(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        std::fs::write(self.path(name), text).expect("write config");
-        self.p(name)
-    }
-
-    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
-        let log = std::fs::File::create(self.path(&format!("{label}.log"))).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n)])
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-        self.children.push((label.to_string(), child));
-    }
-
-    fn scold(&mut self, n: &str, label: &str, role: &str, config: &str) {
-        let bin = scold_bin().display().to_string();
-        self.spawn(n, label, &[&bin, role, "--config", config]);
-    }
-
-    fn stop(&mut self, label: &str) {
-        let i = self
-            .children
-            .iter()
-            .position(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"));
-        let (_, mut child) = self.children.remove(i);
-        terminate(&mut child);
-    }
-
-    /// SIGKILL by PID: the process gets no chance to say goodbye.
-    fn kill9(&mut self, label: &str) {
-        let i = self
-            .children
-            .iter()
-            .position(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"));
-        let (_, mut child) = self.children.remove(i);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    fn log(&self, label: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        self.children
-            .iter()
-            .map(|(l, _)| {
-                let log = self.log(l);
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {l}\n{}\n", tail.join("\n"))
-            })
-            .collect()
-    }
-
-    fn wait_log(&self, label: &str, text: &str, secs: u64) {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if self.log(label).contains(text) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{label} never logged {text:?}\n{}", self.logs());
-    }
-
-    fn exec(&self, n: &str, cmd: &str) -> std::process::Output {
-        sh(&format!("timeout 30 ip netns exec {} {cmd}", self.ns(n)))
-    }
-
-    fn ping(&self, count: u32) -> bool {
-        self.exec("c", &format!("ping -n -q -c {count} -i 0.2 -W 1 10.4.0.2"))
-            .status
-            .success()
-    }
-
-    fn wait_ping(&self) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if self.ping(1) {
-                return;
-            }
-        }
-        panic!(
-            "no ping through the indirect route in 20 s\n{}",
-            self.logs()
-        );
-    }
-
-    /// Fetches the target's file over TCP through the tunnel and compares checksums.
-    fn fetch(&self, name: &str) {
-        let out = self.path(name);
-        let o = self.exec(
-            "c",
-            &format!(
-                "timeout 20 socat -u TCP:10.4.0.2:8080,connect-timeout=5 CREATE:{}",
-                out.display()
-            ),
-        );
-        assert!(
-            o.status.success(),
-            "fetch failed: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
-        assert_eq!(
-            sha256(&out),
-            sha256(&self.path("payload.bin")),
-            "the fetched file differs"
-        );
-    }
-
-    /// What SCOLD may touch on the target: rules, every table but the kernel's local
-    /// one, and the nftables ruleset.
-    fn target_state(&self) -> String {
-        let out = self.exec(
-            "t",
-            "sh -c 'ip rule; ip -6 rule; ip route show table all; ip -6 route show table all; nft list ruleset'",
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.contains("fe80::") && !l.contains("table local"))
-            .map(|l| l.replace(" linkdown", ""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn scold_cli(&self, n: &str, args: &str) -> std::process::Output {
-        self.exec(n, &format!("{} {args}", scold_bin().display()))
-    }
-
-    fn ctl(&self, args: &str) -> String {
-        let certs = self.p("certs");
-        let o = self.scold_cli(
-            "k",
-            &format!(
-                "ctl --coordinator 127.0.0.1:7800 --ca {certs}/ca.crt --cert {certs}/operator-admin.crt --key {certs}/operator-admin.key --timeout 5 {args}"
-            ),
-        );
-        assert!(
-            o.status.success(),
-            "scold ctl {args} failed: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ctl("--json status")).expect("status JSON");
-        v
-    }
-
-    /// Polls the status until `pred` holds, up to `secs`.
-    fn wait_status(
-        &self,
-        what: &str,
-        secs: u64,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let end = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            if Instant::now() >= end {
-                panic!("never saw {what} in {secs} s: {s:#}\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn wait_phase(&self, phase: &str, proxies: &[&str], secs: u64) -> serde_json::Value {
-        self.wait_status(&format!("phase {phase} with {proxies:?}"), secs, |s| {
-            let t = &s["targets"][0];
-            t["phase"] == phase
-                && t["proxies"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .map(|p| p.as_str().unwrap_or(""))
-                        .eq(proxies.iter().copied())
-                })
-        })
-    }
-
-    fn wait_nodes_up(&self) {
-        self.wait_status("p1, p2 and gw1 up", 20, |s| {
-            let up = |list: &serde_json::Value, name: &str| {
-                list.as_array()
-                    .is_some_and(|a| a.iter().any(|n| n["name"] == name && n["health"] == "up"))
-            };
-            up(&s["proxies"], "p1") && up(&s["proxies"], "p2") && up(&s["gateways"], "gw1")
-        });
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for (_, c) in self.children.iter_mut().rev() {
-            terminate(c);
-        }
-        for n in NS {
-            let _ = sh(&format!("ip netns del w{n}{}", self.s));
-        }
-    }
+/// The topology of [`consortium`]: the client has a link to each proxy and nothing else.
+fn net() -> Net {
+    consortium(false, &[("hping3", "hping3"), ("nft", "nftables")])
 }
 
 /// Extra config text per role, for what a test exercises.
@@ -354,27 +43,22 @@ struct Extra {
 
 /// Certificates, configs and every process but the clients.
 fn start(net: &mut Net, extra: Extra) {
-    let bin = scold_bin().display().to_string();
     let ca = net.p("ca");
     let certs = net.p("certs");
-    must(&format!("{bin} ca --dir {ca} init"));
-    for (role, name) in [
-        ("coordinator", "main"),
-        ("operator", "admin"),
-        ("proxy", "p1"),
-        ("proxy", "p2"),
-        ("gateway", "gw1"),
-        ("target", "web"),
-    ] {
-        must(&format!(
-            "{bin} ca --dir {ca} issue --role {role} --name {name} --out {certs}"
-        ));
-    }
-    let tls = |role: &str, name: &str| {
-        format!(
-            "[control.tls]\nca = \"{certs}/ca.crt\"\ncert = \"{certs}/{role}-{name}.crt\"\nkey = \"{certs}/{role}-{name}.key\"\ncrl = \"{ca}/crl.pem\"\n"
-        )
-    };
+    ca_issue(
+        net,
+        "ca",
+        "certs",
+        &[
+            ("coordinator", "main"),
+            ("operator", "admin"),
+            ("proxy", "p1"),
+            ("proxy", "p2"),
+            ("gateway", "gw1"),
+            ("target", "web"),
+        ],
+    );
+    let tls = |role: &str, name: &str| control_tls(net, role, name);
 
     // TargetDNS and a client site's resolver, in the control namespace.
     net.write(
@@ -467,19 +151,7 @@ key = "hmac-sha256:coordinator:{SECRET}"
     );
 
     // A file the target serves, fetched through the tunnel.
-    let payload = net.path("payload.bin");
-    must(&format!(
-        "head -c 400000 /dev/urandom > {}",
-        payload.display()
-    ));
-    // socat itself, not through `sh -c`: the clean-up stops the PID it started, and a
-    // shell in between would leave socat running after the test.
-    let file = format!("FILE:{}", payload.display());
-    net.spawn(
-        "t",
-        "web-server",
-        &["socat", "-U", "TCP-LISTEN:8080,reuseaddr,fork", &file],
-    );
+    serve_payload(net, 400_000);
 
     net.scold("k", "dns", "dns", &dns);
     net.scold("k", "resolver", "resolver", &resolver);
@@ -510,7 +182,7 @@ fn client(net: &mut Net, label: &str, source: &str, proxy: &str, tun: &str) {
 #[test]
 fn divert_reset_and_restore_end_to_end() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = Net::new();
+    let mut net = net();
     // Strict reverse-path filtering, as many distributions ship it: the gateway's packets
     // carry client sources that route out of the main link, so the return path must
     // loosen it while it exists and put it back afterwards.
@@ -615,7 +287,7 @@ fn divert_reset_and_restore_end_to_end() {
 #[test]
 fn flood_on_the_main_link_diverts_and_calm_restores() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = Net::new();
+    let mut net = net();
     let before = net.target_state();
     let tr = net.dev("tr");
     start(
@@ -671,7 +343,7 @@ fn flood_on_the_main_link_diverts_and_calm_restores() {
 #[test]
 fn proxy_filter_blocks_a_flood_and_self_defence_resets_the_proxy() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = Net::new();
+    let mut net = net();
     let ac = net.dev("ac");
     let alerts = net.p("alerts.jsonl");
     start(

@@ -1,6 +1,10 @@
 //! Helpers shared by the namespace tests of the data-path daemons: the `scold` binary,
-//! required tools, shell commands, stopping a started process by its PID.
+//! required tools, shell commands, stopping a started process by its PID; [`net`] is the
+//! namespace harness itself.
 #![allow(dead_code)]
+
+pub mod consortium;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
