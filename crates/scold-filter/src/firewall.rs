@@ -645,6 +645,12 @@ impl Filter {
             .is_some_and(|&i| self.slots[i as usize].blocked_until > nanos(now))
     }
 
+    /// Whether events wait to be drained (cheap; for callers on a packet path that
+    /// hand events on only when there are some).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Take the pending events, oldest first.
     pub fn drain_events(&mut self) -> impl Iterator<Item = FilterEvent> + '_ {
         self.events.drain(..)
@@ -751,7 +757,9 @@ mod tests {
         assert_eq!(client_passed, 2500);
         // The attacker gets its burst plus a little before it is blocked.
         assert!(attacker_passed < 1000, "attacker passed {attacker_passed}");
+        assert!(f.has_events());
         let events: Vec<_> = f.drain_events().collect();
+        assert!(!f.has_events());
         assert_eq!(events.len(), 1, "{events:?}");
         match &events[0] {
             FilterEvent::Blocked { src, reason, .. } => {

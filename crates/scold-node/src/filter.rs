@@ -1,35 +1,48 @@
-//! `scold proxy`, defence part: the IDS/firewall on the proxy's link, traceback
-//! reports, and self-defence (paper Sections 2.1 and 4.4).
+//! `scold proxy`, defence part: the IDS/firewall, traceback reports, and self-defence
+//! (paper Sections 2.1 and 4.4).
 //!
-//! Where the filter sees packets: the packet engine of `scold-tunnel` decapsulates and
-//! relays client packets inside one task and offers no per-packet hook, so the filter
-//! cannot sit on the relay path itself. It watches the proxy's link instead: an
-//! AF_PACKET socket receives a copy of every incoming packet (headers only, cut in the
-//! kernel to [`SNAPLEN`] bytes), and [`scold_filter::Filter`] judges each one per
-//! source. The copy cannot be dropped, so a verdict takes effect through the kernel:
-//! a source the filter blocks goes into the nftables set of
-//! [`scold_filter::nft::NftBlocklist`], which drops it at prerouting before the tunnel
-//! socket, the NAT relays or anything else reads it.
+//! The filter judges traffic in two places, and every packet in exactly one of them:
 //!
-//! Tunnel datagrams (UDP to the tunnel port, or IP protocol 4) carry a client's inner
-//! packet; where it is clear text (udp, ipip encapsulation) the filter classifies the
-//! inner packet with the outer source, so a client tunnelling a SYN or UDP flood hits
-//! those buckets; WireGuard payloads are opaque and count under the packet and byte
-//! limits only. Admitted clients (sessions) are marked admitted; registered gateways
-//! are never judged.
+//! - **On the relay path** ([`SessionFilter`]): the packet engine of `scold-tunnel`
+//!   hands every inner packet of an admitted client session to this
+//!   [`scold_tunnel::Inspect`] implementation on its own thread, after decapsulation
+//!   (WireGuard's decrypted packets too) and before the packet is relayed. A
+//!   [`scold_filter::Filter`] owned by that thread judges it by the client's address
+//!   (the outer source) and the inner packet's class (UDP, ICMP, bare SYN), so a client
+//!   tunnelling a flood hits those buckets and its packets are dropped in user space
+//!   whatever the encapsulation. No lock, no allocation per packet; block and expiry
+//!   events and a once-a-second summary leave the engine thread through a bounded
+//!   channel with `try_send` (when it is full the engine drops the message and counts
+//!   it, never waits).
+//! - **On the link** (the watcher): an AF_PACKET socket receives a copy of every
+//!   packet arriving on the proxy's link (headers only, cut in the kernel to
+//!   [`SNAPLEN`] bytes) and a second `Filter` judges what the engine does not see:
+//!   traffic that is not tunnelled (a SYN flood at the proxy's own address, UDP to
+//!   other ports), and tunnel datagrams from addresses that are no admitted session
+//!   (the engine drops those unread, but only the kernel can keep them from costing
+//!   the proxy's CPU). Tunnel datagrams from admitted sessions and everything from
+//!   registered gateways are skipped here, so no packet is judged twice.
 //!
-//! Every `traceback_secs` the sources with the most drops go to the coordinator
-//! (`Traceback`). [`SelfDefence`] watches the link's counters and the CPU; when the
-//! proxy itself is overwhelmed it sends `ProxyAttacked`, and the coordinator resets the
-//! proxy out of every ALT set.
+//! Both filters' blocks take effect in the kernel too: a blocked source goes into the
+//! nftables set of [`scold_filter::nft::NftBlocklist`] with the block's duration as its
+//! timeout, and is dropped at prerouting before the tunnel socket, the NAT relays or the
+//! watcher's filter read it. Without nftables, the session filter still drops in user
+//! space, and the watcher only counts and reports.
+//!
+//! Alerts (blocked, expired) are JSON lines. Every `traceback_secs` the sources with the
+//! most drops in either filter go to the coordinator (`Traceback`). [`SelfDefence`]
+//! watches the link's counters and the CPU; when the proxy itself is overwhelmed it
+//! sends `ProxyAttacked`, and the coordinator resets the proxy out of every ALT set.
 
 use crate::control::{report_until_acknowledged, NodeContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use scold_filter::firewall::{Alert, FilterConfig, SourceLimits};
+use scold_filter::firewall::{Alert, FilterConfig, FilterStats, Offender, SourceLimits};
 use scold_filter::nft::{nft_available, NftBlocklist, NftConfig};
-use scold_filter::packet::{classify_lax, PacketInfo, Proto};
-use scold_filter::{Filter, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict};
+use scold_filter::packet::{classify, classify_lax, PacketInfo, Proto};
+use scold_filter::{
+    Filter, FilterEvent, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict,
+};
 use scold_proto::control::Request;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -46,6 +59,8 @@ use tokio::sync::mpsc;
 pub const SNAPLEN: u32 = 160;
 /// Packets read per wake-up before the timers get a turn.
 const READ_BUDGET: usize = 1024;
+/// Messages from the engine thread that may wait for the defence task.
+const ENGINE_QUEUE: usize = 1024;
 
 fn yes() -> bool {
     true
@@ -206,8 +221,11 @@ impl SelfDefenceSection {
 /// What the proxy's command path tells the filter.
 #[derive(Debug, Clone)]
 pub enum FilterUpdate {
-    /// A client session: admitted (exempt from the new-source budget, evicted last).
+    /// A client session: its tunnel datagrams are judged on the relay path; its other
+    /// traffic on the link is admitted (exempt from the new-source budget, evicted last).
     Admit(IpAddr),
+    /// The session ended: its tunnel datagrams are judged on the link again.
+    Dismiss(IpAddr),
     /// A tunnel peer (gateway): never judged.
     Exempt(IpAddr),
     Unexempt(IpAddr),
@@ -345,6 +363,30 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, val: &T) -> io::Result<()> 
     Ok(())
 }
 
+/// Whether a captured packet is a tunnel datagram (UDP to the tunnel port, or IP
+/// protocol 4 when ipip is on), i.e. what the engine reads.
+pub fn is_tunnel_datagram(packet: &[u8], tunnel: TunnelPorts) -> bool {
+    let Some(first) = packet.first() else {
+        return false;
+    };
+    let (ihl, proto) = match first >> 4 {
+        4 => (usize::from(first & 0x0f) * 4, packet.get(9)),
+        6 => (40, packet.get(6)),
+        _ => return false,
+    };
+    match proto {
+        Some(4) => tunnel.ipip && first >> 4 == 4,
+        Some(17) => {
+            tunnel.udp.is_some()
+                && packet
+                    .get(ihl + 2..ihl + 4)
+                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                    == tunnel.udp
+        }
+        _ => false,
+    }
+}
+
 /// The facts the filter judges a captured packet by: for clear-text tunnel datagrams
 /// the inner packet's class with the outer source and length.
 pub fn judge_info(packet: &[u8], tunnel: TunnelPorts) -> Option<PacketInfo> {
@@ -391,6 +433,94 @@ pub fn judge_info(packet: &[u8], tunnel: TunnelPorts) -> Option<PacketInfo> {
     }
 }
 
+/// What the session filter on the engine thread hands to the defence task.
+#[derive(Debug)]
+pub enum EngineReport {
+    /// A source blocked or released on the relay path.
+    Event(FilterEvent),
+    /// Once a second: the relay filter's counters, its top offenders, and how many
+    /// messages were lost because the queue was full.
+    Summary {
+        stats: FilterStats,
+        top: Vec<Offender>,
+        lost: u64,
+    },
+}
+
+/// The filter on the relay path: a [`scold_tunnel::Inspect`] the proxy installs in its
+/// packet engine. See the module documentation for what it judges.
+pub struct SessionFilter {
+    filter: Filter,
+    epoch: Instant,
+    tx: mpsc::Sender<EngineReport>,
+    next_summary: Instant,
+    top: usize,
+    lost: u64,
+}
+
+impl SessionFilter {
+    /// `cfg` as for the link's filter; the new-source budget is switched off, since
+    /// only admitted sessions reach the relay path. Reports go to `tx`, never waited on.
+    pub fn new(cfg: FilterConfig, top: usize, tx: mpsc::Sender<EngineReport>) -> Self {
+        let now = Instant::now();
+        SessionFilter {
+            filter: Filter::new(FilterConfig {
+                new_source_pps: None,
+                ..cfg
+            }),
+            epoch: now,
+            tx,
+            next_summary: now,
+            top,
+            lost: 0,
+        }
+    }
+
+    fn hand_on_events(&mut self) {
+        for e in self.filter.drain_events() {
+            if self.tx.try_send(EngineReport::Event(e)).is_err() {
+                self.lost += 1;
+            }
+        }
+    }
+}
+
+impl scold_tunnel::Inspect for SessionFilter {
+    fn check(&mut self, now: Instant, outer_src: IpAddr, inner: &[u8]) -> bool {
+        let t = now.saturating_duration_since(self.epoch);
+        // Judged by the client's address, whatever the inner source says (the engine
+        // checks that after this, and a spoofing client must still pay).
+        let info = match classify(inner).or_else(|_| classify_lax(inner)) {
+            Ok(i) => PacketInfo {
+                src: outer_src,
+                ..i
+            },
+            Err(_) => return false,
+        };
+        let pass = self.filter.check_info(t, &info) == Verdict::Pass;
+        if self.filter.has_events() {
+            self.hand_on_events();
+        }
+        pass
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if now < self.next_summary {
+            return;
+        }
+        self.next_summary = now + Duration::from_secs(1);
+        let t = now.saturating_duration_since(self.epoch);
+        self.filter.expire(t);
+        self.hand_on_events();
+        let summary = EngineReport::Summary {
+            stats: self.filter.stats(),
+            top: self.filter.top_offenders(t, self.top),
+            lost: self.lost,
+        };
+        let _ = self.tx.try_send(summary);
+    }
+}
+
 /// Filter metrics, set from the filter's counters once a second.
 #[derive(Clone, Default)]
 struct FilterMetrics {
@@ -399,6 +529,8 @@ struct FilterMetrics {
     blocks: Counter,
     blocked_now: Gauge,
     tracked: Gauge,
+    relay_dropped: Gauge,
+    events_lost: Gauge,
 }
 
 /// The running defence tasks; stop with [`Defence::stop`].
@@ -408,21 +540,29 @@ pub struct Defence {
 }
 
 impl Defence {
-    /// Starts the filter on its interface (and self-defence when configured). Returns
-    /// the sender the proxy uses to tell the filter about sessions and peers.
+    /// Starts the link's filter on its interface (and self-defence when configured).
+    /// Returns the sender the proxy uses to tell the filter about sessions and peers,
+    /// and with a `[filter]` the [`SessionFilter`] to install in the packet engine
+    /// (`State::set_inspector`).
     pub fn start(
         section: Option<&FilterSection>,
         selfdefence: Option<&SelfDefenceSection>,
         tunnel: TunnelPorts,
         ctx: &NodeContext,
-    ) -> anyhow::Result<(Defence, mpsc::UnboundedSender<FilterUpdate>)> {
+    ) -> anyhow::Result<(
+        Defence,
+        mpsc::UnboundedSender<FilterUpdate>,
+        Option<SessionFilter>,
+    )> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let mut nft = None;
+        let mut session = None;
         if let Some(section) = section {
-            let (task, n) = start_filter(section, rx, tunnel, ctx)?;
+            let (task, n, sf) = start_filter(section, rx, tunnel, ctx)?;
             tasks.push(task);
             nft = n;
+            session = Some(sf);
         }
         if let Some(sd) = selfdefence {
             let interface = sd
@@ -437,7 +577,7 @@ impl Defence {
                 ctx.clone(),
             )));
         }
-        Ok((Defence { tasks, nft }, tx))
+        Ok((Defence { tasks, nft }, tx, session))
     }
 
     /// Stops the tasks and removes the nftables table.
@@ -454,7 +594,11 @@ impl Defence {
     }
 }
 
-type FilterTask = (tokio::task::JoinHandle<()>, Option<NftBlocklist>);
+type FilterTask = (
+    tokio::task::JoinHandle<()>,
+    Option<NftBlocklist>,
+    SessionFilter,
+);
 
 fn start_filter(
     section: &FilterSection,
@@ -520,12 +664,27 @@ fn start_filter(
             "Sources the filter tracks",
             fm.tracked.clone(),
         );
+        r.register(
+            "filter_relay_dropped",
+            "Packets of admitted sessions the filter dropped on the relay path",
+            fm.relay_dropped.clone(),
+        );
+        r.register(
+            "filter_events_lost",
+            "Block/expiry events the engine thread could not hand on (queue full)",
+            fm.events_lost.clone(),
+        );
     });
-    tracing::info!(interface = %section.interface, nft = nft.is_some(), "proxy filter watching the link");
+    tracing::info!(interface = %section.interface, nft = nft.is_some(), "proxy filter on the relay path and watching the link");
+    let (etx, erx) = mpsc::channel(ENGINE_QUEUE);
+    let session = SessionFilter::new(cfg.clone(), section.traceback_top, etx);
     let task = tokio::spawn(run_filter(
         Filter::new(cfg),
-        capture,
-        rx,
+        Inputs {
+            capture,
+            updates: rx,
+            engine: erx,
+        },
         tunnel,
         nft.clone(),
         alerts,
@@ -533,14 +692,30 @@ fn start_filter(
         section.clone(),
         ctx.clone(),
     ));
-    Ok((task, nft))
+    Ok((task, nft, session))
+}
+
+/// What the filter task listens to.
+struct Inputs {
+    capture: AsyncFd<Capture>,
+    updates: mpsc::UnboundedReceiver<FilterUpdate>,
+    engine: mpsc::Receiver<EngineReport>,
+}
+
+/// The `n` sources with the most drops over both filters.
+fn merge_offenders(mut a: Vec<Offender>, b: &[Offender], n: usize) -> Vec<Offender> {
+    a.extend(b.iter().cloned());
+    a.sort_by_key(|o| std::cmp::Reverse(o.dropped_packets));
+    let mut seen = HashSet::new();
+    a.retain(|o| seen.insert(o.src));
+    a.truncate(n);
+    a
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run_filter(
     mut filter: Filter,
-    capture: AsyncFd<Capture>,
-    mut updates: mpsc::UnboundedReceiver<FilterUpdate>,
+    inputs: Inputs,
     tunnel: TunnelPorts,
     nft: Option<NftBlocklist>,
     mut alerts: Box<dyn io::Write + Send>,
@@ -548,8 +723,18 @@ async fn run_filter(
     section: FilterSection,
     ctx: NodeContext,
 ) {
+    let Inputs {
+        capture,
+        mut updates,
+        mut engine,
+    } = inputs;
     let start = Instant::now();
     let mut exempt: HashSet<IpAddr> = HashSet::new();
+    // Admitted sessions: their tunnel datagrams are judged on the relay path.
+    let mut sessions: HashSet<IpAddr> = HashSet::new();
+    let mut relay_stats = FilterStats::default();
+    let mut relay_top: Vec<Offender> = Vec::new();
+    let mut engine_open = true;
     let mut buf = vec![0u8; SNAPLEN as usize];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut traceback = tokio::time::interval(Duration::from_secs(section.traceback_secs));
@@ -559,10 +744,26 @@ async fn run_filter(
     loop {
         tokio::select! {
             u = updates.recv(), if updates_open => match u {
-                Some(FilterUpdate::Admit(ip)) => filter.admit(start.elapsed(), ip),
+                Some(FilterUpdate::Admit(ip)) => {
+                    sessions.insert(ip);
+                    filter.admit(start.elapsed(), ip);
+                }
+                Some(FilterUpdate::Dismiss(ip)) => { sessions.remove(&ip); }
                 Some(FilterUpdate::Exempt(ip)) => { exempt.insert(ip); }
                 Some(FilterUpdate::Unexempt(ip)) => { exempt.remove(&ip); }
                 None => updates_open = false,
+            },
+            r = engine.recv(), if engine_open => match r {
+                Some(EngineReport::Event(e)) => {
+                    publish(vec![e], nft.as_ref(), &mut alerts, &fm).await;
+                }
+                Some(EngineReport::Summary { stats, top, lost }) => {
+                    fm.relay_dropped.set((stats.dropped_blocked + stats.dropped_rate + stats.dropped_malformed) as i64);
+                    fm.events_lost.set(lost as i64);
+                    relay_stats = stats;
+                    relay_top = top;
+                }
+                None => engine_open = false,
             },
             guard = capture.readable() => {
                 let mut guard = match guard {
@@ -578,8 +779,12 @@ async fn run_filter(
                     match guard.get_inner().recv(&mut buf) {
                         Ok(Some(len)) => {
                             n += 1;
-                            let Some(info) = judge_info(&buf[..len], tunnel) else { continue };
-                            if exempt.contains(&info.src) {
+                            let pkt = &buf[..len];
+                            let Some(info) = judge_info(pkt, tunnel) else { continue };
+                            if exempt.contains(&info.src)
+                                || (sessions.contains(&info.src) && is_tunnel_datagram(pkt, tunnel))
+                            {
+                                // A gateway, or a session's tunnel: judged on the relay path.
                                 continue;
                             }
                             if let Verdict::Drop(reason) = filter.check_info(now, &info) {
@@ -606,12 +811,20 @@ async fn run_filter(
                 filter.expire(start.elapsed());
                 flush_events(&mut filter, nft.as_ref(), &mut alerts, &fm).await;
                 let s = filter.stats();
-                fm.passed.set(s.passed as i64);
-                fm.dropped.set((s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed) as i64);
-                fm.tracked.set(s.tracked_sources as i64);
+                let r = &relay_stats;
+                fm.passed.set((s.passed + r.passed) as i64);
+                fm.dropped.set(
+                    (s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed
+                        + r.dropped_blocked + r.dropped_rate + r.dropped_malformed) as i64,
+                );
+                fm.tracked.set((s.tracked_sources + r.tracked_sources) as i64);
             }
             _ = traceback.tick() => {
-                let top = filter.top_offenders(start.elapsed(), section.traceback_top);
+                let top = merge_offenders(
+                    filter.top_offenders(start.elapsed(), section.traceback_top),
+                    &relay_top,
+                    section.traceback_top,
+                );
                 let sources: Vec<IpAddr> = top.iter().map(|o| o.src).collect();
                 if sources.is_empty() || sources == last_sent {
                     continue;
@@ -637,6 +850,16 @@ async fn flush_events(
     fm: &FilterMetrics,
 ) {
     let events: Vec<_> = filter.drain_events().collect();
+    publish(events, nft, alerts, fm).await;
+}
+
+/// Alerts, metrics and the nftables mirror for block/expiry events of either filter.
+async fn publish(
+    events: Vec<FilterEvent>,
+    nft: Option<&NftBlocklist>,
+    alerts: &mut Box<dyn io::Write + Send>,
+    fm: &FilterMetrics,
+) {
     if events.is_empty() {
         return;
     }

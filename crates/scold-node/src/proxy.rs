@@ -8,6 +8,11 @@
 //! forwarding path: a packet is decapsulated, checked, and re-encapsulated for the
 //! gateway inside the packet engine. Replies from the gateway go back to the session of
 //! their destination. Counters are per session (peer) and node-wide.
+//!
+//! With a `[filter]` table every inner packet of a session passes the IDS/firewall on
+//! the engine thread before it is relayed (see [`crate::filter`]); what it drops is
+//! counted per session (`GetStats`: the peer's `dropped`; Prometheus:
+//! `proxy_session_dropped_packets` and `proxy_session_filtered_packets` by client).
 
 use crate::common::{self, CommandReceiver, TunnelSection};
 use crate::control::{self, ControlSection, NodeContext, NotifyEntry};
@@ -403,6 +408,8 @@ impl Proxy {
             sources: vec![Prefix::host(s.client)],
             destinations: s.targets.clone(),
             learn_sources: false,
+            // The filter judges every packet of a client (a no-op without [filter]).
+            inspect: true,
         };
         let client = s.client;
         let r = self
@@ -478,6 +485,7 @@ impl Proxy {
             return self.add_session(session).await;
         }
         self.pushed.remove(&agent);
+        self.tell_filter(FilterUpdate::Dismiss(client));
         let name = session_peer_name(client);
         match self.engine.call(move |s| s.remove_peer(&name)).await {
             Ok(_) => Reply::Done { changed: true },
@@ -594,6 +602,7 @@ impl common::Node for Proxy {
                 self.add_session(s).await
             }
             Command::RemoveSession { client } => {
+                self.tell_filter(FilterUpdate::Dismiss(client));
                 let name = session_peer_name(client);
                 match self.engine.call(move |s| s.remove_peer(&name)).await {
                     Ok(changed) => Reply::Done { changed },
@@ -718,7 +727,12 @@ pub async fn serve_with(
                 udp: cfg.tunnel.listen.map(|l| l.port()),
                 ipip: cfg.tunnel.ipip,
             };
-            let (d, tx) = Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx)?;
+            let (d, tx, session) = Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx)?;
+            if let Some(sf) = session {
+                // The filter on the relay path: owned by the engine thread from now on.
+                let sf: Box<dyn scold_tunnel::Inspect> = Box::new(sf);
+                handle.call(move |s| s.set_inspector(Some(sf))).await?;
+            }
             (Some(d), Some(tx))
         }
         None => match &cfg.selfdefence {
@@ -729,6 +743,7 @@ pub async fn serve_with(
             None => (None, None),
         },
     };
+    let session_metrics = tokio::spawn(session_metrics(handle.clone(), ctx.clone()));
     let mut node = Proxy {
         engine: handle,
         nat,
@@ -747,6 +762,7 @@ pub async fn serve_with(
             tracing::warn!(error = %e, "tear-down incomplete");
         }
     }
+    session_metrics.abort();
     if let Some(d) = defence {
         d.stop().await;
     }
@@ -754,4 +770,39 @@ pub async fn serve_with(
     let stats = engine_task.await.context("packet engine task failed")?;
     tracing::info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "proxy stopped");
     result.map(|_| stats)
+}
+
+/// Keeps the per-session drop counters of the engine in the Prometheus registry.
+async fn session_metrics(engine: EngineHandle, ctx: NodeContext) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type Labels = Vec<(String, String)>;
+    let dropped: Family<Labels, Gauge> = Family::default();
+    let filtered: Family<Labels, Gauge> = Family::default();
+    ctx.metrics.metrics.with_registry(|r| {
+        r.register(
+            "proxy_session_dropped_packets",
+            "Packets of a client session the proxy dropped (policy, authentication, filter)",
+            dropped.clone(),
+        );
+        r.register(
+            "proxy_session_filtered_packets",
+            "Packets of a client session the filter dropped on the relay path",
+            filtered.clone(),
+        );
+    });
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(drops) = engine.call(|s| s.drops()).await else {
+            return;
+        };
+        dropped.clear();
+        filtered.clear();
+        for d in drops.iter().filter(|d| d.name.starts_with("client-")) {
+            let labels = vec![("client".to_string(), d.address.to_string())];
+            dropped.get_or_create(&labels).set(d.dropped as i64);
+            filtered.get_or_create(&labels).set(d.filtered as i64);
+        }
+    }
 }

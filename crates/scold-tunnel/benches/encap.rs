@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
         sources: vec!["10.1.0.2/32".parse().unwrap()],
         destinations: vec!["10.4.0.2/32".parse().unwrap()],
         learn_sources: false,
+        inspect: false,
     };
     g.bench_function("parse_and_route", |b| {
         b.iter(|| {

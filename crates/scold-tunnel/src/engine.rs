@@ -16,10 +16,23 @@
 //! system call (`recvmmsg`/`sendmmsg`), equal datagrams to one peer as one GSO send;
 //! what is ready is processed and sent at once, never held back to fill a batch;
 //! WireGuard encrypts straight into the send batch.
+//!
+//! Inspection: a node may install an [`Inspect`] implementation (the proxy installs its
+//! IDS/firewall). It runs on the engine thread and sees every inner packet of a peer
+//! whose policy asks for it (`PeerPolicy::inspect`: the proxy's client sessions), after
+//! decapsulation (so WireGuard's decrypted packets too) and before the forwarding
+//! decision. Owned by the engine thread, it needs no lock; a packet it refuses is
+//! dropped and counted for its peer ([`State::drops`]).
+//!
+//! Too big: an inner packet from a peer that does not fit the next tunnel is answered
+//! with ICMP "fragmentation needed" / ICMPv6 "packet too big" through the tunnel it
+//! came by ([`crate::icmp`]), rate-limited, so path MTU discovery keeps working across
+//! encapsulations of different overheads.
 
 use crate::encap::{Action, Encapsulation, Plain, WireGuard, MAX_PACKET};
 use crate::error::TunnelError;
 use crate::fib::{inner_addrs, Dest, Fib, PeerId, PeerPolicy};
+use crate::icmp;
 use crate::keys;
 use crate::poll::{Poller, Ready, Waker};
 use crate::socket::{endpoint, OuterKind, OuterSocket, RxBatch, SendReport, TxBatch};
@@ -52,6 +65,38 @@ const TOKEN_WAKE: u64 = 0;
 const TOKEN_UDP: u64 = 1;
 const TOKEN_IPIP: u64 = 2;
 const TOKEN_TUN: u64 = 3;
+
+/// ICMP "too big" answers per second, and their burst.
+const ICMP_PER_SEC: f64 = 100.0;
+const ICMP_BURST: f64 = 20.0;
+
+/// A per-packet judge on the engine thread (the proxy's IDS/firewall).
+///
+/// The engine calls [`Inspect::check`] for every inner packet of a peer whose policy has
+/// `inspect` set, before the packet is routed. It runs on the packet path: it must not
+/// block, and should not allocate; anything slow (logging, nftables, reports) belongs on
+/// another thread, fed through a bounded channel that is never waited on.
+pub trait Inspect: Send {
+    /// `true` forwards the packet, `false` drops it. `now` is taken once per batch;
+    /// `outer_src` is the tunnel peer's address (the admitted client), `inner` the
+    /// complete decapsulated IPv4/IPv6 packet.
+    fn check(&mut self, now: Instant, outer_src: IpAddr, inner: &[u8]) -> bool;
+
+    /// Called about every 100 ms on the engine thread, for housekeeping (expiring
+    /// blocks, handing events on).
+    fn tick(&mut self, _now: Instant) {}
+}
+
+/// Dropped packets of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDrops {
+    pub name: String,
+    pub address: IpAddr,
+    /// Every drop of this peer's packets (policy, authentication, inspection).
+    pub dropped: u64,
+    /// Of which the inspector refused.
+    pub filtered: u64,
+}
 
 /// What the engine listens on.
 #[derive(Debug, Clone)]
@@ -90,6 +135,8 @@ struct PeerEntry {
     endpoint: Option<SocketAddr>,
     encap: Box<dyn Encapsulation>,
     counters: Counters,
+    /// Packets the inspector refused (also counted in `counters.dropped`).
+    filtered: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,6 +145,7 @@ struct Totals {
     no_route: u64,
     too_big: u64,
     send_errors: u64,
+    icmp_too_big: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -106,6 +154,7 @@ impl std::ops::AddAssign for Totals {
         self.no_route += o.no_route;
         self.too_big += o.too_big;
         self.send_errors += o.send_errors;
+        self.icmp_too_big += o.icmp_too_big;
     }
 }
 
@@ -121,6 +170,8 @@ pub struct State {
     has_udp: bool,
     has_ipip: bool,
     outer_mtu: u16,
+    inspector: Option<Box<dyn Inspect>>,
+    icmp_limit: icmp::RateLimit,
 }
 
 fn outer_kind(e: Encap) -> OuterKind {
@@ -237,6 +288,7 @@ impl State {
                     endpoint: ep,
                     encap: enc,
                     counters: Counters::default(),
+                    filtered: 0,
                 });
             }
             (None, None) => unreachable!("a new peer always gets a fresh encapsulation"),
@@ -266,6 +318,30 @@ impl State {
         self.peer_id(name)
             .and_then(|id| self.peers[id].as_ref())
             .map(|e| &e.spec)
+    }
+
+    /// Installs (or with `None` removes) the per-packet inspector.
+    pub fn set_inspector(&mut self, inspector: Option<Box<dyn Inspect>>) {
+        self.inspector = inspector;
+    }
+
+    /// Dropped packets per peer, with the share the inspector refused.
+    pub fn drops(&self) -> Vec<PeerDrops> {
+        self.peers
+            .iter()
+            .flatten()
+            .map(|e| PeerDrops {
+                name: e.spec.name.clone(),
+                address: e.spec.address,
+                dropped: e.counters.dropped,
+                filtered: e.filtered,
+            })
+            .collect()
+    }
+
+    /// ICMP "fragmentation needed" / "packet too big" answers sent so far.
+    pub fn icmp_too_big_sent(&self) -> u64 {
+        self.totals.icmp_too_big
     }
 
     pub fn stats(&self) -> Stats {
@@ -328,6 +404,8 @@ struct Sinks<'a> {
     tun_tx: &'a mut [Vec<u8>],
     tun_tx_n: usize,
     gro: &'a mut GROTable,
+    /// Room for one ICMP answer.
+    icmp: &'a mut [u8],
     /// Counted here and added to the state's totals after the batch.
     totals: Totals,
 }
@@ -387,16 +465,17 @@ impl Sinks<'_> {
     }
 
     /// Encapsulates `inner` for `peer` straight into the send batch.
-    fn send_peer(&mut self, peer: &mut PeerEntry, inner: &[u8], outer_mtu: u16) {
+    fn send_peer(&mut self, peer: &mut PeerEntry, inner: &[u8], outer_mtu: u16) -> Sent {
         let Some(dst) = peer.endpoint else {
             // Port not learned yet: the peer has not spoken.
             self.totals.no_route += 1;
-            return;
+            return Sent::Dropped;
         };
         let overhead = peer.spec.encap.overhead_v4() + if dst.is_ipv6() { 20 } else { 0 };
         if inner.len() + overhead > usize::from(outer_mtu) {
             self.totals.too_big += 1;
-            return;
+            let room = usize::from(outer_mtu).saturating_sub(overhead);
+            return Sent::TooBig(u16::try_from(room).unwrap_or(u16::MAX));
         }
         let kind = outer_kind(peer.spec.encap);
         self.room(kind);
@@ -410,10 +489,24 @@ impl Sinks<'_> {
         match placed {
             Some((len, true)) => tx.commit(len, dst),
             Some((_, false)) => tx.push(inner, dst),
-            None => return,
+            None => return Sent::Dropped,
         }
         peer.counters.tx_packets += 1;
         peer.counters.tx_bytes += inner.len() as u64;
+        Sent::Queued
+    }
+
+    /// Tells the sender of `pkt` (which came from peer `back`) that the next tunnel
+    /// carries at most `mtu` bytes, through `back`'s tunnel.
+    fn answer_too_big(&mut self, back: &mut PeerEntry, pkt: &[u8], mtu: u16, outer_mtu: u16) {
+        // The buffer is lent out for the send, which needs `self` as well.
+        let buf = std::mem::take(&mut self.icmp);
+        if let Some(n) = icmp::too_big(pkt, mtu, buf) {
+            if let Sent::Queued = self.send_peer(back, &buf[..n], outer_mtu) {
+                self.totals.icmp_too_big += 1;
+            }
+        }
+        self.icmp = buf;
     }
 
     fn send_tun(&mut self, pkt: &[u8]) {
@@ -430,6 +523,14 @@ impl Sinks<'_> {
         b.extend_from_slice(pkt);
         self.tun_tx_n += 1;
     }
+}
+
+/// What became of a packet handed to [`Sinks::send_peer`].
+enum Sent {
+    Queued,
+    /// Too large for the peer's tunnel, which carries inner packets of this size at most.
+    TooBig(u16),
+    Dropped,
 }
 
 /// Two distinct peers, mutably.
@@ -455,6 +556,7 @@ fn on_datagram(
     kind: OuterKind,
     payload: &[u8],
     src: SocketAddr,
+    now: Instant,
 ) {
     let Some(&id) = state.by_addr.get(&src.ip()) else {
         // Not admitted / not registered: dropped without a word.
@@ -481,11 +583,24 @@ fn on_datagram(
                 peer.counters.dropped += 1;
                 return;
             };
+            if peer.policy.inspect {
+                if let Some(inspector) = state.inspector.as_mut() {
+                    if !inspector.check(now, src.ip(), pkt) {
+                        peer.counters.dropped += 1;
+                        peer.filtered += 1;
+                        return;
+                    }
+                }
+            }
             match state.fib.from_peer(id, &peer.policy, isrc, idst) {
                 Ok(Dest::Tun) => sinks.send_tun(pkt),
                 Ok(Dest::Peer(q)) => {
-                    if let (_, Some(next)) = pair_mut(&mut state.peers, id, q) {
-                        sinks.send_peer(next, pkt, outer_mtu);
+                    if let (Some(back), Some(next)) = pair_mut(&mut state.peers, id, q) {
+                        if let Sent::TooBig(mtu) = sinks.send_peer(next, pkt, outer_mtu) {
+                            if state.icmp_limit.allow(now) {
+                                sinks.answer_too_big(back, pkt, mtu, outer_mtu);
+                            }
+                        }
                     }
                 }
                 Err(crate::fib::Drop::NoRoute) => state.totals.no_route += 1,
@@ -523,6 +638,7 @@ pub struct Engine {
     tx_ipip: TxBatch,
     rx: RxBatch,
     scratch: Box<[u8]>,
+    icmp: Box<[u8]>,
     tun_rx: TunRx,
     tun_tx: Vec<Vec<u8>>,
     gro: GROTable,
@@ -596,6 +712,8 @@ impl Engine {
             has_udp: udp.is_some(),
             has_ipip: ipip.is_some(),
             outer_mtu: cfg.outer_mtu,
+            inspector: None,
+            icmp_limit: icmp::RateLimit::new(ICMP_PER_SEC, ICMP_BURST),
         };
         Ok((
             Engine {
@@ -607,6 +725,7 @@ impl Engine {
                 tx_ipip: TxBatch::default(),
                 rx: RxBatch::default(),
                 scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
+                icmp: vec![0u8; icmp::MAX_ANSWER].into_boxed_slice(),
                 tun_rx: TunRx {
                     original: vec![0u8; TUN_READ].into_boxed_slice(),
                     bufs: vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE],
@@ -727,6 +846,7 @@ impl Engine {
             tx_ipip,
             rx,
             scratch,
+            icmp,
             tun_rx,
             tun_tx,
             gro,
@@ -741,6 +861,7 @@ impl Engine {
             tun_tx,
             tun_tx_n: 0,
             gro,
+            icmp,
             totals: Totals::default(),
         };
         (state, sinks, rx, scratch, tun_rx)
@@ -762,9 +883,11 @@ impl Engine {
                     break;
                 }
             };
+            // One clock read per batch: the inspector's buckets need no finer time.
+            let now = Instant::now();
             for i in 0..rx.len() {
                 let (payload, src) = rx.get(i);
-                on_datagram(state, &mut sinks, scratch, kind, payload, src);
+                on_datagram(state, &mut sinks, scratch, kind, payload, src, now);
             }
             sinks.flush();
             // A short batch emptied the queue; the level-triggered poll reports more.
@@ -801,6 +924,8 @@ impl Engine {
                 match state.fib.from_tun(dst) {
                     Ok(Dest::Peer(q)) => {
                         if let Some(p) = state.peers.get_mut(q).and_then(Option::as_mut) {
+                            // The TUN MTU is set so that this fits; a larger packet is
+                            // dropped and counted.
                             sinks.send_peer(p, pkt, outer_mtu);
                         }
                     }
@@ -835,6 +960,9 @@ impl Engine {
     /// WireGuard timers: handshake retries, keepalives, rekeying.
     fn on_tick(&mut self) {
         let (state, mut sinks, _, scratch, _) = self.split();
+        if let Some(inspector) = state.inspector.as_mut() {
+            inspector.tick(Instant::now());
+        }
         for p in state.peers.iter_mut().flatten() {
             if p.spec.encap != Encap::Wireguard {
                 continue;
@@ -921,6 +1049,7 @@ mod tests {
                     sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
                     destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
                     learn_sources: false,
+                    inspect: false,
                 };
                 // As the proxy daemon does: the session's client address routes to it.
                 let (cid, _) = s.add_peer(&c, policy).unwrap();
@@ -980,5 +1109,150 @@ mod tests {
             handle.call(|_| ()).await,
             Err(TunnelError::EngineStopped)
         ));
+    }
+
+    /// Refuses inner packets of odd length and counts what it saw, by outer source.
+    struct OddOut {
+        seen: Arc<std::sync::Mutex<Vec<IpAddr>>>,
+        ticks: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Inspect for OddOut {
+        fn check(&mut self, _now: Instant, outer_src: IpAddr, inner: &[u8]) -> bool {
+            self.seen.lock().unwrap().push(outer_src);
+            inner.len().is_multiple_of(2)
+        }
+        fn tick(&mut self, _now: Instant) {
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The inspector sees every inner packet of an inspected session (and nothing from
+    /// the gateway), its refusals are dropped and counted per peer, and a packet too big
+    /// for the gateway's tunnel is answered with ICMP "fragmentation needed" through the
+    /// client's tunnel.
+    #[tokio::test]
+    async fn inspector_and_too_big_answers() {
+        let client = bind("127.0.0.2");
+        let gateway = bind("127.0.0.3");
+        let (engine, handle) = Engine::new(
+            EngineConfig {
+                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..EngineConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        let listen = engine.udp_local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(engine.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let gw_port = gateway.local_addr().unwrap().port();
+        let inspector = OddOut {
+            seen: seen.clone(),
+            ticks: ticks.clone(),
+        };
+        handle
+            .call(move |s| {
+                s.set_inspector(Some(Box::new(inspector)));
+                let gw = Peer {
+                    name: "gw".into(),
+                    address: "127.0.0.3".parse().unwrap(),
+                    port: Some(gw_port),
+                    encap: Encap::Udp,
+                    public_key: None,
+                    keepalive_secs: None,
+                };
+                let (gid, _) = s.add_peer(&gw, PeerPolicy::default()).unwrap();
+                let c = Peer {
+                    name: "client".into(),
+                    address: "127.0.0.2".parse().unwrap(),
+                    port: None,
+                    encap: Encap::Udp,
+                    public_key: None,
+                    keepalive_secs: None,
+                };
+                let policy = PeerPolicy {
+                    sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
+                    destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
+                    learn_sources: false,
+                    inspect: true,
+                };
+                let (cid, _) = s.add_peer(&c, policy).unwrap();
+                s.fib
+                    .insert("10.1.0.2/32".parse().unwrap(), Dest::Peer(cid));
+                s.fib
+                    .insert("10.4.0.0/24".parse().unwrap(), Dest::Peer(gid));
+            })
+            .await
+            .unwrap();
+
+        for i in 0..20 {
+            let p = v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 100 + i);
+            client.send_to(&p, listen).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..10 {
+            let (n, _) = gateway.recv_from(&mut buf).unwrap();
+            assert!(n.is_multiple_of(2), "a refused packet went through");
+        }
+        // The gateway's reply is not inspected.
+        gateway
+            .send_to(&v4_packet([10, 4, 0, 2], [10, 1, 0, 2], 301), listen)
+            .unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 301);
+
+        // 1480 bytes with DF do not fit a udp tunnel on a 1500-byte path (28 bytes of
+        // headers): the client hears "fragmentation needed, MTU 1472" from the target.
+        let mut big = v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 1480);
+        big[6] = 0x40;
+        client.send_to(&big, listen).unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        let icmp = &buf[..n];
+        assert_eq!(icmp[9], 1, "an ICMP packet");
+        assert_eq!(&icmp[12..16], &[10, 4, 0, 2]);
+        assert_eq!(&icmp[16..20], &[10, 1, 0, 2]);
+        assert_eq!((icmp[20], icmp[21]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), 1472);
+        assert_eq!(&icmp[28..48], &big[..20], "quotes the dropped packet");
+        // Without DF the packet is only dropped.
+        big[6] = 0;
+        client.send_to(&big, listen).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(
+            client.recv_from(&mut buf).is_err(),
+            "answered a packet without DF"
+        );
+
+        let (drops, stats, icmp_sent) = handle
+            .call(|s| (s.drops(), s.stats(), s.icmp_too_big_sent()))
+            .await
+            .unwrap();
+        let c = drops.iter().find(|d| d.name == "client").unwrap();
+        assert_eq!((c.dropped, c.filtered), (10, 10));
+        let g = drops.iter().find(|d| d.name == "gw").unwrap();
+        assert_eq!(g.filtered, 0);
+        assert_eq!(stats.dropped_too_big, 2);
+        assert_eq!(icmp_sent, 1);
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 22, "20 small, 2 big, none from the gateway");
+            assert!(seen
+                .iter()
+                .all(|a| *a == "127.0.0.2".parse::<IpAddr>().unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            ticks.load(Ordering::Relaxed) >= 1,
+            "the inspector never ticked"
+        );
+        stop_tx.send(()).unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 }

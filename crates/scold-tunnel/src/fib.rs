@@ -44,6 +44,9 @@ pub struct PeerPolicy {
     pub destinations: Vec<Prefix>,
     /// Remember inner sources seen from this peer, to route replies back to it.
     pub learn_sources: bool,
+    /// Pass this peer's inner packets through the engine's inspector (the proxy's
+    /// filter judges its client sessions; gateways and proxies are trusted peers).
+    pub inspect: bool,
 }
 
 /// Cap on learned addresses so a peer cannot grow the table without bound.
@@ -199,6 +202,7 @@ mod tests {
             sources: vec![pfx("198.51.100.7/32")],
             destinations: vec![pfx("203.0.113.10/32")],
             learn_sources: false,
+            inspect: false,
         };
         assert_eq!(
             f.from_peer(

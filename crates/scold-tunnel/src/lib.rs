@@ -17,6 +17,7 @@ pub mod encap;
 pub mod engine;
 pub mod error;
 pub mod fib;
+pub mod icmp;
 pub mod keys;
 pub mod nat;
 pub mod netlink;
@@ -25,5 +26,5 @@ pub mod proxy_protocol;
 pub mod socket;
 pub mod tun;
 
-pub use engine::{Engine, EngineConfig, EngineHandle, State};
+pub use engine::{Engine, EngineConfig, EngineHandle, Inspect, PeerDrops, State};
 pub use error::TunnelError;
