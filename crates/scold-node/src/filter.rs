@@ -1034,6 +1034,93 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_datagrams_are_recognised() {
+        let inner = syn4([10, 1, 0, 2], [10, 4, 0, 2]);
+        assert!(is_tunnel_datagram(
+            &ipv4_udp([10, 1, 0, 2], [10, 1, 0, 1], 51820, &inner),
+            T
+        ));
+        assert!(!is_tunnel_datagram(
+            &ipv4_udp([10, 1, 0, 2], [10, 1, 0, 1], 53, &inner),
+            T
+        ));
+        assert!(!is_tunnel_datagram(&inner, T), "a bare SYN is no tunnel");
+        let mut ipip = vec![
+            0x45, 0, 0, 60, 0, 0, 0, 0, 64, 4, 0, 0, 10, 1, 0, 2, 10, 1, 0, 1,
+        ];
+        ipip.extend_from_slice(&inner);
+        assert!(is_tunnel_datagram(&ipip, T));
+        let no_ipip = TunnelPorts {
+            udp: Some(51820),
+            ipip: false,
+        };
+        assert!(!is_tunnel_datagram(&ipip, no_ipip));
+        for bad in [
+            &[][..],
+            &[0x45],
+            &[0x45, 0, 0, 0, 0, 0, 0, 0, 0, 17],
+            &[0x60; 7],
+        ] {
+            assert!(!is_tunnel_datagram(bad, T), "{bad:?}");
+        }
+    }
+
+    /// The relay-path filter: a session flooding UDP is dropped and blocked, the block
+    /// event goes out through the channel, another session is untouched, a summary
+    /// follows on the tick, and a full channel never blocks the caller.
+    #[test]
+    fn session_filter_blocks_a_flooding_client_only() {
+        use scold_tunnel::Inspect;
+        let section: FilterSection = toml::from_str(
+            "interface = \"eth0\"\nudp_pps = 100.0\nblock_after_drops = 20\nblock_secs = 5",
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut f = SessionFilter::new(section.filter_config().unwrap(), 5, tx);
+        let a: IpAddr = "10.1.0.2".parse().unwrap();
+        let b: IpAddr = "10.1.0.3".parse().unwrap();
+        let flood = ipv4_udp([10, 1, 0, 2], [10, 4, 0, 2], 9, &[0; 32]);
+        let ack = {
+            let mut p = syn4([10, 1, 0, 3], [10, 4, 0, 2]);
+            p[33] = 0x10;
+            p
+        };
+        let t0 = Instant::now();
+        let mut passed = 0;
+        for i in 0..1000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            if f.check(now, a, &flood) {
+                passed += 1;
+            }
+            assert!(f.check(now, b, &ack), "B dropped at packet {i}");
+        }
+        assert!(passed <= 110, "A passed {passed} of 1000 at 10x its limit");
+        match rx.try_recv() {
+            Ok(EngineReport::Event(FilterEvent::Blocked { src, .. })) => assert_eq!(src, a),
+            other => panic!("expected A's block, got {other:?}"),
+        }
+        // Malformed inner packets are refused.
+        assert!(!f.check(t0, b, &[0x45, 0, 0]));
+        f.tick(t0 + Duration::from_secs(1));
+        match rx.try_recv() {
+            Ok(EngineReport::Summary { stats, top, lost }) => {
+                assert!(stats.dropped_rate + stats.dropped_blocked >= 890);
+                assert_eq!(top[0].src, a);
+                assert!(top[0].blocked);
+                assert_eq!(lost, 0);
+            }
+            other => panic!("expected a summary, got {other:?}"),
+        }
+        // Nobody reads: summaries fill the queue, A's expiry (after 5 s) finds it full
+        // and is dropped and counted; the engine thread never waits.
+        for i in 0..10 {
+            f.tick(t0 + Duration::from_secs(2 + i));
+        }
+        assert_eq!(rx.len(), 4, "the queue stays bounded");
+        assert_eq!(f.lost, 1, "the expiry event was not counted as lost");
+    }
+
+    #[test]
     fn garbage_is_not_judged() {
         for bad in [&[][..], &[0x45], &[0x00; 40], &[0xff; 3]] {
             assert!(judge_info(bad, T).is_none(), "{bad:?}");
