@@ -329,6 +329,23 @@ fn counter(log: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A counter of one peer from the final stats line the proxy logs when it stops.
+fn peer_counter(log: &str, peer: &str, name: &str) -> u64 {
+    let start = log
+        .rfind("{\"peers\"")
+        .unwrap_or_else(|| panic!("no final stats in the log:\n{log}"));
+    let stats: serde_json::Value = serde_json::Deserializer::from_str(&log[start..])
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("final stats do not parse:\n{}", &log[start..]));
+    stats["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == peer))
+        .and_then(|p| p["counters"][name].as_u64())
+        .unwrap_or_else(|| panic!("no {name} for peer {peer} in {stats}"))
+}
+
 /// The value of one Prometheus sample, e.g. `proxy_session_filtered_packets{client="10.1.0.2"}`.
 fn metric(text: &str, sample: &str) -> Option<u64> {
     text.lines()
@@ -617,13 +634,20 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     lab.stop("client-b");
     lab.stop("proxy");
     let plog = lab.log("proxy");
+    // What the proxy relayed to the gateway over the whole run: B's acknowledgements,
+    // the pings, and the part of A's flood its bucket let through.
+    let relayed = peer_counter(&plog, "gw", "tx_packets");
+    assert!(
+        relayed * 10 < sent,
+        "the proxy relayed {relayed} packets to the gateway while A sent {sent}\n{plog}"
+    );
     assert!(
         counter(&plog, "dropped_unknown_source") > 0,
         "the tunnel-port flood from a non-admitted address never reached the engine's drop count\n{plog}"
     );
     eprintln!(
         "flood from A: {sent} sent, {received} reached the target; relay-path drops {filtered_a:?}; \
-         hping3 SYN flood: {syn_sent} sent"
+         relayed to the gateway {relayed}; hping3 SYN flood: {syn_sent} sent"
     );
 }
 
