@@ -9,8 +9,11 @@
 //! ([`crate::admission`]), brings the tunnel to that proxy up and a host route for each
 //! target address into it, and only then returns the normal answer to the application.
 //! Each admission connection stays open and is probed; when a proxy stops answering the
-//! agent moves to the next proxy of the ALT set. When the name has no ALT records any
-//! more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and routes go.
+//! agent moves to the next proxy of the ALT set, and sends one datagram to each target
+//! through the new tunnel so the target's gateway returns traffic by the new proxy at
+//! once (a TCP connection open across the move survives). When the name has no ALT
+//! records any more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and
+//! routes go.
 //!
 //! Without `[agent]` the client is a static data path: the peers and routes of its config
 //! file. Either way routes live in SCOLD's own routing table behind one policy rule, so
@@ -906,6 +909,7 @@ impl Agent<'_> {
         st.retry_at = None;
         tracing::info!(%name, proxy = %from, source = %local, targets = ?targets, "indirect route pushed by proxy");
         if let Some(old) = previous.filter(|p| *p != from) {
+            announce_path(&targets, local).await;
             self.release_if_unused(old, &targets).await;
         }
         Answer::Accepted(Accepted {
@@ -1046,6 +1050,7 @@ impl Agent<'_> {
                             .unwrap_or_default();
                         tracing::info!(%name, %proxy, tunnel = %identity, source = %local, targets = ?targets, elapsed_ms = t0.elapsed().as_millis() as u64, "indirect route up");
                         if let Some(old) = previous {
+                            announce_path(&targets, local).await;
                             self.release_if_unused(old, &targets).await;
                         }
                     }
@@ -1256,6 +1261,25 @@ impl Agent<'_> {
             .await;
             common::log_reply("remove_peer", &r);
         }
+        for name in &affected {
+            let Some(st) = self.names.get(name) else {
+                continue;
+            };
+            let Some(local) = st
+                .proxy
+                .and_then(|p| self.links.get(&p))
+                .map(|l| l.admitted.client)
+            else {
+                continue;
+            };
+            let targets: BTreeSet<IpAddr> = st
+                .targets
+                .iter()
+                .copied()
+                .filter(|t| !st.alts.contains(t))
+                .collect();
+            announce_path(&targets, local).await;
+        }
         if !affected.is_empty() {
             let moved: Vec<Option<IpAddr>> = affected
                 .iter()
@@ -1297,6 +1321,33 @@ impl Agent<'_> {
         let left: Vec<IpAddr> = self.links.keys().copied().collect();
         for p in left {
             self.drop_link(p).await;
+        }
+    }
+}
+
+/// Where a path announcement goes: the discard port (RFC 863).
+const ANNOUNCE_PORT: u16 = 9;
+
+/// After `targets` moved to another proxy: one empty UDP datagram from `local` to each,
+/// through the new tunnel. The target's gateway returns a client's packets by the proxy
+/// they last came in by; a client that only answers what it receives (a download, whose
+/// acknowledgements stop when the data stops) would otherwise send nothing by the new
+/// proxy, and the target's retransmissions would keep going to the lost one until the
+/// connection timed out. What comes back (at most an ICMP port unreachable) is ignored.
+async fn announce_path(targets: &BTreeSet<IpAddr>, local: IpAddr) {
+    let sock = match tokio::net::UdpSocket::bind(SocketAddr::new(local, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%local, error = %e, "cannot announce the new path to the targets");
+            return;
+        }
+    };
+    for t in targets.iter().filter(|t| t.is_ipv4() == local.is_ipv4()) {
+        match sock.send_to(&[], (*t, ANNOUNCE_PORT)).await {
+            Ok(_) => tracing::debug!(target = %t, %local, "new path announced"),
+            Err(e) => {
+                tracing::warn!(target = %t, %local, error = %e, "cannot announce the new path")
+            }
         }
     }
 }

@@ -5,7 +5,9 @@
 //! Unmodified applications (`getent`, `curl`, `ping`) reach the target through a proxy;
 //! killing that proxy moves the agent to the other one; withdrawing the ALT records with
 //! `nsupdate` tears the route down and leaves routing as it was. A proxy certificate from
-//! another CA, and a tunnel address outside the ALT set, are refused.
+//! another CA, and a tunnel address outside the ALT set, are refused. A TCP download
+//! through a proxy that is killed half-way ends with the right checksum. The same divert
+//! works with an unmodified Unbound (Debian package `unbound`) as ClientDNS.
 //!
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `curl`, `getent` (libc-bin),
 //! `nsupdate` (bind9-dnsutils), `python3` and a built binary (`cargo build -p scold`, or
@@ -31,7 +33,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::net::{
-    alt_rfc3597, issue_proxy, start_scold_dns, start_scold_resolver, zone_text, Net, UpdateKey,
+    alt_rfc3597, issue_proxy, start_scold_dns, start_scold_resolver, start_unbound, zone_text, Net,
+    Unbound, UpdateKey,
 };
 use common::*;
 
@@ -491,4 +494,314 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
         !lab.exec("c", "ping -n -c 1 -W 1 10.4.0.2").status.success(),
         "the target is reachable although every proxy was refused"
     );
+}
+
+/// The proxy label and its address on the client's segment, for the one named by address.
+fn proxy_of(addr: &str) -> (&'static str, &'static str) {
+    if addr == "10.1.0.11" {
+        ("proxy1", "10.1.0.12")
+    } else {
+        ("proxy2", "10.1.0.11")
+    }
+}
+
+/// L3 mode: a TCP download through proxy 1 goes on while that proxy is killed. The
+/// agent moves to the other proxy; the target's address stays, only the path changes,
+/// and the transfer ends with the right checksum. The download is paced by the client
+/// (`curl --limit-rate`) so it lasts several seconds and the kill falls in its middle.
+#[test]
+fn tcp_transfer_survives_the_proxy_failure() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
+    require("sha256sum", "coreutils");
+    let st = Setup::new(&lab);
+    start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
+    start_path(
+        &mut lab,
+        &st,
+        [&admission_tls("certs", 1), &admission_tls("certs", 2)],
+    );
+    // 24 MiB the target serves; at 4 MB/s the download takes about 6 s.
+    let big = lab.path("www").join("big.bin");
+    must(&format!(
+        "head -c 25165824 /dev/urandom > {}",
+        big.display()
+    ));
+    lab.wait_log("proxy1", "admission server listening", 15);
+    lab.wait_log("proxy2", "admission server listening", 15);
+    start_agent(&mut lab, &st);
+    let before = lab.routing("c", false);
+
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    let first = chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    let (victim, other) = proxy_of(&first);
+    // The web server answers through the tunnel before the transfer starts.
+    let end = Instant::now() + Duration::from_secs(15);
+    while !lab
+        .out("c", &format!("curl -s --max-time 3 http://www.{ZONE}/"))
+        .contains("scold-target-page")
+    {
+        assert!(
+            Instant::now() < end,
+            "no page through the proxy\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let out = lab.path("big.out");
+    let outs = out.display().to_string();
+    let url = format!("http://www.{ZONE}/big.bin");
+    lab.spawn(
+        "c",
+        "transfer",
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "90",
+            "--limit-rate",
+            "4M",
+            "-o",
+            &outs,
+            &url,
+        ],
+    );
+    // Kill once a sixth of the file is in: the rest has to come by the other proxy.
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 4 << 20 {
+        assert!(
+            Instant::now() < end && lab.running("transfer"),
+            "the transfer did not get going:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_kill = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let downs = lab.log("client").matches("failover done").count();
+    let t0 = Instant::now();
+    lab.kill9(victim);
+    // The agent's own account of the move, seen by polling its log.
+    let end = t0 + Duration::from_secs(10);
+    while lab.log("client").matches("failover done").count() == downs {
+        assert!(Instant::now() < end, "no failover:\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let moved_after = t0.elapsed();
+    let clog = lab.log("client");
+    assert_eq!(
+        chosen_proxy(&clog).as_deref(),
+        Some(other),
+        "the agent did not move to {other}:\n{clog}"
+    );
+    eprintln!(
+        "kill of {victim} after {at_kill} bytes; the agent's failover done {} ms after the kill",
+        moved_after.as_millis()
+    );
+    // The issue's figure: the move to the next proxy of the ALT set within 1 s.
+    assert!(
+        moved_after <= Duration::from_secs(1),
+        "the move took {} ms:\n{clog}",
+        moved_after.as_millis()
+    );
+    let table = lab.out("c", "ip route show table 5103");
+    assert!(
+        table.contains("10.4.0.2") && table.contains(&format!("sc{}", lab.s)),
+        "no host route for the target after the move: {table}"
+    );
+
+    let status = lab
+        .wait_exit("transfer", 120)
+        .unwrap_or_else(|| panic!("the transfer never ended:\n{}", lab.logs()));
+    let took = t0.elapsed();
+    assert!(
+        status.success(),
+        "curl failed ({status}) after the proxy's failure:\n{}\n{}",
+        lab.log("transfer"),
+        lab.logs()
+    );
+    assert_eq!(
+        sha256(&out),
+        sha256(&big),
+        "the transferred file differs from the target's"
+    );
+    eprintln!(
+        "transfer finished {} ms after the kill with the right checksum",
+        took.as_millis()
+    );
+    // One connection to one address (curl's to 10.4.0.2) the whole time: the target
+    // kept its address, only the path changed.
+    assert!(
+        !lab.log("gateway").contains("panicked"),
+        "{}",
+        lab.log("gateway")
+    );
+    lab.stop("client");
+    assert_eq!(
+        lab.routing("c", false),
+        before,
+        "routing changed by the agent's exit"
+    );
+}
+
+/// Sends `update` lines to TargetDNS with nsupdate and the coordinator's key.
+fn nsupdate(lab: &Net, label: &str, update: &str) {
+    let f = lab.write(
+        &format!("{label}.nsupdate"),
+        &format!("server 10.1.0.54 53\nzone {ZONE}\n{update}send\n"),
+    );
+    let o = lab.exec(
+        "d",
+        &format!(
+            "nsupdate -y hmac-sha256:coord:{TSIG_SECRET} {}",
+            f.display()
+        ),
+    );
+    assert!(o.status.success(), "nsupdate {label}: {o:?}");
+}
+
+/// The same divert with an unmodified Unbound as the site's ClientDNS: the agent
+/// forwards to it; the ALT records, added to the zone as the coordinator does, come
+/// through Unbound in the RFC 3597 form; curl and ping reach the target through a proxy;
+/// when the records are withdrawn they leave Unbound's cache within its `cache-max-ttl`
+/// and the agent tears the route down, leaving routing as it found it.
+#[test]
+fn unbound_as_client_dns() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
+    require("dig", "bind9-dnsutils");
+    require("unbound", "unbound");
+    require("unbound-checkconf", "unbound");
+    let st = Setup::new(&lab);
+    start_target_dns(&mut lab, &[]);
+    // What an operator sets in Unbound: a forward (or stub) zone for the target's zone
+    // if it is not reachable by iteration, no validation for an unsigned private zone,
+    // and a cache-max-ttl (also negative) no longer than the ALT TTL the coordinator
+    // writes, so a withdrawn ALT set is not served from the cache for long.
+    start_unbound(
+        &mut lab,
+        "d",
+        "unbound",
+        &Unbound {
+            ip: "10.1.0.53",
+            allow: "10.1.0.0/24",
+            zone: ZONE,
+            upstream: "10.1.0.54@53",
+            max_ttl: 2,
+        },
+    );
+    start_path(
+        &mut lab,
+        &st,
+        [&admission_tls("certs", 1), &admission_tls("certs", 2)],
+    );
+    lab.wait_log("proxy1", "admission server listening", 15);
+    lab.wait_log("proxy2", "admission server listening", 15);
+    start_agent(&mut lab, &st);
+    let before = lab.routing("c", false);
+
+    // Divert: the ALT records go into the zone with a 2 s TTL.
+    nsupdate(
+        &lab,
+        "divert",
+        &format!(
+            "update add www.{ZONE}. 2 IN {}\nupdate add www.{ZONE}. 2 IN {}\n",
+            alt_rfc3597("10.1.0.11"),
+            alt_rfc3597("10.1.0.12")
+        ),
+    );
+    let alt = lab.out(
+        "c",
+        &format!("dig +norecurse +time=2 +tries=1 @10.1.0.53 www.{ZONE} TYPE65280"),
+    );
+    let alt = if alt.contains("0A01000B") {
+        alt
+    } else {
+        // +norecurse asks the cache only; the first time it has to go upstream.
+        lab.out(
+            "c",
+            &format!("dig +time=2 +tries=1 @10.1.0.53 www.{ZONE} TYPE65280"),
+        )
+    };
+    assert!(
+        alt.contains("TYPE65280")
+            && alt.contains("\\# 4 0A01000B")
+            && alt.contains("\\# 4 0A01000C"),
+        "ALT through Unbound, in the RFC 3597 form:\n{alt}\n{}",
+        lab.logs()
+    );
+
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    let table = lab.out("c", "ip route show table 5103");
+    assert!(
+        table.contains("10.4.0.2"),
+        "no host route for the target after the lookup through Unbound: {table}\n{}",
+        lab.logs()
+    );
+    let first = chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut page = String::new();
+    while Instant::now() < end {
+        page = lab.out("c", &format!("curl -s --max-time 3 http://www.{ZONE}/"));
+        if page.contains("scold-target-page") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        page.contains("scold-target-page"),
+        "curl: {page}\n{}",
+        lab.logs()
+    );
+    let ping = lab.out("c", &format!("ping -n -c 3 -i 0.2 -W 2 www.{ZONE}"));
+    assert_eq!(replied(&ping).len(), 3, "ping by name: {ping}");
+
+    // Restore: the records go; Unbound forgets them within 2 s, the agent's re-query
+    // at the ALT TTL finds none and the route goes.
+    nsupdate(
+        &lab,
+        "restore",
+        &format!("update delete www.{ZONE}. TYPE65280\n"),
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && lab.routing("c", false) != before {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        lab.routing("c", false),
+        before,
+        "routing not restored after the ALT records went:\n{}",
+        lab.logs()
+    );
+    assert!(lab
+        .log("client")
+        .contains("tearing the indirect route down"));
+    let alt = lab.out("c", &format!("dig +short @10.1.0.53 www.{ZONE} TYPE65280"));
+    assert!(alt.trim().is_empty(), "Unbound still serves ALT: {alt}");
+    assert!(
+        !lab.exec("c", "ping -n -c 1 -W 1 10.4.0.2").status.success(),
+        "the target is reachable after the restore"
+    );
+    lab.stop("client");
+    assert_eq!(
+        lab.routing("c", false),
+        before,
+        "routing changed by the agent's exit"
+    );
+    let ulog = lab.log("unbound");
+    assert!(!ulog.contains("fatal error"), "{ulog}");
 }
