@@ -110,7 +110,8 @@ pub struct EngineConfig {
     /// This node's WireGuard private key, base64 (needed for `wireguard` peers).
     pub private_key: Option<String>,
     /// MTU of the outer path; inner packets that would not fit encapsulated are dropped
-    /// and counted (the TUN MTU is set so that it does not happen).
+    /// and counted (the TUN MTU is set so that it does not happen), and when relayed
+    /// from one peer to another answered with ICMP "too big" through the first.
     pub outer_mtu: u16,
     /// Where packets from peers go when no route matches (client, gateway: the TUN).
     pub peer_default: Option<Dest>,

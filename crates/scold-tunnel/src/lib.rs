@@ -8,7 +8,10 @@
 //! `udp`, and `wireguard` (boringtun's noise state machine). Routes and policy rules go
 //! through rtnetlink ([`netlink`]) into a table of SCOLD's own, so tearing down restores
 //! routing exactly. [`nat`] relays TCP and UDP services for scheme 4.3, optionally
-//! behind a PROXY protocol v2 header ([`proxy_protocol`]).
+//! behind a PROXY protocol v2 header ([`proxy_protocol`]). A relay that joins tunnels
+//! of different overheads answers packets too big for the next one with ICMP
+//! ([`icmp`]), and a node can hang a per-packet judge on the relay path
+//! ([`engine::Inspect`]: the proxy's IDS/firewall).
 //!
 //! The daemons in `scold-node` configure these pieces; the commands that drive them are
 //! the sans-IO types of `scold_proto::dataplane`.
