@@ -95,9 +95,11 @@ crl = "crl.pem"
 resolver = "198.51.100.53:53"
 key = "hmac-sha256:p1:cHJveHkxLWV4YW1wbGUtc2VjcmV0LWNoYW5nZS1tZSE="
 
-# The IDS/firewall: every packet arriving on the proxy's link is judged per source
-# (token buckets per flood class); sources that keep flooding are blocked in nftables
-# (table inet scold) and reported to the coordinator (traceback).
+# The IDS/firewall: every packet a client session sends through the proxy is judged
+# on the relay path, and everything else arriving on the proxy's link (interface) by a
+# watcher, per source (token buckets per flood class); sources that keep flooding are
+# dropped, blocked in nftables (table inet scold) and reported to the coordinator
+# (traceback).
 [filter]
 interface = "eth0"
 alerts = "/var/log/scold/alerts.jsonl"   # JSON lines; default: standard error
