@@ -20,7 +20,7 @@ use crate::flood::{FloodKind, FloodSpec};
 use crate::net::Ipv4Net;
 use crate::report::{Proto, PAPER_SIZES};
 use crate::roles::{Encap, Scheme};
-use crate::scenario::{self, ScenarioConfig};
+use crate::scenario::{self, FailoverAttack, ScenarioConfig};
 use crate::serve::{self, ServeConfig};
 use crate::topology::{self, Tbf};
 
@@ -109,6 +109,11 @@ pub struct ScenarioArgs {
     /// Repetitions of the proxy failover (4.4) under attack (0: not measured).
     #[arg(long, default_value_t = 3)]
     pub failover_reps: u32,
+    /// How the failover measurement takes the client's proxy out: `flood` its address
+    /// until its self-defence reports the attack and the coordinator resets it (needs
+    /// the data path linked to the coordinator; otherwise `kill`), or `kill` its process.
+    #[arg(long = "failover", value_enum, default_value_t = FailoverAttack::Flood)]
+    pub failover_attack: FailoverAttack,
     /// Scheme 4.1 with client agents: do not give the gateway, proxies and target
     /// `[control]` tables (the coordinator's divert then cannot complete).
     #[arg(long)]
@@ -136,6 +141,32 @@ pub struct ScenarioArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
+    /// Time the indirect route's set-up (operator's alarm -> first client packet over
+    /// the indirect route) and the proxy failover repeatedly; prints median and worst
+    /// beside the goals (set-up under 100 ms, failover under 1 s).
+    Bench {
+        /// Set-ups to time (each: divert, first packet, restore; about 15 s apiece).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        runs: u32,
+        /// Proxy failovers to time (the client's proxy is killed; 0: none).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        failover_runs: u32,
+        /// Encapsulation of the indirect route.
+        #[arg(long, value_enum, default_value_t = Encap::Wireguard)]
+        encap: Encap,
+        /// Proxies in the testbed (at least 2 for a failover).
+        #[arg(long, default_value_t = 2)]
+        proxies: usize,
+        /// Directory for bench.json, bench.txt and the role logs.
+        #[arg(long, default_value = "scold-lab-bench")]
+        out: PathBuf,
+        /// On failure keep the namespaces for inspection.
+        #[arg(long)]
+        keep_on_failure: bool,
+        /// No progress lines on standard error.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Remove namespaces and processes left by lab runs that were killed.
     Cleanup {
         /// Also remove namespaces of runs whose process still exists.
@@ -340,6 +371,38 @@ fn resolve(server: &str, default_port: u16) -> anyhow::Result<(SocketAddr, f64)>
 pub async fn run(a: LabArgs) -> anyhow::Result<()> {
     match a.command {
         None => run_scenario(a.scenario).await,
+        Some(LabCommand::Bench {
+            runs,
+            failover_runs,
+            encap,
+            proxies,
+            out,
+            keep_on_failure,
+            quiet,
+        }) => {
+            topology::require_root()?;
+            if failover_runs > 0 && proxies < 2 {
+                anyhow::bail!("--failover-runs needs --proxies 2 or more: the client must have a proxy to move to");
+            }
+            let mut cfg = scenario_config(&ScenarioArgs {
+                proxies,
+                encap,
+                out,
+                keep_on_failure,
+                quiet,
+                ..ScenarioArgs::defaults()
+            })?;
+            cfg.testbed.attackers = 0;
+            let out = with_signals(move || {
+                crate::bench::run(&cfg, runs, failover_runs).context("the lab bench failed")
+            })
+            .await?;
+            print!("{}", out.text);
+            println!();
+            println!("every sample: {}", out.json.display());
+            println!("report:       {}", out.report.display());
+            Ok(())
+        }
         Some(LabCommand::Cleanup { all }) => {
             let r = tokio::task::spawn_blocking(move || topology::cleanup_leftovers(all)).await??;
             for n in &r.removed {
@@ -520,9 +583,21 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
-    topology::require_root()?;
-    let cfg = ScenarioConfig {
+impl ScenarioArgs {
+    /// The options as `scold lab` with none given.
+    pub fn defaults() -> ScenarioArgs {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: ScenarioArgs,
+        }
+        <Wrap as clap::Parser>::parse_from(["scold-lab"]).a
+    }
+}
+
+/// The scenario's configuration from its command-line options.
+fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
+    Ok(ScenarioConfig {
         testbed: Fig8Options {
             proxies: a.proxies,
             clients: a.clients,
@@ -559,13 +634,19 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         scheme: a.scheme,
         static_route: a.static_route,
         failover_reps: a.failover_reps,
+        failover_attack: a.failover_attack,
         no_control: a.no_control,
         operator_alarm: a.operator_alarm,
         out_dir: a.out.clone(),
         keep_on_failure: a.keep_on_failure,
         scold_bin: std::env::current_exe().context("finding the scold binary")?,
         quiet: a.quiet,
-    };
+    })
+}
+
+async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
+    topology::require_root()?;
+    let cfg = scenario_config(&a)?;
     if cfg.flood_rate_pps == 0 || cfg.flood_rate_pps > crate::flood::HARD_MAX_RATE {
         anyhow::bail!(
             "--flood-rate must be 1 to {} packets/s",

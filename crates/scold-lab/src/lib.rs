@@ -12,6 +12,7 @@
 //! ([`roles`]): coordinator, TargetDNS, ClientDNS, gateway, proxies, target and client
 //! agents, with a CA and configs made for the run.
 
+pub mod bench;
 pub mod cli;
 pub mod dnsq;
 pub mod error;

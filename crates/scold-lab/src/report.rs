@@ -118,6 +118,12 @@ pub enum Metric {
     Failover,
     /// From the end of the attack until the direct route is back.
     Restore,
+    /// `scold lab bench`: from the coordinator taking the alarm until the first client
+    /// packet arrives over the indirect route.
+    AlarmToFirstPacket,
+    /// From the end of the attack until the target's detector gave the all-clear and
+    /// the coordinator began the restore.
+    AllClear,
 }
 
 /// How one sample ended.
@@ -569,18 +575,36 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
             long(Metric::Divert),
         ],
         vec![
-            "proxy failover (4.4): gap after killing the client's proxy".to_string(),
+            if agent
+                && !flag("no_control")
+                && r.config.get("failover_attack").and_then(|v| v.as_str()) == Some("flood")
+            {
+                "proxy failover (4.4): gap after flooding the client's proxy (self-defence)"
+                    .to_string()
+            } else {
+                "proxy failover (4.4): gap after killing the client's proxy".to_string()
+            },
             long(Metric::Failover),
         ],
-        vec![
-            if agent {
-                "restore: all-clear -> coordinator phase \"normal\"".to_string()
-            } else {
-                "restore after the attack".to_string()
-            },
-            long(Metric::Restore),
-        ],
     ];
+    let mut rows = rows;
+    if agent && detect {
+        rows.push(vec![
+            "all-clear: attack end -> target's detector all-clear (coordinator restoring)"
+                .to_string(),
+            long(Metric::AllClear),
+        ]);
+    }
+    rows.push(vec![
+        if agent && detect {
+            "restore: attack end -> coordinator phase \"normal\" (automatic)".to_string()
+        } else if agent {
+            "restore: operator's all-clear -> coordinator phase \"normal\"".to_string()
+        } else {
+            "restore after the attack".to_string()
+        },
+        long(Metric::Restore),
+    ]);
     out += &table("Further timings (median)", &["", "time"], &rows);
     for (i, w) in why.iter().enumerate() {
         let _ = writeln!(out, "  [{}] {w}", i + 1);

@@ -9,16 +9,19 @@
 //!    first answer through the tunnel. `--static-route` and schemes 4.2/4.3: the time
 //!    from starting the static client agent and the target's return path. Repeated.
 //! 5. Indirect route without attack (Tables 1-2, "indirect").
-//! 6. Attack on the main link (real `scold lab flood` processes); the operator alarm
-//!    (`scold ctl divert`) goes to the coordinator, whose progress is watched (ALT
-//!    records at ClientDNS, or its phase when the lab published them); meanwhile direct
-//!    and indirect measurements under attack, then (client agent) the proxy failover of
-//!    4.4: the client's proxy is killed while an echo loop measures the gap.
-//! 7. The attack ends; `scold ctl restore`; what the coordinator reached is reported.
+//! 6. Attack on the main link (real `scold lab flood` processes); the target's detector
+//!    raises the alarm (or, with `--operator-alarm` and outside agent mode, the operator
+//!    with `scold ctl divert`), and the coordinator's progress is watched (ALT records
+//!    at ClientDNS, or its phase when the lab published them); meanwhile direct and
+//!    indirect measurements under attack, then (client agent) the proxy failover of
+//!    4.4: the client's proxy is flooded until its self-defence reports it (or, with
+//!    `--failover kill`, its process is killed) while an echo loop measures the gap.
+//! 7. The attack ends; the detector's all-clear after its hold-down (or `scold ctl
+//!    restore`) and the coordinator's restore are timed.
 //!
-//! The proxies' and gateway's routes and the target's return routes come from static
-//! configs: the data-path daemons are not linked to the coordinator here. The report
-//! says which figure came from where.
+//! In agent mode the gateway, proxies and a second `scold target` are linked to the
+//! coordinator, whose divert sets their routes up; the routes the lab uses before the
+//! attack come from static configs. The report says which figure came from where.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -78,6 +81,9 @@ pub struct ScenarioConfig {
     /// Repetitions of the proxy failover under attack (agent mode only; 0: skipped).
     #[serde(default)]
     pub failover_reps: u32,
+    /// How the client's proxy is taken out in the failover measurement.
+    #[serde(default)]
+    pub failover_attack: FailoverAttack,
     /// Leave the data-path daemons unlinked from the coordinator (no `[control]`).
     #[serde(default)]
     pub no_control: bool,
@@ -90,6 +96,19 @@ pub struct ScenarioConfig {
     /// The `scold` binary that runs each role.
     pub scold_bin: PathBuf,
     pub quiet: bool,
+}
+
+/// How the failover measurement (4.4) takes the client's proxy out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverAttack {
+    /// Flood the proxy's address (bounded) until its self-defence reports
+    /// `ProxyAttacked` and the coordinator resets it out of the ALT set (needs the data
+    /// path linked to the coordinator; otherwise the proxy is killed).
+    #[default]
+    Flood,
+    /// Kill the proxy's process (SIGKILL): the client agent's keepalive notices.
+    Kill,
 }
 
 impl ScenarioConfig {
@@ -904,44 +923,68 @@ fn watch_alt(
     })
 }
 
-/// Polls the coordinator (`scold ctl --json status`, run as `ip` + `argv`) until the
-/// target's phase is `want`; returns the seconds from `t0`, or `None` at `deadline` or
-/// `stop`.
-fn watch_phase(
+/// The target's phase in a `scold ctl --json status` reply.
+pub(crate) fn phase_of(status: &serde_json::Value) -> Option<String> {
+    status
+        .get("targets")?
+        .as_array()?
+        .iter()
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(roles::TARGET_ID))?
+        .get("phase")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Polls the coordinator (`scold ctl --json status`, run as `ip` + `argv`) every
+/// 100 ms and records, for each phase of `wants`, the seconds from `t0` at which it was
+/// first seen; returns once the last one is seen, or at `deadline` or `stop`.
+pub(crate) fn watch_phases(
     argv: Vec<String>,
     t0: Instant,
     deadline: Instant,
-    want: &'static str,
+    wants: &'static [&'static str],
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Option<AltSeen>> {
+) -> std::thread::JoinHandle<Vec<Option<f64>>> {
     std::thread::spawn(move || {
+        let mut seen = vec![None; wants.len()];
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             let out = std::process::Command::new("ip")
                 .args(&argv)
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .output();
-            if let Ok(o) = out {
-                let phase = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            let phase = out.ok().and_then(|o| {
+                serde_json::from_slice::<serde_json::Value>(&o.stdout)
                     .ok()
-                    .and_then(|v| {
-                        v.get("targets")?
-                            .as_array()?
-                            .iter()
-                            .find(|t| {
-                                t.get("name").and_then(|n| n.as_str()) == Some(roles::TARGET_ID)
-                            })?
-                            .get("phase")?
-                            .as_str()
-                            .map(str::to_string)
-                    });
-                if phase.as_deref() == Some(want) {
-                    return Some((t0.elapsed().as_secs_f64(), Vec::new()));
+                    .and_then(|v| phase_of(&v))
+            });
+            if let Some(i) = wants.iter().position(|w| Some(*w) == phase.as_deref()) {
+                let t = t0.elapsed().as_secs_f64();
+                seen[i].get_or_insert(t);
+                if i == wants.len() - 1 {
+                    break;
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        None
+        seen
+    })
+}
+
+/// [`watch_phases`] for one phase, as a divert watcher.
+fn watch_phase(
+    argv: Vec<String>,
+    t0: Instant,
+    deadline: Instant,
+    want: &'static [&'static str; 1],
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<AltSeen>> {
+    let h = watch_phases(argv, t0, deadline, want, stop);
+    std::thread::spawn(move || {
+        h.join()
+            .ok()
+            .and_then(|v| v.first().copied().flatten())
+            .map(|s| (s, Vec::new()))
     })
 }
 
@@ -951,13 +994,54 @@ struct EchoLog {
     replies: Vec<f64>,
 }
 
+/// The outage an echo log shows around an event at `t_event`: the longest silence
+/// between two answers of which the later came after the event.
+fn outage(replies: &[f64], t_event: f64) -> Option<f64> {
+    replies
+        .windows(2)
+        .filter(|w| w[1] > t_event)
+        .map(|w| w[1] - w[0])
+        .reduce(f64::max)
+}
+
+/// Waits until the coordinator lists `proxy` as up again (its attacked mark expired)
+/// and the target is back in phase "diverted", at most `limit`.
+fn wait_proxy_usable(roles: &Roles, proxy: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let up = roles.ctl(&["proxies"]).ok().is_some_and(|v| {
+            let list = v.get("proxies").cloned().unwrap_or(v);
+            list.as_array().is_some_and(|a| {
+                a.iter().any(|p| {
+                    p.get("name").and_then(|n| n.as_str()) == Some(proxy)
+                        && p.get("health").and_then(|h| h.as_str()) == Some("up")
+                })
+            })
+        });
+        let diverted = roles
+            .ctl(&["status"])
+            .ok()
+            .and_then(|v| phase_of(&v))
+            .is_some_and(|p| p == "diverted");
+        if up && diverted {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 /// Proxy failover (4.4) under attack: with client 1 on the indirect route through the
 /// proxy its agent chose, a bounded echo loop (one echo every 50 ms through the tunnel,
-/// each waiting at most 200 ms) runs while that proxy's process is killed. The figure
-/// is the gap the loop saw: from the last answer before the kill to the first after
-/// it, which came through the other proxy. The killed proxy is started again after
-/// each repetition.
-fn measure_failover(
+/// each waiting at most 200 ms) runs while that proxy is taken out: flooded from an
+/// attacker (`--failover flood`, the default with the data path linked: its
+/// self-defence reports the attack, the coordinator resets it out of the ALT set and
+/// the gateway stops admitting it, the agent re-reads the set and moves) or killed
+/// (`--failover kill`: the agent's keepalive notices). The figure is the longest
+/// silence the loop saw after the event, until echoes came back through the other
+/// proxy. A killed proxy is started again after each repetition; a flooded one is
+/// used again once the coordinator's attacked mark expired.
+pub(crate) fn measure_failover(
     lab: &Fig8,
     roles: &mut Roles,
     cfg: &ScenarioConfig,
@@ -965,9 +1049,11 @@ fn measure_failover(
     progress: &mut Progress,
 ) -> Result<(), LabError> {
     let client = fig8::client(1);
-    let limit = Duration::from_secs(8);
+    let limit = Duration::from_secs(12);
+    let flood = cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode();
     indirect_up(lab, roles)?;
     let mut gaps = Vec::new();
+    let mut moves = Vec::new();
     for rep in 1..=cfg.failover_reps {
         let before = roles.agent_proxy(&client);
         let node = before.and_then(|ip| {
@@ -985,15 +1071,16 @@ fn measure_failover(
                 ),
             });
         };
-        let killed = Arc::new(AtomicBool::new(false));
-        let flag = killed.clone();
+        // Set once the agent names another proxy; the loop then runs 10 more answers.
+        let moved = Arc::new(AtomicBool::new(false));
+        let flag = moved.clone();
         let start = Instant::now();
         let pinger = lab.thread_in(&client, move || {
             let mut log = EchoLog {
                 replies: Vec::new(),
             };
-            let mut after_kill = 0;
-            while start.elapsed() < limit && after_kill < 10 {
+            let mut after_move = 0;
+            while start.elapsed() < limit && after_move < 10 {
                 let t = Instant::now();
                 let ok = measure::ping_samples_via(
                     fig8::TARGET_ADDR,
@@ -1006,7 +1093,7 @@ fn measure_failover(
                 if ok {
                     log.replies.push(start.elapsed().as_secs_f64());
                     if flag.load(Ordering::Relaxed) {
-                        after_kill += 1;
+                        after_move += 1;
                     }
                 }
                 if let Some(rest) = Duration::from_millis(50).checked_sub(t.elapsed()) {
@@ -1016,65 +1103,158 @@ fn measure_failover(
             log
         })?;
         std::thread::sleep(Duration::from_secs(1));
-        let t_kill = start.elapsed().as_secs_f64();
-        roles.kill_proxy(&node)?;
-        killed.store(true, Ordering::Relaxed);
+        let t_event = start.elapsed().as_secs_f64();
+        let mut attack = None;
+        if flood {
+            attack = Some(start_proxy_flood(lab, cfg, &node, rep)?);
+        } else {
+            roles.kill_proxy(&node)?;
+        }
+        // The agent's log names the proxy it moved to.
+        let mut moved_at = None;
+        while start.elapsed() < limit {
+            let now = roles.agent_proxy(&client);
+            if now.is_some() && now != before {
+                moved_at = Some(start.elapsed().as_secs_f64());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        moved.store(true, Ordering::Relaxed);
+        let sent = attack.map(|p| stop_floods(vec![p]));
         let log = pinger.join().map_err(|_| {
             LabError::io("the failover echo loop", std::io::Error::other("panicked"))
         })?;
         let after = roles.agent_proxy(&client);
-        let last_before = log
-            .replies
-            .iter()
-            .copied()
-            .filter(|&t| t <= t_kill)
-            .reduce(f64::max);
-        let first_after = log.replies.iter().copied().find(|&t| t > t_kill);
-        let outcome = match (last_before, first_after) {
-            (Some(b), Some(a)) if after.is_some() && after != before => {
-                gaps.push(a - b);
-                Outcome::Ok { seconds: a - b }
+        let what = if flood { "flooded" } else { "killed" };
+        let first_after = moved_at.and_then(|m| log.replies.iter().copied().find(|&t| t > m));
+        let outcome = match (moved_at, first_after, outage(&log.replies, t_event)) {
+            (Some(m), Some(_), Some(gap)) => {
+                gaps.push(gap);
+                moves.push(m - t_event);
+                Outcome::Ok { seconds: gap }
             }
-            (_, Some(_)) => Outcome::Failed {
+            (Some(_), _, _) => Outcome::Failed {
                 error: format!(
-                    "echoes came back after {node} was killed but the agent's route names \
-                     {after:?}, not another proxy"
+                    "the agent moved from {node} ({what}) to {after:?} but no echo came back \
+                     through it within {}",
+                    fmt_seconds(limit.as_secs_f64())
                 ),
             },
-            (_, None) => Outcome::Timeout {
-                limit_seconds: limit.as_secs_f64() - t_kill,
+            (None, _, _) => Outcome::Timeout {
+                limit_seconds: limit.as_secs_f64() - t_event,
             },
         };
         progress.step(
-            &format!("failover: {node} killed #{rep}"),
+            &format!("failover: {node} {what} #{rep}"),
             &format!(
-                "{} (now via {})",
+                "{} (now via {}{})",
                 show(&outcome),
-                after.map(|a| a.to_string()).unwrap_or("?".into())
+                after.map(|a| a.to_string()).unwrap_or("?".into()),
+                match moved_at {
+                    Some(m) => format!(
+                        ", agent moved {} after the {what} began",
+                        fmt_seconds(m - t_event)
+                    ),
+                    None => String::new(),
+                }
             ),
         );
+        if let Some(Some(Ok(r))) = sent.as_ref().map(|v| v.first()) {
+            results.notes.push(format!(
+                "failover #{rep}: flood {:?} to {node} ({}): {} packets in {:.1} s",
+                r.kind, r.target, r.sent, r.seconds
+            ));
+        }
         results.push(Metric::Failover, rep, outcome);
-        roles.restart_proxy(&node)?;
+        if flood {
+            if rep < cfg.failover_reps && !wait_proxy_usable(roles, &node, Duration::from_secs(15))
+            {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "the coordinator to take {node} back after its attack (attacked mark \
+                         of {} ms) and the target back to phase \"diverted\"; coordinator: {}",
+                        roles::ATTACKED_HOLD_MS,
+                        target_status(roles)
+                    ),
+                    secs: 15.0,
+                });
+            }
+        } else {
+            roles.restart_proxy(&node)?;
+        }
         roles.check()?;
     }
     if let (Some(med), Some(worst)) = (
         measure::median(&gaps),
         gaps.iter().copied().reduce(f64::max),
     ) {
-        results.notes.push(format!(
-            "failover (4.4): gap in a 50 ms echo loop through the tunnel when the client's \
-             proxy process was killed (SIGKILL) under attack, until echoes came back through \
-             the other proxy: {} median, {} worst over {} repetitions",
-            fmt_seconds(med),
-            fmt_seconds(worst),
-            gaps.len()
-        ));
+        results.notes.push(if flood {
+            format!(
+                "failover (4.4): the client's proxy was flooded from an attacker ({} packets/s \
+                 of 64 bytes, under the main-link attack); its self-defence (over {} packets/s \
+                 for {} ms) reported ProxyAttacked, the coordinator reset it out of the ALT \
+                 set and the gateway's admitted set, and the client agent (re-reading the ALT \
+                 set every {} s) moved to the other proxy {} median after the flood began; \
+                 the gap in a 50 ms echo loop through the tunnel: {} median, {} worst over {} \
+                 repetitions",
+                roles::PROXY_FLOOD_PPS,
+                roles::PROXY_RX_PPS_MAX,
+                roles::PROXY_SUSTAIN_MS,
+                roles::AGENT_MAX_REFRESH_SECS,
+                fmt_seconds(measure::median(&moves).unwrap_or(0.0)),
+                fmt_seconds(med),
+                fmt_seconds(worst),
+                gaps.len()
+            )
+        } else {
+            format!(
+                "failover (4.4): gap in a 50 ms echo loop through the tunnel when the client's \
+                 proxy process was killed (SIGKILL){}, until echoes came back through the \
+                 other proxy: {} median, {} worst over {} repetitions",
+                if lab.attackers().is_empty() {
+                    ""
+                } else {
+                    " under attack"
+                },
+                fmt_seconds(med),
+                fmt_seconds(worst),
+                gaps.len()
+            )
+        });
     }
     route_off(roles)
 }
 
+/// Starts one bounded flood from an attacker at `proxy`'s address.
+fn start_proxy_flood(
+    lab: &Fig8,
+    cfg: &ScenarioConfig,
+    proxy: &str,
+    rep: u32,
+) -> Result<LabProcess, LabError> {
+    let attackers = lab.attackers();
+    let Some(a) = attackers.get(rep as usize % attackers.len().max(1)) else {
+        return Err(LabError::BadSpec(
+            "the proxy failover by flood needs an attacker (--attackers 1 or more)".into(),
+        ));
+    };
+    let addr = fig8::address_of(proxy).expect("proxy of the plan");
+    let mut cmd = lab.command(a, &cfg.scold_bin)?;
+    cmd.args(["lab", "flood", "--kind", "udp"])
+        .args(["--target", &addr.to_string()])
+        .args(["--rate", &roles::PROXY_FLOOD_PPS.to_string()])
+        .args(["--payload", "64"])
+        .args(["--duration", "15"]);
+    for p in lab.prefixes() {
+        cmd.args(["--allow", &p.to_string()]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    lab.spawn(&format!("{a}: scold lab flood at {proxy}"), &mut cmd)
+}
+
 /// The coordinator's view of the target: phase, pending steps, last error.
-fn target_status(roles: &Roles) -> String {
+pub(crate) fn target_status(roles: &Roles) -> String {
     match roles.ctl(&["status"]) {
         Ok(v) => {
             let t = v
@@ -1181,19 +1361,51 @@ fn phases(
              100k download through the client's TUN device; the agent is restarted with no \
              route before each repetition, the target's return path is in place before it"
                 .into(),
-            "failover (4.4): a proxy's process is killed while the client uses it, under \
-             attack; the gap is measured by a 50 ms echo loop through the tunnel"
-                .into(),
+            if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
+                format!(
+                    "failover (4.4): the proxy the client uses is flooded (bounded, {} \
+                     packets/s) under the main-link attack; its self-defence ([selfdefence] \
+                     rx_pps_max {} for {} ms, set for the lab's traffic) reports \
+                     ProxyAttacked and the coordinator resets it out; the gap is measured by \
+                     a 50 ms echo loop through the tunnel",
+                    roles::PROXY_FLOOD_PPS,
+                    roles::PROXY_RX_PPS_MAX,
+                    roles::PROXY_SUSTAIN_MS
+                )
+            } else {
+                "failover (4.4): a proxy's process is killed while the client uses it, under \
+                 attack; the gap is measured by a 50 ms echo loop through the tunnel"
+                    .into()
+            },
             format!(
-                "divert: {}; restore: the operator's all-clear (`scold ctl restore`); both \
-                 timed as the target's phase in `scold ctl --json status` polled every \
-                 100 ms (ClientDNS already holds the lab's ALT records), scheme {}",
+                "divert: {}; restore: {}; both timed as the target's phase in `scold ctl \
+                 --json status` polled every 100 ms (ClientDNS already holds the lab's ALT \
+                 records), scheme {}",
                 if cfg.detect_mode() {
-                    "no operator alarm: the target's detector ([detect] on its main link, \
-                     warm-up 3 s, UDP ceiling 600 packets/s) raised it; timed from the \
-                     flood's start"
+                    format!(
+                        "no operator alarm: the target's detector ([detect] on its main \
+                         link, sampled every 100 ms, warm-up {} s, UDP ceiling {} packets/s, \
+                         alarm after {} ms of anomaly) raised it; timed from the flood's \
+                         start. The target's control channel to the coordinator leaves the \
+                         site by its alternate uplink (a host route via the hidden gateway, \
+                         which masquerades that one connection), so the alarm does not have \
+                         to cross the flooded main link",
+                        roles::DETECT_WARMUP_MS / 1000,
+                        roles::DETECT_UDP_CEILING,
+                        roles::DETECT_ALARM_AFTER_MS
+                    )
                 } else {
-                    "the operator's alarm (`scold ctl divert`), timed from it"
+                    "the operator's alarm (`scold ctl divert`), timed from it".to_string()
+                },
+                if cfg.detect_mode() {
+                    format!(
+                        "automatic: the detector's all-clear after {} s of calm on the main \
+                         link (the lab's short hold-down), then the coordinator's restore; \
+                         timed from the flood's end",
+                        roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0
+                    )
+                } else {
+                    "the operator's all-clear (`scold ctl restore`)".to_string()
                 },
                 cfg.scheme.as_str()
             ),
@@ -1333,6 +1545,7 @@ fn phases(
     let mut floods = start_floods(lab, cfg, budget)?;
     let attacked = attack_phase(lab, &mut roles, cfg, &mut floods, results, progress);
     let early = floods_ended(&mut floods);
+    let t_end = Instant::now();
     let reports = stop_floods(floods);
     let mut sent = 0;
     for r in &reports {
@@ -1353,7 +1566,7 @@ fn phases(
         return Err(e);
     }
 
-    restore_phase(lab, &roles, cfg, diverted, results, progress)?;
+    restore_phase(lab, &roles, cfg, diverted, t_end, results, progress)?;
     if !roles.agent_mode() || cfg.failover_reps == 0 {
         results.push(
             Metric::Failover,
@@ -1402,7 +1615,7 @@ fn attack_phase(
             roles.ctl_argv(&["status"])?,
             t_alarm,
             t_alarm + cfg.divert_wait,
-            "diverted",
+            &["diverted"],
             stop.clone(),
         )
     } else {
@@ -1477,7 +1690,12 @@ fn attack_phase(
     measure_indirect(lab, roles, cfg, true, results, progress)?;
     if roles.agent_mode() && cfg.failover_reps > 0 {
         progress.phase(&format!(
-            "proxy failover under attack (4.4): kill the client's proxy, {} times",
+            "proxy failover under attack (4.4): {} the client's proxy, {} times",
+            if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
+                "flood"
+            } else {
+                "kill"
+            },
             cfg.failover_reps
         ));
         measure_failover(lab, roles, cfg, results, progress)?;
@@ -1526,27 +1744,88 @@ fn attack_phase(
     Ok(diverted)
 }
 
-/// After the attack: the operator's all-clear, and the time until the ALT records are
-/// gone from ClientDNS when the divert had published them.
+/// After the attack: the all-clear (the target's detector after its hold-down, or the
+/// operator's `scold ctl restore`) and the coordinator's restore. With the detector the
+/// clock runs from the attack's end (`t_end`): to the all-clear (the coordinator leaves
+/// "diverted") and to the restore (phase "normal" again). Otherwise from the operator's
+/// all-clear, until phase "normal" (agent mode) or the ALT records are gone from ClientDNS.
 fn restore_phase(
     lab: &Fig8,
     roles: &Roles,
     cfg: &ScenarioConfig,
     diverted: bool,
+    t_end: Instant,
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
+    // The coordinator waits out the ALT TTL before tearing down; allow for it.
+    let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
+    if cfg.detect_mode() {
+        progress.phase(&format!(
+            "the attack is over: waiting for the target's all-clear (hold-down {}) and the \
+             coordinator's restore",
+            fmt_seconds(roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0)
+        ));
+        let seen = watch_phases(
+            roles.ctl_argv(&["status"])?,
+            t_end,
+            t_end + wait + Duration::from_millis(roles::DETECT_HOLD_DOWN_MS),
+            &["restoring", "normal"],
+            Arc::new(AtomicBool::new(false)),
+        )
+        .join()
+        .unwrap_or_default();
+        let (clear, normal) = (
+            seen.first().copied().flatten(),
+            seen.get(1).copied().flatten(),
+        );
+        // Phase "restoring" lasts at least the drain (one ALT TTL), so a 100 ms poll
+        // sees it; if the poll still missed it, the restore's end bounds it.
+        let clear = clear.or(normal);
+        let status = target_status(roles);
+        let outcome_of = |s: Option<f64>, what: &str| match s {
+            Some(s) => Outcome::Ok { seconds: s },
+            None if !diverted => Outcome::Failed {
+                error: format!(
+                    "no divert to restore, so no {what}; coordinator after the attack: {status}"
+                ),
+            },
+            None => Outcome::Failed {
+                error: format!(
+                    "no {what} within {} of the attack's end; coordinator: {status}",
+                    fmt_seconds(wait.as_secs_f64())
+                ),
+            },
+        };
+        let clear_o = outcome_of(clear, "all-clear");
+        let normal_o = outcome_of(normal, "restore");
+        progress.step("all-clear (target's detector)", &show(&clear_o));
+        progress.step("restore (coordinator)", &show(&normal_o));
+        if let (Some(c), Some(n)) = (clear, normal) {
+            results.notes.push(format!(
+                "restore: attack end -> all-clear (the target's detector after {} of calm; \
+                 the coordinator left \"diverted\") {} -> restored (phase \"normal\": ALT \
+                 withdrawn, resolvers notified, one ALT TTL of {} s drained, routes torn \
+                 down) {}",
+                fmt_seconds(roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0),
+                fmt_seconds(c),
+                roles::DNS_TTL,
+                fmt_seconds(n)
+            ));
+        }
+        results.push(Metric::AllClear, 1, clear_o);
+        results.push(Metric::Restore, 1, normal_o);
+        return Ok(());
+    }
     progress.phase("the attack is over: scold ctl restore");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    // The coordinator waits out the ALT TTL before tearing down; allow for it.
-    let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
     let watcher = if diverted && roles.agent_mode() {
         Some(watch_phase(
             roles.ctl_argv(&["status"])?,
             t0,
             t0 + wait,
-            "normal",
+            &["normal"],
             stop,
         ))
     } else if diverted {

@@ -36,10 +36,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // The operator raises the alarm: on a loaded machine the detector's timing varies
-    // (its own flood-to-divert test is crates/scold-node/tests/control.rs), and this test
-    // is about the scenario's shape and its divert and restore completing.
-    let (r, stdout) = run_short(&["--failover-reps", "2", "--operator-alarm"]);
+    // No operator: the target's detector raises the alarm and, after its hold-down,
+    // the all-clear; the coordinator diverts and restores on its own.
+    let (r, stdout) = run_short(&["--failover-reps", "2"]);
     let (d, da) = (cond(Route::Direct, false), cond(Route::Direct, true));
     let (i, ia) = (cond(Route::Indirect, false), cond(Route::Indirect, true));
     let ping = Probe::Ping;
@@ -77,9 +76,10 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
         failovers.iter().all(|o| matches!(o, Outcome::Ok { .. })),
         "a failover did not complete: {failovers:?}\n{stdout}"
     );
-    // The data-path daemons are linked to the coordinator: its divert and restore both
-    // complete.
-    for m in [Metric::Divert, Metric::Restore] {
+    // The data-path daemons are linked to the coordinator: the detector's alarm and
+    // all-clear reach it, and its divert and restore both complete.
+    assert!(stdout.contains("target's detector"), "{stdout}");
+    for m in [Metric::Divert, Metric::AllClear, Metric::Restore] {
         assert!(
             r.samples
                 .iter()
