@@ -1327,14 +1327,32 @@ impl Agent<'_> {
 
 /// Where a path announcement goes: the discard port (RFC 863).
 const ANNOUNCE_PORT: u16 = 9;
+/// When the announcement goes, after the move: at once, and again in case the first one
+/// arrived before the new proxy was ready for us (a pushing proxy admits the client only
+/// after it has our answer) or was lost.
+const ANNOUNCE_AT: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
 
-/// After `targets` moved to another proxy: one empty UDP datagram from `local` to each,
-/// through the new tunnel. The target's gateway returns a client's packets by the proxy
-/// they last came in by; a client that only answers what it receives (a download, whose
-/// acknowledgements stop when the data stops) would otherwise send nothing by the new
-/// proxy, and the target's retransmissions would keep going to the lost one until the
-/// connection timed out. What comes back (at most an ICMP port unreachable) is ignored.
+/// After `targets` moved to another proxy: an empty UDP datagram from `local` to each,
+/// through the new tunnel, a few times (see [`ANNOUNCE_AT`]). The target's gateway
+/// returns a client's packets by the proxy they last came in by; a client that only
+/// answers what it receives (a download, whose acknowledgements stop when the data stops)
+/// would otherwise send nothing by the new proxy, and the target's retransmissions would
+/// keep going to the lost one until the connection timed out. What comes back (at most
+/// an ICMP port unreachable) is ignored.
 async fn announce_path(targets: &BTreeSet<IpAddr>, local: IpAddr) {
+    let targets: Vec<IpAddr> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.is_ipv4() == local.is_ipv4())
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
     let sock = match tokio::net::UdpSocket::bind(SocketAddr::new(local, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -1342,14 +1360,20 @@ async fn announce_path(targets: &BTreeSet<IpAddr>, local: IpAddr) {
             return;
         }
     };
-    for t in targets.iter().filter(|t| t.is_ipv4() == local.is_ipv4()) {
-        match sock.send_to(&[], (*t, ANNOUNCE_PORT)).await {
-            Ok(_) => tracing::debug!(target = %t, %local, "new path announced"),
-            Err(e) => {
-                tracing::warn!(target = %t, %local, error = %e, "cannot announce the new path")
+    tokio::spawn(async move {
+        let t0 = tokio::time::Instant::now();
+        for at in ANNOUNCE_AT {
+            tokio::time::sleep_until(t0 + at).await;
+            for t in &targets {
+                match sock.send_to(&[], (*t, ANNOUNCE_PORT)).await {
+                    Ok(_) => tracing::debug!(target = %t, %local, "new path announced"),
+                    Err(e) => {
+                        tracing::debug!(target = %t, %local, error = %e, "cannot announce the new path")
+                    }
+                }
             }
         }
-    }
+    });
 }
 
 /// Largest number of push connections served at once.
