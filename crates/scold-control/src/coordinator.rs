@@ -31,6 +31,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// Scheme 4.2: how often a push that failed at the divert is tried again in the
+/// background, and the waits between tries (doubling from the first to the largest):
+/// about four minutes in all, after which the client gets its route when it registers.
+const PUSH_RETRIES: u32 = 10;
+const PUSH_RETRY_FIRST: Duration = Duration::from_secs(2);
+const PUSH_RETRY_MAX: Duration = Duration::from_secs(30);
+
 // --- configuration -----------------------------------------------------------------
 
 #[derive(Debug, Clone, Deserialize)]
@@ -641,7 +648,12 @@ impl Coordinator {
             .and_then(|n| n.info.address)
     }
 
-    async fn execute(&self, target: &str, epoch: u64, step: &Step) -> Result<(), String> {
+    async fn execute(
+        self: &Arc<Self>,
+        target: &str,
+        epoch: u64,
+        step: &Step,
+    ) -> Result<(), String> {
         let tcfg = self
             .targets
             .get(target)
@@ -710,12 +722,14 @@ impl Coordinator {
             .await
     }
 
-    /// Scheme 4.2: one request per push, so one slow or dead client agent costs only its
-    /// own time limit; failed pushes are tried again a few times. A client site that
-    /// stays unreachable must not hold the target's divert (or a reset's tear-down) up:
-    /// it is audited and left out, and pushed to when it registers again.
+    /// Scheme 4.2: one request per push, all sent at once, so one slow or dead client
+    /// agent costs only its own time limit and the others do not wait behind it; failed
+    /// pushes are tried again a few times. A client site that stays unreachable must not
+    /// hold the target's divert (or a reset's tear-down) up: it is audited and left out,
+    /// tried again in the background for a while ([`PUSH_RETRIES`]), and pushed to when it
+    /// registers again.
     async fn push_routes(
-        &self,
+        self: &Arc<Self>,
         tcfg: &TargetConfig,
         epoch: u64,
         orders: Vec<orchestrate::Order>,
@@ -732,29 +746,15 @@ impl Coordinator {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(500) * round).await;
             }
-            failures.clear();
-            let mut left = Vec::new();
-            for (proxy, cmd) in todo {
-                let who = match &cmd {
-                    scold_proto::dataplane::Command::PushRoute(p) => p.client.clone(),
-                    other => other.kind().to_string(),
-                };
-                let one = orchestrate::Order {
-                    node: proxy.clone(),
-                    commands: vec![cmd.clone()],
-                };
-                if let Err(e) = self.send_orders(tcfg, epoch, Role::Proxy, vec![one]).await {
-                    failures.push(format!("{who} via {proxy}: {e}"));
-                    left.push((proxy, cmd));
-                }
-            }
+            let (left, failed, _) = self.push_all(&tcfg.name, epoch, todo).await;
             todo = left;
+            failures = failed;
             if todo.is_empty() {
                 return Ok(());
             }
         }
         for f in &failures {
-            warn!(target = %tcfg.name, epoch, failure = %f, "client agent not reached; left out until it registers again");
+            warn!(target = %tcfg.name, epoch, failure = %f, "client agent not reached; left out, tried again later and when it registers again");
         }
         let _ = self.store.commit(Batch {
             events: vec![event(
@@ -768,7 +768,102 @@ impl Coordinator {
             )],
             ..Default::default()
         });
+        self.retry_pushes_later(tcfg.name.clone(), epoch, todo);
         Ok(())
+    }
+
+    /// Sends every push of `todo` at once, each in its own request. Returns the pushes
+    /// that failed, why each failed, and the clients reached.
+    async fn push_all(
+        self: &Arc<Self>,
+        target: &str,
+        epoch: u64,
+        todo: Vec<(String, scold_proto::dataplane::Command)>,
+    ) -> (
+        Vec<(String, scold_proto::dataplane::Command)>,
+        Vec<String>,
+        Vec<String>,
+    ) {
+        let mut set = tokio::task::JoinSet::new();
+        for (proxy, cmd) in todo {
+            let me = self.clone();
+            let target = target.to_string();
+            set.spawn(async move {
+                let who = match &cmd {
+                    scold_proto::dataplane::Command::PushRoute(p) => p.client.clone(),
+                    other => other.kind().to_string(),
+                };
+                let Some(tcfg) = me.targets.get(&target) else {
+                    return Err((
+                        proxy,
+                        cmd,
+                        format!("{who}: target {target} is not configured"),
+                    ));
+                };
+                let one = orchestrate::Order {
+                    node: proxy.clone(),
+                    commands: vec![cmd.clone()],
+                };
+                match me.send_orders(tcfg, epoch, Role::Proxy, vec![one]).await {
+                    Ok(()) => Ok(who),
+                    Err(e) => {
+                        let why = format!("{who} via {proxy}: {e}");
+                        Err((proxy, cmd, why))
+                    }
+                }
+            });
+        }
+        let (mut left, mut failures, mut reached) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(who)) => reached.push(who),
+                Ok(Err((proxy, cmd, why))) => {
+                    failures.push(why);
+                    left.push((proxy, cmd));
+                }
+                Err(e) => failures.push(format!("push task failed: {e}")),
+            }
+        }
+        (left, failures, reached)
+    }
+
+    /// Pushes that failed every round of [`Self::push_routes`] are tried again in the
+    /// background at growing intervals, up to [`PUSH_RETRIES`] times, while the target
+    /// stays diverted in this epoch: a client site whose link comes back gets its route
+    /// without having to register again.
+    fn retry_pushes_later(
+        self: &Arc<Self>,
+        target: String,
+        epoch: u64,
+        mut todo: Vec<(String, scold_proto::dataplane::Command)>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut wait = PUSH_RETRY_FIRST;
+            for attempt in 1..=PUSH_RETRIES {
+                tokio::time::sleep(wait).await;
+                let current = me
+                    .lock()
+                    .targets
+                    .get(&target)
+                    .is_some_and(|s| s.epoch == epoch && s.phase.is_diverted());
+                if !current {
+                    return; // a newer plan pushes (or withdraws) for everyone
+                }
+                let (left, failures, reached) = me.push_all(&target, epoch, todo).await;
+                for client in &reached {
+                    info!(%target, epoch, %client, attempt, "route pushed to a client agent on a later try");
+                }
+                todo = left;
+                if todo.is_empty() {
+                    return;
+                }
+                if attempt == PUSH_RETRIES {
+                    warn!(%target, epoch, failures = ?failures, "client agents still not reached; they get their route when they register again");
+                }
+                wait = (wait * 2).min(PUSH_RETRY_MAX);
+            }
+        });
     }
 
     /// Sends each order and fails on the first refusal.

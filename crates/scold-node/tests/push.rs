@@ -40,8 +40,11 @@ fn net() -> Net {
     consortium(true, &[("openssl", "openssl")])
 }
 
-/// Certificates, configs and every process, the client agent included.
-fn start(net: &mut Net) {
+/// Certificates, configs and every process, the client agent included; `extra`: config
+/// text appended to one proxy's file (name, text). With `site2_push`, the second client
+/// site has its address (10.8.0.2) and takes pushes on it, but no proxy has a route to
+/// it yet.
+fn start(net: &mut Net, extra: Option<(&str, &str)>, site2_push: bool) {
     let ca = net.p("ca");
     let certs = net.p("certs");
     ca_issue(
@@ -128,9 +131,13 @@ key = "hmac-sha256:coordinator:{SECRET}"
         format!(
             "[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:51820\"\n{}\n\
              [control]\ncoordinator = \"10.9.{n}.1:7800\"\naddress = \"{public}\"\nendpoint = \"{toward_gw}:51820\"\ncapacity_mbps = 1000\norganisation = \"org-{name}\"\n{}\n\
-             [[notify]]\nresolver = \"10.9.{n}.1:5300\"\nkey = \"hmac-sha256:{name}:{NOTIFY_SECRET}\"\n",
+             [[notify]]\nresolver = \"10.9.{n}.1:5300\"\nkey = \"hmac-sha256:{name}:{NOTIFY_SECRET}\"\n{}",
             admission(name, 5443),
-            tls("proxy", name)
+            tls("proxy", name),
+            extra
+                .filter(|(p, _)| *p == name)
+                .map(|(_, t)| t)
+                .unwrap_or_default()
         )
     };
     let p1 = net.write("p1.toml", &proxy("p1", 1, "10.1.0.1", "10.2.0.1"));
@@ -159,11 +166,22 @@ key = "hmac-sha256:coordinator:{SECRET}"
         "client2.toml",
         &format!(
             "tun_name = \"sd{s}\"\ntable = 5111\nrule_priority = 5111\n[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:0\"\n\
-             [agent]\nlisten = \"127.0.0.54:53\"\nupstream = [\"10.9.5.1:5300\"]\nca = \"{certs}/ca.crt\"\n\
+             [agent]\nlisten = \"127.0.0.54:53\"\nupstream = [\"10.9.5.1:5300\"]\nca = \"{certs}/ca.crt\"\n{}\
              [control]\ncoordinator = \"10.9.5.1:7800\"\naddress = \"10.8.0.2\"\n{}",
+            if site2_push {
+                format!("[agent.push]\nlisten = \"10.8.0.2:5444\"\ncert = \"{certs}/client-site2.crt\"\nkey = \"{certs}/client-site2.key\"\n")
+            } else {
+                String::new()
+            },
             tls("client", "site2")
         ),
     );
+    if site2_push {
+        must(&format!(
+            "ip -n {} addr add 10.8.0.2/32 dev lo",
+            net.ns("c")
+        ));
+    }
 
     serve_payload(net, 400_000);
 
@@ -205,7 +223,7 @@ fn assigned() -> (&'static str, &'static str) {
 fn proxies_push_routes_to_client_agents() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = net();
-    start(&mut net);
+    start(&mut net, None, false);
     assert!(!net.ping(1), "ping reached the target before any divert");
 
     net.ctl("divert web");
@@ -364,5 +382,227 @@ fn proxies_push_routes_to_client_agents() {
     assert!(
         !net.ping(1),
         "the target is still reachable after the restore"
+    );
+}
+
+/// Reads the target's big file (TCP port 8081) into `argv[1]` at most `argv[2]` bytes/s,
+/// so the transfer lasts long enough for a proxy to fail in its middle. Every wait is
+/// bounded by the socket timeout.
+const PACED_READER: &str = r#"
+import socket, sys, time
+out, rate = sys.argv[1], float(sys.argv[2])
+s = socket.create_connection(("10.4.0.2", 8081), timeout=10)
+s.settimeout(60)
+t0, n = time.monotonic(), 0
+with open(out, "wb") as f:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        f.write(d)
+        f.flush()
+        n += len(d)
+        ahead = n / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+"#;
+
+/// How the assigned proxy fails in [`transfer_across_reset`].
+enum Failure {
+    /// SIGKILL: the coordinator finds it silent.
+    Killed,
+    /// A flood at it: its self-defence reports the attack (ProxyAttacked).
+    Attacked,
+}
+
+/// Scheme 4.2, L3 mode: a paced TCP download from the target runs through the proxy that
+/// pushed the route; that proxy fails; the coordinator resets the target to the other
+/// proxy (4.4), which pushes to the client. The connection (client host 10.8.0.1 to the
+/// target 10.4.0.2, neither address changes) finishes with the right checksum.
+fn transfer_across_reset(failure: Failure) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = net();
+    require("python3", "python3");
+    let (proxy, _) = assigned();
+    let other = if proxy == "p1" { "p2" } else { "p1" };
+    let other_address = if other == "p1" {
+        "10.1.0.1"
+    } else {
+        "10.5.0.1"
+    };
+    let (victim_address, dev) = if proxy == "p1" {
+        ("10.1.0.1", net.dev("ac"))
+    } else {
+        ("10.5.0.1", net.dev("bc"))
+    };
+    // Self-defence watches the link from the client site; the download's own
+    // acknowledgements (a few hundred packets/s at this pace) stay below its threshold.
+    let defence = format!(
+        "[selfdefence]\ninterface = \"{dev}\"\nrx_pps_max = 1500.0\nsustain_ms = 1000\nrecover_ms = 60000\ncpu_busy_max = 2.0\ninterval_ms = 200\n"
+    );
+    let extra = match failure {
+        Failure::Killed => None,
+        Failure::Attacked => Some((proxy, defence.as_str())),
+    };
+    start(&mut net, extra, false);
+    // 12 MiB at 1.5 MB/s: about 8 s.
+    let big = net.path("big.bin");
+    must(&format!(
+        "head -c 12582912 /dev/urandom > {}",
+        big.display()
+    ));
+    let file = format!("FILE:{}", big.display());
+    net.spawn(
+        "t",
+        "big-server",
+        &["socat", "-U", "TCP-LISTEN:8081,reuseaddr,fork", &file],
+    );
+    net.ctl("divert web");
+    net.wait_phase("diverted", &["p1", "p2"], 40);
+    net.wait_log("client", "indirect route pushed by proxy", 20);
+    net.wait_ping();
+
+    let out = net.path("big.out");
+    let reader = net.write("reader.py", PACED_READER);
+    let (outs, readers) = (out.display().to_string(), reader.display().to_string());
+    net.spawn(
+        "c",
+        "transfer",
+        &["timeout", "120", "python3", &readers, &outs, "1500000"],
+    );
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 3 << 20 {
+        assert!(
+            Instant::now() < end && net.running("transfer"),
+            "the transfer did not get going:\n{}\n{}",
+            net.log("transfer"),
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_failure = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let t0 = Instant::now();
+    match failure {
+        Failure::Killed => net.kill9(proxy),
+        Failure::Attacked => net.spawn(
+            "c",
+            "flood",
+            &[
+                "timeout",
+                "8",
+                "hping3",
+                "--udp",
+                "-a",
+                "10.1.0.66",
+                "-p",
+                "9",
+                "-i",
+                "u250",
+                "-c",
+                "24000",
+                "-q",
+                victim_address,
+            ],
+        ),
+    }
+    net.wait_phase("diverted", &[other], 30);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !net
+        .log("client")
+        .lines()
+        .filter(|l| l.contains("indirect route pushed by proxy"))
+        .any(|l| l.contains(other_address))
+    {
+        assert!(
+            Instant::now() < end,
+            "{other} never pushed to the client\n{}",
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = t0.elapsed();
+    if let Failure::Attacked = failure {
+        let s = net.status();
+        let p = s["proxies"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == proxy))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(p["health"], "attacked", "{s:#}");
+        assert!(net.ctl("events --limit 200").contains("proxy_attacked"));
+    }
+    let status = net
+        .wait_exit("transfer", 120)
+        .unwrap_or_else(|| panic!("the transfer never ended\n{}", net.logs()));
+    assert!(
+        status.success(),
+        "the transfer failed ({status}) across the reset:\n{}\n{}",
+        net.log("transfer"),
+        net.logs()
+    );
+    assert_eq!(
+        sha256(&out),
+        sha256(&big),
+        "the transferred file differs from the target's"
+    );
+    eprintln!(
+        "{proxy} failed after {at_failure} bytes; {other} pushed {} ms later; the transfer ended {} ms after the failure with the right checksum",
+        moved.as_millis(),
+        t0.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn transfer_survives_a_killed_proxy() {
+    transfer_across_reset(Failure::Killed);
+}
+
+#[test]
+fn transfer_survives_an_attacked_proxy() {
+    require("hping3", "hping3");
+    transfer_across_reset(Failure::Attacked);
+}
+
+/// Scheme 4.2: a client site that no proxy could reach at the divert is tried again in
+/// the background; once its link is back it gets its route without registering again.
+#[test]
+fn unreachable_client_gets_its_push_when_it_comes_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = net();
+    start(&mut net, None, true);
+    net.wait_log("client2", "taking route pushes from proxies", 20);
+    net.ctl("divert web");
+    net.wait_phase("diverted", &["p1", "p2"], 40);
+    net.wait_log("client", "indirect route pushed by proxy", 20);
+    net.wait_log("coordinator", "client agent not reached", 20);
+    assert!(
+        !net.log("client2")
+            .contains("indirect route pushed by proxy"),
+        "site2 was reached although no proxy has a route to it"
+    );
+    // The link comes back: both proxies can reach 10.8.0.2 now.
+    net.route("a", "10.8.0.2/32 via 10.1.0.2");
+    net.route("b", "10.8.0.2/32 via 10.5.0.2");
+    net.wait_log("client2", "indirect route pushed by proxy", 40);
+    net.wait_log(
+        "coordinator",
+        "route pushed to a client agent on a later try",
+        5,
+    );
+    let line = net
+        .log("coordinator")
+        .lines()
+        .find(|l| l.contains("on a later try"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("site2"), "{line}");
+    // site2 did not register again: one registration in its log.
+    assert_eq!(
+        net.log("client2")
+            .matches("registered with the coordinator")
+            .count(),
+        1,
+        "{}",
+        net.log("client2")
     );
 }
