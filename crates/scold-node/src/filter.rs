@@ -59,6 +59,9 @@ use tokio::sync::mpsc;
 pub const SNAPLEN: u32 = 160;
 /// Packets read per wake-up before the timers get a turn.
 const READ_BUDGET: usize = 1024;
+/// Captured packets read per system call.
+const CAPTURE_BATCH: usize = 64;
+type SnapBuf = [u8; SNAPLEN as usize];
 /// Messages from the engine thread that may wait for the defence task.
 const ENGINE_QUEUE: usize = 1024;
 
@@ -323,15 +326,36 @@ impl Capture {
         Ok(Capture { fd })
     }
 
-    /// One waiting packet into `buf`; `Ok(None)` when the queue is empty.
-    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: `buf` is valid and writable for its length; the socket is non-blocking.
+    /// Waiting packets into `bufs` with one `recvmmsg(2)`, their lengths into `lens`;
+    /// `Ok(None)` when the queue is empty. One system call per batch rather than per
+    /// packet: the watcher reads a copy of every packet on the link, floods included.
+    fn recv_batch(&self, bufs: &mut [SnapBuf], lens: &mut [usize]) -> io::Result<Option<usize>> {
+        let n = bufs.len().min(lens.len()).min(CAPTURE_BATCH);
+        // SAFETY: all-zero iovec and mmsghdr values are valid (null pointers, zero
+        // lengths); the entries used are filled in below.
+        let mut iov: [libc::iovec; CAPTURE_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; CAPTURE_BATCH] = unsafe { std::mem::zeroed() };
+        for ((v, m), b) in iov
+            .iter_mut()
+            .zip(msgs.iter_mut())
+            .zip(bufs.iter_mut())
+            .take(n)
+        {
+            v.iov_base = b.as_mut_ptr() as *mut libc::c_void;
+            v.iov_len = b.len();
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs[..n]` point at `iov[..n]`, which point into `bufs`; all live and
+        // writable for the call; the socket is non-blocking and MSG_DONTWAIT is set.
         let r = unsafe {
-            libc::recv(
+            libc::recvmmsg(
                 self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
             )
         };
         if r < 0 {
@@ -342,7 +366,11 @@ impl Capture {
                 _ => Err(e),
             };
         }
-        Ok(Some(r as usize))
+        let got = r as usize;
+        for (l, m) in lens.iter_mut().zip(msgs.iter()).take(got) {
+            *l = (m.msg_len as usize).min(SNAPLEN as usize);
+        }
+        Ok(Some(got))
     }
 }
 
@@ -735,7 +763,8 @@ async fn run_filter(
     let mut relay_stats = FilterStats::default();
     let mut relay_top: Vec<Offender> = Vec::new();
     let mut engine_open = true;
-    let mut buf = vec![0u8; SNAPLEN as usize];
+    let mut bufs: Vec<SnapBuf> = vec![[0u8; SNAPLEN as usize]; CAPTURE_BATCH];
+    let mut lens = [0usize; CAPTURE_BATCH];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut traceback = tokio::time::interval(Duration::from_secs(section.traceback_secs));
     traceback.tick().await;
@@ -776,19 +805,21 @@ async fn run_filter(
                 let now = start.elapsed();
                 let mut n = 0;
                 while n < READ_BUDGET {
-                    match guard.get_inner().recv(&mut buf) {
-                        Ok(Some(len)) => {
-                            n += 1;
-                            let pkt = &buf[..len];
-                            let Some(info) = judge_info(pkt, tunnel) else { continue };
-                            if exempt.contains(&info.src)
-                                || (sessions.contains(&info.src) && is_tunnel_datagram(pkt, tunnel))
-                            {
-                                // A gateway, or a session's tunnel: judged on the relay path.
-                                continue;
-                            }
-                            if let Verdict::Drop(reason) = filter.check_info(now, &info) {
-                                tracing::trace!(src = %info.src, ?reason, "dropped");
+                    match guard.get_inner().recv_batch(&mut bufs, &mut lens) {
+                        Ok(Some(got)) => {
+                            n += got.max(1);
+                            for (b, len) in bufs.iter().zip(lens.iter()).take(got) {
+                                let pkt = &b[..*len];
+                                let Some(info) = judge_info(pkt, tunnel) else { continue };
+                                if exempt.contains(&info.src)
+                                    || (sessions.contains(&info.src) && is_tunnel_datagram(pkt, tunnel))
+                                {
+                                    // A gateway, or a session's tunnel: judged on the relay path.
+                                    continue;
+                                }
+                                if let Verdict::Drop(reason) = filter.check_info(now, &info) {
+                                    tracing::trace!(src = %info.src, ?reason, "dropped");
+                                }
                             }
                         }
                         Ok(None) => {
