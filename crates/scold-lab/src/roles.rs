@@ -9,7 +9,7 @@
 //! | altgw        | `scold gateway`         | the proxies as peers, the site LAN                     |
 //! | proxyN       | `scold proxy`           | the gateway as peer, a route to the target, client sessions |
 //! | target       | `scold lab serve`       | HTTP on 80 and bulk TCP on 5001                        |
-//! | target       | `scold target`          | return routes of diverted clients (while indirect)     |
+//! | target       | `scold target`          | return routes of diverted clients: static (while indirect), or linked to the coordinator with `[detect]` on the main link |
 //! | clientN      | `scold client`          | 4.1: the client agent its resolv.conf names (admission with a proxy of the ALT set, tunnel, host route); otherwise a static tunnel to its proxy (while indirect; not in 4.3) |
 //!
 //! In scheme 4.3 the proxies also relay the target's HTTP and bulk ports as a NAT from
@@ -17,13 +17,21 @@
 //! addresses, and clients run no SCOLD software.
 //!
 //! In scheme 4.1 (unless static routes are asked for) proxies run their `[admission]`
-//! service and clients the agent of scheme 4.1; the lab publishes ALT records itself
-//! with the coordinator's TSIG key ([`Roles::set_alt`]). The proxies' routes to the
-//! gateway, the gateway's peers and the target's return routes are static configs:
-//! the data-path daemons are not linked to the coordinator here. [`Roles::indirect_on`] and
-//! [`Roles::indirect_off`] start and stop the two agents that switch a client between
-//! the direct and the indirect route (the client agent and the target's return path);
-//! the gateway and proxies run throughout, as consortium infrastructure does.
+//! service and clients the agent of scheme 4.1. With the data path linked to the
+//! coordinator (`control`, the default there) the gateway, the proxies and a second
+//! `scold target` take the coordinator's orders and nothing of the indirect route is
+//! static: the divert sets the gateway's peers, the proxies' routes and the target's
+//! return path up, publishes the ALT records and has the proxies send ClientDNS a
+//! signed NOTIFY (each proxy has its own TSIG key there). The target's `[detect]`
+//! watches its main link ([`DETECT_ALARM_AFTER_MS`], [`DETECT_HOLD_DOWN_MS`]), its
+//! control channel leaves by the alternate uplink ([`Roles::start`] routes it through
+//! the hidden gateway), and the proxies run `[selfdefence]` ([`PROXY_RX_PPS_MAX`]).
+//! Without `control` the proxies' routes, the gateway's peers and the target's return
+//! routes are static configs and the lab publishes ALT records itself with the
+//! coordinator's TSIG key ([`Roles::set_alt`]). [`Roles::indirect_on`] and
+//! [`Roles::indirect_off`] start and stop the static agents that switch a client
+//! between the direct and the indirect route; the gateway and proxies run throughout,
+//! as consortium infrastructure does.
 //!
 //! Each process writes its log to `<out>/logs/<label>.log`. A role that exits or does
 //! not become ready fails the run with its log's last lines. Certificates, keys and
@@ -442,7 +450,11 @@ impl<'a> Roles<'a> {
         );
         gw += &self.tunnel_section(&format!("{gw_addr}:{TUNNEL_PORT}"), &gw_key);
         for (p, k) in &proxy_keys {
-            gw += &self.peer(p, addr(p), None, k);
+            // Linked to the coordinator, the gateway admits exactly the proxies its
+            // orders name; otherwise every proxy is a static peer.
+            if !self.opts.control {
+                gw += &self.peer(p, addr(p), None, k);
+            }
         }
         gw += &self.control_section(
             fig8::ALT_GW,
@@ -475,13 +487,15 @@ impl<'a> Roles<'a> {
                 );
             }
             cfg += &self.tunnel_section(&format!("0.0.0.0:{TUNNEL_PORT}"), k);
-            // Named as the coordinator names the gateway, so its orders for this peer
-            // meet the static one rather than a second peer at the same address.
-            cfg += &self.peer(GATEWAY_ID, gw_addr, Some(TUNNEL_PORT), &gw_key);
-            let _ = write!(
-                cfg,
-                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{GATEWAY_ID}\" }}\n"
-            );
+            // Linked to the coordinator, the proxy gets its peer and route to the
+            // gateway from the divert's orders; otherwise from this file.
+            if !self.opts.control {
+                cfg += &self.peer(GATEWAY_ID, gw_addr, Some(TUNNEL_PORT), &gw_key);
+                let _ = write!(
+                    cfg,
+                    "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{GATEWAY_ID}\" }}\n"
+                );
+            }
             if self.opts.scheme == Scheme::Nat {
                 let _ = write!(
                     cfg,
@@ -1000,7 +1014,9 @@ impl<'a> Roles<'a> {
     /// Starts the agents that put every client on the indirect route: the target's
     /// return path and each client's agent. Returns without waiting for the route.
     pub fn indirect_on(&mut self) -> Result<(), LabError> {
-        if !self.agents.is_empty() {
+        if !self.agents.is_empty() || self.opts.control {
+            // Linked to the coordinator, the target's return path is the one its
+            // divert set up (in the `scold target` that runs throughout).
             return Ok(());
         }
         let cfg = self.config_arg("target.toml");

@@ -3,12 +3,15 @@
 //! 1. Build Figure 8 and start every role as a real `scold` process ([`crate::roles`]).
 //! 2. Baseline: ping and downloads over the direct route (Tables 1-2, "direct").
 //! 3. Table 3: the same probes by address and by name through ClientDNS and TargetDNS.
-//! 4. Table 4. Scheme 4.1 (default): the lab publishes the target's ALT records with a
-//!    signed update under the coordinator's key, and times the application's lookup
+//! 4. Table 4. Scheme 4.1 (default, data path linked to the coordinator): the
+//!    operator's alarm (`scold ctl divert`) makes the coordinator set the indirect
+//!    route up and publish the ALT records; the lab times the application's lookup
 //!    through the client agent (which answers once it has set the route up) until the
-//!    first answer through the tunnel. `--static-route` and schemes 4.2/4.3: the time
+//!    first answer through the tunnel. Without the link (`--no-control`) the lab
+//!    publishes the ALT records itself. `--static-route` and schemes 4.2/4.3: the time
 //!    from starting the static client agent and the target's return path. Repeated.
-//! 5. Indirect route without attack (Tables 1-2, "indirect").
+//! 5. Indirect route without attack (Tables 1-2, "indirect"); then (linked) the
+//!    operator's all-clear (`scold ctl restore`), so the attack meets the direct route.
 //! 6. Attack on the main link (real `scold lab flood` processes); the target's detector
 //!    raises the alarm (or, with `--operator-alarm` and outside agent mode, the operator
 //!    with `scold ctl divert`), and the coordinator's progress is watched (ALT records
@@ -122,7 +125,7 @@ impl ScenarioConfig {
             + per_cond(self.attack_reps)
             + table3
             + table4
-            + 10
+            + 14
             + if self.agent_mode() {
                 self.failover_reps as usize
             } else {
@@ -1278,6 +1281,132 @@ pub(crate) fn target_status(roles: &Roles) -> String {
     }
 }
 
+/// Before the attack: `scold ctl divert` and the wait until the coordinator reports
+/// phase "diverted" and ClientDNS shows the ALT records.
+fn operator_divert(
+    lab: &Fig8,
+    roles: &Roles,
+    cfg: &ScenarioConfig,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    progress.phase(
+        "the operator's alarm (scold ctl divert): the coordinator sets the indirect route up",
+    );
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_phases(
+        roles.ctl_argv(&["status"])?,
+        t0,
+        t0 + cfg.divert_wait,
+        &["diverted"],
+        stop.clone(),
+    );
+    let sent = roles.ctl(&["divert", roles::TARGET_ID]);
+    if sent.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let diverted = watcher
+        .join()
+        .ok()
+        .and_then(|v| v.first().copied().flatten());
+    sent?;
+    let Some(diverted) = diverted else {
+        return Err(LabError::Timeout {
+            what: format!(
+                "the coordinator's divert on the operator's alarm (phase \"diverted\"); \
+                 coordinator: {}",
+                target_status(roles)
+            ),
+            secs: cfg.divert_wait.as_secs_f64(),
+        });
+    };
+    let seen = watch_alt(
+        lab,
+        cfg.scheme,
+        t0,
+        t0 + Duration::from_secs(roles::DNS_TTL as u64 * 2),
+        true,
+        Arc::new(AtomicBool::new(false)),
+    )?
+    .join()
+    .ok()
+    .flatten();
+    let Some((visible, alt)) = seen else {
+        return Err(LabError::Timeout {
+            what: format!(
+                "the ALT records of {} at ClientDNS after the coordinator's divert; \
+                 coordinator: {}",
+                roles::TARGET_FQDN,
+                target_status(roles)
+            ),
+            secs: roles::DNS_TTL as f64 * 2.0,
+        });
+    };
+    progress.step(
+        "divert before the attack (operator's alarm)",
+        &format!(
+            "phase \"diverted\" after {}, ALT {alt:?} visible at ClientDNS after {}",
+            fmt_seconds(diverted),
+            fmt_seconds(visible)
+        ),
+    );
+    results.notes.push(format!(
+        "indirect route before the attack: the operator's alarm (`scold ctl divert`) made \
+         the coordinator set the gateway, both proxies and the target's return path up \
+         (phase \"diverted\" after {}) and publish ALT {alt:?}; the proxies' signed NOTIFY \
+         made ClientDNS drop its cached answer, so the records were visible there after {}",
+        fmt_seconds(diverted),
+        fmt_seconds(visible)
+    ));
+    Ok(())
+}
+
+/// After the indirect measurements without attack: `scold ctl restore` and the wait
+/// until phase "normal", so the attack meets a site on its direct route.
+fn operator_restore(
+    roles: &Roles,
+    cfg: &ScenarioConfig,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    progress.phase("the operator's all-clear (scold ctl restore) before the attack");
+    let t0 = Instant::now();
+    let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
+    let watcher = watch_phases(
+        roles.ctl_argv(&["status"])?,
+        t0,
+        t0 + wait,
+        &["normal"],
+        Arc::new(AtomicBool::new(false)),
+    );
+    roles.ctl(&["restore", roles::TARGET_ID])?;
+    let Some(normal) = watcher
+        .join()
+        .ok()
+        .and_then(|v| v.first().copied().flatten())
+    else {
+        return Err(LabError::Timeout {
+            what: format!(
+                "the coordinator's restore before the attack (phase \"normal\"); \
+                 coordinator: {}",
+                target_status(roles)
+            ),
+            secs: wait.as_secs_f64(),
+        });
+    };
+    progress.step(
+        "restore before the attack (operator's all-clear)",
+        &format!("phase \"normal\" after {}", fmt_seconds(normal)),
+    );
+    results.notes.push(format!(
+        "before the attack the operator's all-clear restored the direct route: phase \
+         \"normal\" {} later (ALT withdrawn, one ALT TTL drained, routes torn down)",
+        fmt_seconds(normal)
+    ));
+    Ok(())
+}
+
 fn phases(
     lab: &Fig8,
     cfg: &ScenarioConfig,
@@ -1331,26 +1460,34 @@ fn phases(
                  gateway) -> target over {encap}, set up by the scheme 4.1 client agent \
                  (`scold client` with [agent]; {client}'s resolv.conf names it): on the \
                  target's ALT records it measured the proxies, was admitted by one through \
-                 its TLS admission service and brought the tunnel and host route up. The \
-                 proxies' route to the gateway, the gateway's peers and the target's return \
-                 routes used before the divert are STATIC configs{}",
+                 its TLS admission service and brought the tunnel and host route up. {}",
                 fig8::ALT_GW,
                 if cfg.no_control {
-                    "; the data-path daemons had no [control] tables (--no-control), so the \
-                     coordinator's divert could not complete"
+                    "The proxies' route to the gateway, the gateway's peers and the target's \
+                     return routes are STATIC configs; the data-path daemons had no [control] \
+                     tables (--no-control), so the coordinator's divert could not complete"
                 } else {
-                    "; the gateway, both proxies and a second `scold target` were also linked \
-                     to the coordinator ([control] tables), which set up its routes, return \
-                     path and ALT records during its divert"
+                    "Nothing else of it is static: the gateway, both proxies and a second \
+                     `scold target` are linked to the coordinator ([control] tables) and got \
+                     their peers, routes and return path from its divert orders (before the \
+                     attack on the operator's alarm, under attack on the target's detector's)"
                 }
             ),
-            format!(
-                "ALT records for Table 4 and the indirect route without attack: published \
-                 at TargetDNS by the lab itself with a TSIG-signed update under the \
-                 coordinator's key (before any alarm there is no divert to publish them), \
-                 TTL {} s",
-                roles::DNS_TTL
-            ),
+            if cfg.no_control {
+                format!(
+                    "ALT records for Table 4 and the indirect route without attack: published \
+                     at TargetDNS by the lab itself with a TSIG-signed update under the \
+                     coordinator's key, TTL {} s",
+                    roles::DNS_TTL
+                )
+            } else {
+                format!(
+                    "ALT records: published by the coordinator's divert (TSIG-signed RFC 2136 \
+                     update), TTL {} s; the proxies' signed NOTIFY makes ClientDNS drop the \
+                     cached name",
+                    roles::DNS_TTL
+                )
+            },
             "Table 3: real lookups from a process in the client whose resolv.conf names the \
              client agent, which forwards to ClientDNS (`scold resolver`) and TargetDNS \
              (`scold dns`); measured before the ALT records exist, so the agent only passes \
@@ -1414,8 +1551,8 @@ fn phases(
         results.provenance.extend([
             format!(
             "indirect route: {client} -> {proxy} -> {} (hidden gateway) -> target over {encap}, \
-             set up by STATIC configs ({} config files): the data-path daemons do not take the \
-             coordinator's orders yet, so the coordinator did not set up this route",
+             set up by STATIC configs ({} config files): in this mode the data-path daemons are not \
+             linked to the coordinator, so it did not set up this route",
             fig8::ALT_GW,
             if cfg.scheme == Scheme::Nat {
                 "scold proxy with NAT services, gateway and target"
@@ -1465,7 +1602,16 @@ fn phases(
     measure_resolver(lab, cfg, results, progress)?;
     roles.check()?;
 
-    if roles.agent_mode() {
+    if cfg.control_mode() {
+        // The indirect route before the attack comes from the coordinator's divert on
+        // the operator's alarm: gateway, proxies and the target's return path set up,
+        // then the ALT records published and ClientDNS notified.
+        operator_divert(lab, &roles, cfg, results, progress)?;
+        progress.phase(
+            "Table 4: the application's lookup through the client agent until the first \
+             answer through the tunnel, repeatedly",
+        );
+    } else if roles.agent_mode() {
         // The divert's DNS step, done by the lab: the coordinator publishes ALT records
         // only once every data-path daemon has taken its orders.
         let proxies: Vec<Ipv4Addr> = lab
@@ -1527,6 +1673,9 @@ fn phases(
         fig8::ALT_GW
     ));
     measure_indirect(lab, &mut roles, cfg, false, results, progress)?;
+    if cfg.control_mode() {
+        operator_restore(&roles, cfg, results, progress)?;
+    }
 
     // The attack. The flood's own time limit (the generator's longest) is a backstop;
     // it is stopped as soon as measuring ends, and one that ended first fails the run.
@@ -1686,21 +1835,6 @@ fn attack_phase(
         ));
     }
 
-    progress.phase("indirect route under attack");
-    measure_indirect(lab, roles, cfg, true, results, progress)?;
-    if roles.agent_mode() && cfg.failover_reps > 0 {
-        progress.phase(&format!(
-            "proxy failover under attack (4.4): {} the client's proxy, {} times",
-            if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
-                "flood"
-            } else {
-                "kill"
-            },
-            cfg.failover_reps
-        ));
-        measure_failover(lab, roles, cfg, results, progress)?;
-    }
-
     let seen = watcher.join().ok().flatten();
     stop.store(true, Ordering::Relaxed);
     let status = target_status(roles);
@@ -1741,6 +1875,33 @@ fn attack_phase(
     progress.step("divert (coordinator)", &show(&outcome));
     let diverted = matches!(outcome, Outcome::Ok { .. });
     results.push(Metric::Divert, 1, outcome);
+    if cfg.control_mode() && !diverted {
+        // Nothing but the coordinator's divert lays the indirect route out here.
+        return Err(LabError::Timeout {
+            what: format!(
+                "the coordinator's divert under attack (the indirect route is its own); \
+                 coordinator: {}",
+                target_status(roles)
+            ),
+            secs: cfg.divert_wait.as_secs_f64(),
+        });
+    }
+
+    progress.phase("indirect route under attack");
+    measure_indirect(lab, roles, cfg, true, results, progress)?;
+    if roles.agent_mode() && cfg.failover_reps > 0 {
+        progress.phase(&format!(
+            "proxy failover under attack (4.4): {} the client's proxy, {} times",
+            if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
+                "flood"
+            } else {
+                "kill"
+            },
+            cfg.failover_reps
+        ));
+        measure_failover(lab, roles, cfg, results, progress)?;
+    }
+
     Ok(diverted)
 }
 

@@ -63,7 +63,9 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
         |s| matches!(s.metric, Metric::Setup { .. }) && matches!(s.outcome, Outcome::Ok { .. })
     ));
     // Scheme 4.1 by default runs client agents: the route came from a lookup meeting the
-    // ALT records, and killing the client's proxy moved it to the other one each time.
+    // ALT records, and flooding the client's proxy made its self-defence report it, the
+    // coordinator reset it out and the client move to the other one, each time.
+    assert!(stdout.contains("reported ProxyAttacked"), "{stdout}");
     assert!(stdout.contains("client agent"), "{stdout}");
     let failovers: Vec<&Outcome> = r
         .samples
@@ -79,6 +81,14 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
     // The data-path daemons are linked to the coordinator: the detector's alarm and
     // all-clear reach it, and its divert and restore both complete.
     assert!(stdout.contains("target's detector"), "{stdout}");
+    // Nothing of the indirect route is static: the coordinator's divert laid it out,
+    // before the attack on the operator's alarm.
+    assert!(stdout.contains("from its divert orders"), "{stdout}");
+    assert!(!stdout.contains("STATIC configs"), "{stdout}");
+    assert!(
+        stdout.contains("indirect route before the attack"),
+        "{stdout}"
+    );
     for m in [Metric::Divert, Metric::AllClear, Metric::Restore] {
         assert!(
             r.samples
@@ -107,6 +117,7 @@ fn nat_scheme_over_udp_keeps_the_target_reachable() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (r, stdout) = run_short(&["--scheme", "4.3", "--encap", "udp"]);
     assert!(stdout.contains("scheme 4.3"), "{stdout}");
+    assert!(stdout.contains("STATIC configs"), "{stdout}");
     // No ping over a NAT relay of service ports: the cell says so instead of a number.
     assert_eq!(
         r.summary(Metric::Condition {
@@ -224,19 +235,24 @@ fn run_short(extra: &[&str]) -> (Results, String) {
     ] {
         assert!(stdout.contains(t), "{t} missing from the output:\n{stdout}");
     }
-    assert!(stdout.contains("STATIC configs"), "{stdout}");
     for f in ["results.json", "report.txt", "downloads.svg"] {
         assert!(out.path().join(f).is_file(), "{f} not written");
     }
-    // (The client agent runs only in the schemes where the client tunnels itself.)
+    // (The client agent runs only in the schemes where the client tunnels itself; the
+    // static return path only where the data path is not linked to the coordinator.)
     let nat = extra.contains(&"4.3");
+    let linked = !nat && !extra.contains(&"--static-route");
     for role in [
         "coordinator",
         "targetdns",
         "clientdns",
         "altgw",
         "proxy1",
-        "target-agent",
+        if linked {
+            "target-control"
+        } else {
+            "target-agent"
+        },
         "target-services",
         if nat { "proxy2" } else { "client1-agent" },
     ] {
