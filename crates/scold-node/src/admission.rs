@@ -16,8 +16,11 @@
 //!   port, encap, public_key, inner_mtu, targets}` or `refused {code, message}`. The proxy
 //!   applies `Command::AddSession` (the union of every target this client was admitted
 //!   to) through its command channel before it answers; asking again changes nothing.
-//! - `ping {seq}` -> `pong {seq}`: the client keeps the connection open and probes it to
-//!   notice a dead proxy within a second.
+//! - `ping {seq}` -> `pong {seq, arrived}`: the client keeps the connection open and
+//!   probes it to notice a dead proxy within a second. `arrived` (absent when the data
+//!   plane does not answer within 150 ms) grows with every tunnel packet that reached the
+//!   proxy from the client's address, so the client also notices a tunnel path that
+//!   stopped carrying while the admission port still answers.
 //! - `release {targets}` -> `released {remaining}`: the client no longer needs those
 //!   targets; with none left the proxy removes the session.
 //!
@@ -120,9 +123,22 @@ pub enum Request {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Answer {
     Admitted(Admitted),
-    Pong { seq: u64 },
-    Released { remaining: usize },
-    Refused { code: RefusalCode, message: String },
+    /// `arrived`: the client's tunnel packets that have reached the proxy so far (kept
+    /// or dropped), from its data plane's counters; absent when the data plane did not
+    /// answer in time. The agent compares it with what it sent, so the probe watches the
+    /// tunnel path itself, not only the proxy's admission port.
+    Pong {
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arrived: Option<u64>,
+    },
+    Released {
+        remaining: usize,
+    },
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
 }
 
 /// A message could not be read.
@@ -520,16 +536,36 @@ impl Drop for AdmissionGuard {
     }
 }
 
+/// Tunnel packets that arrived per peer outer address (kept or dropped): what a probe
+/// answer reports to the client at that address.
+pub fn arrivals(stats: &scold_proto::dataplane::Stats) -> HashMap<IpAddr, u64> {
+    let mut m = HashMap::new();
+    for p in &stats.peers {
+        *m.entry(p.address).or_insert(0) += p.counters.rx_packets + p.counters.dropped;
+    }
+    m
+}
+
 /// Longest wait for a TLS handshake or for the data plane to apply a session.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest number of admission connections served at once.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// How long the proxy waits for its data plane's counters when it answers a probe: a
+/// busy command feed (a push in progress) must not make the answer late.
+const PROBE_STATS_TIMEOUT: Duration = Duration::from_millis(150);
+/// How long one read of the counters serves every probe (many clients probe at once).
+const PROBE_STATS_FRESH: Duration = Duration::from_millis(50);
+
+/// Tunnel packets that arrived per client outer address, and when they were read.
+type Arrivals = Option<(Instant, Arc<HashMap<IpAddr, u64>>)>;
 
 struct Server {
     offer: Offer,
     state: Mutex<Admissions>,
     commands: mpsc::Sender<CommandRequest>,
     idle: Duration,
+    arrivals: Mutex<Arrivals>,
 }
 
 impl Server {
@@ -550,9 +586,35 @@ impl Server {
         }
     }
 
+    /// The tunnel packets that arrived from `client` (kept or dropped), from the data
+    /// plane's counters; None when it has no session for `client` or did not answer
+    /// within [`PROBE_STATS_TIMEOUT`].
+    async fn arrived(&self, client: IpAddr) -> Option<u64> {
+        let mut cache = self.arrivals.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < PROBE_STATS_FRESH);
+        if !fresh {
+            let (tx, rx) = oneshot::channel();
+            // A full feed means a busy data plane: answer without counters.
+            self.commands.try_send((Command::GetStats, tx)).ok()?;
+            match tokio::time::timeout(PROBE_STATS_TIMEOUT, rx).await {
+                Ok(Ok(Reply::Stats(stats))) => {
+                    let map = arrivals(&stats);
+                    *cache = Some((Instant::now(), Arc::new(map)));
+                }
+                _ => return None,
+            }
+        }
+        cache.as_ref().and_then(|(_, m)| m.get(&client).copied())
+    }
+
     async fn handle(&self, client: IpAddr, local: IpAddr, req: Request) -> Answer {
         match req {
-            Request::Ping { seq } => Answer::Pong { seq },
+            Request::Ping { seq } => Answer::Pong {
+                seq,
+                arrived: self.arrived(client).await,
+            },
             Request::Admit(a) => {
                 let mut st = self.state.lock().await;
                 let (plan, admitted) = match st.plan_admit(client, local, &a, &self.offer) {
@@ -772,6 +834,7 @@ pub async fn start(
         state: Mutex::new(Admissions::default()),
         commands: tx,
         idle: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        arrivals: Mutex::new(None),
     });
     let lease = Duration::from_secs(a.lease_secs);
     let reaper = {
@@ -1319,5 +1382,63 @@ mod tests {
             next_message::<Request>(&mut d),
             Err(DecodeError::Frame(_))
         ));
+    }
+
+    #[test]
+    fn pong_carries_the_arrival_count_or_not() {
+        for a in [
+            Answer::Pong {
+                seq: 3,
+                arrived: Some(42),
+            },
+            Answer::Pong {
+                seq: 4,
+                arrived: None,
+            },
+        ] {
+            let mut d = decoder();
+            d.push(&encode(&a));
+            assert_eq!(next_message::<Answer>(&mut d).unwrap(), Some(a));
+        }
+        // A proxy that sends no count is understood; an unknown field is refused.
+        let old = br#"{"type":"pong","seq":9}"#;
+        assert_eq!(
+            serde_json::from_slice::<Answer>(old).unwrap(),
+            Answer::Pong {
+                seq: 9,
+                arrived: None
+            }
+        );
+        assert!(serde_json::from_slice::<Answer>(br#"{"type":"pong","seq":9,"x":1}"#).is_err());
+        assert!(
+            serde_json::from_slice::<Answer>(br#"{"type":"pong","seq":9,"arrived":-1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn arrivals_add_up_per_client_address() {
+        use scold_proto::dataplane::{Counters, PeerStats, Stats};
+        let peer = |addr: &str, rx, dropped| PeerStats {
+            name: format!("s-{addr}"),
+            address: ip(addr),
+            encap: Encap::Udp,
+            counters: Counters {
+                rx_packets: rx,
+                dropped,
+                ..Default::default()
+            },
+        };
+        let stats = Stats {
+            peers: vec![
+                peer("10.1.0.2", 10, 2),
+                peer("10.1.0.3", 0, 0),
+                peer("10.1.0.2", 1, 0),
+            ],
+            ..Default::default()
+        };
+        let m = arrivals(&stats);
+        assert_eq!(m.get(&ip("10.1.0.2")), Some(&13));
+        assert_eq!(m.get(&ip("10.1.0.3")), Some(&0));
+        assert_eq!(m.get(&ip("10.1.0.4")), None);
     }
 }

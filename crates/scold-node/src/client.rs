@@ -8,8 +8,10 @@
 //! proxies' admission ports, ties at random), runs the admission exchange
 //! ([`crate::admission`]), brings the tunnel to that proxy up and a host route for each
 //! target address into it, and only then returns the normal answer to the application.
-//! Each admission connection stays open and is probed; when a proxy stops answering the
-//! agent moves to the next proxy of the ALT set, and sends one datagram to each target
+//! Each admission connection stays open and is probed; each answer carries the proxy's
+//! count of our tunnel packets that arrived, so the probes watch the tunnel path too.
+//! When a proxy stops answering, or our tunnel packets stop reaching it, the agent moves
+//! to the next proxy of the ALT set, and sends one datagram to each target
 //! through the new tunnel so the target's gateway returns traffic by the new proxy at
 //! once (a TCP connection open across the move survives). When the name has no ALT
 //! records any more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and
@@ -80,7 +82,12 @@ encap = "wireguard"
 # The agent: point resolv.conf at `listen` (nameserver 127.0.0.53).
 [agent]
 listen = "127.0.0.53:53"
-# The site's resolver (ClientDNS), tried in order.
+# The site's resolver (ClientDNS), tried in order. Any resolver works unmodified; it must
+# pass the ALT type through (every current one does, as an unknown type) and must not
+# keep a withdrawn ALT set for long. For Unbound: cache-max-ttl and
+# cache-max-negative-ttl no longer than the ALT TTL the coordinator writes (its target
+# ttl), serve-expired: no; a forward-zone or stub-zone for the target's zone if it is not
+# found by iteration; no DNSSEC validation failure for it (domain-insecure, if unsigned).
 upstream = ["192.0.2.53:53"]
 # The consortium CA certificate: proxies must present a certificate it issued, with role
 # proxy. (Optional: its CRL, re-read while running.) Relative to this file.
@@ -91,7 +98,9 @@ alt_type = 65280
 # TCP port of the proxies' admission service.
 admission_port = 5443
 # How often the admission connection is probed, and how long an answer may take before
-# the agent moves to the next proxy.
+# the agent moves to the next proxy. Each answer also carries the proxy's count of our
+# tunnel packets that arrived: when we send and none arrive for as many probes as fit in
+# probe_timeout_ms, the agent moves too.
 probe_interval_ms = 200
 probe_timeout_ms = 600
 # Limit of one admission (TCP + TLS + answer) and of one upstream DNS query.
@@ -1153,9 +1162,13 @@ impl Agent<'_> {
             conn,
             ops_rx,
             self.events.clone(),
-            Duration::from_millis(self.cfg.probe_interval_ms),
-            Duration::from_millis(self.cfg.probe_timeout_ms),
-            timeout,
+            Probing {
+                interval: Duration::from_millis(self.cfg.probe_interval_ms),
+                timeout: Duration::from_millis(self.cfg.probe_timeout_ms),
+                call_timeout: timeout,
+                engine: self.node.engine.clone(),
+                peer: peer.name.clone(),
+            },
         ));
         let local = admitted.client;
         self.links.insert(
@@ -1518,23 +1531,93 @@ async fn serve_push(
     Ok(())
 }
 
-/// Owns one admission connection: carries the agent's requests and probes the proxy.
+/// How a link task probes its proxy.
+struct Probing {
+    interval: Duration,
+    timeout: Duration,
+    /// Limit of an admission or release over the link.
+    call_timeout: Duration,
+    /// Our data plane and the proxy's peer in it: what we sent into the tunnel.
+    engine: EngineHandle,
+    peer: String,
+}
+
+/// Fewest tunnel packets sent between two probes for a probe to judge the path.
+const PATH_MIN_SENT: u64 = 2;
+
+/// Watches the tunnel path itself from the probe answers: the packets we sent into the
+/// tunnel to the proxy against the proxy's count of what arrived from us. The admission
+/// connection alone shows only that the proxy's host answers on TCP; this sees tunnel
+/// packets that stop reaching the proxy (its tunnel port blocked or flooded, its data
+/// plane stuck). An idle tunnel gives no verdict either way. Sans-IO.
+#[derive(Debug, Default)]
+struct PathWatch {
+    /// (sent, arrived) at the previous probe that had both.
+    last: Option<(u64, u64)>,
+    /// Probes in a row that saw packets sent and none arrive.
+    stalled: u32,
+}
+
+impl PathWatch {
+    /// One probe answer: `sent` is ours, read before the probe went out (so those packets
+    /// had the probe's round trip to arrive); `arrived` is the proxy's, read when it
+    /// answered. True when `limit` probes in a row saw packets sent and none arrive.
+    fn observe(&mut self, sent: u64, arrived: u64, limit: u32) -> bool {
+        match self.last {
+            // A counter went back: the peer or the session was made anew.
+            Some((s0, a0)) if sent < s0 || arrived < a0 => self.stalled = 0,
+            Some((_, a0)) if arrived > a0 => self.stalled = 0,
+            Some((s0, _)) if sent - s0 >= PATH_MIN_SENT => self.stalled += 1,
+            _ => {}
+        }
+        self.last = Some((sent, arrived));
+        self.stalled >= limit.max(1)
+    }
+
+    /// An answer without the proxy's count: the next one is not compared across the gap.
+    fn gap(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Tunnel packets sent to `peer` so far, from our data plane; None when it did not say.
+async fn sent_to(engine: &EngineHandle, peer: &str) -> Option<u64> {
+    let peer = peer.to_string();
+    engine
+        .call(move |s| {
+            s.stats()
+                .peers
+                .into_iter()
+                .find(|p| p.name == peer)
+                .map(|p| p.counters.tx_packets)
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Owns one admission connection: carries the agent's requests and probes the proxy,
+/// and through its answers the tunnel path ([`PathWatch`]).
 async fn link_task(
     mut conn: AdmissionConn,
     mut ops: mpsc::Receiver<LinkOp>,
     events: mpsc::Sender<Event>,
-    probe: Duration,
-    probe_timeout: Duration,
-    call_timeout: Duration,
+    p: Probing,
 ) {
     let proxy = conn.proxy.ip();
     let mut seq = 0u64;
+    let mut path = PathWatch::default();
+    // As many stalled probes as fit in the probe time limit: the tunnel path gets the
+    // same time to recover as the admission connection.
+    let limit = u32::try_from(p.timeout.as_millis() / p.interval.as_millis().max(1))
+        .unwrap_or(u32::MAX)
+        .max(2);
     let why = loop {
         tokio::select! {
             op = ops.recv() => match op {
                 None => return,
                 Some(LinkOp::Admit(req, alts, reply)) => {
-                    let r = conn.admit(&req, &alts, call_timeout).await;
+                    let r = conn.admit(&req, &alts, p.call_timeout).await;
                     let broken = matches!(r, Err(AdmissionError::Protocol { .. } | AdmissionError::Timeout { .. }));
                     let why = r.as_ref().err().map(|e| e.to_string());
                     let _ = reply.send(r);
@@ -1543,14 +1626,25 @@ async fn link_task(
                     }
                 }
                 Some(LinkOp::Release(targets, reply)) => {
-                    let _ = conn.call(&admission::Request::Release { targets }, call_timeout).await;
+                    let _ = conn.call(&admission::Request::Release { targets }, p.call_timeout).await;
                     let _ = reply.send(());
                 }
             },
-            _ = tokio::time::sleep(probe) => {
+            _ = tokio::time::sleep(p.interval) => {
                 seq += 1;
-                if let Err(e) = probe_once(&mut conn, seq, probe_timeout).await {
-                    break e;
+                let sent = sent_to(&p.engine, &p.peer).await;
+                match probe_once(&mut conn, seq, p.timeout).await {
+                    Err(e) => break e,
+                    Ok(arrived) => match (sent, arrived) {
+                        (Some(sent), Some(arrived)) => {
+                            if path.observe(sent, arrived, limit) {
+                                break format!(
+                                    "tunnel packets stopped reaching the proxy ({limit} probes in a row: sent, none arrived)"
+                                );
+                            }
+                        }
+                        _ => path.gap(),
+                    },
                 }
             }
         }
@@ -1559,14 +1653,19 @@ async fn link_task(
 }
 
 /// One probe: a ping, and its pong within `timeout`. Late answers to earlier requests
-/// (a release that timed out) are skipped.
-async fn probe_once(conn: &mut AdmissionConn, seq: u64, timeout: Duration) -> Result<(), String> {
+/// (a release that timed out) are skipped. Returns the proxy's count of our tunnel
+/// packets that arrived, when it gave one.
+async fn probe_once(
+    conn: &mut AdmissionConn,
+    seq: u64,
+    timeout: Duration,
+) -> Result<Option<u64>, String> {
     let r = tokio::time::timeout(timeout, async {
         conn.send(&admission::Request::Ping { seq }).await?;
         loop {
             match conn.recv().await? {
-                admission::Answer::Pong { seq: s } if s == seq => {
-                    return Ok::<(), AdmissionError>(())
+                admission::Answer::Pong { seq: s, arrived } if s == seq => {
+                    return Ok::<Option<u64>, AdmissionError>(arrived)
                 }
                 _ => continue,
             }
@@ -1574,7 +1673,7 @@ async fn probe_once(conn: &mut AdmissionConn, seq: u64, timeout: Duration) -> Re
     })
     .await;
     match r {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(arrived)) => Ok(arrived),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "no answer to a probe within {} ms",
@@ -2074,5 +2173,46 @@ mod tests {
             let e = Config::load(&write(&text)).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn path_watch_sees_packets_stop_arriving() {
+        let mut w = PathWatch::default();
+        // First answer: nothing to compare with.
+        assert!(!w.observe(10, 5, 3));
+        // Packets go and arrive.
+        assert!(!w.observe(20, 15, 3));
+        // Sent, none arrived: three probes in a row is the limit.
+        assert!(!w.observe(30, 15, 3));
+        assert!(!w.observe(40, 15, 3));
+        assert!(w.observe(50, 15, 3));
+        // One arrival clears it.
+        assert!(!w.observe(60, 16, 3));
+        assert_eq!(w.stalled, 0);
+    }
+
+    #[test]
+    fn path_watch_idle_and_gaps_give_no_verdict() {
+        let mut w = PathWatch::default();
+        assert!(!w.observe(10, 10, 2));
+        // Idle: fewer than PATH_MIN_SENT packets between probes, nothing arrived.
+        for _ in 0..10 {
+            assert!(!w.observe(10 + PATH_MIN_SENT - 1, 10, 2));
+            w.last = Some((10, 10));
+        }
+        assert_eq!(w.stalled, 0);
+        // A stall, then an answer without the proxy's count, then a comparison that
+        // starts over: the gap is not judged.
+        assert!(!w.observe(20, 10, 2));
+        w.gap();
+        assert!(!w.observe(1000, 10, 2));
+        assert_eq!(w.stalled, 1);
+        // Counters that went back (peer or session made anew) start over.
+        assert!(!w.observe(5, 0, 2));
+        assert_eq!(w.stalled, 0);
+        // A limit of 0 acts as 1.
+        let mut w = PathWatch::default();
+        w.observe(0, 0, 0);
+        assert!(w.observe(10, 0, 0));
     }
 }

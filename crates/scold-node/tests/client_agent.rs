@@ -805,3 +805,47 @@ fn unbound_as_client_dns() {
     let ulog = lab.log("unbound");
     assert!(!ulog.contains("fatal error"), "{ulog}");
 }
+
+/// The probes watch the tunnel path itself: the proxy in use still answers on its
+/// admission port, but its tunnel port drops everything (an nftables rule in its
+/// namespace). The agent sees its tunnel packets stop arriving there and moves to the
+/// other proxy while the ping loop runs.
+#[test]
+fn tunnel_path_blocked_while_admission_answers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
+    require("nft", "nftables");
+    let st = Setup::new(&lab);
+    start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
+    start_path(
+        &mut lab,
+        &st,
+        [&admission_tls("certs", 1), &admission_tls("certs", 2)],
+    );
+    lab.wait_log("proxy1", "admission server listening", 15);
+    lab.wait_log("proxy2", "admission server listening", 15);
+    start_agent(&mut lab, &st);
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    let first = chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    let (_, other) = proxy_of(&first);
+    let ns = lab.ns(if first == "10.1.0.11" { "p1" } else { "p2" });
+    failover(&mut lab, "tunnel-blocked", other, |_| {
+        must(&format!(
+            "ip netns exec {ns} nft -f - <<'EOF'\n\
+             table inet scoldtest {{\n\
+               chain input {{ type filter hook input priority -300; udp dport 51820 drop; }}\n\
+             }}\nEOF"
+        ));
+    });
+    let clog = lab.log("client");
+    assert!(
+        clog.contains("tunnel packets stopped reaching the proxy"),
+        "the move was not for the tunnel path:\n{clog}"
+    );
+}
