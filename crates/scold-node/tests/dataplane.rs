@@ -6,220 +6,57 @@
 //! and a built binary (`cargo build -p scold`, or SCOLD_BIN=/path/to/scold).
 
 use scold_tunnel::keys;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::net::Net;
 use common::*;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn require_all() {
-    require("ip", "iproute2");
-    require("ping", "iputils-ping");
-    require("socat", "socat");
-    require("tcpdump", "tcpdump");
-    require("sha256sum", "coreutils");
-    require("timeout", "coreutils");
-    assert!(
-        unsafe_is_root(),
-        "these tests build network namespaces and need root"
-    );
-}
-
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Five namespaces: client c, proxy p, gateway g, target t and the target's upstream
 /// router r (the attacked main link). r has no route back to the client, so a reply
 /// that leaves by the main link is lost: only the return path through g works.
 ///
 /// c 10.1.0.2 -- 10.1.0.1 p 10.2.0.1 -- 10.2.0.2 g 10.3.0.1 -- 10.3.0.2 t 10.4.0.2 -- 10.4.0.1 r
-struct Lab {
-    s: String,
-    dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
+fn lab() -> Net {
+    let lab = Net::new(
+        "",
+        &["c", "p", "g", "t", "r"],
+        &[
+            ("ping", "iputils-ping"),
+            ("socat", "socat"),
+            ("tcpdump", "tcpdump"),
+            ("sha256sum", "coreutils"),
+        ],
+    );
+    for (a, b) in [("c", "p"), ("p", "g"), ("g", "t"), ("t", "r")] {
+        lab.link(a, b, None, None);
+    }
+    for (ns, dev, addr) in [
+        ("c", "cp", "10.1.0.2/24"),
+        ("p", "pc", "10.1.0.1/24"),
+        ("p", "pg", "10.2.0.1/24"),
+        ("g", "gp", "10.2.0.2/24"),
+        ("g", "gt", "10.3.0.1/24"),
+        ("t", "tg", "10.3.0.2/24"),
+        ("t", "tr", "10.4.0.2/24"),
+        ("r", "rt", "10.4.0.1/24"),
+    ] {
+        lab.addr(ns, &lab.dev(dev), addr);
+    }
+    lab.route("t", "default via 10.4.0.1");
+    lab.route("g", "10.4.0.0/24 via 10.3.0.2");
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        require_all();
-        let s = format!(
-            "{}{}",
-            std::process::id() % 100000,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab {
-            s,
-            dir: tempfile::tempdir().expect("tempdir"),
-            children: Vec::new(),
-        };
-        let s = &lab.s;
-        for n in ["c", "p", "g", "t", "r"] {
-            must(&format!(
-                "ip netns add {n}{s} && ip -n {n}{s} link set lo up"
-            ));
-        }
-        for (a, b) in [("c", "p"), ("p", "g"), ("g", "t"), ("t", "r")] {
-            must(&format!(
-                "ip link add {a}{b}{s} type veth peer name {b}{a}{s} && \
-                 ip link set {a}{b}{s} netns {a}{s} && ip link set {b}{a}{s} netns {b}{s}"
-            ));
-        }
-        for (ns, dev, addr) in [
-            ("c", "cp", "10.1.0.2/24"),
-            ("p", "pc", "10.1.0.1/24"),
-            ("p", "pg", "10.2.0.1/24"),
-            ("g", "gp", "10.2.0.2/24"),
-            ("g", "gt", "10.3.0.1/24"),
-            ("t", "tg", "10.3.0.2/24"),
-            ("t", "tr", "10.4.0.2/24"),
-            ("r", "rt", "10.4.0.1/24"),
-        ] {
-            must(&format!(
-                "ip -n {ns}{s} addr add {addr} dev {dev}{s} && ip -n {ns}{s} link set {dev}{s} up"
-            ));
-        }
-        must(&format!("ip -n t{s} route add default via 10.4.0.1"));
-        must(&format!("ip -n g{s} route add 10.4.0.0/24 via 10.3.0.2"));
-        lab
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{n}{}", self.s)
-    }
-
-    fn dev(&self, d: &str) -> String {
-        format!("{d}{}", self.s)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write config");
-        p
-    }
-
-    /// Starts a process inside namespace `n`, output to a log file.
-    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
-        let log = std::fs::File::create(self.path(&format!("{label}.log"))).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n)])
-            .args(args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-        self.children.push((label.to_string(), child));
-    }
-
-    fn scold(&mut self, n: &str, role: &str, config: &Path) {
-        let bin = scold_bin();
-        let cfg = config.to_str().expect("utf-8 path").to_string();
-        self.spawn(
-            n,
-            role,
-            &[bin.to_str().expect("utf-8"), role, "--config", &cfg],
-        );
-    }
-
-    /// Stops one started process with SIGTERM (what an operator does) and waits.
-    fn stop(&mut self, label: &str) {
-        let i = self
-            .children
-            .iter()
-            .position(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"));
-        let (_, mut child) = self.children.remove(i);
-        terminate(&mut child);
-    }
-
-    /// Waits until a process's log shows `text` (e.g. tcpdump's "listening on").
-    fn wait_log(&self, label: &str, text: &str) {
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if self.log(label).contains(text) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{label} never logged {text:?}:\n{}", self.log(label));
-    }
-
-    fn log(&self, label: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
-    }
-
-    fn exec(&self, n: &str, cmd: &str) -> std::process::Output {
-        sh(&format!("timeout 60 ip netns exec {} {cmd}", self.ns(n)))
-    }
-
-    fn ping(&self, extra: &str, count: u32) -> bool {
-        self.exec(
-            "c",
-            &format!("ping -n -q -c {count} -i 0.2 -W 2 {extra} 10.4.0.2"),
-        )
-        .status
-        .success()
-    }
-
-    /// Waits until a ping gets through (a WireGuard handshake takes a round trip).
-    fn wait_ping(&self) {
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if self.ping("", 1) {
-                return;
-            }
-        }
-        panic!(
-            "no ping through the indirect route in 15 s\n{}",
-            self.logs()
-        );
-    }
-
-    fn logs(&self) -> String {
-        self.children
-            .iter()
-            .map(|(l, _)| format!("--- {l}\n{}", self.log(l)))
-            .collect()
-    }
-
-    fn routing(&self, n: &str) -> String {
-        let out = self.exec(
-            n,
-            "sh -c 'ip rule; ip -6 rule; ip route show table all; ip -6 route show table all'",
-        );
-        // The kernel's own local/link-local entries and link states change by themselves
-        // while links come up; what SCOLD may touch is the rules and the other tables.
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.contains("fe80::") && !l.contains("table local"))
-            .map(|l| l.replace(" linkdown", ""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.children.iter_mut().rev() {
-            terminate(c);
-        }
-        for n in ["c", "p", "g", "t", "r"] {
-            let _ = sh(&format!("ip netns del {n}{}", self.s));
-        }
-    }
+/// Pings the target from the client, with ping's `extra` options.
+fn ping(lab: &Net, extra: &str, count: u32) -> bool {
+    lab.exec(
+        "c",
+        &format!("ping -n -q -c {count} -i 0.2 -W 2 {extra} 10.4.0.2"),
+    )
+    .status
+    .success()
 }
 
 struct Keys {
@@ -266,7 +103,7 @@ fn peer(name: &str, addr: &str, port: Option<u16>, encap: &str, public: &str) ->
     p
 }
 
-fn write_configs(lab: &Lab, encap: &str, k: &Keys) -> [PathBuf; 4] {
+fn write_configs(lab: &Net, encap: &str, k: &Keys) -> [PathBuf; 4] {
     let gw = lab.write(
         "gateway.toml",
         &format!(
@@ -323,11 +160,11 @@ fn counter(log: &str, name: &str) -> u64 {
 }
 
 fn indirect_route(encap: &str) {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let k = keys3();
     let [gw, proxy, target, client] = write_configs(&lab, encap, &k);
-    let before_target = lab.routing("t");
-    let before_client = lab.routing("c");
+    let before_target = lab.routing("t", false);
+    let before_client = lab.routing("c", false);
 
     // Capture the proxy-gateway link for the whole run, to count outer fragments.
     let pcap = lab.path("pg.pcap");
@@ -338,30 +175,30 @@ fn indirect_route(encap: &str) {
         "tcpdump",
         &["tcpdump", "-i", &dev, "-n", "-s", "96", "-U", "-w", &pcap_s],
     );
-    lab.wait_log("tcpdump", "listening on");
+    lab.wait_log("tcpdump", "listening on", 10);
 
-    lab.scold("g", "gateway", &gw);
-    lab.scold("p", "proxy", &proxy);
-    lab.scold("c", "client", &client);
+    lab.scold("g", "gateway", "gateway", &gw);
+    lab.scold("p", "proxy", "proxy", &proxy);
+    lab.scold("c", "client", "client", &client);
     std::thread::sleep(Duration::from_millis(500));
     // Without the target's return path, replies leave by the main link and are lost.
     assert!(
-        !lab.ping("", 2),
+        !ping(&lab, "", 2),
         "ping succeeded without the target's return path: the test topology is wrong"
     );
-    lab.scold("t", "target", &target);
+    lab.scold("t", "target", "target", &target);
     lab.wait_ping();
 
-    assert!(lab.ping("", 5), "ping over {encap}\n{}", lab.logs());
+    assert!(ping(&lab, "", 5), "ping over {encap}\n{}", lab.logs());
     assert!(
-        lab.ping("-s 1400 -M do", 3),
+        ping(&lab, "-s 1400 -M do", 3),
         "1400-byte ping over {encap}\n{}",
         lab.logs()
     );
     // A 1500-byte IP packet is larger than the tunnel MTU: the sending host fragments
     // the inner packet; the outer packets must still never be fragmented.
     assert!(
-        lab.ping("-s 1472", 3),
+        ping(&lab, "-s 1472", 3),
         "1500-byte ping over {encap}\n{}",
         lab.logs()
     );
@@ -456,12 +293,12 @@ fn indirect_route(encap: &str) {
     lab.stop("tcpdump");
 
     assert_eq!(
-        lab.routing("t"),
+        lab.routing("t", false),
         before_target,
         "target routing not restored"
     );
     assert_eq!(
-        lab.routing("c"),
+        lab.routing("c", false),
         before_client,
         "client routing not restored"
     );
@@ -520,10 +357,10 @@ fn indirect_route_wireguard() {
 /// closed port in the same capture does draw an ICMP answer, so the capture works.
 #[test]
 fn gateway_is_silent_to_strangers() {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let k = keys3();
     let [gw, ..] = write_configs(&lab, "wireguard", &k);
-    lab.scold("g", "gateway", &gw);
+    lab.scold("g", "gateway", "gateway", &gw);
     must(&format!(
         "ip -n {} addr add 10.2.0.9/24 dev {}",
         lab.ns("p"),
@@ -546,7 +383,7 @@ fn gateway_is_silent_to_strangers() {
             "ip and host 10.2.0.9",
         ],
     );
-    lab.wait_log("tcpdump", "listening on");
+    lab.wait_log("tcpdump", "listening on", 10);
 
     // A stranger running a real WireGuard initiator (unregistered key) from 10.2.0.9.
     let stranger = keypair();
@@ -559,7 +396,7 @@ fn gateway_is_silent_to_strangers() {
             peer("gw", "10.2.0.2", Some(51820), "wireguard", &k.gateway.1)
         ),
     );
-    lab.scold("p", "client", &cfg);
+    lab.scold("p", "client", "client", &cfg);
     std::thread::sleep(Duration::from_millis(300));
     let _ = lab.exec("p", "ping -c 3 -i 0.3 -W 1 10.4.0.2");
     // Junk of the sizes of WireGuard messages, and a closed-port control probe.
@@ -613,7 +450,7 @@ fn gateway_is_silent_to_strangers() {
 /// tunnel, starting with a PROXY v2 header that carries the client's address.
 #[test]
 fn nat_mode_with_proxy_v2_header() {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let k = keys3();
     let [gw, ..] = write_configs(&lab, "wireguard", &k);
     let proxy = lab.write(
@@ -632,10 +469,10 @@ fn nat_mode_with_proxy_v2_header() {
         "target-nat.toml",
         "source = \"10.4.0.2\"\n[[routes]]\ndestination = \"100.64.0.1/32\"\nvia = { gateway = \"10.3.0.1\" }\n",
     );
-    let before_proxy = lab.routing("p");
-    lab.scold("g", "gateway", &gw);
-    lab.scold("t", "target", &target);
-    lab.scold("p", "proxy", &proxy);
+    let before_proxy = lab.routing("p", false);
+    lab.scold("g", "gateway", "gateway", &gw);
+    lab.scold("t", "target", "target", &target);
+    lab.scold("p", "proxy", "proxy", &proxy);
     let got = lab.path("nat.bin");
     lab.spawn(
         "t",
@@ -713,5 +550,9 @@ fn nat_mode_with_proxy_v2_header() {
         lab.logs()
     );
     lab.stop("proxy");
-    assert_eq!(lab.routing("p"), before_proxy, "proxy routing not restored");
+    assert_eq!(
+        lab.routing("p", false),
+        before_proxy,
+        "proxy routing not restored"
+    );
 }
