@@ -24,15 +24,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, control_tls, serve_payload};
-use common::net::{ca_issue, Net};
+use common::consortium::{consortium, start_linked, Linked};
+use common::net::Net;
 use common::*;
 
 /// The tests build seven namespaces each; one at a time keeps a 2-core machine usable.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-const SECRET: &str = "c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=";
-const NOTIFY_SECRET: &str = "cHJveHktbm90aWZ5LXRlc3Qtc2VjcmV0LTAxMjM0NTY=";
 
 /// The topology of [`consortium`] with the client host's own address and its link to
 /// the control namespace.
@@ -40,165 +37,16 @@ fn net() -> Net {
     consortium(true, &[("openssl", "openssl")])
 }
 
-/// Certificates, configs and every process, the client agent included; `extra`: config
-/// text appended to one proxy's file (name, text). With `site2_push`, the second client
-/// site has its address (10.8.0.2) and takes pushes on it, but no proxy has a route to
-/// it yet.
+/// Every process of the scheme-4.2 system; see [`start_linked`].
 fn start(net: &mut Net, extra: Option<(&str, &str)>, site2_push: bool) {
-    let ca = net.p("ca");
-    let certs = net.p("certs");
-    ca_issue(
+    start_linked(
         net,
-        "ca",
-        "certs",
-        &[
-            ("coordinator", "main"),
-            ("operator", "admin"),
-            ("proxy", "p1"),
-            ("proxy", "p2"),
-            ("proxy", "p3"),
-            ("gateway", "gw1"),
-            ("target", "web"),
-            ("client", "site1"),
-            ("client", "site2"),
-        ],
+        &Linked {
+            scheme: "4.2",
+            proxy_extra: extra,
+            site2_push,
+        },
     );
-    let tls = |role: &str, name: &str| control_tls(net, role, name);
-    let admission = |name: &str, port: u16| {
-        format!(
-            "[admission]\nlisten = \"0.0.0.0:{port}\"\nca = \"{certs}/ca.crt\"\ncert = \"{certs}/proxy-{name}.crt\"\nkey = \"{certs}/proxy-{name}.key\"\n"
-        )
-    };
-    net.write(
-        "example.net.zone",
-        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 10.9.4.1\nwww 10 A 10.4.0.2\n",
-    );
-    let dns = net.write(
-        "dns.toml",
-        &format!(
-            "listen = [\"127.0.0.1:5353\"]\njournal = \"{}\"\n[[zone]]\nname = \"example.net\"\nfile = \"{}\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
-            net.p("dns.journal"),
-            net.p("example.net.zone")
-        ),
-    );
-    let resolver = net.write(
-        "resolver.toml",
-        &format!(
-            "listen = [\"0.0.0.0:5300\"]\nupstream = [\"127.0.0.1:5353\"]\n[[notify_key]]\nname = \"p1\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n[[notify_key]]\nname = \"p2\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n"
-        ),
-    );
-    let coordinator = net.write(
-        "coordinator.toml",
-        &format!(
-            r#"[coordinator]
-listen = "0.0.0.0:7800"
-state = "{}"
-heartbeat_ms = 200
-down_after_ms = 1500
-max_backoff_ms = 500
-client_push_port = 5444
-[tls]
-ca = "{certs}/ca.crt"
-cert = "{certs}/coordinator-main.crt"
-key = "{certs}/coordinator-main.key"
-crl = "{ca}/crl.pem"
-[[target]]
-name = "web"
-fqdn = "www.example.net."
-zone = "example.net."
-addresses = ["10.4.0.2"]
-gateways = ["gw1"]
-scheme = "4.2"
-ttl = 1
-proxies = 2
-[target.dns]
-server = "127.0.0.1:5353"
-key = "hmac-sha256:coordinator:{SECRET}"
-"#,
-            net.p("coordinator.redb")
-        ),
-    );
-    let s = net.s.clone();
-    let gateway = net.write(
-        "gateway.toml",
-        &format!(
-            "lan_interface = \"gt{s}\"\ntun_name = \"sg{s}\"\n[tunnel]\nencap = \"udp\"\nlisten = \"10.7.0.1:51820\"\n\
-             [control]\ncoordinator = \"10.9.3.1:7800\"\naddress = \"10.7.0.1\"\ninside = \"10.3.0.1\"\norganisation = \"site\"\n{}",
-            tls("gateway", "gw1")
-        ),
-    );
-    let proxy = |name: &str, n: u8, public: &str, toward_gw: &str| {
-        format!(
-            "[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:51820\"\n{}\n\
-             [control]\ncoordinator = \"10.9.{n}.1:7800\"\naddress = \"{public}\"\nendpoint = \"{toward_gw}:51820\"\ncapacity_mbps = 1000\norganisation = \"org-{name}\"\n{}\n\
-             [[notify]]\nresolver = \"10.9.{n}.1:5300\"\nkey = \"hmac-sha256:{name}:{NOTIFY_SECRET}\"\n{}",
-            admission(name, 5443),
-            tls("proxy", name),
-            extra
-                .filter(|(p, _)| *p == name)
-                .map(|(_, t)| t)
-                .unwrap_or_default()
-        )
-    };
-    let p1 = net.write("p1.toml", &proxy("p1", 1, "10.1.0.1", "10.2.0.1"));
-    let p2 = net.write("p2.toml", &proxy("p2", 2, "10.5.0.1", "10.6.0.1"));
-    let target = net.write(
-        "target.toml",
-        &format!(
-            "source = \"10.4.0.2\"\n[control]\ncoordinator = \"10.9.4.1:7800\"\n{}",
-            tls("target", "web")
-        ),
-    );
-    let client = net.write(
-        "client.toml",
-        &format!(
-            "tun_name = \"sc{s}\"\ntable = 5110\nrule_priority = 5110\n[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:0\"\n\
-             [agent]\nlisten = \"127.0.0.53:53\"\nupstream = [\"10.9.5.1:5300\"]\nca = \"{certs}/ca.crt\"\ncrl = \"{ca}/crl.pem\"\n\
-             [agent.push]\nlisten = \"10.8.0.1:5444\"\ncert = \"{certs}/client-site1.crt\"\nkey = \"{certs}/client-site1.key\"\n\
-             [control]\ncoordinator = \"10.9.5.1:7800\"\naddress = \"10.8.0.1\"\n{}",
-            tls("client", "site1")
-        ),
-    );
-
-    // A second client site that registers but whose push port nobody reaches: it must
-    // not hold the divert up.
-    let client2 = net.write(
-        "client2.toml",
-        &format!(
-            "tun_name = \"sd{s}\"\ntable = 5111\nrule_priority = 5111\n[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:0\"\n\
-             [agent]\nlisten = \"127.0.0.54:53\"\nupstream = [\"10.9.5.1:5300\"]\nca = \"{certs}/ca.crt\"\n{}\
-             [control]\ncoordinator = \"10.9.5.1:7800\"\naddress = \"10.8.0.2\"\n{}",
-            if site2_push {
-                format!("[agent.push]\nlisten = \"10.8.0.2:5444\"\ncert = \"{certs}/client-site2.crt\"\nkey = \"{certs}/client-site2.key\"\n")
-            } else {
-                String::new()
-            },
-            tls("client", "site2")
-        ),
-    );
-    if site2_push {
-        must(&format!(
-            "ip -n {} addr add 10.8.0.2/32 dev lo",
-            net.ns("c")
-        ));
-    }
-
-    serve_payload(net, 400_000);
-
-    net.scold("k", "dns", "dns", &dns);
-    net.scold("k", "resolver", "resolver", &resolver);
-    net.scold("k", "coordinator", "coordinator", &coordinator);
-    net.wait_log("coordinator", "coordinator listening", 20);
-    net.scold("g", "gateway", "gateway", &gateway);
-    net.scold("a", "p1", "proxy", &p1);
-    net.scold("b", "p2", "proxy", &p2);
-    net.scold("t", "target", "target", &target);
-    net.scold("c", "client", "client", &client);
-    net.scold("c", "client2", "client", &client2);
-    net.wait_nodes_up();
-    net.wait_log("client", "taking route pushes from proxies", 20);
-    net.wait_log("client", "registered with the coordinator", 20);
-    net.wait_log("client2", "registered with the coordinator", 20);
 }
 
 /// Proxy name and public address of the proxy the coordinator assigns site1 to.
