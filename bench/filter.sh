@@ -175,6 +175,14 @@ print("%.3f" % (time.time() - t0))
 
 rx() { ip netns exec $P cat /sys/class/net/po/statistics/rx_packets; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of the packet engine thread alone (the rest is the watcher, tokio, logging).
+engine_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        [ "$(cat "$t/comm")" = scold-engine ] && awk '{print $14 + $15}' "$t/stat" && return
+    done
+    echo 0
+}
 rcvbuf_errors() { ip netns exec $P awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
 target_count() {
     ip netns exec $T nft -j list chain inet count input | python3 -c '
@@ -213,6 +221,7 @@ EOF
     sleep 0.3
     local rx0; rx0=$(rx)
     local cpu0; cpu0=$(cpu_ticks $proxy)
+    local eng0; eng0=$(engine_ticks $proxy)
     ip netns exec $O timeout -s INT "$FLOOD_SECS" hping3 --udp -p 51820 -s 40000 -k -a 10.99.1.3 \
         -E "$D/inner.bin" -d "$INNER_LEN" --flood -q 10.99.1.1 >"$D/flood" 2>&1 & local flood=$!; PIDS+=($flood)
     sleep 0.5
@@ -220,6 +229,7 @@ EOF
     wait $flood || true
     local rx1; rx1=$(rx)
     local cpu1; cpu1=$(cpu_ticks $proxy)
+    local eng1; eng1=$(engine_ticks $proxy)
     wait $sink
     local se1; se1=$(rcvbuf_errors)
     local tc1; tc1=$(target_count)
@@ -236,16 +246,16 @@ import json, sys
 print(sum(e["counter"]["packets"] for o in json.load(sys.stdin)["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))')
     fi
     kill -TERM $proxy; wait $proxy || true
-    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" \
+    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" "$((eng1 - eng0))" \
         "$(getconf CLK_TCK)" "$(cat "$D/sink")" "$legit_secs" "$FLOOD_SECS" "$LEGIT_PKTS" <<'EOF'
 import sys
-(name, rx0, rx1, user, kernel, sockdrop, reached, ticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
+(name, rx0, rx1, user, kernel, sockdrop, reached, ticks, eticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
 fs = float(fs)
 offered = (int(rx1) - int(rx0) - int(sink)) / fs
 print("%-10s offered %8.0f/s  dropped: user %8.0f/s kernel %8.0f/s socket-overflow %8.0f/s  "
-      "flood at target %7.0f/s  proxy cpu %5.2f s  legit %5d/%s in %s s" % (
+      "flood at target %7.0f/s  proxy cpu %5.2f s (engine %5.2f s)  legit %5d/%s in %s s" % (
     name, offered, float(user) / fs, int(kernel) / fs, int(sockdrop) / fs, int(reached) / fs,
-    int(ticks) / int(hz), int(sink), lp, legit_secs))
+    int(ticks) / int(hz), int(eticks) / int(hz), int(sink), lp, legit_secs))
 EOF
     sleep 1
 }
