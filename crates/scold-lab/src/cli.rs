@@ -154,8 +154,10 @@ pub enum LabCommand {
         /// Encapsulation of the indirect route.
         #[arg(long, value_enum, default_value_t = Encap::Wireguard)]
         encap: Encap,
-        /// Proxies in the testbed (at least 2 for a failover).
-        #[arg(long, default_value_t = 2)]
+        /// Proxies in the testbed. The target's ALT set holds 2; a third lets the
+        /// coordinator replace a dead proxy, so every failover finds a second proxy in
+        /// the set the client holds (with 2, after the first failure the set has one).
+        #[arg(long, default_value_t = 3)]
         proxies: usize,
         /// Directory for bench.json, bench.txt and the role logs.
         #[arg(long, default_value = "scold-lab-bench")]

@@ -991,6 +991,12 @@ fn watch_phase(
     })
 }
 
+/// The failover's echo loop: one echo this often through the tunnel...
+const ECHO_EVERY: Duration = Duration::from_millis(20);
+/// ...each waiting this long (the tunnel's round trip is about a millisecond), so the
+/// gap it measures is at most about `ECHO_EVERY + ECHO_TIMEOUT` longer than the outage.
+const ECHO_TIMEOUT: Duration = Duration::from_millis(60);
+
 /// One failover repetition's echo log: seconds from the loop's start at which each
 /// answered echo came back.
 struct EchoLog {
@@ -1007,17 +1013,18 @@ fn outage(replies: &[f64], t_event: f64) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// Waits until the coordinator lists `proxy` as up again (its attacked mark expired)
-/// and the target is back in phase "diverted", at most `limit`.
-fn wait_proxy_usable(roles: &Roles, proxy: &str, limit: Duration) -> bool {
+/// Waits until the coordinator lists `proxy` as up (`up`: its attacked mark expired,
+/// or it registered again) or as not up (`!up`: marked down or attacked), and the
+/// target is in phase "diverted", at most `limit`.
+fn wait_proxy(roles: &Roles, proxy: &str, up: bool, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let up = roles.ctl(&["proxies"]).ok().is_some_and(|v| {
+        let health_ok = roles.ctl(&["proxies"]).ok().is_some_and(|v| {
             let list = v.get("proxies").cloned().unwrap_or(v);
             list.as_array().is_some_and(|a| {
                 a.iter().any(|p| {
                     p.get("name").and_then(|n| n.as_str()) == Some(proxy)
-                        && p.get("health").and_then(|h| h.as_str()) == Some("up")
+                        && (p.get("health").and_then(|h| h.as_str()) == Some("up")) == up
                 })
             })
         });
@@ -1026,7 +1033,7 @@ fn wait_proxy_usable(roles: &Roles, proxy: &str, limit: Duration) -> bool {
             .ok()
             .and_then(|v| phase_of(&v))
             .is_some_and(|p| p == "diverted");
-        if up && diverted {
+        if health_ok && diverted {
             return true;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1035,8 +1042,8 @@ fn wait_proxy_usable(roles: &Roles, proxy: &str, limit: Duration) -> bool {
 }
 
 /// Proxy failover (4.4) under attack: with client 1 on the indirect route through the
-/// proxy its agent chose, a bounded echo loop (one echo every 50 ms through the tunnel,
-/// each waiting at most 200 ms) runs while that proxy is taken out: flooded from an
+/// proxy its agent chose, a bounded echo loop (one echo every [`ECHO_EVERY`] through the
+/// tunnel, each waiting at most [`ECHO_TIMEOUT`]) runs while that proxy is taken out: flooded from an
 /// attacker (`--failover flood`, the default with the data path linked: its
 /// self-defence reports the attack, the coordinator resets it out of the ALT set and
 /// the gateway stops admitting it, the agent re-reads the set and moves) or killed
@@ -1089,7 +1096,7 @@ pub(crate) fn measure_failover(
                     fig8::TARGET_ADDR,
                     1,
                     Duration::ZERO,
-                    Duration::from_millis(200),
+                    ECHO_TIMEOUT,
                     Some(roles::CLIENT_TUN),
                 )
                 .is_ok_and(|e| e[0].is_some());
@@ -1099,7 +1106,7 @@ pub(crate) fn measure_failover(
                         after_move += 1;
                     }
                 }
-                if let Some(rest) = Duration::from_millis(50).checked_sub(t.elapsed()) {
+                if let Some(rest) = ECHO_EVERY.checked_sub(t.elapsed()) {
                     std::thread::sleep(rest);
                 }
             }
@@ -1156,8 +1163,9 @@ pub(crate) fn measure_failover(
                 after.map(|a| a.to_string()).unwrap_or("?".into()),
                 match moved_at {
                     Some(m) => format!(
-                        ", agent moved {} after the {what} began",
-                        fmt_seconds(m - t_event)
+                        ", agent moved {} after the {}",
+                        fmt_seconds(m - t_event),
+                        if flood { "flood began" } else { "kill" }
                     ),
                     None => String::new(),
                 }
@@ -1171,8 +1179,7 @@ pub(crate) fn measure_failover(
         }
         results.push(Metric::Failover, rep, outcome);
         if flood {
-            if rep < cfg.failover_reps && !wait_proxy_usable(roles, &node, Duration::from_secs(15))
-            {
+            if rep < cfg.failover_reps && !wait_proxy(roles, &node, true, Duration::from_secs(15)) {
                 return Err(LabError::Timeout {
                     what: format!(
                         "the coordinator to take {node} back after its attack (attacked mark \
@@ -1184,7 +1191,33 @@ pub(crate) fn measure_failover(
                 });
             }
         } else {
+            // A proxy started again from its file has none of the divert's orders, and
+            // the coordinator gives them to a proxy it chooses, not to one that merely
+            // registers again: it must first see this one silent and reset it out.
+            if cfg.control_mode() && !wait_proxy(roles, &node, false, Duration::from_secs(15)) {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "the coordinator to mark the killed {node} down and reset it out; \
+                         coordinator: {}",
+                        target_status(roles)
+                    ),
+                    secs: 15.0,
+                });
+            }
             roles.restart_proxy(&node)?;
+            if cfg.control_mode()
+                && rep < cfg.failover_reps
+                && !wait_proxy(roles, &node, true, Duration::from_secs(15))
+            {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "the restarted {node} to register with the coordinator again; \
+                         coordinator: {}",
+                        target_status(roles)
+                    ),
+                    secs: 15.0,
+                });
+            }
         }
         roles.check()?;
     }
@@ -1199,7 +1232,7 @@ pub(crate) fn measure_failover(
                  for {} ms) reported ProxyAttacked, the coordinator reset it out of the ALT \
                  set and the gateway's admitted set, and the client agent (re-reading the ALT \
                  set every {} s) moved to the other proxy {} median after the flood began; \
-                 the gap in a 50 ms echo loop through the tunnel: {} median, {} worst over {} \
+                 the gap in a 20 ms echo loop through the tunnel: {} median, {} worst over {} \
                  repetitions",
                 roles::PROXY_FLOOD_PPS,
                 roles::PROXY_RX_PPS_MAX,
@@ -1212,7 +1245,7 @@ pub(crate) fn measure_failover(
             )
         } else {
             format!(
-                "failover (4.4): gap in a 50 ms echo loop through the tunnel when the client's \
+                "failover (4.4): gap in a 20 ms echo loop through the tunnel when the client's \
                  proxy process was killed (SIGKILL){}, until echoes came back through the \
                  other proxy: {} median, {} worst over {} repetitions",
                 if lab.attackers().is_empty() {
@@ -1504,14 +1537,14 @@ fn phases(
                      packets/s) under the main-link attack; its self-defence ([selfdefence] \
                      rx_pps_max {} for {} ms, set for the lab's traffic) reports \
                      ProxyAttacked and the coordinator resets it out; the gap is measured by \
-                     a 50 ms echo loop through the tunnel",
+                     a 20 ms echo loop through the tunnel",
                     roles::PROXY_FLOOD_PPS,
                     roles::PROXY_RX_PPS_MAX,
                     roles::PROXY_SUSTAIN_MS
                 )
             } else {
                 "failover (4.4): a proxy's process is killed while the client uses it, under \
-                 attack; the gap is measured by a 50 ms echo loop through the tunnel"
+                 attack; the gap is measured by a 20 ms echo loop through the tunnel"
                     .into()
             },
             format!(
