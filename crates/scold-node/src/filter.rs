@@ -937,13 +937,20 @@ async fn run_filter(
     let mut relay_top: Vec<Offender> = Vec::new();
     let mut relay_lost = 0u64;
     let (mut link_open, mut engine_open) = (true, true);
+    // Who blocks what: a source both filters block (a session flooding through its
+    // tunnel and at the proxy's address) stays in the kernel set until both release it.
+    let mut link_blocked: HashSet<IpAddr> = HashSet::new();
+    let mut relay_blocked: HashSet<IpAddr> = HashSet::new();
     let mut traceback = tokio::time::interval(Duration::from_secs(section.traceback_secs));
     traceback.tick().await;
     let mut last_sent: Vec<IpAddr> = Vec::new();
     loop {
         tokio::select! {
             r = link.recv(), if link_open => match r {
-                Some(FilterReport::Event(e)) => publish(vec![e], nft.as_ref(), &mut alerts, &fm).await,
+                Some(FilterReport::Event(e)) => {
+                    let kernel = track(&e, &mut link_blocked, &relay_blocked);
+                    publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
+                }
                 Some(FilterReport::Summary { stats, top, lost }) => {
                     (link_stats, link_top, link_lost) = (stats, top, lost);
                     fm.set(&link_stats, &relay_stats, link_lost + relay_lost);
@@ -954,7 +961,10 @@ async fn run_filter(
                 }
             },
             r = engine.recv(), if engine_open => match r {
-                Some(FilterReport::Event(e)) => publish(vec![e], nft.as_ref(), &mut alerts, &fm).await,
+                Some(FilterReport::Event(e)) => {
+                    let kernel = track(&e, &mut relay_blocked, &link_blocked);
+                    publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
+                }
                 Some(FilterReport::Summary { stats, top, lost }) => {
                     (relay_stats, relay_top, relay_lost) = (stats, top, lost);
                     fm.set(&link_stats, &relay_stats, link_lost + relay_lost);
@@ -977,6 +987,21 @@ async fn run_filter(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Notes a filter's event in its set of blocked sources; false when the kernel set must
+/// not follow it (an expiry while the other filter still blocks the source).
+fn track(e: &FilterEvent, mine: &mut HashSet<IpAddr>, other: &HashSet<IpAddr>) -> bool {
+    match e {
+        FilterEvent::Blocked { src, .. } => {
+            mine.insert(*src);
+            true
+        }
+        FilterEvent::Expired { src, .. } => {
+            mine.remove(src);
+            !other.contains(src)
         }
     }
 }
@@ -1246,6 +1271,32 @@ mod tests {
         }
         assert_eq!(rx.len(), 4, "the queue stays bounded");
         assert_eq!(f.lost, 1, "the expiry event was not counted as lost");
+    }
+
+    #[test]
+    fn a_source_both_filters_block_stays_in_the_kernel_until_both_release_it() {
+        let a: IpAddr = "10.1.0.2".parse().unwrap();
+        let blocked = FilterEvent::Blocked {
+            src: a,
+            prefix_len: 32,
+            reason: scold_filter::FloodKind::UdpFlood,
+            until: Duration::from_secs(9),
+            duration: Duration::from_secs(4),
+            dropped_packets: 200,
+        };
+        let expired = FilterEvent::Expired {
+            src: a,
+            prefix_len: 32,
+        };
+        let (mut link, mut relay) = (HashSet::new(), HashSet::new());
+        assert!(track(&blocked, &mut relay, &link));
+        assert!(track(&blocked, &mut link, &relay));
+        assert!(
+            !track(&expired, &mut relay, &link),
+            "the watcher still blocks it"
+        );
+        assert!(track(&expired, &mut link, &relay));
+        assert!(link.is_empty() && relay.is_empty());
     }
 
     #[test]
