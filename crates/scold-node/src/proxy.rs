@@ -31,6 +31,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example: scold proxy --config /etc/scold/proxy.toml\n\
@@ -346,8 +348,22 @@ struct Proxy {
     nat: Option<Nat>,
     filter: Option<tokio::sync::mpsc::UnboundedSender<FilterUpdate>>,
     /// Scheme 4.2: the pusher (from `[admission]`), and what was pushed to each agent.
-    pusher: Option<crate::push::Pusher>,
+    pusher: Option<Arc<crate::push::Pusher>>,
     pushed: HashMap<SocketAddr, PushedClient>,
+    /// Pushes whose exchange with the agent is still running, by agent and name, with
+    /// the generation that started them: a withdraw or a newer push of the same name
+    /// while one runs makes its result stale.
+    in_flight: HashMap<(SocketAddr, String), u64>,
+    push_generation: u64,
+}
+
+/// A push whose exchange with the agent ended (it ran in its own task so that a slow or
+/// unreachable agent holds up neither the proxy's other commands nor other pushes).
+struct PushDone {
+    push: Push,
+    generation: u64,
+    result: Result<crate::push::Pushed, crate::push::PushError>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// The routes pushed to one client agent, by target name; its session admits the union.
@@ -376,6 +392,14 @@ impl PushedClient {
             targets,
         }
     }
+}
+
+/// The refusal of a push by a proxy that cannot push.
+fn no_pusher() -> Reply {
+    Reply::refused(
+        RefusalCode::NotForThisRole,
+        "this proxy has no [admission] table, so it has no certificate to show client agents; add one to push routes (scheme 4.2)",
+    )
 }
 
 impl Proxy {
@@ -428,14 +452,95 @@ impl Proxy {
 
     /// Scheme 4.2: offers the route to the agent, then admits the client with the tunnel
     /// parameters it answered. Idempotent: a repeated push re-applies the same session.
+    /// (Static pushes at start-up; the command loop runs pushes concurrently through
+    /// [`Proxy::start_push`].)
     async fn push_route(&mut self, p: Push) -> Reply {
         let Some(pusher) = &self.pusher else {
-            return Reply::refused(
-                RefusalCode::NotForThisRole,
-                "this proxy has no [admission] table, so it has no certificate to show client agents; add one to push routes (scheme 4.2)",
-            );
+            return no_pusher();
         };
-        let pushed = match pusher.push(&p).await {
+        let result = pusher.push(&p).await;
+        self.finish_push(p, result).await
+    }
+
+    /// Starts the exchange of `p` with its agent in its own task; the outcome comes back
+    /// on `done` and is applied by [`Proxy::push_done`].
+    fn start_push(
+        &mut self,
+        p: Push,
+        reply: oneshot::Sender<Reply>,
+        done: &mpsc::UnboundedSender<PushDone>,
+    ) {
+        let Some(pusher) = self.pusher.clone() else {
+            let _ = reply.send(no_pusher());
+            return;
+        };
+        self.push_generation += 1;
+        let generation = self.push_generation;
+        self.in_flight
+            .insert((p.agent, crate::push::name_key(&p.fqdn)), generation);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = pusher.push(&p).await;
+            let _ = done.send(PushDone {
+                push: p,
+                generation,
+                result,
+                reply,
+            });
+        });
+    }
+
+    /// Applies a finished push unless a withdraw or a newer push of the same name came
+    /// while it ran.
+    async fn push_done(
+        &mut self,
+        push: Push,
+        generation: u64,
+        result: Result<crate::push::Pushed, crate::push::PushError>,
+    ) -> Reply {
+        let key = (push.agent, crate::push::name_key(&push.fqdn));
+        match self.in_flight.get(&key) {
+            Some(&g) if g == generation => {
+                self.in_flight.remove(&key);
+                self.finish_push(push, result).await
+            }
+            Some(_) => Reply::refused(
+                RefusalCode::Conflict,
+                format!(
+                    "push of {} to {} superseded by a newer push of the same name",
+                    push.fqdn, push.agent
+                ),
+            ),
+            None => {
+                // Withdrawn while the agent was being asked: take back what it accepted.
+                if result.is_ok() {
+                    if let Some(pusher) = self.pusher.clone() {
+                        let (agent, fqdn) = (push.agent, push.fqdn.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = pusher.withdraw(agent, &fqdn).await {
+                                tracing::info!(%agent, %fqdn, error = %e, "could not take a withdrawn push back; the agent drops the route when the ALT records go");
+                            }
+                        });
+                    }
+                }
+                Reply::refused(
+                    RefusalCode::Conflict,
+                    format!(
+                        "push of {} to {} withdrawn while it was in flight",
+                        push.fqdn, push.agent
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Admits the client a push established (or reports why it was not).
+    async fn finish_push(
+        &mut self,
+        p: Push,
+        result: Result<crate::push::Pushed, crate::push::PushError>,
+    ) -> Reply {
+        let pushed = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(client = %p.client, agent = %p.agent, fqdn = %p.fqdn, error = %e, "push refused or failed");
@@ -465,16 +570,51 @@ impl Proxy {
         r
     }
 
+    /// Carries out commands until `shutdown`, like [`common::command_loop`], except that
+    /// pushes run concurrently.
+    async fn command_loop(
+        &mut self,
+        commands: &mut CommandReceiver,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        use common::Node as _;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PushDone>();
+        tokio::pin!(shutdown);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(PushDone { push, generation, result, reply }) = done_rx.recv() => {
+                    let r = self.push_done(push, generation, result).await;
+                    common::log_reply("push_route", &r);
+                    let _ = reply.send(r);
+                }
+                c = commands.recv(), if open => match c {
+                    Some((Command::PushRoute(p), reply)) => self.start_push(p, reply, &done_tx),
+                    Some((cmd, reply)) => {
+                        let kind = cmd.kind();
+                        let r = self.apply(cmd).await;
+                        common::log_reply(kind, &r);
+                        let _ = reply.send(r);
+                    }
+                    // The control plane went away; keep forwarding until told to stop.
+                    None => open = false,
+                },
+            }
+        }
+    }
+
     /// Scheme 4.2: tells the agent to drop what this proxy pushed for `fqdn` (best
     /// effort: an agent that is gone tears down by itself when ALT goes) and narrows or
     /// removes the client's session.
     async fn withdraw_push(&mut self, agent: SocketAddr, fqdn: String) -> Reply {
         let key = crate::push::name_key(&fqdn);
+        let stopped = self.in_flight.remove(&(agent, key.clone())).is_some();
         let Some(entry) = self.pushed.get_mut(&agent) else {
-            return Reply::Done { changed: false };
+            return Reply::Done { changed: stopped };
         };
         if entry.targets.remove(&key).is_none() {
-            return Reply::Done { changed: false };
+            return Reply::Done { changed: stopped };
         }
         if let Some(pusher) = &self.pusher {
             if let Err(e) = pusher.withdraw(agent, &fqdn).await {
@@ -750,13 +890,15 @@ pub async fn serve_with(
         engine: handle,
         nat,
         filter,
-        pusher,
+        pusher: pusher.map(Arc::new),
         pushed: HashMap::new(),
+        in_flight: HashMap::new(),
+        push_generation: 0,
     };
     let result = common::apply_static(&cfg.file, cfg.entries(), &mut node).await;
     if result.is_ok() {
         tracing::info!(listen = ?cfg.tunnel.listen, ipip = cfg.tunnel.ipip, nat = cfg.nat.is_some(), "proxy running");
-        common::command_loop(&mut node, &mut commands, shutdown).await;
+        node.command_loop(&mut commands, shutdown).await;
     }
     if let Some(mut n) = node.nat.take() {
         n.services.clear();
