@@ -2060,3 +2060,34 @@ fn restore_phase(
     results.push(Metric::Restore, 1, outcome);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_is_the_longest_silence_ending_after_the_event() {
+        // Answers every 20 ms, a silence from 1.00 to 1.30 s, answers again.
+        let replies = [0.96, 0.98, 1.00, 1.30, 1.32, 1.34];
+        let gap = outage(&replies, 1.01).unwrap();
+        assert!((gap - 0.30).abs() < 1e-9, "{gap}");
+        // A longer silence before the event does not count.
+        let replies = [0.10, 0.90, 0.92, 1.00, 1.10, 1.12];
+        let gap = outage(&replies, 0.95).unwrap();
+        assert!((gap - 0.10).abs() < 1e-9, "{gap}");
+        // No answer after the event: nothing to measure.
+        assert_eq!(outage(&[0.1, 0.2], 0.5), None);
+        assert_eq!(outage(&[], 0.5), None);
+    }
+
+    #[test]
+    fn phase_is_read_from_the_status_of_the_lab_target() {
+        let v = serde_json::json!({"targets": [
+            {"name": "other", "phase": "diverted"},
+            {"name": roles::TARGET_ID, "phase": "restoring"}
+        ]});
+        assert_eq!(phase_of(&v).as_deref(), Some("restoring"));
+        assert_eq!(phase_of(&serde_json::json!({"targets": []})), None);
+        assert_eq!(phase_of(&serde_json::json!({"error": "x"})), None);
+    }
+}
