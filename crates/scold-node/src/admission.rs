@@ -16,13 +16,24 @@
 //!   port, encap, public_key, inner_mtu, targets}` or `refused {code, message}`. The proxy
 //!   applies `Command::AddSession` (the union of every target this client was admitted
 //!   to) through its command channel before it answers; asking again changes nothing.
-//! - `ping {seq}` -> `pong {seq, arrived}`: the client keeps the connection open and
-//!   probes it to notice a dead proxy within a second. `arrived` (absent when the data
-//!   plane does not answer within 150 ms) grows with every tunnel packet that reached the
-//!   proxy from the client's address, so the client also notices a tunnel path that
-//!   stopped carrying while the admission port still answers.
+//! - `ping {seq}` -> `pong {seq, arrived, draining}`: the client keeps the connection
+//!   open and probes it to notice a dead proxy within a second. `arrived` (absent when
+//!   the data plane does not answer within 150 ms) grows with every tunnel packet that
+//!   reached the proxy from the client's address, so the client also notices a tunnel
+//!   path that stopped carrying while the admission port still answers. `draining`
+//!   (present only while true) says the proxy asks its clients to move.
 //! - `release {targets}` -> `released {remaining}`: the client no longer needs those
 //!   targets; with none left the proxy removes the session.
+//!
+//! One message is not an answer: `draining {draining, reason}`, which the proxy sends
+//! unasked on every open admission connection when its self-defence declares it under
+//! attack (`draining: true`, paper Section 4.4) and again when it has recovered
+//! (`draining: false`); a connection opened while the proxy drains is told at once. The
+//! client moves to another proxy of the ALT set without waiting for the coordinator's
+//! reset to reach it through DNS. Like every message it comes over the TLS connection in
+//! which the proxy showed its consortium certificate. A proxy that is not draining sends
+//! exactly what it sent before this message existed; a client that predates it refuses
+//! the unknown message and drops the connection, which moves it to another proxy too.
 //!
 //! A session whose client has no open admission connection is removed after the lease
 //! time, so clients that failed over elsewhere do not stay admitted for ever.
@@ -42,7 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 
 /// The admission port proxies listen on unless configured otherwise.
 pub const DEFAULT_PORT: u16 = 5443;
@@ -50,6 +61,8 @@ pub const DEFAULT_PORT: u16 = 5443;
 pub const MAX_FRAME: usize = 4096;
 /// Largest number of target addresses in one request.
 pub const MAX_TARGETS: usize = 32;
+/// Longest `reason` of a drain notice, in bytes (it is for logs).
+pub const MAX_REASON: usize = 256;
 
 // ---------------------------------------------------------------------------------------
 // Messages (sans-IO)
@@ -127,10 +140,23 @@ pub enum Answer {
     /// or dropped), from its data plane's counters; absent when the data plane did not
     /// answer in time. The agent compares it with what it sent, so the probe watches the
     /// tunnel path itself, not only the proxy's admission port.
+    ///
+    /// `draining`: the proxy asks its clients to move to another proxy (see
+    /// [`Answer::Draining`]); left out while false, so a proxy that is not draining
+    /// answers as proxies did before the field existed.
     Pong {
         seq: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         arrived: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        draining: bool,
+    },
+    /// Not an answer: sent unasked when the proxy starts or stops draining (its
+    /// self-defence declared an attack, or the attack is over). `reason` is for logs.
+    Draining {
+        draining: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Released {
         remaining: usize,
@@ -139,6 +165,48 @@ pub enum Answer {
         code: RefusalCode,
         message: String,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Whether a proxy asks its admitted clients to move to another proxy, and why: set by
+/// its self-defence when it declares the proxy under attack, cleared when it has
+/// recovered. The admission server tells every client (probe answers and a
+/// [`Answer::Draining`] notice on each open connection).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drain {
+    pub draining: bool,
+    pub reason: Option<String>,
+}
+
+impl Drain {
+    /// Draining for `reason` (cut to [`MAX_REASON`] bytes).
+    pub fn because(reason: &str) -> Drain {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Drain {
+            draining: true,
+            reason: Some(reason[..end].to_string()),
+        }
+    }
+
+    /// The notice that tells a client this state.
+    pub fn notice(&self) -> Answer {
+        Answer::Draining {
+            draining: self.draining,
+            reason: self.reason.clone().filter(|_| self.draining),
+        }
+    }
+}
+
+/// The proxy's drain switch: its self-defence holds the sender, the admission server
+/// ([`start`]) the receiver.
+pub fn drain_switch() -> (watch::Sender<Drain>, watch::Receiver<Drain>) {
+    watch::channel(Drain::default())
 }
 
 /// A message could not be read.
@@ -566,6 +634,8 @@ struct Server {
     commands: mpsc::Sender<CommandRequest>,
     idle: Duration,
     arrivals: Mutex<Arrivals>,
+    /// Whether this proxy asks its clients to move (set by its self-defence).
+    drain: watch::Receiver<Drain>,
 }
 
 impl Server {
@@ -614,6 +684,7 @@ impl Server {
             Request::Ping { seq } => Answer::Pong {
                 seq,
                 arrived: self.arrived(client).await,
+                draining: self.drain.borrow().draining,
             },
             Request::Admit(a) => {
                 let mut st = self.state.lock().await;
@@ -678,16 +749,45 @@ impl Server {
         if counted {
             self.state.lock().await.connected(client);
         }
+        // What this connection was last told about draining. A client that connects
+        // while the proxy drains is told at once, before it asks anything.
+        let mut drain = self.drain.clone();
+        let mut drain_open = true;
+        let mut told = false;
+        let now = drain.borrow_and_update().clone();
+        if now.draining {
+            if !self.tell(&mut tls, client, &now).await {
+                return self.closed(client, counted).await;
+            }
+            told = true;
+        }
         loop {
             let msg = match next_message::<Request>(&mut dec) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    match tokio::time::timeout(self.idle, tls.read(&mut buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => break,
-                        Ok(Ok(n)) => dec.push(&buf[..n]),
-                        Err(_) => {
-                            tracing::debug!(%client, "admission connection idle; closing");
-                            break;
+                    tokio::select! {
+                        r = tokio::time::timeout(self.idle, tls.read(&mut buf)) => match r {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(n)) => dec.push(&buf[..n]),
+                            Err(_) => {
+                                tracing::debug!(%client, "admission connection idle; closing");
+                                break;
+                            }
+                        },
+                        changed = drain.changed(), if drain_open => {
+                            if changed.is_err() {
+                                // The switch is gone (the proxy is stopping): nothing
+                                // more to tell.
+                                drain_open = false;
+                                continue;
+                            }
+                            let now = drain.borrow_and_update().clone();
+                            if now.draining != told {
+                                if !self.tell(&mut tls, client, &now).await {
+                                    break;
+                                }
+                                told = now.draining;
+                            }
                         }
                     }
                     continue;
@@ -716,6 +816,20 @@ impl Server {
                 break;
             }
         }
+        self.closed(client, counted).await;
+    }
+
+    /// Sends the drain notice `d` on a client's connection; false when it cannot be
+    /// written in time (the connection is then closed).
+    async fn tell<S: AsyncWrite + Unpin>(&self, tls: &mut S, client: IpAddr, d: &Drain) -> bool {
+        tracing::info!(%client, draining = d.draining, "telling an admitted client whether to move");
+        tokio::time::timeout(STEP_TIMEOUT, tls.write_all(&encode(&d.notice())))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A connection of `client` closed; `counted`: it held one of its admission counts.
+    async fn closed(&self, client: IpAddr, counted: bool) {
         if counted {
             self.state.lock().await.disconnected(client, Instant::now());
         }
@@ -796,10 +910,13 @@ pub fn pusher(cfg: &crate::proxy::Config) -> anyhow::Result<Option<crate::push::
 
 /// Starts the admission server of a proxy whose config has an `[admission]` table.
 /// `commands` is the proxy's command feed: it is replaced by one that carries both the
-/// original feed and the admission's sessions. Without `[admission]` nothing happens.
+/// original feed and the admission's sessions. `drain` is the receiver of the proxy's
+/// [`drain_switch`]: while it says draining, clients are told to move. Without
+/// `[admission]` nothing happens.
 pub async fn start(
     cfg: &crate::proxy::Config,
     commands: &mut CommandReceiver,
+    drain: watch::Receiver<Drain>,
 ) -> anyhow::Result<AdmissionGuard> {
     let Some(a) = &cfg.admission else {
         return Ok(AdmissionGuard::default());
@@ -835,6 +952,7 @@ pub async fn start(
         commands: tx,
         idle: Duration::from_secs(a.idle_timeout_secs.max(1)),
         arrivals: Mutex::new(None),
+        drain,
     });
     let lease = Duration::from_secs(a.lease_secs);
     let reaper = {
@@ -961,6 +1079,8 @@ pub struct AdmissionConn {
     pub identity: Identity,
     stream: tokio_rustls::client::TlsStream<TcpStream>,
     dec: frame::Decoder,
+    /// What the proxy last said about draining (a notice or a probe answer).
+    drain: Drain,
 }
 
 /// Checks an admission answer against what was asked and the ALT set.
@@ -1084,6 +1204,7 @@ impl Connector {
             identity,
             stream,
             dec: decoder(),
+            drain: Drain::default(),
         })
     }
 }
@@ -1101,8 +1222,30 @@ impl AdmissionConn {
             })
     }
 
-    /// Reads the next answer (cancel-safe: bytes read stay buffered).
+    /// Whether the proxy asks us to move to another proxy, as it last said (a drain
+    /// notice or a probe answer).
+    pub fn draining(&self) -> bool {
+        self.drain.draining
+    }
+
+    /// Why the proxy drains, when it said.
+    pub fn drain_reason(&self) -> Option<&str> {
+        self.drain.reason.as_deref()
+    }
+
+    /// Reads the next answer, skipping drain notices (recorded: [`Self::draining`]).
+    /// Cancel-safe: bytes read stay buffered.
     pub async fn recv(&mut self) -> Result<Answer, AdmissionError> {
+        loop {
+            match self.recv_any().await? {
+                Answer::Draining { .. } => continue,
+                a => return Ok(a),
+            }
+        }
+    }
+
+    /// Reads the next message, drain notices included. Cancel-safe.
+    pub async fn recv_any(&mut self) -> Result<Answer, AdmissionError> {
         let addr = self.proxy;
         let proto = |detail: String| AdmissionError::Protocol { addr, detail };
         let mut buf = [0u8; 2048];
@@ -1110,6 +1253,21 @@ impl AdmissionConn {
             if let Some(a) =
                 next_message::<Answer>(&mut self.dec).map_err(|e| proto(e.to_string()))?
             {
+                match &a {
+                    Answer::Draining { draining, reason } => {
+                        self.drain = Drain {
+                            draining: *draining,
+                            reason: reason.clone().filter(|_| *draining),
+                        };
+                    }
+                    Answer::Pong { draining, .. } if *draining != self.drain.draining => {
+                        self.drain = Drain {
+                            draining: *draining,
+                            reason: None,
+                        };
+                    }
+                    _ => {}
+                }
                 return Ok(a);
             }
             match self.stream.read(&mut buf).await {
@@ -1390,10 +1548,12 @@ mod tests {
             Answer::Pong {
                 seq: 3,
                 arrived: Some(42),
+                draining: false,
             },
             Answer::Pong {
                 seq: 4,
                 arrived: None,
+                draining: true,
             },
         ] {
             let mut d = decoder();
@@ -1406,13 +1566,65 @@ mod tests {
             serde_json::from_slice::<Answer>(old).unwrap(),
             Answer::Pong {
                 seq: 9,
-                arrived: None
+                arrived: None,
+                draining: false,
             }
         );
         assert!(serde_json::from_slice::<Answer>(br#"{"type":"pong","seq":9,"x":1}"#).is_err());
         assert!(
             serde_json::from_slice::<Answer>(br#"{"type":"pong","seq":9,"arrived":-1}"#).is_err()
         );
+    }
+
+    #[test]
+    fn drain_state_on_the_wire() {
+        // Not draining: a pong is byte for byte what a proxy without the field sends,
+        // so clients that predate it still understand it.
+        let calm = Answer::Pong {
+            seq: 1,
+            arrived: Some(5),
+            draining: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&calm).unwrap(),
+            r#"{"type":"pong","seq":1,"arrived":5}"#
+        );
+        let busy = Answer::Pong {
+            seq: 2,
+            arrived: None,
+            draining: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&busy).unwrap(),
+            r#"{"type":"pong","seq":2,"draining":true}"#
+        );
+        // The notice, both ways; the reason goes only with draining and is bounded.
+        let on = Drain::because(&"x".repeat(10 * MAX_REASON));
+        assert_eq!(on.reason.as_ref().map(String::len), Some(MAX_REASON));
+        let n = on.notice();
+        let mut d = decoder();
+        d.push(&encode(&n));
+        assert_eq!(next_message::<Answer>(&mut d).unwrap(), Some(n));
+        assert_eq!(
+            serde_json::to_string(&Drain::default().notice()).unwrap(),
+            r#"{"type":"draining","draining":false}"#
+        );
+        // A multi-byte character at the cut is not split.
+        let r = Drain::because(&"é".repeat(MAX_REASON));
+        assert!(r.reason.unwrap().len() <= MAX_REASON);
+        // Malformed notices are refused.
+        for bad in [
+            &br#"{"type":"draining"}"#[..],
+            br#"{"type":"draining","draining":"yes"}"#,
+            br#"{"type":"draining","draining":true,"until":3}"#,
+            br#"{"type":"pong","seq":1,"draining":1}"#,
+        ] {
+            assert!(
+                serde_json::from_slice::<Answer>(bad).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! target address into it, and only then returns the normal answer to the application.
 //! Each admission connection stays open and is probed; each answer carries the proxy's
 //! count of our tunnel packets that arrived, so the probes watch the tunnel path too.
-//! When a proxy stops answering, or our tunnel packets stop reaching it, the agent moves
-//! to the next proxy of the ALT set, and sends one datagram to each target
+//! When a proxy stops answering, or our tunnel packets stop reaching it, or it says it
+//! is draining (its self-defence declared it under attack: a notice on the admission
+//! connection, or a flag in a probe answer), the agent moves to the next proxy of the
+//! ALT set (a draining proxy it keeps when no other admits it), and sends one datagram
+//! to each target
 //! through the new tunnel so the target's gateway returns traffic by the new proxy at
 //! once (a TCP connection open across the move survives). When the name has no ALT
 //! records any more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and
@@ -108,8 +111,14 @@ admission_timeout_ms = 1000
 upstream_timeout_ms = 1500
 # WireGuard persistent keepalive towards the proxy.
 keepalive_secs = 10
-# A name's ALT set is asked again when its TTL runs out, within these bounds.
-min_refresh_secs = 1
+# A name's ALT set is asked again when its TTL runs out, within these bounds: at least
+# min_refresh_ms apart (100 or more; default 1000), at most max_refresh_secs. A low
+# value lets the agent see the coordinator's reset sooner when the ALT TTL is 0, at the
+# cost of more queries to the site's resolver. (Older configs say min_refresh_secs =
+# N, which is still read as N * 1000 ms; set one of the two.) A proxy whose
+# self-defence declares it under attack tells the agent to move over the admission
+# connection without waiting for the re-read.
+min_refresh_ms = 1000
 max_refresh_secs = 300
 
 # Scheme 4.2: proxies push routes here on the coordinator's order. A push is taken only
@@ -205,9 +214,12 @@ fn default_upstream_timeout() -> u64 {
 fn default_keepalive() -> u16 {
     10
 }
-fn default_min_refresh() -> u64 {
-    1
-}
+/// The least wait between two reads of a name's ALT set unless configured.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The lowest `min_refresh_ms` allowed: more often than ten times a second only loads
+/// the site's resolver (and the agent looks at re-queries at most that often).
+pub const MIN_REFRESH_FLOOR_MS: u64 = 100;
+
 fn default_max_refresh() -> u64 {
     300
 }
@@ -239,8 +251,13 @@ pub struct AgentSection {
     pub upstream_timeout_ms: u64,
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u16,
-    #[serde(default = "default_min_refresh")]
-    pub min_refresh_secs: u64,
+    /// Least wait between two reads of a name's ALT set, in milliseconds (default 1000,
+    /// at least [`MIN_REFRESH_FLOOR_MS`]); see [`AgentSection::min_refresh`].
+    #[serde(default)]
+    pub min_refresh_ms: Option<u64>,
+    /// The same in whole seconds, as older configs say it; only one of the two is set.
+    #[serde(default)]
+    pub min_refresh_secs: Option<u64>,
     #[serde(default = "default_max_refresh")]
     pub max_refresh_secs: u64,
     /// Scheme 4.2: take route pushes from proxies.
@@ -288,10 +305,42 @@ impl AgentSection {
         {
             anyhow::bail!("config file {f}: agent time limits must be above zero");
         }
-        if self.min_refresh_secs == 0 || self.min_refresh_secs > self.max_refresh_secs {
-            anyhow::bail!("config file {f}: agent.min_refresh_secs must be at least 1 and at most max_refresh_secs");
+        match (self.min_refresh_ms, self.min_refresh_secs) {
+            (Some(ms), Some(secs)) => anyhow::bail!(
+                "config file {f}: agent sets both min_refresh_ms = {ms} and min_refresh_secs = {secs}; keep only min_refresh_ms (min_refresh_secs = N is the older way to write min_refresh_ms = N * 1000)"
+            ),
+            (None, Some(0)) => anyhow::bail!(
+                "config file {f}: agent.min_refresh_secs = 0; for less than a second write min_refresh_ms instead (at least {MIN_REFRESH_FLOOR_MS})"
+            ),
+            (Some(ms), None) if ms < MIN_REFRESH_FLOOR_MS => anyhow::bail!(
+                "config file {f}: agent.min_refresh_ms = {ms} is below {MIN_REFRESH_FLOOR_MS}: re-reading the ALT set more than ten times a second only loads the site's resolver; set {MIN_REFRESH_FLOOR_MS} or more"
+            ),
+            _ => {}
+        }
+        if self.max_refresh_secs == 0 {
+            anyhow::bail!(
+                "config file {f}: agent.max_refresh_secs = 0; set it to at least 1 (seconds)"
+            );
+        }
+        let min = self.min_refresh();
+        if min > Duration::from_secs(self.max_refresh_secs) {
+            anyhow::bail!(
+                "config file {f}: the agent's least ALT re-read interval ({} ms) is above max_refresh_secs = {}; lower min_refresh_ms or raise max_refresh_secs",
+                min.as_millis(),
+                self.max_refresh_secs
+            );
         }
         Ok(())
+    }
+
+    /// The least wait between two reads of a name's ALT set: `min_refresh_ms`, else
+    /// `min_refresh_secs` (the older key), else [`DEFAULT_MIN_REFRESH`].
+    pub fn min_refresh(&self) -> Duration {
+        match (self.min_refresh_ms, self.min_refresh_secs) {
+            (Some(ms), _) => Duration::from_millis(ms),
+            (None, Some(secs)) => Duration::from_secs(secs),
+            (None, None) => DEFAULT_MIN_REFRESH,
+        }
     }
 }
 
@@ -597,6 +646,12 @@ enum Event {
     },
     /// A proxy's admission connection failed or stopped answering probes.
     LinkDown { proxy: IpAddr, why: String },
+    /// A proxy started (`draining`) or stopped asking its clients to move.
+    Draining {
+        proxy: IpAddr,
+        draining: bool,
+        reason: Option<String>,
+    },
     /// Scheme 4.2: a verified proxy (certificate role proxy) pushed or withdrew a route.
     /// `from`: the address it connected from; `local`: ours on that path.
     Push {
@@ -651,8 +706,15 @@ struct Agent<'a> {
     links: HashMap<IpAddr, Link>,
     /// Proxies that failed recently, and until when they are tried last.
     down: HashMap<IpAddr, Instant>,
+    /// Proxies whose open admission connection says they drain: tried after the others.
+    draining: BTreeSet<IpAddr>,
     events: mpsc::Sender<Event>,
     dns: Arc<DnsFront>,
+}
+
+/// When a name's ALT set is read again: at its TTL, within `min` and `max`.
+fn refresh_in(ttl: u32, min: Duration, max: Duration) -> Duration {
+    Duration::from_secs(ttl as u64).clamp(min, max.max(min))
 }
 
 /// How long a failed proxy is tried only after the others.
@@ -720,11 +782,14 @@ async fn run_agent(
         names: HashMap::new(),
         links: HashMap::new(),
         down: HashMap::new(),
+        draining: BTreeSet::new(),
         events: events_tx,
         dns,
     };
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(TICK);
+    // Re-queries are started on the tick: it must come at least as often as the least
+    // re-read interval.
+    let mut tick = tokio::time::interval(TICK.min(a.min_refresh()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     loop {
@@ -801,15 +866,23 @@ impl Agent<'_> {
                         let refresh = self.refresh_in(ttl);
                         let st = self.names.get_mut(&name).expect("present");
                         st.refresh_at = Instant::now() + refresh;
+                        let mut leave = None;
                         if st.alts != alts {
                             tracing::info!(%name, ?alts, "ALT set changed");
                             st.alts = alts;
+                            // A new ALT set may hold a proxy to leave a draining one for.
+                            leave = st.proxy.filter(|p| self.draining.contains(p));
                         }
-                        self.ensure(&name).await;
+                        self.ensure_leaving(&name, leave).await;
                     }
                 }
             }
             Event::LinkDown { proxy, why } => self.link_down(proxy, &why).await,
+            Event::Draining {
+                proxy,
+                draining,
+                reason,
+            } => self.proxy_draining(proxy, draining, reason).await,
             Event::Push {
                 from,
                 local,
@@ -928,8 +1001,10 @@ impl Agent<'_> {
     }
 
     fn refresh_in(&self, ttl: u32) -> Duration {
-        Duration::from_secs(
-            (ttl as u64).clamp(self.cfg.min_refresh_secs, self.cfg.max_refresh_secs),
+        refresh_in(
+            ttl,
+            self.cfg.min_refresh(),
+            Duration::from_secs(self.cfg.max_refresh_secs),
         )
     }
 
@@ -984,6 +1059,7 @@ impl Agent<'_> {
         measured.sort_by_key(|(p, rtt)| {
             (
                 self.down.contains_key(p),
+                self.draining.contains(p),
                 rtt.map(|d| d.as_millis()).unwrap_or(u128::MAX),
             )
         });
@@ -1003,6 +1079,12 @@ impl Agent<'_> {
     /// Brings `name`'s indirect route up (or keeps it), through its current proxy if that
     /// one is still in the ALT set and alive, otherwise through the best other one.
     async fn ensure(&mut self, name: &str) {
+        self.ensure_leaving(name, None).await
+    }
+
+    /// [`Self::ensure`]; when `leave` is the current proxy (it drains), the others of
+    /// the ALT set are tried first and it is kept only when none of them admits us.
+    async fn ensure_leaving(&mut self, name: &str, leave: Option<IpAddr>) {
         let Some(st) = self.names.get(name) else {
             return;
         };
@@ -1034,7 +1116,12 @@ impl Agent<'_> {
         let previous = st.proxy;
         let mut order: Vec<IpAddr> = current.into_iter().collect();
         let mut ranked = false;
-        if order.is_empty() {
+        if let Some(old) = leave.filter(|p| current == Some(*p)) {
+            ranked = true;
+            order = self.rank(&alts).await;
+            order.retain(|p| *p != old);
+            order.push(old);
+        } else if order.is_empty() {
             ranked = true;
             order = self.rank(&alts).await;
         }
@@ -1230,6 +1317,11 @@ impl Agent<'_> {
     }
 
     async fn drop_link(&mut self, proxy: IpAddr) {
+        if self.draining.remove(&proxy) {
+            // We no longer hear when it recovers: try it only after the others for a
+            // while.
+            self.down.insert(proxy, Instant::now() + DOWN_FOR);
+        }
         let name = match self.links.remove(&proxy) {
             Some(link) => {
                 link.task.abort();
@@ -1246,6 +1338,7 @@ impl Agent<'_> {
         let t0 = Instant::now();
         tracing::warn!(%proxy, %why, "proxy lost; moving to the next proxy of the ALT set");
         self.down.insert(proxy, Instant::now() + DOWN_FOR);
+        self.draining.remove(&proxy);
         if let Some(link) = self.links.remove(&proxy) {
             link.task.abort();
         }
@@ -1299,6 +1392,51 @@ impl Agent<'_> {
                 .map(|n| self.names.get(n).and_then(|s| s.proxy))
                 .collect();
             tracing::info!(%proxy, names = ?affected, now_via = ?moved, elapsed_ms = t0.elapsed().as_millis() as u64, "failover done");
+        }
+    }
+
+    /// A proxy we hold an admission connection to says it drains (its self-defence
+    /// declared it under attack) or no longer does. Draining: every name routed through
+    /// it moves to the best other proxy of its ALT set that admits us, the same way as a
+    /// failover (new routes first, then the path announcement and the release there);
+    /// a name for which none does stays.
+    async fn proxy_draining(&mut self, proxy: IpAddr, draining: bool, reason: Option<String>) {
+        if !draining {
+            if self.draining.remove(&proxy) {
+                tracing::info!(%proxy, "proxy no longer draining");
+            }
+            return;
+        }
+        if !self.links.contains_key(&proxy) || !self.draining.insert(proxy) {
+            return;
+        }
+        let t0 = Instant::now();
+        let reason = reason.unwrap_or_default();
+        tracing::warn!(%proxy, %reason, "proxy is draining (its self-defence declared an attack); moving to the next proxy of the ALT set");
+        let affected: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, s)| s.proxy == Some(proxy) && !s.pushed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &affected {
+            self.ensure_leaving(name, Some(proxy)).await;
+        }
+        let now_via: Vec<Option<IpAddr>> = affected
+            .iter()
+            .map(|n| self.names.get(n).and_then(|s| s.proxy))
+            .collect();
+        let stayed: Vec<&String> = affected
+            .iter()
+            .zip(&now_via)
+            .filter(|(_, p)| **p == Some(proxy))
+            .map(|(n, _)| n)
+            .collect();
+        if !stayed.is_empty() {
+            tracing::warn!(%proxy, names = ?stayed, "no other proxy of the ALT set admitted us; staying on the draining proxy");
+        }
+        if stayed.len() < affected.len() {
+            tracing::info!(%proxy, reason = "draining", names = ?affected, ?now_via, elapsed_ms = t0.elapsed().as_millis() as u64, "failover done");
         }
     }
 
@@ -1612,7 +1750,21 @@ async fn link_task(
     let limit = u32::try_from(p.timeout.as_millis() / p.interval.as_millis().max(1))
         .unwrap_or(u32::MAX)
         .max(2);
+    // What the agent was last told about the proxy draining.
+    let mut told = false;
+    let mut next_probe = tokio::time::Instant::now() + p.interval;
     let why = loop {
+        if conn.draining() != told {
+            told = conn.draining();
+            let reason = conn.drain_reason().map(str::to_string);
+            let _ = events
+                .send(Event::Draining {
+                    proxy,
+                    draining: told,
+                    reason,
+                })
+                .await;
+        }
         tokio::select! {
             op = ops.recv() => match op {
                 None => return,
@@ -1630,10 +1782,20 @@ async fn link_task(
                     let _ = reply.send(());
                 }
             },
-            _ = tokio::time::sleep(p.interval) => {
+            // Between requests the proxy may speak unasked (a drain notice), or close.
+            m = conn.recv_any() => match m {
+                Err(e) => break e.to_string(),
+                Ok(admission::Answer::Draining { .. }) => {}
+                Ok(other) => tracing::debug!(%proxy, answer = ?other, "late admission answer ignored"),
+            },
+            _ = tokio::time::sleep_until(next_probe) => {
                 seq += 1;
                 let sent = sent_to(&p.engine, &p.peer).await;
-                match probe_once(&mut conn, seq, p.timeout).await {
+                let r = probe_once(&mut conn, seq, p.timeout).await;
+                // The interval runs from the end of a probe, as before a late answer
+                // could wake the loop in between.
+                next_probe = tokio::time::Instant::now() + p.interval;
+                match r {
                     Err(e) => break e,
                     Ok(arrived) => match (sent, arrived) {
                         (Some(sent), Some(arrived)) => {
@@ -1664,9 +1826,9 @@ async fn probe_once(
         conn.send(&admission::Request::Ping { seq }).await?;
         loop {
             match conn.recv().await? {
-                admission::Answer::Pong { seq: s, arrived } if s == seq => {
-                    return Ok::<Option<u64>, AdmissionError>(arrived)
-                }
+                admission::Answer::Pong {
+                    seq: s, arrived, ..
+                } if s == seq => return Ok::<Option<u64>, AdmissionError>(arrived),
                 _ => continue,
             }
         }
@@ -2173,6 +2335,78 @@ mod tests {
             let e = Config::load(&write(&text)).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn alt_reread_interval_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = scold_tunnel::keys::generate_private().unwrap();
+        let load = |extra: &str| {
+            let p = dir.path().join("client.toml");
+            std::fs::write(
+                &p,
+                format!(
+                    "[tunnel]\nprivate_key = \"{key}\"\n[agent]\nupstream = [\"10.1.0.53:53\"]\nca = \"ca.crt\"\n{extra}"
+                ),
+            )
+            .unwrap();
+            Config::load(&p).map(|c| c.agent.unwrap())
+        };
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(ms(load("").unwrap().min_refresh()), 1000);
+        assert_eq!(
+            ms(load("min_refresh_ms = 100\n").unwrap().min_refresh()),
+            100
+        );
+        assert_eq!(
+            ms(load("min_refresh_ms = 250\n").unwrap().min_refresh()),
+            250
+        );
+        // The older key still works.
+        assert_eq!(
+            ms(load("min_refresh_secs = 2\n").unwrap().min_refresh()),
+            2000
+        );
+        for (extra, needles) in [
+            (
+                "min_refresh_ms = 99\n",
+                &["min_refresh_ms = 99", "100 or more"][..],
+            ),
+            ("min_refresh_ms = 0\n", &["below 100"][..]),
+            (
+                "min_refresh_secs = 0\n",
+                &["min_refresh_secs = 0", "write min_refresh_ms"][..],
+            ),
+            (
+                "min_refresh_ms = 500\nmin_refresh_secs = 1\n",
+                &["both", "keep only min_refresh_ms"][..],
+            ),
+            (
+                "min_refresh_ms = 5000\nmax_refresh_secs = 2\n",
+                &["above max_refresh_secs = 2", "lower min_refresh_ms"][..],
+            ),
+            ("max_refresh_secs = 0\n", &["max_refresh_secs = 0"][..]),
+            ("min_refresh_ms = -1\n", &["min_refresh_ms"][..]),
+        ] {
+            let e = format!("{:#}", load(extra).unwrap_err());
+            for n in needles {
+                assert!(e.contains(n), "{extra:?}: {n:?} not in: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn refresh_follows_the_ttl_within_bounds() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(300));
+        // A TTL of 0 is re-read at the least interval, below a second if so configured.
+        assert_eq!(refresh_in(0, min, max), min);
+        assert_eq!(refresh_in(1, min, max), Duration::from_secs(1));
+        assert_eq!(refresh_in(86400, min, max), max);
+        // Bounds the wrong way round do not panic: the least interval wins.
+        assert_eq!(
+            refresh_in(5, Duration::from_secs(10), Duration::from_secs(1)),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -33,8 +33,12 @@
 //! Alerts (blocked, expired) are JSON lines. Every `traceback_secs` the sources with the
 //! most drops in either filter go to the coordinator (`Traceback`). [`SelfDefence`]
 //! watches the link's counters and the CPU; when the proxy itself is overwhelmed it
-//! sends `ProxyAttacked`, and the coordinator resets the proxy out of every ALT set.
+//! sends `ProxyAttacked`, and the coordinator resets the proxy out of every ALT set. At
+//! the same moment it sets the proxy's [`Drain`] switch: the admission server tells every
+//! admitted client agent to move to another proxy at once, and stops telling them when
+//! self-defence reports the proxy recovered.
 
+use crate::admission::Drain;
 use crate::control::{report_until_acknowledged, NodeContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -611,12 +615,14 @@ impl Defence {
     /// Starts the link's filter on its interface (and self-defence when configured).
     /// Returns the sender the proxy uses to tell the filter about sessions and peers,
     /// and with a `[filter]` the [`SessionFilter`] to install in the packet engine
-    /// (`State::set_inspector`).
+    /// (`State::set_inspector`). Self-defence sets `drain` while it declares the proxy
+    /// under attack (the admission server then tells clients to move).
     pub fn start(
         section: Option<&FilterSection>,
         selfdefence: Option<&SelfDefenceSection>,
         tunnel: TunnelPorts,
         ctx: &NodeContext,
+        drain: tokio::sync::watch::Sender<Drain>,
     ) -> anyhow::Result<(
         Defence,
         mpsc::UnboundedSender<FilterUpdate>,
@@ -645,6 +651,7 @@ impl Defence {
                 sd.config(),
                 Duration::from_millis(sd.interval_ms.clamp(50, 10_000)),
                 ctx.clone(),
+                drain,
             )));
         }
         Ok((
@@ -1038,11 +1045,31 @@ async fn publish(
     }
 }
 
+/// What a drain notice tells clients: which resources are saturated.
+fn drain_reason(report: &scold_filter::selfdefence::LoadReport) -> String {
+    let what: Vec<String> = report
+        .saturated
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect();
+    format!(
+        "self-defence: under attack ({}; {:.0} packets/s received)",
+        what.join(", "),
+        report.rx_pps
+    )
+}
+
 async fn run_selfdefence(
     interface: String,
     cfg: SelfDefenceConfig,
     every: Duration,
     ctx: NodeContext,
+    drain: tokio::sync::watch::Sender<Drain>,
 ) {
     let mut reader = match scold_filter::sample::CounterReader::open(&interface) {
         Ok(r) => r,
@@ -1069,6 +1096,13 @@ async fn run_selfdefence(
             Some(SelfDefenceEvent::UnderAttack(report)) => {
                 let summary = serde_json::to_value(&report).unwrap_or_default();
                 tracing::warn!(%interface, summary = %summary, "this proxy is under a severe attack");
+                // The clients first: they move at once over their open admission
+                // connections, before the coordinator's reset reaches them through DNS.
+                drain.send_replace(Drain::because(&drain_reason(&report)));
+                tracing::warn!(
+                    connections = drain.receiver_count().saturating_sub(1),
+                    "draining: admitted clients are told to move to another proxy"
+                );
                 if let (Some(agent), Some(name)) = (ctx.agent.clone(), ctx.name.clone()) {
                     if let Some(r) = reporting.take() {
                         r.abort();
@@ -1093,6 +1127,8 @@ async fn run_selfdefence(
                 }
                 let summary = serde_json::to_string(&report).unwrap_or_default();
                 tracing::info!(%interface, summary = %summary, "this proxy recovered; the coordinator's attacked mark expires by itself");
+                drain.send_replace(Drain::default());
+                tracing::info!("no longer draining: clients are told they may stay");
             }
             None => {}
         }

@@ -113,7 +113,9 @@ traceback_top = 20
 # block_secs = 60, max_block_secs = 3600, new_source_pps = 20000.0 (0: off)
 
 # Self-defence: when the proxy itself is overwhelmed it asks the coordinator to reset
-# it out of every ALT set (paper 4.4).
+# it out of every ALT set (paper 4.4), and at once tells the client agents it admitted
+# (scheme 4.1, over their open admission connections) to move to another proxy of the
+# ALT set; once it has recovered for recover_ms it stops telling them.
 [selfdefence]
 # interface = "eth0"          # default: filter.interface
 link_capacity_mbps = 1000.0
@@ -816,7 +818,9 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
-    let _admission = crate::admission::start(&cfg, &mut commands).await?;
+    // Self-defence flips the switch; the admission server tells the clients to move.
+    let (drain, drain_rx) = crate::admission::drain_switch();
+    let _admission = crate::admission::start(&cfg, &mut commands, drain_rx).await?;
     let pusher = crate::admission::pusher(&cfg)?;
     let nl = Netlink::new()?;
     let mut nat = None;
@@ -869,7 +873,8 @@ pub async fn serve_with(
                 udp: cfg.tunnel.listen.map(|l| l.port()),
                 ipip: cfg.tunnel.ipip,
             };
-            let (d, tx, session) = Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx)?;
+            let (d, tx, session) =
+                Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx, drain)?;
             if let Some(sf) = session {
                 // The filter on the relay path: owned by the engine thread from now on.
                 let sf: Box<dyn scold_tunnel::Inspect> = Box::new(sf);
@@ -879,7 +884,7 @@ pub async fn serve_with(
         }
         None => match &cfg.selfdefence {
             Some(sd) => (
-                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx)?.0),
+                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx, drain)?.0),
                 None,
             ),
             None => (None, None),

@@ -223,7 +223,9 @@ pub struct Linked<'a> {
     /// The target's scheme: "4.1" (client agents read ALT records) or "4.2" (proxies
     /// push routes to them).
     pub scheme: &'a str,
-    /// Config text appended to one proxy's file (name, text).
+    /// Config text appended to one proxy's file (name, text), or to both with the name
+    /// `*`; `{client_link}` in the text becomes that proxy's device towards the client
+    /// site (what its self-defence watches).
     pub proxy_extra: Option<(&'a str, &'a str)>,
     /// The second client site has its address (10.8.0.2) and takes pushes on it, but no
     /// proxy has a route to it yet.
@@ -327,6 +329,7 @@ key = "hmac-sha256:coordinator:{SECRET}"
             tls("gateway", "gw1")
         ),
     );
+    let client_link = |name: &str| net.dev(if name == "p1" { "ac" } else { "bc" });
     let proxy = |name: &str, n: u8, public: &str, toward_gw: &str| {
         format!(
             "[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:51820\"\n{}\n\
@@ -335,8 +338,8 @@ key = "hmac-sha256:coordinator:{SECRET}"
             admission(name, 5443),
             tls("proxy", name),
             extra
-                .filter(|(p, _)| *p == name)
-                .map(|(_, t)| t)
+                .filter(|(p, _)| *p == name || *p == "*")
+                .map(|(_, t)| t.replace("{client_link}", &client_link(name)))
                 .unwrap_or_default()
         )
     };
