@@ -7,7 +7,10 @@
 //! `nsupdate` tears the route down and leaves routing as it was. A proxy certificate from
 //! another CA, and a tunnel address outside the ALT set, are refused. A TCP download
 //! through a proxy that is killed half-way ends with the right checksum. The same divert
-//! works with an unmodified Unbound (Debian package `unbound`) as ClientDNS.
+//! works with an unmodified Unbound (Debian package `unbound`) as ClientDNS. A proxy
+//! whose self-defence declares it under attack (a bounded hping3 flood) tells the agent
+//! it drains; with no other proxy in the ALT set the agent stays, and hears when the
+//! proxy has recovered.
 //!
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `curl`, `getent` (libc-bin),
 //! `nsupdate` (bind9-dnsutils), `python3` and a built binary (`cargo build -p scold`, or
@@ -228,6 +231,11 @@ fn admission_tls(certs: &str, n: u32) -> String {
 }
 
 fn start_agent(lab: &mut Net, st: &Setup) {
+    start_agent_with(lab, st, "");
+}
+
+/// [`start_agent`] with `extra` appended to the agent's `[agent]` table.
+fn start_agent_with(lab: &mut Net, st: &Setup, extra: &str) {
     let s = lab.s.clone();
     let cfg = lab.write(
         "client.toml",
@@ -235,7 +243,7 @@ fn start_agent(lab: &mut Net, st: &Setup) {
             "tun_name = \"sc{s}\"\n\
              [tunnel]\nencap = \"wireguard\"\nlisten = \"0.0.0.0:0\"\nprivate_key = \"{}\"\n\
              [agent]\nlisten = \"127.0.0.53:53\"\nupstream = [\"10.1.0.53:53\"]\nca = \"{}\"\nalt_type = 65280\n\
-             probe_interval_ms = 200\nprobe_timeout_ms = 600\n",
+             probe_interval_ms = 200\nprobe_timeout_ms = 600\n{extra}",
             st.client_key.0,
             st.ca.display()
         ),
@@ -849,5 +857,115 @@ fn tunnel_path_blocked_while_admission_answers() {
     assert!(
         clog.contains("tunnel packets stopped reaching the proxy"),
         "the move was not for the tunnel path:\n{clog}"
+    );
+}
+
+/// A flooded proxy that is the only one of the ALT set: its self-defence declares it
+/// under attack and it tells the agent it drains (no coordinator here: the drain goes
+/// straight from the proxy to its clients). The agent finds no other proxy to move to
+/// and stays, so a running ping loop keeps its path; once the flood is over and
+/// self-defence reports the proxy recovered, the proxy says so and the agent logs it.
+/// The agent re-reads the ALT set with the millisecond setting.
+#[test]
+fn drained_client_stays_when_no_other_proxy_is_left() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
+    require("hping3", "hping3");
+    let st = Setup::new(&lab);
+    start_dns(&mut lab, &["10.1.0.11"]);
+    // Self-defence on proxy 1's link to the client segment: 1500 packets/s for a second
+    // is an attack; 2 s of calm after it, recovered. The CPU is left out.
+    let defence = format!(
+        "{}\n[selfdefence]\ninterface = \"{}\"\nrx_pps_max = 1500.0\nsustain_ms = 1000\nrecover_ms = 2000\ncpu_busy_max = 2.0\ninterval_ms = 200\n",
+        admission_tls("certs", 1),
+        lab.dev("p1x")
+    );
+    start_path(&mut lab, &st, [&defence, &admission_tls("certs", 2)]);
+    lab.wait_log("proxy1", "admission server listening", 15);
+    start_agent_with(&mut lab, &st, "min_refresh_ms = 100\n");
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    assert_eq!(
+        chosen_proxy(&lab.log("client")).as_deref(),
+        Some("10.1.0.11"),
+        "{}",
+        lab.logs()
+    );
+    lab.wait_log("client", "indirect route up", 10);
+
+    // A bounded ping loop (240 pings, 50 ms apart) across the flood and the recovery.
+    lab.spawn(
+        "c",
+        "pingloop",
+        &[
+            "ping", "-n", "-c", "240", "-i", "0.05", "-W", "1", "10.4.0.2",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // 4000 UDP packets/s at the proxy, at most 24000 and 8 s, from a spoofed address of
+    // the segment (nothing leaves the namespaces).
+    lab.spawn(
+        "c",
+        "flood",
+        &[
+            "timeout",
+            "8",
+            "hping3",
+            "--udp",
+            "-a",
+            "10.1.0.66",
+            "-p",
+            "9",
+            "-i",
+            "u250",
+            "-c",
+            "24000",
+            "-q",
+            "10.1.0.11",
+        ],
+    );
+    lab.wait_log("client", "staying on the draining proxy", 20);
+    let clog = lab.log("client");
+    assert!(
+        clog.contains("proxy is draining") && clog.contains("proxy=10.1.0.11"),
+        "{clog}"
+    );
+    assert!(
+        lab.log("proxy1")
+            .contains("draining: admitted clients are told to move"),
+        "{}",
+        lab.log("proxy1")
+    );
+    lab.wait_log("client", "proxy no longer draining", 30);
+    assert!(
+        lab.log("proxy1")
+            .contains("no longer draining: clients are told they may stay"),
+        "{}",
+        lab.log("proxy1")
+    );
+    assert!(
+        lab.wait_exit("pingloop", 60).is_some(),
+        "the ping loop hung"
+    );
+    let out = lab.log("pingloop");
+    let seqs = replied(&out);
+    let clog = lab.log("client");
+    assert!(
+        !clog.contains("failover done"),
+        "the agent moved although the ALT set has no other proxy:\n{clog}"
+    );
+    assert_eq!(chosen_proxy(&clog).as_deref(), Some("10.1.0.11"), "{clog}");
+    assert!(
+        seqs.iter().any(|s| *s >= 230),
+        "the ping loop lost its path:\n{out}\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "drained with no other proxy: the agent stayed; {} of 240 pings answered",
+        seqs.len()
     );
 }
