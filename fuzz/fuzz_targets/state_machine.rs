@@ -1,5 +1,5 @@
 //! The coordinator's per-target state machine under any order of events: alarms,
-//! all-clears, lost proxies, and step results that are current, stale, repeated or
+//! all-clears, lost and added proxies, and step results that are current, stale, repeated or
 //! invented; plus the durable form of the state and the proxy choice.
 //!
 //! Invariants checked after every event:
@@ -65,6 +65,7 @@ enum FuzzEvent {
     Alarm(Vec<ProxyIx>),
     AllClear,
     ProxyLost(ProxyIx, Option<ProxyIx>),
+    ProxyAdded(ProxyIx),
     /// A result for the `i`-th running step of the current epoch (what a driver sends).
     RunningDone(u8),
     RunningFailed(u8),
@@ -94,7 +95,10 @@ struct Input {
 
 fn check_invariants(s: &TargetState) {
     assert_eq!(s.running().is_empty(), s.stages.is_empty(), "{s:?}");
-    assert!(s.stages.iter().all(|st| !st.is_empty()), "empty stage: {s:?}");
+    assert!(
+        s.stages.iter().all(|st| !st.is_empty()),
+        "empty stage: {s:?}"
+    );
     match s.phase {
         Phase::Normal => {
             assert!(s.stages.is_empty(), "normal with work left: {s:?}");
@@ -122,6 +126,7 @@ fn to_event(s: &TargetState, e: &FuzzEvent) -> Option<Event> {
             proxy: p.name(),
             replacement: r.map(ProxyIx::name),
         },
+        FuzzEvent::ProxyAdded(p) => Event::ProxyAdded { proxy: p.name() },
         FuzzEvent::RunningDone(i) | FuzzEvent::RunningFailed(i) => {
             if running.is_empty() {
                 return None;
@@ -183,8 +188,14 @@ fn run_events(input: &Input) {
         let out = s.apply(now, ev.clone());
         check_invariants(&s);
 
-        assert!(s.epoch >= before.epoch, "epoch went back: {before:?} -> {s:?}");
-        assert!(s.epoch - before.epoch <= 1, "epoch jumped: {before:?} -> {s:?}");
+        assert!(
+            s.epoch >= before.epoch,
+            "epoch went back: {before:?} -> {s:?}"
+        );
+        assert!(
+            s.epoch - before.epoch <= 1,
+            "epoch jumped: {before:?} -> {s:?}"
+        );
         let new_plan = s.epoch == before.epoch + 1;
         if new_plan {
             assert!(out.transition.is_some(), "new epoch without a transition");
@@ -193,7 +204,11 @@ fn run_events(input: &Input) {
             assert_eq!(s.since_ms, now);
         }
         if !out.start.is_empty() {
-            assert_eq!(out.start.as_slice(), s.running(), "start is not the running stage");
+            assert_eq!(
+                out.start.as_slice(),
+                s.running(),
+                "start is not the running stage"
+            );
         }
         if let Some((from, to)) = out.transition {
             assert_eq!(from, before.phase);
@@ -211,6 +226,16 @@ fn run_events(input: &Input) {
             assert_eq!(s.stages, before.stages, "a failed step must stay pending");
             assert!(s.last_error.is_some());
         }
+        if let Event::ProxyAdded { proxy } = &ev {
+            // Taken only by a resting divert, and only a proxy not yet in the set.
+            let taken = before.phase == Phase::Diverted && !before.proxies.contains(proxy);
+            assert_eq!(out.changed, taken, "{before:?} + {ev:?}");
+            if taken {
+                assert_eq!(s.phase, Phase::Resetting);
+                assert_eq!(s.proxies.iter().filter(|p| *p == proxy).count(), 1);
+                assert!(s.running().contains(&Step::ProxySetup(proxy.clone())));
+            }
+        }
         if let (Some(true), Event::StepDone { step, .. }) = (step_probe, &ev) {
             assert!(
                 !s.is_pending(before.epoch, step),
@@ -224,12 +249,12 @@ fn run_choice(input: &Input) {
     // The coordinator's pool has one entry per registered proxy name.
     let mut pool: Vec<Candidate> = Vec::new();
     for c in input.pool.iter().map(|c| Candidate {
-            name: c.proxy.name(),
-            organisation: format!("org{}", c.org % 4),
-            capacity_mbps: c.capacity_mbps,
-            serving: c.serving,
-            usable: c.usable,
-        }) {
+        name: c.proxy.name(),
+        organisation: format!("org{}", c.org % 4),
+        capacity_mbps: c.capacity_mbps,
+        serving: c.serving,
+        usable: c.usable,
+    }) {
         if !pool.iter().any(|p| p.name == c.name) {
             pool.push(c);
         }
@@ -264,12 +289,18 @@ fn run_choice(input: &Input) {
     let mut seen: Vec<String> = Vec::new();
     for n in &chosen[..first_round] {
         let o = org_of(n);
-        assert!(!seen.contains(&o), "organisation {o} chosen twice before others: {chosen:?}");
+        assert!(
+            !seen.contains(&o),
+            "organisation {o} chosen twice before others: {chosen:?}"
+        );
         seen.push(o);
     }
     // Fewer than k only when no other usable, non-excluded name is left.
     if chosen.len() < k {
-        for c in pool.iter().filter(|c| c.usable && !exclude.contains(&c.name)) {
+        for c in pool
+            .iter()
+            .filter(|c| c.usable && !exclude.contains(&c.name))
+        {
             assert!(
                 chosen.contains(&c.name),
                 "left out usable {} with room for more",

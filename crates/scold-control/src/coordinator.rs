@@ -22,6 +22,7 @@ use scold_proto::identity::Role;
 use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Phase, Step, TargetState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -395,6 +396,103 @@ impl DnsBackend for TsigDns {
 
 // --- the coordinator ---------------------------------------------------------------
 
+/// A node that registers again gets its set-up orders again: this many tries, the first
+/// after [`RESYNC_FIRST`] (it registers just before its command service is up), each
+/// wait twice the one before.
+const RESYNC_TRIES: u32 = 5;
+const RESYNC_FIRST: Duration = Duration::from_millis(300);
+
+/// Which node role carries out a step's orders.
+fn step_role(step: &Step) -> Role {
+    match step {
+        Step::GatewaySetup | Step::GatewayTeardown => Role::Gateway,
+        Step::TargetSetup | Step::TargetTeardown => Role::Target,
+        _ => Role::Proxy,
+    }
+}
+
+/// One part of the orders a node that registered again is sent for a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resend {
+    /// The orders of the step addressed to the node itself.
+    Own(Step),
+    /// Every order of the step: other nodes hold the node's tunnel end point, which it
+    /// announced anew (a new address or key after a restart).
+    All(Step),
+    /// Scheme 4.2: the pushes of this client agent's route, through its proxy.
+    PushTo(String),
+}
+
+impl fmt::Display for Resend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resend::Own(step) => write!(f, "{step}"),
+            Resend::All(step) => write!(f, "{step} (all nodes)"),
+            Resend::PushTo(client) => write!(f, "push-routes(client/{client})"),
+        }
+    }
+}
+
+/// What `role/name`, registering (again) now, is owed for a target in state `st`: its
+/// part of the set-up steps of a diverted target it takes part in. A proxy of the set
+/// gets its relay (and in 4.2 its pushes), a gateway of the target its admitted proxies,
+/// the target its return path, a 4.2 client agent its route. With `tunnel_changed`, the
+/// nodes that hold the node's end point are told the new one as well. Only steps the
+/// plan has done (or that are not part of it) are sent again: one still in the plan is
+/// run, or retried, by the driver with what is known then (and in 4.2 no push may
+/// precede the DNS update). A client's push is the exception while the push step runs:
+/// that step works from the client list it read when it started. Empty when nothing
+/// is owed.
+fn resync_steps(
+    role: Role,
+    name: &str,
+    tunnel_changed: bool,
+    tcfg: &TargetConfig,
+    st: &TargetState,
+) -> Vec<Resend> {
+    if !st.phase.is_diverted() {
+        return Vec::new();
+    }
+    let push = tcfg.scheme == Scheme::Push;
+    let mut out = Vec::new();
+    match role {
+        Role::Proxy if st.proxies.iter().any(|p| p == name) => {
+            out.push(Resend::Own(Step::ProxySetup(name.to_string())));
+            if push {
+                out.push(Resend::Own(Step::PushRoutes));
+            }
+            if tunnel_changed {
+                out.push(Resend::All(Step::GatewaySetup));
+                if tcfg.scheme == Scheme::Nat {
+                    // The target routes the proxy's relayed flows back by its address.
+                    out.push(Resend::All(Step::TargetSetup));
+                }
+            }
+        }
+        Role::Gateway if tcfg.gateways.iter().any(|g| g == name) => {
+            out.push(Resend::Own(Step::GatewaySetup));
+            if tunnel_changed {
+                out.extend(
+                    st.proxies
+                        .iter()
+                        .map(|p| Resend::All(Step::ProxySetup(p.clone()))),
+                );
+                out.push(Resend::All(Step::TargetSetup));
+            }
+        }
+        Role::Target if tcfg.name == name => out.push(Resend::Own(Step::TargetSetup)),
+        Role::Client if push => out.push(Resend::PushTo(name.to_string())),
+        _ => {}
+    }
+    let in_plan =
+        |step: &Step, skip: usize| st.stages.iter().skip(skip).flatten().any(|s| s == step);
+    out.retain(|r| match r {
+        Resend::Own(step) | Resend::All(step) => !in_plan(step, 0),
+        Resend::PushTo(_) => !in_plan(&Step::PushRoutes, 1),
+    });
+    out
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -406,6 +504,13 @@ struct World {
     targets: BTreeMap<String, TargetState>,
     nodes: BTreeMap<String, NodeRecord>,
     live: HashMap<String, Channel>,
+}
+
+/// What a registration tells beyond the reply.
+struct Registration {
+    reply: Reply,
+    /// The node announced a tunnel end point other than the one known before.
+    tunnel_changed: bool,
 }
 
 pub struct Coordinator {
@@ -563,6 +668,10 @@ impl Coordinator {
         for step in outcome.start {
             self.spawn_step(target.to_string(), epoch, step);
         }
+        if matches!(outcome.transition, Some((_, Phase::Diverted))) {
+            // A proxy that became usable while a plan ran was not offered then.
+            self.refill(Some(target), "set_short");
+        }
         Ok(view)
     }
 
@@ -713,13 +822,13 @@ impl Coordinator {
             _ => {}
         }
         let ctx = self.context(tcfg, &proxies);
-        let role = match step {
-            Step::GatewaySetup | Step::GatewayTeardown => Role::Gateway,
-            Step::TargetSetup | Step::TargetTeardown => Role::Target,
-            _ => Role::Proxy,
-        };
-        self.send_orders(tcfg, epoch, role, orchestrate::orders(step, &ctx)?)
-            .await
+        self.send_orders(
+            tcfg,
+            epoch,
+            step_role(step),
+            orchestrate::orders(step, &ctx)?,
+        )
+        .await
     }
 
     /// Scheme 4.2: one request per push, all sent at once, so one slow or dead client
@@ -898,60 +1007,152 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Scheme 4.2: a client agent that registers while a target is diverted (it joined
-    /// late, or restarted) gets its push now instead of at the next phase change. Its
-    /// assigned proxy is the one the push-routes step would pick; a few tries, since
-    /// the agent registers just before its push service is up.
-    fn push_to_late_client(self: &Arc<Self>, client: String) {
-        let due: Vec<(String, u64, Vec<String>)> = self
-            .lock()
-            .targets
-            .iter()
-            .filter(|(n, st)| {
-                matches!(st.phase, Phase::Diverted | Phase::Resetting)
-                    && self
-                        .targets
-                        .get(*n)
-                        .is_some_and(|t| t.scheme == Scheme::Push)
-            })
-            .map(|(n, st)| (n.clone(), st.epoch, st.proxies.clone()))
-            .collect();
-        for (target, epoch, proxies) in due {
+    /// A node that registers while a target it takes part in is diverted may have
+    /// restarted and lost its data-plane state (a proxy its relay to the gateway, a
+    /// gateway the proxies it admits, the target its return path, a 4.2 client agent its
+    /// pushed route), and would drop the target's traffic until the next phase change.
+    /// It gets its part of the set-up orders again now ([`resync_steps`]); orders are
+    /// idempotent, so a node that merely reconnected loses nothing. A few tries with
+    /// backoff, the first after a short wait: a node registers just before its command
+    /// service is up. Each try reads the target afresh: a new plan may already cover the
+    /// node (nothing left to send), and a target that is no longer diverted ends it.
+    fn resync_node(self: &Arc<Self>, role: Role, name: String, tunnel_changed: bool) {
+        let due: Vec<String> = {
+            let world = self.lock();
+            world
+                .targets
+                .iter()
+                .filter(|(t, st)| {
+                    self.targets.get(*t).is_some_and(|tcfg| {
+                        !resync_steps(role, &name, tunnel_changed, tcfg, st).is_empty()
+                    })
+                })
+                .map(|(t, _)| t.clone())
+                .collect()
+        };
+        for target in due {
             let me = self.clone();
-            let client = client.clone();
-            tokio::spawn(async move {
-                let Some(tcfg) = me.targets.get(&target) else {
-                    return;
-                };
-                let mut backoff = Duration::from_millis(300);
-                for attempt in 1..=5u32 {
-                    tokio::time::sleep(backoff).await;
-                    let current = me.lock().targets.get(&target).map(|s| s.epoch);
-                    if current != Some(epoch) {
-                        return; // a newer plan pushes (or withdraws) for everyone
-                    }
-                    let mut ctx = me.context(tcfg, &proxies);
-                    ctx.clients.retain(|(n, _)| *n == client);
-                    if ctx.clients.is_empty() {
-                        return;
-                    }
-                    let r = match orchestrate::orders(&Step::PushRoutes, &ctx) {
-                        Ok(orders) => me.send_orders(tcfg, epoch, Role::Proxy, orders).await,
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok(()) => {
-                            info!(%target, %client, "route pushed to a client agent that registered late");
-                            return;
-                        }
-                        Err(error) => {
-                            warn!(%target, %client, attempt, %error, "push to a late client agent failed")
-                        }
-                    }
-                    backoff *= 2;
-                }
-            });
+            let name = name.clone();
+            tokio::spawn(async move { me.resync_target(target, role, name, tunnel_changed).await });
         }
+    }
+
+    /// The tries of [`Self::resync_node`] for one target.
+    async fn resync_target(
+        self: Arc<Self>,
+        target: String,
+        role: Role,
+        name: String,
+        tunnel_changed: bool,
+    ) {
+        let Some(tcfg) = self.targets.get(&target) else {
+            return;
+        };
+        let who = NodeRecord::key(role, &name);
+        let mut backoff = RESYNC_FIRST;
+        let mut done: Vec<Resend> = Vec::new();
+        let mut done_epoch = None;
+        let mut last_error = String::new();
+        for attempt in 1..=RESYNC_TRIES {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            let Some((epoch, proxies, items)) = self.lock().targets.get(&target).map(|st| {
+                let items = resync_steps(role, &name, tunnel_changed, tcfg, st);
+                (st.epoch, st.proxies.clone(), items)
+            }) else {
+                return;
+            };
+            if done_epoch != Some(epoch) {
+                done.clear();
+                done_epoch = Some(epoch);
+            }
+            let todo: Vec<Resend> = items.into_iter().filter(|i| !done.contains(i)).collect();
+            if todo.is_empty() {
+                // Not diverted any more, or everything is sent or left to the plan.
+                return;
+            }
+            match self
+                .resend(tcfg, epoch, &name, &todo, &proxies, &mut done)
+                .await
+            {
+                Ok(()) => {
+                    let sent: Vec<String> = done.iter().map(Resend::to_string).collect();
+                    info!(%target, node = %who, epoch, attempt, sent = ?sent, "set-up orders sent again to a node that registered again");
+                    let _ = self.store.commit(Batch {
+                        events: vec![event(
+                            &target,
+                            "resync",
+                            format!(
+                                "{who} registered again: sent {} (epoch {epoch})",
+                                sent.join(", ")
+                            ),
+                        )],
+                        ..Default::default()
+                    });
+                    return;
+                }
+                Err(error) => {
+                    warn!(%target, node = %who, attempt, %error, "re-sending set-up orders to a node that registered again failed");
+                    last_error = error;
+                }
+            }
+        }
+        warn!(%target, node = %who, error = %last_error, "node not re-synchronised; it gets its orders at the target's next phase change");
+        let _ = self.store.commit(Batch {
+            events: vec![event(
+                &target,
+                "resync_failed",
+                format!("{who}: {RESYNC_TRIES} tries: {last_error}"),
+            )],
+            ..Default::default()
+        });
+    }
+
+    /// Sends the orders of `items` for a node that registered again; each one that went
+    /// through is added to `done`.
+    async fn resend(
+        self: &Arc<Self>,
+        tcfg: &TargetConfig,
+        epoch: u64,
+        node: &str,
+        items: &[Resend],
+        proxies: &[String],
+        done: &mut Vec<Resend>,
+    ) -> Result<(), String> {
+        for item in items {
+            let mut ctx = self.context(tcfg, proxies);
+            let step = match item {
+                Resend::Own(step) | Resend::All(step) => step,
+                Resend::PushTo(client) => {
+                    ctx.clients.retain(|(n, _)| n == client);
+                    &Step::PushRoutes
+                }
+            };
+            let mut orders = orchestrate::orders(step, &ctx)?;
+            drop(ctx);
+            if let Resend::Own(_) = item {
+                orders.retain(|o| o.node == node);
+            }
+            if *step == Step::PushRoutes {
+                let todo = orders
+                    .into_iter()
+                    .flat_map(|o| {
+                        let node = o.node;
+                        o.commands.into_iter().map(move |c| (node.clone(), c))
+                    })
+                    .collect();
+                let (left, failures, _) = self.push_all(&tcfg.name, epoch, todo).await;
+                if !left.is_empty() {
+                    return Err(format!("{item}: {}", failures.join("; ")));
+                }
+            } else {
+                self.send_orders(tcfg, epoch, step_role(step), orders)
+                    .await
+                    .map_err(|e| format!("{item}: {e}"))?;
+            }
+            done.push(item.clone());
+        }
+        Ok(())
     }
 
     /// What the orders of a step depend on, from the registry and the other targets.
@@ -1072,14 +1273,47 @@ impl Coordinator {
             .collect()
     }
 
-    fn choose_for(&self, target: &str, exclude: &[String]) -> Vec<String> {
-        let k = self
-            .targets
+    /// How many proxies the target gets: its own `proxies`, else the coordinator's.
+    fn wanted(&self, target: &str) -> usize {
+        self.targets
             .get(target)
             .and_then(|t| t.proxies)
-            .unwrap_or(self.cfg.coordinator.proxies_per_target);
+            .unwrap_or(self.cfg.coordinator.proxies_per_target)
+    }
+
+    fn choose_for(&self, target: &str, exclude: &[String]) -> Vec<String> {
+        let k = self.wanted(target);
         let world = self.lock();
         choose_proxies(&self.candidates(&world), k, exclude)
+    }
+
+    /// Gives each resting diverted target (`only` that one, if named) whose proxy set is
+    /// shorter than wanted one more proxy, chosen by the usual rules among the usable
+    /// ones outside its set. A set shrinks when a lost proxy has no replacement; without
+    /// this, a proxy that comes back (up again, or its `attacked` mark expired) would
+    /// stay idle and the next loss would leave the target with no proxy. Called when a
+    /// proxy becomes usable and when a target comes to rest in `Diverted` (so a set short
+    /// by more than one fills up one proxy per plan).
+    fn refill(self: &Arc<Self>, only: Option<&str>, why: &str) {
+        let short: Vec<(String, Vec<String>)> = self
+            .lock()
+            .targets
+            .iter()
+            .filter(|(n, st)| {
+                only.is_none_or(|o| o == n.as_str())
+                    && st.phase == Phase::Diverted
+                    && self.targets.contains_key(*n)
+                    && st.proxies.len() < self.wanted(n)
+            })
+            .map(|(n, st)| (n.clone(), st.proxies.clone()))
+            .collect();
+        for (target, current) in short {
+            let Some(proxy) = self.choose_for(&target, &current).into_iter().next() else {
+                continue;
+            };
+            info!(%target, %proxy, set = ?current, "proxy set short; adding a usable proxy");
+            let _ = self.apply(&target, Event::ProxyAdded { proxy }, why);
+        }
     }
 
     /// Takes a lost proxy out of every target that lists it, with a replacement each.
@@ -1135,7 +1369,8 @@ impl Coordinator {
         Some(rec)
     }
 
-    fn register(&self, from: &Channel, info: NodeInfo) -> Result<Reply, Refusal> {
+    /// Records a node's registration.
+    fn register(&self, from: &Channel, info: NodeInfo) -> Result<Registration, Refusal> {
         let peer = from.peer();
         let key = NodeRecord::key(peer.role, &peer.name);
         let mut world = self.lock();
@@ -1156,6 +1391,7 @@ impl Coordinator {
             .proxies
             .iter()
             .find(|p| peer.role == Role::Proxy && p.name == peer.name);
+        let tunnel_changed = rec.info.tunnel != info.tunnel;
         rec.info = NodeInfo {
             address: configured.map(|p| p.address).or(info.address),
             capacity_mbps: configured.map(|p| p.capacity_mbps).or(info.capacity_mbps),
@@ -1178,12 +1414,16 @@ impl Coordinator {
             })
             .map_err(|e| Refusal::new(RefusalReason::Unavailable, format!("state store: {e}")))?;
         world.live.insert(key, from.clone());
-        Ok(Reply::Registered {
-            heartbeat_ms: self.cfg.coordinator.heartbeat_ms,
+        Ok(Registration {
+            reply: Reply::Registered {
+                heartbeat_ms: self.cfg.coordinator.heartbeat_ms,
+            },
+            tunnel_changed,
         })
     }
 
-    fn heartbeat(&self, from: &Channel) {
+    /// Returns whether the node was down and is up again.
+    fn heartbeat(&self, from: &Channel) -> bool {
         let key = NodeRecord::key(from.peer().role, &from.peer().name);
         let mut world = self.lock();
         let revived = match world.nodes.get_mut(&key) {
@@ -1200,6 +1440,7 @@ impl Coordinator {
         if revived {
             self.set_health(&mut world, &key, Health::Up, "heartbeat");
         }
+        revived
     }
 
     /// Marks silent nodes down and attacked marks that expired back up; a proxy that
@@ -1208,6 +1449,7 @@ impl Coordinator {
         let now = now_ms();
         let down_after = self.cfg.coordinator.down_after_ms;
         let mut lost = Vec::new();
+        let mut back = false;
         {
             let mut world = self.lock();
             let keys: Vec<String> = world.nodes.keys().cloned().collect();
@@ -1228,11 +1470,15 @@ impl Coordinator {
                 } else if expired {
                     let h = if silent { Health::Down } else { Health::Up };
                     self.set_health(&mut world, &key, h, "attacked mark expired");
+                    back |= role == Role::Proxy && h == Health::Up;
                 }
             }
         }
         for p in lost {
             self.proxy_lost(&p, "proxy_down");
+        }
+        if back {
+            self.refill(None, "proxy_back");
         }
     }
 
@@ -1346,13 +1592,22 @@ impl Handler for CoordinatorHandler {
         match request {
             Request::Register(info) => {
                 let r = c.register(from, info);
-                if r.is_ok() && from.peer().role == Role::Client {
-                    c.push_to_late_client(from.peer().name.clone());
+                let role = from.peer().role;
+                if let Ok(reg) = &r {
+                    // Also after a coordinator restart, when every node registers again:
+                    // nothing tells a node that restarted meanwhile from one that did
+                    // not, and orders are idempotent.
+                    c.resync_node(role, from.peer().name.clone(), reg.tunnel_changed);
+                    if role == Role::Proxy {
+                        c.refill(None, "proxy_back");
+                    }
                 }
-                respond(r)
+                respond(r.map(|reg| reg.reply))
             }
             Request::Heartbeat { .. } => {
-                c.heartbeat(from);
+                if c.heartbeat(from) && from.peer().role == Role::Proxy {
+                    c.refill(None, "proxy_back");
+                }
                 respond(Ok(Reply::Done))
             }
             Request::Alarm { target, summary } => {
@@ -1548,6 +1803,166 @@ mod tests {
         cfg.validate(p).unwrap();
         assert_eq!(cfg.targets[0].scheme, Scheme::Resolver);
         assert_eq!(cfg.proxies[0].name, "p1");
+    }
+
+    fn web(scheme: Scheme) -> TargetConfig {
+        let p = Path::new("example.toml");
+        let cfg: Config = config::parse(EXAMPLE_CONFIG, p, "x").unwrap();
+        let mut t = cfg.targets[0].clone();
+        t.scheme = scheme;
+        t
+    }
+
+    fn diverted(proxies: &[&str]) -> TargetState {
+        let mut s = TargetState::default();
+        let mut start = s
+            .apply(
+                0,
+                Event::Alarm {
+                    proxies: proxies.iter().map(|p| p.to_string()).collect(),
+                },
+            )
+            .start;
+        while let Some(step) = start.pop() {
+            let epoch = s.epoch;
+            start.extend(s.apply(0, Event::StepDone { epoch, step }).start);
+        }
+        assert_eq!(s.phase, Phase::Diverted);
+        s
+    }
+
+    #[test]
+    fn a_node_registering_again_is_owed_its_part_of_the_set_up() {
+        use Resend::*;
+        let t = web(Scheme::Resolver);
+        let st = diverted(&["p1", "p2"]);
+        let owed = |role, name, changed| resync_steps(role, name, changed, &t, &st);
+        assert_eq!(
+            owed(Role::Proxy, "p1", false),
+            vec![Own(Step::ProxySetup("p1".into()))]
+        );
+        assert_eq!(
+            owed(Role::Gateway, "gw1", false),
+            vec![Own(Step::GatewaySetup)]
+        );
+        assert_eq!(
+            owed(Role::Target, "web", false),
+            vec![Own(Step::TargetSetup)]
+        );
+        // Not part of this target: nothing.
+        assert!(owed(Role::Proxy, "p3", false).is_empty());
+        assert!(owed(Role::Gateway, "gw2", false).is_empty());
+        assert!(owed(Role::Target, "mail", false).is_empty());
+        assert!(
+            owed(Role::Client, "c1", false).is_empty(),
+            "no pushes in 4.1"
+        );
+        // A new end point: the nodes that hold it are told too.
+        assert_eq!(
+            owed(Role::Proxy, "p1", true),
+            vec![Own(Step::ProxySetup("p1".into())), All(Step::GatewaySetup)]
+        );
+        assert_eq!(
+            owed(Role::Gateway, "gw1", true),
+            vec![
+                Own(Step::GatewaySetup),
+                All(Step::ProxySetup("p1".into())),
+                All(Step::ProxySetup("p2".into())),
+                All(Step::TargetSetup)
+            ]
+        );
+        // 4.3: the target routes a proxy's flows back by the proxy's address.
+        let nat = web(Scheme::Nat);
+        assert_eq!(
+            resync_steps(Role::Proxy, "p1", true, &nat, &st),
+            vec![
+                Own(Step::ProxySetup("p1".into())),
+                All(Step::GatewaySetup),
+                All(Step::TargetSetup)
+            ]
+        );
+        // 4.2: a proxy's pushes and a client's route.
+        let push = web(Scheme::Push);
+        assert_eq!(
+            resync_steps(Role::Proxy, "p2", false, &push, &st),
+            vec![Own(Step::ProxySetup("p2".into())), Own(Step::PushRoutes)]
+        );
+        assert_eq!(
+            resync_steps(Role::Client, "c1", false, &push, &st),
+            vec![PushTo("c1".into())]
+        );
+    }
+
+    #[test]
+    fn what_the_plan_still_has_to_do_is_left_to_it() {
+        let push = web(Scheme::Push);
+        // Diverting, first stage running: a set-up still to do is the driver's (it
+        // retries on the new connection); one done in this plan is sent again. Pushes
+        // wait for the DNS update.
+        let mut st = TargetState::default();
+        st.apply(
+            0,
+            Event::Alarm {
+                proxies: vec!["p1".into(), "p2".into()],
+            },
+        );
+        assert!(resync_steps(Role::Proxy, "p1", false, &push, &st).is_empty());
+        let epoch = st.epoch;
+        st.apply(
+            0,
+            Event::StepDone {
+                epoch,
+                step: Step::ProxySetup("p1".into()),
+            },
+        );
+        assert_eq!(
+            resync_steps(Role::Proxy, "p1", false, &push, &st),
+            vec![Resend::Own(Step::ProxySetup("p1".into()))]
+        );
+        // The gateway's new end point: p1 is told; the gateway's own set-up, p2's and
+        // the target's are still in the plan and will carry it.
+        assert_eq!(
+            resync_steps(Role::Gateway, "gw1", true, &push, &st),
+            vec![Resend::All(Step::ProxySetup("p1".into()))]
+        );
+        assert!(resync_steps(Role::Client, "c1", false, &push, &st).is_empty());
+        // Restoring or normal: nothing is set up again.
+        let mut st = diverted(&["p1"]);
+        st.apply(0, Event::AllClear);
+        for (role, name) in [
+            (Role::Proxy, "p1"),
+            (Role::Gateway, "gw1"),
+            (Role::Target, "web"),
+            (Role::Client, "c1"),
+        ] {
+            assert!(resync_steps(role, name, true, &push, &st).is_empty());
+            assert!(resync_steps(role, name, true, &push, &TargetState::default()).is_empty());
+        }
+        // Resetting, p2 being added: p1's relay is not in this plan (sent again), p2's
+        // is (left to the plan); a client's push waits for the plan's push step.
+        let mut st = diverted(&["p1"]);
+        st.apply(0, Event::ProxyAdded { proxy: "p2".into() });
+        assert_eq!(st.phase, Phase::Resetting);
+        assert_eq!(
+            resync_steps(Role::Proxy, "p1", false, &push, &st),
+            vec![Resend::Own(Step::ProxySetup("p1".into()))]
+        );
+        assert!(resync_steps(Role::Proxy, "p2", false, &push, &st).is_empty());
+        assert!(resync_steps(Role::Client, "c1", false, &push, &st).is_empty());
+        // Once the push step runs, a client that registers is pushed to at once.
+        while st.running() != [Step::PushRoutes] {
+            let epoch = st.epoch;
+            let step = st.running()[0].clone();
+            st.apply(0, Event::StepDone { epoch, step });
+        }
+        assert_eq!(
+            resync_steps(Role::Client, "c1", false, &push, &st),
+            vec![Resend::PushTo("c1".into())]
+        );
+        assert_eq!(
+            Resend::PushTo("c1".into()).to_string(),
+            "push-routes(client/c1)"
+        );
     }
 
     #[test]

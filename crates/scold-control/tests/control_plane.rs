@@ -161,15 +161,43 @@ fn tunnel(role: Role, name: &str) -> Option<TunnelInfo> {
     })
 }
 
-fn config(state: &Path, listen: SocketAddr, proxies: usize) -> Config {
+/// The coordinator settings a test may change.
+#[derive(Clone, Copy)]
+struct Knobs {
+    proxies: usize,
+    down_after_ms: u64,
+    attacked_hold_ms: u64,
+    /// The target's scheme: "4.1", "4.2" or "4.3".
+    scheme: &'static str,
+}
+
+impl Knobs {
+    fn proxies(proxies: usize) -> Knobs {
+        Knobs {
+            proxies,
+            down_after_ms: 600,
+            attacked_hold_ms: 300_000,
+            scheme: "4.1",
+        }
+    }
+}
+
+fn config(state: &Path, listen: SocketAddr, knobs: Knobs) -> Config {
+    let Knobs {
+        proxies,
+        down_after_ms,
+        attacked_hold_ms,
+        scheme,
+    } = knobs;
     let text = format!(
         r#"
 [coordinator]
 listen = "{listen}"
 state = "{}"
 heartbeat_ms = 100
-down_after_ms = 600
+down_after_ms = {down_after_ms}
 proxies_per_target = {proxies}
+attacked_hold_ms = {attacked_hold_ms}
 max_backoff_ms = 200
 [tls]
 ca = "unused"
@@ -182,6 +210,7 @@ zone = "example.net."
 addresses = ["192.0.2.10"]
 gateways = ["gw1"]
 ttl = 0
+scheme = "{scheme}"
 [target.dns]
 server = "127.0.0.1:53"
 key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
@@ -216,11 +245,15 @@ struct Rig {
 
 impl Rig {
     async fn start(proxies: usize) -> Rig {
+        Rig::start_with(Knobs::proxies(proxies)).await
+    }
+
+    async fn start_with(knobs: Knobs) -> Rig {
         let mut pki = Pki::new();
         let tls = pki.issue(Role::Coordinator, "main");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = config(&pki.root.join("state.redb"), addr, proxies);
+        let cfg = config(&pki.root.join("state.redb"), addr, knobs);
         let dns = RecordingDns::default();
         let metrics = Metrics::new();
         let (stop, rx) = watch::channel(false);
@@ -251,13 +284,23 @@ impl Rig {
         name: &str,
         address: Option<&str>,
     ) -> (Agent, Arc<Node>, watch::Sender<bool>) {
-        let tls = self.pki.issue(role, name);
-        let node = Arc::new(Node::default());
         let info = NodeInfo {
             address: address.map(|a| a.parse().unwrap()),
             tunnel: tunnel(role, name),
             ..Default::default()
         };
+        self.node_with(role, name, info)
+    }
+
+    /// A node that announces `info` (a fresh data plane: it has applied no order yet).
+    fn node_with(
+        &mut self,
+        role: Role,
+        name: &str,
+        info: NodeInfo,
+    ) -> (Agent, Arc<Node>, watch::Sender<bool>) {
+        let tls = self.pki.issue(role, name);
+        let node = Arc::new(Node::default());
         let (stop, rx) = watch::channel(false);
         let agent = Agent::start(self.addr, info, tls, node.clone(), Metrics::new(), rx);
         (agent, node, stop)
@@ -661,5 +704,422 @@ async fn bad_certificates_are_refused_and_others_still_served() {
             "{reason} not counted:\n{m}"
         );
     }
+    let _ = rig.stop.send(true);
+}
+
+/// A node's link and data plane, stopped (as a process that dies) when restarted.
+struct Running {
+    agent: Agent,
+    node: Arc<Node>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    fn new((agent, node, stop): (Agent, Arc<Node>, watch::Sender<bool>)) -> Running {
+        Running { agent, node, stop }
+    }
+
+    /// The node process dies: its link to the coordinator goes, and with it every
+    /// order its data plane held.
+    fn kill(self) {
+        let _ = self.stop.send(true);
+        drop(self.agent);
+    }
+}
+
+/// Waits (bounded) until `node` has applied an order batch equal to `want`.
+async fn wait_order(node: &Node, what: &str, want: &str) {
+    for _ in 0..400 {
+        if node.orders.lock().unwrap().iter().any(|o| o == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "timed out waiting for {what} to get {want:?}; it got {:?}",
+        node.orders.lock().unwrap()
+    );
+}
+
+async fn events(op: &Channel) -> Vec<scold_proto::control::EventView> {
+    match op
+        .request(Request::Events { limit: 1000 }, T)
+        .await
+        .unwrap()
+    {
+        Reply::Events { events } => events,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn web(s: &StatusReport) -> &scold_proto::control::TargetView {
+    s.targets.iter().find(|t| t.name == "web").unwrap()
+}
+
+/// A proxy, the gateway and the target restart (their data planes empty) while the
+/// target is diverted: each gets its own set-up orders again on registering, without a
+/// phase change; nodes that did not restart are not bothered. A gateway that comes back
+/// with a new tunnel end point has the proxies told the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_nodes_get_their_set_up_orders_again() {
+    // Restarts are quicker than down_after_ms: the nodes are never marked down, so only
+    // the re-synchronisation on registering can bring their state back.
+    let mut rig = Rig::start_with(Knobs {
+        down_after_ms: 10_000,
+        ..Knobs::proxies(2)
+    })
+    .await;
+    let target = Running::new(rig.stoppable_node(Role::Target, "web", None));
+    let gw = Running::new(rig.stoppable_node(Role::Gateway, "gw1", None));
+    let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
+    let (_p2, p2_node) = rig.node(Role::Proxy, "p2", None);
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 2
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
+    let epoch = web(&s).epoch;
+    let relay = "add_peer(gw1),add_route";
+    let admit = "add_peer(p1),add_peer(p2),remove_peer(p3)";
+    assert_eq!(
+        p2_node.orders.lock().unwrap().clone(),
+        vec![relay, "notify"]
+    );
+    assert_eq!(gw.node.orders.lock().unwrap().clone(), vec![admit]);
+
+    // p1 restarts: its relay to the gateway is re-sent, nothing else.
+    p1.kill();
+    let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
+    wait_order(&p1.node, "restarted p1", relay).await;
+    // The gateway restarts: it admits the set again.
+    gw.kill();
+    let gw = Running::new(rig.stoppable_node(Role::Gateway, "gw1", None));
+    wait_order(&gw.node, "restarted gw1", admit).await;
+    // The target restarts: its return path is set again.
+    target.kill();
+    let target = Running::new(rig.stoppable_node(Role::Target, "web", None));
+    wait_order(&target.node, "restarted target", "set_return_path").await;
+
+    assert_eq!(p1.node.orders.lock().unwrap().clone(), vec![relay]);
+    assert_eq!(gw.node.orders.lock().unwrap().clone(), vec![admit]);
+    assert_eq!(
+        target.node.orders.lock().unwrap().clone(),
+        vec!["set_return_path"]
+    );
+    // p2 did not restart and its gateway's end point did not change: left alone.
+    assert_eq!(
+        p2_node.orders.lock().unwrap().clone(),
+        vec![relay, "notify"]
+    );
+    // No phase change: the same plan, the same epoch.
+    let s = status(&op).await;
+    assert_eq!((phase(&s), web(&s).epoch), ("diverted", epoch));
+
+    // Each re-synchronisation is in the audit log, naming the node and the orders.
+    let resyncs: Vec<String> = events(&op)
+        .await
+        .into_iter()
+        .filter(|e| e.subject == "web" && e.event == "resync")
+        .map(|e| e.detail)
+        .collect();
+    for (node, step) in [
+        ("proxy/p1", "proxy-setup(p1)"),
+        ("gateway/gw1", "gateway-setup"),
+        ("target/web", "target-setup"),
+    ] {
+        assert!(
+            resyncs
+                .iter()
+                .any(|d| d.starts_with(&format!("{node} registered again")) && d.contains(step)),
+            "no resync of {node} ({step}) in {resyncs:?}"
+        );
+    }
+
+    // The gateway comes back on another address: the proxies of the set get its new
+    // end point, and the target its return path again.
+    gw.kill();
+    let mut moved = tunnel(Role::Gateway, "gw1").unwrap();
+    moved.endpoint = "203.0.113.77:51820".parse().unwrap();
+    let gw = Running::new(rig.node_with(
+        Role::Gateway,
+        "gw1",
+        NodeInfo {
+            tunnel: Some(moved),
+            ..Default::default()
+        },
+    ));
+    wait_order(&gw.node, "moved gw1", admit).await;
+    for _ in 0..400 {
+        let relays = |n: &Node| {
+            n.orders
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|o| *o == relay)
+                .count()
+        };
+        let returns = target
+            .node
+            .orders
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| *o == "set_return_path")
+            .count();
+        if relays(&p1.node) == 2 && relays(&p2_node) == 2 && returns == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        p2_node.orders.lock().unwrap().clone(),
+        vec![relay, "notify", relay],
+        "p2 must be told the gateway's new end point"
+    );
+    assert_eq!(p1.node.orders.lock().unwrap().clone(), vec![relay, relay]);
+    assert_eq!(
+        target.node.orders.lock().unwrap().clone(),
+        vec!["set_return_path", "set_return_path"]
+    );
+    let s = status(&op).await;
+    assert_eq!((phase(&s), web(&s).epoch), ("diverted", epoch));
+    let _ = rig.stop.send(true);
+}
+
+/// Two proxies wanted and only two in the pool: one reports an attack on itself and
+/// has no replacement, so the set shrinks to one. When its `attacked` mark expires it
+/// is added back (set up, then published), so a second loss still leaves a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_whose_attack_mark_expires_rejoins_a_short_set() {
+    let mut rig = Rig::start_with(Knobs {
+        attacked_hold_ms: 1500,
+        ..Knobs::proxies(2)
+    })
+    .await;
+    let (_target, _) = rig.node(Role::Target, "web", None);
+    let (_gw, gw_node) = rig.node(Role::Gateway, "gw1", None);
+    let (p1, p1_node) = rig.node(Role::Proxy, "p1", None);
+    let (p2, _) = rig.node(Role::Proxy, "p2", None);
+    // p3 is configured but never comes up: the pool has two usable proxies.
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 2
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
+
+    p1.request(
+        Request::ProxyAttacked {
+            proxy: "p1".into(),
+            summary: serde_json::Value::Null,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    // Out at once, with no replacement; back once the mark expires (1.5 s).
+    let s = wait_status(&op, "p1 back in the set", |s| {
+        phase(s) == "diverted" && web(s).proxies == vec!["p2", "p1"]
+    })
+    .await;
+    assert_eq!(
+        s.proxies.iter().find(|p| p.name == "p1").unwrap().health,
+        "up"
+    );
+    assert_eq!(
+        rig.dns.log.lock().unwrap().clone(),
+        vec![
+            "publish www.example.net. 198.51.100.1,198.51.100.2",
+            "publish www.example.net. 198.51.100.2",
+            "publish www.example.net. 198.51.100.1,198.51.100.2",
+        ]
+    );
+    // p1 was torn down, then set up again and told to notify; the gateway admitted
+    // the short set, then both again.
+    assert_eq!(
+        p1_node.orders.lock().unwrap().clone(),
+        vec![
+            "add_peer(gw1),add_route",
+            "notify",
+            "remove_route,remove_peer(gw1)",
+            "add_peer(gw1),add_route",
+            "notify"
+        ]
+    );
+    assert_eq!(
+        gw_node.orders.lock().unwrap().clone(),
+        vec![
+            "add_peer(p1),add_peer(p2),remove_peer(p3)",
+            "remove_peer(p1),add_peer(p2),remove_peer(p3)",
+            "add_peer(p1),add_peer(p2),remove_peer(p3)"
+        ]
+    );
+    let log = events(&op).await;
+    let phases: Vec<&str> = log
+        .iter()
+        .filter(|e| e.event == "phase")
+        .map(|e| e.detail.split(" (").next().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            "normal -> diverting",
+            "diverting -> diverted",
+            "diverted -> resetting",
+            "resetting -> diverted",
+            "diverted -> resetting",
+            "resetting -> diverted",
+        ]
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.event == "proxy_back" && e.detail.contains("ProxyAdded")),
+        "the addition is audited: {log:#?}"
+    );
+
+    // Now p2 is attacked: p1 still serves the target.
+    p2.request(
+        Request::ProxyAttacked {
+            proxy: "p2".into(),
+            summary: serde_json::Value::Null,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    // (Polled on the DNS log: p2's own mark expires soon after, and it comes back.)
+    for _ in 0..400 {
+        if rig.dns.log.lock().unwrap().len() > 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        rig.dns.log.lock().unwrap().get(3).map(String::as_str),
+        Some("publish www.example.net. 198.51.100.1")
+    );
+    let _ = rig.stop.send(true);
+}
+
+/// Scheme 4.2: a client agent that registers while the target is diverted has its
+/// proxy push its route; a proxy that restarts gets its relay and its pushes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_scheme_late_client_and_restarted_proxy_get_their_pushes() {
+    use scold_control::orchestrate::assign_clients;
+    let mut rig = Rig::start_with(Knobs {
+        down_after_ms: 10_000,
+        scheme: "4.2",
+        ..Knobs::proxies(2)
+    })
+    .await;
+    let (_target, _) = rig.node(Role::Target, "web", None);
+    let (_gw, _) = rig.node(Role::Gateway, "gw1", None);
+    let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
+    let p2 = Running::new(rig.stoppable_node(Role::Proxy, "p2", None));
+    let (_c1, _) = rig.node(Role::Client, "c1", Some("10.9.0.2"));
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 2
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
+    let set = vec!["p1".to_string(), "p2".to_string()];
+    let proxy_of = |client: &str| -> String {
+        assign_clients(&set, &[client.to_string()])
+            .into_iter()
+            .find(|(_, cs)| !cs.is_empty())
+            .unwrap()
+            .0
+    };
+    let node_of = |proxy: &str| if proxy == "p1" { &p1.node } else { &p2.node };
+    let pushes = |n: &Node| {
+        n.orders
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| *o == "push_route")
+            .count()
+    };
+    let c1_proxy = proxy_of("c1");
+    assert_eq!(pushes(node_of(&c1_proxy)), 1, "c1 pushed at the divert");
+
+    // c2 registers late: its proxy pushes its route, no one else pushes again.
+    let (_c2, _) = rig.node(Role::Client, "c2", Some("10.9.0.3"));
+    let c2_proxy = proxy_of("c2");
+    let want = if c1_proxy == c2_proxy { 2 } else { 1 };
+    for _ in 0..400 {
+        if pushes(node_of(&c2_proxy)) == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        pushes(node_of(&c2_proxy)),
+        want,
+        "c2 pushed when it registered"
+    );
+    assert_eq!(pushes(&p1.node) + pushes(&p2.node), 2);
+
+    // c1's proxy restarts: it gets its relay and the pushes of its clients again.
+    let (p1, p2) = if c1_proxy == "p1" {
+        p1.kill();
+        (
+            Running::new(rig.stoppable_node(Role::Proxy, "p1", None)),
+            p2,
+        )
+    } else {
+        p2.kill();
+        (
+            p1,
+            Running::new(rig.stoppable_node(Role::Proxy, "p2", None)),
+        )
+    };
+    let restarted = if c1_proxy == "p1" { &p1.node } else { &p2.node };
+    wait_order(restarted, "restarted proxy", "add_peer(gw1),add_route").await;
+    for _ in 0..400 {
+        if pushes(restarted) == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        pushes(restarted),
+        want,
+        "{:?}",
+        restarted.orders.lock().unwrap()
+    );
+    let s = status(&op).await;
+    assert_eq!(phase(&s), "diverted");
     let _ = rig.stop.send(true);
 }

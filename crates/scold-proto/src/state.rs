@@ -2,7 +2,8 @@
 //!
 //! A target is `Normal`, `Diverting` (routes being set up, ALT records being
 //! published), `Diverted`, `Restoring` (ALT records withdrawn, routes torn down), or
-//! `Resetting` (diverted, with an attacked or dead proxy being swapped out).
+//! `Resetting` (diverted, with an attacked or dead proxy being swapped out, or a proxy
+//! that is usable again being added to a set that lost one without replacement).
 //!
 //! Each phase change raises the target's epoch and lays out a plan: stages of steps. The
 //! steps of one stage run concurrently; the next stage starts when every step of the
@@ -122,6 +123,13 @@ pub enum Event {
         proxy: String,
         replacement: Option<String>,
     },
+    /// A diverted target whose set is shorter than wanted gets `proxy` (a proxy that is
+    /// usable again: it came back up, or its `attacked` mark expired). Taken only in
+    /// `Diverted`: a running plan finishes first, and the driver offers the proxy again
+    /// once the target is back in `Diverted`.
+    ProxyAdded {
+        proxy: String,
+    },
     StepDone {
         epoch: u64,
         step: Step,
@@ -209,6 +217,17 @@ fn reset_plan(new: Option<&String>, lost: &str) -> VecDeque<Vec<Step>> {
     ])
 }
 
+/// A proxy joins a diverted target's set: like a reset without a tear-down. The gateway
+/// admits it and it relays before DNS lists it, as in a divert.
+fn add_plan(new: &str) -> VecDeque<Vec<Step>> {
+    VecDeque::from([
+        vec![Step::GatewaySetup, Step::ProxySetup(new.to_string())],
+        vec![Step::DnsPublish],
+        vec![Step::NotifyResolvers],
+        vec![Step::PushRoutes],
+    ])
+}
+
 impl TargetState {
     /// Steps of the running stage (what a restarted driver must run again).
     pub fn running(&self) -> &[Step] {
@@ -270,6 +289,13 @@ impl TargetState {
                         Phase::Resetting
                     };
                     self.enter(now_ms, next, plan, &mut out);
+                }
+            }
+            Event::ProxyAdded { proxy } => {
+                if self.phase == Phase::Diverted && !self.proxies.contains(&proxy) {
+                    self.proxies.push(proxy);
+                    let plan = add_plan(self.proxies.last().expect("just pushed"));
+                    self.enter(now_ms, Phase::Resetting, plan, &mut out);
                 }
             }
             Event::StepDone { epoch, step } => {
@@ -590,6 +616,8 @@ mod tests {
                         replacement: Some("p3".into()),
                     },
                 ),
+                ("added_newcomer", Event::ProxyAdded { proxy: "p5".into() }),
+                ("added_member", Event::ProxyAdded { proxy: "p1".into() }),
             ]
         };
         let in_phase = |phase: Phase| -> TargetState {
@@ -634,6 +662,9 @@ mod tests {
                 (Diverting, "lost_member") => Diverting,
                 (_, "lost_member") => Resetting,
                 (p, "lost_stranger") => p,
+                // Only a resting diverted target takes a proxy in, and only a new one.
+                (Diverted, "added_newcomer") => Resetting,
+                (p, "added_newcomer") | (p, "added_member") => p,
                 _ => unreachable!(),
             }
         };
@@ -667,6 +698,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn proxy_added_to_a_short_set_is_set_up_before_it_is_published() {
+        // p2 was lost with no replacement: the set is short.
+        let mut s = diverted(&["p1", "p2"]);
+        let o = s.apply(
+            1,
+            Event::ProxyLost {
+                proxy: "p2".into(),
+                replacement: None,
+            },
+        );
+        complete_all(&mut s, o.start);
+        assert_eq!(s.proxies, p(&["p1"]));
+        let epoch = s.epoch;
+
+        let o = s.apply(2, Event::ProxyAdded { proxy: "p2".into() });
+        assert_eq!(o.transition, Some((Phase::Diverted, Phase::Resetting)));
+        assert_eq!(s.epoch, epoch + 1);
+        assert_eq!(s.since_ms, 2);
+        assert_eq!(s.proxies, p(&["p1", "p2"]));
+        // The gateway admits it and it relays first; DNS lists it only then, the
+        // resolvers are told, the 4.2 pushes follow; nothing is torn down.
+        assert_eq!(
+            o.start,
+            vec![Step::GatewaySetup, Step::ProxySetup("p2".into())]
+        );
+        let rest: Vec<Vec<Step>> = s.stages.iter().skip(1).cloned().collect();
+        assert_eq!(
+            rest,
+            vec![
+                vec![Step::DnsPublish],
+                vec![Step::NotifyResolvers],
+                vec![Step::PushRoutes]
+            ]
+        );
+        let t = complete_all(&mut s, o.start);
+        assert_eq!(t, vec![(Phase::Resetting, Phase::Diverted)]);
+        assert_eq!(s.proxies, p(&["p1", "p2"]));
+    }
+
+    #[test]
+    fn proxy_added_is_ignored_outside_a_resting_divert() {
+        // A member again, or any phase but Diverted: no change at all.
+        let mut s = diverted(&["p1"]);
+        let before = s.clone();
+        let o = s.apply(3, Event::ProxyAdded { proxy: "p1".into() });
+        assert_eq!(o, Outcome::default());
+        assert_eq!(s, before);
+
+        let mut s = TargetState::default();
+        let o = s.apply(3, Event::ProxyAdded { proxy: "p1".into() });
+        assert!(!o.changed);
+        assert!(s.proxies.is_empty(), "a normal target has no proxies");
+
+        let mut s = TargetState::default();
+        s.apply(
+            0,
+            Event::Alarm {
+                proxies: p(&["p1"]),
+            },
+        );
+        let before = s.clone();
+        let o = s.apply(3, Event::ProxyAdded { proxy: "p2".into() });
+        assert!(!o.changed);
+        assert_eq!(s, before, "a divert in progress keeps its plan");
+
+        // The event's stored form (audit log) round-trips.
+        let ev = Event::ProxyAdded { proxy: "p2".into() };
+        let j = serde_json::to_string(&ev).unwrap();
+        assert!(j.contains("proxy_added"), "{j}");
+        assert_eq!(serde_json::from_str::<Event>(&j).unwrap(), ev);
     }
 
     #[test]
