@@ -1123,3 +1123,62 @@ async fn push_scheme_late_client_and_restarted_proxy_get_their_pushes() {
     assert_eq!(phase(&s), "diverted");
     let _ = rig.stop.send(true);
 }
+
+/// A proxy of a two-proxy set dies and, with no other proxy in the pool, is taken out
+/// with no replacement. When it comes back (a new process registers) it rejoins the set
+/// and gets its relay again; the DNS lists both proxies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_proxy_that_registers_again_rejoins_a_short_set() {
+    let mut rig = Rig::start(2).await;
+    let (_target, _) = rig.node(Role::Target, "web", None);
+    let (_gw, _) = rig.node(Role::Gateway, "gw1", None);
+    let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
+    let (_p2, _) = rig.node(Role::Proxy, "p2", None);
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 2
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    wait_status(&op, "diverted", |s| {
+        phase(s) == "diverted" && web(s).proxies == vec!["p1", "p2"]
+    })
+    .await;
+
+    p1.kill();
+    let s = wait_status(&op, "p1 down and out", |s| {
+        phase(s) == "diverted" && web(s).proxies == vec!["p2"]
+    })
+    .await;
+    assert_eq!(
+        s.proxies.iter().find(|p| p.name == "p1").unwrap().health,
+        "down"
+    );
+    assert_eq!(
+        rig.dns.log.lock().unwrap().last().unwrap(),
+        "publish www.example.net. 198.51.100.2"
+    );
+
+    let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
+    wait_status(&op, "p1 back in the set", |s| {
+        phase(s) == "diverted" && web(s).proxies == vec!["p2", "p1"]
+    })
+    .await;
+    assert_eq!(
+        p1.node.orders.lock().unwrap().clone(),
+        vec!["add_peer(gw1),add_route", "notify"]
+    );
+    assert_eq!(
+        rig.dns.log.lock().unwrap().last().unwrap(),
+        "publish www.example.net. 198.51.100.1,198.51.100.2"
+    );
+    let _ = rig.stop.send(true);
+}
