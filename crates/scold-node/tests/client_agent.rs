@@ -253,6 +253,44 @@ fn start_agent_with(lab: &mut Net, st: &Setup, extra: &str) {
 }
 
 /// The proxy the agent's route went up through last, from its log.
+/// An unmodified application's lookup (`getent`) gets the target's address and brings
+/// the agent's host route up; curl and ping by name then reach the target through a
+/// proxy. Returns the proxy the agent chose.
+fn reach_by_name(lab: &Net) -> String {
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    let table = lab.out("c", "ip route show table 5103");
+    assert!(
+        table.contains("10.4.0.2"),
+        "no host route for the target after the lookup: {table}\n{}",
+        lab.logs()
+    );
+    let first = chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut page = String::new();
+    while Instant::now() < end {
+        page = lab.out("c", &format!("curl -s --max-time 3 http://www.{ZONE}/"));
+        if page.contains("scold-target-page") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        page.contains("scold-target-page"),
+        "curl: {page}\n{}",
+        lab.logs()
+    );
+    let ping = lab.out("c", &format!("ping -n -c 3 -i 0.2 -W 2 www.{ZONE}"));
+    assert_eq!(replied(&ping).len(), 3, "ping by name: {ping}");
+    first
+}
+
 fn chosen_proxy(log: &str) -> Option<String> {
     log.lines()
         .rfind(|l| l.contains("indirect route up"))
@@ -340,40 +378,9 @@ fn agent_sets_up_fails_over_and_tears_down() {
     start_agent(&mut lab, &st);
     let before = lab.routing("c", false);
 
-    // An unmodified application's lookup brings the route up before it gets its answer.
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
-    let table = lab.out("c", "ip route show table 5103");
-    assert!(
-        table.contains("10.4.0.2"),
-        "no host route for the target after the lookup: {table}\n{}",
-        lab.logs()
-    );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
-    assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
-
-    // Applications reach the target by name through the proxy.
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut page = String::new();
-    while Instant::now() < end {
-        page = lab.out("c", &format!("curl -s --max-time 3 http://www.{ZONE}/"));
-        if page.contains("scold-target-page") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        page.contains("scold-target-page"),
-        "curl: {page}\n{}",
-        lab.logs()
-    );
-    let ping = lab.out("c", &format!("ping -n -c 3 -i 0.2 -W 2 www.{ZONE}"));
-    assert_eq!(replied(&ping).len(), 3, "ping by name: {ping}");
+    // An unmodified application's lookup brings the route up before it gets its answer,
+    // then applications reach the target by name through the proxy.
+    let first = reach_by_name(&lab);
 
     // First the proxy in use goes silent (its link is cut, no RST, no FIN): the probes
     // time out and the agent moves to the other proxy.
@@ -748,37 +755,7 @@ fn unbound_as_client_dns() {
         lab.logs()
     );
 
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
-    let table = lab.out("c", "ip route show table 5103");
-    assert!(
-        table.contains("10.4.0.2"),
-        "no host route for the target after the lookup through Unbound: {table}\n{}",
-        lab.logs()
-    );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
-    assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut page = String::new();
-    while Instant::now() < end {
-        page = lab.out("c", &format!("curl -s --max-time 3 http://www.{ZONE}/"));
-        if page.contains("scold-target-page") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        page.contains("scold-target-page"),
-        "curl: {page}\n{}",
-        lab.logs()
-    );
-    let ping = lab.out("c", &format!("ping -n -c 3 -i 0.2 -W 2 www.{ZONE}"));
-    assert_eq!(replied(&ping).len(), 3, "ping by name: {ping}");
+    let first = reach_by_name(&lab);
 
     // Restore: the records go; Unbound forgets them within 2 s, the agent's re-query
     // at the ALT TTL finds none and the route goes.
