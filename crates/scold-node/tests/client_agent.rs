@@ -755,7 +755,7 @@ fn unbound_as_client_dns() {
         lab.logs()
     );
 
-    let first = reach_by_name(&lab);
+    reach_by_name(&lab);
 
     // Restore: the records go; Unbound forgets them within 2 s, the agent's re-query
     // at the ALT TTL finds none and the route goes.
