@@ -19,15 +19,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, control_tls, serve_payload};
+use common::consortium::{
+    consortium, control_tls, dns_configs, serve_payload, NOTIFY_SECRET, SECRET,
+};
 use common::must;
 use common::net::{ca_issue, Net};
 
 /// The tests build seven namespaces each; one at a time keeps a 2-core machine usable.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-const SECRET: &str = "c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=";
-const NOTIFY_SECRET: &str = "cHJveHktbm90aWZ5LXRlc3Qtc2VjcmV0LTAxMjM0NTY=";
 
 /// The topology of [`consortium`]: the client has a link to each proxy and nothing else.
 fn net() -> Net {
@@ -61,24 +60,7 @@ fn start(net: &mut Net, extra: Extra) {
     let tls = |role: &str, name: &str| control_tls(net, role, name);
 
     // TargetDNS and a client site's resolver, in the control namespace.
-    net.write(
-        "example.net.zone",
-        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 10.9.4.1\nwww 10 A 10.4.0.2\n",
-    );
-    let dns = net.write(
-        "dns.toml",
-        &format!(
-            "listen = [\"127.0.0.1:5353\"]\njournal = \"{}\"\n[[zone]]\nname = \"example.net\"\nfile = \"{}\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
-            net.p("dns.journal"),
-            net.p("example.net.zone")
-        ),
-    );
-    let resolver = net.write(
-        "resolver.toml",
-        &format!(
-            "listen = [\"0.0.0.0:5300\"]\nupstream = [\"127.0.0.1:5353\"]\n[[notify_key]]\nname = \"p1\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n[[notify_key]]\nname = \"p2\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n"
-        ),
-    );
+    let (dns, resolver) = dns_configs(net);
     let coordinator = net.write(
         "coordinator.toml",
         &format!(

@@ -6,6 +6,7 @@
 
 use super::net::{ca_issue, Net};
 use super::{must, sha256};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Namespaces (suffixed with a per-test id, prefixed with `w`):
@@ -237,6 +238,31 @@ pub struct Linked<'a> {
 pub const SECRET: &str = "c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=";
 pub const NOTIFY_SECRET: &str = "cHJveHktbm90aWZ5LXRlc3Qtc2VjcmV0LTAxMjM0NTY=";
 
+/// TargetDNS (`scold dns` with the zone example.net and the coordinator's TSIG key) and
+/// the client site's resolver (`scold resolver`, taking NOTIFY from p1 and p2): their
+/// config files.
+pub fn dns_configs(net: &Net) -> (PathBuf, PathBuf) {
+    net.write(
+        "example.net.zone",
+        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 10.9.4.1\nwww 10 A 10.4.0.2\n",
+    );
+    let dns = net.write(
+        "dns.toml",
+        &format!(
+            "listen = [\"127.0.0.1:5353\"]\njournal = \"{}\"\n[[zone]]\nname = \"example.net\"\nfile = \"{}\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
+            net.p("dns.journal"),
+            net.p("example.net.zone")
+        ),
+    );
+    let resolver = net.write(
+        "resolver.toml",
+        &format!(
+            "listen = [\"0.0.0.0:5300\"]\nupstream = [\"127.0.0.1:5353\"]\n[[notify_key]]\nname = \"p1\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n[[notify_key]]\nname = \"p2\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n"
+        ),
+    );
+    (dns, resolver)
+}
+
 /// On the topology of [`consortium`] with `client_host`: certificates (`scold ca`),
 /// TargetDNS (`scold dns`, zone example.net) and the client site's resolver (`scold
 /// resolver` on 10.9.5.1:5300) and the coordinator in k, the gateway gw1, proxies p1
@@ -270,24 +296,7 @@ pub fn start_linked(net: &mut Net, opts: &Linked) {
             "[admission]\nlisten = \"0.0.0.0:{port}\"\nca = \"{certs}/ca.crt\"\ncert = \"{certs}/proxy-{name}.crt\"\nkey = \"{certs}/proxy-{name}.key\"\n"
         )
     };
-    net.write(
-        "example.net.zone",
-        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 10.9.4.1\nwww 10 A 10.4.0.2\n",
-    );
-    let dns = net.write(
-        "dns.toml",
-        &format!(
-            "listen = [\"127.0.0.1:5353\"]\njournal = \"{}\"\n[[zone]]\nname = \"example.net\"\nfile = \"{}\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
-            net.p("dns.journal"),
-            net.p("example.net.zone")
-        ),
-    );
-    let resolver = net.write(
-        "resolver.toml",
-        &format!(
-            "listen = [\"0.0.0.0:5300\"]\nupstream = [\"127.0.0.1:5353\"]\n[[notify_key]]\nname = \"p1\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n[[notify_key]]\nname = \"p2\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{NOTIFY_SECRET}\"\n"
-        ),
-    );
+    let (dns, resolver) = dns_configs(net);
     let coordinator = net.write(
         "coordinator.toml",
         &format!(
