@@ -85,6 +85,8 @@ fn policy_of(input: &Input) -> PeerPolicy {
         sources: input.sources.iter().take(4).map(|&i| prefix(i)).collect(),
         destinations: input.destinations.iter().take(4).map(|&i| prefix(i)).collect(),
         learn_sources: input.learn,
+        // Inspection is the engine's business; the table ignores it.
+        inspect: false,
     }
 }
 

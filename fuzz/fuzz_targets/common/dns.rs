@@ -106,6 +106,7 @@ pub fn shared() -> &'static Shared {
             zones: vec![(ORIGIN.to_string(), zone_file)],
             keys: vec![(key(), Policy::default())],
             rrl: RrlConfig::default(),
+            metrics: None,
         };
         let s = Shared::load(&cfg).expect("server state loads");
         let _ = std::fs::remove_dir_all(&dir);
