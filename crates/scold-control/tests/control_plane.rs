@@ -343,6 +343,25 @@ async fn wait_status(
     panic!("timed out waiting for {what}: {:#?}", status(op).await);
 }
 
+/// Waits until `proxies` proxies and a gateway are up, diverts "web" as the operator
+/// and waits for phase "diverted".
+async fn divert_once_up(op: &Channel, proxies: usize) -> StatusReport {
+    wait_status(op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == proxies
+            && s.gateways.iter().any(|g| g.health == "up")
+    })
+    .await;
+    op.request(
+        Request::Divert {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    wait_status(op, "diverted", |s| phase(s) == "diverted").await
+}
+
 fn phase(s: &StatusReport) -> &str {
     &s.targets.iter().find(|t| t.name == "web").unwrap().phase
 }
@@ -774,20 +793,7 @@ async fn restarted_nodes_get_their_set_up_orders_again() {
     let p1 = Running::new(rig.stoppable_node(Role::Proxy, "p1", None));
     let (_p2, p2_node) = rig.node(Role::Proxy, "p2", None);
     let op = rig.operator().await;
-    wait_status(&op, "nodes up", |s| {
-        s.proxies.iter().filter(|p| p.health == "up").count() == 2
-            && s.gateways.iter().any(|g| g.health == "up")
-    })
-    .await;
-    op.request(
-        Request::Divert {
-            target: "web".into(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    let s = divert_once_up(&op, 2).await;
     assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
     let epoch = web(&s).epoch;
     let relay = "add_peer(gw1),add_route";
@@ -913,20 +919,7 @@ async fn a_proxy_whose_attack_mark_expires_rejoins_a_short_set() {
     let (p2, _) = rig.node(Role::Proxy, "p2", None);
     // p3 is configured but never comes up: the pool has two usable proxies.
     let op = rig.operator().await;
-    wait_status(&op, "nodes up", |s| {
-        s.proxies.iter().filter(|p| p.health == "up").count() == 2
-            && s.gateways.iter().any(|g| g.health == "up")
-    })
-    .await;
-    op.request(
-        Request::Divert {
-            target: "web".into(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    let s = divert_once_up(&op, 2).await;
     assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
 
     p1.request(
@@ -1039,20 +1032,7 @@ async fn push_scheme_late_client_and_restarted_proxy_get_their_pushes() {
     let p2 = Running::new(rig.stoppable_node(Role::Proxy, "p2", None));
     let (_c1, _) = rig.node(Role::Client, "c1", Some("10.9.0.2"));
     let op = rig.operator().await;
-    wait_status(&op, "nodes up", |s| {
-        s.proxies.iter().filter(|p| p.health == "up").count() == 2
-            && s.gateways.iter().any(|g| g.health == "up")
-    })
-    .await;
-    op.request(
-        Request::Divert {
-            target: "web".into(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    let s = wait_status(&op, "diverted", |s| phase(s) == "diverted").await;
+    let s = divert_once_up(&op, 2).await;
     assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
     let set = vec!["p1".to_string(), "p2".to_string()];
     let proxy_of = |client: &str| -> String {
