@@ -822,7 +822,9 @@ impl Server {
     /// Sends the drain notice `d` on a client's connection; false when it cannot be
     /// written in time (the connection is then closed).
     async fn tell<S: AsyncWrite + Unpin>(&self, tls: &mut S, client: IpAddr, d: &Drain) -> bool {
-        tracing::info!(%client, draining = d.draining, "telling an admitted client whether to move");
+        // Debug only: at the start of an attack every client is told at once, and the
+        // self-defence task logs the drain itself.
+        tracing::debug!(%client, draining = d.draining, "telling an admitted client whether to move");
         tokio::time::timeout(STEP_TIMEOUT, tls.write_all(&encode(&d.notice())))
             .await
             .is_ok_and(|r| r.is_ok())

@@ -14,9 +14,8 @@
 //! is draining (its self-defence declared it under attack: a notice on the admission
 //! connection, or a flag in a probe answer), the agent moves to the next proxy of the
 //! ALT set (a draining proxy it keeps when no other admits it), and sends one datagram
-//! to each target
-//! through the new tunnel so the target's gateway returns traffic by the new proxy at
-//! once (a TCP connection open across the move survives). When the name has no ALT
+//! to each target through the new tunnel so the target's gateway returns traffic by the
+//! new proxy at once (a TCP connection open across the move survives). When the name has no ALT
 //! records any more (a later lookup, or a re-query when the ALT TTL runs out), tunnel and
 //! routes go.
 //!
