@@ -1229,15 +1229,14 @@ pub(crate) fn measure_failover(
             format!(
                 "failover (4.4): the client's proxy was flooded from an attacker ({} packets/s \
                  of 64 bytes, under the main-link attack); its self-defence (over {} packets/s \
-                 for {} ms) reported ProxyAttacked, the coordinator reset it out of the ALT \
-                 set and the gateway's admitted set, and the client agent (re-reading the ALT \
-                 set every {} s) moved to the other proxy {} median after the flood began; \
-                 the gap in a 20 ms echo loop through the tunnel: {} median, {} worst over {} \
-                 repetitions",
+                 for {} ms) told its admitted client agents it is draining and reported \
+                 ProxyAttacked; the client agent moved to the other proxy {} median after \
+                 the flood began, and the coordinator reset the proxy out of the ALT set and \
+                 the gateway's admitted set; the gap in a 20 ms echo loop through the \
+                 tunnel: {} median, {} worst over {} repetitions",
                 roles::PROXY_FLOOD_PPS,
                 roles::PROXY_RX_PPS_MAX,
                 roles::PROXY_SUSTAIN_MS,
-                roles::AGENT_MAX_REFRESH_SECS,
                 fmt_seconds(measure::median(&moves).unwrap_or(0.0)),
                 fmt_seconds(med),
                 fmt_seconds(worst),
