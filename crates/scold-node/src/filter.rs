@@ -74,6 +74,48 @@ const CAPTURE_PAUSE: Duration = Duration::from_millis(2);
 type SnapBuf = [u8; SNAPLEN as usize];
 /// Messages from the engine thread that may wait for the defence task.
 const ENGINE_QUEUE: usize = 1024;
+/// Blocked IPv4 sources the watcher's kernel program hides at most (a classic BPF jump
+/// reaches 255 instructions ahead); more stay visible, and nftables still drops them.
+const MAX_HIDDEN: usize = 250;
+
+// Classic BPF opcodes and ancillary offsets (linux/filter.h).
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+const SKF_AD_PROTOCOL: i32 = 0;
+const ETH_P_IP: u32 = 0x0800;
+
+/// The watcher's kernel program: every packet cut to [`SNAPLEN`] bytes, except IPv4
+/// packets from `hidden` sources, which are not copied at all. Those sources are blocked
+/// and nftables drops them after the tap; without this the watcher would still get a
+/// copy of the whole flood it has already blocked. (The socket is SOCK_DGRAM, so the
+/// program sees the packet from its IP header: the source address is at offset 12.)
+fn capture_program(hidden: &[std::net::Ipv4Addr]) -> Vec<libc::sock_filter> {
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let hidden = &hidden[..hidden.len().min(MAX_HIDDEN)];
+    if hidden.is_empty() {
+        return vec![ins(BPF_RET_K, 0, 0, SNAPLEN)];
+    }
+    let n = hidden.len() as u8;
+    let mut prog = vec![
+        ins(
+            BPF_LD_W_ABS,
+            0,
+            0,
+            (libc::SKF_AD_OFF + SKF_AD_PROTOCOL) as u32,
+        ),
+        // Not IPv4: straight to "copy".
+        ins(BPF_JEQ_K, 0, n + 1, ETH_P_IP),
+        ins(BPF_LD_W_ABS, 0, 0, 12),
+    ];
+    for (i, a) in hidden.iter().enumerate() {
+        // A match jumps over the remaining comparisons and "copy" to "drop".
+        prog.push(ins(BPF_JEQ_K, n - i as u8, 0, u32::from(*a)));
+    }
+    prog.push(ins(BPF_RET_K, 0, 0, SNAPLEN));
+    prog.push(ins(BPF_RET_K, 0, 0, 0));
+    prog
+}
 
 fn yes() -> bool {
     true
@@ -298,18 +340,8 @@ impl Capture {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // One instruction: accept every packet, cut to SNAPLEN bytes in the kernel.
-        let prog = [libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: SNAPLEN,
-        }];
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+        // Every packet, cut to SNAPLEN bytes in the kernel (no source hidden yet).
+        attach(&fd, &capture_program(&[]))
             .map_err(|_| last_err("attaching the snap-length program", interface))?;
         // Our own transmissions are not attack traffic.
         let one: libc::c_int = 1;
@@ -338,6 +370,11 @@ impl Capture {
             return Err(last_err("binding the AF_PACKET socket", interface));
         }
         Ok(Capture { fd })
+    }
+
+    /// Stops copying packets from `hidden` (blocked IPv4 sources) to this socket.
+    fn hide(&self, hidden: &[std::net::Ipv4Addr]) -> io::Result<()> {
+        attach(&self.fd, &capture_program(hidden))
     }
 
     /// Waits up to `timeout` for a packet to arrive (or a signal).
@@ -398,6 +435,15 @@ impl Capture {
         }
         Ok(Some(got))
     }
+}
+
+/// Attaches (or atomically replaces) the socket's classic BPF program.
+fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, val: &T) -> io::Result<()> {
@@ -824,6 +870,37 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// Sends the filter's block and expiry events on, and keeps the capture's kernel
+    /// program hiding exactly the IPv4 sources this filter blocks: a blocked flood then
+    /// costs the watcher nothing (the block expires by time, not by traffic seen).
+    fn forward_events(
+        &mut self,
+        hidden: &mut std::collections::BTreeSet<std::net::Ipv4Addr>,
+        lost: &mut u64,
+    ) {
+        let mut changed = false;
+        for e in self.filter.drain_events() {
+            changed |= match &e {
+                FilterEvent::Blocked {
+                    src: IpAddr::V4(a), ..
+                } => hidden.insert(*a),
+                FilterEvent::Expired {
+                    src: IpAddr::V4(a), ..
+                } => hidden.remove(a),
+                _ => false,
+            };
+            if self.tx.try_send(FilterReport::Event(e)).is_err() {
+                *lost += 1;
+            }
+        }
+        if changed {
+            let list: Vec<std::net::Ipv4Addr> = hidden.iter().copied().collect();
+            if let Err(e) = self.capture.hide(&list) {
+                tracing::warn!(error = %e, "cannot update the capture's program; blocked sources stay visible to the watcher");
+            }
+        }
+    }
+
     fn run(mut self) {
         let start = Instant::now();
         let mut exempt: HashSet<IpAddr> = HashSet::new();
@@ -833,6 +910,8 @@ impl Watcher {
         let mut lens = [0usize; CAPTURE_BATCH];
         let mut next_summary = start + Duration::from_secs(1);
         let mut lost = 0u64;
+        // Sources this filter blocked, hidden from the capture in the kernel.
+        let mut hidden: std::collections::BTreeSet<std::net::Ipv4Addr> = Default::default();
         while !self.stop.load(Ordering::Relaxed) {
             while let Ok(u) = self.updates.try_recv() {
                 match u {
@@ -883,21 +962,13 @@ impl Watcher {
                     }
                 }
             }
-            for e in self.filter.drain_events() {
-                if self.tx.try_send(FilterReport::Event(e)).is_err() {
-                    lost += 1;
-                }
-            }
+            self.forward_events(&mut hidden, &mut lost);
             let wall = Instant::now();
             if wall >= next_summary {
                 next_summary = wall + Duration::from_secs(1);
                 let t = start.elapsed();
                 self.filter.expire(t);
-                for e in self.filter.drain_events() {
-                    if self.tx.try_send(FilterReport::Event(e)).is_err() {
-                        lost += 1;
-                    }
-                }
+                self.forward_events(&mut hidden, &mut lost);
                 let summary = FilterReport::Summary {
                     stats: self.filter.stats(),
                     top: self.filter.top_offenders(t, self.top),
@@ -1138,6 +1209,124 @@ async fn run_selfdefence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the subset of classic BPF that [`capture_program`] uses on an IP packet
+    /// seen through a SOCK_DGRAM packet socket with ethertype `proto`.
+    fn run_bpf(prog: &[libc::sock_filter], proto: u32, pkt: &[u8]) -> u32 {
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            match i.code {
+                BPF_RET_K => return i.k,
+                BPF_LD_W_ABS if i.k == (libc::SKF_AD_OFF + SKF_AD_PROTOCOL) as u32 => acc = proto,
+                BPF_LD_W_ABS => {
+                    let k = i.k as usize;
+                    let Some(w) = pkt.get(k..k + 4) else { return 0 };
+                    acc = u32::from_be_bytes(w.try_into().unwrap());
+                }
+                BPF_JEQ_K => {
+                    pc += if acc == i.k { i.jt } else { i.jf } as usize;
+                }
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+            pc += 1;
+            assert!(pc < prog.len(), "the program runs off its end");
+        }
+    }
+
+    /// The kernel takes the program and applies it: on loopback, a datagram from a
+    /// hidden source is not copied to the capture, one from another source is.
+    #[test]
+    fn capture_hides_blocked_sources_in_the_kernel() {
+        // Needs CAP_NET_RAW (the tests run as root, as CI does).
+        let cap = Capture::open("lo").expect("an AF_PACKET socket on lo: run the tests as root");
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let hidden = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        let from = |ip: &str| std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let (a, b) = (from("127.0.0.2"), from("127.0.0.3"));
+        // Seen by the capture: (source, destination port) of each copied UDP packet.
+        let seen = |cap: &Capture| {
+            let mut bufs = vec![[0u8; SNAPLEN as usize]; CAPTURE_BATCH];
+            let mut lens = [0usize; CAPTURE_BATCH];
+            let mut out = Vec::new();
+            std::thread::sleep(Duration::from_millis(50));
+            while let Ok(Some(n)) = cap.recv_batch(&mut bufs, &mut lens) {
+                for (b, l) in bufs.iter().zip(lens.iter()).take(n) {
+                    let p = &b[..*l];
+                    if p.len() >= 24
+                        && p[9] == 17
+                        && u16::from_be_bytes([p[22], p[23]]) == to.port()
+                    {
+                        out.push(std::net::Ipv4Addr::new(p[12], p[13], p[14], p[15]));
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            out
+        };
+        a.send_to(b"x", to).unwrap();
+        b.send_to(b"x", to).unwrap();
+        let before = seen(&cap);
+        assert!(before.contains(&hidden), "{before:?}");
+        cap.hide(&[hidden]).expect("the kernel takes the program");
+        a.send_to(b"x", to).unwrap();
+        b.send_to(b"x", to).unwrap();
+        let after = seen(&cap);
+        assert!(
+            !after.contains(&hidden),
+            "a hidden source was copied: {after:?}"
+        );
+        assert!(
+            after.contains(&std::net::Ipv4Addr::new(127, 0, 0, 3)),
+            "{after:?}"
+        );
+        cap.hide(&[]).unwrap();
+        a.send_to(b"x", to).unwrap();
+        assert!(
+            seen(&cap).contains(&hidden),
+            "the source stayed hidden after release"
+        );
+    }
+
+    #[test]
+    fn capture_program_hides_exactly_the_blocked_ipv4_sources() {
+        let ip4 = |src: [u8; 4]| {
+            let mut p = vec![0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
+            p.extend_from_slice(&src);
+            p.extend_from_slice(&[10, 0, 0, 1]);
+            p
+        };
+        let a = std::net::Ipv4Addr::new(10, 1, 0, 66);
+        let b = std::net::Ipv4Addr::new(192, 0, 2, 7);
+        // Nothing hidden: every packet is copied, cut to SNAPLEN.
+        let open = capture_program(&[]);
+        assert_eq!(run_bpf(&open, ETH_P_IP, &ip4(a.octets())), SNAPLEN);
+        let prog = capture_program(&[a, b]);
+        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(a.octets())), 0);
+        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(b.octets())), 0);
+        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4([10, 1, 0, 67])), SNAPLEN);
+        // Not IPv4 (here IPv6 whose bytes 12..16 happen to spell a hidden address).
+        assert_eq!(run_bpf(&prog, 0x86dd, &ip4(a.octets())), SNAPLEN);
+        // The longest program keeps every jump inside it; the first MAX_HIDDEN sources
+        // are hidden, the rest stay visible.
+        let many: Vec<std::net::Ipv4Addr> = (0..400u32)
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i))
+            .collect();
+        let prog = capture_program(&many);
+        assert_eq!(prog.len(), 3 + MAX_HIDDEN + 2);
+        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(many[0].octets())), 0);
+        assert_eq!(
+            run_bpf(&prog, ETH_P_IP, &ip4(many[MAX_HIDDEN - 1].octets())),
+            0
+        );
+        assert_eq!(
+            run_bpf(&prog, ETH_P_IP, &ip4(many[MAX_HIDDEN].octets())),
+            SNAPLEN
+        );
+    }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
         let total = 28 + payload.len();
