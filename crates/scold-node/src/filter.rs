@@ -284,6 +284,10 @@ pub enum FilterUpdate {
     /// A tunnel peer (gateway): never judged.
     Exempt(IpAddr),
     Unexempt(IpAddr),
+    /// The filter's own: a source entered (`Hide`) or left (`Unhide`) the nftables set,
+    /// so the link watcher stops or resumes copying its packets (see [`capture_program`]).
+    Hide(IpAddr),
+    Unhide(IpAddr),
 }
 
 /// How tunnel datagrams are recognised.
@@ -680,7 +684,7 @@ impl Defence {
         let mut session = None;
         let mut watcher_stop = None;
         if let Some(section) = section {
-            let started = start_filter(section, rx, tunnel, ctx)?;
+            let started = start_filter(section, (tx.clone(), rx), tunnel, ctx)?;
             tasks.push(started.task);
             nft = started.nft;
             session = Some(started.session);
@@ -737,7 +741,10 @@ struct StartedFilter {
 
 fn start_filter(
     section: &FilterSection,
-    rx: mpsc::UnboundedReceiver<FilterUpdate>,
+    (updates, rx): (
+        mpsc::UnboundedSender<FilterUpdate>,
+        mpsc::UnboundedReceiver<FilterUpdate>,
+    ),
     tunnel: TunnelPorts,
     ctx: &NodeContext,
 ) -> anyhow::Result<StartedFilter> {
@@ -829,6 +836,7 @@ fn start_filter(
         Inputs {
             link: lrx,
             engine: erx,
+            watcher: updates,
         },
         nft.clone(),
         alerts,
@@ -848,6 +856,8 @@ fn start_filter(
 struct Inputs {
     link: mpsc::Receiver<FilterReport>,
     engine: mpsc::Receiver<FilterReport>,
+    /// Back to the link watcher: which sources the kernel set holds.
+    watcher: mpsc::UnboundedSender<FilterUpdate>,
 }
 
 /// The link watcher: a thread of its own that owns the capture socket and the link's
@@ -870,33 +880,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// Sends the filter's block and expiry events on, and keeps the capture's kernel
-    /// program hiding exactly the IPv4 sources this filter blocks: a blocked flood then
-    /// costs the watcher nothing (the block expires by time, not by traffic seen).
-    fn forward_events(
-        &mut self,
-        hidden: &mut std::collections::BTreeSet<std::net::Ipv4Addr>,
-        lost: &mut u64,
-    ) {
-        let mut changed = false;
+    /// Sends the filter's block and expiry events on.
+    fn forward_events(&mut self, lost: &mut u64) {
         for e in self.filter.drain_events() {
-            changed |= match &e {
-                FilterEvent::Blocked {
-                    src: IpAddr::V4(a), ..
-                } => hidden.insert(*a),
-                FilterEvent::Expired {
-                    src: IpAddr::V4(a), ..
-                } => hidden.remove(a),
-                _ => false,
-            };
             if self.tx.try_send(FilterReport::Event(e)).is_err() {
                 *lost += 1;
-            }
-        }
-        if changed {
-            let list: Vec<std::net::Ipv4Addr> = hidden.iter().copied().collect();
-            if let Err(e) = self.capture.hide(&list) {
-                tracing::warn!(error = %e, "cannot update the capture's program; blocked sources stay visible to the watcher");
             }
         }
     }
@@ -910,8 +898,11 @@ impl Watcher {
         let mut lens = [0usize; CAPTURE_BATCH];
         let mut next_summary = start + Duration::from_secs(1);
         let mut lost = 0u64;
-        // Sources this filter blocked, hidden from the capture in the kernel.
+        // Sources in the nftables set: hidden from the capture in the kernel, so a
+        // blocked flood costs the watcher nothing (blocks expire by time, not by the
+        // traffic seen).
         let mut hidden: std::collections::BTreeSet<std::net::Ipv4Addr> = Default::default();
+        let mut hide_changed = false;
         while !self.stop.load(Ordering::Relaxed) {
             while let Ok(u) = self.updates.try_recv() {
                 match u {
@@ -928,6 +919,16 @@ impl Watcher {
                     FilterUpdate::Unexempt(ip) => {
                         exempt.remove(&ip);
                     }
+                    FilterUpdate::Hide(IpAddr::V4(a)) => hide_changed |= hidden.insert(a),
+                    FilterUpdate::Unhide(IpAddr::V4(a)) => hide_changed |= hidden.remove(&a),
+                    // The program matches IPv4 sources only; IPv6 blocks stay visible.
+                    FilterUpdate::Hide(_) | FilterUpdate::Unhide(_) => {}
+                }
+            }
+            if std::mem::take(&mut hide_changed) {
+                let list: Vec<std::net::Ipv4Addr> = hidden.iter().copied().collect();
+                if let Err(e) = self.capture.hide(&list) {
+                    tracing::warn!(error = %e, "cannot update the capture's program; blocked sources stay visible to the watcher");
                 }
             }
             let now = start.elapsed();
@@ -962,13 +963,13 @@ impl Watcher {
                     }
                 }
             }
-            self.forward_events(&mut hidden, &mut lost);
+            self.forward_events(&mut lost);
             let wall = Instant::now();
             if wall >= next_summary {
                 next_summary = wall + Duration::from_secs(1);
                 let t = start.elapsed();
                 self.filter.expire(t);
-                self.forward_events(&mut hidden, &mut lost);
+                self.forward_events(&mut lost);
                 let summary = FilterReport::Summary {
                     stats: self.filter.stats(),
                     top: self.filter.top_offenders(t, self.top),
@@ -1007,7 +1008,20 @@ async fn run_filter(
     let Inputs {
         mut link,
         mut engine,
+        watcher,
     } = inputs;
+    // The link watcher stops copying what the kernel set drops after its tap (only
+    // where there is a kernel set: without one, blocks are counted, not enforced, and
+    // the watcher keeps seeing the traffic).
+    let hide = |e: &FilterEvent, kernel: bool| {
+        if nft.is_none() || !kernel {
+            return;
+        }
+        let _ = watcher.send(match e {
+            FilterEvent::Blocked { src, .. } => FilterUpdate::Hide(*src),
+            FilterEvent::Expired { src, .. } => FilterUpdate::Unhide(*src),
+        });
+    };
     let mut link_stats = FilterStats::default();
     let mut link_top: Vec<Offender> = Vec::new();
     let mut link_lost = 0u64;
@@ -1027,6 +1041,7 @@ async fn run_filter(
             r = link.recv(), if link_open => match r {
                 Some(FilterReport::Event(e)) => {
                     let kernel = track(&e, &mut link_blocked, &relay_blocked);
+                    hide(&e, kernel);
                     publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
                 }
                 Some(FilterReport::Summary { stats, top, lost }) => {
@@ -1041,6 +1056,7 @@ async fn run_filter(
             r = engine.recv(), if engine_open => match r {
                 Some(FilterReport::Event(e)) => {
                     let kernel = track(&e, &mut relay_blocked, &link_blocked);
+                    hide(&e, kernel);
                     publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
                 }
                 Some(FilterReport::Summary { stats, top, lost }) => {
