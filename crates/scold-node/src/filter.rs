@@ -26,9 +26,11 @@
 //!
 //! Both filters' blocks take effect in the kernel too: a blocked source goes into the
 //! nftables set of [`scold_filter::nft::NftBlocklist`] with the block's duration as its
-//! timeout, and is dropped at prerouting before the tunnel socket, the NAT relays or the
-//! watcher's filter read it. Without nftables, the session filter still drops in user
-//! space, and the watcher only counts and reports.
+//! timeout, and is dropped at prerouting before the tunnel socket or the NAT relays read
+//! it. The watcher's packet socket taps packets before netfilter, so its kernel program
+//! ([`capture_program`]) also stops copying the IPv4 sources the set holds: a blocked
+//! flood reaches no user space at all. Without nftables, the session filter still drops
+//! in user space, and the watcher only counts and reports.
 //!
 //! Alerts (blocked, expired) are JSON lines. Every `traceback_secs` the sources with the
 //! most drops in either filter go to the coordinator (`Traceback`). [`SelfDefence`]
