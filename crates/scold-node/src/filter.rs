@@ -28,7 +28,7 @@
 //! nftables set of [`scold_filter::nft::NftBlocklist`] with the block's duration as its
 //! timeout, and is dropped at prerouting before the tunnel socket or the NAT relays read
 //! it. The watcher's packet socket taps packets before netfilter, so its kernel program
-//! ([`capture_program`]) also stops copying the IPv4 sources the set holds: a blocked
+//! (`capture_program`) also stops copying the IPv4 sources the set holds: a blocked
 //! flood reaches no user space at all. Without nftables, the session filter still drops
 //! in user space, and the watcher only counts and reports.
 //!
@@ -287,7 +287,7 @@ pub enum FilterUpdate {
     Exempt(IpAddr),
     Unexempt(IpAddr),
     /// The filter's own: a source entered (`Hide`) or left (`Unhide`) the nftables set,
-    /// so the link watcher stops or resumes copying its packets (see [`capture_program`]).
+    /// so the link watcher stops or resumes copying its packets (see `capture_program`).
     Hide(IpAddr),
     Unhide(IpAddr),
 }

@@ -7,7 +7,7 @@
 //! consortium CA with role `proxy`, and only when the address the proxy connected from
 //! is in the target's ALT set, which the agent asks its own upstream resolver for (a
 //! proxy cannot vouch for itself). It answers with its tunnel parameters; the proxy
-//! admits the client ([`Command::AddSession`]); the agent adds the WireGuard peer and a
+//! admits the client ([`scold_proto::dataplane::Command::AddSession`]); the agent adds the WireGuard peer and a
 //! host route for each target address into its TUN device.
 //!
 //! One request and one answer per connection, in the admission's length-prefixed JSON
