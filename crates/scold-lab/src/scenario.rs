@@ -23,8 +23,10 @@
 //!    restore`) and the coordinator's restore are timed.
 //!
 //! In agent mode the gateway, proxies and a second `scold target` are linked to the
-//! coordinator, whose divert sets their routes up; the routes the lab uses before the
-//! attack come from static configs. The report says which figure came from where.
+//! coordinator, whose divert sets their routes up, before the attack (the operator's
+//! alarm) as under it (the detector's). Scheme 4.2 configures the coordinator for
+//! pushes but the lab's clients use static tunnels; `--static-route`, `--no-control`
+//! and 4.3 use static configs too. The report says which figure came from where.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
