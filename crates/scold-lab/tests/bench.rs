@@ -7,11 +7,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
-use std::io::Read as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// The outcomes of the samples of `metric` in bench.json.
 fn outcomes(bench: &serde_json::Value, metric: &str) -> Vec<String> {
@@ -29,60 +24,24 @@ fn bench_times_set_up_and_failover_and_leaves_nothing() {
     require_root();
     let out = tempfile::tempdir().unwrap();
     let routes_before = host_lab_routes();
-    let child = std::process::Command::new(scold_bin())
-        .args([
-            "lab",
-            "bench",
-            "--runs",
-            "2",
-            "--failover-runs",
-            "2",
-            "--quiet",
-            "--out",
-        ])
-        .arg(out.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start scold lab bench");
-    let mut child = Reap(child);
-    let pid = child.0.id();
-    // Every process that runs in the bench's namespaces, to check none outlives it.
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, done) = (seen.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                seen.lock().unwrap().extend(processes_of_pid(pid));
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        })
-    };
+    let mut args: Vec<std::ffi::OsString> = [
+        "lab",
+        "bench",
+        "--runs",
+        "2",
+        "--failover-runs",
+        "2",
+        "--quiet",
+        "--out",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(out.path().into());
+    let run = run_lab(&args, 150);
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
     assert!(
-        wait_for(150, || child.0.try_wait().unwrap().is_some()),
-        "scold lab bench did not finish within 150 s"
-    );
-    done.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(
-        status.success(),
+        run.status.success(),
         "scold lab bench failed:\n{stderr}\n{stdout}"
     );
 
@@ -103,23 +62,5 @@ fn bench_times_set_up_and_failover_and_leaves_nothing() {
     );
 
     // Nothing left behind.
-    assert!(
-        namespaces_of_pid(pid).is_empty(),
-        "{:?}",
-        namespaces_of_pid(pid)
-    );
-    assert!(
-        files_dirs_of_pid(pid).is_empty(),
-        "{:?}",
-        files_dirs_of_pid(pid)
-    );
-    let seen = seen.lock().unwrap().clone();
-    assert!(
-        seen.len() >= 8,
-        "only {} processes seen in the bench's namespaces",
-        seen.len()
-    );
-    let left = still_running(&seen);
-    assert!(left.is_empty(), "processes {left:?} outlived the bench");
-    assert_eq!(host_lab_routes(), routes_before, "host routes changed");
+    assert_left_nothing(&run, 8, &routes_before);
 }

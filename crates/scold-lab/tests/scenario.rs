@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use common::*;
 use scold_lab::report::{Condition, Metric, Outcome, Probe, Proto, Results, Route, Summary};
@@ -135,95 +132,33 @@ fn run_short(extra: &[&str]) -> (Results, String) {
     require_root();
     let out = tempfile::tempdir().unwrap();
     let routes_before = host_lab_routes();
-    let child = std::process::Command::new(scold_bin())
-        .args([
-            "lab",
-            "--reps",
-            "1",
-            "--pings",
-            "5",
-            "--sizes",
-            "250k",
-            "--attack-timeout",
-            "4",
-            "--divert-wait",
-            "10",
-            "--quiet",
-            "--out",
-        ])
-        .arg(out.path())
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start scold lab");
-    let mut child = Reap(child);
-    let pid = child.0.id();
-
-    // Note every process that runs in the lab's namespaces while it runs.
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, done) = (seen.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                let now = processes_of_pid(pid);
-                seen.lock().unwrap().extend(now);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        })
-    };
+    let mut args: Vec<std::ffi::OsString> = [
+        "lab",
+        "--reps",
+        "1",
+        "--pings",
+        "5",
+        "--sizes",
+        "250k",
+        "--attack-timeout",
+        "4",
+        "--divert-wait",
+        "10",
+        "--quiet",
+        "--out",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(out.path().into());
+    args.extend(extra.iter().map(Into::into));
+    let run = run_lab(&args, 110);
+    let (stdout, stderr) = (run.stdout.clone(), &run.stderr);
     assert!(
-        wait_for(110, || child.0.try_wait().unwrap().is_some()),
-        "the short scenario did not finish within 110 s"
+        run.status.success(),
+        "scold lab failed:\n{stderr}\n{stdout}"
     );
-    done.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "scold lab failed:\n{stderr}\n{stdout}");
-
-    // Nothing left behind.
-    assert!(
-        namespaces_of_pid(pid).is_empty(),
-        "{:?}",
-        namespaces_of_pid(pid)
-    );
-    assert!(
-        etc_netns_of_pid(pid).is_empty(),
-        "{:?}",
-        etc_netns_of_pid(pid)
-    );
-    assert!(
-        files_dirs_of_pid(pid).is_empty(),
-        "{:?}",
-        files_dirs_of_pid(pid)
-    );
-    let seen = seen.lock().unwrap().clone();
-    assert!(
-        seen.len() >= 8,
-        "only {} processes seen in the lab's namespaces: were the roles real processes?",
-        seen.len()
-    );
-    let left = still_running(&seen);
-    assert!(left.is_empty(), "processes {left:?} outlived the lab");
-    assert_eq!(host_lab_routes(), routes_before, "host routes changed");
+    assert_left_nothing(&run, 8, &routes_before);
 
     // The report a user reads.
     for t in [

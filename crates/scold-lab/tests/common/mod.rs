@@ -169,3 +169,89 @@ pub fn require_root() {
         "these tests build network namespaces: run them as root"
     );
 }
+
+/// A finished run of `scold` with the lab's namespaces: its exit, its output, and every
+/// process seen in its namespaces while it ran.
+pub struct LabRun {
+    pub pid: u32,
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub seen: BTreeSet<(u32, u64)>,
+}
+
+/// Runs the `scold` binary with `args` until it exits (at most `secs`, else the test
+/// fails and the run is killed), noting every process in its namespaces meanwhile.
+pub fn run_lab(args: &[std::ffi::OsString], secs: u64) -> LabRun {
+    use std::io::Read as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let child = std::process::Command::new(scold_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start scold");
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                seen.lock().unwrap().extend(processes_of_pid(pid));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let finished = wait_for(secs, || child.0.try_wait().unwrap().is_some());
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(finished, "scold {args:?} did not finish within {secs} s");
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut o) = child.0.stdout.take() {
+        o.read_to_string(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = child.0.stderr.take() {
+        e.read_to_string(&mut stderr).unwrap();
+    }
+    let status = child.0.wait().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    LabRun {
+        pid,
+        status,
+        stdout,
+        stderr,
+        seen,
+    }
+}
+
+/// Asserts that a finished run left nothing: namespaces, their /etc folders, file
+/// folders, processes (it must have run at least `min_processes`), host routes.
+pub fn assert_left_nothing(run: &LabRun, min_processes: usize, routes_before: &[String]) {
+    let pid = run.pid;
+    assert!(
+        namespaces_of_pid(pid).is_empty(),
+        "{:?}",
+        namespaces_of_pid(pid)
+    );
+    assert!(
+        etc_netns_of_pid(pid).is_empty(),
+        "{:?}",
+        etc_netns_of_pid(pid)
+    );
+    assert!(
+        files_dirs_of_pid(pid).is_empty(),
+        "{:?}",
+        files_dirs_of_pid(pid)
+    );
+    assert!(
+        run.seen.len() >= min_processes,
+        "only {} processes seen in the run's namespaces: were the roles real processes?",
+        run.seen.len()
+    );
+    let left = still_running(&run.seen);
+    assert!(left.is_empty(), "processes {left:?} outlived the run");
+    assert_eq!(host_lab_routes(), routes_before, "host routes changed");
+}
