@@ -984,6 +984,39 @@ mod tests {
     use scold_proto::dataplane::Prefix;
     use std::net::UdpSocket;
 
+    /// A proxy's relay as the daemon sets it up: gateway peer "gw" (127.0.0.3, udp) for
+    /// 10.4.0.0/24, client session "client" (127.0.0.2) with source 10.1.0.2 and
+    /// destination 10.4.0.2, inspected or not; the client's address routes to it.
+    fn relay_peers(s: &mut State, gw_port: u16, inspect: bool) {
+        let peer = |name: &str, address: &str, port| Peer {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            port,
+            encap: Encap::Udp,
+            public_key: None,
+            keepalive_secs: None,
+        };
+        let (gid, _) = s
+            .add_peer(
+                &peer("gw", "127.0.0.3", Some(gw_port)),
+                PeerPolicy::default(),
+            )
+            .unwrap();
+        let policy = PeerPolicy {
+            sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
+            destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
+            learn_sources: false,
+            inspect,
+        };
+        let (cid, _) = s
+            .add_peer(&peer("client", "127.0.0.2", None), policy)
+            .unwrap();
+        s.fib
+            .insert("10.1.0.2/32".parse().unwrap(), Dest::Peer(cid));
+        s.fib
+            .insert("10.4.0.0/24".parse().unwrap(), Dest::Peer(gid));
+    }
+
     fn v4_packet(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
         let mut p = vec![0u8; len];
         p[0] = 0x45;
@@ -1029,35 +1062,7 @@ mod tests {
         let gw_port = gateway.local_addr().unwrap().port();
         handle
             .call(move |s| {
-                let gw = Peer {
-                    name: "gw".into(),
-                    address: "127.0.0.3".parse().unwrap(),
-                    port: Some(gw_port),
-                    encap: Encap::Udp,
-                    public_key: None,
-                    keepalive_secs: None,
-                };
-                let (gid, _) = s.add_peer(&gw, PeerPolicy::default()).unwrap();
-                let c = Peer {
-                    name: "client".into(),
-                    address: "127.0.0.2".parse().unwrap(),
-                    port: None,
-                    encap: Encap::Udp,
-                    public_key: None,
-                    keepalive_secs: None,
-                };
-                let policy = PeerPolicy {
-                    sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
-                    destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
-                    learn_sources: false,
-                    inspect: false,
-                };
-                // As the proxy daemon does: the session's client address routes to it.
-                let (cid, _) = s.add_peer(&c, policy).unwrap();
-                s.fib
-                    .insert("10.1.0.2/32".parse().unwrap(), Dest::Peer(cid));
-                s.fib
-                    .insert("10.4.0.0/24".parse().unwrap(), Dest::Peer(gid));
+                relay_peers(s, gw_port, false);
             })
             .await
             .unwrap();
@@ -1159,34 +1164,7 @@ mod tests {
         handle
             .call(move |s| {
                 s.set_inspector(Some(Box::new(inspector)));
-                let gw = Peer {
-                    name: "gw".into(),
-                    address: "127.0.0.3".parse().unwrap(),
-                    port: Some(gw_port),
-                    encap: Encap::Udp,
-                    public_key: None,
-                    keepalive_secs: None,
-                };
-                let (gid, _) = s.add_peer(&gw, PeerPolicy::default()).unwrap();
-                let c = Peer {
-                    name: "client".into(),
-                    address: "127.0.0.2".parse().unwrap(),
-                    port: None,
-                    encap: Encap::Udp,
-                    public_key: None,
-                    keepalive_secs: None,
-                };
-                let policy = PeerPolicy {
-                    sources: vec!["10.1.0.2/32".parse::<Prefix>().unwrap()],
-                    destinations: vec!["10.4.0.2/32".parse::<Prefix>().unwrap()],
-                    learn_sources: false,
-                    inspect: true,
-                };
-                let (cid, _) = s.add_peer(&c, policy).unwrap();
-                s.fib
-                    .insert("10.1.0.2/32".parse().unwrap(), Dest::Peer(cid));
-                s.fib
-                    .insert("10.4.0.0/24".parse().unwrap(), Dest::Peer(gid));
+                relay_peers(s, gw_port, true);
             })
             .await
             .unwrap();
