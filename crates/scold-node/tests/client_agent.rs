@@ -35,6 +35,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::consortium::flood_proxy;
 use common::net::{
     alt_rfc3597, issue_proxy, start_scold_dns, start_scold_resolver, start_unbound, zone_text, Net,
     Unbound, UpdateKey,
@@ -885,26 +886,7 @@ fn drained_client_stays_when_no_other_proxy_is_left() {
     std::thread::sleep(Duration::from_millis(500));
     // 4000 UDP packets/s at the proxy, at most 24000 and 8 s, from a spoofed address of
     // the segment (nothing leaves the namespaces).
-    lab.spawn(
-        "c",
-        "flood",
-        &[
-            "timeout",
-            "8",
-            "hping3",
-            "--udp",
-            "-a",
-            "10.1.0.66",
-            "-p",
-            "9",
-            "-i",
-            "u250",
-            "-c",
-            "24000",
-            "-q",
-            "10.1.0.11",
-        ],
-    );
+    flood_proxy(&mut lab, "c", "10.1.0.66", "10.1.0.11");
     lab.wait_log("client", "staying on the draining proxy", 20);
     let clog = lab.log("client");
     assert!(

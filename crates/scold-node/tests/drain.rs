@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, Linked};
+use common::consortium::{consortium, flood_proxy, start_linked, start_paced_download, Linked};
 use common::net::Net;
 use common::*;
 
@@ -48,28 +48,6 @@ fn stamp(line: &str) -> Option<f64> {
 fn line_with<'a>(log: &'a str, needles: &[&str]) -> Option<&'a str> {
     log.lines().find(|l| needles.iter().all(|n| l.contains(n)))
 }
-
-/// Reads the target's big file (TCP port 8081) into `argv[1]` at most `argv[2]` bytes/s,
-/// so the download lasts long enough for the flood to fall in its middle. Every wait is
-/// bounded by the socket timeout.
-const PACED_READER: &str = r#"
-import socket, sys, time
-out, rate = sys.argv[1], float(sys.argv[2])
-s = socket.create_connection(("10.4.0.2", 8081), timeout=10)
-s.settimeout(60)
-t0, n = time.monotonic(), 0
-with open(out, "wb") as f:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        f.write(d)
-        f.flush()
-        n += len(d)
-        ahead = n / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            time.sleep(ahead)
-"#;
 
 #[test]
 fn flooded_proxy_drains_its_clients_to_another_proxy() {
@@ -134,38 +112,13 @@ fn flooded_proxy_drains_its_clients_to_another_proxy() {
         x => panic!("the agent chose {x}, which is no proxy of the ALT set"),
     };
 
-    let out = net.path("big.out");
-    let reader = net.write("reader.py", PACED_READER);
-    let (outs, readers) = (out.display().to_string(), reader.display().to_string());
-    net.spawn(
-        "c",
-        "transfer",
-        &["timeout", "120", "python3", &readers, &outs, "1500000"],
-    );
-    let end = Instant::now() + Duration::from_secs(30);
-    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 3 << 20 {
-        assert!(
-            Instant::now() < end && net.running("transfer"),
-            "the transfer did not get going:\n{}\n{}",
-            net.log("transfer"),
-            net.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let at_flood = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let (out, at_flood) = start_paced_download(&mut net);
 
     // The flood: 4000 UDP packets/s at the proxy in use, at most 24000 and 8 s, from a
     // spoofed address of its own link (nothing leaves the namespaces).
     let downs = net.log("client").matches("failover done").count();
     let t0 = Instant::now();
-    net.spawn(
-        "c",
-        "flood",
-        &[
-            "timeout", "8", "hping3", "--udp", "-a", spoofed, "-p", "9", "-i", "u250", "-c",
-            "24000", "-q", victim,
-        ],
-    );
+    flood_proxy(&mut net, "c", spoofed, victim);
     let end = t0 + Duration::from_secs(20);
     while net.log("client").matches("failover done").count() == downs {
         assert!(

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, Linked};
+use common::consortium::{consortium, flood_proxy, start_linked, start_paced_download, Linked};
 use common::net::Net;
 use common::*;
 
@@ -233,28 +233,6 @@ fn proxies_push_routes_to_client_agents() {
     );
 }
 
-/// Reads the target's big file (TCP port 8081) into `argv[1]` at most `argv[2]` bytes/s,
-/// so the transfer lasts long enough for a proxy to fail in its middle. Every wait is
-/// bounded by the socket timeout.
-const PACED_READER: &str = r#"
-import socket, sys, time
-out, rate = sys.argv[1], float(sys.argv[2])
-s = socket.create_connection(("10.4.0.2", 8081), timeout=10)
-s.settimeout(60)
-t0, n = time.monotonic(), 0
-with open(out, "wb") as f:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        f.write(d)
-        f.flush()
-        n += len(d)
-        ahead = n / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            time.sleep(ahead)
-"#;
-
 /// How the assigned proxy fails in [`transfer_across_reset`].
 enum Failure {
     /// SIGKILL: the coordinator finds it silent.
@@ -310,48 +288,11 @@ fn transfer_across_reset(failure: Failure) {
     net.wait_log("client", "indirect route pushed by proxy", 20);
     net.wait_ping();
 
-    let out = net.path("big.out");
-    let reader = net.write("reader.py", PACED_READER);
-    let (outs, readers) = (out.display().to_string(), reader.display().to_string());
-    net.spawn(
-        "c",
-        "transfer",
-        &["timeout", "120", "python3", &readers, &outs, "1500000"],
-    );
-    let end = Instant::now() + Duration::from_secs(30);
-    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 3 << 20 {
-        assert!(
-            Instant::now() < end && net.running("transfer"),
-            "the transfer did not get going:\n{}\n{}",
-            net.log("transfer"),
-            net.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let at_failure = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let (out, at_failure) = start_paced_download(&mut net);
     let t0 = Instant::now();
     match failure {
         Failure::Killed => net.kill9(proxy),
-        Failure::Attacked => net.spawn(
-            "c",
-            "flood",
-            &[
-                "timeout",
-                "8",
-                "hping3",
-                "--udp",
-                "-a",
-                "10.1.0.66",
-                "-p",
-                "9",
-                "-i",
-                "u250",
-                "-c",
-                "24000",
-                "-q",
-                victim_address,
-            ],
-        ),
+        Failure::Attacked => flood_proxy(&mut net, "c", "10.1.0.66", victim_address),
     }
     net.wait_phase("diverted", &[other], 30);
     let end = Instant::now() + Duration::from_secs(20);

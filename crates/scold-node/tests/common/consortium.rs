@@ -412,3 +412,66 @@ key = "hmac-sha256:coordinator:{SECRET}"
     net.wait_log("client", "registered with the coordinator", 20);
     net.wait_log("client2", "registered with the coordinator", 20);
 }
+
+/// Reads the target's big file (TCP port 8081) into `argv[1]` at most `argv[2]` bytes/s,
+/// so the download lasts long enough for the flood to fall in its middle. Every wait is
+/// bounded by the socket timeout.
+const PACED_READER: &str = r#"
+import socket, sys, time
+out, rate = sys.argv[1], float(sys.argv[2])
+s = socket.create_connection(("10.4.0.2", 8081), timeout=10)
+s.settimeout(60)
+t0, n = time.monotonic(), 0
+with open(out, "wb") as f:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        f.write(d)
+        f.flush()
+        n += len(d)
+        ahead = n / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+"#;
+
+/// Starts a download of the target's big file in the client (label "transfer", paced to
+/// 1.5 MB/s, bounded to 120 s) and waits until 3 MiB have arrived. Returns the file it
+/// writes and its size at that moment.
+pub fn start_paced_download(net: &mut Net) -> (PathBuf, u64) {
+    let out = net.path("big.out");
+    let reader = net.write("reader.py", PACED_READER);
+    let (outs, readers) = (out.display().to_string(), reader.display().to_string());
+    net.spawn(
+        "c",
+        "transfer",
+        &["timeout", "120", "python3", &readers, &outs, "1500000"],
+    );
+    let size = |out: &PathBuf| std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let end = Instant::now() + Duration::from_secs(30);
+    while size(&out) < 3 << 20 {
+        assert!(
+            Instant::now() < end && net.running("transfer"),
+            "the transfer did not get going:\n{}\n{}",
+            net.log("transfer"),
+            net.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at = size(&out);
+    (out, at)
+}
+
+/// Floods `proxy` from namespace `ns` (label "flood"): UDP to port 9 from the spoofed
+/// address `from` of its own segment, 4000 packets/s, at most 24000 packets and 8 s, so
+/// the proxy's self-defence fires. Nothing leaves the namespaces.
+pub fn flood_proxy(net: &mut Net, ns: &str, from: &str, proxy: &str) {
+    net.spawn(
+        ns,
+        "flood",
+        &[
+            "timeout", "8", "hping3", "--udp", "-a", from, "-p", "9", "-i", "u250", "-c", "24000",
+            "-q", proxy,
+        ],
+    );
+}
