@@ -58,13 +58,7 @@ fn med_worst(v: &[f64]) -> Option<(f64, f64)> {
 /// options give its size, encapsulation and binary) and writes `bench.json` and
 /// `bench.txt` into the output directory.
 pub fn run(cfg: &ScenarioConfig, runs: u32, failover_runs: u32) -> Result<BenchOutputs, LabError> {
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| LabError::io(format!("creating {}", cfg.out_dir.display()), e))?;
-    let logs = cfg.out_dir.join("logs");
-    if logs.exists() {
-        std::fs::remove_dir_all(&logs)
-            .map_err(|e| LabError::io(format!("clearing {}", logs.display()), e))?;
-    }
+    let logs = crate::scenario::prepare_out_dir(&cfg.out_dir)?;
     let mut results = Results {
         scold_version: env!("CARGO_PKG_VERSION").to_string(),
         started_unix: unix_now(),

@@ -168,17 +168,23 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the scenario and writes `results.json`, `report.txt`, `downloads.svg` and each
-/// role's log under `logs/` into the output directory.
-pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| LabError::io(format!("creating {}", cfg.out_dir.display()), e))?;
-    let logs = cfg.out_dir.join("logs");
-    // Logs of an earlier run in the same folder would be mistaken for this one's.
+/// Creates the output directory and clears the role logs of an earlier run in it, which
+/// would be mistaken for this one's; returns the logs folder.
+pub(crate) fn prepare_out_dir(dir: &Path) -> Result<PathBuf, LabError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let logs = dir.join("logs");
     if logs.exists() {
         std::fs::remove_dir_all(&logs)
             .map_err(|e| LabError::io(format!("clearing {}", logs.display()), e))?;
     }
+    Ok(logs)
+}
+
+/// Runs the scenario and writes `results.json`, `report.txt`, `downloads.svg` and each
+/// role's log under `logs/` into the output directory.
+pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
+    let logs = prepare_out_dir(&cfg.out_dir)?;
     let mut results = Results {
         scold_version: env!("CARGO_PKG_VERSION").to_string(),
         started_unix: unix_now(),
@@ -887,6 +893,20 @@ fn published(scheme: Scheme) -> &'static str {
 /// Seconds until the ALT records changed, and the set then seen.
 type AltSeen = (f64, Vec<std::net::IpAddr>);
 
+/// Waits (at most two ALT TTLs from `t0`) until ClientDNS shows the diverted records.
+fn wait_alt_diverted(lab: &Fig8, scheme: Scheme, t0: Instant) -> Result<Option<AltSeen>, LabError> {
+    let deadline = t0 + Duration::from_secs(roles::DNS_TTL as u64 * 2);
+    let watcher = watch_alt(
+        lab,
+        scheme,
+        t0,
+        deadline,
+        true,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    Ok(watcher.join().ok().flatten())
+}
+
 /// Watches ClientDNS from client 1 for the divert as clients see it: the target's ALT
 /// records (4.1, 4.2), or in NAT mode (4.3) A records that no longer name the target
 /// but its proxies. Returns the seconds from `t0` until the answer shows `diverted`
@@ -1355,17 +1375,7 @@ fn operator_divert(
             secs: cfg.divert_wait.as_secs_f64(),
         });
     };
-    let seen = watch_alt(
-        lab,
-        cfg.scheme,
-        t0,
-        t0 + Duration::from_secs(roles::DNS_TTL as u64 * 2),
-        true,
-        Arc::new(AtomicBool::new(false)),
-    )?
-    .join()
-    .ok()
-    .flatten();
+    let seen = wait_alt_diverted(lab, cfg.scheme, t0)?;
     let Some((visible, alt)) = seen else {
         return Err(LabError::Timeout {
             what: format!(
@@ -1657,17 +1667,7 @@ fn phases(
         roles.set_alt(&proxies)?;
         // ClientDNS may still hold the agent's earlier "no ALT" answer for the zone's
         // negative TTL; Table 4 starts once clients can see the records.
-        let seen = watch_alt(
-            lab,
-            cfg.scheme,
-            t_pub,
-            t_pub + Duration::from_secs(roles::DNS_TTL as u64 * 2),
-            true,
-            Arc::new(AtomicBool::new(false)),
-        )?
-        .join()
-        .ok()
-        .flatten();
+        let seen = wait_alt_diverted(lab, cfg.scheme, t_pub)?;
         let Some((visible, _)) = seen else {
             return Err(LabError::Timeout {
                 what: format!(
