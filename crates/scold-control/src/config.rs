@@ -1,111 +1,299 @@
-//! Reading a daemon's TOML file, with errors that name the file, the key and the fix.
+//! The coordinator's configuration file: its listener, TLS, the targets it protects,
+//! the proxy pool it may choose from.
 
-use anyhow::{anyhow, Context};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use anyhow::Context;
+use scold_link::TlsConfig;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// The `[tls]` table every control-plane daemon has.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The consortium CA certificate.
-    pub ca: PathBuf,
-    /// This node's certificate, issued by `scold ca issue`.
-    pub cert: PathBuf,
-    /// This node's private key.
-    pub key: PathBuf,
-    /// The CA's revocation list; re-read while running.
+pub struct Config {
+    pub coordinator: CoordinatorSection,
+    pub tls: TlsConfig,
     #[serde(default)]
-    pub crl: Option<PathBuf>,
+    pub metrics: Option<MetricsSection>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default, rename = "proxy")]
+    pub proxies: Vec<ProxyConfig>,
 }
 
-impl TlsConfig {
-    /// Paths relative to the config file's folder are resolved against it, so a config
-    /// and its certificates can move together.
-    pub fn resolve(&self, base: &Path) -> scold_pki::TlsPaths {
-        let abs = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
-        scold_pki::TlsPaths {
-            ca_cert: abs(&self.ca),
-            cert: abs(&self.cert),
-            key: abs(&self.key),
-            crl: self.crl.as_deref().map(abs),
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// Address the control channel listens on.
+    pub listen: SocketAddr,
+    /// The durable state file (redb).
+    pub state: PathBuf,
+    /// How often nodes send heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is marked down.
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+    /// How many proxies each diverted target gets.
+    #[serde(default = "default_proxies_per_target")]
+    pub proxies_per_target: usize,
+    /// How long an `attacked` mark on a proxy holds before it may be chosen again.
+    #[serde(default = "default_attacked_hold_ms")]
+    pub attacked_hold_ms: u64,
+    /// Upper bound of the retry backoff of a failed step.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Scheme 4.2: the TCP port where client agents take route pushes from proxies (the
+    /// same at every client site, like the proxies' admission port in 4.1).
+    #[serde(default = "default_client_push_port")]
+    pub client_push_port: u16,
+}
+
+fn default_client_push_port() -> u16 {
+    5444
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_down_after_ms() -> u64 {
+    3500
+}
+fn default_proxies_per_target() -> usize {
+    2
+}
+fn default_attacked_hold_ms() -> u64 {
+    300_000
+}
+fn default_max_backoff_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
+}
+
+/// Which indirect-route scheme of the paper a target uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheme {
+    /// 4.1: client agents learn proxies from ALT records.
+    #[serde(rename = "4.1")]
+    Resolver,
+    /// 4.2: proxies push routes to client agents.
+    #[serde(rename = "4.2")]
+    Push,
+    /// 4.3: A records replaced by proxy addresses; proxies relay as NAT.
+    #[serde(rename = "4.3")]
+    Nat,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Resolver => "4.1",
+            Scheme::Push => "4.2",
+            Scheme::Nat => "4.3",
         }
     }
+}
 
-    /// Loads the TLS material, naming the config file on error.
-    pub fn load(&self, config_file: &Path) -> anyhow::Result<scold_pki::TlsIdentity> {
-        let base = config_file.parent().unwrap_or(Path::new("."));
-        scold_pki::TlsIdentity::load(&self.resolve(base)).with_context(|| {
-            format!(
-                "{}: [tls] cannot be loaded; check the paths, or issue a certificate with `scold ca issue`",
-                config_file.display()
-            )
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Node name; the target's certificate must be `scold://target/<name>`.
+    pub name: String,
+    /// The DNS name clients use, e.g. `www.example.net.`.
+    pub fqdn: String,
+    /// The zone that holds it, e.g. `example.net.`.
+    pub zone: String,
+    /// The target's normal (main-link) addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Names of its hidden alternate gateways.
+    pub gateways: Vec<String>,
+    #[serde(default = "default_scheme")]
+    pub scheme: Scheme,
+    /// TTL of the ALT records; also how long a restore waits for caches to drain.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Proxies for this target; overrides `[coordinator] proxies_per_target`.
+    #[serde(default)]
+    pub proxies: Option<usize>,
+    /// Scheme 4.3: the service ports proxies relay, as `tcp/80`, `udp/53`, or
+    /// `tcp/443+proxy` to start each connection with a PROXY protocol v2 header.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    pub dns: TargetDnsConfig,
+}
+
+/// A service port relayed by proxies in scheme 4.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub protocol: scold_proto::dataplane::Protocol,
+    pub port: u16,
+    pub proxy_protocol: bool,
+}
+
+impl std::str::FromStr for Service {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use scold_proto::dataplane::Protocol;
+        let bad = || format!("service {s:?}: write tcp/PORT, udp/PORT or tcp/PORT+proxy");
+        let (proto, rest) = s.split_once('/').ok_or_else(bad)?;
+        let (port, proxy_protocol) = match rest.strip_suffix("+proxy") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let protocol = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" if !proxy_protocol => Protocol::Udp,
+            _ => return Err(bad()),
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(bad());
+        }
+        Ok(Service {
+            protocol,
+            port,
+            proxy_protocol,
         })
     }
 }
 
-/// Parses a TOML file into `T`. A syntax error or an unknown/missing key names the file,
-/// the key and what to do; `example` is the subcommand that prints a valid file.
-pub fn load<T: DeserializeOwned>(path: &Path, example: &str) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read config file {}; create one with `{example} > {}`",
-            path.display(),
-            path.display()
-        )
-    })?;
-    parse(&text, path, example)
-}
-
-pub fn parse<T: DeserializeOwned>(text: &str, path: &Path, example: &str) -> anyhow::Result<T> {
-    toml::from_str(text).map_err(|e| {
-        let place = e
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        anyhow!(
-            "{}{place}: {}; `{example}` prints a commented example",
-            path.display(),
-            e.message()
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Sample {
-        #[allow(dead_code)]
-        listen: std::net::SocketAddr,
+impl<'de> Deserialize<'de> for Service {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
+}
 
-    #[test]
-    fn errors_name_file_key_and_fix() {
-        let p = Path::new("/etc/scold/x.toml");
-        let e = parse::<Sample>("listen = \"nope\"\n", p, "scold x --example-config")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/etc/scold/x.toml"), "{e}");
-        assert!(e.contains("line 1"), "{e}");
-        assert!(e.contains("--example-config"), "{e}");
-        let e = parse::<Sample>("listen = \"127.0.0.1:1\"\nlisen = 1\n", p, "x")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("lisen"), "{e}");
-        let e = parse::<Sample>("", p, "x").unwrap_err().to_string();
-        assert!(e.contains("listen"), "{e}");
+fn default_scheme() -> Scheme {
+    Scheme::Resolver
+}
+fn default_ttl() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDnsConfig {
+    /// The TargetDNS server that accepts RFC 2136 updates.
+    pub server: SocketAddr,
+    /// TSIG key as `algorithm:name:base64-secret`, e.g. `hmac-sha256:scold:AbC...=`.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub name: String,
+    pub address: IpAddr,
+    #[serde(default = "default_capacity")]
+    pub capacity_mbps: u32,
+    #[serde(default)]
+    pub organisation: Option<String>,
+}
+
+pub(crate) fn default_capacity() -> u32 {
+    1000
+}
+
+pub const EXAMPLE_CONFIG: &str = r#"# scold coordinator configuration.
+[coordinator]
+# Control channel address (mutual TLS). Only consortium nodes and operators connect here;
+# it is never shown to clients.
+listen = "0.0.0.0:7800"
+# Durable state: target phases, registry, audit log.
+state = "/var/lib/scold/coordinator.redb"
+# Nodes send heartbeats this often; one silent for down_after_ms is marked down.
+heartbeat_ms = 1000
+down_after_ms = 3500
+# Proxies per diverted target (spread over organisations, by free capacity).
+proxies_per_target = 2
+# A proxy that reported an attack on itself is not chosen again for this long.
+attacked_hold_ms = 300000
+# Failed steps are retried with exponential backoff up to this.
+max_backoff_ms = 10000
+# Scheme 4.2: client agents (registered with a `client` certificate) take route pushes
+# from proxies on this TCP port of the address they registered with.
+client_push_port = 5444
+
+[tls]
+# Paths are relative to this file's folder unless absolute.
+ca = "ca.crt"
+cert = "coordinator-main.crt"
+key = "coordinator-main.key"
+crl = "crl.pem"
+
+# Prometheus metrics at http://<listen>/metrics (optional).
+[metrics]
+listen = "127.0.0.1:9800"
+
+# One table per protected target.
+[[target]]
+name = "web"
+fqdn = "www.example.net."
+zone = "example.net."
+addresses = ["192.0.2.10"]
+gateways = ["gw1"]
+# "4.1" client agents read ALT records; "4.2" proxies push routes; "4.3" proxy as NAT.
+scheme = "4.1"
+ttl = 10
+[target.dns]
+server = "192.0.2.53:53"
+key = "hmac-sha256:scold-update:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
+
+# Proxies of the pool may be declared here; proxies that register with a consortium
+# certificate join the pool too.
+[[proxy]]
+name = "p1"
+address = "198.51.100.1"
+capacity_mbps = 1000
+organisation = "org-a"
+"#;
+
+impl Config {
+    pub fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.targets {
+            scold_proto::identity::validate_name(&t.name)
+                .with_context(|| format!("{}: [[target]] name", path.display()))?;
+            anyhow::ensure!(
+                seen.insert(&t.name),
+                "{}: target {:?} is defined twice; give each [[target]] its own name",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                !t.gateways.is_empty(),
+                "{}: target {:?} has no gateways; list its hidden alternate gateways in `gateways`",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                !t.addresses.is_empty(),
+                "{}: target {:?} has no addresses; list its main-link addresses in `addresses`",
+                path.display(),
+                t.name
+            );
+            anyhow::ensure!(
+                t.fqdn.ends_with('.') && t.zone.ends_with('.') && t.fqdn.ends_with(&t.zone),
+                "{}: target {:?}: fqdn {:?} must be a fully qualified name (ending in '.') inside zone {:?}",
+                path.display(),
+                t.name,
+                t.fqdn,
+                t.zone
+            );
+            t.dns.key.parse::<scold_dns::TsigKey>().map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: target {:?}: dns.key: {e}; write it as `hmac-sha256:KEYNAME:BASE64SECRET`",
+                    path.display(),
+                    t.name
+                )
+            })?;
+        }
+        Ok(())
     }
 }

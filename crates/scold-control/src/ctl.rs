@@ -1,9 +1,9 @@
 //! `scold ctl`: operator commands against a running coordinator, over the same mutual
 //! TLS as every daemon (with an operator certificate).
 
-use crate::channel::{self, NoRequests};
-use crate::metrics::Metrics;
 use anyhow::Context;
+use scold_link::channel::{self, NoRequests};
+use scold_metrics::Metrics;
 use scold_proto::control::{EventView, ProxyView, Reply, Request, TargetView};
 use scold_proto::identity::Role;
 use std::net::SocketAddr;

@@ -1,16 +1,12 @@
-//! The SCOLD control plane: the mutual-TLS channel every pair of daemons speaks, the
-//! coordinator that drives each target's state machine with its durable store, a node's
-//! link to the coordinator, the operator CLI, and Prometheus metrics.
+//! The SCOLD coordinator: the daemon that drives each target's state machine with its
+//! durable store, and the operator CLI (`scold ctl`).
 //!
-//! The wire formats and the state machine themselves are sans-IO in `scold-proto`; this
-//! crate is the I/O around them.
+//! The wire formats and the state machine themselves are sans-IO in `scold-proto`; the
+//! channel the coordinator speaks and the nodes' link to it are in `scold-link`, so no
+//! node links this crate or its store.
 
-pub mod agent;
-pub mod channel;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
-/// The daemons' Prometheus metrics (kept here under its old path).
-pub use scold_metrics as metrics;
 pub mod orchestrate;
 pub mod store;

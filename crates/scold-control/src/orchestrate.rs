@@ -6,7 +6,7 @@
 //! wanted end state (a gateway's peer list is synchronised, not appended to), so a
 //! retried or re-driven step converges.
 
-use crate::coordinator::{Scheme, TargetConfig};
+use crate::config::{Scheme, TargetConfig};
 use scold_proto::control::TunnelInfo;
 use scold_proto::dataplane::{Command, NatService, Peer, Prefix, Push, Route, Via};
 use scold_proto::state::Step;
@@ -291,7 +291,7 @@ fn find<'a>(ks: &'a [Known], name: &str) -> Result<&'a Known, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::Service;
+    use crate::config::Service;
     use scold_proto::dataplane::{Encap, Protocol, PublicKey};
 
     fn known(name: &str, ip: &str, inside: Option<&str>) -> Known {

@@ -1,11 +1,12 @@
 //! The control plane end to end over real mutual TLS on loopback: a coordinator, nodes
-//! linked through `Agent`, an operator channel. The nodes' data planes are played by
+//! linked through `CoordinatorLink`, an operator channel. The nodes' data planes are played by
 //! handlers that record the orders they get; the DNS back end records the updates.
 
-use scold_control::agent::Agent;
-use scold_control::channel::{self, Channel, ChannelError, Handler, NoRequests};
-use scold_control::coordinator::{self, BoxFut, Config, DnsBackend, TargetConfig};
-use scold_control::metrics::Metrics;
+use scold_control::config::{Config, TargetConfig};
+use scold_control::coordinator::{self, BoxFut, DnsBackend};
+use scold_link::channel::{self, Channel, ChannelError, Handler, NoRequests};
+use scold_link::CoordinatorLink;
+use scold_metrics::Metrics;
 use scold_pki::{Ca, CaInit, Identity, RevokeTarget, Role, TlsIdentity, Validity};
 use scold_proto::control::{
     EpochGuard, NodeInfo, RefusalReason, Reply, Request, Response, StatusReport, TunnelInfo,
@@ -232,7 +233,7 @@ capacity_mbps = 1000
 "#,
         state.display()
     );
-    scold_control::config::parse(&text, Path::new("test.toml"), "x").unwrap()
+    scold_daemon::parse(&text, Path::new("test.toml"), "x").unwrap()
 }
 
 struct Rig {
@@ -272,7 +273,12 @@ impl Rig {
         }
     }
 
-    fn node(&mut self, role: Role, name: &str, address: Option<&str>) -> (Agent, Arc<Node>) {
+    fn node(
+        &mut self,
+        role: Role,
+        name: &str,
+        address: Option<&str>,
+    ) -> (CoordinatorLink, Arc<Node>) {
         let (agent, node, stop) = self.stoppable_node(role, name, address);
         std::mem::forget(stop);
         (agent, node)
@@ -283,7 +289,7 @@ impl Rig {
         role: Role,
         name: &str,
         address: Option<&str>,
-    ) -> (Agent, Arc<Node>, watch::Sender<bool>) {
+    ) -> (CoordinatorLink, Arc<Node>, watch::Sender<bool>) {
         let info = NodeInfo {
             address: address.map(|a| a.parse().unwrap()),
             tunnel: tunnel(role, name),
@@ -298,11 +304,11 @@ impl Rig {
         role: Role,
         name: &str,
         info: NodeInfo,
-    ) -> (Agent, Arc<Node>, watch::Sender<bool>) {
+    ) -> (CoordinatorLink, Arc<Node>, watch::Sender<bool>) {
         let tls = self.pki.issue(role, name);
         let node = Arc::new(Node::default());
         let (stop, rx) = watch::channel(false);
-        let agent = Agent::start(self.addr, info, tls, node.clone(), Metrics::new(), rx);
+        let agent = CoordinatorLink::start(self.addr, info, tls, node.clone(), Metrics::new(), rx);
         (agent, node, stop)
     }
 
@@ -728,13 +734,13 @@ async fn bad_certificates_are_refused_and_others_still_served() {
 
 /// A node's link and data plane, stopped (as a process that dies) when restarted.
 struct Running {
-    agent: Agent,
+    agent: CoordinatorLink,
     node: Arc<Node>,
     stop: watch::Sender<bool>,
 }
 
 impl Running {
-    fn new((agent, node, stop): (Agent, Arc<Node>, watch::Sender<bool>)) -> Running {
+    fn new((agent, node, stop): (CoordinatorLink, Arc<Node>, watch::Sender<bool>)) -> Running {
         Running { agent, node, stop }
     }
 

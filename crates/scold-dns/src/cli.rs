@@ -53,17 +53,6 @@ pub struct ResolverArgs {
     pub example_config: bool,
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
 /// Serves `/metrics` at `addr` in the background, with `register` adding the
 /// daemon's own counters. A failure to bind is fatal: an operator who asked for
 /// metrics must not silently get none.
@@ -112,8 +101,7 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
     serve_metrics(cfg.metrics, |m| server.shared.metrics.register(m)).await?;
     tracing::info!(config = %path.display(), "scold dns ready");
-    let sig = shutdown_signal().await?;
-    tracing::info!(signal = sig, "shutting down");
+    scold_daemon::terminated().await;
     server.shutdown().await;
     Ok(())
 }
@@ -131,8 +119,7 @@ pub async fn run_resolver(a: ResolverArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start scold resolver from {}", path.display()))?;
     serve_metrics(cfg.metrics, |m| r.inner.metrics.register(m)).await?;
     tracing::info!(config = %path.display(), "scold resolver ready");
-    let sig = shutdown_signal().await?;
-    tracing::info!(signal = sig, "shutting down");
+    scold_daemon::terminated().await;
     r.shutdown().await;
     Ok(())
 }

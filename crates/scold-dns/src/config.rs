@@ -12,15 +12,9 @@ use crate::rrl::RrlConfig;
 use crate::tsig::{TsigAlgorithm, TsigKey};
 use crate::update::{Grant, NamePattern, Policy};
 
-/// A configuration error.
-#[derive(Debug, thiserror::Error)]
-#[error("config {file}: {msg}")]
-pub struct ConfigError {
-    /// The file.
-    pub file: String,
-    /// Key, problem and fix.
-    pub msg: String,
-}
+/// A configuration error: the file, the line where known, the key, the problem and the
+/// fix (the loader every daemon uses).
+pub use scold_daemon::ConfigError;
 
 /// `[[zone]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,28 +161,19 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
 
 /// Reads and checks a `scold dns` config file.
 pub fn load_dns(path: &Path) -> Result<DnsConfig, ConfigError> {
-    let file = path.display().to_string();
-    let err = |msg: String| ConfigError {
-        file: file.clone(),
-        msg,
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read it: {e} (pass an existing file to --config; `--example-config` prints one)")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(path, format!("cannot read it: {e}")).hint(format!(
+            "pass an existing file to --config; `scold dns --example-config > {}` writes one",
+            path.display()
+        ))
+    })?;
     parse_dns(&text, path)
 }
 
 /// Parses `scold dns` config text; `path` names the file in errors and anchors relative paths.
 pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
-    let file = path.display().to_string();
-    let err = |msg: String| ConfigError {
-        file: file.clone(),
-        msg,
-    };
-    let raw: DnsFile = toml::from_str(text).map_err(|e| {
-        err(format!(
-            "{e}(`scold dns --example-config` prints every key with its meaning)"
-        ))
-    })?;
+    let err = |msg: String| ConfigError::new(path, msg);
+    let raw: DnsFile = scold_daemon::parse(text, path, "scold dns --example-config")?;
     let base = path.parent().unwrap_or(Path::new("."));
     if raw.listen.is_empty() {
         return Err(err(
@@ -395,28 +380,19 @@ pub struct ResolverConfig {
 
 /// Reads and checks a `scold resolver` config file.
 pub fn load_resolver(path: &Path) -> Result<ResolverConfig, ConfigError> {
-    let file = path.display().to_string();
-    let err = |msg: String| ConfigError {
-        file: file.clone(),
-        msg,
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read it: {e} (pass an existing file to --config; `--example-config` prints one)")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(path, format!("cannot read it: {e}")).hint(format!(
+            "pass an existing file to --config; `scold resolver --example-config > {}` writes one",
+            path.display()
+        ))
+    })?;
     parse_resolver(&text, path)
 }
 
 /// Parses resolver config text.
 pub fn parse_resolver(text: &str, path: &Path) -> Result<ResolverConfig, ConfigError> {
-    let file = path.display().to_string();
-    let err = |msg: String| ConfigError {
-        file: file.clone(),
-        msg,
-    };
-    let raw: ResolverFile = toml::from_str(text).map_err(|e| {
-        err(format!(
-            "{e}(`scold resolver --example-config` prints every key with its meaning)"
-        ))
-    })?;
+    let err = |msg: String| ConfigError::new(path, msg);
+    let raw: ResolverFile = scold_daemon::parse(text, path, "scold resolver --example-config")?;
     if raw.listen.is_empty() {
         return Err(err(
             "`listen` is empty: give at least one address, e.g. listen = [\"127.0.0.1:53\"]".into(),

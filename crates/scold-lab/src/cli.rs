@@ -312,14 +312,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let signalled = scold_daemon::wait_for_signal();
     let task = tokio::task::spawn_blocking(f);
     let sig = tokio::select! {
         r = task => return r.context("the lab's worker thread panicked")?,
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+        s = signalled => s.context("cannot watch SIGINT/SIGTERM")?,
     };
     eprintln!("scold lab: {sig} received, removing the testbed");
     let errors = tokio::task::spawn_blocking(topology::teardown_all_live)
@@ -335,16 +332,11 @@ where
 
 /// A stop flag set by SIGINT or SIGTERM, for the long-running tools.
 fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
-    use tokio::signal::unix::{signal, SignalKind};
     let stop = Arc::new(AtomicBool::new(false));
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut flag = scold_daemon::shutdown_signal();
     let s = stop.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
+        scold_daemon::until_set(&mut flag).await;
         s.store(true, Ordering::Relaxed);
     });
     Ok(stop)

@@ -345,7 +345,7 @@ impl AgentSection {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let mut c: Config = common::load(path)?;
+        let mut c: Config = scold_daemon::load(path, "scold client --example-config")?;
         c.file = path.to_path_buf();
         if c.tunnel.listen.is_none() {
             c.tunnel.listen = Some("0.0.0.0:0".parse().expect("literal"));
@@ -415,7 +415,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let r = serve(cfg, rx, common::shutdown_signal()).await.map(|_| ());
+    let r = serve(cfg, rx, scold_daemon::terminated()).await.map(|_| ());
     link.stop();
     r
 }

@@ -3,7 +3,6 @@
 
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Encap, Reply};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,19 +12,6 @@ use tokio::sync::{mpsc, oneshot};
 /// entries of a config file go through the same path at start-up.
 pub type CommandRequest = (Command, oneshot::Sender<Reply>);
 pub type CommandReceiver = mpsc::Receiver<CommandRequest>;
-
-/// Reads and parses a TOML config file.
-pub fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "config file {}: {}(print a commented example with --example-config)",
-            path.display(),
-            e
-        )
-    })
-}
 
 fn default_outer_mtu() -> u16 {
     1500
@@ -130,23 +116,6 @@ impl TunnelSection {
                 .map_err(|e| anyhow::anyhow!("config file {}: {e}", file.display()))?;
         }
         Ok(())
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -1,5 +1,5 @@
 //! The link from a data-path daemon to the coordinator: the `[control]` config table,
-//! registration through [`scold_control::agent::Agent`], and the handler that turns
+//! registration through [`scold_link::CoordinatorLink`], and the handler that turns
 //! the coordinator's orders into the daemon's data-plane commands.
 //!
 //! Orders travel the same command channel as the static entries of the config file,
@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use scold_control::agent::Agent;
-use scold_control::channel::{Channel, Handler};
-use scold_control::config::TlsConfig;
-use scold_control::metrics::Metrics;
+use scold_link::channel::{Channel, Handler};
+use scold_link::CoordinatorLink;
+use scold_link::TlsConfig;
+use scold_metrics::Metrics;
 use scold_proto::control::{
     EpochGuard, NodeInfo, Refusal, RefusalReason, Reply, Request, Response, TunnelInfo,
 };
@@ -366,14 +366,14 @@ impl Handler for NodeHandler {
 /// the node's name, the metrics registry.
 #[derive(Clone, Default)]
 pub struct NodeContext {
-    pub agent: Option<Agent>,
+    pub agent: Option<CoordinatorLink>,
     pub name: Option<String>,
     pub metrics: NodeMetrics,
 }
 
 /// A running link to the coordinator (if configured) and the metrics endpoint.
 pub struct Link {
-    pub agent: Option<Agent>,
+    pub agent: Option<CoordinatorLink>,
     /// This node's name, from its certificate (what it may speak for).
     pub name: Option<String>,
     pub metrics: NodeMetrics,
@@ -422,7 +422,7 @@ impl Link {
                     file.display()
                 );
                 let handler = Arc::new(NodeHandler::new(role, commands, notifier, metrics.clone()));
-                let agent = Agent::start(
+                let agent = CoordinatorLink::start(
                     coordinator,
                     info,
                     tls,
@@ -437,7 +437,7 @@ impl Link {
                         g.set(i64::from(a.connected()));
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            _ = scold_control::channel::until_set(&mut stop_watch) => return,
+                            _ = scold_daemon::until_set(&mut stop_watch) => return,
                         }
                     }
                 }));
@@ -478,7 +478,7 @@ impl Link {
 /// Sends `make()` to the coordinator until it is acknowledged, refused, or `cancel`
 /// says the report is no longer wanted (a newer one replaced it). Backs off up to 5 s.
 pub async fn report_until_acknowledged(
-    agent: &Agent,
+    agent: &CoordinatorLink,
     what: &str,
     make: impl Fn() -> Request,
     mut cancel: impl FnMut() -> bool,
@@ -495,7 +495,7 @@ pub async fn report_until_acknowledged(
             }
             // A refusal is the coordinator's answer (unknown target, wrong name): sending
             // the same report again cannot change it.
-            Err(e @ scold_control::channel::ChannelError::Refused { .. }) => {
+            Err(e @ scold_link::channel::ChannelError::Refused { .. }) => {
                 tracing::error!(report = what, error = %e, "the coordinator refused the report; check this node's certificate name and the coordinator's config");
                 return false;
             }

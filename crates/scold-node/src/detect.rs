@@ -222,7 +222,7 @@ impl Detection {
 }
 
 async fn report_loop(
-    agent: scold_control::agent::Agent,
+    agent: scold_link::CoordinatorLink,
     name: String,
     mut rx: watch::Receiver<Option<Report>>,
 ) {

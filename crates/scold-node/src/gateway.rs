@@ -126,7 +126,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let mut c: Config = common::load(path)?;
+        let mut c: Config = scold_daemon::load(path, "scold gateway --example-config")?;
         c.file = path.to_path_buf();
         c.tunnel.check(path)?;
         c.control.check(path)?;
@@ -167,7 +167,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let r = serve(cfg, rx, common::shutdown_signal()).await.map(|_| ());
+    let r = serve(cfg, rx, scold_daemon::terminated()).await.map(|_| ());
     link.stop();
     r
 }

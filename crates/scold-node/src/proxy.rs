@@ -227,7 +227,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let mut c: Config = common::load(path)?;
+        let mut c: Config = scold_daemon::load(path, "scold proxy --example-config")?;
         c.file = path.to_path_buf();
         c.tunnel.check(path)?;
         c.control.check(path)?;
@@ -326,7 +326,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(notifier),
     )
     .await?;
-    let r = serve_with(cfg, rx, common::shutdown_signal(), link.context())
+    let r = serve_with(cfg, rx, scold_daemon::terminated(), link.context())
         .await
         .map(|_| ());
     link.stop();

@@ -126,7 +126,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let mut c: Config = common::load(path)?;
+        let mut c: Config = scold_daemon::load(path, "scold target --example-config")?;
         c.file = path.to_path_buf();
         c.control.check(path)?;
         c.return_path
@@ -168,7 +168,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let r = serve_with(cfg, rx, common::shutdown_signal(), link.context())
+    let r = serve_with(cfg, rx, scold_daemon::terminated(), link.context())
         .await
         .map(|_| ());
     link.stop();

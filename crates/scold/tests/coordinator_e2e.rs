@@ -4,9 +4,9 @@
 //! DNS update checked on the wire with `dig`; a kill -9 of the coordinator in the middle
 //! of a divert, and a restart that finishes it.
 
-use scold_control::agent::Agent;
-use scold_control::channel::{Channel, Handler};
-use scold_control::metrics::Metrics;
+use scold_link::channel::{Channel, Handler};
+use scold_link::CoordinatorLink;
+use scold_metrics::Metrics;
 use scold_pki::{Ca, Identity, Role, TlsIdentity, Validity};
 use scold_proto::control::{NodeInfo, Reply, Request, Response, StatusReport, TunnelInfo};
 use scold_proto::dataplane;
@@ -333,32 +333,33 @@ organisation = "b"
     let mut ca = Ca::open(&ca_dir).unwrap();
     let control = site.control;
     let site = Arc::new(site);
-    let mut node = |role: Role, name: &str| -> (Agent, Arc<Recorder>, watch::Sender<bool>) {
-        let paths = ca
-            .issue(
-                &Identity::new(role, name).unwrap(),
-                &[],
-                &[],
-                Validity::days(1),
-                &dir.join(format!("n-{name}")),
-            )
-            .unwrap();
-        let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
-        let rec = Arc::new(Recorder::default());
-        let (stop, rx) = watch::channel(false);
-        let agent = Agent::start(
-            control,
-            NodeInfo {
-                tunnel: tunnel_of(role, name),
-                ..Default::default()
-            },
-            tls,
-            rec.clone(),
-            Metrics::new(),
-            rx,
-        );
-        (agent, rec, stop)
-    };
+    let mut node =
+        |role: Role, name: &str| -> (CoordinatorLink, Arc<Recorder>, watch::Sender<bool>) {
+            let paths = ca
+                .issue(
+                    &Identity::new(role, name).unwrap(),
+                    &[],
+                    &[],
+                    Validity::days(1),
+                    &dir.join(format!("n-{name}")),
+                )
+                .unwrap();
+            let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
+            let rec = Arc::new(Recorder::default());
+            let (stop, rx) = watch::channel(false);
+            let agent = CoordinatorLink::start(
+                control,
+                NodeInfo {
+                    tunnel: tunnel_of(role, name),
+                    ..Default::default()
+                },
+                tls,
+                rec.clone(),
+                Metrics::new(),
+                rx,
+            );
+            (agent, rec, stop)
+        };
     let (_t, target, _ts) = node(Role::Target, "web");
     let (_p1, p1, _p1s) = node(Role::Proxy, "p1");
     let (_p2, _p2r, _p2s) = node(Role::Proxy, "p2");

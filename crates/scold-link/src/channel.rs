@@ -7,7 +7,8 @@
 //! or request is logged, counted, and answered with a typed refusal; the daemon keeps
 //! serving everyone else.
 
-use crate::metrics::Metrics;
+use scold_daemon::until_set;
+use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
 use scold_proto::control::{authorize, Message, Refusal, RefusalReason, Reply, Request, Response};
 use scold_proto::frame;
@@ -295,11 +296,6 @@ impl Channel {
     }
 }
 
-/// Resolves once `flag` is true (a shutdown signal), without holding its borrow.
-pub async fn until_set(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|s| *s).await;
-}
-
 fn identity_of(conn: &rustls::CommonState) -> Result<Identity, ChannelError> {
     scold_pki::peer_identity(conn).map_err(|e| ChannelError::Identity(e.to_string()))
 }
@@ -311,7 +307,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), scold_pki::PkiError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
     loop {
         let (tcp, remote) = tokio::select! {

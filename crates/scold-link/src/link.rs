@@ -2,7 +2,7 @@
 //! backoff, and serve the coordinator's orders through the node's [`Handler`].
 
 use crate::channel::{self, Channel, ChannelError, Handler};
-use crate::metrics::Metrics;
+use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
 use scold_proto::control::{NodeInfo, Reply, Request};
 use scold_proto::identity::Role;
@@ -17,11 +17,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A running link to the coordinator. Cheap to clone.
 #[derive(Clone)]
-pub struct Agent {
+pub struct CoordinatorLink {
     current: watch::Receiver<Option<Channel>>,
 }
 
-impl Agent {
+impl CoordinatorLink {
     /// Starts the connect/register/heartbeat loop in the background. It stops when
     /// `shutdown` flips to true.
     pub fn start<H: Handler>(
@@ -31,7 +31,7 @@ impl Agent {
         handler: Arc<H>,
         metrics: Metrics,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Agent {
+    ) -> CoordinatorLink {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
@@ -63,13 +63,13 @@ impl Agent {
                             warn!(%coordinator, error = %e, retry_in = ?backoff, "cannot reach the coordinator");
                             tokio::select! {
                                 _ = tokio::time::sleep(jitter(backoff)) => {},
-                                _ = channel::until_set(&mut shutdown) => return,
+                                _ = scold_daemon::until_set(&mut shutdown) => return,
                             }
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                             continue;
                         }
                     },
-                    _ = channel::until_set(&mut shutdown) => return,
+                    _ = scold_daemon::until_set(&mut shutdown) => return,
                 };
                 info!(%coordinator, peer = %ch.peer(), "registered with the coordinator");
                 backoff = MIN_BACKOFF;
@@ -89,13 +89,13 @@ impl Agent {
                             warn!("coordinator connection closed; reconnecting");
                             break;
                         }
-                        _ = channel::until_set(&mut shutdown) => return,
+                        _ = scold_daemon::until_set(&mut shutdown) => return,
                     }
                 }
                 let _ = tx.send(None);
             }
         });
-        Agent { current: rx }
+        CoordinatorLink { current: rx }
     }
 
     pub fn connected(&self) -> bool {

@@ -1,0 +1,13 @@
+//! What every SCOLD daemon shares, whatever its role: reading its one TOML file with
+//! errors an operator can act on ([`config`]), and one shutdown signal ([`shutdown`]),
+//! so `scold coordinator`, `scold dns`, `scold resolver` and the data-path daemons stop
+//! and complain the same way.
+//!
+//! The role-specific skeletons (a node's control link, the coordinator's store) are
+//! built on these in their own crates.
+
+pub mod config;
+pub mod shutdown;
+
+pub use config::{load, parse, resolve, ConfigError};
+pub use shutdown::{shutdown_signal, terminated, until_set, wait_for_signal};
