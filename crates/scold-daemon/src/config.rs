@@ -74,13 +74,23 @@ pub fn parse<T: DeserializeOwned>(
     path: &Path,
     example: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1)),
-        message: e.message().to_string(),
-        hint: example_hint(example),
+    toml::from_str(text).map_err(|e| {
+        let start = e.span().map(|s| s.start.min(text.len()));
+        let line = start.map(|s| text[..s].lines().count().max(1));
+        // The parser's message names the key only for some errors; the line it is on
+        // names it for the rest (e.g. a value of the wrong type).
+        let quoted = line
+            .and_then(|l| text.lines().nth(l - 1))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 120)
+            .map(|t| format!("`{t}`: "))
+            .unwrap_or_default();
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            message: format!("{quoted}{}", e.message()),
+            hint: example_hint(example),
+        }
     })
 }
 

@@ -1,26 +1,25 @@
-//! The SCOLD daemons on the data path: `scold proxy`, `scold gateway`, `scold target`,
-//! `scold client`.
+//! The SCOLD daemons on the data path, one folder per role: `scold proxy` ([`proxy`]),
+//! `scold gateway` ([`gateway`]), `scold target` ([`target`]), `scold client`
+//! ([`client`]), and what they share ([`node`]).
 //!
-//! Each daemon reads one TOML file whose static entries (peers, sessions, routes, NAT
-//! services) are applied at start-up as the same `scold_proto::dataplane::Command`s the
-//! coordinator sends later through the control channel. Each module exposes
-//! `serve(config, commands, shutdown)`, which the control plane calls with its own
-//! command channel, and `run(Args)`, the CLI entry point.
+//! Each role is a thin I/O shell over pure cores that live in `scold-proto` with the
+//! other protocol logic: the admission and push exchanges
+//! ([`scold_proto::admission`], [`scold_proto::push`]) and the data-plane commands.
 //!
-//! With a `[control]` table, `run` links the daemon to the coordinator
-//! ([`control`]): it registers with its tunnel end point, and the coordinator's orders
-//! arrive in the same command channel as the static entries. The target also watches
-//! its main link ([`detect`]) and keeps the return path of diverted clients
-//! ([`returnpath`]); the proxy filters what arrives on its link ([`filter`]).
+//! - [`proxy`]: admits clients ([`proxy::admission`]), pushes routes to them
+//!   ([`proxy::push`]), filters what it relays and what floods it ([`proxy::filter`]),
+//!   relays to the hidden gateway, and in scheme 4.3 accepts the target's service ports.
+//! - [`client`]: the client agent: a SCOLD-aware stub resolver, the admission at a proxy
+//!   ([`client::admission`]), failover, and the scheme 4.2 push listener.
+//! - [`target`]: watches its main link ([`target::detect`]) and keeps the return path of
+//!   diverted clients ([`target::returnpath`]).
+//! - [`gateway`]: the hidden alternate gateway; tunnels from registered proxies only.
+//! - [`node`]: the daemon skeleton every role runs on: config sections, the command
+//!   channel that static config entries and the coordinator's orders share, the link to
+//!   the coordinator ([`node::control`]), framed messages over TLS ([`node::wire`]).
 
-pub mod admission;
 pub mod client;
-pub mod common;
-pub mod control;
-pub mod detect;
-pub mod filter;
 pub mod gateway;
+pub mod node;
 pub mod proxy;
-pub mod push;
-pub mod returnpath;
 pub mod target;

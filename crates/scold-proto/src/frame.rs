@@ -169,3 +169,39 @@ mod tests {
         }
     }
 }
+
+/// Largest frame of the edge protocols (admission and push), whose peers may be
+/// unauthenticated clients: small, so a peer cannot make us buffer much.
+pub const EDGE_MAX_FRAME: usize = 4096;
+
+/// A decoder with the edge protocols' frame limit.
+pub fn edge_decoder() -> Decoder {
+    Decoder::new(EDGE_MAX_FRAME)
+}
+
+/// A framed JSON message could not be read.
+#[derive(Debug, Error)]
+pub enum MessageError {
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("message is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One JSON message in one frame.
+pub fn encode_message<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("protocol messages always serialise");
+    let mut out = Vec::with_capacity(body.len() + 5);
+    encode(&body, &mut out);
+    out
+}
+
+/// The next JSON message from `d`, if a whole frame is buffered.
+pub fn next_message<T: for<'de> serde::Deserialize<'de>>(
+    d: &mut Decoder,
+) -> Result<Option<T>, MessageError> {
+    match d.next_frame()? {
+        Some(body) => Ok(Some(serde_json::from_slice(&body)?)),
+        None => Ok(None),
+    }
+}

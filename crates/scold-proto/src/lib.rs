@@ -4,8 +4,10 @@
 //! The daemons in `scold-node` drive these types over real I/O; the fuzz targets and
 //! unit tests drive them over bytes in memory.
 
+pub mod admission;
 pub mod control;
 pub mod dataplane;
 pub mod frame;
 pub mod identity;
+pub mod push;
 pub mod state;

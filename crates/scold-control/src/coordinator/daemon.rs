@@ -1,7 +1,6 @@
 //! `scold coordinator` as a process: arguments, config, listener, shutdown.
 
 use super::*;
-use crate::config::*;
 use anyhow::Context;
 use scold_link::channel::{self};
 use scold_metrics::Metrics;

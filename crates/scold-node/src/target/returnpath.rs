@@ -30,7 +30,7 @@
 //! sysctls back: `ip rule`, `ip route show table all` and `nft list ruleset` are as
 //! they were found.
 
-use crate::common::Sysctl;
+use crate::node::Sysctl;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;

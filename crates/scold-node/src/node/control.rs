@@ -8,7 +8,7 @@
 //! applied one at a time (whole order before the next) so a stale order that waited
 //! behind a newer one is refused instead of undoing it.
 
-use crate::common::CommandRequest;
+use crate::node::CommandRequest;
 use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -90,7 +90,7 @@ impl ControlSection {
     /// The tunnel end point announced to the coordinator.
     pub fn tunnel_info(
         &self,
-        tunnel: &crate::common::TunnelSection,
+        tunnel: &crate::node::TunnelSection,
         file: &Path,
     ) -> anyhow::Result<Option<TunnelInfo>> {
         let endpoint = match (self.endpoint, self.address, tunnel.listen) {
@@ -610,7 +610,7 @@ key = "proxy-p1.key"
 "#;
         let c: ControlSection = toml::from_str(text).unwrap();
         c.check(Path::new("x.toml")).unwrap();
-        let t = crate::common::TunnelSection {
+        let t = crate::node::TunnelSection {
             listen: Some("0.0.0.0:51820".parse().unwrap()),
             encap: dataplane::Encap::Udp,
             ..Default::default()

@@ -1,6 +1,9 @@
 //! What the data-path daemons share: the `[tunnel]` config section, config loading with
 //! errors that name the file, the key and the fix, the command channel type, shutdown.
 
+pub mod control;
+pub mod wire;
+
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Encap, Reply};
 use serde::Deserialize;

@@ -10,13 +10,17 @@
 //! their destination. Counters are per session (peer) and node-wide.
 //!
 //! With a `[filter]` table every inner packet of a session passes the IDS/firewall on
-//! the engine thread before it is relayed (see [`crate::filter`]); what it drops is
+//! the engine thread before it is relayed (see [`crate::proxy::filter`]); what it drops is
 //! counted per session (`GetStats`: the peer's `dropped`; Prometheus:
 //! `proxy_session_dropped_packets` and `proxy_session_filtered_packets` by client).
 
-use crate::common::{self, CommandReceiver, TunnelSection};
-use crate::control::{self, ControlSection, NodeContext, NotifyEntry};
-use crate::filter::{Defence, FilterSection, FilterUpdate, SelfDefenceSection, TunnelPorts};
+pub mod admission;
+pub mod filter;
+pub mod push;
+
+use crate::node::control::{self, ControlSection, NodeContext, NotifyEntry};
+use crate::node::{self, CommandReceiver, TunnelSection};
+use crate::proxy::filter::{Defence, FilterSection, FilterUpdate, SelfDefenceSection, TunnelPorts};
 use anyhow::Context as _;
 use scold_proto::dataplane::{
     Command, Encap, NatService, Peer, Prefix, Protocol, PublicKey, Push, RefusalCode, Reply, Route,
@@ -220,7 +224,7 @@ pub struct Config {
     pub selfdefence: Option<SelfDefenceSection>,
     /// Scheme 4.1: the TLS admission port for client agents.
     #[serde(default)]
-    pub admission: Option<crate::admission::AdmissionSection>,
+    pub admission: Option<crate::proxy::admission::AdmissionSection>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -309,7 +313,7 @@ impl Config {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = common::prepare(EXAMPLE, flags, a.config, Config::load)? else {
+    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
         return Ok(());
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -350,7 +354,7 @@ struct Proxy {
     nat: Option<Nat>,
     filter: Option<tokio::sync::mpsc::UnboundedSender<FilterUpdate>>,
     /// Scheme 4.2: the pusher (from `[admission]`), and what was pushed to each agent.
-    pusher: Option<Arc<crate::push::Pusher>>,
+    pusher: Option<Arc<crate::proxy::push::Pusher>>,
     pushed: HashMap<SocketAddr, PushedClient>,
     /// Pushes whose exchange with the agent is still running, by agent and name, with
     /// the generation that started them: a withdraw or a newer push of the same name
@@ -364,7 +368,7 @@ struct Proxy {
 struct PushDone {
     push: Push,
     generation: u64,
-    result: Result<crate::push::Pushed, crate::push::PushError>,
+    result: Result<crate::proxy::push::Pushed, crate::proxy::push::PushError>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -479,7 +483,7 @@ impl Proxy {
         self.push_generation += 1;
         let generation = self.push_generation;
         self.in_flight
-            .insert((p.agent, crate::push::name_key(&p.fqdn)), generation);
+            .insert((p.agent, scold_proto::push::name_key(&p.fqdn)), generation);
         let done = done.clone();
         tokio::spawn(async move {
             let result = pusher.push(&p).await;
@@ -498,9 +502,9 @@ impl Proxy {
         &mut self,
         push: Push,
         generation: u64,
-        result: Result<crate::push::Pushed, crate::push::PushError>,
+        result: Result<crate::proxy::push::Pushed, crate::proxy::push::PushError>,
     ) -> Reply {
-        let key = (push.agent, crate::push::name_key(&push.fqdn));
+        let key = (push.agent, scold_proto::push::name_key(&push.fqdn));
         match self.in_flight.get(&key) {
             Some(&g) if g == generation => {
                 self.in_flight.remove(&key);
@@ -540,20 +544,20 @@ impl Proxy {
     async fn finish_push(
         &mut self,
         p: Push,
-        result: Result<crate::push::Pushed, crate::push::PushError>,
+        result: Result<crate::proxy::push::Pushed, crate::proxy::push::PushError>,
     ) -> Reply {
         let pushed = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(client = %p.client, agent = %p.agent, fqdn = %p.fqdn, error = %e, "push refused or failed");
                 let code = match &e {
-                    crate::push::PushError::Refused { .. } => RefusalCode::Conflict,
+                    crate::proxy::push::PushError::Refused { .. } => RefusalCode::Conflict,
                     _ => RefusalCode::System,
                 };
                 return Reply::refused(code, e.to_string());
             }
         };
-        let key = crate::push::name_key(&p.fqdn);
+        let key = scold_proto::push::name_key(&p.fqdn);
         let entry = self.pushed.entry(p.agent).or_insert_with(|| PushedClient {
             client: pushed.client,
             encap: pushed.accepted.encap,
@@ -572,14 +576,14 @@ impl Proxy {
         r
     }
 
-    /// Carries out commands until `shutdown`, like [`common::command_loop`], except that
+    /// Carries out commands until `shutdown`, like [`node::command_loop`], except that
     /// pushes run concurrently.
     async fn command_loop(
         &mut self,
         commands: &mut CommandReceiver,
         shutdown: impl Future<Output = ()>,
     ) {
-        use common::Node as _;
+        use node::Node as _;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PushDone>();
         tokio::pin!(shutdown);
         let mut open = true;
@@ -588,7 +592,7 @@ impl Proxy {
                 _ = &mut shutdown => break,
                 Some(PushDone { push, generation, result, reply }) = done_rx.recv() => {
                     let r = self.push_done(push, generation, result).await;
-                    common::log_reply("push_route", &r);
+                    node::log_reply("push_route", &r);
                     let _ = reply.send(r);
                 }
                 c = commands.recv(), if open => match c {
@@ -596,7 +600,7 @@ impl Proxy {
                     Some((cmd, reply)) => {
                         let kind = cmd.kind();
                         let r = self.apply(cmd).await;
-                        common::log_reply(kind, &r);
+                        node::log_reply(kind, &r);
                         let _ = reply.send(r);
                     }
                     // The control plane went away; keep forwarding until told to stop.
@@ -610,7 +614,7 @@ impl Proxy {
     /// effort: an agent that is gone tears down by itself when ALT goes) and narrows or
     /// removes the client's session.
     async fn withdraw_push(&mut self, agent: SocketAddr, fqdn: String) -> Reply {
-        let key = crate::push::name_key(&fqdn);
+        let key = scold_proto::push::name_key(&fqdn);
         let stopped = self.in_flight.remove(&(agent, key.clone())).is_some();
         let Some(entry) = self.pushed.get_mut(&agent) else {
             return Reply::Done { changed: stopped };
@@ -708,7 +712,7 @@ impl Proxy {
     }
 }
 
-impl common::Node for Proxy {
+impl node::Node for Proxy {
     async fn apply(&mut self, cmd: Command) -> Reply {
         if let Err(e) = cmd.validate() {
             return e.into();
@@ -819,9 +823,9 @@ pub async fn serve_with(
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
     // Self-defence flips the switch; the admission server tells the clients to move.
-    let (drain, drain_rx) = crate::admission::drain_switch();
-    let _admission = crate::admission::start(&cfg, &mut commands, drain_rx).await?;
-    let pusher = crate::admission::pusher(&cfg)?;
+    let (drain, drain_rx) = crate::proxy::admission::drain_switch();
+    let _admission = crate::proxy::admission::start(&cfg, &mut commands, drain_rx).await?;
+    let pusher = crate::proxy::admission::pusher(&cfg)?;
     let nl = Netlink::new()?;
     let mut nat = None;
     let tun = match &cfg.nat {
@@ -900,7 +904,7 @@ pub async fn serve_with(
         in_flight: HashMap::new(),
         push_generation: 0,
     };
-    let result = common::apply_static(&cfg.file, cfg.entries(), &mut node).await;
+    let result = node::apply_static(&cfg.file, cfg.entries(), &mut node).await;
     if result.is_ok() {
         tracing::info!(listen = ?cfg.tunnel.listen, ipip = cfg.tunnel.ipip, nat = cfg.nat.is_some(), "proxy running");
         node.command_loop(&mut commands, shutdown).await;

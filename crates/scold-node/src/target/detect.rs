@@ -3,7 +3,7 @@
 //! (paper Sec. 3 step 1), retrying each report until the coordinator acknowledges it.
 //! A newer report replaces one still being retried (an all-clear overtakes its alarm).
 
-use crate::control::{report_until_acknowledged, NodeContext};
+use crate::node::control::{report_until_acknowledged, NodeContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use scold_filter::detect::{DetectorConfig, DetectorEvent, Rates};

@@ -23,11 +23,14 @@
 //! file. Either way routes live in SCOLD's own routing table behind one policy rule, so
 //! exiting leaves routing exactly as found.
 
-use crate::admission::{self, AdmissionConn, AdmissionError, AdmitRequest, Admitted, Connector};
-use crate::common::{self, CommandReceiver, TunnelSection};
+pub mod admission;
+
+use self::admission::{AdmissionConn, AdmissionError, Connector};
+use crate::node::{self, CommandReceiver, TunnelSection};
 use anyhow::Context as _;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use scold_proto::admission::{AdmitRequest, Admitted, ClientMessage, ProxyMessage};
 use scold_proto::dataplane::{
     Command, Encap, Peer, Prefix, PublicKey, RefusalCode, Reply, Route, Stats, Via,
 };
@@ -184,7 +187,7 @@ pub struct Config {
     /// Scheme 4.2: the link to the coordinator, which registers the agent (with
     /// `address`, where proxies reach its push port).
     #[serde(default)]
-    pub control: crate::control::ControlSection,
+    pub control: crate::node::control::ControlSection,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -196,7 +199,7 @@ fn default_alt_type() -> u16 {
     scold_dns::alt::DEFAULT_ALT_TYPE
 }
 fn default_admission_port() -> u16 {
-    admission::DEFAULT_PORT
+    scold_proto::admission::DEFAULT_PORT
 }
 fn default_probe_interval() -> u64 {
     200
@@ -265,7 +268,7 @@ pub struct AgentSection {
 }
 
 fn default_push_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], crate::push::DEFAULT_PORT))
+    SocketAddr::from(([0, 0, 0, 0], scold_proto::push::DEFAULT_PORT))
 }
 
 /// `[agent.push]`: where proxies push routes (scheme 4.2), and the client's consortium
@@ -401,12 +404,12 @@ impl Config {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = common::prepare(EXAMPLE, flags, a.config, Config::load)? else {
+    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
         return Ok(());
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let info = cfg.control.node_info(None);
-    let link = crate::control::Link::start(
+    let link = crate::node::control::Link::start(
         scold_proto::identity::Role::Client,
         &cfg.control,
         &path,
@@ -494,7 +497,7 @@ impl Client {
     }
 }
 
-impl common::Node for Client {
+impl node::Node for Client {
     async fn apply(&mut self, cmd: Command) -> Reply {
         if let Err(e) = cmd.validate() {
             return e.into();
@@ -603,14 +606,14 @@ pub async fn serve(
             Command::AddRoute(r.clone()),
         )
     }));
-    let mut result = common::apply_static(&cfg.file, entries, &mut node).await;
+    let mut result = node::apply_static(&cfg.file, entries, &mut node).await;
     if result.is_ok() {
         tracing::info!(tun = %cfg.tun_name, mtu, "client tunnel ready");
         match &cfg.agent {
             Some(a) => {
                 result = run_agent(&cfg, a, mtu, &mut node, &mut commands, shutdown).await;
             }
-            None => common::command_loop(&mut node, &mut commands, shutdown).await,
+            None => node::command_loop(&mut node, &mut commands, shutdown).await,
         }
     }
     for e in node.table.clear().await {
@@ -656,8 +659,8 @@ enum Event {
     Push {
         from: IpAddr,
         local: IpAddr,
-        request: crate::push::Request,
-        answer: oneshot::Sender<crate::push::Answer>,
+        request: scold_proto::push::PushRequest,
+        answer: oneshot::Sender<scold_proto::push::PushAnswer>,
     },
 }
 
@@ -798,8 +801,8 @@ async fn run_agent(
             c = commands.recv(), if open => match c {
                 Some((cmd, reply)) => {
                     let kind = cmd.kind();
-                    let r = common::Node::apply(&mut *agent.node, cmd).await;
-                    common::log_reply(kind, &r);
+                    let r = node::Node::apply(&mut *agent.node, cmd).await;
+                    node::log_reply(kind, &r);
                     let _ = reply.send(r);
                 }
                 None => open = false,
@@ -889,9 +892,11 @@ impl Agent<'_> {
                 answer,
             } => {
                 let a = match request {
-                    crate::push::Request::Push(offer) => self.pushed(from, local, offer).await,
-                    crate::push::Request::Withdraw { fqdn } => {
-                        let name = crate::push::name_key(&fqdn);
+                    scold_proto::push::PushRequest::Push(offer) => {
+                        self.pushed(from, local, offer).await
+                    }
+                    scold_proto::push::PushRequest::Withdraw { fqdn } => {
+                        let name = scold_proto::push::name_key(&fqdn);
                         let ours = self
                             .names
                             .get(&name)
@@ -900,7 +905,7 @@ impl Agent<'_> {
                             tracing::info!(%name, proxy = %from, "pushed route withdrawn by its proxy");
                             self.teardown(&name).await;
                         }
-                        crate::push::Answer::Withdrawn { changed: ours }
+                        scold_proto::push::PushAnswer::Withdrawn { changed: ours }
                     }
                 };
                 let _ = answer.send(a);
@@ -915,9 +920,11 @@ impl Agent<'_> {
         &mut self,
         from: IpAddr,
         local: IpAddr,
-        offer: crate::push::Offer,
-    ) -> crate::push::Answer {
-        use crate::push::{judge, name_key, Accepted, Answer, RefusalCode};
+        offer: scold_proto::push::RouteOffer,
+    ) -> scold_proto::push::PushAnswer {
+        use scold_proto::push::{
+            judge, name_key, Accepted, PushAnswer as Answer, PushRefusal as RefusalCode,
+        };
         let refuse = |code, message: String| {
             tracing::warn!(proxy = %from, fqdn = %offer.fqdn, ?code, %message, "route push refused");
             Answer::Refused { code, message }
@@ -956,7 +963,7 @@ impl Agent<'_> {
             keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
         };
         if let Reply::Refused { code, message } =
-            common::Node::apply(&mut *self.node, Command::AddPeer(peer)).await
+            node::Node::apply(&mut *self.node, Command::AddPeer(peer)).await
         {
             return refuse(
                 RefusalCode::System,
@@ -1235,7 +1242,7 @@ impl Agent<'_> {
             keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
         };
         if let Reply::Refused { code, message } =
-            common::Node::apply(&mut *self.node, Command::AddPeer(peer.clone())).await
+            node::Node::apply(&mut *self.node, Command::AddPeer(peer.clone())).await
         {
             return Err(AdmissionError::Protocol {
                 addr: conn.proxy,
@@ -1329,8 +1336,8 @@ impl Agent<'_> {
             None => peer_name(proxy),
         };
         // Routes still through this peer go with it (none when every name moved).
-        let r = common::Node::apply(&mut *self.node, Command::RemovePeer { name }).await;
-        common::log_reply("remove_peer", &r);
+        let r = node::Node::apply(&mut *self.node, Command::RemovePeer { name }).await;
+        node::log_reply("remove_peer", &r);
     }
 
     async fn link_down(&mut self, proxy: IpAddr, why: &str) {
@@ -1357,14 +1364,14 @@ impl Agent<'_> {
         }
         if !self.links.contains_key(&proxy) {
             // Routes of names that found no other proxy go with the peer.
-            let r = common::Node::apply(
+            let r = node::Node::apply(
                 &mut *self.node,
                 Command::RemovePeer {
                     name: peer_name(proxy),
                 },
             )
             .await;
-            common::log_reply("remove_peer", &r);
+            node::log_reply("remove_peer", &r);
         }
         for name in &affected {
             let Some(st) = self.names.get(name) else {
@@ -1594,7 +1601,10 @@ async fn serve_push(
     local: IpAddr,
     events: mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    use crate::push::{read_message, write_message, Answer, RefusalCode, Request};
+    use crate::node::wire::{read_message, write_message};
+    use scold_proto::push::{
+        PushAnswer as Answer, PushRefusal as RefusalCode, PushRequest as Request,
+    };
     let mut tls = tokio::time::timeout(PUSH_STEP, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
@@ -1777,14 +1787,14 @@ async fn link_task(
                     }
                 }
                 Some(LinkOp::Release(targets, reply)) => {
-                    let _ = conn.call(&admission::Request::Release { targets }, p.call_timeout).await;
+                    let _ = conn.call(&ClientMessage::Release { targets }, p.call_timeout).await;
                     let _ = reply.send(());
                 }
             },
             // Between requests the proxy may speak unasked (a drain notice), or close.
             m = conn.recv_any() => match m {
                 Err(e) => break e.to_string(),
-                Ok(admission::Answer::Draining { .. }) => {}
+                Ok(ProxyMessage::Draining { .. }) => {}
                 Ok(other) => tracing::debug!(%proxy, answer = ?other, "late admission answer ignored"),
             },
             _ = tokio::time::sleep_until(next_probe) => {
@@ -1822,10 +1832,10 @@ async fn probe_once(
     timeout: Duration,
 ) -> Result<Option<u64>, String> {
     let r = tokio::time::timeout(timeout, async {
-        conn.send(&admission::Request::Ping { seq }).await?;
+        conn.send(&ClientMessage::Ping { seq }).await?;
         loop {
             match conn.recv().await? {
-                admission::Answer::Pong {
+                ProxyMessage::Pong {
                     seq: s, arrived, ..
                 } if s == seq => return Ok::<Option<u64>, AdmissionError>(arrived),
                 _ => continue,
@@ -2277,7 +2287,7 @@ mod tests {
         std::fs::write(&p, EXAMPLE).unwrap();
         let c = Config::load(&p).unwrap();
         let push = c.agent.unwrap().push.unwrap();
-        assert_eq!(push.listen.port(), crate::push::DEFAULT_PORT);
+        assert_eq!(push.listen.port(), scold_proto::push::DEFAULT_PORT);
         assert_eq!(push.cert, dir.path().join("client-site1.crt"));
         assert_eq!(c.control.address, Some("198.51.100.7".parse().unwrap()));
         // A coordinator link without an address: proxies could not reach the agent.

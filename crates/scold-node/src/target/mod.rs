@@ -4,19 +4,22 @@
 //! The target's replies to diverted clients must go back through the hidden gateway,
 //! never out of the attacked main link. In schemes 4.1/4.2 connections that arrive from
 //! the gateway are marked and their replies policy-routed back to it
-//! ([`crate::returnpath`], command `set_return_path`). In scheme 4.3 each proxy NAT
+//! ([`crate::target::returnpath`], command `set_return_path`). In scheme 4.3 each proxy NAT
 //! source gets a host route `SOURCE via GATEWAY` in SCOLD's own routing table, reached
 //! by one policy rule; other traffic finds no match there and falls through to the main
 //! table, so it is unaffected. Removing the routes (or stopping the daemon) removes the
 //! rule with the last route: routing is back exactly as it was.
 //!
-//! With `[detect]`, the main link is watched ([`crate::detect`]); alarms and all-clears
+//! With `[detect]`, the main link is watched ([`crate::target::detect`]); alarms and all-clears
 //! go to the coordinator, which diverts and restores.
 
-use crate::common::{self, CommandReceiver};
-use crate::control::{self, ControlSection, NodeContext};
-use crate::detect::{DetectSection, Detection};
-use crate::returnpath::{ReturnPath, ReturnPathSection};
+pub mod detect;
+pub mod returnpath;
+
+use crate::node::control::{self, ControlSection, NodeContext};
+use crate::node::{self, CommandReceiver};
+use crate::target::detect::{DetectSection, Detection};
+use crate::target::returnpath::{ReturnPath, ReturnPathSection};
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, RefusalCode, Reply, Route, Stats, Via};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
@@ -153,7 +156,7 @@ impl Config {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let flags = (a.example_config, false, a.check);
-    let Some((path, cfg)) = common::prepare(EXAMPLE, flags, a.config, Config::load)? else {
+    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
         return Ok(());
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -181,7 +184,7 @@ struct Target {
     return_path: ReturnPath,
 }
 
-impl common::Node for Target {
+impl node::Node for Target {
     async fn apply(&mut self, cmd: Command) -> Reply {
         if let Err(e) = cmd.validate() {
             return e.into();
@@ -272,10 +275,10 @@ pub async fn serve_with(
             )
         })
         .collect();
-    let result = common::apply_static(&cfg.file, entries, &mut node).await;
+    let result = node::apply_static(&cfg.file, entries, &mut node).await;
     if result.is_ok() {
         tracing::info!(table = cfg.table, "target return path ready");
-        common::command_loop(&mut node, &mut commands, shutdown).await;
+        node::command_loop(&mut node, &mut commands, shutdown).await;
     }
     if let Some(d) = detection {
         d.stop().await;

@@ -10,8 +10,8 @@
 //! them back into the TUN device, and the engine returns each through the proxy that
 //! client's traffic last came in by.
 
-use crate::common::{self, CommandReceiver, Sysctl, TunnelSection};
-use crate::control::{self, ControlSection};
+use crate::node::control::{self, ControlSection};
+use crate::node::{self, CommandReceiver, Sysctl, TunnelSection};
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
 use scold_tunnel::fib::{Dest, PeerPolicy};
@@ -147,7 +147,7 @@ impl Config {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = common::prepare(EXAMPLE, flags, a.config, Config::load)? else {
+    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
         return Ok(());
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -176,7 +176,7 @@ struct Gateway {
     engine: EngineHandle,
 }
 
-impl common::Node for Gateway {
+impl node::Node for Gateway {
     async fn apply(&mut self, cmd: Command) -> Reply {
         if let Err(e) = cmd.validate() {
             return e.into();
@@ -280,12 +280,12 @@ pub async fn serve(
                 )
             })
             .collect();
-        common::apply_static(&cfg.file, entries, &mut gw).await
+        node::apply_static(&cfg.file, entries, &mut gw).await
     };
     let result = setup.await;
     if result.is_ok() {
         tracing::info!(tun = %cfg.tun_name, mtu, lan = %cfg.lan_interface, "gateway running");
-        common::command_loop(&mut gw, &mut commands, shutdown).await;
+        node::command_loop(&mut gw, &mut commands, shutdown).await;
     }
     for e in table.clear().await {
         tracing::warn!(error = %e, "tear-down incomplete");

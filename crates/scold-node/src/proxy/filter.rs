@@ -40,8 +40,7 @@
 //! admitted client agent to move to another proxy at once, and stops telling them when
 //! self-defence reports the proxy recovered.
 
-use crate::admission::Drain;
-use crate::control::{report_until_acknowledged, NodeContext};
+use crate::node::control::{report_until_acknowledged, NodeContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use scold_filter::firewall::{Alert, FilterConfig, FilterStats, Offender, SourceLimits};
@@ -50,6 +49,7 @@ use scold_filter::packet::{classify, classify_lax, PacketInfo, Proto};
 use scold_filter::{
     Filter, FilterEvent, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict,
 };
+use scold_proto::admission::Drain;
 use scold_proto::control::Request;
 use serde::Deserialize;
 use std::collections::HashSet;

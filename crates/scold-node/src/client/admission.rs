@@ -1,0 +1,281 @@
+//! The client agent's side of the admission (scheme 4.1): TLS 1.3 to a proxy of the ALT
+//! set, the proxy's certificate checked against the consortium CA, its role and the
+//! address connected to; then `admit`, probes and `release` over the open connection.
+//! The messages and the check of an answer are sans-IO in [`scold_proto::admission`].
+
+use scold_pki::{CaTrust, Identity, Role};
+use scold_proto::admission::{
+    check_admitted, AdmitRefusal, AdmitRequest, Admitted, ClientMessage, Drain, ProxyMessage,
+};
+use scold_proto::frame;
+use scold_proto::frame::{edge_decoder as decoder, encode_message as encode, next_message};
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Why an admission did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("proxy {proxy} is not in the ALT set {alt:?}; refusing to use it")]
+    NotInAltSet { proxy: IpAddr, alt: Vec<IpAddr> },
+    #[error("cannot connect to the admission port {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admission at {addr}: {what} timed out")]
+    Timeout {
+        addr: SocketAddr,
+        what: &'static str,
+    },
+    #[error("admission at {addr}: TLS refused ({reason}): {detail}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        detail: String,
+    },
+    #[error(
+        "admission at {addr}: the certificate of {identity} names addresses {names:?}, not {addr}"
+    )]
+    CertificateAddress {
+        addr: SocketAddr,
+        identity: Identity,
+        names: Vec<IpAddr>,
+    },
+    #[error("proxy {addr} refused the admission ({code:?}): {message}")]
+    Refused {
+        addr: SocketAddr,
+        code: AdmitRefusal,
+        message: String,
+    },
+    #[error("admission at {addr}: {detail}")]
+    Protocol { addr: SocketAddr, detail: String },
+}
+
+/// The client agent's side of the admission.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    port: u16,
+    timeout: Duration,
+}
+
+/// An open, verified admission connection to one proxy.
+pub struct AdmissionConn {
+    pub proxy: SocketAddr,
+    /// Our address on the path to the proxy: the tunnel's inner source.
+    pub local: IpAddr,
+    pub identity: Identity,
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    dec: frame::Decoder,
+    /// What the proxy last said about draining (a notice or a probe answer).
+    drain: Drain,
+}
+
+impl Connector {
+    /// `ca`: the consortium CA certificate; `port`: the proxies' admission port.
+    pub fn new(
+        ca: &Path,
+        crl: Option<&Path>,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Self, scold_pki::PkiError> {
+        scold_pki::install_crypto_provider();
+        let trust = CaTrust::load(ca, crl)?;
+        Ok(Connector {
+            tls: tokio_rustls::TlsConnector::from(trust.client_config(&[Role::Proxy])?),
+            port,
+            timeout,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Opens and verifies an admission connection to `proxy`, which must be in `alt`.
+    pub async fn connect(
+        &self,
+        proxy: IpAddr,
+        alt: &[IpAddr],
+    ) -> Result<AdmissionConn, AdmissionError> {
+        let addr = SocketAddr::new(proxy, self.port);
+        if !alt.contains(&proxy) {
+            return Err(AdmissionError::NotInAltSet {
+                proxy,
+                alt: alt.to_vec(),
+            });
+        }
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| AdmissionError::Timeout {
+                addr,
+                what: "TCP connect",
+            })?
+            .map_err(|source| AdmissionError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp
+            .local_addr()
+            .map_err(|source| AdmissionError::Connect { addr, source })?
+            .ip();
+        let name = rustls::pki_types::ServerName::IpAddress(proxy.into());
+        let stream = tokio::time::timeout(self.timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| AdmissionError::Timeout {
+                addr,
+                what: "TLS handshake",
+            })?
+            .map_err(|e| AdmissionError::Tls {
+                addr,
+                reason: scold_pki::refusal_reason_io(&e).as_str(),
+                detail: e.to_string(),
+            })?;
+        let conn = stream.get_ref().1;
+        let identity = scold_pki::peer_identity(conn).map_err(|e| AdmissionError::Tls {
+            addr,
+            reason: "bad_identity",
+            detail: e.to_string(),
+        })?;
+        let names = scold_pki::peer_ip_addresses(conn).map_err(|e| AdmissionError::Tls {
+            addr,
+            reason: "bad_identity",
+            detail: e.to_string(),
+        })?;
+        if !names.is_empty() && !names.contains(&proxy) {
+            return Err(AdmissionError::CertificateAddress {
+                addr,
+                identity,
+                names,
+            });
+        }
+        Ok(AdmissionConn {
+            proxy: addr,
+            local,
+            identity,
+            stream,
+            dec: decoder(),
+            drain: Drain::default(),
+        })
+    }
+}
+
+impl AdmissionConn {
+    /// Sends one request without waiting for the answer.
+    pub async fn send(&mut self, req: &ClientMessage) -> Result<(), AdmissionError> {
+        let addr = self.proxy;
+        self.stream
+            .write_all(&encode(req))
+            .await
+            .map_err(|e| AdmissionError::Protocol {
+                addr,
+                detail: format!("send: {e}"),
+            })
+    }
+
+    /// Whether the proxy asks us to move to another proxy, as it last said (a drain
+    /// notice or a probe answer).
+    pub fn draining(&self) -> bool {
+        self.drain.draining
+    }
+
+    /// Why the proxy drains, when it said.
+    pub fn drain_reason(&self) -> Option<&str> {
+        self.drain.reason.as_deref()
+    }
+
+    /// Reads the next answer, skipping drain notices (recorded: [`Self::draining`]).
+    /// Cancel-safe: bytes read stay buffered.
+    pub async fn recv(&mut self) -> Result<ProxyMessage, AdmissionError> {
+        loop {
+            match self.recv_any().await? {
+                ProxyMessage::Draining { .. } => continue,
+                a => return Ok(a),
+            }
+        }
+    }
+
+    /// Reads the next message, drain notices included. Cancel-safe.
+    pub async fn recv_any(&mut self) -> Result<ProxyMessage, AdmissionError> {
+        let addr = self.proxy;
+        let proto = |detail: String| AdmissionError::Protocol { addr, detail };
+        let mut buf = [0u8; 2048];
+        loop {
+            if let Some(a) =
+                next_message::<ProxyMessage>(&mut self.dec).map_err(|e| proto(e.to_string()))?
+            {
+                match &a {
+                    ProxyMessage::Draining { draining, reason } => {
+                        self.drain = Drain {
+                            draining: *draining,
+                            reason: reason.clone().filter(|_| *draining),
+                        };
+                    }
+                    ProxyMessage::Pong { draining, .. } if *draining != self.drain.draining => {
+                        self.drain = Drain {
+                            draining: *draining,
+                            reason: None,
+                        };
+                    }
+                    _ => {}
+                }
+                return Ok(a);
+            }
+            match self.stream.read(&mut buf).await {
+                Ok(0) => return Err(proto("the proxy closed the connection".into())),
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(e) => return Err(proto(format!("receive: {e}"))),
+            }
+        }
+    }
+
+    /// One request, one answer, within `timeout`.
+    pub async fn call(
+        &mut self,
+        req: &ClientMessage,
+        timeout: Duration,
+    ) -> Result<ProxyMessage, AdmissionError> {
+        let addr = self.proxy;
+        tokio::time::timeout(timeout, async {
+            self.send(req).await?;
+            self.recv().await
+        })
+        .await
+        .map_err(|_| AdmissionError::Timeout {
+            addr,
+            what: "answer",
+        })?
+    }
+
+    /// Asks for admission and checks the answer against the request and the ALT set.
+    pub async fn admit(
+        &mut self,
+        req: &AdmitRequest,
+        alt: &[IpAddr],
+        timeout: Duration,
+    ) -> Result<Admitted, AdmissionError> {
+        let addr = self.proxy;
+        match self
+            .call(&ClientMessage::Admit(req.clone()), timeout)
+            .await?
+        {
+            ProxyMessage::Admitted(a) => {
+                check_admitted(&a, req, alt, self.local)
+                    .map_err(|detail| AdmissionError::Protocol { addr, detail })?;
+                Ok(a)
+            }
+            ProxyMessage::Refused { code, message } => Err(AdmissionError::Refused {
+                addr,
+                code,
+                message,
+            }),
+            other => Err(AdmissionError::Protocol {
+                addr,
+                detail: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+}

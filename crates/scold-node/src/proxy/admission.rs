@@ -1,0 +1,493 @@
+//! The proxy's admission server (scheme 4.1): TLS 1.3 with the proxy's consortium
+//! certificate, one task per connection, each request judged by the sans-IO
+//! [`scold_proto::admission::Admissions`] and applied through the proxy's command channel
+//! before it is answered; drain notices to every open connection; session leases.
+
+use crate::node::{CommandReceiver, CommandRequest};
+use scold_pki::{Role, TlsIdentity, TlsPaths};
+use scold_proto::admission::{
+    arrivals, Admissions, AdmitRefusal, ClientMessage, Drain, ProxyMessage, ProxyOffer,
+    DEFAULT_PORT, MAX_TARGETS,
+};
+use scold_proto::dataplane::{Command, Encap, Prefix, PublicKey, Reply};
+use scold_proto::frame::{edge_decoder as decoder, encode_message as encode, next_message};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
+}
+fn default_max_clients() -> usize {
+    4096
+}
+fn default_lease() -> u64 {
+    300
+}
+fn default_idle() -> u64 {
+    30
+}
+
+/// `[admission]` of the proxy config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// TLS listener for client agents.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The consortium CA certificate; the proxy's certificate (role proxy) and key.
+    /// Relative paths are taken from the config file's directory.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// The tunnel address announced to clients; default: the address each client
+    /// connected to (one of the proxy's ALT addresses).
+    #[serde(default)]
+    pub tunnel_address: Option<IpAddr>,
+    /// Targets this proxy admits clients to; empty: any.
+    #[serde(default)]
+    pub allow: Vec<Prefix>,
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Seconds a session outlives its client's last admission connection.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// Seconds of silence after which an admission connection is closed.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+/// Stops the admission server when dropped.
+#[derive(Debug, Default)]
+pub struct AdmissionGuard {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for AdmissionGuard {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Longest wait for a TLS handshake or for the data plane to apply a session.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest number of admission connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long the proxy waits for its data plane's counters when it answers a probe: a
+/// busy command feed (a push in progress) must not make the answer late.
+const PROBE_STATS_TIMEOUT: Duration = Duration::from_millis(150);
+/// How long one read of the counters serves every probe (many clients probe at once).
+const PROBE_STATS_FRESH: Duration = Duration::from_millis(50);
+
+/// Tunnel packets that arrived per client outer address, and when they were read.
+type Arrivals = Option<(Instant, Arc<HashMap<IpAddr, u64>>)>;
+
+struct Server {
+    offer: ProxyOffer,
+    state: Mutex<Admissions>,
+    commands: mpsc::Sender<CommandRequest>,
+    idle: Duration,
+    arrivals: Mutex<Arrivals>,
+    /// Whether this proxy asks its clients to move (set by its self-defence).
+    drain: watch::Receiver<Drain>,
+}
+
+impl Server {
+    async fn apply(&self, cmd: Command) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let kind = cmd.kind();
+        self.commands
+            .send((cmd, tx))
+            .await
+            .map_err(|_| "the proxy's data plane has stopped".to_string())?;
+        match tokio::time::timeout(STEP_TIMEOUT, rx).await {
+            Ok(Ok(Reply::Refused { code, message })) => {
+                Err(format!("data plane refused {kind} ({code:?}): {message}"))
+            }
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("the proxy's data plane dropped the command".into()),
+            Err(_) => Err(format!("the data plane did not apply {kind} in time")),
+        }
+    }
+
+    /// The tunnel packets that arrived from `client` (kept or dropped), from the data
+    /// plane's counters; None when it has no session for `client` or did not answer
+    /// within [`PROBE_STATS_TIMEOUT`].
+    async fn arrived(&self, client: IpAddr) -> Option<u64> {
+        let mut cache = self.arrivals.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < PROBE_STATS_FRESH);
+        if !fresh {
+            let (tx, rx) = oneshot::channel();
+            // A full feed means a busy data plane: answer without counters.
+            self.commands.try_send((Command::GetStats, tx)).ok()?;
+            match tokio::time::timeout(PROBE_STATS_TIMEOUT, rx).await {
+                Ok(Ok(Reply::Stats(stats))) => {
+                    let map = arrivals(&stats);
+                    *cache = Some((Instant::now(), Arc::new(map)));
+                }
+                _ => return None,
+            }
+        }
+        cache.as_ref().and_then(|(_, m)| m.get(&client).copied())
+    }
+
+    async fn handle(&self, client: IpAddr, local: IpAddr, req: ClientMessage) -> ProxyMessage {
+        match req {
+            ClientMessage::Ping { seq } => ProxyMessage::Pong {
+                seq,
+                arrived: self.arrived(client).await,
+                draining: self.drain.borrow().draining,
+            },
+            ClientMessage::Admit(a) => {
+                let mut st = self.state.lock().await;
+                let (plan, admitted) = match st.plan_admit(client, local, &a, &self.offer) {
+                    Ok(p) => p,
+                    Err((code, message)) => {
+                        tracing::info!(%client, ?code, %message, "admission refused");
+                        return ProxyMessage::Refused { code, message };
+                    }
+                };
+                let was_new = st.targets(client).is_empty();
+                if let Err(message) = self.apply(plan.command.clone()).await {
+                    tracing::warn!(%client, %message, "admission failed");
+                    return ProxyMessage::Refused {
+                        code: AdmitRefusal::System,
+                        message,
+                    };
+                }
+                st.commit(plan);
+                if was_new {
+                    st.connected(client);
+                }
+                tracing::info!(%client, encap = %a.encap, targets = ?admitted.targets, "client admitted");
+                ProxyMessage::Admitted(admitted)
+            }
+            ClientMessage::Release { targets } => {
+                if targets.len() > MAX_TARGETS {
+                    return ProxyMessage::Refused {
+                        code: AdmitRefusal::BadRequest,
+                        message: format!("at most {MAX_TARGETS} targets per request"),
+                    };
+                }
+                let mut st = self.state.lock().await;
+                if let Some(plan) = st.plan_release(client, &targets) {
+                    if let Err(message) = self.apply(plan.command.clone()).await {
+                        return ProxyMessage::Refused {
+                            code: AdmitRefusal::System,
+                            message,
+                        };
+                    }
+                    st.commit(plan);
+                    tracing::info!(%client, ?targets, "client released targets");
+                }
+                ProxyMessage::Released {
+                    remaining: st.targets(client).len(),
+                }
+            }
+        }
+    }
+
+    async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut tls: S,
+        client: IpAddr,
+        local: IpAddr,
+    ) {
+        let mut dec = decoder();
+        let mut buf = vec![0u8; 2048];
+        // Counted as a connection of this client once it has been admitted (the first
+        // admission counts it), so the lease only starts when the last one closes.
+        let mut counted = !self.state.lock().await.targets(client).is_empty();
+        if counted {
+            self.state.lock().await.connected(client);
+        }
+        // What this connection was last told about draining. A client that connects
+        // while the proxy drains is told at once, before it asks anything.
+        let mut drain = self.drain.clone();
+        let mut drain_open = true;
+        let mut told = false;
+        let now = drain.borrow_and_update().clone();
+        if now.draining {
+            if !self.tell(&mut tls, client, &now).await {
+                return self.closed(client, counted).await;
+            }
+            told = true;
+        }
+        loop {
+            let msg = match next_message::<ClientMessage>(&mut dec) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    tokio::select! {
+                        r = tokio::time::timeout(self.idle, tls.read(&mut buf)) => match r {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(n)) => dec.push(&buf[..n]),
+                            Err(_) => {
+                                tracing::debug!(%client, "admission connection idle; closing");
+                                break;
+                            }
+                        },
+                        changed = drain.changed(), if drain_open => {
+                            if changed.is_err() {
+                                // The switch is gone (the proxy is stopping): nothing
+                                // more to tell.
+                                drain_open = false;
+                                continue;
+                            }
+                            let now = drain.borrow_and_update().clone();
+                            if now.draining != told {
+                                if !self.tell(&mut tls, client, &now).await {
+                                    break;
+                                }
+                                told = now.draining;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(%client, error = %e, "bad admission message; closing");
+                    let _ = tls
+                        .write_all(&encode(&ProxyMessage::Refused {
+                            code: AdmitRefusal::BadRequest,
+                            message: e.to_string(),
+                        }))
+                        .await;
+                    break;
+                }
+            };
+            let admit = matches!(msg, ClientMessage::Admit(_));
+            let answer = self.handle(client, local, msg).await;
+            if admit && !counted && matches!(answer, ProxyMessage::Admitted(_)) {
+                counted = true;
+            }
+            if tokio::time::timeout(STEP_TIMEOUT, tls.write_all(&encode(&answer)))
+                .await
+                .map(|r| r.is_err())
+                .unwrap_or(true)
+            {
+                break;
+            }
+        }
+        self.closed(client, counted).await;
+    }
+
+    /// Sends the drain notice `d` on a client's connection; false when it cannot be
+    /// written in time (the connection is then closed).
+    async fn tell<S: AsyncWrite + Unpin>(&self, tls: &mut S, client: IpAddr, d: &Drain) -> bool {
+        // Debug only: at the start of an attack every client is told at once, and the
+        // self-defence task logs the drain itself.
+        tracing::debug!(%client, draining = d.draining, "telling an admitted client whether to move");
+        tokio::time::timeout(STEP_TIMEOUT, tls.write_all(&encode(&d.notice())))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A connection of `client` closed; `counted`: it held one of its admission counts.
+    async fn closed(&self, client: IpAddr, counted: bool) {
+        if counted {
+            self.state.lock().await.disconnected(client, Instant::now());
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// The proxy's consortium identity from `[admission]` (it must be a proxy certificate).
+fn proxy_identity(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<TlsIdentity> {
+    let file = cfg.file.display().to_string();
+    let base = cfg.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    scold_pki::install_crypto_provider();
+    let tls = TlsIdentity::load(&TlsPaths {
+        ca_cert: resolve(&base, &a.ca),
+        cert: resolve(&base, &a.cert),
+        key: resolve(&base, &a.key),
+        crl: a.crl.as_ref().map(|c| resolve(&base, c)),
+    })
+    .map_err(|e| anyhow::anyhow!("config file {file}: [admission]: {e}"))?;
+    if tls.identity().role != Role::Proxy {
+        anyhow::bail!(
+            "config file {file}: [admission] cert names {}, but clients only accept a proxy certificate; issue one with `scold ca issue --role proxy`",
+            tls.identity()
+        );
+    }
+    Ok(tls)
+}
+
+/// What this proxy offers clients, from its `[tunnel]` and `[admission]` tables.
+fn offer_of(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<ProxyOffer> {
+    let t = &cfg.tunnel;
+    let private = t.private_key(&cfg.file)?;
+    let public_key = match &private {
+        Some(k) => Some(PublicKey(scold_tunnel::keys::public_of(k)?)),
+        None => None,
+    };
+    let mut encaps = Vec::new();
+    if t.listen.is_some() {
+        encaps.push(Encap::Udp);
+        if public_key.is_some() {
+            encaps.push(Encap::Wireguard);
+        }
+    }
+    if t.ipip {
+        encaps.push(Encap::Ipip);
+    }
+    Ok(ProxyOffer {
+        encaps,
+        tunnel_address: a.tunnel_address,
+        port: t.listen.map(|l| l.port()),
+        public_key,
+        outer_mtu: t.outer_mtu,
+        relay_mtu: t.inner_mtu(),
+        allow: a.allow.clone(),
+        max_clients: a.max_clients,
+    })
+}
+
+/// Scheme 4.2: the proxy's pusher, from the same `[admission]` identity and offer; None
+/// without `[admission]`.
+pub fn pusher(cfg: &crate::proxy::Config) -> anyhow::Result<Option<crate::proxy::push::Pusher>> {
+    let Some(a) = &cfg.admission else {
+        return Ok(None);
+    };
+    let tls = proxy_identity(cfg, a)?;
+    let offer = offer_of(cfg, a)?;
+    let p = crate::proxy::push::Pusher::new(&tls, &offer, STEP_TIMEOUT.min(Duration::from_secs(2)))
+        .map_err(|e| anyhow::anyhow!("config file {}: [admission]: {e}", cfg.file.display()))?;
+    Ok(Some(p))
+}
+
+/// Starts the admission server of a proxy whose config has an `[admission]` table.
+/// `commands` is the proxy's command feed: it is replaced by one that carries both the
+/// original feed and the admission's sessions. `drain` is the receiver of the proxy's
+/// [`drain_switch`]: while it says draining, clients are told to move. Without
+/// `[admission]` nothing happens.
+pub async fn start(
+    cfg: &crate::proxy::Config,
+    commands: &mut CommandReceiver,
+    drain: watch::Receiver<Drain>,
+) -> anyhow::Result<AdmissionGuard> {
+    let Some(a) = &cfg.admission else {
+        return Ok(AdmissionGuard::default());
+    };
+    let file = cfg.file.display().to_string();
+    let tls = proxy_identity(cfg, a)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls.server_config_without_client_auth()
+            .map_err(|e| anyhow::anyhow!("config file {file}: [admission]: {e}"))?,
+    );
+    let offer = offer_of(cfg, a)?;
+    let listener = TcpListener::bind(a.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "config file {file}: [admission] listen {}: {e} (is another daemon on that port?)",
+            a.listen
+        )
+    })?;
+
+    // Merge the control plane's feed and the admission's commands into one.
+    let (tx, rx) = mpsc::channel(64);
+    let mut upstream = std::mem::replace(commands, rx);
+    let fwd = tx.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(c) = upstream.recv().await {
+            if fwd.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+    let server = Arc::new(Server {
+        offer,
+        state: Mutex::new(Admissions::default()),
+        commands: tx,
+        idle: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        arrivals: Mutex::new(None),
+        drain,
+    });
+    let lease = Duration::from_secs(a.lease_secs);
+    let reaper = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(
+                Duration::from_secs(5).min(lease.max(Duration::from_secs(1))),
+            );
+            loop {
+                tick.tick().await;
+                let mut st = server.state.lock().await;
+                for client in st.expired(Instant::now(), lease) {
+                    let Some(plan) = st.plan_release(client, &st.targets(client)) else {
+                        continue;
+                    };
+                    match server.apply(plan.command.clone()).await {
+                        Ok(()) => {
+                            st.commit(plan);
+                            tracing::info!(%client, "admission lease expired; session removed");
+                        }
+                        Err(e) => {
+                            tracing::warn!(%client, error = %e, "cannot remove an expired session")
+                        }
+                    }
+                }
+            }
+        })
+    };
+    tracing::info!(listen = %a.listen, identity = %tls.identity(), "admission server listening");
+    let accept = tokio::spawn(async move {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admission accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many admission connections; dropping one");
+                continue;
+            };
+            let local = match tcp.local_addr() {
+                Ok(l) => l.ip(),
+                Err(_) => continue,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => server.serve_conn(tls, peer.ip(), local).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "admission handshake failed"),
+                    Err(_) => tracing::info!(%peer, "admission handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok(AdmissionGuard {
+        tasks: vec![forward, reaper, accept],
+    })
+}
+
+/// The proxy's drain switch: its self-defence holds the sender, the admission server
+/// ([`start`]) the receiver.
+pub fn drain_switch() -> (watch::Sender<Drain>, watch::Receiver<Drain>) {
+    watch::channel(Drain::default())
+}

@@ -1,0 +1,881 @@
+//! The admission exchange of scheme 4.1 (paper Section 4.1), sans-IO: a client agent asks
+//! a proxy to carry it to a target, and the proxy admits it as a tunnel session.
+//!
+//! The client opens TLS 1.3 to the proxy's admission port. The proxy presents its
+//! consortium certificate (role `proxy`); the client holds only the CA certificate and
+//! checks that the proxy chains to it, that the role is `proxy`, that the address it
+//! connected to is in the ALT set DNS gave it (and, when the certificate names IP
+//! addresses, among them). The client has no certificate: the proxy admits it by the
+//! address the connection comes from and the tunnel key it sends, and lets it reach only
+//! the targets it asked for.
+//!
+//! Messages are JSON in the control channel's frames ([`crate::frame`]), at most
+//! [`MAX_FRAME`] bytes. Each request gets one answer, in order:
+//!
+//! - `admit {targets, encap, public_key, port}` -> `admitted {client, tunnel_address,
+//!   port, encap, public_key, inner_mtu, targets}` or `refused {code, message}`. The proxy
+//!   applies `Command::AddSession` (the union of every target this client was admitted
+//!   to) through its command channel before it answers; asking again changes nothing.
+//! - `ping {seq}` -> `pong {seq, arrived, draining}`: the client keeps the connection
+//!   open and probes it to notice a dead proxy within a second. `arrived` (absent when
+//!   the data plane does not answer within 150 ms) grows with every tunnel packet that
+//!   reached the proxy from the client's address, so the client also notices a tunnel
+//!   path that stopped carrying while the admission port still answers. `draining`
+//!   (present only while true) says the proxy asks its clients to move.
+//! - `release {targets}` -> `released {remaining}`: the client no longer needs those
+//!   targets; with none left the proxy removes the session.
+//!
+//! One message is not an answer: `draining {draining, reason}`, which the proxy sends
+//! unasked on every open admission connection when its self-defence declares it under
+//! attack (`draining: true`, paper Section 4.4) and again when it has recovered
+//! (`draining: false`); a connection opened while the proxy drains is told at once. The
+//! client moves to another proxy of the ALT set without waiting for the coordinator's
+//! reset to reach it through DNS. A proxy that is not draining sends exactly what it sent
+//! before this message existed; a client that predates it refuses the unknown message and
+//! drops the connection, which moves it to another proxy too.
+//!
+//! A session whose client has no open admission connection is removed after the lease
+//! time, so clients that failed over elsewhere do not stay admitted for ever.
+//!
+//! Here: the messages and their codec, the proxy's judgement and bookkeeping
+//! ([`Admissions`]), and the client's check of an answer ([`check_admitted`]). The
+//! proxy's server and the client's connector that drive them over TLS are in
+//! `scold-node` (`proxy::admission`, `client::admission`).
+
+use crate::dataplane::{Command, Encap, Prefix, PublicKey, Session, Stats};
+use crate::frame;
+#[cfg(test)]
+use frame::{edge_decoder as decoder, encode_message as encode, next_message};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The admission port proxies listen on unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 5443;
+/// Largest admission frame; a request names at most [`MAX_TARGETS`] addresses.
+pub const MAX_FRAME: usize = frame::EDGE_MAX_FRAME;
+/// Largest number of target addresses in one request.
+pub const MAX_TARGETS: usize = 32;
+/// Longest `reason` of a drain notice, in bytes (it is for logs).
+pub const MAX_REASON: usize = 256;
+
+/// What a client asks to be admitted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmitRequest {
+    /// The target's addresses, from the A/AAAA answer.
+    pub targets: Vec<IpAddr>,
+    /// The encapsulation the client speaks.
+    pub encap: Encap,
+    /// The client's WireGuard public key (wireguard only).
+    #[serde(default)]
+    pub public_key: Option<PublicKey>,
+    /// The client's tunnel UDP port; absent: the proxy learns it from the first packet
+    /// (which also works through NAT).
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// The proxy's answer to an admission: where and how to send tunnel packets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admitted {
+    /// The client's address as the proxy saw it: the only inner source it may use.
+    pub client: IpAddr,
+    /// The proxy's tunnel end point.
+    pub tunnel_address: IpAddr,
+    /// The proxy's tunnel UDP port (udp and wireguard).
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub encap: Encap,
+    /// The proxy's WireGuard public key (wireguard only).
+    #[serde(default)]
+    pub public_key: Option<PublicKey>,
+    /// The largest inner packet the whole path carries unfragmented.
+    pub inner_mtu: u16,
+    /// Every target this client is now admitted to at this proxy.
+    pub targets: Vec<IpAddr>,
+}
+
+/// Why an admission was refused. A refusal changes nothing at the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmitRefusal {
+    /// Malformed or contradictory request.
+    BadRequest,
+    /// This proxy does not carry the asked encapsulation.
+    UnsupportedEncap,
+    /// A target is outside what this proxy serves.
+    NotServed,
+    /// The proxy admits no more clients.
+    Full,
+    /// The proxy's data plane refused or did not answer.
+    System,
+}
+
+/// A client's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Admit(AdmitRequest),
+    Ping { seq: u64 },
+    Release { targets: Vec<IpAddr> },
+}
+
+/// The proxy's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProxyMessage {
+    Admitted(Admitted),
+    /// `arrived`: the client's tunnel packets that have reached the proxy so far (kept
+    /// or dropped), from its data plane's counters; absent when the data plane did not
+    /// answer in time. The agent compares it with what it sent, so the probe watches the
+    /// tunnel path itself, not only the proxy's admission port.
+    ///
+    /// `draining`: the proxy asks its clients to move to another proxy (see
+    /// [`ProxyMessage::Draining`]); left out while false, so a proxy that is not draining
+    /// answers as proxies did before the field existed.
+    Pong {
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arrived: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        draining: bool,
+    },
+    /// Not an answer: sent unasked when the proxy starts or stops draining (its
+    /// self-defence declared an attack, or the attack is over). `reason` is for logs.
+    Draining {
+        draining: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Released {
+        remaining: usize,
+    },
+    Refused {
+        code: AdmitRefusal,
+        message: String,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Whether a proxy asks its admitted clients to move to another proxy, and why: set by
+/// its self-defence when it declares the proxy under attack, cleared when it has
+/// recovered. The admission server tells every client (probe answers and a
+/// [`ProxyMessage::Draining`] notice on each open connection).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drain {
+    pub draining: bool,
+    pub reason: Option<String>,
+}
+
+impl Drain {
+    /// Draining for `reason` (cut to [`MAX_REASON`] bytes).
+    pub fn because(reason: &str) -> Drain {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Drain {
+            draining: true,
+            reason: Some(reason[..end].to_string()),
+        }
+    }
+
+    /// The notice that tells a client this state.
+    pub fn notice(&self) -> ProxyMessage {
+        ProxyMessage::Draining {
+            draining: self.draining,
+            reason: self.reason.clone().filter(|_| self.draining),
+        }
+    }
+}
+
+impl AdmitRequest {
+    /// Checks what can be checked without the proxy's state.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Err("no targets: name the target addresses from the A/AAAA answer".into());
+        }
+        if self.targets.len() > MAX_TARGETS {
+            return Err(format!(
+                "{} targets; at most {MAX_TARGETS} per request",
+                self.targets.len()
+            ));
+        }
+        for t in &self.targets {
+            if t.is_unspecified() || t.is_multicast() || t.is_loopback() {
+                return Err(format!("target {t} is not a unicast address"));
+            }
+            if self.encap == Encap::Ipip && t.is_ipv6() {
+                return Err(format!("target {t}: ipip carries IPv4 only"));
+            }
+        }
+        match (&self.public_key, self.encap) {
+            (None, Encap::Wireguard) => {
+                return Err("wireguard needs the client's public key".into())
+            }
+            (Some(k), Encap::Wireguard) if !k.looks_valid() => {
+                return Err("public key is not 44 characters of base64".into())
+            }
+            (Some(_), Encap::Ipip | Encap::Udp) => {
+                return Err(format!("a public key makes no sense with {}", self.encap))
+            }
+            _ => {}
+        }
+        if self.port == Some(0) {
+            return Err("port 0; leave it out to have it learned".into());
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy's bookkeeping
+// ---------------------------------------------------------------------------------------
+
+/// What this proxy offers every client, from its own config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyOffer {
+    /// Encapsulations the proxy's engine carries.
+    pub encaps: Vec<Encap>,
+    /// The tunnel address to announce; None: the address the client connected to.
+    pub tunnel_address: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub public_key: Option<PublicKey>,
+    /// Outer MTU towards clients.
+    pub outer_mtu: u16,
+    /// Inner MTU of the proxy's relay towards gateways.
+    pub relay_mtu: u16,
+    /// Targets this proxy serves; empty: any.
+    pub allow: Vec<Prefix>,
+    pub max_clients: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientEntry {
+    encap: Encap,
+    public_key: Option<PublicKey>,
+    port: Option<u16>,
+    targets: BTreeSet<IpAddr>,
+    /// Open admission connections from this client.
+    connections: usize,
+    /// When the last connection closed (for the lease).
+    idle_since: Option<Instant>,
+}
+
+/// A planned change: apply `command`, then [`Admissions::commit`] the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub client: IpAddr,
+    pub command: Command,
+    entry: Option<ClientEntry>,
+}
+
+/// Which clients this proxy admitted, to which targets.
+#[derive(Debug, Default)]
+pub struct Admissions {
+    clients: HashMap<IpAddr, ClientEntry>,
+}
+
+fn session(client: IpAddr, e: &ClientEntry) -> Session {
+    Session {
+        client,
+        port: e.port,
+        encap: e.encap,
+        public_key: e.public_key.clone(),
+        targets: e.targets.iter().map(|t| Prefix::host(*t)).collect(),
+    }
+}
+
+impl Admissions {
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The targets `client` is admitted to.
+    pub fn targets(&self, client: IpAddr) -> Vec<IpAddr> {
+        self.clients
+            .get(&client)
+            .map(|e| e.targets.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Plans an admission of `client` (the connection's source) that connected to
+    /// `local` (our address); the answer to send once the plan is applied comes with it.
+    pub fn plan_admit(
+        &self,
+        client: IpAddr,
+        local: IpAddr,
+        req: &AdmitRequest,
+        offer: &ProxyOffer,
+    ) -> Result<(Plan, Admitted), (AdmitRefusal, String)> {
+        req.validate().map_err(|m| (AdmitRefusal::BadRequest, m))?;
+        if !offer.encaps.contains(&req.encap) {
+            return Err((
+                AdmitRefusal::UnsupportedEncap,
+                format!(
+                    "this proxy carries {}; ask for one of those",
+                    offer
+                        .encaps
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if req.encap == Encap::Ipip && client.is_ipv6() {
+            return Err((
+                AdmitRefusal::BadRequest,
+                "ipip carries IPv4 only and this client connected over IPv6".into(),
+            ));
+        }
+        if !offer.allow.is_empty() {
+            if let Some(t) = req
+                .targets
+                .iter()
+                .find(|t| !offer.allow.iter().any(|p| p.contains(**t)))
+            {
+                return Err((
+                    AdmitRefusal::NotServed,
+                    format!("target {t} is not served by this proxy"),
+                ));
+            }
+        }
+        let mut entry = match self.clients.get(&client) {
+            // Same tunnel parameters: add targets. New parameters (the client restarted
+            // with another key): start afresh with the asked targets only.
+            Some(e)
+                if e.encap == req.encap && e.public_key == req.public_key && e.port == req.port =>
+            {
+                e.clone()
+            }
+            Some(e) => ClientEntry {
+                encap: req.encap,
+                public_key: req.public_key.clone(),
+                port: req.port,
+                targets: BTreeSet::new(),
+                connections: e.connections,
+                idle_since: e.idle_since,
+            },
+            None => {
+                if self.clients.len() >= offer.max_clients {
+                    return Err((
+                        AdmitRefusal::Full,
+                        format!(
+                            "this proxy admits at most {} clients; try another proxy of the ALT set",
+                            offer.max_clients
+                        ),
+                    ));
+                }
+                ClientEntry {
+                    encap: req.encap,
+                    public_key: req.public_key.clone(),
+                    port: req.port,
+                    targets: BTreeSet::new(),
+                    connections: 0,
+                    idle_since: None,
+                }
+            }
+        };
+        entry.targets.extend(req.targets.iter().copied());
+        if entry.targets.len() > 4 * MAX_TARGETS {
+            return Err((
+                AdmitRefusal::BadRequest,
+                format!("more than {} targets for one client", 4 * MAX_TARGETS),
+            ));
+        }
+        let base = req.encap.inner_mtu(offer.outer_mtu);
+        // An IPv6 outer header is 20 bytes longer than the IPv4 one the overhead assumes.
+        let outer_v6 = if client.is_ipv6() { 20 } else { 0 };
+        let admitted = Admitted {
+            client,
+            tunnel_address: offer.tunnel_address.unwrap_or(local),
+            port: if req.encap.uses_udp() {
+                offer.port
+            } else {
+                None
+            },
+            encap: req.encap,
+            public_key: if req.encap == Encap::Wireguard {
+                offer.public_key.clone()
+            } else {
+                None
+            },
+            inner_mtu: base.saturating_sub(outer_v6).min(offer.relay_mtu),
+            targets: entry.targets.iter().copied().collect(),
+        };
+        let command = Command::AddSession(session(client, &entry));
+        Ok((
+            Plan {
+                client,
+                command,
+                entry: Some(entry),
+            },
+            admitted,
+        ))
+    }
+
+    /// Plans a release of some of `client`'s targets; `None` if it holds none of them.
+    pub fn plan_release(&self, client: IpAddr, targets: &[IpAddr]) -> Option<Plan> {
+        let e = self.clients.get(&client)?;
+        let mut left = e.clone();
+        for t in targets {
+            left.targets.remove(t);
+        }
+        if left.targets.len() == e.targets.len() {
+            return None;
+        }
+        if left.targets.is_empty() {
+            return Some(Plan {
+                client,
+                command: Command::RemoveSession { client },
+                entry: None,
+            });
+        }
+        Some(Plan {
+            client,
+            command: Command::AddSession(session(client, &left)),
+            entry: Some(left),
+        })
+    }
+
+    /// Records an applied plan.
+    pub fn commit(&mut self, plan: Plan) {
+        match plan.entry {
+            Some(mut e) => {
+                if let Some(old) = self.clients.get(&plan.client) {
+                    e.connections = old.connections;
+                    e.idle_since = old.idle_since;
+                }
+                self.clients.insert(plan.client, e);
+            }
+            None => {
+                self.clients.remove(&plan.client);
+            }
+        }
+    }
+
+    /// A connection from `client` opened.
+    pub fn connected(&mut self, client: IpAddr) {
+        if let Some(e) = self.clients.get_mut(&client) {
+            e.connections += 1;
+            e.idle_since = None;
+        }
+    }
+
+    /// A connection from `client` that had been admitted closed at `now`.
+    pub fn disconnected(&mut self, client: IpAddr, now: Instant) {
+        if let Some(e) = self.clients.get_mut(&client) {
+            e.connections = e.connections.saturating_sub(1);
+            if e.connections == 0 {
+                e.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// Clients whose last connection closed more than `lease` before `now`.
+    pub fn expired(&self, now: Instant, lease: Duration) -> Vec<IpAddr> {
+        self.clients
+            .iter()
+            .filter(|(_, e)| {
+                e.idle_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= lease)
+            })
+            .map(|(c, _)| *c)
+            .collect()
+    }
+}
+
+/// Tunnel packets that arrived per peer outer address (kept or dropped): what a probe
+/// answer reports to the client at that address.
+pub fn arrivals(stats: &Stats) -> HashMap<IpAddr, u64> {
+    let mut m = HashMap::new();
+    for p in &stats.peers {
+        *m.entry(p.address).or_insert(0) += p.counters.rx_packets + p.counters.dropped;
+    }
+    m
+}
+
+/// Checks an admission answer against what was asked and the ALT set.
+pub fn check_admitted(
+    a: &Admitted,
+    req: &AdmitRequest,
+    alt: &[IpAddr],
+    local: IpAddr,
+) -> Result<(), String> {
+    if !alt.contains(&a.tunnel_address) {
+        return Err(format!(
+            "tunnel address {} is not in the ALT set {alt:?}",
+            a.tunnel_address
+        ));
+    }
+    if a.encap != req.encap {
+        return Err(format!("asked for {}, got {}", req.encap, a.encap));
+    }
+    if a.client != local {
+        // Behind NAT the proxy sees another address; the inner source must be the one it
+        // admitted, and we cannot send from it.
+        return Err(format!(
+            "the proxy admitted {} but we connected from {local} (NAT between client and proxy is not supported)",
+            a.client
+        ));
+    }
+    if a.encap == Encap::Wireguard && !a.public_key.as_ref().is_some_and(|k| k.looks_valid()) {
+        return Err("wireguard without a valid proxy public key".into());
+    }
+    if a.encap.uses_udp() && a.port.is_none_or(|p| p == 0) {
+        return Err(format!("{} without a tunnel port", a.encap));
+    }
+    if !(576..=9000).contains(&a.inner_mtu) {
+        return Err(format!("inner MTU {} is outside 576..=9000", a.inner_mtu));
+    }
+    if let Some(t) = req.targets.iter().find(|t| !a.targets.contains(t)) {
+        return Err(format!("target {t} missing from the admitted targets"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: char) -> PublicKey {
+        PublicKey(format!("{}=", c.to_string().repeat(43)))
+    }
+
+    fn offer() -> ProxyOffer {
+        ProxyOffer {
+            encaps: vec![Encap::Udp, Encap::Wireguard],
+            tunnel_address: None,
+            port: Some(51820),
+            public_key: Some(key('P')),
+            outer_mtu: 1500,
+            relay_mtu: 1440,
+            allow: vec!["10.4.0.0/16".parse().unwrap()],
+            max_clients: 2,
+        }
+    }
+
+    fn req(targets: &[&str]) -> AdmitRequest {
+        AdmitRequest {
+            targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
+            encap: Encap::Wireguard,
+            public_key: Some(key('C')),
+            port: None,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn admit_is_idempotent_and_accumulates_targets() {
+        let mut a = Admissions::default();
+        let c = ip("10.1.0.2");
+        let (plan, ans) = a
+            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
+            .unwrap();
+        assert_eq!(ans.tunnel_address, ip("10.1.0.1"));
+        assert_eq!(ans.inner_mtu, 1440);
+        assert_eq!(ans.port, Some(51820));
+        assert_eq!(ans.public_key, Some(key('P')));
+        let first = plan.command.clone();
+        a.commit(plan);
+        // The same request again plans the same command.
+        let (plan, _) = a
+            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
+            .unwrap();
+        assert_eq!(plan.command, first);
+        a.commit(plan);
+        // A second target adds to the first.
+        let (plan, ans) = a
+            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.3"]), &offer())
+            .unwrap();
+        assert_eq!(ans.targets, vec![ip("10.4.0.2"), ip("10.4.0.3")]);
+        match &plan.command {
+            Command::AddSession(s) => assert_eq!(s.targets.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        a.commit(plan);
+        assert_eq!(a.len(), 1);
+        // A new key (restarted client) starts afresh.
+        let mut r = req(&["10.4.0.9"]);
+        r.public_key = Some(key('D'));
+        let (_, ans) = a.plan_admit(c, ip("10.1.0.1"), &r, &offer()).unwrap();
+        assert_eq!(ans.targets, vec![ip("10.4.0.9")]);
+    }
+
+    #[test]
+    fn refusals_are_typed_and_change_nothing() {
+        let mut a = Admissions::default();
+        let l = ip("10.1.0.1");
+        let bad = |a: &Admissions, c: &str, r: &AdmitRequest| {
+            a.plan_admit(ip(c), l, r, &offer()).unwrap_err().0
+        };
+        assert_eq!(bad(&a, "10.1.0.2", &req(&[])), AdmitRefusal::BadRequest);
+        assert_eq!(
+            bad(&a, "10.1.0.2", &req(&["10.9.0.1"])),
+            AdmitRefusal::NotServed
+        );
+        assert_eq!(
+            bad(&a, "10.1.0.2", &req(&["224.0.0.1"])),
+            AdmitRefusal::BadRequest
+        );
+        let mut r = req(&["10.4.0.2"]);
+        r.encap = Encap::Ipip;
+        r.public_key = None;
+        assert_eq!(bad(&a, "10.1.0.2", &r), AdmitRefusal::UnsupportedEncap);
+        let mut r = req(&["10.4.0.2"]);
+        r.public_key = None;
+        assert_eq!(bad(&a, "10.1.0.2", &r), AdmitRefusal::BadRequest);
+        let mut r = req(&["10.4.0.2"]);
+        r.public_key = Some(PublicKey("short".into()));
+        assert_eq!(bad(&a, "10.1.0.2", &r), AdmitRefusal::BadRequest);
+        let many: Vec<String> = (0..=MAX_TARGETS).map(|i| format!("10.4.1.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(bad(&a, "10.1.0.2", &req(&many)), AdmitRefusal::BadRequest);
+        assert!(a.is_empty());
+        for c in ["10.1.0.2", "10.1.0.3"] {
+            let (p, _) = a
+                .plan_admit(ip(c), l, &req(&["10.4.0.2"]), &offer())
+                .unwrap();
+            a.commit(p);
+        }
+        assert_eq!(bad(&a, "10.1.0.4", &req(&["10.4.0.2"])), AdmitRefusal::Full);
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn release_and_lease() {
+        let mut a = Admissions::default();
+        let c = ip("10.1.0.2");
+        let (p, _) = a
+            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2", "10.4.0.3"]), &offer())
+            .unwrap();
+        a.commit(p);
+        a.connected(c);
+        assert!(a.plan_release(c, &[ip("10.4.0.99")]).is_none());
+        let p = a.plan_release(c, &[ip("10.4.0.2")]).unwrap();
+        assert!(matches!(p.command, Command::AddSession(_)));
+        a.commit(p);
+        assert_eq!(a.targets(c), vec![ip("10.4.0.3")]);
+        let t0 = Instant::now();
+        assert!(a.expired(t0, Duration::ZERO).is_empty(), "connected");
+        a.disconnected(c, t0);
+        assert!(a.expired(t0, Duration::from_secs(5)).is_empty());
+        assert_eq!(
+            a.expired(t0 + Duration::from_secs(5), Duration::from_secs(5)),
+            vec![c]
+        );
+        let p = a.plan_release(c, &a.targets(c)).unwrap();
+        assert_eq!(p.command, Command::RemoveSession { client: c });
+        a.commit(p);
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn answer_checks() {
+        let r = req(&["10.4.0.2"]);
+        let good = Admitted {
+            client: ip("10.1.0.2"),
+            tunnel_address: ip("10.1.0.1"),
+            port: Some(51820),
+            encap: Encap::Wireguard,
+            public_key: Some(key('P')),
+            inner_mtu: 1440,
+            targets: vec![ip("10.4.0.2")],
+        };
+        let alt = [ip("10.1.0.1"), ip("10.1.0.9")];
+        assert!(check_admitted(&good, &r, &alt, ip("10.1.0.2")).is_ok());
+        let mut a = good.clone();
+        a.tunnel_address = ip("10.66.0.1");
+        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2"))
+            .unwrap_err()
+            .contains("not in the ALT set"));
+        assert!(check_admitted(&good, &r, &alt, ip("10.1.0.7")).is_err());
+        let mut a = good.clone();
+        a.public_key = None;
+        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+        let mut a = good.clone();
+        a.inner_mtu = 100;
+        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+        let mut a = good;
+        a.targets.clear();
+        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let msgs = vec![
+            ClientMessage::Admit(req(&["10.4.0.2", "2001:db8::1"])),
+            ClientMessage::Ping { seq: 7 },
+            ClientMessage::Release {
+                targets: vec![ip("10.4.0.2")],
+            },
+        ];
+        let mut wire = Vec::new();
+        for m in &msgs {
+            wire.extend(encode(m));
+        }
+        let mut d = decoder();
+        let mut got = Vec::new();
+        for b in wire.chunks(3) {
+            d.push(b);
+            while let Some(m) = next_message::<ClientMessage>(&mut d).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+
+        for body in [
+            &b"{}"[..],
+            b"not json",
+            br#"{"type":"admit"}"#,
+            br#"{"type":"admit","targets":[],"encap":"gre"}"#,
+            br#"{"type":"ping","seq":1,"extra":2}"#,
+            br#"{"type":"launch"}"#,
+        ] {
+            let mut w = Vec::new();
+            frame::encode(body, &mut w);
+            let mut d = decoder();
+            d.push(&w);
+            assert!(
+                next_message::<ClientMessage>(&mut d).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut d = decoder();
+        d.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        assert!(matches!(
+            next_message::<ClientMessage>(&mut d),
+            Err(frame::MessageError::Frame(_))
+        ));
+    }
+
+    #[test]
+    fn pong_carries_the_arrival_count_or_not() {
+        for a in [
+            ProxyMessage::Pong {
+                seq: 3,
+                arrived: Some(42),
+                draining: false,
+            },
+            ProxyMessage::Pong {
+                seq: 4,
+                arrived: None,
+                draining: true,
+            },
+        ] {
+            let mut d = decoder();
+            d.push(&encode(&a));
+            assert_eq!(next_message::<ProxyMessage>(&mut d).unwrap(), Some(a));
+        }
+        // A proxy that sends no count is understood; an unknown field is refused.
+        let old = br#"{"type":"pong","seq":9}"#;
+        assert_eq!(
+            serde_json::from_slice::<ProxyMessage>(old).unwrap(),
+            ProxyMessage::Pong {
+                seq: 9,
+                arrived: None,
+                draining: false,
+            }
+        );
+        assert!(
+            serde_json::from_slice::<ProxyMessage>(br#"{"type":"pong","seq":9,"x":1}"#).is_err()
+        );
+        assert!(
+            serde_json::from_slice::<ProxyMessage>(br#"{"type":"pong","seq":9,"arrived":-1}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn drain_state_on_the_wire() {
+        // Not draining: a pong is byte for byte what a proxy without the field sends,
+        // so clients that predate it still understand it.
+        let calm = ProxyMessage::Pong {
+            seq: 1,
+            arrived: Some(5),
+            draining: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&calm).unwrap(),
+            r#"{"type":"pong","seq":1,"arrived":5}"#
+        );
+        let busy = ProxyMessage::Pong {
+            seq: 2,
+            arrived: None,
+            draining: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&busy).unwrap(),
+            r#"{"type":"pong","seq":2,"draining":true}"#
+        );
+        // The notice, both ways; the reason goes only with draining and is bounded.
+        let on = Drain::because(&"x".repeat(10 * MAX_REASON));
+        assert_eq!(on.reason.as_ref().map(String::len), Some(MAX_REASON));
+        let n = on.notice();
+        let mut d = decoder();
+        d.push(&encode(&n));
+        assert_eq!(next_message::<ProxyMessage>(&mut d).unwrap(), Some(n));
+        assert_eq!(
+            serde_json::to_string(&Drain::default().notice()).unwrap(),
+            r#"{"type":"draining","draining":false}"#
+        );
+        // A multi-byte character at the cut is not split.
+        let r = Drain::because(&"é".repeat(MAX_REASON));
+        assert!(r.reason.unwrap().len() <= MAX_REASON);
+        // Malformed notices are refused.
+        for bad in [
+            &br#"{"type":"draining"}"#[..],
+            br#"{"type":"draining","draining":"yes"}"#,
+            br#"{"type":"draining","draining":true,"until":3}"#,
+            br#"{"type":"pong","seq":1,"draining":1}"#,
+        ] {
+            assert!(
+                serde_json::from_slice::<ProxyMessage>(bad).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn arrivals_add_up_per_client_address() {
+        use crate::dataplane::{Counters, PeerStats, Stats};
+        let peer = |addr: &str, rx, dropped| PeerStats {
+            name: format!("s-{addr}"),
+            address: ip(addr),
+            encap: Encap::Udp,
+            counters: Counters {
+                rx_packets: rx,
+                dropped,
+                ..Default::default()
+            },
+        };
+        let stats = Stats {
+            peers: vec![
+                peer("10.1.0.2", 10, 2),
+                peer("10.1.0.3", 0, 0),
+                peer("10.1.0.2", 1, 0),
+            ],
+            ..Default::default()
+        };
+        let m = arrivals(&stats);
+        assert_eq!(m.get(&ip("10.1.0.2")), Some(&13));
+        assert_eq!(m.get(&ip("10.1.0.3")), Some(&0));
+        assert_eq!(m.get(&ip("10.1.0.4")), None);
+    }
+}
