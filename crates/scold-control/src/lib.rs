@@ -5,6 +5,8 @@
 //! channel the coordinator speaks and the nodes' link to it are in `scold-link`, so no
 //! node links this crate or its store.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod coordinator;
 pub mod ctl;

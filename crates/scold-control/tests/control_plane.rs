@@ -3,7 +3,7 @@
 //! handlers that record the orders they get; the DNS back end records the updates.
 
 use scold_control::config::{Config, TargetConfig};
-use scold_control::coordinator::{self, BoxFut, DnsBackend};
+use scold_control::coordinator::{self, BoxFut, DnsBackend, DnsError};
 use scold_link::channel::{self, Channel, ChannelError, Handler, NoRequests};
 use scold_link::CoordinatorLink;
 use scold_metrics::Metrics;
@@ -71,10 +71,10 @@ impl DnsBackend for RecordingDns {
         &'a self,
         t: &'a TargetConfig,
         proxies: &'a [IpAddr],
-    ) -> BoxFut<'a, Result<(), String>> {
+    ) -> BoxFut<'a, Result<(), DnsError>> {
         Box::pin(async move {
             if *self.fail.lock().unwrap() {
-                return Err("server unreachable".into());
+                return Err(DnsError::Backend("server unreachable".into()));
             }
             let mut v: Vec<String> = proxies.iter().map(|a| a.to_string()).collect();
             v.sort();
@@ -85,7 +85,7 @@ impl DnsBackend for RecordingDns {
             Ok(())
         })
     }
-    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<(), String>> {
+    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<(), DnsError>> {
         Box::pin(async move {
             self.log.lock().unwrap().push(format!("restore {}", t.fqdn));
             Ok(())

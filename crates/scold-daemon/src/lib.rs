@@ -6,6 +6,8 @@
 //! The role-specific skeletons (a node's control link, the coordinator's store) are
 //! built on these in their own crates.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod shutdown;
 

@@ -15,6 +15,8 @@
 //! Everything speaks standard DNS (ALT is an RFC 3597 unknown type), so BIND, Knot,
 //! Unbound and `nsupdate` interoperate with no patch.
 
+#![forbid(unsafe_code)]
+
 pub mod alt;
 pub mod answer;
 pub mod cli;

@@ -7,6 +7,8 @@
 //! neither the coordinator's store nor its driver. The messages themselves are sans-IO in
 //! `scold_proto::control`.
 
+#![forbid(unsafe_code)]
+
 pub mod channel;
 pub mod link;
 pub mod tls;

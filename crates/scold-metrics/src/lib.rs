@@ -4,6 +4,8 @@
 //! by type, refusals by reason, target phase changes) always present; a daemon adds
 //! its own through [`Metrics::with_registry`].
 
+#![forbid(unsafe_code)]
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -195,40 +195,54 @@ impl Drain {
     }
 }
 
+/// Why an admission request is malformed (answered with [`AdmitRefusal::BadRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("no targets: name the target addresses from the A/AAAA answer")]
+    NoTargets,
+    #[error("{0} targets; at most {MAX_TARGETS} per request")]
+    TooManyTargets(usize),
+    #[error("target {0} is not a unicast address")]
+    NotUnicast(IpAddr),
+    #[error("target {0}: ipip carries IPv4 only")]
+    IpipIpv6(IpAddr),
+    #[error("wireguard needs the client's public key")]
+    MissingKey,
+    #[error("public key is not 44 characters of base64")]
+    BadKey,
+    #[error("a public key makes no sense with {0}")]
+    UnexpectedKey(Encap),
+    #[error("port 0; leave it out to have it learned")]
+    PortZero,
+}
+
 impl AdmitRequest {
     /// Checks what can be checked without the proxy's state.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
         if self.targets.is_empty() {
-            return Err("no targets: name the target addresses from the A/AAAA answer".into());
+            return Err(InvalidRequest::NoTargets);
         }
         if self.targets.len() > MAX_TARGETS {
-            return Err(format!(
-                "{} targets; at most {MAX_TARGETS} per request",
-                self.targets.len()
-            ));
+            return Err(InvalidRequest::TooManyTargets(self.targets.len()));
         }
         for t in &self.targets {
             if t.is_unspecified() || t.is_multicast() || t.is_loopback() {
-                return Err(format!("target {t} is not a unicast address"));
+                return Err(InvalidRequest::NotUnicast(*t));
             }
             if self.encap == Encap::Ipip && t.is_ipv6() {
-                return Err(format!("target {t}: ipip carries IPv4 only"));
+                return Err(InvalidRequest::IpipIpv6(*t));
             }
         }
         match (&self.public_key, self.encap) {
-            (None, Encap::Wireguard) => {
-                return Err("wireguard needs the client's public key".into())
-            }
-            (Some(k), Encap::Wireguard) if !k.looks_valid() => {
-                return Err("public key is not 44 characters of base64".into())
-            }
+            (None, Encap::Wireguard) => return Err(InvalidRequest::MissingKey),
+            (Some(k), Encap::Wireguard) if !k.looks_valid() => return Err(InvalidRequest::BadKey),
             (Some(_), Encap::Ipip | Encap::Udp) => {
-                return Err(format!("a public key makes no sense with {}", self.encap))
+                return Err(InvalidRequest::UnexpectedKey(self.encap))
             }
             _ => {}
         }
         if self.port == Some(0) {
-            return Err("port 0; leave it out to have it learned".into());
+            return Err(InvalidRequest::PortZero);
         }
         Ok(())
     }
@@ -318,7 +332,8 @@ impl Admissions {
         req: &AdmitRequest,
         offer: &ProxyOffer,
     ) -> Result<(Plan, Admitted), (AdmitRefusal, String)> {
-        req.validate().map_err(|m| (AdmitRefusal::BadRequest, m))?;
+        req.validate()
+            .map_err(|e| (AdmitRefusal::BadRequest, e.to_string()))?;
         if !offer.encaps.contains(&req.encap) {
             return Err((
                 AdmitRefusal::UnsupportedEncap,
@@ -506,41 +521,63 @@ pub fn arrivals(stats: &Stats) -> HashMap<IpAddr, u64> {
     m
 }
 
+/// Why a client does not use a proxy's `admitted` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAnswer {
+    #[error("tunnel address {address} is not in the ALT set {alt:?}")]
+    NotInAltSet { address: IpAddr, alt: Vec<IpAddr> },
+    #[error("asked for {asked}, got {got}")]
+    EncapMismatch { asked: Encap, got: Encap },
+    /// Behind NAT the proxy sees another address; the inner source must be the one it
+    /// admitted, and the client cannot send from it.
+    #[error("the proxy admitted {admitted} but we connected from {local} (NAT between client and proxy is not supported)")]
+    BehindNat { admitted: IpAddr, local: IpAddr },
+    #[error("wireguard without a valid proxy public key")]
+    BadKey,
+    #[error("{0} without a tunnel port")]
+    NoPort(Encap),
+    #[error("inner MTU {0} is outside 576..=9000")]
+    Mtu(u16),
+    #[error("target {0} missing from the admitted targets")]
+    MissingTarget(IpAddr),
+}
+
 /// Checks an admission answer against what was asked and the ALT set.
 pub fn check_admitted(
     a: &Admitted,
     req: &AdmitRequest,
     alt: &[IpAddr],
     local: IpAddr,
-) -> Result<(), String> {
+) -> Result<(), BadAnswer> {
     if !alt.contains(&a.tunnel_address) {
-        return Err(format!(
-            "tunnel address {} is not in the ALT set {alt:?}",
-            a.tunnel_address
-        ));
+        return Err(BadAnswer::NotInAltSet {
+            address: a.tunnel_address,
+            alt: alt.to_vec(),
+        });
     }
     if a.encap != req.encap {
-        return Err(format!("asked for {}, got {}", req.encap, a.encap));
+        return Err(BadAnswer::EncapMismatch {
+            asked: req.encap,
+            got: a.encap,
+        });
     }
     if a.client != local {
-        // Behind NAT the proxy sees another address; the inner source must be the one it
-        // admitted, and we cannot send from it.
-        return Err(format!(
-            "the proxy admitted {} but we connected from {local} (NAT between client and proxy is not supported)",
-            a.client
-        ));
+        return Err(BadAnswer::BehindNat {
+            admitted: a.client,
+            local,
+        });
     }
     if a.encap == Encap::Wireguard && !a.public_key.as_ref().is_some_and(|k| k.looks_valid()) {
-        return Err("wireguard without a valid proxy public key".into());
+        return Err(BadAnswer::BadKey);
     }
     if a.encap.uses_udp() && a.port.is_none_or(|p| p == 0) {
-        return Err(format!("{} without a tunnel port", a.encap));
+        return Err(BadAnswer::NoPort(a.encap));
     }
     if !(576..=9000).contains(&a.inner_mtu) {
-        return Err(format!("inner MTU {} is outside 576..=9000", a.inner_mtu));
+        return Err(BadAnswer::Mtu(a.inner_mtu));
     }
     if let Some(t) = req.targets.iter().find(|t| !a.targets.contains(t)) {
-        return Err(format!("target {t} missing from the admitted targets"));
+        return Err(BadAnswer::MissingTarget(*t));
     }
     Ok(())
 }
@@ -700,19 +737,32 @@ mod tests {
         assert!(check_admitted(&good, &r, &alt, ip("10.1.0.2")).is_ok());
         let mut a = good.clone();
         a.tunnel_address = ip("10.66.0.1");
-        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2"))
-            .unwrap_err()
-            .contains("not in the ALT set"));
-        assert!(check_admitted(&good, &r, &alt, ip("10.1.0.7")).is_err());
+        assert!(matches!(
+            check_admitted(&a, &r, &alt, ip("10.1.0.2")),
+            Err(BadAnswer::NotInAltSet { .. })
+        ));
+        assert!(matches!(
+            check_admitted(&good, &r, &alt, ip("10.1.0.7")),
+            Err(BadAnswer::BehindNat { .. })
+        ));
         let mut a = good.clone();
         a.public_key = None;
-        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+        assert_eq!(
+            check_admitted(&a, &r, &alt, ip("10.1.0.2")),
+            Err(BadAnswer::BadKey)
+        );
         let mut a = good.clone();
         a.inner_mtu = 100;
-        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+        assert_eq!(
+            check_admitted(&a, &r, &alt, ip("10.1.0.2")),
+            Err(BadAnswer::Mtu(100))
+        );
         let mut a = good;
         a.targets.clear();
-        assert!(check_admitted(&a, &r, &alt, ip("10.1.0.2")).is_err());
+        assert!(matches!(
+            check_admitted(&a, &r, &alt, ip("10.1.0.2")),
+            Err(BadAnswer::MissingTarget(_))
+        ));
     }
 
     #[test]

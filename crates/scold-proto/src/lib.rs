@@ -4,6 +4,8 @@
 //! The daemons in `scold-node` drive these types over real I/O; the fuzz targets and
 //! unit tests drive them over bytes in memory.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod control;
 pub mod dataplane;

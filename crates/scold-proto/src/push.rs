@@ -88,41 +88,54 @@ pub enum PushAnswer {
     Refused { code: PushRefusal, message: String },
 }
 
+/// Why an agent refuses an offer before looking anything up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOffer {
+    #[error("fqdn must be a DNS name")]
+    Name,
+    #[error("{0} targets; 1 to {MAX_PUSH_TARGETS} expected")]
+    TargetCount(usize),
+    #[error("target {0} is not a unicast address")]
+    NotUnicast(IpAddr),
+    #[error("the proxy's tunnel address is also a target")]
+    TunnelIsTarget,
+    #[error("inner MTU {0} is outside 576..=9000")]
+    Mtu(u16),
+    #[error("wireguard offered without a valid public key")]
+    BadKey,
+    #[error("a UDP encapsulation offered without a tunnel port")]
+    NoPort,
+}
+
 impl RouteOffer {
     /// What the agent checks before it looks anything up.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidOffer> {
         if self.fqdn.is_empty() || self.fqdn.len() > 254 {
-            return Err("fqdn must be a DNS name".into());
+            return Err(InvalidOffer::Name);
         }
         if self.targets.is_empty() || self.targets.len() > MAX_PUSH_TARGETS {
-            return Err(format!(
-                "{} targets; 1 to {MAX_PUSH_TARGETS} expected",
-                self.targets.len()
-            ));
+            return Err(InvalidOffer::TargetCount(self.targets.len()));
         }
         if let Some(t) = self
             .targets
             .iter()
             .find(|t| t.is_unspecified() || t.is_multicast() || t.is_loopback())
         {
-            return Err(format!("target {t} is not a unicast address"));
+            return Err(InvalidOffer::NotUnicast(*t));
         }
         if self.targets.contains(&self.tunnel_address) {
-            return Err("the proxy's tunnel address is also a target".into());
+            return Err(InvalidOffer::TunnelIsTarget);
         }
         if !(576..=9000).contains(&self.inner_mtu) {
-            return Err(format!(
-                "inner MTU {} is outside 576..=9000",
-                self.inner_mtu
-            ));
+            return Err(InvalidOffer::Mtu(self.inner_mtu));
         }
         if self.encaps.contains(&Encap::Wireguard)
             && !self.public_key.as_ref().is_some_and(|k| k.looks_valid())
         {
-            return Err("wireguard offered without a valid public key".into());
+            return Err(InvalidOffer::BadKey);
         }
         if self.encaps.iter().any(|e| e.uses_udp()) && self.port.is_none_or(|p| p == 0) {
-            return Err("a UDP encapsulation offered without a tunnel port".into());
+            return Err(InvalidOffer::NoPort);
         }
         Ok(())
     }
@@ -205,13 +218,13 @@ mod tests {
         assert!(o.validate().is_err());
         let mut o = offer();
         o.targets.push(ip("198.51.100.1"));
-        assert!(o.validate().unwrap_err().contains("also a target"));
+        assert_eq!(o.validate(), Err(InvalidOffer::TunnelIsTarget));
         let mut o = offer();
         o.public_key = None;
-        assert!(o.validate().unwrap_err().contains("public key"));
+        assert_eq!(o.validate(), Err(InvalidOffer::BadKey));
         let mut o = offer();
         o.port = None;
-        assert!(o.validate().unwrap_err().contains("port"));
+        assert_eq!(o.validate(), Err(InvalidOffer::NoPort));
         let mut o = offer();
         o.inner_mtu = 100;
         assert!(o.validate().is_err());

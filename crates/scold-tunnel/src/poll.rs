@@ -32,8 +32,8 @@ impl Poller {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
         Ok(Poller {
+            // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
             epfd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }
@@ -54,8 +54,8 @@ impl Poller {
 
     /// Stops watching `fd`.
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
-        // SAFETY: EPOLL_CTL_DEL ignores the event argument (non-null for old kernels).
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: EPOLL_CTL_DEL ignores the event argument (non-null for old kernels).
         let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -112,8 +112,8 @@ impl Waker {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
         Ok(Waker {
+            // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

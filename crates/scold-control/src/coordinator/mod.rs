@@ -31,7 +31,7 @@ mod handler;
 mod resync;
 
 pub use daemon::{load_config, run, serve, serve_on, Args};
-pub use dns::{BoxFut, DnsBackend, TsigDns};
+pub use dns::{BoxFut, DnsBackend, DnsError, TsigDns};
 pub use handler::CoordinatorHandler;
 use resync::*;
 
@@ -331,9 +331,13 @@ impl Coordinator {
                 if addrs.len() != proxies.len() {
                     return Err("a proxy of the set has no known address yet".into());
                 }
-                return self.dns.publish(tcfg, &addrs).await;
+                return self
+                    .dns
+                    .publish(tcfg, &addrs)
+                    .await
+                    .map_err(|e| e.to_string());
             }
-            Step::DnsRestore => return self.dns.restore(tcfg).await,
+            Step::DnsRestore => return self.dns.restore(tcfg).await.map_err(|e| e.to_string()),
             Step::Drain => {
                 tokio::time::sleep(Duration::from_secs(tcfg.ttl as u64)).await;
                 return Ok(());

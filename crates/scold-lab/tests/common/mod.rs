@@ -163,9 +163,9 @@ impl Drop for Reap {
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "these tests build network namespaces: run them as root"
     );
 }

@@ -52,6 +52,12 @@ pub enum AdmissionError {
         code: AdmitRefusal,
         message: String,
     },
+    #[error("admission at {addr}: the answer is not usable: {source}")]
+    BadAnswer {
+        addr: SocketAddr,
+        #[source]
+        source: scold_proto::admission::BadAnswer,
+    },
     #[error("admission at {addr}: {detail}")]
     Protocol { addr: SocketAddr, detail: String },
 }
@@ -264,7 +270,7 @@ impl AdmissionConn {
         {
             ProxyMessage::Admitted(a) => {
                 check_admitted(&a, req, alt, self.local)
-                    .map_err(|detail| AdmissionError::Protocol { addr, detail })?;
+                    .map_err(|source| AdmissionError::BadAnswer { addr, source })?;
                 Ok(a)
             }
             ProxyMessage::Refused { code, message } => Err(AdmissionError::Refused {

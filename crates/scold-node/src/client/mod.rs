@@ -403,24 +403,39 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
-        return Ok(());
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = cfg.control.node_info(None);
-    let link = crate::node::control::Link::start(
-        scold_proto::identity::Role::Client,
-        &cfg.control,
-        &path,
-        info,
-        tx,
-        None,
-    )
-    .await?;
-    let r = serve(cfg, rx, scold_daemon::terminated()).await.map(|_| ());
-    link.stop();
-    r
+    node::daemon::run::<Config>(node::daemon::Flags {
+        config: a.config,
+        example_config: a.example_config,
+        genkey: a.genkey,
+        check: a.check,
+    })
+    .await
+}
+
+impl node::daemon::RoleDaemon for Config {
+    const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Client;
+    const EXAMPLE: &'static str = EXAMPLE;
+
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        Config::load(path)
+    }
+
+    fn control(&self) -> &crate::node::control::ControlSection {
+        &self.control
+    }
+
+    fn node_info(&self, _path: &Path) -> anyhow::Result<scold_proto::control::NodeInfo> {
+        Ok(self.control.node_info(None))
+    }
+
+    async fn serve<S: Future<Output = ()> + Send>(
+        self,
+        commands: CommandReceiver,
+        shutdown: S,
+        _ctx: crate::node::control::NodeContext,
+    ) -> anyhow::Result<()> {
+        serve(self, commands, shutdown).await.map(|_| ())
+    }
 }
 
 struct Client {
@@ -930,7 +945,7 @@ impl Agent<'_> {
             Answer::Refused { code, message }
         };
         if let Err(e) = offer.validate() {
-            return refuse(RefusalCode::BadRequest, e);
+            return refuse(RefusalCode::BadRequest, e.to_string());
         }
         let name = name_key(&offer.fqdn);
         let (alts, ttl) = match self.dns.alt(&name).await {

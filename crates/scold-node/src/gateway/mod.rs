@@ -146,30 +146,47 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
-        return Ok(());
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = cfg
-        .control
-        .node_info(cfg.control.tunnel_info(&cfg.tunnel, &path)?);
-    if cfg.control.coordinator.is_some() && info.tunnel.as_ref().is_none_or(|t| t.inside.is_none())
-    {
-        tracing::warn!("[control] has no inside address: the coordinator cannot give the target its return path");
+    node::daemon::run::<Config>(node::daemon::Flags {
+        config: a.config,
+        example_config: a.example_config,
+        genkey: a.genkey,
+        check: a.check,
+    })
+    .await
+}
+
+impl node::daemon::RoleDaemon for Config {
+    const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Gateway;
+    const EXAMPLE: &'static str = EXAMPLE;
+
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        Config::load(path)
     }
-    let link = control::Link::start(
-        scold_proto::identity::Role::Gateway,
-        &cfg.control,
-        &path,
-        info,
-        tx,
-        None,
-    )
-    .await?;
-    let r = serve(cfg, rx, scold_daemon::terminated()).await.map(|_| ());
-    link.stop();
-    r
+
+    fn control(&self) -> &ControlSection {
+        &self.control
+    }
+
+    fn node_info(&self, path: &Path) -> anyhow::Result<scold_proto::control::NodeInfo> {
+        let info = self
+            .control
+            .node_info(self.control.tunnel_info(&self.tunnel, path)?);
+        if self.control.coordinator.is_some()
+            && info.tunnel.as_ref().is_none_or(|t| t.inside.is_none())
+        {
+            tracing::warn!("[control] has no inside address: the coordinator cannot give the target its return path");
+        }
+        Ok(info)
+    }
+
+    async fn serve<S: Future<Output = ()> + Send>(
+        self,
+        commands: CommandReceiver,
+        shutdown: S,
+        _ctx: control::NodeContext,
+    ) -> anyhow::Result<()> {
+        serve(self, commands, shutdown).await.map(|_| ())
+    }
 }
 
 struct Gateway {

@@ -372,7 +372,7 @@ pub struct NodeContext {
 }
 
 /// A running link to the coordinator (if configured) and the metrics endpoint.
-pub struct Link {
+pub struct ControlLink {
     pub agent: Option<CoordinatorLink>,
     /// This node's name, from its certificate (what it may speak for).
     pub name: Option<String>,
@@ -381,7 +381,7 @@ pub struct Link {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Link {
+impl ControlLink {
     /// Starts the metrics endpoint and the link to the coordinator as `[control]` says.
     /// `commands` is where orders go: the daemon's command channel.
     pub async fn start(
@@ -391,7 +391,7 @@ impl Link {
         info: NodeInfo,
         commands: mpsc::Sender<CommandRequest>,
         notifier: Option<Notifier>,
-    ) -> anyhow::Result<Link> {
+    ) -> anyhow::Result<ControlLink> {
         let metrics = NodeMetrics::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -449,7 +449,7 @@ impl Link {
                 (None, None)
             }
         };
-        Ok(Link {
+        Ok(ControlLink {
             agent,
             name,
             metrics,

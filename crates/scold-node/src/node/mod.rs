@@ -2,6 +2,7 @@
 //! errors that name the file, the key and the fix, the command channel type, shutdown.
 
 pub mod control;
+pub mod daemon;
 pub mod wire;
 
 use anyhow::Context as _;
@@ -220,31 +221,4 @@ impl Sysctl {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot restore sysctl");
         }
     }
-}
-
-/// The start every daemon shares: `--example-config` and `--genkey` print and finish,
-/// the config file is loaded, `--check` reports it valid and finishes. Returns the file
-/// and its config when the daemon is to run.
-pub fn prepare<C>(
-    example: &str,
-    flags: (bool, bool, bool),
-    config: Option<PathBuf>,
-    load: impl FnOnce(&Path) -> anyhow::Result<C>,
-) -> anyhow::Result<Option<(PathBuf, C)>> {
-    let (example_config, genkey, check) = flags;
-    if example_config {
-        print!("{example}");
-        return Ok(None);
-    }
-    if genkey {
-        print_genkey()?;
-        return Ok(None);
-    }
-    let path = config.context("--config FILE is required (or --example-config)")?;
-    let cfg = load(&path)?;
-    if check {
-        println!("{}: ok", path.display());
-        return Ok(None);
-    }
-    Ok(Some((path, cfg)))
 }

@@ -312,29 +312,45 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let flags = (a.example_config, a.genkey, a.check);
-    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
-        return Ok(());
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let info = cfg
-        .control
-        .node_info(cfg.control.tunnel_info(&cfg.tunnel, &path)?);
-    let notifier = control::Notifier::from_config(&cfg.notify, &path)?;
-    let link = control::Link::start(
-        scold_proto::identity::Role::Proxy,
-        &cfg.control,
-        &path,
-        info,
-        tx,
-        Some(notifier),
-    )
-    .await?;
-    let r = serve_with(cfg, rx, scold_daemon::terminated(), link.context())
-        .await
-        .map(|_| ());
-    link.stop();
-    r
+    node::daemon::run::<Config>(node::daemon::Flags {
+        config: a.config,
+        example_config: a.example_config,
+        genkey: a.genkey,
+        check: a.check,
+    })
+    .await
+}
+
+impl node::daemon::RoleDaemon for Config {
+    const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Proxy;
+    const EXAMPLE: &'static str = EXAMPLE;
+
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        Config::load(path)
+    }
+
+    fn control(&self) -> &ControlSection {
+        &self.control
+    }
+
+    fn node_info(&self, path: &Path) -> anyhow::Result<scold_proto::control::NodeInfo> {
+        Ok(self
+            .control
+            .node_info(self.control.tunnel_info(&self.tunnel, path)?))
+    }
+
+    fn notifier(&self, path: &Path) -> anyhow::Result<Option<control::Notifier>> {
+        Ok(Some(control::Notifier::from_config(&self.notify, path)?))
+    }
+
+    async fn serve<S: Future<Output = ()> + Send>(
+        self,
+        commands: CommandReceiver,
+        shutdown: S,
+        ctx: NodeContext,
+    ) -> anyhow::Result<()> {
+        serve_with(self, commands, shutdown, ctx).await.map(|_| ())
+    }
 }
 
 /// The peer name of a client session.

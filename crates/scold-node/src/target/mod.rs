@@ -16,7 +16,7 @@
 pub mod detect;
 pub mod returnpath;
 
-use crate::node::control::{self, ControlSection, NodeContext};
+use crate::node::control::{ControlSection, NodeContext};
 use crate::node::{self, CommandReceiver};
 use crate::target::detect::{DetectSection, Detection};
 use crate::target::returnpath::{ReturnPath, ReturnPathSection};
@@ -155,27 +155,41 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let flags = (a.example_config, false, a.check);
-    let Some((path, cfg)) = node::prepare(EXAMPLE, flags, a.config, Config::load)? else {
-        return Ok(());
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut info = cfg.control.node_info(None);
-    info.address = info.address.or(cfg.source);
-    let link = control::Link::start(
-        scold_proto::identity::Role::Target,
-        &cfg.control,
-        &path,
-        info,
-        tx,
-        None,
-    )
-    .await?;
-    let r = serve_with(cfg, rx, scold_daemon::terminated(), link.context())
-        .await
-        .map(|_| ());
-    link.stop();
-    r
+    node::daemon::run::<Config>(node::daemon::Flags {
+        config: a.config,
+        example_config: a.example_config,
+        genkey: false,
+        check: a.check,
+    })
+    .await
+}
+
+impl node::daemon::RoleDaemon for Config {
+    const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Target;
+    const EXAMPLE: &'static str = EXAMPLE;
+
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        Config::load(path)
+    }
+
+    fn control(&self) -> &ControlSection {
+        &self.control
+    }
+
+    fn node_info(&self, _path: &Path) -> anyhow::Result<scold_proto::control::NodeInfo> {
+        let mut info = self.control.node_info(None);
+        info.address = info.address.or(self.source);
+        Ok(info)
+    }
+
+    async fn serve<S: Future<Output = ()> + Send>(
+        self,
+        commands: CommandReceiver,
+        shutdown: S,
+        ctx: NodeContext,
+    ) -> anyhow::Result<()> {
+        serve_with(self, commands, shutdown, ctx).await.map(|_| ())
+    }
 }
 
 struct Target {

@@ -1,0 +1,100 @@
+//! The one skeleton every data-path daemon runs on: its flags (`--example-config`,
+//! `--genkey`, `--check`), its config file, the metrics endpoint and the link to the
+//! coordinator, then the role's own service until SIGTERM or SIGINT, then a clean stop.
+//!
+//! A role implements [`RoleDaemon`] on its config type; `scold proxy`, `scold gateway`,
+//! `scold target` and `scold client` all start through [`run`].
+
+use super::control::{ControlLink, ControlSection, NodeContext, Notifier};
+use super::CommandReceiver;
+use anyhow::Context as _;
+use scold_proto::control::NodeInfo;
+use scold_proto::identity::Role;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// The flags every role's command line has.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// The config file.
+    pub config: Option<PathBuf>,
+    /// Print the commented example config and exit.
+    pub example_config: bool,
+    /// Print a fresh WireGuard key pair and exit.
+    pub genkey: bool,
+    /// Load and check the config, then exit without touching the system.
+    pub check: bool,
+}
+
+/// A data-path role, implemented on its config type.
+pub trait RoleDaemon: Sized + Send + 'static {
+    /// The role its certificate must name.
+    const ROLE: Role;
+    /// The commented example config (`--example-config`).
+    const EXAMPLE: &'static str;
+
+    /// Reads and checks the config file; errors name the file, the key and the fix.
+    fn load(path: &Path) -> anyhow::Result<Self>;
+
+    /// The `[control]` table: coordinator, TLS, metrics.
+    fn control(&self) -> &ControlSection;
+
+    /// What the node tells the coordinator when it registers.
+    fn node_info(&self, path: &Path) -> anyhow::Result<NodeInfo>;
+
+    /// Who hears the node's signed NOTIFY messages (proxies only).
+    fn notifier(&self, _path: &Path) -> anyhow::Result<Option<Notifier>> {
+        Ok(None)
+    }
+
+    /// Runs the role until `shutdown` completes, taking commands (static entries of the
+    /// config file and the coordinator's orders) from `commands`.
+    fn serve<S: Future<Output = ()> + Send>(
+        self,
+        commands: CommandReceiver,
+        shutdown: S,
+        ctx: NodeContext,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Handles the flags that exit at once; otherwise loads the config and returns it.
+pub fn prepare<C>(
+    example: &str,
+    flags: Flags,
+    load: impl FnOnce(&Path) -> anyhow::Result<C>,
+) -> anyhow::Result<Option<(PathBuf, C)>> {
+    if flags.example_config {
+        print!("{example}");
+        return Ok(None);
+    }
+    if flags.genkey {
+        super::print_genkey()?;
+        return Ok(None);
+    }
+    let path = flags
+        .config
+        .context("--config FILE is required (or --example-config)")?;
+    let cfg = load(&path)?;
+    if flags.check {
+        println!("{}: ok", path.display());
+        return Ok(None);
+    }
+    Ok(Some((path, cfg)))
+}
+
+/// Runs role `D` as a daemon: flags, config, control link and metrics, the role's
+/// service, and a clean stop on SIGTERM or SIGINT.
+pub async fn run<D: RoleDaemon>(flags: Flags) -> anyhow::Result<()> {
+    let Some((path, cfg)) = prepare(D::EXAMPLE, flags, D::load)? else {
+        return Ok(());
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let info = cfg.node_info(&path)?;
+    let notifier = cfg.notifier(&path)?;
+    let link = ControlLink::start(D::ROLE, cfg.control(), &path, info, tx, notifier).await?;
+    let r = cfg
+        .serve(rx, scold_daemon::terminated(), link.context())
+        .await;
+    link.stop();
+    r
+}
