@@ -74,14 +74,29 @@ pub struct Order {
     pub commands: Vec<Command>,
 }
 
-fn tunnel<'a>(k: &'a Known, what: &str) -> Result<&'a TunnelInfo, String> {
-    k.tunnel
-        .as_ref()
-        .ok_or_else(|| format!("{what} {} has not announced its tunnel end point", k.name))
+/// Why a step's orders cannot be written yet. The step stays pending and is retried:
+/// each of these clears when the named node registers with what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{role} {name} has not announced its tunnel end point")]
+    NoTunnel { role: &'static str, name: String },
+    #[error("no gateway of target {target} has announced its tunnel end point")]
+    NoGateway { target: String },
+    #[error("proxy {name} is not in the target's set")]
+    NotInSet { name: String },
+    #[error("gateway {gateway} has not announced its address on the target's network")]
+    NoInsideAddress { gateway: String },
 }
 
-fn peer(k: &Known, what: &str) -> Result<Peer, String> {
-    let t = tunnel(k, what)?;
+fn tunnel<'a>(k: &'a Known, role: &'static str) -> Result<&'a TunnelInfo, PlanError> {
+    k.tunnel.as_ref().ok_or_else(|| PlanError::NoTunnel {
+        role,
+        name: k.name.clone(),
+    })
+}
+
+fn peer(k: &Known, role: &'static str) -> Result<Peer, PlanError> {
+    let t = tunnel(k, role)?;
     Ok(Peer {
         name: k.name.clone(),
         address: t.endpoint.ip(),
@@ -94,19 +109,16 @@ fn peer(k: &Known, what: &str) -> Result<Peer, String> {
 
 /// The gateway a proxy sends this target's traffic to: the first one that announced
 /// its tunnel end point.
-fn gateway<'a>(ctx: &'a Context<'_>) -> Result<&'a Known, String> {
+fn gateway<'a>(ctx: &'a Context<'_>) -> Result<&'a Known, PlanError> {
     ctx.gateways
         .iter()
         .find(|g| g.tunnel.is_some())
-        .ok_or_else(|| {
-            format!(
-                "no gateway of target {} has announced its tunnel end point",
-                ctx.target.name
-            )
+        .ok_or_else(|| PlanError::NoGateway {
+            target: ctx.target.name.clone(),
         })
 }
 
-fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, String> {
+fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, PlanError> {
     if ctx.target.scheme != Scheme::Nat {
         return Ok(Vec::new());
     }
@@ -126,7 +138,7 @@ fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, Str
 }
 
 /// The orders of `step`; an empty list means the step needs no node (DNS, drain).
-pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
+pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
     let target_routes = || ctx.target.addresses.iter().map(|a| Prefix::host(*a));
     match step {
         Step::GatewaySetup | Step::GatewayTeardown => {
@@ -246,12 +258,12 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
             // connections that come in from the gateway and routes their replies back
             // to it (no per-client state).
             let gw = gateway(ctx)?;
-            let inside = tunnel(gw, "gateway")?.inside.ok_or_else(|| {
-                format!(
-                    "gateway {} has not announced its address on the target's network",
-                    gw.name
-                )
-            })?;
+            let inside =
+                tunnel(gw, "gateway")?
+                    .inside
+                    .ok_or_else(|| PlanError::NoInsideAddress {
+                        gateway: gw.name.clone(),
+                    })?;
             let mut commands = Vec::new();
             if ctx.target.scheme != Scheme::Nat {
                 commands.push(if *step == Step::TargetSetup {
@@ -282,10 +294,12 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, String> {
     }
 }
 
-fn find<'a>(ks: &'a [Known], name: &str) -> Result<&'a Known, String> {
+fn find<'a>(ks: &'a [Known], name: &str) -> Result<&'a Known, PlanError> {
     ks.iter()
         .find(|k| k.name == name)
-        .ok_or_else(|| format!("proxy {name} is not in the target's set"))
+        .ok_or_else(|| PlanError::NotInSet {
+            name: name.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -490,7 +504,13 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
         let mut c = ctx(&t);
         c.gateways[0].tunnel.as_mut().unwrap().inside = None;
         let e = orders(&Step::TargetSetup, &c).unwrap_err();
-        assert!(e.contains("gw1") && e.contains("target's network"), "{e}");
+        assert_eq!(
+            e,
+            PlanError::NoInsideAddress {
+                gateway: "gw1".into()
+            }
+        );
+        assert!(e.to_string().contains("target's network"), "{e}");
     }
 
     #[test]
@@ -499,7 +519,12 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
         let mut c = ctx(&t);
         c.gateways[0].tunnel = None;
         let e = orders(&Step::ProxySetup("p1".into()), &c).unwrap_err();
-        assert!(e.contains("no gateway of target web"), "{e}");
+        assert_eq!(
+            e,
+            PlanError::NoGateway {
+                target: "web".into()
+            }
+        );
     }
 
     #[test]

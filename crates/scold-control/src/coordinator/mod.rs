@@ -355,7 +355,7 @@ impl Coordinator {
             }
             Step::PushRoutes => {
                 let ctx = self.context(tcfg, &proxies);
-                let orders = orchestrate::orders(step, &ctx)?;
+                let orders = orchestrate::orders(step, &ctx).map_err(|e| e.to_string())?;
                 drop(ctx);
                 return self.push_routes(tcfg, epoch, orders).await;
             }
@@ -379,7 +379,7 @@ impl Coordinator {
             tcfg,
             epoch,
             step_role(step),
-            orchestrate::orders(step, &ctx)?,
+            orchestrate::orders(step, &ctx).map_err(|e| e.to_string())?,
         )
         .await
     }
@@ -681,7 +681,7 @@ impl Coordinator {
                     &Step::PushRoutes
                 }
             };
-            let mut orders = orchestrate::orders(step, &ctx)?;
+            let mut orders = orchestrate::orders(step, &ctx).map_err(|e| e.to_string())?;
             drop(ctx);
             if let Resend::Own(_) = item {
                 orders.retain(|o| o.node == node);
