@@ -10,9 +10,12 @@
 //! them back into the TUN device, and the engine returns each through the proxy that
 //! client's traffic last came in by.
 
+pub mod hidden;
+
 use crate::node::control::{self, ControlSection};
 use crate::node::{self, CommandReceiver, Sysctl, TunnelSection};
 use anyhow::Context as _;
+use hidden::{Hidden, HiddenSection, Openings};
 use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
 use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
@@ -40,6 +43,10 @@ pub struct Args {
     /// Check the config file and exit without touching the system.
     #[arg(long)]
     pub check: bool,
+    /// Print the packet policy that keeps this gateway silent (nft JSON) and exit. Load
+    /// it at boot with `nft -j -f FILE` so the gateway is silent before the daemon runs.
+    #[arg(long, requires = "config")]
+    pub print_policy: bool,
 }
 
 pub const EXAMPLE: &str = r#"# scold gateway: the hidden alternate gateway of a target site.
@@ -83,6 +90,18 @@ cert = "gateway-gw1.crt"      # scold ca issue --role gateway --name gw1
 key = "gateway-gw1.key"
 crl = "crl.pem"
 
+# The packet policy that keeps the gateway hidden (nftables, installed at start, removed
+# at exit): nothing leaves but tunnel packets to registered proxies, the control
+# connection, and traffic on lan_interface and the TUN device. `scold gateway --config
+# FILE --print-policy > /etc/scold/hidden.json` and `nft -j -f /etc/scold/hidden.json`
+# in a boot unit keep it silent before the daemon starts.
+[hidden]
+enabled = true
+# Forward only what enters or leaves the TUN device.
+forward_only_tunnel = true
+# Destinations it may still send to (management, a metrics scraper outside the LAN).
+allow_out = []
+
 # Proxies registered by the coordinator (more come through the control channel).
 [[peers]]
 name = "proxy-1"
@@ -120,16 +139,36 @@ pub struct Config {
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub control: ControlSection,
+    /// The packet policy that keeps the gateway silent to everyone but its proxies.
+    #[serde(default)]
+    pub hidden: HiddenSection,
     #[serde(skip)]
     pub file: PathBuf,
 }
 
 impl Config {
+    /// What the hidden gateway's policy must let out for this config.
+    pub fn openings(&self) -> Openings {
+        Openings {
+            lan_interface: self.lan_interface.clone(),
+            tun_name: self.tun_name.clone(),
+            udp_port: self.tunnel.listen.map(|l| l.port()),
+            ipip: self.tunnel.ipip,
+            control: self.control.coordinator,
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let mut c: Config = scold_daemon::load(path, "scold gateway --example-config")?;
         c.file = path.to_path_buf();
         c.tunnel.check(path)?;
         c.control.check(path)?;
+        if c.hidden.enabled && c.tunnel.listen.is_some_and(|l| l.port() == 0) {
+            anyhow::bail!(
+                "config file {}: tunnel.listen has port 0 but [hidden] lets tunnel packets out by their source port; give tunnel.listen a port",
+                path.display()
+            );
+        }
         if c.tunnel.listen.is_none() && !c.tunnel.ipip {
             anyhow::bail!(
                 "config file {}: tunnel.listen is not set and tunnel.ipip is false: the gateway would accept no tunnel; set one",
@@ -146,6 +185,15 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.print_policy {
+        let path = a.config.context("--print-policy needs --config FILE")?;
+        let cfg = Config::load(&path)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Hidden::ruleset(&cfg.hidden, &cfg.openings()))?
+        );
+        return Ok(());
+    }
     node::daemon::run::<Config>(node::daemon::Flags {
         config: a.config,
         example_config: a.example_config,
@@ -191,6 +239,7 @@ impl node::daemon::RoleDaemon for Config {
 
 struct Gateway {
     engine: EngineHandle,
+    hidden: Option<Hidden>,
 }
 
 impl node::Node for Gateway {
@@ -205,16 +254,30 @@ impl node::Node for Gateway {
                     learn_sources: true,
                     ..Default::default()
                 };
+                let (name, address) = (p.name.clone(), p.address);
+                if let Some(h) = self.hidden.as_mut() {
+                    // Let its tunnel packets out before the engine sends any.
+                    if let Err(e) = h.admit(&name, address) {
+                        return Reply::refused(RefusalCode::System, e.to_string());
+                    }
+                }
                 match self.engine.call(move |s| s.add_peer(&p, policy)).await {
                     Ok(Ok((_, changed))) => Reply::Done { changed },
                     Ok(Err(e)) => Reply::refused(RefusalCode::Conflict, e.to_string()),
                     Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
                 }
             }
-            Command::RemovePeer { name } => match self.engine.call(move |s| s.remove_peer(&name)).await {
-                Ok(changed) => Reply::Done { changed },
-                Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
-            },
+            Command::RemovePeer { name } => {
+                if let Some(h) = self.hidden.as_mut() {
+                    if let Err(e) = h.forget(&name) {
+                        tracing::warn!(peer = %name, error = %e, "hidden gateway policy");
+                    }
+                }
+                match self.engine.call(move |s| s.remove_peer(&name)).await {
+                    Ok(changed) => Reply::Done { changed },
+                    Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
+                }
+            }
             Command::GetStats => match self.engine.call(|s| s.stats()).await {
                 Ok(s) => Reply::Stats(s),
                 Err(e) => Reply::refused(RefusalCode::System, e.to_string()),
@@ -246,6 +309,15 @@ pub async fn serve(
     // elsewhere; strict reverse-path filtering would drop them.
     let _ = Sysctl::set(&format!("net.ipv4.conf.{}.rp_filter", cfg.tun_name), "0");
     let private_key = cfg.tunnel.private_key(&cfg.file)?;
+    // Silent before the tunnel socket opens.
+    let hidden = if cfg.hidden.enabled {
+        Some(Hidden::install(cfg.hidden.clone(), &cfg.openings())?)
+    } else {
+        tracing::warn!(
+            "[hidden] enabled = false: this gateway answers scans unless another firewall stops it"
+        );
+        None
+    };
     let (engine, handle) = Engine::new(
         EngineConfig {
             udp_listen: cfg.tunnel.listen,
@@ -275,7 +347,10 @@ pub async fn serve(
             iif: Some(cfg.lan_interface.clone()),
         },
     );
-    let mut gw = Gateway { engine: handle };
+    let mut gw = Gateway {
+        engine: handle,
+        hidden,
+    };
     let setup = async {
         nl.link_index(&cfg.lan_interface)
             .await
@@ -312,6 +387,11 @@ pub async fn serve(
     }
     let _ = stop_tx.send(());
     let stats = engine_task.await.context("packet engine task failed")?;
+    if let Some(h) = gw.hidden.take() {
+        if let Err(e) = h.remove() {
+            tracing::warn!(error = %e, "tear-down incomplete");
+        }
+    }
     tracing::info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "gateway stopped");
     result.map(|_| stats)
 }
