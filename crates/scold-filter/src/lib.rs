@@ -10,6 +10,8 @@
 //! - [`firewall`]: sans-IO per-packet filter of the proxy (per-source token
 //!   buckets, flood classification, block list with expiry, traceback list).
 //! - [`selfdefence`]: sans-IO detection of a severe attack on a proxy itself.
+//! - [`capture`] (Linux): the one AF_PACKET capture with its classic BPF programs,
+//!   used by the target's sampler and the proxy's link watcher.
 //! - [`sample`] and [`monitor`] (Linux): read a link's counters and sample its
 //!   packets, and drive a detector from them in a tokio task.
 //! - [`nft`]: the nftables back end that drops blocked sources in the kernel.
@@ -17,6 +19,8 @@
 //! The sans-IO parts take time as a parameter and never touch a socket, so the
 //! same code runs in tests on synthetic traces and in the daemons.
 
+#[cfg(target_os = "linux")]
+pub mod capture;
 pub mod detect;
 pub mod firewall;
 pub mod heavy;

@@ -166,7 +166,7 @@ async fn run(
             _ = tx.closed() => break,
             _ = tick.tick() => {
                 let now = start.elapsed();
-                match sampler.get_mut().sample() {
+                match sampler.get_mut().sample().await {
                     Ok(s) => {
                         samples += 1;
                         let ev = detector.observe(now, &s);

@@ -24,18 +24,19 @@
 //! ```
 //!
 //! Commands go through the `nftables` crate (`nft -j`), batched so each call
-//! is one atomic transaction.
+//! is one atomic transaction. [`Nft`] runs them (in a network namespace if asked)
+//! and turns failures into [`NftError`]s; the target's return path (`scold-node`)
+//! uses the same runner and table helpers for its own table.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nftables::batch::Batch;
 use nftables::expr::{Elem, Expression, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::helper::{self, NftablesError};
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
     SetTypeValue, Table,
@@ -108,46 +109,184 @@ pub struct BlockedEntry {
     pub expires: Option<Duration>,
 }
 
+/// Runs `nft` with JSON documents built with the `nftables` crate, inside a network
+/// namespace if asked. Every call is one transaction: all of it applies, or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nft {
+    program: String,
+    netns: Option<String>,
+}
+
+impl Nft {
+    /// `program` is the `nft` binary; `netns` an `ip netns` name, `None` for the
+    /// namespace of the calling process.
+    pub fn new(program: impl Into<String>, netns: Option<String>) -> Self {
+        Nft {
+            program: program.into(),
+            netns,
+        }
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NftError> {
+        match &self.netns {
+            // A child process inherits the network namespace of the thread that
+            // forks it, so nft runs inside the namespace.
+            Some(ns) => Ok(in_netns(ns, f)?),
+            None => Ok(f()),
+        }
+    }
+
+    /// Runs `nft ARGS`, feeding `stdin`; `action` names the step in errors.
+    ///
+    /// This and not `nftables::helper`: the helper leaves nft's standard error to
+    /// the daemon's, so the reason nft gives for a refusal would miss the error.
+    fn exec(
+        &self,
+        args: &[&str],
+        stdin: Option<String>,
+        action: &str,
+    ) -> Result<Vec<u8>, NftError> {
+        let program = self.program.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let output = self.run(move || {
+            let mut child = Command::new(&program)
+                .args(&args)
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                // A write error shows as nft's own failure below.
+                let _ = pipe.write_all(text.as_bytes());
+            }
+            child.wait_with_output()
+        })?;
+        let output = output.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                NftError::NotInstalled {
+                    program: self.program.clone(),
+                    source,
+                }
+            } else {
+                NftError::Other {
+                    action: action.to_string(),
+                    detail: format!("running {:?}: {source}", self.program),
+                }
+            }
+        })?;
+        if !output.status.success() {
+            return Err(NftError::Failed {
+                action: action.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(output.stdout)
+    }
+
+    /// Applies `doc` (`nft -j -f -`) as one transaction.
+    pub fn apply(&self, doc: &Nftables<'_>, action: &str) -> Result<(), NftError> {
+        let payload = serde_json::to_string(doc).map_err(|e| NftError::Other {
+            action: action.to_string(),
+            detail: e.to_string(),
+        })?;
+        self.exec(&["-j", "-f", "-"], Some(payload), action)
+            .map(|_| ())
+    }
+
+    /// Checks `doc` (`nft -c -j -f -`): the kernel validates the transaction and
+    /// discards it, so nothing changes.
+    pub fn check(&self, doc: &Nftables<'_>, action: &str) -> Result<(), NftError> {
+        let payload = serde_json::to_string(doc).map_err(|e| NftError::Other {
+            action: action.to_string(),
+            detail: e.to_string(),
+        })?;
+        self.exec(&["-c", "-j", "-f", "-"], Some(payload), action)
+            .map(|_| ())
+    }
+
+    /// `nft -j list ARGS...` as JSON.
+    pub fn list(&self, args: &[&str]) -> Result<serde_json::Value, NftError> {
+        let action = format!("list {}", args.join(" "));
+        let mut full = vec!["-j", "list"];
+        full.extend_from_slice(args);
+        let out = self.exec(&full, None, &action)?;
+        serde_json::from_slice(&out).map_err(|e| NftError::Other {
+            action,
+            detail: format!("unreadable JSON: {e}"),
+        })
+    }
+
+    /// Deletes table `name` of `family` whole. Not an error if it is gone.
+    pub fn delete_table(&self, family: NfFamily, name: &str) -> Result<(), NftError> {
+        let mut b = Batch::new();
+        // Add-then-delete: succeeds whether or not the table exists.
+        let t = table(family, name);
+        b.add(NfListObject::Table(t.clone()));
+        b.delete(NfListObject::Table(t));
+        self.apply(
+            &b.to_nftables(),
+            &format!("delete table {} {name}", family_name(family)),
+        )
+    }
+}
+
+/// Table `name` of `family`, as an object to add or delete.
+pub fn table(family: NfFamily, name: &str) -> Table<'static> {
+    Table {
+        family,
+        name: name.to_string().into(),
+        handle: None,
+    }
+}
+
+/// Starts `batch` with an empty table `name`: whatever a table of that name held
+/// (left over from a run that could not clean up) goes in the same transaction as
+/// what the batch adds after this.
+pub fn replace_table(batch: &mut Batch<'static>, family: NfFamily, name: &str) {
+    let t = table(family, name);
+    batch.add(NfListObject::Table(t.clone()));
+    batch.delete(NfListObject::Table(t.clone()));
+    batch.add(NfListObject::Table(t));
+}
+
+fn family_name(f: NfFamily) -> &'static str {
+    match f {
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        NfFamily::INet => "inet",
+        NfFamily::ARP => "arp",
+        NfFamily::Bridge => "bridge",
+        NfFamily::NetDev => "netdev",
+    }
+}
+
 /// Handle on the `inet scold` table.
 #[derive(Clone, Debug)]
 pub struct NftBlocklist {
     cfg: NftConfig,
-}
-
-fn map_err(action: &str, program: &str, e: NftablesError) -> NftError {
-    match e {
-        NftablesError::NftExecution { inner, .. }
-            if inner.kind() == std::io::ErrorKind::NotFound =>
-        {
-            NftError::NotInstalled {
-                program: program.to_string(),
-                source: inner,
-            }
-        }
-        NftablesError::NftFailed { stderr, .. } => NftError::Failed {
-            action: action.to_string(),
-            stderr: stderr.trim().to_string(),
-        },
-        other => NftError::Other {
-            action: action.to_string(),
-            detail: other.to_string(),
-        },
-    }
+    nft: Nft,
 }
 
 impl NftBlocklist {
     /// Creates the table, sets, chain and drop rules if missing (idempotent:
     /// the chain's rules are replaced, elements already in the sets are kept).
     pub fn ensure(cfg: NftConfig) -> Result<Self, NftError> {
-        let this = NftBlocklist { cfg };
+        let this = NftBlocklist::new(cfg);
         let c = &this.cfg;
         let fam = NfFamily::INet;
         let mut b = Batch::new();
-        b.add(NfListObject::Table(Table {
-            family: fam,
-            name: c.table.clone().into(),
-            handle: None,
-        }));
+        b.add(NfListObject::Table(table(fam, &c.table)));
         for (name, ty, interval) in [
             (&c.set4, SetType::Ipv4Addr, false),
             (&c.set6, SetType::Ipv6Addr, true),
@@ -204,33 +343,17 @@ impl NftBlocklist {
         Ok(this)
     }
 
+    fn new(cfg: NftConfig) -> Self {
+        let nft = Nft::new(cfg.program.clone(), cfg.netns.clone());
+        NftBlocklist { cfg, nft }
+    }
+
     pub fn config(&self) -> &NftConfig {
         &self.cfg
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NftError> {
-        match &self.cfg.netns {
-            // A child process inherits the network namespace of the thread that
-            // forks it, so nft runs inside the namespace.
-            Some(ns) => Ok(in_netns(ns, f)?),
-            None => Ok(f()),
-        }
-    }
-
     fn apply(&self, doc: &Nftables<'_>, action: &str) -> Result<(), NftError> {
-        let payload = serde_json::to_string(doc).map_err(|e| NftError::Other {
-            action: action.to_string(),
-            detail: e.to_string(),
-        })?;
-        let program = self.cfg.program.clone();
-        let p2 = program.clone();
-        let res = self.run(move || {
-            helper::apply_ruleset_raw(&payload, Some(&p2), helper::DEFAULT_ARGS).map(|_| ())
-        })?;
-        res.map_err(|e| map_err(action, &program, e))
+        self.nft.apply(doc, action)
     }
 
     fn element_value(addr: IpAddr, prefix_len: u8) -> Result<Expression<'static>, NftError> {
@@ -360,39 +483,8 @@ impl NftBlocklist {
     /// The elements of both sets.
     pub fn list(&self) -> Result<Vec<BlockedEntry>, NftError> {
         let mut out = Vec::new();
-        for set in [self.cfg.set4.clone(), self.cfg.set6.clone()] {
-            let args: Vec<OsString> = ["-j", "list", "set", "inet", &self.cfg.table, &set]
-                .iter()
-                .map(OsString::from)
-                .collect();
-            let program = self.cfg.program.clone();
-            let p2 = program.clone();
-            let output = self.run(move || Command::new(&p2).args(&args).output())?;
-            let action = format!("list set inet {} {set}", self.cfg.table);
-            let output = output.map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    NftError::NotInstalled {
-                        program: program.clone(),
-                        source,
-                    }
-                } else {
-                    NftError::Other {
-                        action: action.clone(),
-                        detail: source.to_string(),
-                    }
-                }
-            })?;
-            if !output.status.success() {
-                return Err(NftError::Failed {
-                    action,
-                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-                });
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&output.stdout).map_err(|e| NftError::Other {
-                    action: action.clone(),
-                    detail: format!("unreadable JSON: {e}"),
-                })?;
+        for set in [&self.cfg.set4, &self.cfg.set6] {
+            let v = self.nft.list(&["set", "inet", &self.cfg.table, set])?;
             parse_set_elements(&v, &mut out);
         }
         Ok(out)
@@ -400,51 +492,15 @@ impl NftBlocklist {
 
     /// Packets and bytes dropped so far by the blocklist rules (both families).
     pub fn drop_counters(&self) -> Result<(u64, u64), NftError> {
-        let args: Vec<OsString> = [
-            "-j",
-            "list",
-            "chain",
-            "inet",
-            &self.cfg.table,
-            &self.cfg.chain,
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
-        let program = self.cfg.program.clone();
-        let action = format!("list chain inet {} {}", self.cfg.table, self.cfg.chain);
-        let output = self
-            .run(move || Command::new(&program).args(&args).output())?
-            .map_err(|e| NftError::Other {
-                action: action.clone(),
-                detail: e.to_string(),
-            })?;
-        if !output.status.success() {
-            return Err(NftError::Failed {
-                action,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&output.stdout).map_err(|e| NftError::Other {
-                action: action.clone(),
-                detail: format!("unreadable JSON: {e}"),
-            })?;
+        let v = self
+            .nft
+            .list(&["chain", "inet", &self.cfg.table, &self.cfg.chain])?;
         Ok(sum_counters(&v))
     }
 
     /// Deletes the whole table (sets, chain, rules). Not an error if it is gone.
     pub fn remove(self) -> Result<(), NftError> {
-        let mut b = Batch::new();
-        // Add-then-delete: succeeds whether or not the table exists.
-        let t = Table {
-            family: NfFamily::INet,
-            name: self.cfg.table.clone().into(),
-            handle: None,
-        };
-        b.add(NfListObject::Table(t.clone()));
-        b.delete(NfListObject::Table(t));
-        self.apply(&b.to_nftables(), "delete the scold table")
+        self.nft.delete_table(NfFamily::INet, &self.cfg.table)
     }
 }
 
@@ -602,12 +658,10 @@ mod tests {
 
     #[test]
     fn missing_nft_is_named() {
-        let bl = NftBlocklist {
-            cfg: NftConfig {
-                program: "/nonexistent/nft".into(),
-                ..NftConfig::default()
-            },
-        };
+        let bl = NftBlocklist::new(NftConfig {
+            program: "/nonexistent/nft".into(),
+            ..NftConfig::default()
+        });
         let e = bl
             .block("10.0.0.1".parse().unwrap(), 32, Duration::from_secs(5))
             .unwrap_err();

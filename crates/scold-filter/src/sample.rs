@@ -1,12 +1,12 @@
 //! Reading a Linux link: counters through rtnetlink, packets through a sampled
-//! AF_PACKET socket, folded into [`LinkSample`]s for the [`Detector`](crate::Detector).
+//! [`Capture`], folded into [`LinkSample`]s for the [`Detector`](crate::Detector).
 //!
 //! Counters (`rx_packets`, `rx_bytes`) are exact and come from the kernel's
 //! link statistics. The protocol mix, SYN count, new sources and top sources
-//! need packet headers: an AF_PACKET socket receives one incoming packet in
-//! `one_in` (chosen in the kernel by a classic BPF program, so a flood costs
-//! us only its sample), cut to `snaplen` bytes. Per-class counts are the exact
-//! packet delta split by the sampled mix, so they always add up to the counters.
+//! need packet headers: the capture receives one incoming packet in `one_in`
+//! (chosen in the kernel by [`Program::sample`], so a flood costs us only its
+//! sample), cut to `snaplen` bytes. Per-class counts are the exact packet delta
+//! split by the sampled mix, so they always add up to the counters.
 //!
 //! Counters are read through rtnetlink rather than `/sys/class/net` because
 //! sysfs shows the network namespace it was mounted in, while a netlink socket
@@ -14,14 +14,18 @@
 //! namespace (see [`LinkSampler::open_in_netns`]) then works from any thread.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::LinkAttribute;
 use serde::{Deserialize, Serialize};
 
+use crate::capture::{
+    ifindex, Capture, CaptureConfig, CaptureError, CaptureStats, Program, MAX_BATCH,
+};
 use crate::detect::{LinkSample, SourceCount};
 use crate::heavy::SpaceSaving;
 use crate::packet::{classify_lax, PacketInfo, Proto};
@@ -39,23 +43,32 @@ pub enum SampleError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "{what} for interface {interface:?} failed: {source} (packet sampling needs CAP_NET_RAW)"
-    )]
-    Socket {
-        what: &'static str,
-        interface: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Capture(CaptureError),
     #[error("reading link statistics of {interface:?} over rtnetlink failed: {detail}")]
     Netlink { interface: String, detail: String },
+    #[error("reading link statistics of {interface:?} needs a tokio runtime: the rtnetlink connection runs as a task on it")]
+    NoRuntime { interface: String },
     #[error("reading {path}: {source}")]
     Proc {
         path: &'static str,
         #[source]
         source: io::Error,
     },
+}
+
+impl From<CaptureError> for SampleError {
+    fn from(e: CaptureError) -> Self {
+        match e {
+            CaptureError::NoSuchInterface { interface } => {
+                SampleError::NoSuchInterface { interface }
+            }
+            CaptureError::BadInterfaceName { interface } => {
+                SampleError::BadInterfaceName { interface }
+            }
+            other => SampleError::Capture(other),
+        }
+    }
 }
 
 /// Exact receive/transmit counters of a link.
@@ -273,96 +286,41 @@ pub fn in_netns<T: Send + 'static>(
     .expect("namespace worker thread panicked")
 }
 
-fn ifindex(interface: &str) -> Result<u32, SampleError> {
-    let c = CString::new(interface).map_err(|_| SampleError::BadInterfaceName {
-        interface: interface.to_string(),
-    })?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(SampleError::NoSuchInterface {
-            interface: interface.to_string(),
-        });
-    }
-    Ok(idx)
-}
-
-fn setsockopt<T>(fd: RawFd, level: i32, opt: i32, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live T and we pass its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            val as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads one link's statistics through an rtnetlink socket.
+/// Reads one link's statistics through rtnetlink.
 ///
-/// One fixed request (RTM_GETLINK for an index) and one attribute
-/// (IFLA_STATS64) are all we need, synchronously, from a socket bound to a
-/// namespace; that is a few lines of framing, not worth an async netlink stack.
+/// The connection is opened in the namespace of the thread that opens the reader (a
+/// netlink socket belongs to the namespace it was created in) and its driver runs as
+/// a task on the tokio runtime current at that moment; reads are then async, so a
+/// slow answer never blocks the runtime's thread.
 #[derive(Debug)]
 pub struct CounterReader {
-    fd: OwnedFd,
+    handle: rtnetlink::Handle,
     ifindex: u32,
     interface: String,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const RTM_NEWLINK: u16 = 16;
-const IFLA_STATS64: u16 = 23;
-const NLMSG_HDRLEN: usize = 16;
-const IFINFO_LEN: usize = 16;
+/// How long one read waits for the kernel's answer.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl CounterReader {
-    /// Opens in the calling thread's network namespace.
+    /// Opens in the calling thread's network namespace; needs a tokio runtime
+    /// context (the connection's driver is spawned on it).
     pub fn open(interface: &str) -> Result<Self, SampleError> {
         let idx = ifindex(interface)?;
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(SampleError::Socket {
-                what: "opening rtnetlink socket",
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SampleError::NoRuntime {
                 interface: interface.to_string(),
-                source: io::Error::last_os_error(),
             });
         }
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let tv = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).map_err(|source| {
-            SampleError::Socket {
-                what: "setting rtnetlink receive timeout",
-                interface: interface.to_string(),
-                source,
-            }
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| SampleError::Netlink {
+            interface: interface.to_string(),
+            detail: format!("opening an rtnetlink socket: {e}"),
         })?;
+        tokio::spawn(conn);
         Ok(CounterReader {
-            fd,
+            handle,
             ifindex: idx,
             interface: interface.to_string(),
-            seq: 0,
-            buf: vec![0; 32 * 1024],
         })
     }
 
@@ -373,249 +331,36 @@ impl CounterReader {
         }
     }
 
-    pub fn read(&mut self) -> Result<LinkCounters, SampleError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = [0u8; NLMSG_HDRLEN + IFINFO_LEN];
-        req[0..4].copy_from_slice(&((NLMSG_HDRLEN + IFINFO_LEN) as u32).to_ne_bytes());
-        req[4..6].copy_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
-        req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-        req[8..12].copy_from_slice(&self.seq.to_ne_bytes());
-        req[16] = libc::AF_UNSPEC as u8;
-        req[20..24].copy_from_slice(&(self.ifindex as i32).to_ne_bytes());
-        // SAFETY: `req` is a valid buffer of the given length; the socket is ours.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                req.as_ptr() as *const libc::c_void,
-                req.len(),
-                0,
-            )
+    pub async fn read(&mut self) -> Result<LinkCounters, SampleError> {
+        let mut links = self.handle.link().get().match_index(self.ifindex).execute();
+        let answer = tokio::time::timeout(NETLINK_TIMEOUT, links.try_next())
+            .await
+            .map_err(|_| self.nl_err(format!("no answer within {NETLINK_TIMEOUT:?}")))?;
+        let link = match answer {
+            Ok(Some(link)) => link,
+            Ok(None) => return Err(self.nl_err("no link message in answer")),
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
+            {
+                return Err(SampleError::NoSuchInterface {
+                    interface: self.interface.clone(),
+                })
+            }
+            Err(e) => return Err(self.nl_err(format!("kernel answered: {e}"))),
         };
-        if sent < 0 {
-            return Err(self.nl_err(format!("send: {}", io::Error::last_os_error())));
-        }
-        loop {
-            // SAFETY: `buf` is a valid writable buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(self.nl_err(format!("recv: {}", io::Error::last_os_error())));
-            }
-            let n = n as usize;
-            if let Some(result) = self.parse(n)? {
-                return Ok(result);
-            }
-        }
-    }
-
-    /// Walks the messages in `buf[..n]`; `None` means "not ours, read again".
-    fn parse(&self, n: usize) -> Result<Option<LinkCounters>, SampleError> {
-        let buf = &self.buf[..n];
-        let mut off = 0;
-        while off + NLMSG_HDRLEN <= buf.len() {
-            let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap());
-            let u16_at = |o: usize| u16::from_ne_bytes(buf[o..o + 2].try_into().unwrap());
-            let len = u32_at(off) as usize;
-            let ty = u16_at(off + 4);
-            let seq = u32_at(off + 8);
-            if len < NLMSG_HDRLEN || off + len > buf.len() {
-                return Err(self.nl_err("truncated netlink message"));
-            }
-            let msg = &buf[off..off + len];
-            off += (len + 3) & !3;
-            if seq != self.seq {
-                continue;
-            }
-            match ty {
-                NLMSG_ERROR => {
-                    let code = if msg.len() >= 20 {
-                        i32::from_ne_bytes(msg[16..20].try_into().unwrap())
-                    } else {
-                        0
-                    };
-                    if code == -libc::ENODEV {
-                        return Err(SampleError::NoSuchInterface {
-                            interface: self.interface.clone(),
-                        });
-                    }
-                    return Err(self.nl_err(format!(
-                        "kernel answered: {}",
-                        io::Error::from_raw_os_error(-code)
-                    )));
-                }
-                NLMSG_DONE => return Err(self.nl_err("no link message in answer")),
-                RTM_NEWLINK => {
-                    let mut a = NLMSG_HDRLEN + IFINFO_LEN;
-                    while a + 4 <= msg.len() {
-                        let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().unwrap()) as usize;
-                        let aty =
-                            u16::from_ne_bytes(msg[a + 2..a + 4].try_into().unwrap()) & 0x3fff;
-                        if alen < 4 || a + alen > msg.len() {
-                            break;
-                        }
-                        if aty == IFLA_STATS64 && alen >= 4 + 8 * 7 {
-                            let v = |i: usize| {
-                                let o = a + 4 + 8 * i;
-                                u64::from_ne_bytes(msg[o..o + 8].try_into().unwrap())
-                            };
-                            // struct rtnl_link_stats64: rx_packets, tx_packets,
-                            // rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped.
-                            return Ok(Some(LinkCounters {
-                                rx_packets: v(0),
-                                tx_packets: v(1),
-                                rx_bytes: v(2),
-                                tx_bytes: v(3),
-                                rx_dropped: v(6),
-                            }));
-                        }
-                        a += (alen + 3) & !3;
-                    }
-                    return Err(self.nl_err("link message without IFLA_STATS64"));
-                }
-                _ => continue,
-            }
-        }
-        Ok(None)
-    }
-}
-
-// Classic BPF opcodes and ancillary offsets (linux/filter.h).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_MOD_K: u16 = 0x94;
-const BPF_RET_K: u16 = 0x06;
-const SKF_AD_OFF: i32 = -0x1000;
-const SKF_AD_PKTTYPE: i32 = 4;
-const SKF_AD_RANDOM: i32 = 56;
-const PACKET_OUTGOING: u32 = 4;
-
-/// The kernel-side sampler: drop outgoing packets, keep one in `one_in` of the
-/// rest, cut to `snaplen`.
-fn sampling_program(one_in: u32, snaplen: u32) -> [libc::sock_filter; 7] {
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    [
-        ins(BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32),
-        ins(BPF_JEQ_K, 4, 0, PACKET_OUTGOING),
-        ins(BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_RANDOM) as u32),
-        ins(BPF_MOD_K, 0, 0, one_in.max(1)),
-        ins(BPF_JEQ_K, 0, 1, 0),
-        ins(BPF_RET_K, 0, 0, snaplen.max(20)),
-        ins(BPF_RET_K, 0, 0, 0),
-    ]
-}
-
-/// Non-blocking AF_PACKET socket that receives sampled incoming packets of one
-/// interface as IP packets (SOCK_DGRAM strips the link header).
-#[derive(Debug)]
-pub struct PacketSampler {
-    fd: OwnedFd,
-    buf: Vec<u8>,
-}
-
-impl PacketSampler {
-    /// Opens in the calling thread's network namespace.
-    pub fn open(interface: &str, cfg: &SamplerConfig) -> Result<Self, SampleError> {
-        let idx = ifindex(interface)?;
-        let err = |what, source| SampleError::Socket {
-            what,
-            interface: interface.to_string(),
-            source,
-        };
-        // Protocol 0 receives nothing until bind, so no unfiltered packet is
-        // queued before the filter is attached.
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(err("opening AF_PACKET socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let prog = sampling_program(cfg.one_in, cfg.snaplen);
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &fprog,
-        )
-        .map_err(|e| err("attaching the sampling BPF program", e))?;
-        let rcvbuf = cfg.rcvbuf.min(i32::MAX as usize) as libc::c_int;
-        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)
-            .map_err(|e| err("setting SO_RCVBUF", e))?;
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid start value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = idx as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and we pass its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(err("binding AF_PACKET socket", io::Error::last_os_error()));
-        }
-        Ok(PacketSampler {
-            fd,
-            buf: vec![0; cfg.snaplen.max(64) as usize],
-        })
-    }
-
-    /// Reads up to `budget` waiting packets into `acc`, never blocking. Returns
-    /// how many were read (fewer than `budget` means the queue is empty).
-    pub fn poll(&mut self, acc: &mut SampleAccumulator, budget: usize) -> io::Result<usize> {
-        let mut n = 0;
-        while n < budget {
-            // SAFETY: `buf` is a valid writable buffer of its length; the socket
-            // is non-blocking.
-            let r = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(n),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
-            let got = (r as usize).min(self.buf.len());
-            match classify_lax(&self.buf[..got]) {
-                Ok(info) => acc.add(&info),
-                Err(_) => acc.add_non_ip(),
-            }
-            n += 1;
-        }
-        Ok(n)
-    }
-}
-
-impl AsRawFd for PacketSampler {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some(LinkCounters {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_dropped: s.rx_dropped,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| self.nl_err("link message without IFLA_STATS64"))
     }
 }
 
@@ -623,54 +368,91 @@ impl AsRawFd for PacketSampler {
 #[derive(Debug)]
 pub struct LinkSampler {
     counters: CounterReader,
-    packets: PacketSampler,
+    packets: Capture,
     acc: SampleAccumulator,
     budget: usize,
 }
 
 impl LinkSampler {
-    /// Opens the sockets in the calling thread's network namespace.
+    /// Opens the sockets in the calling thread's network namespace; needs a tokio
+    /// runtime context (see [`CounterReader::open`]).
     pub fn open(interface: &str, cfg: &SamplerConfig) -> Result<Self, SampleError> {
+        let counters = CounterReader::open(interface)?;
+        let packets = Capture::open(
+            interface,
+            &CaptureConfig {
+                // Room for the headers whatever the configured cut.
+                snaplen: cfg.snaplen.max(64) as usize,
+                batch: MAX_BATCH,
+                program: Program::sample(cfg.one_in, cfg.snaplen),
+                // The program drops outgoing packets itself.
+                ignore_outgoing: false,
+                rcvbuf: cfg.rcvbuf,
+            },
+        )?;
         Ok(LinkSampler {
-            counters: CounterReader::open(interface)?,
-            packets: PacketSampler::open(interface, cfg)?,
+            counters,
+            packets,
             acc: SampleAccumulator::new(cfg),
             budget: cfg.poll_budget.max(1),
         })
     }
 
     /// Opens the sockets inside network namespace `netns`; the sampler then
-    /// works from any thread.
+    /// works from any thread of the current tokio runtime.
     pub fn open_in_netns(
         netns: &str,
         interface: &str,
         cfg: &SamplerConfig,
     ) -> Result<Self, SampleError> {
+        // The namespace's thread enters this runtime, so the netlink connection it
+        // creates there is driven here.
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| SampleError::NoRuntime {
+            interface: interface.to_string(),
+        })?;
         let (i, c) = (interface.to_string(), cfg.clone());
-        in_netns(netns, move || LinkSampler::open(&i, &c))?
+        in_netns(netns, move || {
+            let _rt = rt.enter();
+            LinkSampler::open(&i, &c)
+        })?
     }
 
     /// Drains waiting sampled packets (up to the poll budget), never blocking.
+    /// Returns how many were read (fewer than the budget: the queue is empty).
     pub fn poll(&mut self) -> Result<usize, SampleError> {
-        self.packets
-            .poll(&mut self.acc, self.budget)
-            .map_err(|source| SampleError::Socket {
-                what: "reading sampled packets",
-                interface: self.counters.interface.clone(),
-                source,
-            })
+        let mut n = 0;
+        while n < self.budget {
+            let want = (self.budget - n).min(MAX_BATCH);
+            let batch = self.packets.recv_batch(want)?;
+            for p in batch.iter() {
+                match classify_lax(p) {
+                    Ok(info) => self.acc.add(&info),
+                    Err(_) => self.acc.add_non_ip(),
+                }
+            }
+            n += batch.len();
+            if batch.len() < want {
+                break;
+            }
+        }
+        Ok(n)
     }
 
     /// Reads the counters and folds in what was sampled since the last call.
-    pub fn sample(&mut self) -> Result<LinkSample, SampleError> {
+    pub async fn sample(&mut self) -> Result<LinkSample, SampleError> {
         self.poll()?;
-        let c = self.counters.read()?;
+        let c = self.counters.read().await?;
         Ok(self.acc.fold(c, Instant::now()))
     }
 
     /// Exact counters only.
-    pub fn counters(&mut self) -> Result<LinkCounters, SampleError> {
-        self.counters.read()
+    pub async fn counters(&mut self) -> Result<LinkCounters, SampleError> {
+        self.counters.read().await
+    }
+
+    /// The packet capture's counters (packets read, packets the kernel dropped).
+    pub fn capture_stats(&mut self) -> Result<CaptureStats, SampleError> {
+        Ok(self.packets.stats()?)
     }
 }
 
@@ -812,8 +594,8 @@ mod tests {
         assert!(read_cpu_times().unwrap().total > 0);
     }
 
-    #[test]
-    fn missing_interface_is_a_clear_error() {
+    #[tokio::test]
+    async fn missing_interface_is_a_clear_error() {
         let e = LinkSampler::open("nosuchif0", &SamplerConfig::default()).unwrap_err();
         assert!(matches!(e, SampleError::NoSuchInterface { .. }), "{e}");
         assert!(e.to_string().contains("nosuchif0"));
@@ -823,10 +605,24 @@ mod tests {
     }
 
     #[test]
-    fn loopback_counters_read_over_netlink() {
+    fn counters_need_a_runtime_and_say_so() {
+        let e = CounterReader::open("lo").unwrap_err();
+        assert!(matches!(e, SampleError::NoRuntime { .. }), "{e}");
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn loopback_counters_read_over_netlink() {
         let mut r = CounterReader::open("lo").unwrap();
-        let a = r.read().unwrap();
-        let b = r.read().unwrap();
-        assert!(b.rx_packets >= a.rx_packets);
+        let a = r.read().await.unwrap();
+        // Traffic of our own on loopback moves the counters.
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            tx.send_to(b"x", sink.local_addr().unwrap()).unwrap();
+        }
+        let b = r.read().await.unwrap();
+        assert!(b.rx_packets >= a.rx_packets + 3, "{a:?} -> {b:?}");
+        assert!(b.rx_bytes > a.rx_bytes, "{a:?} -> {b:?}");
     }
 }

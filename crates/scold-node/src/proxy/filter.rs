@@ -28,8 +28,8 @@
 //! nftables set of [`scold_filter::nft::NftBlocklist`] with the block's duration as its
 //! timeout, and is dropped at prerouting before the tunnel socket or the NAT relays read
 //! it. The watcher's packet socket taps packets before netfilter, so its kernel program
-//! (`capture_program`) also stops copying the IPv4 sources the set holds: a blocked
-//! flood reaches no user space at all. Without nftables, the session filter still drops
+//! ([`Program::hide_ipv4_sources`]) also stops copying the IPv4 sources the set holds: a
+//! blocked flood reaches no user space at all. Without nftables, the session filter still drops
 //! in user space, and the watcher only counts and reports.
 //!
 //! Alerts (blocked, expired) are JSON lines. Every `traceback_secs` the sources with the
@@ -43,6 +43,7 @@
 use crate::node::control::{report_until_acknowledged, NodeContext};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use scold_filter::capture::{Capture, CaptureConfig, Program, MAX_BATCH};
 use scold_filter::firewall::{Alert, FilterConfig, FilterStats, Offender, SourceLimits};
 use scold_filter::nft::{nft_available, NftBlocklist, NftConfig};
 use scold_filter::packet::{classify, classify_lax, PacketInfo, Proto};
@@ -55,7 +56,6 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::io::{self, Write as _};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,55 +68,31 @@ pub const SNAPLEN: u32 = 160;
 /// Packets read per wake-up before the timers get a turn.
 const READ_BUDGET: usize = 1024;
 /// Captured packets read per system call.
-const CAPTURE_BATCH: usize = 64;
+const CAPTURE_BATCH: usize = MAX_BATCH;
 /// Pause after each read of the capture queue, so a flood costs the watcher a few
 /// hundred wake-ups a second with full batches, not one wake-up per packet. Blocks
 /// start at most this much later; the queue holds far more than this long of a flood.
 const CAPTURE_PAUSE: Duration = Duration::from_millis(2);
-type SnapBuf = [u8; SNAPLEN as usize];
+/// The capture's receive buffer: the watcher reads in batches (see CAPTURE_PAUSE), so
+/// room for tens of milliseconds of a flood.
+const CAPTURE_RCVBUF: usize = 4 * 1024 * 1024;
 /// Messages from the engine thread that may wait for the defence task.
 const ENGINE_QUEUE: usize = 1024;
-/// Blocked IPv4 sources the watcher's kernel program hides at most (a classic BPF jump
-/// reaches 255 instructions ahead); more stay visible, and nftables still drops them.
-const MAX_HIDDEN: usize = 250;
 
-// Classic BPF opcodes and ancillary offsets (linux/filter.h).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
-const SKF_AD_PROTOCOL: i32 = 0;
-const ETH_P_IP: u32 = 0x0800;
-
-/// The watcher's kernel program: every packet cut to [`SNAPLEN`] bytes, except IPv4
-/// packets from `hidden` sources, which are not copied at all. Those sources are blocked
-/// and nftables drops them after the tap; without this the watcher would still get a
-/// copy of the whole flood it has already blocked. (The socket is SOCK_DGRAM, so the
-/// program sees the packet from its IP header: the source address is at offset 12.)
-fn capture_program(hidden: &[std::net::Ipv4Addr]) -> Vec<libc::sock_filter> {
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let hidden = &hidden[..hidden.len().min(MAX_HIDDEN)];
-    if hidden.is_empty() {
-        return vec![ins(BPF_RET_K, 0, 0, SNAPLEN)];
-    }
-    let n = hidden.len() as u8;
-    let mut prog = vec![
-        ins(
-            BPF_LD_W_ABS,
-            0,
-            0,
-            (libc::SKF_AD_OFF + SKF_AD_PROTOCOL) as u32,
-        ),
-        // Not IPv4: straight to "copy".
-        ins(BPF_JEQ_K, 0, n + 1, ETH_P_IP),
-        ins(BPF_LD_W_ABS, 0, 0, 12),
-    ];
-    for (i, a) in hidden.iter().enumerate() {
-        // A match jumps over the remaining comparisons and "copy" to "drop".
-        prog.push(ins(BPF_JEQ_K, n - i as u8, 0, u32::from(*a)));
-    }
-    prog.push(ins(BPF_RET_K, 0, 0, SNAPLEN));
-    prog.push(ins(BPF_RET_K, 0, 0, 0));
-    prog
+/// Opens the watcher's capture: a copy of every incoming packet of the proxy's link,
+/// cut to [`SNAPLEN`] bytes in the kernel (no source hidden yet; see
+/// [`Watcher::run`] for the updates), our own transmissions left out.
+fn open_capture(interface: &str) -> Result<Capture, scold_filter::capture::CaptureError> {
+    Capture::open(
+        interface,
+        &CaptureConfig {
+            snaplen: SNAPLEN as usize,
+            batch: CAPTURE_BATCH,
+            program: Program::snap(SNAPLEN),
+            ignore_outgoing: true,
+            rcvbuf: CAPTURE_RCVBUF,
+        },
+    )
 }
 
 fn yes() -> bool {
@@ -287,7 +263,8 @@ pub enum FilterUpdate {
     Exempt(IpAddr),
     Unexempt(IpAddr),
     /// The filter's own: a source entered (`Hide`) or left (`Unhide`) the nftables set,
-    /// so the link watcher stops or resumes copying its packets (see `capture_program`).
+    /// so the link watcher stops or resumes copying its packets (see
+    /// [`Program::hide_ipv4_sources`]).
     Hide(IpAddr),
     Unhide(IpAddr),
 }
@@ -297,176 +274,6 @@ pub enum FilterUpdate {
 pub struct TunnelPorts {
     pub udp: Option<u16>,
     pub ipip: bool,
-}
-
-/// A non-blocking AF_PACKET socket with a copy of every incoming packet of one link,
-/// as IP packets cut to [`SNAPLEN`] bytes.
-struct Capture {
-    fd: OwnedFd,
-}
-
-impl AsRawFd for Capture {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-fn last_err(what: &str, interface: &str) -> io::Error {
-    let e = io::Error::last_os_error();
-    io::Error::new(e.kind(), format!("{what} on {interface}: {e}"))
-}
-
-impl Capture {
-    fn open(interface: &str) -> io::Result<Capture> {
-        let name = std::ffi::CString::new(interface)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
-        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("interface {interface:?} not found; check `ip link` and filter.interface"),
-            ));
-        }
-        // Protocol 0 receives nothing until bind, so no uncut packet is queued before
-        // the filter program is attached.
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(last_err(
-                "opening an AF_PACKET socket (needs CAP_NET_RAW)",
-                interface,
-            ));
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Every packet, cut to SNAPLEN bytes in the kernel (no source hidden yet).
-        attach(&fd, &capture_program(&[]))
-            .map_err(|_| last_err("attaching the snap-length program", interface))?;
-        // Our own transmissions are not attack traffic.
-        let one: libc::c_int = 1;
-        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
-            .map_err(|_| last_err("setting PACKET_IGNORE_OUTGOING", interface))?;
-        let rcvbuf: libc::c_int = 4 * 1024 * 1024;
-        // The watcher reads in batches (see CAPTURE_PAUSE): room for tens of
-        // milliseconds of a flood. FORCE passes net.core.rmem_max (root only).
-        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf).is_err() {
-            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf);
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid start value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and we pass its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_err("binding the AF_PACKET socket", interface));
-        }
-        Ok(Capture { fd })
-    }
-
-    /// Stops copying packets from `hidden` (blocked IPv4 sources) to this socket.
-    fn hide(&self, hidden: &[std::net::Ipv4Addr]) -> io::Result<()> {
-        attach(&self.fd, &capture_program(hidden))
-    }
-
-    /// Waits up to `timeout` for a packet to arrive (or a signal).
-    fn wait_readable(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
-    }
-
-    /// Waiting packets into `bufs` with one `recvmmsg(2)`, their lengths into `lens`;
-    /// `Ok(None)` when the queue is empty. One system call per batch rather than per
-    /// packet: the watcher reads a copy of every packet on the link, floods included.
-    fn recv_batch(&self, bufs: &mut [SnapBuf], lens: &mut [usize]) -> io::Result<Option<usize>> {
-        let n = bufs.len().min(lens.len()).min(CAPTURE_BATCH);
-        // SAFETY: all-zero iovec and mmsghdr values are valid (null pointers, zero
-        // lengths); the entries used are filled in below.
-        let mut iov: [libc::iovec; CAPTURE_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; CAPTURE_BATCH] = unsafe { std::mem::zeroed() };
-        for ((v, m), b) in iov
-            .iter_mut()
-            .zip(msgs.iter_mut())
-            .zip(bufs.iter_mut())
-            .take(n)
-        {
-            v.iov_base = b.as_mut_ptr() as *mut libc::c_void;
-            v.iov_len = b.len();
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `msgs[..n]` point at `iov[..n]`, which point into `bufs`; all live and
-        // writable for the call; the socket is non-blocking and MSG_DONTWAIT is set.
-        let r = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                io::ErrorKind::Interrupted => Ok(Some(0)),
-                _ => Err(e),
-            };
-        }
-        let got = r as usize;
-        for (l, m) in lens.iter_mut().zip(msgs.iter()).take(got) {
-            *l = (m.msg_len as usize).min(SNAPLEN as usize);
-        }
-        Ok(Some(got))
-    }
-}
-
-/// Attaches (or atomically replaces) the socket's classic BPF program.
-fn attach(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live T and we pass its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            val as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether a captured packet is a tunnel datagram (UDP to the tunnel port, or IP
@@ -545,12 +352,14 @@ pub fn judge_info(packet: &[u8], tunnel: TunnelPorts) -> Option<PacketInfo> {
 pub enum FilterReport {
     /// A source blocked or released.
     Event(FilterEvent),
-    /// Once a second: the filter's counters, its top offenders, and how many events
-    /// were lost because the queue was full.
+    /// Once a second: the filter's counters, its top offenders, how many events were
+    /// lost because the queue was full, and (the link watcher's) how many packets the
+    /// kernel dropped because the capture's queue was full.
     Summary {
         stats: FilterStats,
         top: Vec<Offender>,
         lost: u64,
+        capture_drops: u64,
     },
 }
 
@@ -623,6 +432,7 @@ impl scold_tunnel::Inspect for SessionFilter {
             stats: self.filter.stats(),
             top: self.filter.top_offenders(t, self.top),
             lost: self.lost,
+            capture_drops: 0,
         };
         let _ = self.tx.try_send(summary);
     }
@@ -638,6 +448,7 @@ struct FilterMetrics {
     tracked: Gauge,
     relay_dropped: Gauge,
     events_lost: Gauge,
+    capture_dropped: Gauge,
 }
 
 impl FilterMetrics {
@@ -753,8 +564,9 @@ fn start_filter(
     let cfg = section
         .filter_config()
         .map_err(|e| anyhow::anyhow!("[filter]: {e}"))?;
-    let capture = Capture::open(&section.interface)
-        .map_err(|e| anyhow::anyhow!("[filter]: cannot watch the proxy's link: {e}"))?;
+    let capture = open_capture(&section.interface).map_err(|e| {
+        anyhow::anyhow!("[filter]: cannot watch the proxy's link (filter.interface): {e}")
+    })?;
     let nft = if section.nft {
         let nc = NftConfig::default();
         if nft_available(&nc.program) {
@@ -814,6 +626,11 @@ fn start_filter(
             "filter_events_lost",
             "Block/expiry events the filters' threads could not hand on (queue full)",
             fm.events_lost.clone(),
+        );
+        r.register(
+            "filter_capture_dropped",
+            "Packets the kernel dropped before the link watcher read them (capture queue full)",
+            fm.capture_dropped.clone(),
         );
     });
     tracing::info!(interface = %section.interface, nft = nft.is_some(), "proxy filter on the relay path and watching the link");
@@ -896,8 +713,6 @@ impl Watcher {
         let mut exempt: HashSet<IpAddr> = HashSet::new();
         // Admitted sessions: their tunnel datagrams are judged on the relay path.
         let mut sessions: HashSet<IpAddr> = HashSet::new();
-        let mut bufs: Vec<SnapBuf> = vec![[0u8; SNAPLEN as usize]; CAPTURE_BATCH];
-        let mut lens = [0usize; CAPTURE_BATCH];
         let mut next_summary = start + Duration::from_secs(1);
         let mut lost = 0u64;
         // Sources in the nftables set: hidden from the capture in the kernel, so a
@@ -929,18 +744,18 @@ impl Watcher {
             }
             if std::mem::take(&mut hide_changed) {
                 let list: Vec<std::net::Ipv4Addr> = hidden.iter().copied().collect();
-                if let Err(e) = self.capture.hide(&list) {
+                let program = Program::hide_ipv4_sources(&list, SNAPLEN);
+                if let Err(e) = self.capture.set_program(&program) {
                     tracing::warn!(error = %e, "cannot update the capture's program; blocked sources stay visible to the watcher");
                 }
             }
             let now = start.elapsed();
             let mut n = 0;
             while n < READ_BUDGET {
-                match self.capture.recv_batch(&mut bufs, &mut lens) {
-                    Ok(Some(got)) => {
-                        n += got.max(1);
-                        for (b, len) in bufs.iter().zip(lens.iter()).take(got) {
-                            let pkt = &b[..*len];
+                match self.capture.recv_batch(CAPTURE_BATCH) {
+                    Ok(batch) => {
+                        n += batch.len();
+                        for pkt in batch.iter() {
                             let Some(info) = judge_info(pkt, self.tunnel) else {
                                 continue;
                             };
@@ -953,11 +768,10 @@ impl Watcher {
                             }
                             self.filter.check_info(now, &info);
                         }
-                        if got < CAPTURE_BATCH {
+                        if batch.len() < CAPTURE_BATCH {
                             break;
                         }
                     }
-                    Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading captured packets failed");
                         std::thread::sleep(Duration::from_secs(1));
@@ -972,10 +786,18 @@ impl Watcher {
                 let t = start.elapsed();
                 self.filter.expire(t);
                 self.forward_events(&mut lost);
+                let capture_drops = match self.capture.stats() {
+                    Ok(c) => c.kernel_drops,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the capture's counters");
+                        0
+                    }
+                };
                 let summary = FilterReport::Summary {
                     stats: self.filter.stats(),
                     top: self.filter.top_offenders(t, self.top),
                     lost,
+                    capture_drops,
                 };
                 let _ = self.tx.try_send(summary);
             }
@@ -1046,9 +868,10 @@ async fn run_filter(
                     hide(&e, kernel);
                     publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
                 }
-                Some(FilterReport::Summary { stats, top, lost }) => {
+                Some(FilterReport::Summary { stats, top, lost, capture_drops }) => {
                     (link_stats, link_top, link_lost) = (stats, top, lost);
                     fm.set(&link_stats, &relay_stats, link_lost + relay_lost);
+                    fm.capture_dropped.set(capture_drops as i64);
                 }
                 None => {
                     tracing::error!("the link watcher stopped; the link is no longer judged");
@@ -1061,7 +884,7 @@ async fn run_filter(
                     hide(&e, kernel);
                     publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
                 }
-                Some(FilterReport::Summary { stats, top, lost }) => {
+                Some(FilterReport::Summary { stats, top, lost, .. }) => {
                     (relay_stats, relay_top, relay_lost) = (stats, top, lost);
                     fm.set(&link_stats, &relay_stats, link_lost + relay_lost);
                 }
@@ -1173,7 +996,7 @@ async fn run_selfdefence(
     let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
-        let (c, cpu) = match (reader.read(), scold_filter::sample::read_cpu_times()) {
+        let (c, cpu) = match (reader.read().await, scold_filter::sample::read_cpu_times()) {
             (Ok(c), Ok(cpu)) => (c, cpu),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "self-defence sample failed");
@@ -1227,124 +1050,6 @@ async fn run_selfdefence(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Runs the subset of classic BPF that [`capture_program`] uses on an IP packet
-    /// seen through a SOCK_DGRAM packet socket with ethertype `proto`.
-    fn run_bpf(prog: &[libc::sock_filter], proto: u32, pkt: &[u8]) -> u32 {
-        let (mut pc, mut acc) = (0usize, 0u32);
-        loop {
-            let i = prog[pc];
-            match i.code {
-                BPF_RET_K => return i.k,
-                BPF_LD_W_ABS if i.k == (libc::SKF_AD_OFF + SKF_AD_PROTOCOL) as u32 => acc = proto,
-                BPF_LD_W_ABS => {
-                    let k = i.k as usize;
-                    let Some(w) = pkt.get(k..k + 4) else { return 0 };
-                    acc = u32::from_be_bytes(w.try_into().unwrap());
-                }
-                BPF_JEQ_K => {
-                    pc += if acc == i.k { i.jt } else { i.jf } as usize;
-                }
-                other => panic!("unexpected instruction {other:#x}"),
-            }
-            pc += 1;
-            assert!(pc < prog.len(), "the program runs off its end");
-        }
-    }
-
-    /// The kernel takes the program and applies it: on loopback, a datagram from a
-    /// hidden source is not copied to the capture, one from another source is.
-    #[test]
-    fn capture_hides_blocked_sources_in_the_kernel() {
-        // Needs CAP_NET_RAW (the tests run as root, as CI does).
-        let cap = Capture::open("lo").expect("an AF_PACKET socket on lo: run the tests as root");
-        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = sink.local_addr().unwrap();
-        let hidden = std::net::Ipv4Addr::new(127, 0, 0, 2);
-        let from = |ip: &str| std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let (a, b) = (from("127.0.0.2"), from("127.0.0.3"));
-        // Seen by the capture: (source, destination port) of each copied UDP packet.
-        let seen = |cap: &Capture| {
-            let mut bufs = vec![[0u8; SNAPLEN as usize]; CAPTURE_BATCH];
-            let mut lens = [0usize; CAPTURE_BATCH];
-            let mut out = Vec::new();
-            std::thread::sleep(Duration::from_millis(50));
-            while let Ok(Some(n)) = cap.recv_batch(&mut bufs, &mut lens) {
-                for (b, l) in bufs.iter().zip(lens.iter()).take(n) {
-                    let p = &b[..*l];
-                    if p.len() >= 24
-                        && p[9] == 17
-                        && u16::from_be_bytes([p[22], p[23]]) == to.port()
-                    {
-                        out.push(std::net::Ipv4Addr::new(p[12], p[13], p[14], p[15]));
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            out
-        };
-        a.send_to(b"x", to).unwrap();
-        b.send_to(b"x", to).unwrap();
-        let before = seen(&cap);
-        assert!(before.contains(&hidden), "{before:?}");
-        cap.hide(&[hidden]).expect("the kernel takes the program");
-        a.send_to(b"x", to).unwrap();
-        b.send_to(b"x", to).unwrap();
-        let after = seen(&cap);
-        assert!(
-            !after.contains(&hidden),
-            "a hidden source was copied: {after:?}"
-        );
-        assert!(
-            after.contains(&std::net::Ipv4Addr::new(127, 0, 0, 3)),
-            "{after:?}"
-        );
-        cap.hide(&[]).unwrap();
-        a.send_to(b"x", to).unwrap();
-        assert!(
-            seen(&cap).contains(&hidden),
-            "the source stayed hidden after release"
-        );
-    }
-
-    #[test]
-    fn capture_program_hides_exactly_the_blocked_ipv4_sources() {
-        let ip4 = |src: [u8; 4]| {
-            let mut p = vec![0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
-            p.extend_from_slice(&src);
-            p.extend_from_slice(&[10, 0, 0, 1]);
-            p
-        };
-        let a = std::net::Ipv4Addr::new(10, 1, 0, 66);
-        let b = std::net::Ipv4Addr::new(192, 0, 2, 7);
-        // Nothing hidden: every packet is copied, cut to SNAPLEN.
-        let open = capture_program(&[]);
-        assert_eq!(run_bpf(&open, ETH_P_IP, &ip4(a.octets())), SNAPLEN);
-        let prog = capture_program(&[a, b]);
-        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(a.octets())), 0);
-        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(b.octets())), 0);
-        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4([10, 1, 0, 67])), SNAPLEN);
-        // Not IPv4 (here IPv6 whose bytes 12..16 happen to spell a hidden address).
-        assert_eq!(run_bpf(&prog, 0x86dd, &ip4(a.octets())), SNAPLEN);
-        // The longest program keeps every jump inside it; the first MAX_HIDDEN sources
-        // are hidden, the rest stay visible.
-        let many: Vec<std::net::Ipv4Addr> = (0..400u32)
-            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i))
-            .collect();
-        let prog = capture_program(&many);
-        assert_eq!(prog.len(), 3 + MAX_HIDDEN + 2);
-        assert_eq!(run_bpf(&prog, ETH_P_IP, &ip4(many[0].octets())), 0);
-        assert_eq!(
-            run_bpf(&prog, ETH_P_IP, &ip4(many[MAX_HIDDEN - 1].octets())),
-            0
-        );
-        assert_eq!(
-            run_bpf(&prog, ETH_P_IP, &ip4(many[MAX_HIDDEN].octets())),
-            SNAPLEN
-        );
-    }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
         let total = 28 + payload.len();
@@ -1499,7 +1204,9 @@ mod tests {
         assert!(!f.check(t0, b, &[0x45, 0, 0]));
         f.tick(t0 + Duration::from_secs(1));
         match rx.try_recv() {
-            Ok(FilterReport::Summary { stats, top, lost }) => {
+            Ok(FilterReport::Summary {
+                stats, top, lost, ..
+            }) => {
                 assert!(stats.dropped_rate + stats.dropped_blocked >= 890);
                 assert_eq!(top[0].src, a);
                 assert!(top[0].blocked);

@@ -29,16 +29,27 @@
 //! path exists. Clearing deletes the table, the rule and the route and puts the
 //! sysctls back: `ip rule`, `ip route show table all` and `nft list ruleset` are as
 //! they were found.
+//!
+//! The table is built with the `nftables` crate and applied through
+//! [`scold_filter::nft::Nft`] (`nft -j`), the runner of the proxy's block list: one
+//! transaction that replaces a table left over from a run that could not clean up.
 
 use crate::node::Sysctl;
 use futures::TryStreamExt;
+use nftables::batch::Batch;
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule};
+use nftables::stmt::{Mangle, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
+use scold_filter::nft::{Nft, NftError};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -183,13 +194,8 @@ pub enum ReturnPathError {
     NoInterface(IpAddr),
     #[error("the gateway's link-layer address for {0} is not in the neighbour table after 3 s; is the gateway up? (or set return_path.gateway_mac)")]
     NoNeighbour(IpAddr),
-    #[error("cannot run {program:?}: {source}; install the Debian package `nftables`")]
-    NftMissing {
-        program: String,
-        source: std::io::Error,
-    },
-    #[error("nft refused to {action}: {stderr}")]
-    Nft { action: String, stderr: String },
+    #[error(transparent)]
+    Nft(#[from] NftError),
     #[error("{0}")]
     Sysctl(String),
 }
@@ -512,59 +518,14 @@ impl ReturnPath {
         }
     }
 
-    /// The ruleset text: replaces SCOLD's table in one transaction.
-    pub fn ruleset(&self, interface: &str, mac: Option<[u8; 6]>) -> String {
-        let t = &self.cfg.nft_table;
-        let m = self.cfg.mark;
-        let ether = mac
-            .map(|m| format!("ether saddr {} ", mac_text(&m)))
-            .unwrap_or_default();
-        format!(
-            "table inet {t} {{}}\n\
-             delete table inet {t}\n\
-             table inet {t} {{\n\
-             \tchain prerouting {{\n\
-             \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-             \t\tiifname \"{interface}\" {ether}ct direction original ct mark set {m:#x}\n\
-             \t\tct direction reply ct mark {m:#x} meta mark set {m:#x}\n\
-             \t}}\n\
-             \tchain output {{\n\
-             \t\ttype route hook output priority mangle; policy accept;\n\
-             \t\tct direction reply ct mark {m:#x} meta mark set {m:#x}\n\
-             \t}}\n\
-             }}\n"
-        )
+    fn nft_runner(&self) -> Nft {
+        Nft::new(self.cfg.nft.clone(), None)
     }
 
-    async fn nft(&self, script: &str, action: &str) -> Result<(), ReturnPathError> {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new(&self.cfg.nft)
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| ReturnPathError::NftMissing {
-                program: self.cfg.nft.clone(),
-                source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(script.as_bytes()).await;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|source| ReturnPathError::NftMissing {
-                program: self.cfg.nft.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(ReturnPathError::Nft {
-                action: action.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+    /// The ruleset: replaces SCOLD's table in one transaction (see the module
+    /// documentation for the same rules in nft's text syntax).
+    pub fn ruleset(&self, interface: &str, mac: Option<[u8; 6]>) -> Nftables<'static> {
+        ruleset(&self.cfg.nft_table, self.cfg.mark, interface, mac)
     }
 
     async fn nft_install(
@@ -572,22 +533,121 @@ impl ReturnPath {
         interface: &str,
         mac: Option<[u8; 6]>,
     ) -> Result<(), ReturnPathError> {
-        self.nft(
-            &self.ruleset(interface, mac),
-            "install the return-path marks",
-        )
-        .await
+        let nft = self.nft_runner();
+        let doc = self.ruleset(interface, mac);
+        blocking(move || nft.apply(&doc, "install the return-path marks")).await
     }
 
     async fn nft_delete(&self) -> Result<(), ReturnPathError> {
-        let t = &self.cfg.nft_table;
-        // Creating first makes the delete succeed whether or not the table exists.
-        self.nft(
-            &format!("table inet {t} {{}}\ndelete table inet {t}\n"),
-            "delete the return-path table",
-        )
-        .await
+        let (nft, table) = (self.nft_runner(), self.cfg.nft_table.clone());
+        blocking(move || nft.delete_table(NfFamily::INet, &table)).await
     }
+}
+
+/// Runs an `nft` call on the blocking pool: it waits for a child process.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), NftError> + Send + 'static,
+) -> Result<(), ReturnPathError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ReturnPathError::Nft(NftError::Other {
+            action: "run nft".into(),
+            detail: e.to_string(),
+        })),
+    }
+}
+
+/// Chain priority `mangle`.
+const PRIORITY_MANGLE: i32 = -150;
+
+fn ct(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn set(key: Expression<'static>, value: u32) -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key,
+        value: Expression::Number(value),
+    })
+}
+
+/// `table inet TABLE` with the two chains of the module documentation, replacing any
+/// table of that name in the same transaction.
+fn ruleset(table: &str, mark: u32, interface: &str, mac: Option<[u8; 6]>) -> Nftables<'static> {
+    let fam = NfFamily::INet;
+    let mut b = Batch::new();
+    scold_filter::nft::replace_table(&mut b, fam, table);
+    let chain = |name: &'static str, ty, hook| Chain {
+        family: fam,
+        table: table.to_string().into(),
+        name: name.into(),
+        _type: Some(ty),
+        hook: Some(hook),
+        prio: Some(PRIORITY_MANGLE),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    };
+    let rule = |chain: &'static str, expr: Vec<Statement<'static>>| Rule {
+        family: fam,
+        table: table.to_string().into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        ..Rule::default()
+    };
+    let str = |s: String| Expression::String(s.into());
+    // ct direction reply ct mark MARK meta mark set MARK
+    let replies = vec![
+        is(ct("direction"), str("reply".into())),
+        is(ct("mark"), Expression::Number(mark)),
+        set(meta(MetaKey::Mark), mark),
+    ];
+    b.add(NfListObject::Chain(chain(
+        "prerouting",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+    )));
+    // iifname "LAN" [ether saddr GW-MAC] ct direction original ct mark set MARK
+    let mut from_gateway = vec![is(meta(MetaKey::Iifname), str(interface.to_string()))];
+    if let Some(m) = mac {
+        from_gateway.push(is(
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                PayloadField {
+                    protocol: "ether".into(),
+                    field: "saddr".into(),
+                },
+            ))),
+            str(mac_text(&m)),
+        ));
+    }
+    from_gateway.push(is(ct("direction"), str("original".into())));
+    from_gateway.push(set(ct("mark"), mark));
+    b.add(NfListObject::Rule(rule("prerouting", from_gateway)));
+    // Forwarded replies.
+    b.add(NfListObject::Rule(rule("prerouting", replies.clone())));
+    b.add(NfListObject::Chain(chain(
+        "output",
+        NfChainType::Route,
+        NfHook::Output,
+    )));
+    // Local replies.
+    b.add(NfListObject::Rule(rule("output", replies)));
+    b.to_nftables()
 }
 
 fn mask(ip: IpAddr, len: u8) -> IpAddr {
@@ -648,22 +708,102 @@ mod tests {
         assert!(toml::from_str::<ReturnPathSection>("colour = 1").is_err());
     }
 
-    #[tokio::test]
-    async fn ruleset_marks_by_interface_and_mac() {
-        let rp = ReturnPath::new(ReturnPathSection::default()).unwrap();
-        let r = rp.ruleset("eth1", None);
-        assert!(
-            r.contains("iifname \"eth1\" ct direction original ct mark set 0x5c5c"),
-            "{r}"
+    #[test]
+    fn ruleset_marks_by_interface_and_mac() {
+        let doc = serde_json::to_value(ruleset("scold_return", 0x5c5c, "eth1", None)).unwrap();
+        let cmds = doc["nftables"].as_array().unwrap();
+        // One transaction that replaces a left-over table, then the two chains.
+        let t = serde_json::json!({"family": "inet", "name": "scold_return"});
+        assert_eq!(cmds[0], serde_json::json!({"add": {"table": t}}));
+        assert_eq!(cmds[1], serde_json::json!({"delete": {"table": t}}));
+        assert_eq!(cmds[2], serde_json::json!({"add": {"table": t}}));
+        let chains: Vec<_> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("chain"))
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap(),
+                    c["type"].as_str().unwrap(),
+                    c["hook"].as_str().unwrap(),
+                    c["prio"].as_i64().unwrap(),
+                    c["policy"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chains,
+            [
+                ("prerouting", "filter", "prerouting", -150, "accept"),
+                ("output", "route", "output", -150, "accept")
+            ]
         );
-        assert!(r.contains("type route hook output"), "{r}");
-        let r = rp.ruleset("eth1", Some([2, 0, 0x5e, 0, 0, 1]));
-        assert!(
-            r.contains("ether saddr 02:00:5e:00:00:01 ct direction original"),
-            "{r}"
+        let rules: Vec<(String, serde_json::Value)> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| (r["chain"].as_str().unwrap().to_string(), r["expr"].clone()))
+            .collect();
+        let m = |l: serde_json::Value, r: serde_json::Value| serde_json::json!({"match": {"op": "==", "left": l, "right": r}});
+        let ct = |k: &str| serde_json::json!({"ct": {"key": k}});
+        let meta = |k: &str| serde_json::json!({"meta": {"key": k}});
+        let set = |k: serde_json::Value| serde_json::json!({"mangle": {"key": k, "value": 0x5c5c}});
+        let replies = serde_json::json!([
+            m(ct("direction"), "reply".into()),
+            m(ct("mark"), 0x5c5c.into()),
+            set(meta("mark")),
+        ]);
+        assert_eq!(
+            rules,
+            [
+                (
+                    "prerouting".to_string(),
+                    serde_json::json!([
+                        m(meta("iifname"), "eth1".into()),
+                        m(ct("direction"), "original".into()),
+                        set(ct("mark")),
+                    ])
+                ),
+                ("prerouting".to_string(), replies.clone()),
+                ("output".to_string(), replies),
+            ]
         );
-        // One transaction that replaces a left-over table.
-        assert!(r.starts_with("table inet scold_return {}\ndelete table inet scold_return\n"));
+        // With the gateway's link-layer address, right after the interface.
+        let doc = serde_json::to_value(ruleset(
+            "scold_return",
+            0x5c5c,
+            "eth1",
+            Some([2, 0, 0x5e, 0, 0, 1]),
+        ))
+        .unwrap();
+        let first = doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|c| c["add"].get("rule"))
+            .unwrap();
+        assert_eq!(
+            first["expr"][1],
+            m(
+                serde_json::json!({"payload": {"protocol": "ether", "field": "saddr"}}),
+                "02:00:5e:00:00:01".into()
+            )
+        );
+    }
+
+    /// nft itself takes the ruleset: checked (`nft -c`), so nothing changes.
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        let nft = Nft::new("nft", None);
+        let table = format!("scold_rp_check_{}", std::process::id());
+        for mac in [None, Some([2, 0, 0x5e, 0, 0, 1])] {
+            let doc = ruleset(&table, 0x5c5c, "lo", mac);
+            match nft.check(&doc, "check the return-path ruleset") {
+                Ok(()) => {}
+                Err(e @ NftError::NotInstalled { .. }) => {
+                    panic!("{e} (the tests need it, as the return path does)")
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]
