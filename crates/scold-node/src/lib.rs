@@ -18,6 +18,8 @@
 //!   channel that static config entries and the coordinator's orders share, the link to
 //!   the coordinator ([`node::control`]), framed messages over TLS ([`node::wire`]).
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod gateway;
 pub mod node;

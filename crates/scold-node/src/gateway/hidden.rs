@@ -38,12 +38,10 @@
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
-use nftables::helper::{self, NftablesError};
-use nftables::schema::{
-    Chain, Element, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table,
-};
+use nftables::schema::{Chain, Element, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue};
 use nftables::stmt::{Counter, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use scold_filter::nft::{replace_table, Nft, NftError};
 use scold_proto::dataplane::Prefix;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -109,25 +107,10 @@ pub struct Openings {
     pub control: Option<SocketAddr>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HiddenError {
-    #[error("cannot run {program:?} to install the hidden gateway's packet policy: {source}; install the Debian package `nftables` (or set [hidden] enabled = false where another firewall keeps the gateway silent)")]
-    NotInstalled {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "nft refused to {action}: {stderr} (is the kernel's nf_tables available and are we root?)"
-    )]
-    Failed { action: String, stderr: String },
-    #[error("cannot {action}: {detail}")]
-    Other { action: String, detail: String },
-}
-
 /// The installed policy. Dropping it does not remove it: call [`Hidden::remove`].
 pub struct Hidden {
     section: HiddenSection,
+    nft: Nft,
     /// Peer name -> the address admitted for it.
     peers: HashMap<String, IpAddr>,
 }
@@ -180,15 +163,8 @@ impl Hidden {
         let fam = NfFamily::INet;
         let table = || Cow::Owned(section.table.clone());
         let mut b = Batch::new();
-        // add + delete + add: a table left by a gateway that died is replaced whole.
-        let t = Table {
-            family: fam,
-            name: table(),
-            handle: None,
-        };
-        b.add(NfListObject::Table(t.clone()));
-        b.delete(NfListObject::Table(t.clone()));
-        b.add(NfListObject::Table(t));
+        // A table left by a gateway that died is replaced whole.
+        replace_table(&mut b, fam, &section.table);
         for (name, ty) in [("peers4", SetType::Ipv4Addr), ("peers6", SetType::Ipv6Addr)] {
             b.add(NfListObject::Set(Box::new(Set {
                 family: fam,
@@ -336,48 +312,18 @@ impl Hidden {
     }
 
     /// Installs the policy (replacing one a previous run left behind).
-    pub fn install(section: HiddenSection, o: &Openings) -> Result<Hidden, HiddenError> {
+    pub fn install(section: HiddenSection, o: &Openings) -> Result<Hidden, NftError> {
         let h = Hidden {
+            nft: Nft::new(section.nft.clone(), None),
             section,
             peers: HashMap::new(),
         };
-        h.apply(
+        h.nft.apply(
             &Self::ruleset(&h.section, o),
-            "install the hidden gateway's policy",
+            "install the hidden gateway's policy (or set [hidden] enabled = false where another firewall keeps the gateway silent)",
         )?;
         tracing::info!(table = %h.section.table, "hidden gateway: nothing leaves but tunnel, control and target-network traffic");
         Ok(h)
-    }
-
-    fn apply(&self, doc: &Nftables<'_>, action: &str) -> Result<(), HiddenError> {
-        let payload = serde_json::to_string(doc).map_err(|e| HiddenError::Other {
-            action: action.into(),
-            detail: e.to_string(),
-        })?;
-        helper::apply_ruleset_raw(
-            &payload,
-            Some(self.section.nft.as_str()),
-            helper::DEFAULT_ARGS,
-        )
-        .map(|_| ())
-        .map_err(|e| match e {
-            NftablesError::NftExecution { inner, .. }
-                if inner.kind() == std::io::ErrorKind::NotFound =>
-            {
-                HiddenError::NotInstalled {
-                    program: self.section.nft.clone(),
-                    source: inner,
-                }
-            }
-            NftablesError::NftFailed { stderr, .. } => HiddenError::Failed {
-                action: action.into(),
-                stderr: stderr.trim().to_string(),
-            },
-            other => HiddenError::Other {
-                action: action.into(),
-                detail: other.to_string(),
-            },
-        })
     }
 
     fn element(&self, addr: IpAddr) -> NfListObject<'static> {
@@ -390,7 +336,7 @@ impl Hidden {
     }
 
     /// Lets tunnel packets out to peer `name` at `addr` (replacing its old address).
-    pub fn admit(&mut self, name: &str, addr: IpAddr) -> Result<(), HiddenError> {
+    pub fn admit(&mut self, name: &str, addr: IpAddr) -> Result<(), NftError> {
         let old = self.peers.get(name).copied();
         if old == Some(addr) {
             return Ok(());
@@ -400,7 +346,7 @@ impl Hidden {
             b.delete(self.element(old));
         }
         b.add(self.element(addr));
-        self.apply(
+        self.nft.apply(
             &b.to_nftables(),
             "admit a proxy through the hidden gateway's policy",
         )?;
@@ -409,7 +355,7 @@ impl Hidden {
     }
 
     /// Stops tunnel packets to peer `name` (unless another peer has the same address).
-    pub fn forget(&mut self, name: &str) -> Result<(), HiddenError> {
+    pub fn forget(&mut self, name: &str) -> Result<(), NftError> {
         let Some(addr) = self.peers.remove(name) else {
             return Ok(());
         };
@@ -418,21 +364,15 @@ impl Hidden {
         }
         let mut b = Batch::new();
         b.delete(self.element(addr));
-        self.apply(
+        self.nft.apply(
             &b.to_nftables(),
             "remove a proxy from the hidden gateway's policy",
         )
     }
 
     /// Removes the policy (when the gateway stops).
-    pub fn remove(self) -> Result<(), HiddenError> {
-        let mut b = Batch::new();
-        b.delete(NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: Cow::Owned(self.section.table.clone()),
-            handle: None,
-        }));
-        self.apply(&b.to_nftables(), "remove the hidden gateway's policy")
+    pub fn remove(self) -> Result<(), NftError> {
+        self.nft.delete_table(NfFamily::INet, &self.section.table)
     }
 }
 
