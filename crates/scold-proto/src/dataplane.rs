@@ -571,6 +571,10 @@ pub struct Stats {
     pub peers: Vec<PeerStats>,
     /// Tunnel packets from addresses that are no peer (not admitted, not registered).
     pub dropped_unknown_source: u64,
+    /// Outer datagrams larger than a receive slot: cut short by the kernel, so dropped
+    /// whole rather than relayed truncated.
+    #[serde(default)]
+    pub dropped_truncated: u64,
     /// Inner packets that had nowhere to go.
     pub dropped_no_route: u64,
     /// Inner packets too large for the next tunnel (answered with ICMP "fragmentation

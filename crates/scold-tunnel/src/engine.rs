@@ -143,6 +143,7 @@ struct PeerEntry {
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     unknown_source: u64,
+    truncated: u64,
     no_route: u64,
     too_big: u64,
     send_errors: u64,
@@ -152,6 +153,7 @@ struct Totals {
 impl std::ops::AddAssign for Totals {
     fn add_assign(&mut self, o: Totals) {
         self.unknown_source += o.unknown_source;
+        self.truncated += o.truncated;
         self.no_route += o.no_route;
         self.too_big += o.too_big;
         self.send_errors += o.send_errors;
@@ -359,6 +361,7 @@ impl State {
                 })
                 .collect(),
             dropped_unknown_source: self.totals.unknown_source,
+            dropped_truncated: self.totals.truncated,
             dropped_no_route: self.totals.no_route,
             dropped_too_big: self.totals.too_big,
             send_errors: self.totals.send_errors,
@@ -891,6 +894,7 @@ impl Engine {
                 on_datagram(state, &mut sinks, scratch, kind, payload, src, now);
             }
             sinks.flush();
+            sinks.totals.truncated += rx.take_truncated();
             // A short batch emptied the queue; the level-triggered poll reports more.
             if got < crate::socket::BATCH {
                 break;

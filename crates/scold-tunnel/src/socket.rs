@@ -56,6 +56,9 @@ const CMSG_ROOM: usize = 24;
 pub struct RxBatch {
     data: Box<[u8]>,
     entries: Vec<(usize, usize, SocketAddr)>,
+    /// Datagrams the kernel cut to the slot size (MSG_TRUNC) since the last
+    /// [`RxBatch::take_truncated`].
+    truncated: u64,
 }
 
 impl Default for RxBatch {
@@ -63,11 +66,17 @@ impl Default for RxBatch {
         RxBatch {
             data: vec![0u8; BATCH * RX_SLOT].into_boxed_slice(),
             entries: Vec::with_capacity(BATCH * GSO_MAX_SEGMENTS),
+            truncated: 0,
         }
     }
 }
 
 impl RxBatch {
+    /// How many datagrams were dropped for being cut short, since the last call.
+    pub fn take_truncated(&mut self) -> u64 {
+        std::mem::take(&mut self.truncated)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -324,6 +333,12 @@ impl OuterSocket {
         };
         for i in 0..n {
             let len = hdrs[i].msg_len as usize;
+            // A datagram larger than its slot arrives cut short: relaying the front of it
+            // would hand the next hop a packet whose headers claim more than it holds.
+            if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                rx.truncated += 1;
+                continue;
+            }
             // SAFETY: the kernel filled msg_namelen bytes of names[i] for this datagram.
             let Some(src) = (unsafe { sockaddr_to_std(names[i].as_ptr()) }) else {
                 continue;
