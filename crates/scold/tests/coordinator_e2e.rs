@@ -118,6 +118,7 @@ fn tunnel_of(role: Role, name: &str) -> Option<TunnelInfo> {
     let (endpoint, inside) = match (role, name) {
         (Role::Proxy, "p1") => ("198.51.100.1:51820", None),
         (Role::Proxy, "p2") => ("198.51.100.2:51820", None),
+        (Role::Proxy, "p3") => ("198.51.100.3:51820", None),
         (Role::Gateway, _) => ("203.0.113.9:51820", Some("10.3.0.1".parse().unwrap())),
         _ => return None,
     };
@@ -213,68 +214,78 @@ impl Site {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
-    require("dig", "bind9-dnsutils");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let ca_dir = dir.join("ca");
-    let certs = dir.join("certs");
-    let ca_s = ca_dir.display().to_string();
-    let certs_s = certs.display().to_string();
-    scold(&["ca", "--dir", &ca_s, "init"]);
-    scold(&[
-        "ca",
-        "--dir",
-        &ca_s,
-        "issue",
-        "--role",
-        "coordinator",
-        "--name",
-        "main",
-        "--out",
-        &certs_s,
-    ]);
-    scold(&[
-        "ca", "--dir", &ca_s, "issue", "--role", "operator", "--name", "admin", "--out", &certs_s,
-    ]);
+/// One consortium on loopback: a CA, the real `scold dns` with the coordinator's TSIG
+/// key, and the coordinator's config for target `web` and the given proxies.
+struct Consortium {
+    dir: PathBuf,
+    ca: Ca,
+    coord_cfg: PathBuf,
+    site: Arc<Site>,
+    _dns: Proc,
+}
 
-    // TargetDNS: the real `scold dns`, with the coordinator's TSIG key.
-    let dns_port = free_port();
-    std::fs::write(
-        dir.join("example.net.zone"),
-        "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 192.0.2.53\nwww 10 A 192.0.2.10\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("dns.toml"),
-        format!(
-            "listen = [\"127.0.0.1:{dns_port}\"]\njournal = \"dns.journal\"\n[[zone]]\nname = \"example.net\"\nfile = \"example.net.zone\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n"
-        ),
-    )
-    .unwrap();
-    let dns_log = dir.join("dns.log");
-    let _dns = Proc::start(
-        &[
-            "dns",
-            "--config",
-            &dir.join("dns.toml").display().to_string(),
-        ],
-        &dns_log,
-    );
-    wait_port(format!("127.0.0.1:{dns_port}").parse().unwrap(), &dns_log);
+impl Consortium {
+    fn setup(proxies: &[&str]) -> Consortium {
+        require("dig", "bind9-dnsutils");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.keep();
+        let ca_dir = dir.join("ca");
+        let certs = dir.join("certs");
+        let ca_s = ca_dir.display().to_string();
+        let certs_s = certs.display().to_string();
+        scold(&["ca", "--dir", &ca_s, "init"]);
+        for (role, name) in [("coordinator", "main"), ("operator", "admin")] {
+            scold(&[
+                "ca", "--dir", &ca_s, "issue", "--role", role, "--name", name, "--out", &certs_s,
+            ]);
+        }
 
-    let site = Site {
-        control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        metrics: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        dns_port,
-        dir: dir.clone(),
-    };
-    let coord_cfg = dir.join("coordinator.toml");
-    std::fs::write(
-        &coord_cfg,
-        format!(
-            r#"[coordinator]
+        // TargetDNS: the real `scold dns`, with the coordinator's TSIG key.
+        let dns_port = free_port();
+        std::fs::write(
+            dir.join("example.net.zone"),
+            "$ORIGIN example.net.\n$TTL 60\n@ SOA ns1 admin 1 3600 600 86400 10\n@ NS ns1\nns1 A 192.0.2.53\nwww 10 A 192.0.2.10\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("dns.toml"),
+            format!(
+                "listen = [\"127.0.0.1:{dns_port}\"]\njournal = \"dns.journal\"\n[[zone]]\nname = \"example.net\"\nfile = \"example.net.zone\"\n[[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"www.example.net\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n"
+            ),
+        )
+        .unwrap();
+        let dns_log = dir.join("dns.log");
+        let dns = Proc::start(
+            &[
+                "dns",
+                "--config",
+                &dir.join("dns.toml").display().to_string(),
+            ],
+            &dns_log,
+        );
+        wait_port(format!("127.0.0.1:{dns_port}").parse().unwrap(), &dns_log);
+
+        let site = Site {
+            control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            metrics: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            dns_port,
+            dir: dir.clone(),
+        };
+        let pool: String = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "[[proxy]]\nname = \"{p}\"\naddress = \"198.51.100.{}\"\norganisation = \"org-{p}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let coord_cfg = dir.join("coordinator.toml");
+        std::fs::write(
+            &coord_cfg,
+            format!(
+                r#"[coordinator]
 listen = "{}"
 state = "state/coordinator.redb"
 heartbeat_ms = 200
@@ -297,73 +308,104 @@ ttl = 1
 [target.dns]
 server = "127.0.0.1:{dns_port}"
 key = "hmac-sha256:coordinator:{SECRET}"
-[[proxy]]
-name = "p1"
-address = "198.51.100.1"
-organisation = "a"
-[[proxy]]
-name = "p2"
-address = "198.51.100.2"
-organisation = "b"
-"#,
-            site.control, site.metrics
-        ),
-    )
-    .unwrap();
-    // `state` is relative to the working directory of the process.
-    let coord_log = dir.join("coordinator.log");
-    let start_coordinator = |log: &Path| {
-        let f = std::fs::File::create(log).unwrap();
-        Proc(
+{pool}"#,
+                site.control, site.metrics
+            ),
+        )
+        .unwrap();
+        scold_pki::install_crypto_provider();
+        Consortium {
+            ca: Ca::open(&ca_dir).unwrap(),
+            dir,
+            coord_cfg,
+            site: Arc::new(site),
+            _dns: dns,
+        }
+    }
+
+    /// Starts `scold coordinator` (its `state` is relative to the working directory)
+    /// and waits until it listens.
+    fn start_coordinator(&self, log: &str) -> Proc {
+        let log = self.dir.join(log);
+        let f = std::fs::File::create(&log).unwrap();
+        let p = Proc(
             Command::new(SCOLD)
-                .args(["coordinator", "--config", &coord_cfg.display().to_string()])
-                .current_dir(&dir)
+                .args([
+                    "coordinator",
+                    "--config",
+                    &self.coord_cfg.display().to_string(),
+                ])
+                .current_dir(&self.dir)
                 .stdin(Stdio::null())
                 .stdout(f.try_clone().unwrap())
                 .stderr(f)
                 .spawn()
                 .unwrap(),
-        )
-    };
-    let mut coordinator = start_coordinator(&coord_log);
-    wait_port(site.control, &coord_log);
+        );
+        wait_port(self.site.control, &log);
+        p
+    }
 
+    /// A node linked to the coordinator whose data plane records the orders it gets.
+    fn node(
+        &mut self,
+        role: Role,
+        name: &str,
+    ) -> (CoordinatorLink, Arc<Recorder>, watch::Sender<bool>) {
+        let paths = self
+            .ca
+            .issue(
+                &Identity::new(role, name).unwrap(),
+                &[],
+                &[],
+                Validity::days(1),
+                &self.dir.join(format!("n-{name}")),
+            )
+            .unwrap();
+        let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
+        let rec = Arc::new(Recorder::default());
+        let (stop, rx) = watch::channel(false);
+        let agent = CoordinatorLink::start(
+            self.site.control,
+            NodeInfo {
+                tunnel: tunnel_of(role, name),
+                ..Default::default()
+            },
+            tls,
+            rec.clone(),
+            Metrics::new(),
+            rx,
+        );
+        (agent, rec, stop)
+    }
+}
+
+/// Waits until `ok` holds for the coordinator's status, or fails after 30 s with it.
+fn wait_status(site: &Site, what: &str, ok: impl Fn(&StatusReport) -> bool) -> StatusReport {
+    let t = Instant::now();
+    loop {
+        let s = site.status();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never {what}: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
+    let mut c = Consortium::setup(&["p1", "p2"]);
+    let mut coordinator = c.start_coordinator("coordinator.log");
+    let site = c.site.clone();
     // Nodes: target and proxies now; the gateway only after the crash.
-    scold_pki::install_crypto_provider();
-    let mut ca = Ca::open(&ca_dir).unwrap();
-    let control = site.control;
-    let site = Arc::new(site);
-    let mut node =
-        |role: Role, name: &str| -> (CoordinatorLink, Arc<Recorder>, watch::Sender<bool>) {
-            let paths = ca
-                .issue(
-                    &Identity::new(role, name).unwrap(),
-                    &[],
-                    &[],
-                    Validity::days(1),
-                    &dir.join(format!("n-{name}")),
-                )
-                .unwrap();
-            let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
-            let rec = Arc::new(Recorder::default());
-            let (stop, rx) = watch::channel(false);
-            let agent = CoordinatorLink::start(
-                control,
-                NodeInfo {
-                    tunnel: tunnel_of(role, name),
-                    ..Default::default()
-                },
-                tls,
-                rec.clone(),
-                Metrics::new(),
-                rx,
-            );
-            (agent, rec, stop)
-        };
-    let (_t, target, _ts) = node(Role::Target, "web");
-    let (_p1, p1, _p1s) = node(Role::Proxy, "p1");
-    let (_p2, _p2r, _p2s) = node(Role::Proxy, "p2");
-    let (gw_agent, gw, gw_stop) = node(Role::Gateway, "gw1");
+    let (_t, target, _ts) = c.node(Role::Target, "web");
+    let (_p1, p1, _p1s) = c.node(Role::Proxy, "p1");
+    let (_p2, _p2r, _p2s) = c.node(Role::Proxy, "p2");
+    let (gw_agent, gw, gw_stop) = c.node(Role::Gateway, "gw1");
     let _ = gw_stop.send(true); // not yet: the gateway is away
     drop(gw_agent);
 
@@ -415,8 +457,7 @@ organisation = "b"
 
     // kill -9 in the middle of the divert, then restart.
     coordinator.kill9();
-    let mut coordinator = start_coordinator(&dir.join("coordinator-2.log"));
-    wait_port(site.control, &dir.join("coordinator-2.log"));
+    let mut coordinator = c.start_coordinator("coordinator-2.log");
     let after = tokio::task::spawn_blocking({
         let site = site.clone();
         move || site.status()
@@ -428,7 +469,7 @@ organisation = "b"
     assert_eq!(after.targets[0].proxies, before.targets[0].proxies);
 
     // The gateway comes: the restarted coordinator finishes the divert by itself.
-    let (_gw2, gw2, _gws) = node(Role::Gateway, "gw1");
+    let (_gw2, gw2, _gws) = c.node(Role::Gateway, "gw1");
     tokio::task::spawn_blocking(move || {
         let s = site.wait_phase("diverted");
         assert_eq!(s.targets[0].proxies, vec!["p1", "p2"]);
@@ -470,4 +511,68 @@ organisation = "b"
         ]
     );
     coordinator.kill9();
+}
+
+/// A proxy that dies while the coordinator is down (kill -9 of both, restart of only
+/// the coordinator) is handled as lost once the heartbeat timeout passes: it is reset
+/// out of the ALT set, on the wire, and another proxy takes its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_dead_across_a_coordinator_restart_is_reset_out() {
+    let mut c = Consortium::setup(&["p1", "p2", "p3"]);
+    let mut coordinator = c.start_coordinator("coordinator.log");
+    let site = c.site.clone();
+    let _t = c.node(Role::Target, "web");
+    let _gw = c.node(Role::Gateway, "gw1");
+    let mut proxies: Vec<_> = ["p1", "p2", "p3"]
+        .into_iter()
+        .map(|p| (p, Some(c.node(Role::Proxy, p))))
+        .collect();
+    let diverted = tokio::task::spawn_blocking({
+        let site = site.clone();
+        move || {
+            wait_status(&site, "up", |s| {
+                s.proxies.iter().filter(|p| p.health == "up").count() == 3
+                    && s.gateways.iter().any(|g| g.health == "up")
+            });
+            site.ctl(&["divert", "web"]);
+            wait_status(&site, "diverted", |s| {
+                s.targets[0].phase == "diverted" && s.targets[0].proxies.len() == 2
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let dead = diverted.targets[0].proxies[0].clone();
+
+    // Both die; only the coordinator comes back.
+    coordinator.kill9();
+    let slot = proxies.iter_mut().find(|(p, _)| *p == dead).unwrap();
+    let (link, _, stop) = slot.1.take().unwrap();
+    let _ = stop.send(true);
+    drop(link);
+    let _coordinator = c.start_coordinator("coordinator-2.log");
+
+    tokio::task::spawn_blocking(move || {
+        let s = wait_status(&site, "the dead proxy reset out", |s| {
+            s.targets[0].phase == "diverted"
+                && s.targets[0].proxies.len() == 2
+                && !s.targets[0].proxies.contains(&dead)
+        });
+        let n = |p: &str| p.trim_start_matches('p').parse::<u8>().unwrap();
+        let mut want: Vec<String> = s.targets[0]
+            .proxies
+            .iter()
+            .map(|p| format!("\\# 4 C63364{:02X}", n(p)))
+            .collect();
+        want.sort();
+        assert_eq!(site.alt(), want, "ALT on the wire after the reset");
+        assert_eq!(
+            s.proxies.iter().find(|p| p.name == dead).unwrap().health,
+            "down"
+        );
+        let events = site.ctl(&["events", "--limit", "200"]);
+        assert!(events.contains("proxy_down"), "{events}");
+    })
+    .await
+    .unwrap();
 }

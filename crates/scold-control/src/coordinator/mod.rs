@@ -88,6 +88,7 @@ impl Coordinator {
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         let store = Store::open(&cfg.coordinator.state)?;
+        let started = now_ms();
         let mut targets = store.targets()?;
         for t in &cfg.targets {
             targets.entry(t.name.clone()).or_default();
@@ -101,9 +102,12 @@ impl Coordinator {
             .nodes()?
             .into_iter()
             .map(|mut n| {
-                // Nobody is connected to a freshly started coordinator.
+                // Nobody is connected to a freshly started coordinator. A node that was
+                // up gets one heartbeat timeout from now to register again; after that
+                // sweep() handles it as silent, as if it had died while we ran: a proxy
+                // is reset out of every ALT set that lists it.
                 if n.health == Health::Up {
-                    n.health = Health::Down;
+                    n.last_seen_ms = Some(started);
                 }
                 (NodeRecord::key(n.role, &n.name), n)
             })
@@ -160,6 +164,30 @@ impl Coordinator {
             for step in steps {
                 self.spawn_step(target.clone(), epoch, step);
             }
+        }
+        // A proxy already down when the coordinator stopped, but still in a set (it
+        // stopped between marking it down and resetting it out), is reset now.
+        let stale: Vec<String> = {
+            let world = self.lock();
+            world
+                .targets
+                .values()
+                .filter(|s| s.phase.is_diverted())
+                .flat_map(|s| s.proxies.iter())
+                .filter(|p| {
+                    world
+                        .nodes
+                        .get(&NodeRecord::key(Role::Proxy, p))
+                        .is_none_or(|n| n.health == Health::Down)
+                })
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        for p in stale {
+            info!(proxy = %p, "a proxy in a diverted set was already down at restart; resetting it out");
+            self.proxy_lost(&p, "proxy_down");
         }
     }
 
