@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use scold_link::TlsConfig;
+use scold_proto::limits::ConnLimits;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,14 @@ pub struct CoordinatorSection {
     /// same at every client site, like the proxies' admission port in 4.1).
     #[serde(default = "default_client_push_port")]
     pub client_push_port: u16,
+    /// Limits at the control listener's door: connections per source address, per
+    /// network (/24, /56) and in total.
+    #[serde(default = "default_connections")]
+    pub connections: ConnLimits,
+}
+
+fn default_connections() -> ConnLimits {
+    scold_link::channel::DEFAULT_LIMITS
 }
 
 fn default_client_push_port() -> u16 {
@@ -219,6 +228,10 @@ max_backoff_ms = 10000
 # Scheme 4.2: client agents (registered with a `client` certificate) take route pushes
 # from proxies on this TCP port of the address they registered with.
 client_push_port = 5444
+# Connections the control port takes from one address, one network (/24 or /56) and in
+# all; a connection over a limit is closed before its TLS handshake, counted in
+# scold_refusals_total{reason}, and logged at most once a second.
+connections = { per_source = 16, per_prefix = 256, total = 4096 }
 
 [tls]
 # Paths are relative to this file's folder unless absolute.

@@ -1168,3 +1168,73 @@ async fn a_dead_proxy_that_registers_again_rejoins_a_short_set() {
     );
     let _ = rig.stop.send(true);
 }
+
+/// One host opens far more connections than the control port lets one address hold,
+/// and holds them without a handshake: the port closes the extra ones at once (counted
+/// by reason), drops the held ones after the short handshake deadline, and keeps
+/// serving everyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_fill_the_control_port() {
+    use tokio::io::AsyncReadExt;
+    let mut rig = Rig::start(2).await;
+    let flood: usize = 200;
+    let mut held = Vec::new();
+    for _ in 0..flood {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+        held.push(s.connect(rig.addr).await.unwrap());
+    }
+    // Everyone else still gets in: an operator and a node register and are served.
+    let op = rig.operator().await;
+    let (_p1, _) = rig.node(Role::Proxy, "p1", None);
+    wait_status(&op, "p1 up", |s| {
+        s.proxies.iter().any(|p| p.name == "p1" && p.health == "up")
+    })
+    .await;
+    let per_source = channel::DEFAULT_LIMITS.per_source;
+    let m = rig.metrics.render();
+    let refused = format!(
+        "scold_refusals_total{{reason=\"per_source\"}} {}",
+        flood - per_source
+    );
+    assert!(m.contains(&refused), "want {refused} in\n{m}");
+    // The connections over the limit were closed at once; the ones within it are
+    // closed when their handshake deadline passes.
+    let mut closed_at_once = 0;
+    for s in held.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, flood - per_source);
+    tokio::time::sleep(channel::ACCEPT_HANDSHAKE_TIMEOUT + Duration::from_millis(500)).await;
+    for s in held.iter_mut() {
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a held connection outlived the handshake deadline: {r:?}"
+        );
+    }
+    let m = rig.metrics.render();
+    assert!(
+        m.contains(&format!(
+            "scold_refusals_total{{reason=\"handshake_timeout\"}} {per_source}"
+        )),
+        "{m}"
+    );
+    // And the host gets a place again once its connections are gone.
+    drop(held);
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut c = s.connect(rig.addr).await.unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.read(&mut b))
+            .await
+            .is_err(),
+        "a fresh connection from the host was refused"
+    );
+    let _ = rig.stop.send(true);
+}

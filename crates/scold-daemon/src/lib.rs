@@ -1,5 +1,6 @@
 //! What every SCOLD daemon shares, whatever its role: reading its one TOML file with
-//! errors an operator can act on ([`config`]), and one shutdown signal ([`shutdown`]),
+//! errors an operator can act on ([`config`]), the per-source limits at the door of each
+//! listener ([`gate`]), and one shutdown signal ([`shutdown`]),
 //! so `scold coordinator`, `scold dns`, `scold resolver` and the data-path daemons stop
 //! and complain the same way.
 //!
@@ -9,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod gate;
 pub mod shutdown;
 
 pub use config::{load, parse, resolve, ConfigError};
+pub use gate::{Gate, Pass, Throttle};
 pub use shutdown::{shutdown_signal, terminated, until_set, wait_for_signal};

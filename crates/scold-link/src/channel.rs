@@ -7,12 +7,13 @@
 //! or request is logged, counted, and answered with a typed refusal; the daemon keeps
 //! serving everyone else.
 
-use scold_daemon::until_set;
+use scold_daemon::{until_set, Gate, Throttle};
 use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
 use scold_proto::control::{authorize, Message, Refusal, RefusalReason, Reply, Request, Response};
 use scold_proto::frame;
 use scold_proto::identity::{Identity, Role};
+use scold_proto::limits::ConnLimits;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,8 +25,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-/// How long a TLS handshake may take before the connection is dropped.
+/// How long a TLS handshake we start may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer that connected to us may take for its handshake: short, because a
+/// connection that never completes one holds a place at the door meanwhile.
+pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default limits at a control listener's door: a node holds one connection, an
+/// operator a few; the pool's proxies and a site's clients may share a network.
+pub const DEFAULT_LIMITS: ConnLimits = ConnLimits::new(16, 256, 4096);
 /// Default time a request waits for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -300,15 +307,20 @@ fn identity_of(conn: &rustls::CommonState) -> Result<Identity, ChannelError> {
     scold_pki::peer_identity(conn).map_err(|e| ChannelError::Identity(e.to_string()))
 }
 
-/// Accepts control connections until `shutdown` flips to true.
+/// Accepts control connections until `shutdown` flips to true. Each connection is
+/// counted at `gate` before its handshake (per source, per network, in total); one that
+/// would pass a limit is closed at once, counted in `scold_refusals_total{reason}` and
+/// logged at most once a second.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Arc<TlsIdentity>,
     handler: Arc<H>,
     metrics: Metrics,
+    gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), scold_pki::PkiError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+    let refusals = Arc::new(Mutex::new(Throttle::new(Duration::from_secs(1))));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -321,36 +333,57 @@ pub async fn serve<H: Handler>(
             },
             _ = until_set(&mut shutdown) => return Ok(()),
         };
+        let refuse = {
+            let (metrics, refusals) = (metrics.clone(), refusals.clone());
+            move |reason: &str, detail: &dyn std::fmt::Display| {
+                metrics.refusal(reason);
+                let held = refusals
+                    .lock()
+                    .expect("throttle lock")
+                    .allow(std::time::Instant::now());
+                if let Some(held) = held {
+                    warn!(%remote, reason, held_back = held, "refused control connection: {detail}");
+                }
+            }
+        };
+        let pass = match gate.enter(remote.ip()) {
+            Ok(p) => p,
+            Err(hit) => {
+                refuse(hit.as_str(), &hit);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let reason = scold_pki::refusal_reason_io(&e);
-                    metrics.refusal(reason.as_str());
-                    warn!(%remote, reason = reason.as_str(), error = %e, "refused control connection");
-                    return;
-                }
-                Err(_) => {
-                    metrics.refusal("handshake_timeout");
-                    warn!(%remote, "refused control connection: handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(ACCEPT_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reason = scold_pki::refusal_reason_io(&e);
+                        refuse(reason.as_str(), &e);
+                        return;
+                    }
+                    Err(_) => {
+                        refuse("handshake_timeout", &"the handshake timed out");
+                        return;
+                    }
+                };
             let peer = match identity_of(tls.get_ref().1) {
                 Ok(p) => p,
                 Err(e) => {
-                    metrics.refusal("bad_identity");
-                    warn!(%remote, error = %e, "refused control connection");
+                    refuse("bad_identity", &e);
                     return;
                 }
             };
             info!(%remote, %peer, "control connection accepted");
             metrics.connection(peer.role.as_str());
-            Channel::spawn(tls, peer, remote, handler, metrics);
+            let ch = Channel::spawn(tls, peer, remote, handler, metrics);
+            // The place at the door is held until the connection closes.
+            ch.wait_closed().await;
+            drop(pass);
         });
     }
 }

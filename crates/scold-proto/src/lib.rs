@@ -11,5 +11,6 @@ pub mod control;
 pub mod dataplane;
 pub mod frame;
 pub mod identity;
+pub mod limits;
 pub mod push;
 pub mod state;

@@ -68,6 +68,7 @@ pub async fn serve_on(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sweep_every = Duration::from_millis(cfg.coordinator.heartbeat_ms.clamp(50, 1000));
+    let coordinator_limits = cfg.coordinator.connections;
     let coordinator = Coordinator::open(cfg, dns, metrics.clone())?;
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
@@ -81,11 +82,13 @@ pub async fn serve_on(
             }
         })
     };
+    let gate = scold_daemon::Gate::new(coordinator_limits);
     let r = channel::serve(
         listener,
         tls,
         Arc::new(CoordinatorHandler(coordinator)),
         metrics,
+        gate,
         shutdown,
     )
     .await;
