@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use scold_testkit::{free_port, output, require_tool, scold_bin};
 
 fn key(name: &str, alg: &str, secret: &str) -> String {
     format!("{alg}:{name}:{secret}")
@@ -33,7 +34,7 @@ fn nsupdate_adds_and_deletes_alt_and_dig_kdig_read_them() {
         vec!["\\# 4 CB373967"]
     );
     let kdig = require_tool("kdig", "knot-dnsutils");
-    let out = run(Command::new(&kdig).args([
+    let out = output(Command::new(&kdig).args([
         "-p",
         &s.port.to_string(),
         "@127.0.0.1",
@@ -68,7 +69,7 @@ fn nsupdate_adds_and_deletes_alt_and_dig_kdig_read_them() {
     );
     let serial1 = dig_short(s.port, "example.com", "SOA", &[]);
     assert_ne!(serial0, serial1, "the SOA serial changes with every update");
-    let kout = run(Command::new(&kdig).args([
+    let kout = output(Command::new(&kdig).args([
         "+short",
         "-p",
         &s.port.to_string(),
@@ -395,9 +396,11 @@ fn config_errors_name_the_file_and_key_and_sigterm_stops_cleanly() {
     let s = DnsSetup::new(0, "");
     let bad = s.dir.path().join("bad.toml");
     std::fs::write(&bad, "listen = [\"127.0.0.1:1\"]\njournal = \"j\"\nalt_type = 12\n[[zone]]\nname=\"example.com\"\nfile=\"x\"\n").unwrap();
-    let out = run(Command::new(scold_bin())
-        .args(["dns", "--config"])
-        .arg(&bad));
+    let out = output(
+        Command::new(scold_bin())
+            .args(["dns", "--config"])
+            .arg(&bad),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -405,15 +408,17 @@ fn config_errors_name_the_file_and_key_and_sigterm_stops_cleanly() {
         "{err}"
     );
 
-    let out = run(Command::new(scold_bin()).args(["dns", "--example-config"]));
+    let out = output(Command::new(scold_bin()).args(["dns", "--example-config"]));
     assert!(out.status.success());
     std::fs::create_dir(s.dir.path().join("ex")).unwrap();
     let example = s.dir.path().join("ex/example.toml");
     std::fs::write(&example, &out.stdout).unwrap();
-    let out = run(Command::new(scold_bin())
-        .args(["dns", "--config"])
-        .arg(&example)
-        .arg("--check"));
+    let out = output(
+        Command::new(scold_bin())
+            .args(["dns", "--config"])
+            .arg(&example)
+            .arg("--check"),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("example.com.zone"),

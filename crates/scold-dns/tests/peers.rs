@@ -10,6 +10,7 @@ use std::process::Command;
 
 use common::*;
 use scold_dns::{TsigKey, UpdateError, Updater};
+use scold_testkit::{free_port, require_tool, Proc};
 
 const PEER_ZONE: &str = "$ORIGIN example.com.\n$TTL 300\n@ SOA ns1 hostmaster 1 3600 900 604800 60\n  NS ns1\nns1 A 127.0.0.1\nwww A 192.0.2.10\n";
 

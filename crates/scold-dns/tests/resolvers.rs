@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use scold_dns::{send_notify, TsigKey, Updater};
+use scold_testkit::{free_port, require_tool, scold_bin, Proc};
 
 const PROXY_SECRET: &str = "cHJveHkxLXNlY3JldC1mb3ItdGVzdHMtMDEyMzQ1Njc=";
 

@@ -28,8 +28,8 @@ const FLOOD_MAX_PACKETS: u64 = 3_000_000;
 
 fn config(link: &Link) -> MonitorConfig {
     MonitorConfig {
-        interface: "t0".into(),
-        netns: Some(link.target.name.clone()),
+        interface: link.target_if(),
+        netns: Some(link.target()),
         interval: INTERVAL,
         sampler: SamplerConfig {
             one_in: 4,
@@ -89,7 +89,7 @@ async fn scenario(
         "no event on an idle link, status {:?}",
         *handle.status().borrow()
     );
-    let ns = link.peer.name.clone();
+    let ns = link.peer();
     let flood_start = Instant::now();
     let flood_task = tokio::task::spawn_blocking(move || flood(ns));
 
@@ -185,7 +185,7 @@ async fn syn_flood_raises_alarm_and_all_clear_after_hold_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hping3_syn_flood_raises_alarm() {
-    common::require_tool("hping3", "hping3");
+    scold_testkit::require_tool("hping3", "hping3");
     let _g = SERIAL.lock().await;
     let link = Link::new("hping");
     let t = scenario(&link, |ns| {

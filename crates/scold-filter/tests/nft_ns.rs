@@ -12,11 +12,12 @@ use common::{Link, PEER_IP, TARGET_IP};
 use scold_filter::firewall::{Filter, FilterConfig, FilterEvent, SourceLimits};
 use scold_filter::nft::{NftBlocklist, NftConfig};
 use scold_filter::sample::in_netns;
+use scold_testkit::require_tool;
 
 fn blocklist(link: &Link) -> NftBlocklist {
-    common::require_tool("nft", "nftables");
+    require_tool("nft", "nftables");
     NftBlocklist::ensure(NftConfig {
-        netns: Some(link.target.name.clone()),
+        netns: Some(link.target()),
         ..NftConfig::default()
     })
     .expect("create table inet scold in the namespace")
@@ -25,13 +26,13 @@ fn blocklist(link: &Link) -> NftBlocklist {
 /// Sends `n` datagrams from the peer to the target and counts how many a
 /// socket in the target receives.
 fn delivered(link: &Link, port: u16, n: usize) -> usize {
-    let rx = in_netns(&link.target.name, move || {
+    let rx = in_netns(&link.target(), move || {
         UdpSocket::bind(SocketAddrV4::new(TARGET_IP, port)).expect("bind in target")
     })
     .unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let tx = in_netns(&link.peer.name, || UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
+    let tx = in_netns(&link.peer(), || UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
     for _ in 0..n {
         tx.send_to(b"hello", SocketAddrV4::new(TARGET_IP, port))
             .unwrap();
@@ -50,9 +51,7 @@ fn delivered(link: &Link, port: u16, n: usize) -> usize {
 }
 
 fn rule_counter(link: &Link) -> u64 {
-    let out = link
-        .target
-        .exec("nft", &["list", "chain", "inet", "scold", "prerouting"]);
+    let out = link.in_target("nft list chain inet scold prerouting");
     out.lines()
         .find(|l| l.contains("@blocked4"))
         .and_then(|l| l.split("packets ").nth(1))
@@ -69,17 +68,15 @@ fn table_is_idempotent_and_removed_cleanly() {
         .unwrap();
     // A second ensure (daemon restart) keeps the elements and does not duplicate rules.
     let bl = NftBlocklist::ensure(bl.config().clone()).unwrap();
-    let chain = link
-        .target
-        .exec("nft", &["list", "chain", "inet", "scold", "prerouting"]);
+    let chain = link.in_target("nft list chain inet scold prerouting");
     assert_eq!(chain.matches(" drop").count(), 2, "{chain}");
     assert_eq!(bl.list().unwrap().len(), 1);
     bl.remove().unwrap();
-    let tables = link.target.exec("nft", &["list", "tables"]);
+    let tables = link.in_target("nft list tables");
     assert!(!tables.contains("scold"), "{tables}");
     // Removing twice is not an error.
     NftBlocklist::ensure(NftConfig {
-        netns: Some(link.target.name.clone()),
+        netns: Some(link.target()),
         ..NftConfig::default()
     })
     .unwrap()
@@ -94,9 +91,7 @@ fn blocked_source_is_dropped_in_the_kernel_until_unblocked() {
     assert_eq!(delivered(&link, 5001, 20), 20, "open path before any block");
     bl.block(PEER_IP.into(), 32, Duration::from_secs(60))
         .unwrap();
-    let shown = link
-        .target
-        .exec("nft", &["list", "set", "inet", "scold", "blocked4"]);
+    let shown = link.in_target("nft list set inet scold blocked4");
     assert!(shown.contains("10.99.0.2"), "{shown}");
     assert_eq!(
         delivered(&link, 5002, 20),
@@ -141,9 +136,7 @@ fn elements_expire_by_their_timeout() {
     assert!(entries
         .iter()
         .all(|e| e.expires.is_some_and(|x| x <= Duration::from_secs(2))));
-    let six = link
-        .target
-        .exec("nft", &["list", "set", "inet", "scold", "blocked6"]);
+    let six = link.in_target("nft list set inet scold blocked6");
     assert!(six.contains("2001:db8:0:1::/64"), "{six}");
     assert_eq!(delivered(&link, 5004, 10), 0);
     std::thread::sleep(Duration::from_millis(3_000));

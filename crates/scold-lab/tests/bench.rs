@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use scold_testkit::require_root;
 
 /// The outcomes of the samples of `metric` in bench.json.
 fn outcomes(bench: &serde_json::Value, metric: &str) -> Vec<String> {

@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use scold_lab::topology::{Spec, Topology, NETNS_DIR};
+use scold_testkit::{require_root, scold_bin, send_signal, wait_for, Proc, Signal};
+use std::time::Duration;
 
 fn two_hosts_via_router() -> Spec {
     let mut s = Spec::new();
@@ -73,13 +75,13 @@ fn sigint_to_a_running_lab_removes_everything() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start scold lab");
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    let mut child = Proc::adopt("scold lab", child);
+    let pid = child.pid();
     // Wait until every role runs: the target's services are the last to start.
     let target_ns = format!("scoldlab-{pid}-0-target");
     let proxy_ns = format!("scoldlab-{pid}-0-proxy1");
     assert!(
-        wait_for(30, || !pids_in(&target_ns).is_empty()
+        wait_for(Duration::from_secs(30), || !pids_in(&target_ns).is_empty()
             && !pids_in(&proxy_ns).is_empty()),
         "the lab never started its roles"
     );
@@ -89,13 +91,16 @@ fn sigint_to_a_running_lab_removes_everything() {
         !etc_netns_of_pid(pid).is_empty(),
         "no client resolv.conf written"
     );
-    // SAFETY: plain signal to our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    child.signal(Signal::Int).expect("SIGINT to scold lab");
     assert!(
-        wait_for(30, || child.0.try_wait().unwrap().is_some()),
+        wait_for(Duration::from_secs(30), || child
+            .child()
+            .try_wait()
+            .unwrap()
+            .is_some()),
         "the lab did not exit within 30 s of SIGINT"
     );
-    let status = child.0.wait().unwrap();
+    let status = child.child().wait().unwrap();
     assert!(!status.success(), "an interrupted lab must exit non-zero");
     assert!(
         namespaces_of_pid(pid).is_empty(),
@@ -141,35 +146,39 @@ fn a_role_dying_fails_the_run_and_removes_everything() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start scold lab");
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    let mut child = Proc::adopt("scold lab", child);
+    let pid = child.pid();
     let proxy_ns = format!("scoldlab-{pid}-0-proxy1");
     let target_ns = format!("scoldlab-{pid}-0-target");
     assert!(
-        wait_for(30, || !pids_in(&target_ns).is_empty()
+        wait_for(Duration::from_secs(30), || !pids_in(&target_ns).is_empty()
             && !pids_in(&proxy_ns).is_empty()),
         "the lab never started its roles"
     );
     let inside = processes_of_pid(pid);
     // The proxy dies as a crashed daemon does.
     for p in pids_in(&proxy_ns) {
-        // SAFETY: a plain signal to a process the lab started inside its own namespace.
-        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        // A process the lab started inside its own namespace.
+        let _ = send_signal(p, Signal::Kill);
     }
     assert!(
-        wait_for(90, || child.0.try_wait().unwrap().is_some()),
+        wait_for(Duration::from_secs(90), || child
+            .child()
+            .try_wait()
+            .unwrap()
+            .is_some()),
         "the lab did not notice its proxy died within 90 s"
     );
     let mut err = String::new();
     use std::io::Read;
     child
-        .0
+        .child()
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let status = child.0.wait().unwrap();
+    let status = child.child().wait().unwrap();
     assert!(
         !status.success(),
         "a run whose proxy died must fail:\n{err}"
@@ -208,14 +217,15 @@ fn cleanup_removes_what_a_killed_lab_left() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start scold lab");
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    let mut child = Proc::adopt("scold lab", child);
+    let pid = child.pid();
     assert!(
-        wait_for(30, || namespaces_of_pid(pid).len() >= 10),
+        wait_for(Duration::from_secs(30), || namespaces_of_pid(pid).len()
+            >= 10),
         "the lab never built its testbed"
     );
     // Let the build finish, then kill it so hard it cannot clean up.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     let stray = std::process::Command::new("ip")
         .args([
             "netns",
@@ -226,8 +236,8 @@ fn cleanup_removes_what_a_killed_lab_left() {
         ])
         .spawn()
         .unwrap();
-    let mut stray = Reap(stray);
-    let stray_pid = stray.0.id();
+    let mut stray = Proc::adopt("stray sleep", stray);
+    let stray_pid = stray.pid();
     // What a scenario run writes outside its namespaces: a client's resolv.conf.
     let etc = std::path::Path::new(scold_lab::topology::NETNS_ETC_DIR)
         .join(format!("scoldlab-{pid}-0-client1"));
@@ -237,8 +247,8 @@ fn cleanup_removes_what_a_killed_lab_left() {
     let files = scold_lab::topology::files_dir_of(&format!("scoldlab-{pid}-0"));
     std::fs::create_dir_all(&files).unwrap();
     std::fs::write(files.join("coordinator.toml"), "# left by a killed run\n").unwrap();
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.child().kill().unwrap();
+    child.child().wait().unwrap();
     let left = namespaces_of_pid(pid);
     assert!(!left.is_empty(), "SIGKILL cannot have cleaned up");
     let out = std::process::Command::new(scold_bin())
@@ -268,7 +278,7 @@ fn cleanup_removes_what_a_killed_lab_left() {
         "cleanup left the run's files folder {}",
         files.display()
     );
-    let _ = stray.0.wait();
+    let _ = stray.child().wait();
     assert!(
         start_time(stray_pid).is_none(),
         "cleanup left a process inside a namespace"

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use common::*;
 use scold_lab::report::{Condition, Metric, Outcome, Probe, Proto, Results, Route, Summary};
+use scold_testkit::require_root;
 
 fn cond(route: Route, attack: bool) -> Condition {
     Condition { route, attack }

@@ -7,28 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{names_in, start_time};
 use scold_lab::fig8::{self, Fig8, Fig8Options};
 use scold_lab::measure;
 use scold_lab::topology::{Spec, Tbf, Topology, NETNS_DIR};
 
 fn lab_namespaces_of(id: &str) -> BTreeSet<String> {
-    std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("{id}-")))
-                .collect()
-        })
-        .unwrap_or_default()
+    names_in(NETNS_DIR, &format!("{id}-"))
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let st = s.rsplit_once(") ").unwrap().1.chars().next().unwrap();
-            st != 'Z'
-        })
-        .unwrap_or(false)
+    start_time(pid).is_some()
 }
 
 fn two_hosts_via_router() -> Spec {
@@ -63,17 +54,19 @@ fn build_and_teardown_leave_nothing() {
     let pid = p.pid();
     assert!(alive(pid));
     // A process started behind the topology's back (not recorded) is found by namespace.
-    let mut stray = std::process::Command::new("ip")
+    let stray = std::process::Command::new("ip")
         .args(["netns", "exec", topo.netns("a").unwrap(), "sleep", "300"])
         .spawn()
         .unwrap();
+    // Stopped by this test if the topology fails to.
+    let mut stray = scold_testkit::Proc::adopt("stray sleep", stray);
     std::thread::sleep(Duration::from_millis(200));
-    let stray_pid = stray.id();
+    let stray_pid = stray.pid();
     std::mem::forget(p); // the topology alone must stop it
     topo.teardown().expect("teardown");
     assert!(lab_namespaces_of(&id).is_empty(), "namespaces left behind");
     assert!(!alive(pid), "recorded process left running");
-    let _ = stray.wait();
+    let _ = stray.child().wait();
     assert!(!alive(stray_pid), "process in a namespace left running");
 }
 

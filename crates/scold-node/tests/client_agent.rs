@@ -35,12 +35,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::certs::issue_proxy;
 use common::consortium::flood_proxy;
-use common::net::{
-    alt_rfc3597, issue_proxy, start_scold_dns, start_scold_resolver, start_unbound, zone_text, Net,
-    Unbound, UpdateKey,
+use common::dns::{
+    alt_rfc3597, start_scold_dns, start_scold_resolver, start_unbound, zone_text, Unbound,
+    UpdateKey,
 };
 use common::*;
+use scold_testkit::{must, require_tool, Net};
 
 /// Each test builds eight namespaces and a dozen processes; one at a time keeps a 2-core
 /// machine's timing (probes, failover) meaningful.
@@ -77,11 +79,11 @@ fn lab() -> Net {
         lab.link(a, b, None, None);
     }
     for (ns, dev, addr) in [
-        ("c", "cx", "10.1.0.2/24"),
-        ("d", "dx", "10.1.0.53/24"),
-        ("d", "dx", "10.1.0.54/24"),
-        ("p1", "p1x", "10.1.0.11/24"),
-        ("p2", "p2x", "10.1.0.12/24"),
+        ("c", "cn", "10.1.0.2/24"),
+        ("d", "dn", "10.1.0.53/24"),
+        ("d", "dn", "10.1.0.54/24"),
+        ("p1", "p1n", "10.1.0.11/24"),
+        ("p2", "p2n", "10.1.0.12/24"),
         ("p1", "p1g", "10.2.1.1/24"),
         ("g", "gp1", "10.2.1.2/24"),
         ("p2", "p2g", "10.2.2.1/24"),
@@ -174,7 +176,7 @@ fn start_dns(lab: &mut Net, alts: &[&str]) {
 
 /// Starts the gateway, the target, the two proxies and the target's web server.
 fn start_path(lab: &mut Net, st: &Setup, admission: [&str; 2]) {
-    let s = lab.s.clone();
+    let s = lab.suffix().to_string();
     let gw = lab.write(
         "gateway.toml",
         &format!(
@@ -237,7 +239,7 @@ fn start_agent(lab: &mut Net, st: &Setup) {
 
 /// [`start_agent`] with `extra` appended to the agent's `[agent]` table.
 fn start_agent_with(lab: &mut Net, st: &Setup, extra: &str) {
-    let s = lab.s.clone();
+    let s = lab.suffix().to_string();
     let cfg = lab.write(
         "client.toml",
         &format!(
@@ -395,7 +397,7 @@ fn agent_sets_up_fails_over_and_tears_down() {
     } else {
         "10.1.0.11"
     };
-    let port = format!("x{}{}", p_first.0, lab.s);
+    let port = lab.dev(&format!("n{}", p_first.0));
     let n = lab.ns("n");
     failover(&mut lab, "silent", other_addr, |_| {
         must(&format!("ip -n {n} link set {port} down"));
@@ -404,7 +406,9 @@ fn agent_sets_up_fails_over_and_tears_down() {
 
     // Then the proxy now in use dies (SIGKILL): the agent goes back to the first one,
     // which answers again.
-    failover(&mut lab, "killed", &first, |lab| lab.kill9(p_other.1));
+    failover(&mut lab, "killed", &first, |lab| {
+        lab.kill9(p_other.1);
+    });
     assert_eq!(
         lab.log("client").matches("failover done").count(),
         2,
@@ -483,7 +487,7 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
         lab.logs()
     );
     // Over TCP too, and other types pass through unchanged (ALT itself included).
-    require("dig", "bind9-dnsutils");
+    require_tool("dig", "bind9-dnsutils");
     let tcp = lab.out("c", &format!("dig +tcp +short @127.0.0.53 www.{ZONE} A"));
     assert_eq!(tcp.trim(), "10.4.0.2", "A over TCP: {tcp}");
     let alt = lab.out("c", &format!("dig +short @127.0.0.53 www.{ZONE} TYPE65280"));
@@ -529,7 +533,7 @@ fn proxy_of(addr: &str) -> (&'static str, &'static str) {
 fn tcp_transfer_survives_the_proxy_failure() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = lab();
-    require("sha256sum", "coreutils");
+    require_tool("sha256sum", "coreutils");
     let st = Setup::new(&lab);
     start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
     start_path(
@@ -631,7 +635,7 @@ fn tcp_transfer_survives_the_proxy_failure() {
     );
     let table = lab.out("c", "ip route show table 5103");
     assert!(
-        table.contains("10.4.0.2") && table.contains(&format!("sc{}", lab.s)),
+        table.contains("10.4.0.2") && table.contains(&format!("sc{}", lab.suffix())),
         "no host route for the target after the move: {table}"
     );
 
@@ -694,9 +698,9 @@ fn nsupdate(lab: &Net, label: &str, update: &str) {
 fn unbound_as_client_dns() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = lab();
-    require("dig", "bind9-dnsutils");
-    require("unbound", "unbound");
-    require("unbound-checkconf", "unbound");
+    require_tool("dig", "bind9-dnsutils");
+    require_tool("unbound", "unbound");
+    require_tool("unbound-checkconf", "unbound");
     let st = Setup::new(&lab);
     start_target_dns(&mut lab, &[]);
     // What an operator sets in Unbound: a forward (or stub) zone for the target's zone
@@ -802,7 +806,7 @@ fn unbound_as_client_dns() {
 fn tunnel_path_blocked_while_admission_answers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = lab();
-    require("nft", "nftables");
+    require_tool("nft", "nftables");
     let st = Setup::new(&lab);
     start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
     start_path(
@@ -848,7 +852,7 @@ fn tunnel_path_blocked_while_admission_answers() {
 fn drained_client_stays_when_no_other_proxy_is_left() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = lab();
-    require("hping3", "hping3");
+    require_tool("hping3", "hping3");
     let st = Setup::new(&lab);
     start_dns(&mut lab, &["10.1.0.11"]);
     // Self-defence on proxy 1's link to the client segment: 1500 packets/s for a second
@@ -856,7 +860,7 @@ fn drained_client_stays_when_no_other_proxy_is_left() {
     let defence = format!(
         "{}\n[selfdefence]\ninterface = \"{}\"\nrx_pps_max = 1500.0\nsustain_ms = 1000\nrecover_ms = 2000\ncpu_busy_max = 2.0\ninterval_ms = 200\n",
         admission_tls("certs", 1),
-        lab.dev("p1x")
+        lab.dev("p1n")
     );
     start_path(&mut lab, &st, [&defence, &admission_tls("certs", 2)]);
     lab.wait_log("proxy1", "admission server listening", 15);

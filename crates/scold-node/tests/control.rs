@@ -19,11 +19,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::certs::ca_issue;
 use common::consortium::{
-    consortium, control_tls, dns_configs, serve_payload, NOTIFY_SECRET, SECRET,
+    consortium, control_tls, dns_configs, serve_payload, ConsortiumNet, NOTIFY_SECRET, SECRET,
 };
-use common::must;
-use common::net::{ca_issue, Net};
+use scold_testkit::{must, Net};
 
 /// The tests build seven namespaces each; one at a time keeps a 2-core machine usable.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -90,7 +90,7 @@ key = "hmac-sha256:coordinator:{SECRET}"
             net.p("coordinator.redb")
         ),
     );
-    let s = net.s.clone();
+    let s = net.suffix().to_string();
     let gateway = net.write(
         "gateway.toml",
         &format!(
@@ -148,7 +148,7 @@ key = "hmac-sha256:coordinator:{SECRET}"
 }
 
 fn client(net: &mut Net, label: &str, source: &str, proxy: &str, tun: &str) {
-    let s = net.s.clone();
+    let s = net.suffix().to_string();
     let cfg = net.write(
         &format!("{label}.toml"),
         &format!(

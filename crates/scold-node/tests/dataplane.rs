@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::net::Net;
+use common::consortium::ConsortiumNet;
 use common::*;
+use scold_testkit::{must, Net};
 
 /// Five namespaces: client c, proxy p, gateway g, target t and the target's upstream
 /// router r (the attacked main link). r has no route back to the client, so a reply
@@ -109,7 +110,7 @@ fn write_configs(lab: &Net, encap: &str, k: &Keys) -> [PathBuf; 4] {
         &format!(
             "lan_interface = \"{}\"\ntun_name = \"sg{}\"\n{}{}",
             lab.dev("gt"),
-            lab.s,
+            lab.suffix(),
             tunnel(encap, "0.0.0.0:51820", &k.gateway.0),
             peer("proxy-1", "10.2.0.1", None, encap, &k.proxy.1)
         ),
@@ -137,7 +138,7 @@ fn write_configs(lab: &Net, encap: &str, k: &Keys) -> [PathBuf; 4] {
         "client.toml",
         &format!(
             "source = \"10.1.0.2\"\ntun_name = \"sc{}\"\n{}{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"proxy\" }}\n",
-            lab.s,
+            lab.suffix(),
             tunnel(encap, "0.0.0.0:0", &k.client.0),
             peer("proxy", "10.1.0.1", Some(51820), encap, &k.proxy.1)
         ),
@@ -392,7 +393,7 @@ fn gateway_is_silent_to_strangers() {
         "stranger.toml",
         &format!(
             "source = \"10.2.0.9\"\ntun_name = \"sx{}\"\n[tunnel]\nencap = \"wireguard\"\nlisten = \"10.2.0.9:0\"\nprivate_key = \"{}\"\n{}[[routes]]\ndestination = \"10.4.0.2/32\"\nvia = {{ peer = \"gw\" }}\n",
-            lab.s,
+            lab.suffix(),
             stranger.0,
             peer("gw", "10.2.0.2", Some(51820), "wireguard", &k.gateway.1)
         ),
@@ -468,7 +469,7 @@ fn nat_mode_with_proxy_v2_header() {
              [[nat_services]]\nprotocol = \"udp\"\nlisten = \"10.1.0.1:8053\"\ntarget = \"10.4.0.2:8053\"\n",
             tunnel("wireguard", "0.0.0.0:51820", &k.proxy.0),
             peer("gw", "10.2.0.2", Some(51820), "wireguard", &k.gateway.1),
-            lab.s
+            lab.suffix()
         ),
     );
     let target = lab.write(

@@ -20,9 +20,11 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, flood_proxy, start_linked, start_paced_download, Linked};
-use common::net::Net;
+use common::consortium::{
+    consortium, flood_proxy, start_linked, start_paced_download, ConsortiumNet, Linked,
+};
 use common::*;
+use scold_testkit::{must, Net};
 
 /// The proxy the agent's route went up through last, from its log.
 fn chosen_proxy(log: &str) -> Option<String> {

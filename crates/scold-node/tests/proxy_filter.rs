@@ -14,18 +14,14 @@
 //! `socat`, `curl`, `python3`, `sha256sum` and a built binary (`cargo build -p scold`,
 //! or SCOLD_BIN=/path/to/scold).
 
+use scold_testkit::{must, poll_until, Net};
 use scold_tunnel::keys;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-const NAMESPACES: [&str; 7] = ["a", "b", "x", "w", "p", "g", "t"];
 const TARGET: &str = "10.3.0.2";
 const CLIENT_A: &str = "10.1.0.2";
 const CLIENT_B: &str = "10.1.0.3";
@@ -34,22 +30,9 @@ const OUTSIDER_UDP: &str = "10.1.0.67";
 /// The proxy's base block time in the test config, and its ceiling.
 const BLOCK_SECS: u64 = 4;
 const MAX_BLOCK_SECS: u64 = 8;
-
-fn require_all() {
-    require("ip", "iproute2");
-    require("nft", "nftables");
-    require("hping3", "hping3");
-    require("ping", "iputils-ping");
-    require("socat", "socat");
-    require("curl", "curl");
-    require("python3", "python3");
-    require("sha256sum", "coreutils");
-    require("timeout", "coreutils");
-    assert!(
-        is_root(),
-        "these tests build network namespaces and need root"
-    );
-}
+/// How often the waits on the proxy's state look (each look runs `nft` or reads the
+/// alerts).
+const POLL: Duration = Duration::from_millis(200);
 
 /// Clients A and B and the outside host x hang off one switch w (a bridge) with the
 /// proxy's public link, which the filter watches; behind the proxy a WireGuard tunnel
@@ -57,203 +40,79 @@ fn require_all() {
 ///
 /// a 10.1.0.2, b 10.1.0.3, x 10.1.0.66/.67 -- w -- 10.1.0.1 p 10.2.0.1 -- 10.2.0.2 g
 /// 10.3.0.1 -- 10.3.0.2 t
-struct Lab {
-    s: String,
-    dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
+fn lab() -> Net {
+    let lab = Net::new(
+        "pf",
+        &["a", "b", "x", "w", "p", "g", "t"],
+        &[
+            ("nft", "nftables"),
+            ("hping3", "hping3"),
+            ("ping", "iputils-ping"),
+            ("socat", "socat"),
+            ("curl", "curl"),
+            ("python3", "python3"),
+            ("sha256sum", "coreutils"),
+        ],
+    );
+    lab.bridge("w");
+    for n in ["a", "b", "x", "p"] {
+        lab.bridge_port("w", n);
+    }
+    lab.link("p", "g", None, None);
+    lab.link("g", "t", None, None);
+    for (ns, dev, addr) in [
+        ("a", "aw", "10.1.0.2/24"),
+        ("b", "bw", "10.1.0.3/24"),
+        ("x", "xw", "10.1.0.66/24"),
+        ("x", "xw", "10.1.0.67/24"),
+        ("p", "pw", "10.1.0.1/24"),
+        ("p", "pg", "10.2.0.1/24"),
+        ("g", "gp", "10.2.0.2/24"),
+        ("g", "gt", "10.3.0.1/24"),
+        ("t", "tg", "10.3.0.2/24"),
+    ] {
+        lab.addr(ns, &lab.dev(dev), addr);
+    }
+    // The target answers everyone through its gateway.
+    lab.route("t", "default via 10.3.0.1");
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        require_all();
-        let s = format!(
-            "{}{}",
-            std::process::id() % 100000,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab {
-            s,
-            dir: tempfile::tempdir().expect("tempdir"),
-            children: Vec::new(),
-        };
-        let s = &lab.s;
-        for n in NAMESPACES {
-            must(&format!(
-                "ip netns add {n}{s} && ip -n {n}{s} link set lo up"
-            ));
-        }
-        must(&format!(
-            "ip -n w{s} link add br{s} type bridge && ip -n w{s} link set br{s} up"
-        ));
-        for n in ["a", "b", "x", "p"] {
-            must(&format!(
-                "ip link add {n}w{s} type veth peer name w{n}{s} && \
-                 ip link set {n}w{s} netns {n}{s} && ip link set w{n}{s} netns w{s} && \
-                 ip -n w{s} link set w{n}{s} master br{s} && ip -n w{s} link set w{n}{s} up"
-            ));
-        }
-        for (a, b) in [("p", "g"), ("g", "t")] {
-            must(&format!(
-                "ip link add {a}{b}{s} type veth peer name {b}{a}{s} && \
-                 ip link set {a}{b}{s} netns {a}{s} && ip link set {b}{a}{s} netns {b}{s}"
-            ));
-        }
-        for (ns, dev, addr) in [
-            ("a", "aw", "10.1.0.2/24"),
-            ("b", "bw", "10.1.0.3/24"),
-            ("x", "xw", "10.1.0.66/24"),
-            ("x", "xw", "10.1.0.67/24"),
-            ("p", "pw", "10.1.0.1/24"),
-            ("p", "pg", "10.2.0.1/24"),
-            ("g", "gp", "10.2.0.2/24"),
-            ("g", "gt", "10.3.0.1/24"),
-            ("t", "tg", "10.3.0.2/24"),
-        ] {
-            must(&format!(
-                "ip -n {ns}{s} addr add {addr} dev {dev}{s} && ip -n {ns}{s} link set {dev}{s} up"
-            ));
-        }
-        // The target answers everyone through its gateway.
-        must(&format!("ip -n t{s} route add default via 10.3.0.1"));
-        lab
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{n}{}", self.s)
-    }
-
-    fn dev(&self, d: &str) -> String {
-        format!("{d}{}", self.s)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write config");
-        p
-    }
-
-    /// Starts a process inside namespace `n`, output to a log file.
-    fn spawn(&mut self, n: &str, label: &str, args: &[&str]) {
-        let log = std::fs::File::create(self.path(&format!("{label}.log"))).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(n)])
-            .args(args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-        self.children.push((label.to_string(), child));
-    }
-
-    fn scold(&mut self, n: &str, role: &str, label: &str, config: &Path) {
-        let bin = scold_bin();
-        let cfg = config.to_str().expect("utf-8 path").to_string();
-        self.spawn(
-            n,
-            label,
-            &[bin.to_str().expect("utf-8"), role, "--config", &cfg],
-        );
-    }
-
-    fn child(&mut self, label: &str) -> &mut Child {
-        &mut self
-            .children
-            .iter_mut()
-            .find(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"))
-            .1
-    }
-
-    /// Waits for a started process to end by itself; false if it is still running.
-    fn wait_exit(&mut self, label: &str, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child(label).try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    /// Stops one started process with SIGTERM (what an operator does) and waits.
-    fn stop(&mut self, label: &str) {
-        let i = self
-            .children
-            .iter()
-            .position(|(l, _)| l == label)
-            .unwrap_or_else(|| panic!("no process {label}"));
-        let (_, mut child) = self.children.remove(i);
-        terminate(&mut child);
-    }
-
-    fn log(&self, label: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        self.children
-            .iter()
-            .map(|(l, _)| format!("--- {l}\n{}", self.log(l)))
-            .collect()
-    }
-
-    fn exec(&self, n: &str, cmd: &str) -> std::process::Output {
-        sh(&format!("timeout 90 ip netns exec {} {cmd}", self.ns(n)))
-    }
-
-    fn ping(&self, from: &str, extra: &str, count: u32) -> std::process::Output {
-        self.exec(
-            from,
-            &format!("ping -n -c {count} -i 0.2 -W 2 {extra} {TARGET}"),
-        )
-    }
-
-    /// Waits until a ping from `from` gets through (a WireGuard handshake takes a
-    /// round trip).
-    fn wait_ping(&self, from: &str) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if self.ping(from, "-q", 1).status.success() {
-                return;
-            }
-        }
-        panic!(
-            "no ping from {from} through the indirect route in 20 s\n{}",
-            self.logs()
-        );
-    }
-
-    /// The proxy's Prometheus metrics.
-    fn metrics(&self) -> String {
-        String::from_utf8_lossy(
-            &self
-                .exec("p", "curl -s -m 5 http://127.0.0.1:9901/metrics")
-                .stdout,
-        )
-        .into_owned()
-    }
-
-    /// The addresses in the proxy's nftables block set.
-    fn blocked_in_nft(&self) -> String {
-        String::from_utf8_lossy(&self.exec("p", "nft list set inet scold blocked4").stdout)
-            .into_owned()
-    }
+/// Pings the target from namespace `from`, with ping's `extra` options.
+fn ping(lab: &Net, from: &str, extra: &str, count: u32) -> std::process::Output {
+    lab.exec(
+        from,
+        &format!("ping -n -c {count} -i 0.2 -W 2 {extra} {TARGET}"),
+    )
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.children.iter_mut().rev() {
-            terminate(c);
-        }
-        for n in NAMESPACES {
-            let _ = sh(&format!("ip netns del {n}{}", self.s));
+/// Waits until a ping from `from` gets through (a WireGuard handshake takes a round
+/// trip).
+fn wait_ping(lab: &Net, from: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if ping(lab, from, "-q", 1).status.success() {
+            return;
         }
     }
+    panic!(
+        "no ping from {from} through the indirect route in 20 s\n{}",
+        lab.logs()
+    );
+}
+
+/// The proxy's Prometheus metrics.
+fn metrics(lab: &Net) -> String {
+    String::from_utf8_lossy(
+        &lab.exec("p", "curl -s -m 5 http://127.0.0.1:9901/metrics")
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// The addresses in the proxy's nftables block set.
+fn blocked_in_nft(lab: &Net) -> String {
+    String::from_utf8_lossy(&lab.exec("p", "nft list set inet scold blocked4").stdout).into_owned()
 }
 
 fn keypair() -> (String, String) {
@@ -264,7 +123,7 @@ fn keypair() -> (String, String) {
 
 /// Gateway, proxy and client configs: clients on udp tunnels, proxy to gateway over
 /// WireGuard, the proxy's filter on its public link with small limits.
-fn write_configs(lab: &Lab, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+fn write_configs(lab: &Net, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let (proxy_key, proxy_pub) = keypair();
     let (gw_key, gw_pub) = keypair();
     let gw = lab.write(
@@ -274,7 +133,7 @@ fn write_configs(lab: &Lab, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf
              [tunnel]\nencap = \"wireguard\"\nlisten = \"0.0.0.0:51820\"\nprivate_key = \"{gw_key}\"\n\
              [[peers]]\nname = \"proxy-1\"\naddress = \"10.2.0.1\"\nencap = \"wireguard\"\npublic_key = \"{proxy_pub}\"\n",
             lab.dev("gt"),
-            lab.s,
+            lab.suffix(),
         ),
     );
     let filter_section = if filter {
@@ -308,7 +167,7 @@ fn write_configs(lab: &Lab, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf
                  [tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:0\"\n\
                  [[peers]]\nname = \"proxy\"\naddress = \"10.1.0.1\"\nport = 51820\nencap = \"udp\"\n\
                  [[routes]]\ndestination = \"{TARGET}/32\"\nvia = {{ peer = \"proxy\" }}\n",
-                lab.s
+                lab.suffix()
             ),
         )
     };
@@ -386,7 +245,7 @@ while tried < count and time.monotonic() - start < 10:
 print(sent, flush=True)
 "#;
 
-fn alerts(lab: &Lab) -> Vec<serde_json::Value> {
+fn alerts(lab: &Net) -> Vec<serde_json::Value> {
     std::fs::read_to_string(lab.path("alerts.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -401,21 +260,9 @@ fn alert_for(alerts: &[serde_json::Value], src: &str, kind: &str) -> Option<serd
         .cloned()
 }
 
-/// Waits for `cond`, up to `limit`.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cond()
-}
-
 #[test]
 fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (gw, proxy, client_a, client_b) = write_configs(&lab, true);
     // The target counts the flood's packets that reach it.
     must(&format!(
@@ -425,10 +272,10 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     ));
     lab.scold("g", "gateway", "gateway", &gw);
     lab.scold("p", "proxy", "proxy", &proxy);
-    lab.scold("a", "client", "client-a", &client_a);
-    lab.scold("b", "client", "client-b", &client_b);
-    lab.wait_ping("a");
-    lab.wait_ping("b");
+    lab.scold("a", "client-a", "client", &client_a);
+    lab.scold("b", "client-b", "client", &client_b);
+    wait_ping(&lab, "a");
+    wait_ping(&lab, "b");
 
     let src = lab.path("src.bin");
     let dst = lab.path("dst.bin");
@@ -511,8 +358,8 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
 
     // The flooders show up in the kernel's block set while they flood.
     let mut seen = String::new();
-    let all_blocked = eventually(Duration::from_secs(6), || {
-        seen = lab.blocked_in_nft();
+    let all_blocked = poll_until(Duration::from_secs(6), POLL, || {
+        seen = blocked_in_nft(&lab);
         [CLIENT_A, OUTSIDER_SYN, OUTSIDER_UDP]
             .iter()
             .all(|a| seen.contains(a))
@@ -528,12 +375,12 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
         "the well-behaved client was blocked:\n{seen}"
     );
 
+    let status = lab.wait_exit("download", 95);
     assert!(
-        lab.wait_exit("download", Duration::from_secs(95)),
+        status.is_some(),
         "B's download did not finish\n{}",
         lab.logs()
     );
-    let status = lab.child("download").try_wait().ok().flatten();
     assert!(
         status.is_some_and(|s| s.success()),
         "B's download failed: {status:?}\n{}",
@@ -546,7 +393,7 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     );
 
     assert!(
-        lab.wait_exit("flood-a", Duration::from_secs(15)),
+        lab.wait_exit("flood-a", 15).is_some(),
         "A's flood did not end"
     );
     let sent: u64 = lab
@@ -574,7 +421,7 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     );
 
     // The proxy's own account: drops on the relay path for A, none for B.
-    let m = lab.metrics();
+    let m = metrics(&lab);
     let filtered_a = metric(
         &m,
         &format!("scold_proxy_session_filtered_packets{{client=\"{CLIENT_A}\"}}"),
@@ -610,22 +457,22 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
 
     // Blocks end: the set empties of A and an expiry alert follows, within the
     // longest block (a repeat offence doubles it) plus the filter's housekeeping.
-    assert!(lab.wait_exit("hping-syn", Duration::from_secs(10)));
-    assert!(lab.wait_exit("hping-udp", Duration::from_secs(10)));
+    assert!(lab.wait_exit("hping-syn", 10).is_some());
+    assert!(lab.wait_exit("hping-udp", 10).is_some());
     let syn_sent = hping_sent(&lab.log("hping-syn"));
-    let released = eventually(Duration::from_secs(MAX_BLOCK_SECS + 6), || {
-        !lab.blocked_in_nft().contains(CLIENT_A)
+    let released = poll_until(Duration::from_secs(MAX_BLOCK_SECS + 6), POLL, || {
+        !blocked_in_nft(&lab).contains(CLIENT_A)
             && alert_for(&alerts(&lab), CLIENT_A, "expired").is_some()
     });
     assert!(
         released,
         "A's block did not expire: {}\nalerts: {:?}",
-        lab.blocked_in_nft(),
+        blocked_in_nft(&lab),
         alerts(&lab)
     );
     // A behaves again and gets through.
     assert!(
-        lab.ping("a", "-q", 3).status.success(),
+        ping(&lab, "a", "-q", 3).status.success(),
         "A cannot reach the target after its block expired\n{}",
         lab.logs()
     );
@@ -653,16 +500,16 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
 
 #[test]
 fn too_big_for_the_next_tunnel_is_answered_with_frag_needed() {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (gw, proxy, client_a, _) = write_configs(&lab, false);
     lab.scold("g", "gateway", "gateway", &gw);
     lab.scold("p", "proxy", "proxy", &proxy);
-    lab.scold("a", "client", "client-a", &client_a);
-    lab.wait_ping("a");
+    lab.scold("a", "client-a", "client", &client_a);
+    wait_ping(&lab, "a");
 
     // 1472 bytes fit A's udp tunnel (TUN MTU 1472) but not the WireGuard hop behind the
     // proxy (1440): the proxy answers on the target's behalf.
-    let out = lab.ping("a", "-M do -s 1444", 2);
+    let out = ping(&lab, "a", "-M do -s 1444", 2);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -672,7 +519,7 @@ fn too_big_for_the_next_tunnel_is_answered_with_frag_needed() {
     );
     // Fitting packets still pass.
     assert!(
-        lab.ping("a", "-q -M do -s 1400", 2).status.success(),
+        ping(&lab, "a", "-q -M do -s 1400", 2).status.success(),
         "1428-byte ping failed"
     );
 
@@ -706,7 +553,7 @@ fn too_big_for_the_next_tunnel_is_answered_with_frag_needed() {
         "TCP upload through the narrower hop failed: {out:?}\n{}",
         lab.logs()
     );
-    assert!(lab.wait_exit("tcp-sink", Duration::from_secs(10)));
+    assert!(lab.wait_exit("tcp-sink", 10).is_some());
     assert_eq!(sha256(&src), sha256(&dst), "the upload arrived damaged");
     lab.stop("client-a");
     lab.stop("proxy");

@@ -24,9 +24,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, flood_proxy, start_linked, start_paced_download, Linked};
-use common::net::Net;
+use common::consortium::{
+    consortium, flood_proxy, start_linked, start_paced_download, ConsortiumNet, Linked,
+};
 use common::*;
+use scold_testkit::{must, require_tool, scold_bin, Net};
 
 /// The tests build seven namespaces each; one at a time keeps a 2-core machine usable.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -98,7 +100,7 @@ fn proxies_push_routes_to_client_agents() {
     let route = net.exec("c", "ip route get 10.4.0.2");
     let route = String::from_utf8_lossy(&route.stdout).into_owned();
     assert!(
-        route.contains(&format!("dev sc{}", net.s)) && route.contains("src 10.8.0.1"),
+        route.contains(&format!("dev sc{}", net.suffix())) && route.contains("src 10.8.0.1"),
         "{route}"
     );
     // Nobody asked the agent's stub resolver anything: the route came by the push.
@@ -165,7 +167,7 @@ fn proxies_push_routes_to_client_agents() {
     );
     assert!(net.ping(2), "the pushed route broke after refused pushes");
     let route = net.exec("c", "ip route get 10.4.0.2");
-    assert!(String::from_utf8_lossy(&route.stdout).contains(&format!("dev sc{}", net.s)));
+    assert!(String::from_utf8_lossy(&route.stdout).contains(&format!("dev sc{}", net.suffix())));
 
     // Proxy reset: the assigned proxy dies; the coordinator takes it out of the set and
     // the other proxy pushes to the moved client before the lost one is torn down.
@@ -202,7 +204,7 @@ fn proxies_push_routes_to_client_agents() {
     net.stop("client");
     let r = net.exec("c", "ip route get 10.4.0.2");
     assert!(
-        !String::from_utf8_lossy(&r.stdout).contains(&format!("dev sc{}", net.s)),
+        !String::from_utf8_lossy(&r.stdout).contains(&format!("dev sc{}", net.suffix())),
         "the agent left its route behind"
     );
     let client_cfg = net.p("client.toml");
@@ -217,7 +219,7 @@ fn proxies_push_routes_to_client_agents() {
     loop {
         let r = net.exec("c", "ip route get 10.4.0.2");
         let r = String::from_utf8_lossy(&r.stdout).into_owned();
-        if !r.contains(&format!("dev sc{}", net.s)) {
+        if !r.contains(&format!("dev sc{}", net.suffix())) {
             break;
         }
         assert!(
@@ -248,7 +250,7 @@ enum Failure {
 fn transfer_across_reset(failure: Failure) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = net();
-    require("python3", "python3");
+    require_tool("python3", "python3");
     let (proxy, _) = assigned();
     let other = if proxy == "p1" { "p2" } else { "p1" };
     let other_address = if other == "p1" {
@@ -291,7 +293,9 @@ fn transfer_across_reset(failure: Failure) {
     let (out, at_failure) = start_paced_download(&mut net);
     let t0 = Instant::now();
     match failure {
-        Failure::Killed => net.kill9(proxy),
+        Failure::Killed => {
+            net.kill9(proxy);
+        }
         Failure::Attacked => flood_proxy(&mut net, "c", "10.1.0.66", victim_address),
     }
     net.wait_phase("diverted", &[other], 30);
@@ -348,7 +352,7 @@ fn transfer_survives_a_killed_proxy() {
 
 #[test]
 fn transfer_survives_an_attacked_proxy() {
-    require("hping3", "hping3");
+    require_tool("hping3", "hping3");
     transfer_across_reset(Failure::Attacked);
 }
 

@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, Linked};
-use common::net::Net;
+use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use scold_testkit::Net;
 
 /// The icmp_seq numbers that got a reply, from ping's output.
 fn replied(out: &str) -> Vec<u32> {

@@ -2,24 +2,17 @@
 //! our certificates, read our CRL, and complete a mutual TLS 1.3 handshake with our
 //! server configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use scold_pki::{peer_identity, Ca, CaInit, Identity, RevokeTarget, Role, TlsIdentity, Validity};
+use scold_testkit::require_tool;
 use tokio::io::AsyncWriteExt;
 
-fn openssl() -> &'static str {
-    let ok = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "this test needs the `openssl` command: apt-get install openssl"
-    );
-    "openssl"
+/// The `openssl` command; the test fails, naming the package, without it.
+fn openssl() -> PathBuf {
+    require_tool("openssl", "openssl")
 }
 
 fn verify(ca: &Ca, cert: &Path) -> (bool, String) {

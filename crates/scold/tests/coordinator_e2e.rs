@@ -10,53 +10,17 @@ use scold_metrics::Metrics;
 use scold_pki::{Ca, Identity, Role, TlsIdentity, Validity};
 use scold_proto::control::{NodeInfo, Reply, Request, Response, StatusReport, TunnelInfo};
 use scold_proto::dataplane;
+use scold_testkit::{free_port, require_tool, Proc};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const SCOLD: &str = env!("CARGO_BIN_EXE_scold");
 const SECRET: &str = "c2NvbGQtZTJlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk=";
-
-/// A child process killed by PID when dropped, also when the test fails.
-struct Proc(Child);
-
-impl Proc {
-    fn start(args: &[&str], log: &Path) -> Proc {
-        let f = std::fs::File::create(log).unwrap();
-        Proc(
-            Command::new(SCOLD)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(f.try_clone().unwrap())
-                .stderr(f)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn scold(args: &[&str]) -> String {
     let out = Command::new(SCOLD).args(args).output().unwrap();
@@ -66,28 +30,6 @@ fn scold(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn require(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package `{package}`"
-    );
-}
-
-fn wait_port(addr: SocketAddr, log: &Path) {
-    let t = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "nothing listens on {addr}; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Records the orders a node gets; answers every one with success.
@@ -226,7 +168,7 @@ struct Consortium {
 
 impl Consortium {
     fn setup(proxies: &[&str]) -> Consortium {
-        require("dig", "bind9-dnsutils");
+        require_tool("dig", "bind9-dnsutils");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.keep();
         let ca_dir = dir.join("ca");
@@ -254,16 +196,17 @@ impl Consortium {
             ),
         )
         .unwrap();
-        let dns_log = dir.join("dns.log");
-        let dns = Proc::start(
-            &[
-                "dns",
-                "--config",
-                &dir.join("dns.toml").display().to_string(),
-            ],
-            &dns_log,
+        let mut dns = Proc::spawn(
+            "scold dns",
+            Command::new(SCOLD)
+                .args(["dns", "--config"])
+                .arg(dir.join("dns.toml")),
+            &dir.join("dns.log"),
         );
-        wait_port(format!("127.0.0.1:{dns_port}").parse().unwrap(), &dns_log);
+        dns.wait_tcp_port(
+            format!("127.0.0.1:{dns_port}").parse().unwrap(),
+            Duration::from_secs(20),
+        );
 
         let site = Site {
             control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
@@ -327,22 +270,15 @@ key = "hmac-sha256:coordinator:{SECRET}"
     /// and waits until it listens.
     fn start_coordinator(&self, log: &str) -> Proc {
         let log = self.dir.join(log);
-        let f = std::fs::File::create(&log).unwrap();
-        let p = Proc(
+        let mut p = Proc::spawn(
+            "scold coordinator",
             Command::new(SCOLD)
-                .args([
-                    "coordinator",
-                    "--config",
-                    &self.coord_cfg.display().to_string(),
-                ])
-                .current_dir(&self.dir)
-                .stdin(Stdio::null())
-                .stdout(f.try_clone().unwrap())
-                .stderr(f)
-                .spawn()
-                .unwrap(),
+                .args(["coordinator", "--config"])
+                .arg(&self.coord_cfg)
+                .current_dir(&self.dir),
+            &log,
         );
-        wait_port(self.site.control, &log);
+        p.wait_tcp_port(self.site.control, Duration::from_secs(20));
         p
     }
 

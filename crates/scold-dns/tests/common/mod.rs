@@ -1,138 +1,18 @@
-//! Helpers for the process and interop tests: locating binaries, free loopback ports,
-//! child processes killed by PID on drop, and small DNS clients.
+//! What the DNS process and interop tests share: the test zone and a `scold dns` set-up
+//! on loopback, small DNS clients, `nsupdate` and `dig`. The binary, tools, processes and
+//! ports come from `scold_testkit`.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use scold_testkit::{free_port, output, require_tool, scold_bin, Proc};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A TSIG secret shared by the tests (base64).
 pub const SECRET: &str = "c2NvbGQtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZg==";
 /// A different secret.
 pub const WRONG_SECRET: &str = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZy0=";
-
-/// The `scold` binary: `$SCOLD_BIN`, or `debug/scold` in the target directory.
-pub fn scold_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SCOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug/scold");
-    assert!(
-        p.exists(),
-        "the scold binary is not built at {}: run `cargo build -p scold` (with the same CARGO_TARGET_DIR) first, or set SCOLD_BIN",
-        p.display()
-    );
-    p
-}
-
-/// Fails the test, naming the Debian package, if `tool` is not installed.
-pub fn require_tool(tool: &str, package: &str) -> PathBuf {
-    for dir in [
-        "/usr/bin",
-        "/usr/sbin",
-        "/usr/local/bin",
-        "/usr/local/sbin",
-        "/bin",
-        "/sbin",
-    ] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("`{tool}` is not installed: install the Debian package `{package}` (apt-get install {package})");
-}
-
-/// A loopback port free for both UDP and TCP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port");
-}
-
-/// A child process killed (by PID) and reaped when dropped, also on panic.
-pub struct Proc {
-    pub child: Option<Child>,
-    pub name: String,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let f = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            child: Some(child),
-            name: name.into(),
-            log: log.to_path_buf(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// SIGKILL now.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait up to 5 s; returns the exit status.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        c.wait().ok()
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            if std::thread::panicking() {
-                eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
-            }
-        }
-    }
-}
 
 /// Builds a query for `name`/`qtype` (with EDNS when `edns`).
 pub fn query_bytes(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
@@ -188,7 +68,7 @@ pub fn wait_answering(server: SocketAddr, name: &str, proc_: &mut Proc) {
         assert!(
             proc_.alive(),
             "{} exited early:\n{}",
-            proc_.name,
+            proc_.name(),
             proc_.log_text()
         );
         if udp_ask(
@@ -204,14 +84,9 @@ pub fn wait_answering(server: SocketAddr, name: &str, proc_: &mut Proc) {
     }
     panic!(
         "{} did not answer within 15 s:\n{}",
-        proc_.name,
+        proc_.name(),
         proc_.log_text()
     );
-}
-
-/// Runs a command to completion.
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("command runs")
 }
 
 /// Runs `nsupdate` with `script` on stdin and the given extra arguments.
@@ -236,18 +111,20 @@ pub fn nsupdate(args: &[&str], script: &str) -> Output {
 /// `dig +short` output lines.
 pub fn dig_short(port: u16, name: &str, qtype: &str, extra: &[&str]) -> Vec<String> {
     let bin = require_tool("dig", "bind9-dnsutils");
-    let out = run(Command::new(bin)
-        .args([
-            "+short",
-            "+time=2",
-            "+tries=2",
-            "-p",
-            &port.to_string(),
-            "@127.0.0.1",
-            name,
-            qtype,
-        ])
-        .args(extra));
+    let out = output(
+        Command::new(bin)
+            .args([
+                "+short",
+                "+time=2",
+                "+tries=2",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+                name,
+                qtype,
+            ])
+            .args(extra),
+    );
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().to_string())

@@ -1,81 +1,20 @@
-//! Network-namespace fixtures and bounded traffic generators for the tests.
-//! Every namespace is uniquely named and removed on drop (also on panic);
-//! traffic only goes to addresses inside namespaces these fixtures created.
+//! The filter's network-namespace fixture (two namespaces on one veth link, built with
+//! `scold_testkit`, so uniquely named and removed on drop, also on panic) and bounded
+//! traffic generators; traffic only goes to addresses inside those namespaces.
 
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use scold_filter::sample::in_netns;
+use scold_testkit::{wait_until, Net};
 use socket2::{Domain, Protocol, Socket, Type};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-pub fn require_tool(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package `{package}`"
-    );
-}
-
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace that is deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        require_tool("ip", "iproute2");
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("scoldf-{}-{n}-{tag}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec("ip", &["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name, cmd];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Two namespaces joined by a veth pair: `target` (t0, 10.99.0.1/24) and
-/// `peer` (p0, 10.99.0.2/24).
+/// Two namespaces joined by a veth pair: `t` (the target, 10.99.0.1/24 on
+/// [`Link::target_if`]) and `p` (the peer, 10.99.0.2/24), removed on drop.
 pub struct Link {
-    pub target: Netns,
-    pub peer: Netns,
+    pub net: Net,
 }
 
 pub const TARGET_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -83,52 +22,35 @@ pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 
 impl Link {
     pub fn new(tag: &str) -> Link {
-        let target = Netns::new(&format!("{tag}t"));
-        let peer = Netns::new(&format!("{tag}p"));
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "t0",
-                "netns",
-                &target.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "p0",
-                "netns",
-                &peer.name,
-            ],
-        );
-        target.exec("ip", &["addr", "add", "10.99.0.1/24", "dev", "t0"]);
-        target.exec("ip", &["link", "set", "t0", "up"]);
-        peer.exec("ip", &["addr", "add", "10.99.0.2/24", "dev", "p0"]);
-        peer.exec("ip", &["link", "set", "p0", "up"]);
+        let net = Net::new(&format!("f{tag}"), &["t", "p"], &[("ping", "iputils-ping")]);
+        net.link("t", "p", Some("10.99.0.1/24"), Some("10.99.0.2/24"));
         // Wait until the link carries traffic (veth needs both ends up).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &peer.name,
-                    "ping",
-                    "-c1",
-                    "-W1",
-                    "10.99.0.1",
-                ])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "veth link did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Link { target, peer }
+        wait_until(
+            "the veth link to carry a ping",
+            Duration::from_secs(5),
+            || net.exec("p", "ping -c1 -W1 10.99.0.1").status.success(),
+        );
+        Link { net }
+    }
+
+    /// The target's namespace.
+    pub fn target(&self) -> String {
+        self.net.ns("t")
+    }
+
+    /// The peer's namespace.
+    pub fn peer(&self) -> String {
+        self.net.ns("p")
+    }
+
+    /// The target's end of the link.
+    pub fn target_if(&self) -> String {
+        self.net.dev("tp")
+    }
+
+    /// stdout of `cmd` in the target's namespace; fails the test unless it succeeds.
+    pub fn in_target(&self, cmd: &str) -> String {
+        self.net.must("t", cmd)
     }
 }
 

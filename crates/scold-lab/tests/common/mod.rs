@@ -1,49 +1,17 @@
-//! What the process-level tests share: the `scold` binary, and the host's view of a
-//! lab run's namespaces and processes.
+//! What the lab's process-level tests share: the host's view of a lab run's namespaces
+//! and processes, and a run of `scold` watched from outside. The binary, root check,
+//! process clean-up and waits come from `scold_testkit`.
 
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scold_lab::topology::{NETNS_DIR, NETNS_ETC_DIR};
-
-/// The `scold` binary that `cargo build -p scold` (or `cargo build --workspace --bins`)
-/// made in this target directory, or `$SCOLD_BIN`. The lab runs every role through it,
-/// so these tests need the real binary, not a copy of the library.
-pub fn scold_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SCOLD_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "SCOLD_BIN={} is not a file", p.display());
-        return p;
-    }
-    // CARGO_TARGET_TMPDIR is <target dir>/tmp, wherever CARGO_TARGET_DIR put it; the
-    // binaries are in <target dir>/<profile>/.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .to_path_buf();
-    let profile = if cfg!(debug_assertions) {
-        ["debug", "release"]
-    } else {
-        ["release", "debug"]
-    };
-    for p in profile {
-        let bin = target.join(p).join("scold");
-        if bin.is_file() {
-            return bin;
-        }
-    }
-    panic!(
-        "the scold binary is not built under {}: run `cargo build -p scold` (CI runs \
-         `cargo build --workspace --bins`) before these tests, or set SCOLD_BIN",
-        target.display()
-    );
-}
+use scold_testkit::{scold_bin, wait_for, Proc};
 
 /// Names in `dir` that start with `prefix`.
-fn names_in(dir: &str, prefix: &str) -> BTreeSet<String> {
+pub fn names_in(dir: &str, prefix: &str) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -140,36 +108,6 @@ pub fn host_lab_routes() -> Vec<String> {
     out
 }
 
-/// Waits until `cond` holds, at most `secs`.
-pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
-/// Kills the child on drop, so a failing assertion leaves no lab process running.
-pub struct Reap(pub std::process::Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests build network namespaces: run them as root"
-    );
-}
-
 /// A finished run of `scold` with the lab's namespaces: its exit, its output, and every
 /// process seen in its namespaces while it ran.
 pub struct LabRun {
@@ -192,8 +130,9 @@ pub fn run_lab(args: &[std::ffi::OsString], secs: u64) -> LabRun {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start scold");
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    // Stopped on drop, so a failing assertion leaves no lab process running.
+    let mut child = Proc::adopt("scold", child);
+    let pid = child.pid();
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -205,18 +144,20 @@ pub fn run_lab(args: &[std::ffi::OsString], secs: u64) -> LabRun {
             }
         })
     };
-    let finished = wait_for(secs, || child.0.try_wait().unwrap().is_some());
+    let finished = wait_for(Duration::from_secs(secs), || {
+        child.child().try_wait().unwrap().is_some()
+    });
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
     assert!(finished, "scold {args:?} did not finish within {secs} s");
     let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(mut o) = child.0.stdout.take() {
+    if let Some(mut o) = child.child().stdout.take() {
         o.read_to_string(&mut stdout).unwrap();
     }
-    if let Some(mut e) = child.0.stderr.take() {
+    if let Some(mut e) = child.child().stderr.take() {
         e.read_to_string(&mut stderr).unwrap();
     }
-    let status = child.0.wait().unwrap();
+    let status = child.child().wait().unwrap();
     let seen = seen.lock().unwrap().clone();
     LabRun {
         pid,

@@ -4,8 +4,9 @@
 //! fetch through the indirect route, the target's routing state.
 #![allow(dead_code)]
 
-use super::net::{ca_issue, Net};
-use super::{must, sha256};
+use super::certs::ca_issue;
+use super::sha256;
+use scold_testkit::{must, Net};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ pub fn consortium(client_host: bool, tools: &[(&str, &str)]) -> Net {
     net.route("b", "10.7.0.1/32 via 10.6.0.2");
     net.route("t", "default via 10.4.0.1");
     if client_host {
-        let (c, s) = (net.ns("c"), net.s.clone());
+        let (c, s) = (net.ns("c"), net.suffix().to_string());
         must(&format!("ip -n {c} addr add 10.8.0.1/32 dev lo"));
         must(&format!(
             "ip -n {c} route replace 10.1.0.0/24 dev ca{s} src 10.8.0.1"
@@ -105,15 +106,54 @@ pub fn serve_payload(net: &mut Net, bytes: u64) {
     );
 }
 
-impl Net {
+/// What the tests do on the topology of [`consortium`]: reach the target from the
+/// client, fetch its file, read its routing state, drive the coordinator with `scold ctl`
+/// and wait for its status. The pings also serve any topology whose client namespace
+/// `c` reaches the target at 10.4.0.2 (the data-plane tests' one).
+pub trait ConsortiumNet {
     /// Pings the target from the client namespace (no name looked up).
-    pub fn ping(&self, count: u32) -> bool {
+    fn ping(&self, count: u32) -> bool;
+
+    /// Waits up to 20 s until a ping gets through the indirect route.
+    fn wait_ping(&self);
+
+    /// Fetches the target's file over TCP through the tunnel and compares checksums.
+    fn fetch(&self, name: &str);
+
+    /// What SCOLD may touch on the target: rules, every table but the kernel's local
+    /// one, and the nftables ruleset.
+    fn target_state(&self) -> String;
+
+    /// `scold ctl ARGS` as the operator, in the control namespace; its stdout. Fails
+    /// the test unless it succeeds.
+    fn ctl(&self, args: &str) -> String;
+
+    /// The coordinator's status, as `scold ctl --json status` prints it.
+    fn status(&self) -> serde_json::Value;
+
+    /// Polls the status until `pred` holds, up to `secs`.
+    fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value;
+
+    /// Waits up to `secs` until the target is in `phase` with exactly `proxies`.
+    fn wait_phase(&self, phase: &str, proxies: &[&str], secs: u64) -> serde_json::Value;
+
+    /// Waits until p1, p2 and gw1 are up at the coordinator.
+    fn wait_nodes_up(&self);
+}
+
+impl ConsortiumNet for Net {
+    fn ping(&self, count: u32) -> bool {
         self.exec("c", &format!("ping -n -q -c {count} -i 0.2 -W 1 10.4.0.2"))
             .status
             .success()
     }
 
-    pub fn wait_ping(&self) {
+    fn wait_ping(&self) {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             if self.ping(1) {
@@ -126,8 +166,7 @@ impl Net {
         );
     }
 
-    /// Fetches the target's file over TCP through the tunnel and compares checksums.
-    pub fn fetch(&self, name: &str) {
+    fn fetch(&self, name: &str) {
         let out = self.path(name);
         let o = self.exec(
             "c",
@@ -149,13 +188,11 @@ impl Net {
         );
     }
 
-    /// What SCOLD may touch on the target: rules, every table but the kernel's local
-    /// one, and the nftables ruleset.
-    pub fn target_state(&self) -> String {
+    fn target_state(&self) -> String {
         self.routing("t", true)
     }
 
-    pub fn ctl(&self, args: &str) -> String {
+    fn ctl(&self, args: &str) -> String {
         let certs = self.p("certs");
         let o = self.scold_cli(
             "k",
@@ -172,12 +209,11 @@ impl Net {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ctl("--json status")).expect("status JSON")
     }
 
-    /// Polls the status until `pred` holds, up to `secs`.
-    pub fn wait_status(
+    fn wait_status(
         &self,
         what: &str,
         secs: u64,
@@ -196,7 +232,7 @@ impl Net {
         }
     }
 
-    pub fn wait_phase(&self, phase: &str, proxies: &[&str], secs: u64) -> serde_json::Value {
+    fn wait_phase(&self, phase: &str, proxies: &[&str], secs: u64) -> serde_json::Value {
         self.wait_status(&format!("phase {phase} with {proxies:?}"), secs, |s| {
             let t = &s["targets"][0];
             t["phase"] == phase
@@ -208,7 +244,7 @@ impl Net {
         })
     }
 
-    pub fn wait_nodes_up(&self) {
+    fn wait_nodes_up(&self) {
         self.wait_status("p1, p2 and gw1 up", 20, |s| {
             let up = |list: &serde_json::Value, name: &str| {
                 list.as_array()
@@ -329,7 +365,7 @@ key = "hmac-sha256:coordinator:{SECRET}"
             scheme = opts.scheme,
         ),
     );
-    let s = net.s.clone();
+    let s = net.suffix().to_string();
     let gateway = net.write(
         "gateway.toml",
         &format!(
