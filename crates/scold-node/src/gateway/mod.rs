@@ -17,7 +17,7 @@ use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
 use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
 use scold_tunnel::{Engine, EngineConfig, EngineHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +102,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -116,7 +116,7 @@ pub struct Config {
     pub rule_priority: u32,
     #[serde(default = "yes")]
     pub enable_forwarding: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub control: ControlSection,
@@ -125,6 +125,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The config of a gateway whose site LAN is `lan_interface`, every other key at the
+    /// default an absent key gets.
+    pub fn new(lan_interface: impl Into<String>) -> Config {
+        Config {
+            tunnel: TunnelSection::default(),
+            tun_name: default_tun(),
+            lan_interface: lan_interface.into(),
+            table: default_table(),
+            rule_priority: default_table(),
+            enable_forwarding: yes(),
+            peers: Vec::new(),
+            control: ControlSection::default(),
+            file: PathBuf::new(),
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let mut c: Config = scold_daemon::load(path, "scold gateway --example-config")?;
         c.file = path.to_path_buf();

@@ -6,7 +6,7 @@ pub mod wire;
 
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Encap, Reply};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -25,7 +25,7 @@ fn default_encap() -> Encap {
 }
 
 /// `[tunnel]`: the node's end of its tunnels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSection {
     /// UDP socket for `udp` and `wireguard` tunnels.
@@ -247,4 +247,65 @@ pub fn prepare<C>(
         return Ok(None);
     }
     Ok(Some((path, cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use std::fmt::Debug;
+    use std::path::Path;
+
+    /// Loads `example`, writes what was loaded back as TOML and loads that: the same
+    /// config must come out, so a tool that builds a config struct and serialises it
+    /// writes what it meant.
+    fn round_trip<C: Serialize + Debug>(example: &str, load: fn(&Path) -> anyhow::Result<C>) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first.toml");
+        std::fs::write(&first, example).unwrap();
+        let loaded = load(&first).unwrap();
+        let text = toml::to_string(&loaded).unwrap();
+        let second = dir.path().join("second.toml");
+        std::fs::write(&second, &text).unwrap();
+        let again = load(&second).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        assert_eq!(
+            format!("{again:?}").replace("second.toml", "first.toml"),
+            format!("{loaded:?}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_role_config_serialises_to_what_it_was_read_from() {
+        round_trip(crate::proxy::EXAMPLE, crate::proxy::Config::load);
+        round_trip(crate::gateway::EXAMPLE, crate::gateway::Config::load);
+        round_trip(crate::target::EXAMPLE, crate::target::Config::load);
+        round_trip(crate::client::EXAMPLE, crate::client::Config::load);
+    }
+
+    #[test]
+    fn constructors_give_what_an_absent_key_gives() {
+        let nat: crate::proxy::NatSection = toml::from_str("source = \"192.0.2.1\"").unwrap();
+        let built = crate::proxy::NatSection::new("192.0.2.1".parse().unwrap());
+        assert_eq!(format!("{nat:?}"), format!("{built:?}"));
+        let adm: crate::proxy::admission::AdmissionSection =
+            toml::from_str("ca = \"a\"\ncert = \"b\"\nkey = \"c\"").unwrap();
+        let built =
+            crate::proxy::admission::AdmissionSection::new("a".into(), "b".into(), "c".into());
+        assert_eq!(format!("{adm:?}"), format!("{built:?}"));
+        let gw: crate::gateway::Config = toml::from_str("lan_interface = \"eth1\"").unwrap();
+        assert_eq!(
+            format!("{gw:?}"),
+            format!("{:?}", crate::gateway::Config::new("eth1"))
+        );
+        let t: crate::target::Config = toml::from_str("").unwrap();
+        assert_eq!(
+            format!("{t:?}"),
+            format!("{:?}", crate::target::Config::default())
+        );
+        let p: crate::proxy::Config = toml::from_str("").unwrap();
+        assert_eq!(
+            format!("{p:?}"),
+            format!("{:?}", crate::proxy::Config::default())
+        );
+    }
 }
