@@ -186,7 +186,10 @@ pub struct Config {
     pub agent: Option<AgentSection>,
     /// Scheme 4.2: the link to the coordinator, which registers the agent (with
     /// `address`, where proxies reach its push port).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::node::control::ControlSection::is_empty"
+    )]
     pub control: crate::node::control::ControlSection,
     #[serde(skip)]
     pub file: PathBuf,

@@ -118,7 +118,7 @@ pub struct Config {
     pub enable_forwarding: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
     #[serde(skip)]
     pub file: PathBuf,

@@ -65,6 +65,24 @@ pub struct ControlSection {
 }
 
 impl ControlSection {
+    /// Whether every key is absent, as without a `[control]` table: a config writer
+    /// leaves the table out then.
+    pub fn is_empty(&self) -> bool {
+        matches!(
+            self,
+            ControlSection {
+                coordinator: None,
+                tls: None,
+                metrics: None,
+                address: None,
+                endpoint: None,
+                inside: None,
+                capacity_mbps: None,
+                organisation: None,
+            }
+        )
+    }
+
     /// Checks what can be checked before start-up.
     pub fn check(&self, file: &Path) -> anyhow::Result<()> {
         if self.coordinator.is_some() && self.tls.is_none() {

@@ -302,6 +302,7 @@ mod tests {
             format!("{t:?}"),
             format!("{:?}", crate::target::Config::default())
         );
+        assert!(super::control::ControlSection::default().is_empty());
         let p: crate::proxy::Config = toml::from_str("").unwrap();
         assert_eq!(
             format!("{p:?}"),

@@ -228,7 +228,7 @@ pub struct Config {
     pub pushes: Vec<Push>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_services: Vec<NatService>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifyEntry>,

@@ -117,7 +117,7 @@ pub struct Config {
     pub rule_priority: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
     #[serde(default)]
     pub detect: Option<DetectSection>,
