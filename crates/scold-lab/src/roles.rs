@@ -173,6 +173,31 @@ pub const ATTACKED_HOLD_MS: u64 = 3000;
 /// reset out of the set is left within about a second even while it still answers.
 pub const AGENT_MAX_REFRESH_SECS: u64 = 1;
 
+/// The nftables table that counts a client's tunnel packets per proxy
+/// ([`Roles::watch_tunnels`]).
+const WATCH_TABLE: &str = "scold-lab-watch";
+
+/// The packet counter of every rule with a comment in `nft -j list` output, by comment.
+fn counters_by_comment(v: &serde_json::Value) -> Vec<(String, u64)> {
+    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|rule| {
+            let comment = rule.get("comment")?.as_str()?.to_string();
+            let packets = rule
+                .get("expr")?
+                .as_array()?
+                .iter()
+                .find_map(|e| e.pointer("/counter/packets"))?
+                .as_u64()?;
+            Some((comment, packets))
+        })
+        .collect()
+}
+
 /// TCP port of the proxies' admission service (scheme 4.1 agents).
 pub const ADMISSION_PORT: u16 = 5443;
 /// Where each client agent answers DNS inside its client's namespace.
@@ -583,6 +608,19 @@ impl<'a> Roles<'a> {
         })
     }
 
+    /// The coordinator's audit log, oldest first (`scold ctl --json events`): what
+    /// [`crate::audit`] takes the divert, reset and restore times from.
+    pub fn events(&self) -> Result<Vec<scold_proto::control::EventView>, LabError> {
+        let v = self.ctl(&["events", "--limit", "5000"])?;
+        match serde_json::from_value(v.clone()) {
+            Ok(scold_proto::control::Reply::Events { events }) => Ok(events),
+            _ => Err(LabError::Protocol {
+                peer: "scold ctl events".into(),
+                reason: format!("its reply is not an event list: {v}"),
+            }),
+        }
+    }
+
     /// Starts the agents that put every client on the indirect route: the target's
     /// return path and each client's agent. Returns without waiting for the route.
     pub fn indirect_on(&mut self) -> Result<(), LabError> {
@@ -657,27 +695,78 @@ impl<'a> Roles<'a> {
         Ok(())
     }
 
-    /// The proxy `client`'s agent brought its route up through last (from its log).
-    pub fn agent_proxy(&self, client: &str) -> Option<Ipv4Addr> {
-        let (_, r) = self.client_agents.iter().find(|(c, _)| c == client)?;
-        let log = std::fs::read_to_string(&r.log).ok()?;
-        let line = log.lines().rfind(|l| l.contains("indirect route up"))?;
-        let rest = line.split("proxy=").nth(1)?;
-        let word: String = rest
-            .chars()
-            .take_while(|ch| ch.is_ascii_digit() || *ch == '.')
-            .collect();
-        word.parse().ok()
+    /// Counts `client`'s tunnel packets to each proxy from now on: an nftables table in
+    /// the client's namespace (which the lab made) with one counter per proxy, read by
+    /// [`Roles::tunnel_packets`]. Which proxy a client agent's tunnel goes through is
+    /// then read off the data path, not out of what the agent logs. Installing it again
+    /// starts the counters over.
+    pub fn watch_tunnels(&self, client: &str) -> Result<(), LabError> {
+        crate::topology::require_tool("nft", "nftables")?;
+        let ns = self.lab.netns(client)?;
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "nft"];
+            all.extend_from_slice(args);
+            crate::topology::run_cmd("ip", &all)
+        };
+        nft(&["add", "table", "ip", WATCH_TABLE])?;
+        nft(&["flush", "table", "ip", WATCH_TABLE])?;
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            WATCH_TABLE,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        let port = TUNNEL_PORT.to_string();
+        // Tunnel packets only: the agent's admission connections and probes go to
+        // every proxy of the ALT set, its tunnel to one.
+        let tunnel: &[&str] = match self.opts.encap {
+            Encap::Ipip => &["ip", "protocol", "4"],
+            Encap::Udp | Encap::Wireguard => &["udp", "dport", &port],
+        };
+        for p in self.lab.proxies() {
+            let addr = fig8::address_of(&p).expect("plan").to_string();
+            let comment = format!("\"{p}\"");
+            let mut rule = vec![
+                "add",
+                "rule",
+                "ip",
+                WATCH_TABLE,
+                "out",
+                "ip",
+                "daddr",
+                &addr,
+            ];
+            rule.extend_from_slice(tunnel);
+            rule.extend_from_slice(&["counter", "comment", &comment]);
+            nft(&rule)?;
+        }
+        Ok(())
     }
 
-    /// How many times `client`'s agent has logged a finished failover.
-    pub fn agent_failovers(&self, client: &str) -> usize {
-        self.client_agents
-            .iter()
-            .find(|(c, _)| c == client)
-            .and_then(|(_, r)| std::fs::read_to_string(&r.log).ok())
-            .map(|l| l.matches("failover done").count())
-            .unwrap_or(0)
+    /// `client`'s tunnel packets to each proxy since [`Roles::watch_tunnels`], by proxy
+    /// node.
+    pub fn tunnel_packets(&self, client: &str) -> Result<Vec<(String, u64)>, LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.lab.netns(client)?,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "ip",
+                WATCH_TABLE,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
+            peer: "nft -j".into(),
+            reason: format!("{e}: {out}"),
+        })?;
+        Ok(counters_by_comment(&v))
     }
 
     /// Publishes (or with an empty list withdraws) the target's ALT records at
@@ -872,5 +961,36 @@ impl<'a> Roles<'a> {
 impl Drop for Roles<'_> {
     fn drop(&mut self) {
         let _ = self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_counters_are_read_by_comment() {
+        // As `nft -j list table ip scold-lab-watch` prints it (nftables 1.0).
+        let v = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip", "name": WATCH_TABLE, "handle": 1}},
+            {"chain": {"family": "ip", "table": WATCH_TABLE, "name": "out", "handle": 1,
+                       "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 2,
+                      "comment": "proxy1", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                           "right": "198.18.16.2"}},
+                {"counter": {"packets": 41, "bytes": 5412}}]}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 3,
+                      "comment": "proxy2", "expr": [
+                {"counter": {"packets": 0, "bytes": 0}}]}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 4,
+                      "expr": [{"counter": {"packets": 7, "bytes": 0}}]}}
+        ]});
+        assert_eq!(
+            counters_by_comment(&v),
+            vec![("proxy1".to_string(), 41), ("proxy2".to_string(), 0)]
+        );
+        assert!(counters_by_comment(&serde_json::json!({"error": 1})).is_empty());
     }
 }
