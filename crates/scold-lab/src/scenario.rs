@@ -1684,9 +1684,9 @@ fn phases(
                     .into()
             },
             format!(
-                "divert: {}; restore: {}; both timed as the target's phase in `scold ctl \
-                 --json status` polled every 100 ms (ClientDNS already holds the lab's ALT \
-                 records), scheme {}",
+                "divert: {}; restore: {}; both timed as the target's phase changes in the \
+                 coordinator's audit log (`scold ctl --json events`; ClientDNS already \
+                 holds the lab's ALT records), scheme {}",
                 if cfg.detect_mode() {
                     format!(
                         "no operator alarm: the target's detector ([detect] on its main \
@@ -1701,7 +1701,9 @@ fn phases(
                         roles::DETECT_ALARM_AFTER_MS
                     )
                 } else {
-                    "the operator's alarm (`scold ctl divert`), timed from it".to_string()
+                    "the operator's alarm (`scold ctl divert`), timed from the coordinator \
+                     taking it"
+                        .to_string()
                 },
                 if cfg.detect_mode() {
                     format!(
@@ -1711,7 +1713,9 @@ fn phases(
                         roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0
                     )
                 } else {
-                    "the operator's all-clear (`scold ctl restore`)".to_string()
+                    "the operator's all-clear (`scold ctl restore`), timed from the \
+                     coordinator taking it"
+                        .to_string()
                 },
                 cfg.scheme.as_str()
             ),
@@ -2009,13 +2013,13 @@ fn attack_phase(
             match audit_time(roles, t_alarm_wall, from, "diverted") {
                 Ok(s) => {
                     results.notes.push(format!(
-                        "divert: the coordinator reached phase \"diverted\" {} after {} (by \
-                         its audit log); coordinator: {status}",
+                        "divert: by its audit log, the coordinator reached phase \
+                         \"diverted\" {} after {}; coordinator: {status}",
                         fmt_seconds(s),
                         if cfg.detect_mode() {
                             format!(
-                                "the flood started (the target's detector raised the alarm, \
-                                 which the coordinator took {} after the flood started)",
+                                "the flood started (the target's detector raised the alarm; \
+                                 the coordinator took it {} after the flood started)",
                                 fmt_audit(&audit_time(roles, t_attack_wall, None, "diverting"))
                             )
                         } else {
