@@ -8,20 +8,20 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub coordinator: CoordinatorSection,
     pub tls: TlsConfig,
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
-    #[serde(default, rename = "target")]
+    #[serde(default, rename = "target", skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetConfig>,
-    #[serde(default, rename = "proxy")]
+    #[serde(default, rename = "proxy", skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorSection {
     /// Address the control channel listens on.
@@ -57,6 +57,24 @@ fn default_connections() -> ConnLimits {
     scold_link::channel::DEFAULT_LIMITS
 }
 
+impl CoordinatorSection {
+    /// A `[coordinator]` table listening on `listen` with its state in `state`, every
+    /// other key at its default.
+    pub fn new(listen: SocketAddr, state: PathBuf) -> CoordinatorSection {
+        CoordinatorSection {
+            listen,
+            state,
+            heartbeat_ms: default_heartbeat_ms(),
+            down_after_ms: default_down_after_ms(),
+            proxies_per_target: default_proxies_per_target(),
+            attacked_hold_ms: default_attacked_hold_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            client_push_port: default_client_push_port(),
+            connections: default_connections(),
+        }
+    }
+}
+
 fn default_client_push_port() -> u16 {
     5444
 }
@@ -77,7 +95,7 @@ fn default_max_backoff_ms() -> u64 {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: SocketAddr,
@@ -107,7 +125,7 @@ impl Scheme {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Node name; the target's certificate must be `scold://target/<name>`.
@@ -130,7 +148,7 @@ pub struct TargetConfig {
     pub proxies: Option<usize>,
     /// Scheme 4.3: the service ports proxies relay, as `tcp/80`, `udp/53`, or
     /// `tcp/443+proxy` to start each connection with a PROXY protocol v2 header.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
     pub dns: TargetDnsConfig,
 }
@@ -170,6 +188,22 @@ impl std::str::FromStr for Service {
     }
 }
 
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.protocol, self.port)?;
+        if self.proxy_protocol {
+            f.write_str("+proxy")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Service {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Service {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -185,7 +219,7 @@ fn default_ttl() -> u32 {
     10
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetDnsConfig {
     /// The TargetDNS server that accepts RFC 2136 updates.
@@ -194,7 +228,7 @@ pub struct TargetDnsConfig {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     pub name: String,
@@ -308,5 +342,26 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_serialises_to_what_it_was_read_from() {
+        let cfg: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        let text = toml::to_string(&cfg).unwrap();
+        let again: Config = toml::from_str(&text).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{cfg:?}"), "{text}");
+    }
+
+    #[test]
+    fn services_are_written_as_they_are_read() {
+        for s in ["tcp/80", "udp/53", "tcp/443+proxy"] {
+            let service: Service = s.parse().unwrap();
+            assert_eq!(service.to_string(), s);
+        }
     }
 }

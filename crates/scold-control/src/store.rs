@@ -78,6 +78,9 @@ pub struct EventRecord {
     pub subject: String,
     pub event: String,
     pub detail: String,
+    /// A `phase` event's new phase (absent in entries of older stores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 /// What one durable commit writes.
@@ -230,6 +233,7 @@ mod tests {
                             subject: "web".into(),
                             event: "alarm".into(),
                             detail: format!("#{i}"),
+                            phase: None,
                         })
                         .collect(),
                 })
@@ -248,6 +252,7 @@ mod tests {
                     subject: "x".into(),
                     event: "y".into(),
                     detail: String::new(),
+                    phase: Some("diverted".into()),
                 }],
                 ..Default::default()
             })

@@ -558,6 +558,14 @@ async fn divert_reset_and_restore() {
         .filter(|e| e.event == "phase")
         .map(|e| e.detail.split(" (").next().unwrap())
         .collect();
+    // Each names the phase it entered as a field of its own, for tools.
+    for e in events.iter().filter(|e| e.event == "phase") {
+        let entered = e.detail.split(" (").next().unwrap().rsplit(" -> ").next();
+        assert_eq!(e.phase.as_deref(), entered, "{e:?}");
+    }
+    assert!(events
+        .iter()
+        .all(|e| (e.event == "phase") == e.phase.is_some()));
     assert_eq!(
         phases,
         vec![

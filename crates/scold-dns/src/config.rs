@@ -1,12 +1,15 @@
 //! TOML configuration of `scold dns` and `scold resolver`.
 //!
-//! Every error names the file, the key and what to write instead.
+//! [`DnsFile`] and [`ResolverFile`] are the files as written (tools that generate a
+//! config build and serialise them); [`load_dns`] and [`load_resolver`] read and check
+//! them into [`DnsConfig`] and [`ResolverConfig`]. Every error names the file, the key
+//! and what to write instead.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rrl::RrlConfig;
 use crate::tsig::{TsigAlgorithm, TsigKey};
@@ -17,7 +20,7 @@ use crate::update::{Grant, NamePattern, Policy};
 pub use scold_daemon::ConfigError;
 
 /// `[[zone]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     /// Zone apex, e.g. `example.com`.
@@ -27,7 +30,7 @@ pub struct ZoneConfig {
 }
 
 /// `[[key.allow]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowConfig {
     /// Names: `www.example.com` (exactly) or `*.example.com` (anything below).
@@ -37,7 +40,7 @@ pub struct AllowConfig {
 }
 
 /// `[[key]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key name, as the client's `nsupdate -y` or updater uses it.
@@ -48,7 +51,7 @@ pub struct KeyConfig {
     /// Base64 secret.
     pub secret: String,
     /// What the key may change (nothing if absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowConfig>,
 }
 
@@ -57,7 +60,7 @@ fn default_alg() -> String {
 }
 
 /// `[rate_limit]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Responses per second per source prefix; 0 disables.
@@ -83,7 +86,7 @@ impl Default for RateLimitConfig {
 }
 
 /// The raw `scold dns` file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsFile {
     /// Addresses to serve on, UDP and TCP.
@@ -103,10 +106,10 @@ pub struct DnsFile {
     #[serde(default = "default_tcp_idle")]
     pub tcp_idle_timeout_secs: u64,
     /// Zones.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zone: Vec<ZoneConfig>,
     /// TSIG keys and what each may change.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<KeyConfig>,
     /// Response rate limiting.
     #[serde(default)]
@@ -114,6 +117,25 @@ pub struct DnsFile {
     /// Address of the Prometheus `/metrics` endpoint; absent: none.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+}
+
+impl DnsFile {
+    /// A `scold dns` file that serves on `listen` and journals to `journal`, with no zone
+    /// or key yet and every other key at its default.
+    pub fn new(listen: Vec<SocketAddr>, journal: PathBuf) -> DnsFile {
+        DnsFile {
+            listen,
+            alt_type: default_alt(),
+            journal,
+            udp_workers: 0,
+            tcp_max_connections: default_tcp_max(),
+            tcp_idle_timeout_secs: default_tcp_idle(),
+            zone: Vec::new(),
+            key: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            metrics: None,
+        }
+    }
 }
 
 fn default_alt() -> u16 {
@@ -312,7 +334,7 @@ ipv6_prefix = 56
 "#;
 
 /// `[[notify_key]]` of the resolver: a proxy allowed to flush names.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyKeyConfig {
     /// Key name.
@@ -325,7 +347,7 @@ pub struct NotifyKeyConfig {
 }
 
 /// The raw `scold resolver` file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverFile {
     /// Addresses to serve on, UDP and TCP.
@@ -342,11 +364,27 @@ pub struct ResolverFile {
     #[serde(default = "default_up_timeout")]
     pub upstream_timeout_ms: u64,
     /// Keys whose signed NOTIFY flushes a cached name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify_key: Vec<NotifyKeyConfig>,
     /// Address of the Prometheus `/metrics` endpoint; absent: none.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+}
+
+impl ResolverFile {
+    /// A `scold resolver` file that serves on `listen` and forwards to `upstream`, with
+    /// no NOTIFY key yet and every other key at its default.
+    pub fn new(listen: Vec<SocketAddr>, upstream: Vec<SocketAddr>) -> ResolverFile {
+        ResolverFile {
+            listen,
+            upstream,
+            cache_entries: default_cache(),
+            max_ttl: default_max_ttl(),
+            upstream_timeout_ms: default_up_timeout(),
+            notify_key: Vec::new(),
+            metrics: None,
+        }
+    }
 }
 
 fn default_cache() -> usize {
@@ -464,6 +502,39 @@ mod tests {
         assert!(!c.keys[0].1.allows(b"\x03www\x07example\x03com\x00", 16));
         let r = parse_resolver(RESOLVER_EXAMPLE, Path::new("r.toml")).unwrap();
         assert_eq!(r.notify_keys.len(), 1);
+    }
+
+    #[test]
+    fn raw_files_serialise_to_what_they_were_read_from() {
+        let path = Path::new("/etc/scold/dns.toml");
+        let raw: DnsFile = toml::from_str(DNS_EXAMPLE).unwrap();
+        let text = toml::to_string(&raw).unwrap();
+        assert_eq!(
+            format!("{:?}", parse_dns(&text, path).unwrap()),
+            format!("{:?}", parse_dns(DNS_EXAMPLE, path).unwrap()),
+            "{text}"
+        );
+        let raw: ResolverFile = toml::from_str(RESOLVER_EXAMPLE).unwrap();
+        let text = toml::to_string(&raw).unwrap();
+        assert_eq!(
+            format!("{:?}", parse_resolver(&text, path).unwrap()),
+            format!("{:?}", parse_resolver(RESOLVER_EXAMPLE, path).unwrap()),
+            "{text}"
+        );
+        // A file built from the constructors alone is complete.
+        let listen = vec!["127.0.0.1:53".parse().unwrap()];
+        let mut dns = DnsFile::new(listen.clone(), "dns.journal".into());
+        dns.zone.push(ZoneConfig {
+            name: "example.com".into(),
+            file: "example.com.zone".into(),
+        });
+        let c = parse_dns(&toml::to_string(&dns).unwrap(), path).unwrap();
+        assert_eq!(c.alt_type, crate::alt::DEFAULT_ALT_TYPE);
+        assert_eq!(c.journal, PathBuf::from("/etc/scold/dns.journal"));
+        let r = ResolverFile::new(listen.clone(), vec!["127.0.0.1:5353".parse().unwrap()]);
+        let c = parse_resolver(&toml::to_string(&r).unwrap(), path).unwrap();
+        assert_eq!(c.upstream_timeout_ms, 1500);
+        assert!(c.notify_keys.is_empty());
     }
 
     #[test]

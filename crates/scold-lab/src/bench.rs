@@ -23,8 +23,9 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::audit;
 use crate::error::LabError;
 use crate::fig8::{self, Fig8};
 use crate::measure;
@@ -248,9 +249,9 @@ fn bench_phases(
         "set-up: the operator's alarm (`scold ctl divert`) to the first of client 1's UDP \
          probes (one every 1 ms) heard on the target's alternate-link device; the client's \
          application looked the name up through its agent every 10 ms; each run starts \
-         from phase \"normal\" with no ALT records and a fresh agent; the clock starts at \
-         the coordinator's log line of the alarm (so `scold ctl`'s own start is not \
-         counted); encapsulation {}",
+         from phase \"normal\" with no ALT records and a fresh agent; the clock starts \
+         when the coordinator took the alarm (the phase change in its audit log, so \
+         `scold ctl`'s own start is not counted); encapsulation {}",
         cfg.encap.as_str()
     ));
     if failover_runs > 0 {
@@ -317,8 +318,9 @@ fn restore(roles: &Roles) -> Result<(), LabError> {
     }
 }
 
-/// One set-up: returns the seconds from the alarm to the first probe heard on the
-/// alternate link, and to phase "diverted" when the poll saw it.
+/// One set-up: returns the seconds from the coordinator taking the alarm (its audit
+/// log) to the first probe heard on the alternate link, and to its phase "diverted"
+/// (the same log).
 fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), LabError> {
     let stop = Arc::new(AtomicBool::new(false));
     // The listener first, so no early probe is missed.
@@ -381,6 +383,7 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
     // Let the probes run on the direct route first.
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let phases = scenario::watch_phases(
         roles.ctl_argv(&["status"])?,
         t0,
@@ -397,11 +400,9 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
     } else {
         stop.store(true, Ordering::Relaxed);
     }
-    // The phase watcher ends once it has seen "diverted" (or at its deadline).
-    let diverted = phases
-        .join()
-        .ok()
-        .and_then(|v| v.first().copied().flatten());
+    // The phase watcher ends once it has seen "diverted" (or at its deadline), so the
+    // audit log read below holds the divert's end.
+    let _ = phases.join();
     stop.store(true, Ordering::Relaxed);
     let heard = sink
         .join()
@@ -409,88 +410,17 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
     let _ = sender.join();
     let _ = app.join();
     divert?;
-    // The clock of the figure starts when the coordinator took the alarm (its log),
-    // not when `scold ctl` started: the tool's start and TLS handshake are not SCOLD's
-    // set-up. Both clocks are the host's.
-    let log = roles.log_dir().join("coordinator.log");
-    let alarm_at = coordinator_time(&log, "scold_control::coordinator: alarm ");
+    // The clock of the figure starts when the coordinator took the alarm (the target
+    // entered "diverting" in its audit log), not when `scold ctl` started: the tool's
+    // start and TLS handshake are not SCOLD's set-up. Both clocks are the host's.
+    let events = roles.events()?;
+    let alarm_at = audit::entered(&events, "diverting", audit::unix_ms(t0_wall));
     let first = heard.map(|(mono, wall)| match alarm_at {
-        Some(a) => wall
-            .duration_since(a)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
+        Some(a) => audit::seconds(a, audit::unix_ms(wall)),
         None => (mono - t0).as_secs_f64(),
     });
-    // The divert's own end, from the same log (the poll above only shows it happened).
-    let diverted_at = coordinator_time(&log, "to=diverted");
-    let divert = match (alarm_at, diverted_at, diverted) {
-        (Some(a), Some(d), Some(_)) => d.duration_since(a).ok().map(|x| x.as_secs_f64()),
-        _ => None,
-    };
+    // The divert's own end, from the same log.
+    let divert =
+        alarm_at.and_then(|a| audit::entered(&events, "diverted", a).map(|d| audit::seconds(a, d)));
     Ok((first, divert))
-}
-
-/// The time stamp of the coordinator's last log line containing `what`.
-fn coordinator_time(log: &std::path::Path, what: &str) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rfind(|l| l.contains(what))?;
-    parse_rfc3339_utc(line.split_whitespace().next()?)
-}
-
-/// `2026-11-30T10:34:54.224467Z` (the log's UTC time stamps) as a system time.
-pub fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.splitn(3, ':');
-    let (hh, mm) = (
-        t.next()?.parse::<u64>().ok()?,
-        t.next()?.parse::<u64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&m)
-        || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
-        || !(0.0..61.0).contains(&sec)
-    {
-        return None;
-    }
-    // Days from the civil date (proleptic Gregorian), after H. Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let days = u64::try_from(days).ok()?;
-    let secs = days * 86_400 + hh * 3600 + mm * 60;
-    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(sec))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_time_stamps_parse() {
-        let t = parse_rfc3339_utc("2026-11-30T10:34:54.250000Z").unwrap();
-        let d = t.duration_since(UNIX_EPOCH).unwrap();
-        // date -u -d 2026-11-30T10:34:54Z +%s
-        assert_eq!(d.as_secs(), 1_796_034_894);
-        assert!((d.subsec_micros() as i64 - 250_000).abs() <= 1);
-        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
-        for bad in [
-            "",
-            "2026-11-30T10:34:54",
-            "2026-13-30T10:34:54Z",
-            "2026-11-30 10:34:54Z",
-            "x-11-30T10:34:54Z",
-            "2026-11-30T25:00:00Z",
-        ] {
-            assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
-        }
-    }
 }

@@ -10,10 +10,13 @@
 //!
 //! The scenario ([`scenario`]) runs every role as its own `scold` process
 //! ([`roles`]): coordinator, TargetDNS, ClientDNS, gateway, proxies, target and client
-//! agents, with a CA and configs made for the run.
+//! agents, with a CA and configs made for the run as the daemons' own config structs
+//! ([`configs`]).
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod configs;
 pub mod dnsq;
 pub mod error;
 pub mod fig8;

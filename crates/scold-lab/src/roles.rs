@@ -35,12 +35,11 @@
 //!
 //! Each process writes its log to `<out>/logs/<label>.log`. A role that exits or does
 //! not become ready fails the run with its log's last lines. Certificates, keys and
-//! configs go into the testbed's own files folder ([`Topology::files_dir`]), removed
-//! with it.
+//! configs ([`crate::configs`]: each the daemon's own config struct, serialised) go
+//! into the testbed's own files folder ([`Topology::files_dir`]), removed with it.
 //!
 //! [`Topology::files_dir`]: crate::topology::Topology::files_dir
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -48,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::configs::{self, ConfigPlan, Pki, RoleConfigs};
 use crate::dnsq;
 use crate::error::LabError;
 use crate::fig8::{self, Fig8};
@@ -173,6 +173,31 @@ pub const ATTACKED_HOLD_MS: u64 = 3000;
 /// reset out of the set is left within about a second even while it still answers.
 pub const AGENT_MAX_REFRESH_SECS: u64 = 1;
 
+/// The nftables table that counts a client's tunnel packets per proxy
+/// ([`Roles::watch_tunnels`]).
+const WATCH_TABLE: &str = "scold-lab-watch";
+
+/// The packet counter of every rule with a comment in `nft -j list` output, by comment.
+fn counters_by_comment(v: &serde_json::Value) -> Vec<(String, u64)> {
+    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|rule| {
+            let comment = rule.get("comment")?.as_str()?.to_string();
+            let packets = rule
+                .get("expr")?
+                .as_array()?
+                .iter()
+                .find_map(|e| e.pointer("/counter/packets"))?
+                .as_u64()?;
+            Some((comment, packets))
+        })
+        .collect()
+}
+
 /// TCP port of the proxies' admission service (scheme 4.1 agents).
 pub const ADMISSION_PORT: u16 = 5443;
 /// Where each client agent answers DNS inside its client's namespace.
@@ -185,23 +210,8 @@ struct Running {
     proc: LabProcess,
 }
 
-/// A WireGuard key pair (base64).
-#[derive(Clone)]
-struct KeyPair {
-    private: String,
-    public: String,
-}
-
-fn keypair() -> Result<KeyPair, LabError> {
-    let private = scold_tunnel::keys::generate_private()
-        .map_err(|e| LabError::BadSpec(format!("cannot make a WireGuard key: {e}")))?;
-    let public = scold_tunnel::keys::public_of(&private)
-        .map_err(|e| LabError::BadSpec(format!("cannot derive a WireGuard public key: {e}")))?;
-    Ok(KeyPair { private, public })
-}
-
 /// `proxyN` -> N.
-fn proxy_index(node: &str) -> usize {
+pub(crate) fn proxy_index(node: &str) -> usize {
     node.strip_prefix("proxy")
         .and_then(|n| n.parse().ok())
         .expect("proxy nodes are named proxyN")
@@ -222,13 +232,6 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     out
 }
 
-/// The coordinator's and the operator's certificates, and every other node's by name.
-type IssuedSet = (
-    scold_pki::IssuedPaths,
-    scold_pki::IssuedPaths,
-    Vec<(String, scold_pki::IssuedPaths)>,
-);
-
 /// The running roles of one testbed. Dropping it stops every process.
 pub struct Roles<'a> {
     lab: &'a Fig8,
@@ -237,14 +240,9 @@ pub struct Roles<'a> {
     dir: PathBuf,
     daemons: Vec<Running>,
     agents: Vec<Running>,
-    /// The client each proxy serves: client node -> proxy node.
-    assignment: Vec<(String, String)>,
-    coordinator: scold_pki::IssuedPaths,
-    operator: scold_pki::IssuedPaths,
-    /// The other nodes' certificates, by node name.
-    certs: Vec<(String, scold_pki::IssuedPaths)>,
-    /// The coordinator's TSIG secret for TargetDNS (base64).
-    dns_secret: String,
+    /// What the configs were made from: certificates, keys, secrets, which proxy each
+    /// client is given.
+    plan: ConfigPlan,
     /// Client agents of scheme 4.1 (agent mode), running throughout: client node and
     /// process.
     client_agents: Vec<(String, Running)>,
@@ -263,32 +261,22 @@ impl<'a> Roles<'a> {
         std::fs::create_dir_all(&opts.log_dir)
             .map_err(|e| LabError::io(format!("creating {}", opts.log_dir.display()), e))?;
         let dir = lab.files_dir()?;
-        let proxies = lab.proxies();
-        let assignment: Vec<(String, String)> = lab
-            .clients()
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| (c, proxies[i % proxies.len()].clone()))
-            .collect();
         // The CA library logs each certificate; the progress display says it once.
-        let (coordinator, operator, certs) = tracing::subscriber::with_default(
+        let pki = tracing::subscriber::with_default(
             tracing::subscriber::NoSubscriber::default(),
-            || Self::issue_certs(lab, &dir),
+            || Pki::issue(&dir, &lab.proxies()),
         )?;
+        let plan = ConfigPlan::new(dir.clone(), &opts, lab.proxies(), lab.clients(), pki)?;
+        RoleConfigs::build(&plan).write(&dir)?;
         let mut roles = Roles {
             lab,
             opts,
             dir,
             daemons: Vec::new(),
             agents: Vec::new(),
-            assignment,
-            coordinator,
-            operator,
-            certs,
-            dns_secret: scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>()),
+            plan,
             client_agents: Vec::new(),
         };
-        roles.write_configs()?;
         // In agent mode the applications ask the client agent, which asks ClientDNS.
         let resolver = if roles.opts.agent {
             AGENT_DNS
@@ -308,399 +296,8 @@ impl<'a> Roles<'a> {
         Ok(roles)
     }
 
-    /// The certificate issued to `node`.
-    fn cert_of(&self, node: &str) -> &scold_pki::IssuedPaths {
-        self.certs
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(_, c)| c)
-            .expect("a certificate per node")
-    }
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
-    }
-
-    /// The consortium CA and a certificate for every node that speaks the control
-    /// protocol; returns the coordinator's and the operator's (for `scold ctl`).
-    fn issue_certs(lab: &Fig8, dir: &Path) -> Result<IssuedSet, LabError> {
-        use scold_pki::{Ca, CaInit, Identity, Role, Validity};
-        let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
-        let mut ca = Ca::init(
-            &dir.join("ca"),
-            &CaInit {
-                org: "SCOLD lab consortium".into(),
-                ..CaInit::default()
-            },
-        )
-        .map_err(pki)?;
-        let mut issue = |role: Role, name: &str, ip: Option<Ipv4Addr>| {
-            let ips: Vec<IpAddr> = ip.into_iter().map(IpAddr::V4).collect();
-            ca.issue(
-                &Identity::new(role, name).map_err(|e| LabError::BadSpec(e.to_string()))?,
-                &ips,
-                &[],
-                Validity::days(2),
-                &dir.join(format!("{}-{name}", role.as_str())),
-            )
-            .map_err(pki)
-        };
-        let coordinator = issue(
-            Role::Coordinator,
-            "coordinator",
-            fig8::address_of(fig8::COORDINATOR),
-        )?;
-        let mut certs = vec![
-            (
-                fig8::ALT_GW.to_string(),
-                issue(Role::Gateway, GATEWAY_ID, fig8::address_of(fig8::ALT_GW))?,
-            ),
-            (
-                fig8::TARGET.to_string(),
-                issue(Role::Target, TARGET_ID, Some(fig8::TARGET_ADDR))?,
-            ),
-        ];
-        for p in lab.proxies() {
-            let paths = issue(Role::Proxy, &p, fig8::address_of(&p))?;
-            certs.push((p, paths));
-        }
-        Ok((coordinator, issue(Role::Operator, "lab", None)?, certs))
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf, LabError> {
-        let p = self.path(name);
-        std::fs::write(&p, text)
-            .map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
-        Ok(p)
-    }
-
-    fn tunnel_section(&self, listen: &str, key: &KeyPair) -> String {
-        let encap = self.opts.encap;
-        let mut t = format!(
-            "[tunnel]\nencap = \"{}\"\nlisten = \"{listen}\"\nipip = {}\n",
-            encap.as_str(),
-            encap == Encap::Ipip
-        );
-        if encap == Encap::Wireguard {
-            let _ = writeln!(t, "private_key = \"{}\"", key.private);
-        }
-        t
-    }
-
-    /// A `[control]` table linking `node` to the coordinator, with its certificate;
-    /// empty when the run does not link the data path.
-    fn control_section(&self, node: &str, extra: &str) -> String {
-        if !self.opts.control {
-            return String::new();
-        }
-        let c = self.cert_of(node);
-        format!(
-            "\n[control]\ncoordinator = \"{}:{COORDINATOR_PORT}\"\n{extra}\
-             [control.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n",
-            fig8::address_of(fig8::COORDINATOR).expect("plan"),
-            c.ca_cert.display(),
-            c.cert.display(),
-            c.key.display(),
-            c.crl.display()
-        )
-    }
-
-    fn peer(&self, name: &str, addr: Ipv4Addr, port: Option<u16>, key: &KeyPair) -> String {
-        let encap = self.opts.encap;
-        let mut p = format!(
-            "[[peers]]\nname = \"{name}\"\naddress = \"{addr}\"\nencap = \"{}\"\n",
-            encap.as_str()
-        );
-        if let (Some(port), true) = (port, encap != Encap::Ipip) {
-            let _ = writeln!(p, "port = {port}");
-        }
-        if encap == Encap::Wireguard {
-            let _ = writeln!(p, "public_key = \"{}\"", key.public);
-        }
-        p
-    }
-
-    fn write_configs(&self) -> Result<(), LabError> {
-        let lab = self.lab;
-        let addr = |n: &str| fig8::address_of(n).expect("node of the plan");
-        let target = fig8::TARGET_ADDR;
-        let gw_addr = addr(fig8::ALT_GW);
-        let gw_key = keypair()?;
-        let proxy_keys: Vec<(String, KeyPair)> = lab
-            .proxies()
-            .into_iter()
-            .map(|p| keypair().map(|k| (p, k)))
-            .collect::<Result<_, _>>()?;
-        let client_keys: Vec<(String, KeyPair)> = lab
-            .clients()
-            .into_iter()
-            .map(|c| keypair().map(|k| (c, k)))
-            .collect::<Result<_, _>>()?;
-        let key_of = |list: &[(String, KeyPair)], n: &str| {
-            list.iter()
-                .find(|(m, _)| m == n)
-                .map(|(_, k)| k.clone())
-                .expect("a key per node")
-        };
-
-        // The hidden gateway: accepts the registered proxies, delivers to the site LAN.
-        let mut gw = format!(
-            "# scold gateway of the lab's target site\ntun_name = \"{GATEWAY_TUN}\"\nlan_interface = \"{}\"\n",
-            fig8::GW_SITE_IF
-        );
-        gw += &self.tunnel_section(&format!("{gw_addr}:{TUNNEL_PORT}"), &gw_key);
-        for (p, k) in &proxy_keys {
-            // Linked to the coordinator, the gateway admits exactly the proxies its
-            // orders name; otherwise every proxy is a static peer.
-            if !self.opts.control {
-                gw += &self.peer(p, addr(p), None, k);
-            }
-        }
-        gw += &self.control_section(
-            fig8::ALT_GW,
-            &format!(
-                "address = \"{gw_addr}\"\ninside = \"{}\"\norganisation = \"org-target\"\n",
-                fig8::ALT_GW_SITE_ADDR
-            ),
-        );
-        self.write("gateway.toml", &gw)?;
-
-        // Each proxy signs its NOTIFY to ClientDNS with a key of its own (paper Sec. 3
-        // step 4: the client site's resolver drops the diverted name at once).
-        let notify_secrets: Vec<(String, String)> = lab
-            .proxies()
-            .into_iter()
-            .map(|p| {
-                (
-                    p,
-                    scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>()),
-                )
-            })
-            .collect();
-        let cdns = addr(fig8::CLIENT_DNS);
-        for (p, k) in &proxy_keys {
-            let mut cfg = format!("# scold proxy {p}\n");
-            if let Some((_, secret)) = notify_secrets.iter().find(|(q, _)| q == p) {
-                let _ = write!(
-                    cfg,
-                    "[[notify]]\nresolver = \"{cdns}:53\"\nkey = \"hmac-sha256:{p}:{secret}\"\n"
-                );
-            }
-            cfg += &self.tunnel_section(&format!("0.0.0.0:{TUNNEL_PORT}"), k);
-            // Linked to the coordinator, the proxy gets its peer and route to the
-            // gateway from the divert's orders; otherwise from this file.
-            if !self.opts.control {
-                cfg += &self.peer(GATEWAY_ID, gw_addr, Some(TUNNEL_PORT), &gw_key);
-                let _ = write!(
-                    cfg,
-                    "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{GATEWAY_ID}\" }}\n"
-                );
-            }
-            if self.opts.scheme == Scheme::Nat {
-                let _ = write!(
-                    cfg,
-                    "[nat]\ntun_name = \"scold-nat\"\nsource = \"{}\"\n",
-                    nat_source(proxy_index(p))
-                );
-                for port in [
-                    crate::serve::DEFAULT_HTTP_PORT,
-                    crate::serve::DEFAULT_BULK_PORT,
-                ] {
-                    let _ = write!(
-                        cfg,
-                        "[[nat_services]]\nprotocol = \"tcp\"\nlisten = \"{}:{port}\"\ntarget = \"{target}:{port}\"\n",
-                        addr(p)
-                    );
-                }
-            }
-            if self.opts.agent {
-                // Clients are admitted by the TLS exchange, not listed here.
-                let certs = self.cert_of(p);
-                let _ = write!(
-                    cfg,
-                    "[admission]\nlisten = \"{}:{ADMISSION_PORT}\"\nallow = [\"{target}/32\"]\n\
-                     ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                    addr(p),
-                    self.coordinator.ca_cert.display(),
-                    certs.cert.display(),
-                    certs.key.display(),
-                );
-            }
-            for (c, _) in self
-                .assignment
-                .iter()
-                .filter(|(_, q)| q == p && !self.opts.agent)
-            {
-                let _ = write!(
-                    cfg,
-                    "[[sessions]]\nclient = \"{}\"\nencap = \"{}\"\ntargets = [\"{target}/32\"]\n",
-                    addr(c),
-                    self.opts.encap.as_str()
-                );
-                if self.opts.encap == Encap::Wireguard {
-                    let _ = writeln!(cfg, "public_key = \"{}\"", key_of(&client_keys, c).public);
-                }
-            }
-            if self.opts.control {
-                // Self-defence (4.4): a proxy whose link takes more packets than it can
-                // relay asks the coordinator to reset it out of the ALT set. The lab's
-                // relay traffic stays near 1300 packets/s (the 10 Mbit/s alternate
-                // link's data and its ACKs), its attack on a proxy sends
-                // PROXY_FLOOD_PPS. CPU saturation is not a test here: the machine's
-                // CPUs are shared by every node of the testbed.
-                let _ = write!(
-                    cfg,
-                    "[selfdefence]\ninterface = \"{}\"\ninterval_ms = 200\n\
-                     rx_pps_max = {PROXY_RX_PPS_MAX:.1}\ncpu_busy_max = 2.0\n\
-                     sustain_ms = {PROXY_SUSTAIN_MS}\nrecover_ms = 3000\n",
-                    fig8::LEAF_IF
-                );
-            }
-            cfg += &self.control_section(
-                p,
-                &format!(
-                    "address = \"{}\"\ncapacity_mbps = 1000\norganisation = \"org-{p}\"\n",
-                    addr(p)
-                ),
-            );
-            self.write(&format!("{p}.toml"), &cfg)?;
-        }
-
-        for (c, p) in self.assignment.iter().filter(|_| self.opts.agent) {
-            let _ = p;
-            let mut cfg =
-                format!("# scold client agent of {c} (scheme 4.1)\ntun_name = \"{CLIENT_TUN}\"\n");
-            cfg += &self.tunnel_section("0.0.0.0:0", &key_of(&client_keys, c));
-            let _ = write!(
-                cfg,
-                "[agent]\nlisten = \"{AGENT_DNS}:53\"\nupstream = [\"{}:53\"]\nca = \"{}\"\n\
-                 admission_port = {ADMISSION_PORT}\nprobe_interval_ms = 200\nprobe_timeout_ms = 600\n\
-                 max_refresh_secs = {AGENT_MAX_REFRESH_SECS}\n",
-                addr(fig8::CLIENT_DNS),
-                self.coordinator.ca_cert.display()
-            );
-            self.write(&format!("{c}.toml"), &cfg)?;
-        }
-        for (c, p) in self.assignment.iter().filter(|_| !self.opts.agent) {
-            let mut cfg = format!(
-                "# scold client agent of {c}\nsource = \"{}\"\ntun_name = \"{CLIENT_TUN}\"\n",
-                addr(c)
-            );
-            cfg += &self.tunnel_section("0.0.0.0:0", &key_of(&client_keys, c));
-            cfg += &self.peer(p, addr(p), Some(TUNNEL_PORT), &key_of(&proxy_keys, p));
-            let _ = write!(
-                cfg,
-                "[[routes]]\ndestination = \"{target}/32\"\nvia = {{ peer = \"{p}\" }}\n"
-            );
-            self.write(&format!("{c}.toml"), &cfg)?;
-        }
-
-        let mut t =
-            format!("# scold target: return path of the diverted clients\nsource = \"{target}\"\n");
-        // Replies go back to the clients themselves, or in NAT mode to the proxies'
-        // relay addresses.
-        let returns: Vec<Ipv4Addr> = if self.opts.scheme == Scheme::Nat {
-            lab.proxies()
-                .iter()
-                .map(|p| nat_source(proxy_index(p)))
-                .collect()
-        } else {
-            lab.clients().iter().map(|c| addr(c)).collect()
-        };
-        for dest in returns {
-            let _ = write!(
-                t,
-                "[[routes]]\ndestination = \"{dest}/32\"\nvia = {{ gateway = \"{}\" }}\n",
-                fig8::ALT_GW_SITE_ADDR
-            );
-        }
-        self.write("target.toml", &t)?;
-        if self.opts.control {
-            // A second `scold target`, running throughout, takes the coordinator's
-            // orders (the return path it sets at target set-up is marked by connection,
-            // so it leaves the direct route alone); the static one above comes and goes
-            // with the lab's own indirect phases.
-            let mut c = format!(
-                "# scold target: linked to the coordinator\nsource = \"{target}\"\n{}",
-                self.control_section(fig8::TARGET, "")
-            );
-            if self.opts.detect {
-                // The lab's main link carries a few hundred packets/s of real traffic
-                // and no UDP to speak of; the flood's UDP well above that is the
-                // attack, whatever the baseline learned (the ceiling). No byte-rate
-                // ceiling: the baseline's downloads fill the link on purpose.
-                // The hold-down is short so the run ends with the detector's
-                // all-clear and the coordinator's restore.
-                let _ = write!(
-                    c,
-                    "\n[detect]\ninterface = \"{}\"\ninterval_ms = 100\n\
-                     alarm_after_ms = {DETECT_ALARM_AFTER_MS}\n\
-                     hold_down_ms = {DETECT_HOLD_DOWN_MS}\nwarmup_ms = {DETECT_WARMUP_MS}\n\
-                     [detect.floors]\npps = 300.0\nudp_pps = 200.0\n\
-                     [detect.ceilings]\nudp_pps = {DETECT_UDP_CEILING:.1}\n",
-                    fig8::TARGET_MAIN_IF
-                );
-            }
-            self.write("target-control.toml", &c)?;
-        }
-
-        // DNS: the target's zone with a short TTL, and the coordinator's update key.
-        let secret = &self.dns_secret;
-        let dns_addr = addr(fig8::TARGET_DNS);
-        self.write(
-            "target.test.zone",
-            &format!(
-                "$ORIGIN {ZONE}.\n$TTL {DNS_TTL}\n@ SOA ns1 hostmaster 1 3600 900 604800 {DNS_TTL}\n  NS ns1\nns1 A {dns_addr}\nwww A {target}\n"
-            ),
-        )?;
-        self.write(
-            "dns.toml",
-            &format!(
-                "# scold dns: the lab's TargetDNS\nlisten = [\"{dns_addr}:53\"]\njournal = \"{}\"\n\n\
-                 [[zone]]\nname = \"{ZONE}\"\nfile = \"{}\"\n\n\
-                 [[key]]\nname = \"coordinator\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{secret}\"\n\
-                 [[key.allow]]\nnames = [\"*.{ZONE}\"]\ntypes = [\"ALT\", \"A\", \"AAAA\"]\n",
-                self.path("dns.journal").display(),
-                self.path("target.test.zone").display()
-            ),
-        )?;
-        let mut resolver = format!(
-            "# scold resolver: the lab's ClientDNS\nlisten = [\"{cdns}:53\"]\nupstream = [\"{dns_addr}:53\"]\n"
-        );
-        for (p, secret) in &notify_secrets {
-            let _ = write!(
-                resolver,
-                "\n[[notify_key]]\nname = \"{p}\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{secret}\"\n"
-            );
-        }
-        self.write("resolver.toml", &resolver)?;
-
-        let tls = &self.coordinator;
-        let mut c = format!(
-            "# scold coordinator of the lab\n[coordinator]\nlisten = \"0.0.0.0:{COORDINATOR_PORT}\"\nstate = \"{}\"\n\
-             heartbeat_ms = 500\ndown_after_ms = 2000\nproxies_per_target = {}\n\
-             attacked_hold_ms = {ATTACKED_HOLD_MS}\n\n\
-             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n\n\
-             [[target]]\nname = \"{TARGET_ID}\"\nfqdn = \"{TARGET_FQDN}.\"\nzone = \"{ZONE}.\"\n\
-             addresses = [\"{target}\"]\ngateways = [\"{GATEWAY_ID}\"]\nscheme = \"{}\"\nttl = {DNS_TTL}\n\
-             [target.dns]\nserver = \"{dns_addr}:53\"\nkey = \"hmac-sha256:coordinator:{secret}\"\n",
-            self.path("coordinator.redb").display(),
-            lab.proxies().len().min(2),
-            tls.ca_cert.display(),
-            tls.cert.display(),
-            tls.key.display(),
-            tls.crl.display(),
-            self.opts.scheme.as_str(),
-        );
-        for p in lab.proxies() {
-            let _ = write!(
-                c,
-                "\n[[proxy]]\nname = \"{p}\"\naddress = \"{}\"\norganisation = \"org-{p}\"\n",
-                addr(&p)
-            );
-        }
-        self.write("coordinator.toml", &c)?;
-        Ok(())
     }
 
     /// Starts `scold <args>` in `node`, logging to `<log_dir>/<label>.log`.
@@ -778,7 +375,7 @@ impl<'a> Roles<'a> {
         let limit = Duration::from_secs(15);
         let target = fig8::TARGET_ADDR;
 
-        let cfg = self.config_arg("dns.toml");
+        let cfg = self.config_arg(configs::DNS_FILE);
         let mut dns = self.spawn(fig8::TARGET_DNS, "targetdns", &["dns", "--config", &cfg])?;
         let dns_addr: SocketAddr = (fig8::address_of(fig8::TARGET_DNS).expect("plan"), 53).into();
         let answers = |node: &str, server: SocketAddr| {
@@ -800,7 +397,7 @@ impl<'a> Roles<'a> {
         Self::wait_ready(&mut dns, limit, answers(fig8::TARGET_DNS, dns_addr))?;
         self.daemons.push(dns);
 
-        let cfg = self.config_arg("resolver.toml");
+        let cfg = self.config_arg(configs::RESOLVER_FILE);
         let mut res = self.spawn(
             fig8::CLIENT_DNS,
             "clientdns",
@@ -810,7 +407,7 @@ impl<'a> Roles<'a> {
         Self::wait_ready(&mut res, limit, answers(&fig8::client(1), cdns))?;
         self.daemons.push(res);
 
-        let cfg = self.config_arg("coordinator.toml");
+        let cfg = self.config_arg(configs::COORDINATOR_FILE);
         let mut coord = self.spawn(
             fig8::COORDINATOR,
             "coordinator",
@@ -821,13 +418,13 @@ impl<'a> Roles<'a> {
         })?;
         self.daemons.push(coord);
 
-        let cfg = self.config_arg("gateway.toml");
+        let cfg = self.config_arg(configs::GATEWAY_FILE);
         let mut gw = self.spawn(fig8::ALT_GW, "altgw", &["gateway", "--config", &cfg])?;
         Self::wait_ready(&mut gw, limit, |r| Self::log_says(r, "gateway running"))?;
         self.daemons.push(gw);
 
         for p in lab.proxies() {
-            let cfg = self.config_arg(&format!("{p}.toml"));
+            let cfg = self.config_arg(&configs::node_file(&p));
             let mut r = self.spawn(&p, &p, &["proxy", "--config", &cfg])?;
             Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "proxy running"))?;
             self.daemons.push(r);
@@ -835,7 +432,7 @@ impl<'a> Roles<'a> {
 
         if self.opts.control {
             self.management_via_alt()?;
-            let cfg = self.config_arg("target-control.toml");
+            let cfg = self.config_arg(configs::TARGET_CONTROL_FILE);
             let mut t = self.spawn(
                 fig8::TARGET,
                 "target-control",
@@ -983,11 +580,11 @@ impl<'a> Roles<'a> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        all.push(self.operator.ca_cert.display().to_string());
+        all.push(self.plan.pki.operator.ca_cert.display().to_string());
         all.push("--cert".into());
-        all.push(self.operator.cert.display().to_string());
+        all.push(self.plan.pki.operator.cert.display().to_string());
         all.push("--key".into());
-        all.push(self.operator.key.display().to_string());
+        all.push(self.plan.pki.operator.key.display().to_string());
         all.extend(args.iter().map(|s| s.to_string()));
         all
     }
@@ -1011,6 +608,19 @@ impl<'a> Roles<'a> {
         })
     }
 
+    /// The coordinator's audit log, oldest first (`scold ctl --json events`): what
+    /// [`crate::audit`] takes the divert, reset and restore times from.
+    pub fn events(&self) -> Result<Vec<scold_proto::control::EventView>, LabError> {
+        let v = self.ctl(&["events", "--limit", "5000"])?;
+        match serde_json::from_value(v.clone()) {
+            Ok(scold_proto::control::Reply::Events { events }) => Ok(events),
+            _ => Err(LabError::Protocol {
+                peer: "scold ctl events".into(),
+                reason: format!("its reply is not an event list: {v}"),
+            }),
+        }
+    }
+
     /// Starts the agents that put every client on the indirect route: the target's
     /// return path and each client's agent. Returns without waiting for the route.
     pub fn indirect_on(&mut self) -> Result<(), LabError> {
@@ -1019,7 +629,7 @@ impl<'a> Roles<'a> {
             // divert set up (in the `scold target` that runs throughout).
             return Ok(());
         }
-        let cfg = self.config_arg("target.toml");
+        let cfg = self.config_arg(configs::TARGET_FILE);
         let mut t = self.spawn(fig8::TARGET, "target-agent", &["target", "--config", &cfg])?;
         if self.opts.agent {
             // The site's side is in place before clients look the name up, as after a
@@ -1034,8 +644,8 @@ impl<'a> Roles<'a> {
             // Client agents (4.1) run throughout and set the route up on a lookup.
             return Ok(());
         }
-        for (c, _) in self.assignment.clone() {
-            let cfg = self.config_arg(&format!("{c}.toml"));
+        for (c, _) in self.plan.assignment.clone() {
+            let cfg = self.config_arg(&configs::node_file(&c));
             let r = self.spawn(&c, &format!("{c}-agent"), &["client", "--config", &cfg])?;
             self.agents.push(r);
         }
@@ -1044,7 +654,7 @@ impl<'a> Roles<'a> {
 
     /// Starts `client`'s agent and waits until it answers DNS.
     fn start_client_agent(&self, client: &str) -> Result<Running, LabError> {
-        let cfg = self.config_arg(&format!("{client}.toml"));
+        let cfg = self.config_arg(&configs::node_file(client));
         let mut r = self.spawn(
             client,
             &format!("{client}-agent"),
@@ -1085,27 +695,78 @@ impl<'a> Roles<'a> {
         Ok(())
     }
 
-    /// The proxy `client`'s agent brought its route up through last (from its log).
-    pub fn agent_proxy(&self, client: &str) -> Option<Ipv4Addr> {
-        let (_, r) = self.client_agents.iter().find(|(c, _)| c == client)?;
-        let log = std::fs::read_to_string(&r.log).ok()?;
-        let line = log.lines().rfind(|l| l.contains("indirect route up"))?;
-        let rest = line.split("proxy=").nth(1)?;
-        let word: String = rest
-            .chars()
-            .take_while(|ch| ch.is_ascii_digit() || *ch == '.')
-            .collect();
-        word.parse().ok()
+    /// Counts `client`'s tunnel packets to each proxy from now on: an nftables table in
+    /// the client's namespace (which the lab made) with one counter per proxy, read by
+    /// [`Roles::tunnel_packets`]. Which proxy a client agent's tunnel goes through is
+    /// then read off the data path, not out of what the agent logs. Installing it again
+    /// starts the counters over.
+    pub fn watch_tunnels(&self, client: &str) -> Result<(), LabError> {
+        crate::topology::require_tool("nft", "nftables")?;
+        let ns = self.lab.netns(client)?;
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "nft"];
+            all.extend_from_slice(args);
+            crate::topology::run_cmd("ip", &all)
+        };
+        nft(&["add", "table", "ip", WATCH_TABLE])?;
+        nft(&["flush", "table", "ip", WATCH_TABLE])?;
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            WATCH_TABLE,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        let port = TUNNEL_PORT.to_string();
+        // Tunnel packets only: the agent's admission connections and probes go to
+        // every proxy of the ALT set, its tunnel to one.
+        let tunnel: &[&str] = match self.opts.encap {
+            Encap::Ipip => &["ip", "protocol", "4"],
+            Encap::Udp | Encap::Wireguard => &["udp", "dport", &port],
+        };
+        for p in self.lab.proxies() {
+            let addr = fig8::address_of(&p).expect("plan").to_string();
+            let comment = format!("\"{p}\"");
+            let mut rule = vec![
+                "add",
+                "rule",
+                "ip",
+                WATCH_TABLE,
+                "out",
+                "ip",
+                "daddr",
+                &addr,
+            ];
+            rule.extend_from_slice(tunnel);
+            rule.extend_from_slice(&["counter", "comment", &comment]);
+            nft(&rule)?;
+        }
+        Ok(())
     }
 
-    /// How many times `client`'s agent has logged a finished failover.
-    pub fn agent_failovers(&self, client: &str) -> usize {
-        self.client_agents
-            .iter()
-            .find(|(c, _)| c == client)
-            .and_then(|(_, r)| std::fs::read_to_string(&r.log).ok())
-            .map(|l| l.matches("failover done").count())
-            .unwrap_or(0)
+    /// `client`'s tunnel packets to each proxy since [`Roles::watch_tunnels`], by proxy
+    /// node.
+    pub fn tunnel_packets(&self, client: &str) -> Result<Vec<(String, u64)>, LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.lab.netns(client)?,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "ip",
+                WATCH_TABLE,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
+            peer: "nft -j".into(),
+            reason: format!("{e}: {out}"),
+        })?;
+        Ok(counters_by_comment(&v))
     }
 
     /// Publishes (or with an empty list withdraws) the target's ALT records at
@@ -1113,9 +774,9 @@ impl<'a> Roles<'a> {
     /// coordinator's namespace: what the coordinator's divert does, done by the lab.
     pub fn set_alt(&self, proxies: &[Ipv4Addr]) -> Result<(), LabError> {
         let key = scold_dns::tsig::TsigKey::new(
-            "coordinator",
+            configs::UPDATE_KEY_NAME,
             scold_dns::tsig::TsigAlgorithm::HmacSha256,
-            &self.dns_secret,
+            &self.plan.dns_secret,
         )
         .map_err(|e| LabError::BadSpec(format!("the lab's TSIG key: {e}")))?;
         let server: SocketAddr = (fig8::address_of(fig8::TARGET_DNS).expect("plan"), 53).into();
@@ -1165,7 +826,7 @@ impl<'a> Roles<'a> {
         };
         let _ = std::fs::rename(&old.log, kept);
         drop(old);
-        let cfg = self.config_arg(&format!("{proxy}.toml"));
+        let cfg = self.config_arg(&configs::node_file(proxy));
         let mut r = self.spawn(proxy, proxy, &["proxy", "--config", &cfg])?;
         Self::wait_ready(&mut r, Duration::from_secs(15), |r| {
             Self::log_says(r, "proxy running")
@@ -1234,7 +895,8 @@ impl<'a> Roles<'a> {
 
     /// The proxy that serves `client`.
     pub fn proxy_of(&self, client: &str) -> Option<&str> {
-        self.assignment
+        self.plan
+            .assignment
             .iter()
             .find(|(c, _)| c == client)
             .map(|(_, p)| p.as_str())
@@ -1299,5 +961,36 @@ impl<'a> Roles<'a> {
 impl Drop for Roles<'_> {
     fn drop(&mut self) {
         let _ = self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_counters_are_read_by_comment() {
+        // As `nft -j list table ip scold-lab-watch` prints it (nftables 1.0).
+        let v = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip", "name": WATCH_TABLE, "handle": 1}},
+            {"chain": {"family": "ip", "table": WATCH_TABLE, "name": "out", "handle": 1,
+                       "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 2,
+                      "comment": "proxy1", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                           "right": "198.18.16.2"}},
+                {"counter": {"packets": 41, "bytes": 5412}}]}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 3,
+                      "comment": "proxy2", "expr": [
+                {"counter": {"packets": 0, "bytes": 0}}]}},
+            {"rule": {"family": "ip", "table": WATCH_TABLE, "chain": "out", "handle": 4,
+                      "expr": [{"counter": {"packets": 7, "bytes": 0}}]}}
+        ]});
+        assert_eq!(
+            counters_by_comment(&v),
+            vec![("proxy1".to_string(), 41), ("proxy2".to_string(), 0)]
+        );
+        assert!(counters_by_comment(&serde_json::json!({"error": 1})).is_empty());
     }
 }

@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
 use crate::dnsq;
 use crate::error::LabError;
 use crate::fig8::{self, Fig8, Fig8Options};
@@ -1084,26 +1085,16 @@ pub(crate) fn measure_failover(
     let limit = Duration::from_secs(12);
     let flood = cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode();
     indirect_up(lab, roles)?;
+    // Which proxy the client's tunnel goes through, before and after, is read off its
+    // tunnel packets (a counter per proxy), not out of the agent's log.
+    roles.watch_tunnels(&client)?;
     let mut gaps = Vec::new();
     let mut moves = Vec::new();
+    let mut resets = Vec::new();
     for rep in 1..=cfg.failover_reps {
-        let before = roles.agent_proxy(&client);
-        let node = before.and_then(|ip| {
-            lab.proxies()
-                .into_iter()
-                .find(|p| fig8::address_of(p) == Some(ip))
-        });
-        let Some(node) = node else {
-            return Err(LabError::Protocol {
-                peer: format!("the client agent of {client}"),
-                reason: format!(
-                    "its log names no proxy it brought the route up through ({before:?}); \
-                     see {}",
-                    roles.log_dir().display()
-                ),
-            });
-        };
-        // Set once the agent names another proxy; the loop then runs 10 more answers.
+        let counted = roles.tunnel_packets(&client)?;
+        // Set once the client's tunnel goes to another proxy; the loop then runs 10
+        // more answers.
         let moved = Arc::new(AtomicBool::new(false));
         let flag = moved.clone();
         let start = Instant::now();
@@ -1135,20 +1126,39 @@ pub(crate) fn measure_failover(
             log
         })?;
         std::thread::sleep(Duration::from_secs(1));
+        // The proxy the echoes of that second went to.
+        let warm = roles.tunnel_packets(&client)?;
+        let node = busiest_since(&counted, &warm, None);
+        let Some(node) = node else {
+            moved.store(true, Ordering::Relaxed);
+            let _ = pinger.join();
+            return Err(LabError::Protocol {
+                peer: format!("the client agent of {client}"),
+                reason: format!(
+                    "none of its tunnel packets went to a proxy in the second before the \
+                     failover (counters {warm:?}); see the logs in {}",
+                    roles.log_dir().display()
+                ),
+            });
+        };
         let t_event = start.elapsed().as_secs_f64();
+        let t_event_wall = SystemTime::now();
         let mut attack = None;
         if flood {
             attack = Some(start_proxy_flood(lab, cfg, &node, rep)?);
         } else {
             roles.kill_proxy(&node)?;
         }
-        // The agent's log names the proxy it moved to.
+        // The agent moved when its tunnel packets go to another proxy.
         let mut moved_at = None;
+        let mut after = None;
         while start.elapsed() < limit {
-            let now = roles.agent_proxy(&client);
-            if now.is_some() && now != before {
-                moved_at = Some(start.elapsed().as_secs_f64());
-                break;
+            if let Ok(now) = roles.tunnel_packets(&client) {
+                if let Some(p) = busiest_since(&warm, &now, Some(&node)) {
+                    moved_at = Some(start.elapsed().as_secs_f64());
+                    after = Some(p);
+                    break;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1157,7 +1167,6 @@ pub(crate) fn measure_failover(
         let log = pinger.join().map_err(|_| {
             LabError::io("the failover echo loop", std::io::Error::other("panicked"))
         })?;
-        let after = roles.agent_proxy(&client);
         let what = if flood { "flooded" } else { "killed" };
         let first_after = moved_at.and_then(|m| log.replies.iter().copied().find(|&t| t > m));
         let outcome = match (moved_at, first_after, outage(&log.replies, t_event)) {
@@ -1241,6 +1250,22 @@ pub(crate) fn measure_failover(
                 });
             }
         }
+        if cfg.control_mode() {
+            let event = if flood { "flood began" } else { "kill" };
+            results.notes.push(match wait_reset(roles, t_event_wall) {
+                Ok((out, done)) => {
+                    resets.push(done);
+                    format!(
+                        "failover #{rep}: the coordinator reset {node} out of the target's set \
+                         {} after the {event} and had the set complete again {} after it \
+                         (phases \"resetting\" and \"diverted\" in its audit log)",
+                        fmt_seconds(out),
+                        fmt_seconds(done)
+                    )
+                }
+                Err(e) => format!("failover #{rep}: the coordinator's reset of {node}: {e}"),
+            });
+        }
         roles.check()?;
     }
     if let (Some(med), Some(worst)) = (
@@ -1252,14 +1277,18 @@ pub(crate) fn measure_failover(
                 "failover (4.4): the client's proxy was flooded from an attacker ({} packets/s \
                  of 64 bytes, under the main-link attack); its self-defence (over {} packets/s \
                  for {} ms) told its admitted client agents it is draining and reported \
-                 ProxyAttacked; the client agent moved to the other proxy {} median after \
+                 ProxyAttacked; the client's tunnel moved to the other proxy {} median after \
                  the flood began, and the coordinator reset the proxy out of the ALT set and \
-                 the gateway's admitted set; the gap in a 20 ms echo loop through the \
-                 tunnel: {} median, {} worst over {} repetitions",
+                 the gateway's admitted set ({} median after the flood began, by its audit \
+                 log); the gap in a 20 ms echo loop through the tunnel: {} median, {} worst \
+                 over {} repetitions",
                 roles::PROXY_FLOOD_PPS,
                 roles::PROXY_RX_PPS_MAX,
                 roles::PROXY_SUSTAIN_MS,
                 fmt_seconds(measure::median(&moves).unwrap_or(0.0)),
+                measure::median(&resets)
+                    .map(fmt_seconds)
+                    .unwrap_or_else(|| "?".into()),
                 fmt_seconds(med),
                 fmt_seconds(worst),
                 gaps.len()
@@ -1281,6 +1310,58 @@ pub(crate) fn measure_failover(
         });
     }
     route_off(roles)
+}
+
+/// Tunnel packets to a proxy that show the client's tunnel goes there: the echo loop
+/// sends 50 a second, a stray keepalive or handshake one or two.
+const TUNNEL_PACKETS_SHOWN: u64 = 3;
+
+/// The proxy, other than `not`, that `counts` shows the most tunnel packets to since
+/// `before` (both from [`Roles::tunnel_packets`]), if at least
+/// [`TUNNEL_PACKETS_SHOWN`].
+fn busiest_since(
+    before: &[(String, u64)],
+    counts: &[(String, u64)],
+    not: Option<&str>,
+) -> Option<String> {
+    counts
+        .iter()
+        .filter(|(p, _)| Some(p.as_str()) != not)
+        .map(|(p, n)| {
+            let was = before.iter().find(|(q, _)| q == p).map_or(0, |(_, m)| *m);
+            (p, n.saturating_sub(was))
+        })
+        .filter(|(_, d)| *d >= TUNNEL_PACKETS_SHOWN)
+        .max_by_key(|(_, d)| *d)
+        .map(|(p, _)| p.clone())
+}
+
+/// Waits (at most 10 s) until the coordinator's audit log shows the lab target's proxy
+/// reset after `since`: phase "resetting", then "diverted" again. Returns the seconds
+/// from `since` to each.
+fn wait_reset(roles: &Roles, since: SystemTime) -> Result<(f64, f64), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = audit::unix_ms(since);
+    loop {
+        let events = roles
+            .events()
+            .map_err(|e| format!("the coordinator's audit log could not be read: {e}"));
+        let found = events.as_ref().ok().and_then(|ev| {
+            let out = audit::entered(ev, "resetting", s)?;
+            let done = audit::entered(ev, "diverted", out)?;
+            Some((audit::seconds(s, out), audit::seconds(s, done)))
+        });
+        match (found, events) {
+            (Some(t), _) => return Ok(t),
+            (None, Err(e)) if Instant::now() > deadline => return Err(e),
+            (None, _) if Instant::now() > deadline => {
+                return Err("no reset (phase \"resetting\", then \"diverted\") in the \
+                            coordinator's audit log within 10 s"
+                    .into())
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 /// Starts one bounded flood from an attacker at `proxy`'s address.
@@ -1335,6 +1416,39 @@ pub(crate) fn target_status(roles: &Roles) -> String {
     }
 }
 
+/// By the coordinator's audit log: seconds until the lab target entered phase `to`,
+/// counted from its entering phase `from` at or after `since` (the coordinator taking
+/// an alarm or an all-clear), or with no `from`, from `since` itself (a moment the lab
+/// took, such as the attack's start). Err says what the log lacks.
+fn audit_time(
+    roles: &Roles,
+    since: SystemTime,
+    from: Option<&str>,
+    to: &str,
+) -> Result<f64, String> {
+    let events = roles
+        .events()
+        .map_err(|e| format!("the coordinator's audit log could not be read: {e}"))?;
+    let since_ms = audit::unix_ms(since);
+    let start = match from {
+        Some(p) => audit::entered(&events, p, since_ms).ok_or_else(|| {
+            format!("the coordinator's audit log shows no phase \"{p}\" after the lab's start")
+        })?,
+        None => since_ms,
+    };
+    audit::entered(&events, to, start)
+        .map(|t| audit::seconds(start, t))
+        .ok_or_else(|| format!("the coordinator's audit log shows no phase \"{to}\""))
+}
+
+/// A time from [`audit_time`] for a note: the figure, or what was missing.
+fn fmt_audit(t: &Result<f64, String>) -> String {
+    match t {
+        Ok(s) => fmt_seconds(*s),
+        Err(e) => format!("? ({e})"),
+    }
+}
+
 /// Before the attack: `scold ctl divert` and the wait until the coordinator reports
 /// phase "diverted" and ClientDNS shows the ALT records.
 fn operator_divert(
@@ -1348,6 +1462,7 @@ fn operator_divert(
         "the operator's alarm (scold ctl divert): the coordinator sets the indirect route up",
     );
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_phases(
         roles.ctl_argv(&["status"])?,
@@ -1365,7 +1480,7 @@ fn operator_divert(
         .ok()
         .and_then(|v| v.first().copied().flatten());
     sent?;
-    let Some(diverted) = diverted else {
+    if diverted.is_none() {
         return Err(LabError::Timeout {
             what: format!(
                 "the coordinator's divert on the operator's alarm (phase \"diverted\"); \
@@ -1374,7 +1489,9 @@ fn operator_divert(
             ),
             secs: cfg.divert_wait.as_secs_f64(),
         });
-    };
+    }
+    // The divert's own time, from the coordinator taking the alarm.
+    let diverted = audit_time(roles, t0_wall, Some("diverting"), "diverted");
     let seen = wait_alt_diverted(lab, cfg.scheme, t0)?;
     let Some((visible, alt)) = seen else {
         return Err(LabError::Timeout {
@@ -1390,17 +1507,19 @@ fn operator_divert(
     progress.step(
         "divert before the attack (operator's alarm)",
         &format!(
-            "phase \"diverted\" after {}, ALT {alt:?} visible at ClientDNS after {}",
-            fmt_seconds(diverted),
+            "phase \"diverted\" {} after the coordinator took the alarm, ALT {alt:?} visible \
+             at ClientDNS {} after `scold ctl divert` started",
+            fmt_audit(&diverted),
             fmt_seconds(visible)
         ),
     );
     results.notes.push(format!(
         "indirect route before the attack: the operator's alarm (`scold ctl divert`) made \
          the coordinator set the gateway, both proxies and the target's return path up \
-         (phase \"diverted\" after {}) and publish ALT {alt:?}; the proxies' signed NOTIFY \
-         made ClientDNS drop its cached answer, so the records were visible there after {}",
-        fmt_seconds(diverted),
+         (phase \"diverted\" {} after it took the alarm, by its audit log) and publish ALT \
+         {alt:?}; the proxies' signed NOTIFY made ClientDNS drop its cached answer, so the \
+         records were visible there {} after `scold ctl divert` started",
+        fmt_audit(&diverted),
         fmt_seconds(visible)
     ));
     Ok(())
@@ -1416,6 +1535,7 @@ fn operator_restore(
 ) -> Result<(), LabError> {
     progress.phase("the operator's all-clear (scold ctl restore) before the attack");
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
     let watcher = watch_phases(
         roles.ctl_argv(&["status"])?,
@@ -1425,11 +1545,11 @@ fn operator_restore(
         Arc::new(AtomicBool::new(false)),
     );
     roles.ctl(&["restore", roles::TARGET_ID])?;
-    let Some(normal) = watcher
+    let seen = watcher
         .join()
         .ok()
-        .and_then(|v| v.first().copied().flatten())
-    else {
+        .and_then(|v| v.first().copied().flatten());
+    if seen.is_none() {
         return Err(LabError::Timeout {
             what: format!(
                 "the coordinator's restore before the attack (phase \"normal\"); \
@@ -1438,15 +1558,20 @@ fn operator_restore(
             ),
             secs: wait.as_secs_f64(),
         });
-    };
+    }
+    let normal = audit_time(roles, t0_wall, Some("restoring"), "normal");
     progress.step(
         "restore before the attack (operator's all-clear)",
-        &format!("phase \"normal\" after {}", fmt_seconds(normal)),
+        &format!(
+            "phase \"normal\" {} after the coordinator took the all-clear",
+            fmt_audit(&normal)
+        ),
     );
     results.notes.push(format!(
         "before the attack the operator's all-clear restored the direct route: phase \
-         \"normal\" {} later (ALT withdrawn, one ALT TTL drained, routes torn down)",
-        fmt_seconds(normal)
+         \"normal\" {} after the coordinator took it, by its audit log (ALT withdrawn, one \
+         ALT TTL drained, routes torn down)",
+        fmt_audit(&normal)
     ));
     Ok(())
 }
@@ -1559,9 +1684,9 @@ fn phases(
                     .into()
             },
             format!(
-                "divert: {}; restore: {}; both timed as the target's phase in `scold ctl \
-                 --json status` polled every 100 ms (ClientDNS already holds the lab's ALT \
-                 records), scheme {}",
+                "divert: {}; restore: {}; both timed as the target's phase changes in the \
+                 coordinator's audit log (`scold ctl --json events`; ClientDNS already \
+                 holds the lab's ALT records), scheme {}",
                 if cfg.detect_mode() {
                     format!(
                         "no operator alarm: the target's detector ([detect] on its main \
@@ -1576,7 +1701,9 @@ fn phases(
                         roles::DETECT_ALARM_AFTER_MS
                     )
                 } else {
-                    "the operator's alarm (`scold ctl divert`), timed from it".to_string()
+                    "the operator's alarm (`scold ctl divert`), timed from the coordinator \
+                     taking it"
+                        .to_string()
                 },
                 if cfg.detect_mode() {
                     format!(
@@ -1586,7 +1713,9 @@ fn phases(
                         roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0
                     )
                 } else {
-                    "the operator's all-clear (`scold ctl restore`)".to_string()
+                    "the operator's all-clear (`scold ctl restore`), timed from the \
+                     coordinator taking it"
+                        .to_string()
                 },
                 cfg.scheme.as_str()
             ),
@@ -1728,7 +1857,7 @@ fn phases(
     let mut floods = start_floods(lab, cfg, budget)?;
     let attacked = attack_phase(lab, &mut roles, cfg, &mut floods, results, progress);
     let early = floods_ended(&mut floods);
-    let t_end = Instant::now();
+    let t_end = (Instant::now(), SystemTime::now());
     let reports = stop_floods(floods);
     let mut sent = 0;
     for r in &reports {
@@ -1779,16 +1908,18 @@ fn attack_phase(
 ) -> Result<bool, LabError> {
     // The floods started just before this call.
     let t_attack = Instant::now();
+    let t_attack_wall = SystemTime::now();
     std::thread::sleep(cfg.attack_warmup);
     if let Some(e) = floods_ended(floods) {
         return Err(e);
     }
     // With the target's detector the clock runs from the attack's start; otherwise
-    // from the operator's alarm.
-    let t_alarm = if cfg.detect_mode() {
-        t_attack
+    // from the operator's alarm (the coordinator taking it, by its audit log, where
+    // the coordinator's phase is the figure).
+    let (t_alarm, t_alarm_wall) = if cfg.detect_mode() {
+        (t_attack, t_attack_wall)
     } else {
-        Instant::now()
+        (Instant::now(), SystemTime::now())
     };
     let stop = Arc::new(AtomicBool::new(false));
     // With the lab's own ALT records already published (agent mode), ClientDNS cannot
@@ -1876,18 +2007,29 @@ fn attack_phase(
         (Err(e), _) => Outcome::Failed {
             error: format!("`scold ctl divert` failed: {e}"),
         },
-        (Ok(_), Some((s, _))) if roles.agent_mode() => {
-            results.notes.push(format!(
-                "divert: the coordinator reached phase \"diverted\" {} after {}; \
-                 coordinator: {status}",
-                fmt_seconds(*s),
-                if cfg.detect_mode() {
-                    "the flood started (the target's detector raised the alarm)"
-                } else {
-                    "the operator's alarm"
+        (Ok(_), Some(_)) if roles.agent_mode() => {
+            // The poll only shows the divert happened; its time is the coordinator's.
+            let from = (!cfg.detect_mode()).then_some("diverting");
+            match audit_time(roles, t_alarm_wall, from, "diverted") {
+                Ok(s) => {
+                    results.notes.push(format!(
+                        "divert: by its audit log, the coordinator reached phase \
+                         \"diverted\" {} after {}; coordinator: {status}",
+                        fmt_seconds(s),
+                        if cfg.detect_mode() {
+                            format!(
+                                "the flood started (the target's detector raised the alarm; \
+                                 the coordinator took it {} after the flood started)",
+                                fmt_audit(&audit_time(roles, t_attack_wall, None, "diverting"))
+                            )
+                        } else {
+                            "it took the operator's alarm".into()
+                        }
+                    ));
+                    Outcome::Ok { seconds: s }
                 }
-            ));
-            Outcome::Ok { seconds: *s }
+                Err(error) => Outcome::Failed { error },
+            }
         }
         (Ok(_), Some((s, alt))) => {
             results.notes.push(format!(
@@ -1941,15 +2083,17 @@ fn attack_phase(
 
 /// After the attack: the all-clear (the target's detector after its hold-down, or the
 /// operator's `scold ctl restore`) and the coordinator's restore. With the detector the
-/// clock runs from the attack's end (`t_end`): to the all-clear (the coordinator leaves
-/// "diverted") and to the restore (phase "normal" again). Otherwise from the operator's
-/// all-clear, until phase "normal" (agent mode) or the ALT records are gone from ClientDNS.
+/// clock runs from the attack's end (`t_end`): to the all-clear (the coordinator enters
+/// "restoring") and to the restore (phase "normal" again). Otherwise from the
+/// coordinator taking the operator's all-clear until phase "normal" (agent mode), or
+/// from the operator's all-clear until the ALT records are gone from ClientDNS. The
+/// coordinator's phase changes are timed by its audit log ([`audit_time`]).
 fn restore_phase(
     lab: &Fig8,
     roles: &Roles,
     cfg: &ScenarioConfig,
     diverted: bool,
-    t_end: Instant,
+    (t_end, t_end_wall): (Instant, SystemTime),
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
@@ -1961,28 +2105,37 @@ fn restore_phase(
              coordinator's restore",
             fmt_seconds(roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0)
         ));
+        // The poll waits for the restore's end; the times are the coordinator's.
         let seen = watch_phases(
             roles.ctl_argv(&["status"])?,
             t_end,
             t_end + wait + Duration::from_millis(roles::DETECT_HOLD_DOWN_MS),
-            &["restoring", "normal"],
+            &["normal"],
             Arc::new(AtomicBool::new(false)),
         )
         .join()
         .unwrap_or_default();
-        let (clear, normal) = (
-            seen.first().copied().flatten(),
-            seen.get(1).copied().flatten(),
-        );
-        // Phase "restoring" lasts at least the drain (one ALT TTL), so a 100 ms poll
-        // sees it; if the poll still missed it, the restore's end bounds it.
-        let clear = clear.or(normal);
+        let restored = seen.first().copied().flatten().is_some();
+        let (clear, normal) = if restored {
+            (
+                audit_time(roles, t_end_wall, None, "restoring").ok(),
+                audit_time(roles, t_end_wall, None, "normal").ok(),
+            )
+        } else {
+            (None, None)
+        };
         let status = target_status(roles);
         let outcome_of = |s: Option<f64>, what: &str| match s {
             Some(s) => Outcome::Ok { seconds: s },
             None if !diverted => Outcome::Failed {
                 error: format!(
                     "no divert to restore, so no {what}; coordinator after the attack: {status}"
+                ),
+            },
+            None if restored => Outcome::Failed {
+                error: format!(
+                    "the coordinator's audit log shows no {what} after the attack's end, \
+                     though it is restored; coordinator: {status}"
                 ),
             },
             None => Outcome::Failed {
@@ -2014,6 +2167,7 @@ fn restore_phase(
     }
     progress.phase("the attack is over: scold ctl restore");
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = if diverted && roles.agent_mode() {
         Some(watch_phase(
@@ -2034,6 +2188,14 @@ fn restore_phase(
             error: format!("`scold ctl restore` failed: {e}"),
         },
         (Ok(_), Some(w)) => match w.join().ok().flatten() {
+            // With agents the figure is the coordinator's: from its taking the
+            // all-clear to phase "normal", by its audit log.
+            Some(_) if roles.agent_mode() => {
+                match audit_time(roles, t0_wall, Some("restoring"), "normal") {
+                    Ok(seconds) => Outcome::Ok { seconds },
+                    Err(error) => Outcome::Failed { error },
+                }
+            }
             Some((s, _)) => Outcome::Ok { seconds: s },
             None => Outcome::Failed {
                 error: format!(
@@ -2079,6 +2241,28 @@ mod tests {
         // No answer after the event: nothing to measure.
         assert_eq!(outage(&[0.1, 0.2], 0.5), None);
         assert_eq!(outage(&[], 0.5), None);
+    }
+
+    #[test]
+    fn the_proxy_a_tunnel_goes_to_is_the_one_its_packets_went_to() {
+        let c = |a: u64, b: u64| vec![("proxy1".to_string(), a), ("proxy2".to_string(), b)];
+        assert_eq!(
+            busiest_since(&c(0, 0), &c(50, 0), None).as_deref(),
+            Some("proxy1")
+        );
+        // Moved: the other proxy gets the packets now.
+        assert_eq!(
+            busiest_since(&c(50, 0), &c(51, 9), Some("proxy1")).as_deref(),
+            Some("proxy2")
+        );
+        // A stray keepalive to the other proxy is not a move.
+        assert_eq!(busiest_since(&c(50, 0), &c(60, 1), Some("proxy1")), None);
+        // Counters started over count from zero.
+        assert_eq!(busiest_since(&c(50, 9), &c(0, 0), None), None);
+        assert_eq!(
+            busiest_since(&[], &c(4, 0), None).as_deref(),
+            Some("proxy1")
+        );
     }
 
     #[test]

@@ -271,10 +271,15 @@ pub struct NodeView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventView {
     pub seq: u64,
+    /// Unix time (ms) the coordinator recorded the event.
     pub at_ms: u64,
     pub subject: String,
     pub event: String,
+    /// For people; its wording may change.
     pub detail: String,
+    /// A `phase` event's new phase, so tools need not read it out of `detail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 // --- codec -------------------------------------------------------------------------

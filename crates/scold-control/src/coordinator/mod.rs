@@ -77,6 +77,7 @@ fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
         subject: subject.to_string(),
         event: event.to_string(),
         detail: detail.into(),
+        phase: None,
     }
 }
 
@@ -214,14 +215,17 @@ impl Coordinator {
             }
             let mut events: Vec<EventRecord> = audit.into_iter().collect();
             if let Some((from, to)) = outcome.transition {
-                events.push(event(
-                    target,
-                    "phase",
-                    format!(
-                        "{from} -> {to} (epoch {}, proxies {:?})",
-                        next.epoch, next.proxies
-                    ),
-                ));
+                events.push(EventRecord {
+                    phase: Some(to.to_string()),
+                    ..event(
+                        target,
+                        "phase",
+                        format!(
+                            "{from} -> {to} (epoch {}, proxies {:?})",
+                            next.epoch, next.proxies
+                        ),
+                    )
+                });
             }
             self.store
                 .commit(Batch {
@@ -1125,6 +1129,7 @@ impl Coordinator {
                 subject: e.subject,
                 event: e.event,
                 detail: e.detail,
+                phase: e.phase,
             })
             .collect())
     }

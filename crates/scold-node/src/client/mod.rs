@@ -164,7 +164,7 @@ fn default_table() -> u32 {
     5103
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -177,16 +177,19 @@ pub struct Config {
     pub table: u32,
     #[serde(default = "default_table")]
     pub rule_priority: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     /// The stub resolver of scheme 4.1 (and the push service of 4.2).
     #[serde(default)]
     pub agent: Option<AgentSection>,
     /// Scheme 4.2: the link to the coordinator, which registers the agent (with
     /// `address`, where proxies reach its push port).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::node::control::ControlSection::is_empty"
+    )]
     pub control: crate::node::control::ControlSection,
     #[serde(skip)]
     pub file: PathBuf,
@@ -227,7 +230,7 @@ fn default_max_refresh() -> u64 {
 }
 
 /// `[agent]`: the SCOLD-aware stub resolver.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
     /// Where applications' queries arrive (UDP and TCP).
@@ -273,7 +276,7 @@ fn default_push_listen() -> SocketAddr {
 
 /// `[agent.push]`: where proxies push routes (scheme 4.2), and the client's consortium
 /// certificate it shows them. The CA (and CRL) are the agent's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushSection {
     /// TCP address of the push service; the port must be the coordinator's

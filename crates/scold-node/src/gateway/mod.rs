@@ -20,7 +20,7 @@ use scold_proto::dataplane::{Command, Peer, Prefix, RefusalCode, Reply};
 use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
 use scold_tunnel::{Engine, EngineConfig, EngineHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -121,7 +121,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -135,9 +135,9 @@ pub struct Config {
     pub rule_priority: u32,
     #[serde(default = "yes")]
     pub enable_forwarding: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
     /// The packet policy that keeps the gateway silent to everyone but its proxies.
     #[serde(default)]
@@ -155,6 +155,23 @@ impl Config {
             udp_port: self.tunnel.listen.map(|l| l.port()),
             ipip: self.tunnel.ipip,
             control: self.control.coordinator,
+        }
+    }
+
+    /// The config of a gateway whose site LAN is `lan_interface`, every other key at the
+    /// default an absent key gets.
+    pub fn new(lan_interface: impl Into<String>) -> Config {
+        Config {
+            tunnel: TunnelSection::default(),
+            tun_name: default_tun(),
+            lan_interface: lan_interface.into(),
+            table: default_table(),
+            rule_priority: default_table(),
+            enable_forwarding: yes(),
+            peers: Vec::new(),
+            control: ControlSection::default(),
+            hidden: HiddenSection::default(),
+            file: PathBuf::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use scold_proto::control::{
 };
 use scold_proto::dataplane::{self, Command};
 use scold_proto::identity::Role;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// `[control]`: how the daemon reaches the coordinator and what it announces. Without
 /// `coordinator` the daemon runs standalone (only its config's static entries).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSection {
     /// The coordinator's control address (mutual TLS).
@@ -65,6 +65,24 @@ pub struct ControlSection {
 }
 
 impl ControlSection {
+    /// Whether every key is absent, as without a `[control]` table: a config writer
+    /// leaves the table out then.
+    pub fn is_empty(&self) -> bool {
+        matches!(
+            self,
+            ControlSection {
+                coordinator: None,
+                tls: None,
+                metrics: None,
+                address: None,
+                endpoint: None,
+                inside: None,
+                capacity_mbps: None,
+                organisation: None,
+            }
+        )
+    }
+
     /// Checks what can be checked before start-up.
     pub fn check(&self, file: &Path) -> anyhow::Result<()> {
         if self.coordinator.is_some() && self.tls.is_none() {
@@ -193,7 +211,7 @@ pub struct Notifier {
 }
 
 /// `[[notify]]` at a proxy: one client-site resolver and the key it accepts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyEntry {
     pub resolver: SocketAddr,

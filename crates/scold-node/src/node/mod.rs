@@ -7,7 +7,7 @@ pub mod wire;
 
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, Encap, Reply};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +26,7 @@ fn default_encap() -> Encap {
 }
 
 /// `[tunnel]`: the node's end of its tunnels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSection {
     /// UDP socket for `udp` and `wireguard` tunnels.

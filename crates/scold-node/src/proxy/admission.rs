@@ -11,7 +11,7 @@ use scold_proto::admission::{
 };
 use scold_proto::dataplane::{Command, Encap, Prefix, PublicKey, Reply};
 use scold_proto::frame::{edge_decoder as decoder, encode_message as encode, next_message};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ fn default_idle() -> u64 {
 }
 
 /// `[admission]` of the proxy config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionSection {
     /// TLS listener for client agents.
@@ -63,6 +63,25 @@ pub struct AdmissionSection {
     /// Seconds of silence after which an admission connection is closed.
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+}
+
+impl AdmissionSection {
+    /// An `[admission]` table with the consortium CA and the proxy's certificate and
+    /// key, every other key at its default.
+    pub fn new(ca: PathBuf, cert: PathBuf, key: PathBuf) -> AdmissionSection {
+        AdmissionSection {
+            listen: default_listen(),
+            ca,
+            cert,
+            key,
+            crl: None,
+            tunnel_address: None,
+            allow: Vec::new(),
+            max_clients: default_max_clients(),
+            lease_secs: default_lease(),
+            idle_timeout_secs: default_idle(),
+        }
+    }
 }
 
 /// Stops the admission server when dropped.

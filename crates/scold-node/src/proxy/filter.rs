@@ -106,7 +106,7 @@ fn default_traceback_top() -> usize {
 }
 
 /// `[filter]` of a proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSection {
     /// The proxy's public link: every packet arriving here is judged.
@@ -202,7 +202,7 @@ fn default_sd_interval_ms() -> u64 {
 }
 
 /// `[selfdefence]` of a proxy: when is the proxy itself overwhelmed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfDefenceSection {
     /// The link to watch; default: `filter.interface`.

@@ -30,7 +30,7 @@ use scold_tunnel::fib::{Dest, PeerPolicy};
 use scold_tunnel::nat::{self, NatRelay};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
 use scold_tunnel::{Engine, EngineConfig, EngineHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -182,7 +182,7 @@ fn default_table() -> u32 {
     5100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatSection {
     #[serde(default = "default_nat_tun")]
@@ -195,28 +195,42 @@ pub struct NatSection {
     pub rule_priority: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl NatSection {
+    /// A `[nat]` table that gives relayed flows the source `source`, every other key at
+    /// its default.
+    pub fn new(source: IpAddr) -> NatSection {
+        NatSection {
+            tun_name: default_nat_tun(),
+            source,
+            table: default_table(),
+            rule_priority: default_table(),
+        }
+    }
+}
+
+/// Every key has a default, so `Default` is what an empty config file gives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub tunnel: TunnelSection,
     #[serde(default)]
     pub nat: Option<NatSection>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<Session>,
     /// Scheme 4.2 routes pushed to client agents at start (normally the coordinator
     /// orders them); needs `[admission]`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pushes: Vec<Push>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_services: Vec<NatService>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifyEntry>,
     #[serde(default)]
     pub filter: Option<FilterSection>,

@@ -10,12 +10,12 @@ use scold_filter::detect::{DetectorConfig, DetectorEvent, Rates};
 use scold_filter::monitor::{self, MonitorConfig, MonitorHandle};
 use scold_filter::sample::SamplerConfig;
 use scold_proto::control::Request;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Rates in `[detect.floors]` / `[detect.ceilings]`; unset fields keep the default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RatesSection {
     pub pps: Option<f64>,
@@ -44,7 +44,7 @@ impl RatesSection {
 }
 
 /// `[detect]`: attack detection on the target's main link.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectSection {
     /// The main link (the one an attack fills).

@@ -23,7 +23,7 @@ use crate::target::returnpath::{ReturnPath, ReturnPathSection};
 use anyhow::Context as _;
 use scold_proto::dataplane::{Command, RefusalCode, Reply, Route, Stats, Via};
 use scold_tunnel::netlink::{Netlink, RouteTable, RouteTarget, RuleSelector};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -106,7 +106,7 @@ fn default_table() -> u32 {
     5102
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -115,9 +115,9 @@ pub struct Config {
     pub table: u32,
     #[serde(default = "default_table")]
     pub rule_priority: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ControlSection::is_empty")]
     pub control: ControlSection,
     #[serde(default)]
     pub detect: Option<DetectSection>,
@@ -125,6 +125,22 @@ pub struct Config {
     pub return_path: ReturnPathSection,
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// What an empty config file gives: a standalone target with no return routes.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            table: default_table(),
+            rule_priority: default_table(),
+            routes: Vec::new(),
+            control: ControlSection::default(),
+            detect: None,
+            return_path: ReturnPathSection::default(),
+            file: PathBuf::new(),
+        }
+    }
 }
 
 impl Config {

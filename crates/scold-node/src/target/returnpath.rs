@@ -48,7 +48,7 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use scold_filter::nft::{Nft, NftError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -79,6 +79,15 @@ impl<'de> Deserialize<'de> for GatewayMac {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for GatewayMac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GatewayMac::Learn => s.serialize_str("learn"),
+            GatewayMac::Fixed(m) => s.serialize_str(&mac_text(m)),
+        }
     }
 }
 
@@ -114,7 +123,7 @@ fn mac_text(m: &[u8; 6]) -> String {
 }
 
 /// `[return_path]` of a target.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnPathSection {
     /// The interface towards the gateway; default: the one whose network holds the
