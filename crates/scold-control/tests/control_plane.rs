@@ -846,24 +846,38 @@ async fn restarted_nodes_get_their_set_up_orders_again() {
     let s = status(&op).await;
     assert_eq!((phase(&s), web(&s).epoch), ("diverted", epoch));
 
-    // Each re-synchronisation is in the audit log, naming the node and the orders.
-    let resyncs: Vec<String> = events(&op)
-        .await
-        .into_iter()
-        .filter(|e| e.subject == "web" && e.event == "resync")
-        .map(|e| e.detail)
-        .collect();
-    for (node, step) in [
+    // Each re-synchronisation is in the audit log, naming the node and the orders. The
+    // entry is written once the node has answered, so it may follow the order by a
+    // moment.
+    let wanted = [
         ("proxy/p1", "proxy-setup(p1)"),
         ("gateway/gw1", "gateway-setup"),
         ("target/web", "target-setup"),
-    ] {
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resyncs: Vec<String> = events(&op)
+            .await
+            .into_iter()
+            .filter(|e| e.subject == "web" && e.event == "resync")
+            .map(|e| e.detail)
+            .collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(node, step)| {
+                !resyncs
+                    .iter()
+                    .any(|d| d.starts_with(&format!("{node} registered again")) && d.contains(step))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            resyncs
-                .iter()
-                .any(|d| d.starts_with(&format!("{node} registered again")) && d.contains(step)),
-            "no resync of {node} ({step}) in {resyncs:?}"
+            std::time::Instant::now() < deadline,
+            "no resync of {missing:?} in {resyncs:?}"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The gateway comes back on another address: the proxies of the set get its new
