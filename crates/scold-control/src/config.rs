@@ -102,28 +102,7 @@ pub struct MetricsSection {
 }
 
 /// Which indirect-route scheme of the paper a target uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scheme {
-    /// 4.1: client agents learn proxies from ALT records.
-    #[serde(rename = "4.1")]
-    Resolver,
-    /// 4.2: proxies push routes to client agents.
-    #[serde(rename = "4.2")]
-    Push,
-    /// 4.3: A records replaced by proxy addresses; proxies relay as NAT.
-    #[serde(rename = "4.3")]
-    Nat,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Resolver => "4.1",
-            Scheme::Push => "4.2",
-            Scheme::Nat => "4.3",
-        }
-    }
-}
+pub use scold_proto::control::Scheme;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

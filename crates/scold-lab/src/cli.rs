@@ -23,6 +23,7 @@ use crate::roles::{Encap, Scheme};
 use crate::scenario::{self, FailoverAttack, ScenarioConfig};
 use crate::serve::{self, ServeConfig};
 use crate::topology::{self, Tbf};
+use clap::builder::TypedValueParser as _;
 
 /// Build the paper's Figure 8 testbed in network namespaces, run the scenario, and
 /// print Tables 1-4 with our figures beside the paper's. Needs root.
@@ -93,14 +94,15 @@ pub struct ScenarioArgs {
     /// sizes x 2 x attack-reps x attack-timeout) instead of all at once.
     #[arg(long)]
     pub attack_sequential: bool,
-    /// Encapsulation of the indirect route (client -> proxy -> gateway).
-    #[arg(long, value_enum, default_value_t = Encap::Wireguard)]
+    /// Encapsulation of the indirect route (client -> proxy -> gateway): udp, ipip or
+    /// wireguard.
+    #[arg(long, default_value_t = Encap::Wireguard, value_parser = clap::builder::PossibleValuesParser::new(["udp", "ipip", "wireguard"]).map(|s| s.parse::<Encap>().expect("listed")))]
     pub encap: Encap,
     /// The indirect-route scheme (4.1: clients learn proxies from ALT records; 4.2:
     /// proxies push routes to clients; 4.3: proxies relay the target's ports as a NAT and
     /// clients connect to a proxy's address). Sets the coordinator's config, and for 4.3
     /// the static data path too.
-    #[arg(long, value_enum, default_value_t = Scheme::Resolver)]
+    #[arg(long, default_value_t = Scheme::Resolver, value_parser = clap::builder::PossibleValuesParser::new(["4.1", "4.2", "4.3"]).map(|s| s.parse::<Scheme>().expect("listed")))]
     pub scheme: Scheme,
     /// Scheme 4.1: lay the indirect route out with static client and proxy configs
     /// instead of client agents that set it up on a lookup meeting ALT records.
@@ -151,8 +153,8 @@ pub enum LabCommand {
         /// Proxy failovers to time (the client's proxy is killed; 0: none).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
         failover_runs: u32,
-        /// Encapsulation of the indirect route.
-        #[arg(long, value_enum, default_value_t = Encap::Wireguard)]
+        /// Encapsulation of the indirect route: udp, ipip or wireguard.
+        #[arg(long, default_value_t = Encap::Wireguard, value_parser = clap::builder::PossibleValuesParser::new(["udp", "ipip", "wireguard"]).map(|s| s.parse::<Encap>().expect("listed")))]
         encap: Encap,
         /// Proxies in the testbed. The target's ALT set holds 2; a third lets the
         /// coordinator replace a dead proxy, so every failover finds a second proxy in

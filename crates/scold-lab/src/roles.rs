@@ -45,8 +45,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::configs::{self, ConfigPlan, Pki, RoleConfigs};
 use crate::dnsq;
 use crate::error::LabError;
@@ -73,52 +71,10 @@ pub const CLIENT_TUN: &str = "scold-cl";
 /// The gateway's TUN device.
 pub const GATEWAY_TUN: &str = "scold-gw";
 
-/// Encapsulation between client, proxy and gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Encap {
-    Udp,
-    Ipip,
-    Wireguard,
-}
-
-impl Encap {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encap::Udp => "udp",
-            Encap::Ipip => "ipip",
-            Encap::Wireguard => "wireguard",
-        }
-    }
-}
-
 /// The paper's indirect-route scheme, as the coordinator is configured with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Scheme {
-    /// 4.1: client agents learn the proxies from ALT records.
-    #[value(name = "4.1")]
-    #[serde(rename = "4.1")]
-    Resolver,
-    /// 4.2: proxies push the route to client agents.
-    #[value(name = "4.2")]
-    #[serde(rename = "4.2")]
-    Push,
-    /// 4.3: the proxy relays the target's service ports as a NAT; clients run no
-    /// SCOLD software and connect to the proxy's address.
-    #[value(name = "4.3")]
-    #[serde(rename = "4.3")]
-    Nat,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Resolver => "4.1",
-            Scheme::Push => "4.2",
-            Scheme::Nat => "4.3",
-        }
-    }
-}
+pub use scold_proto::control::Scheme;
+/// Encapsulation between client, proxy and gateway: the data plane's own type.
+pub use scold_proto::dataplane::Encap;
 
 /// The source address the n-th proxy (1-based) gives the flows it relays in NAT mode
 /// (4.3): inside the lab range, on no link, so only the target's return route through

@@ -14,6 +14,54 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use thiserror::Error;
 
+/// Which of the paper's indirect-route schemes (Section 4) a target uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scheme {
+    /// 4.1: client agents learn the proxies from ALT records.
+    #[serde(rename = "4.1")]
+    Resolver,
+    /// 4.2: proxies push the route to client agents.
+    #[serde(rename = "4.2")]
+    Push,
+    /// 4.3: the A records name the proxies, which relay the target's service ports as a
+    /// NAT; clients run no SCOLD software.
+    #[serde(rename = "4.3")]
+    Nat,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 3] = [Scheme::Resolver, Scheme::Push, Scheme::Nat];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Resolver => "4.1",
+            Scheme::Push => "4.2",
+            Scheme::Nat => "4.3",
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A scheme name that is none of `4.1`, `4.2`, `4.3`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown scheme {0:?}: write 4.1, 4.2 or 4.3")]
+pub struct UnknownScheme(pub String);
+
+impl std::str::FromStr for Scheme {
+    type Err = UnknownScheme;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scheme::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownScheme(s.to_string()))
+    }
+}
+
 pub type RequestId = u64;
 
 /// One control-channel message.
