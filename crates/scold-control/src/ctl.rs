@@ -218,8 +218,13 @@ pub fn render(reply: &Reply) -> String {
                     })
                     .collect(),
             );
+            let crl = if s.crl_expired {
+                "WARNING: the coordinator's revocation list is past its next-update date; revocations since then are unknown to it. Refresh it with `scold ca crl`.\n"
+            } else {
+                ""
+            };
             format!(
-                "{}\n{}\n{}\n{}",
+                "{crl}{}\n{}\n{}\n{}",
                 targets_table(&s.targets),
                 proxies_table(&s.proxies),
                 gws,

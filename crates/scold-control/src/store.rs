@@ -39,6 +39,9 @@ pub enum Health {
     Down,
     /// Reported a severe attack on itself (proxies, paper 4.4).
     Attacked,
+    /// Its certificate was revoked (or expired) while it was connected: its connection
+    /// was closed and it is chosen for nothing until it registers with a valid one.
+    Revoked,
 }
 
 impl Health {
@@ -47,6 +50,7 @@ impl Health {
             Health::Up => "up",
             Health::Down => "down",
             Health::Attacked => "attacked",
+            Health::Revoked => "revoked",
         }
     }
 }

@@ -1260,3 +1260,61 @@ async fn one_host_cannot_fill_the_control_port() {
     );
     let _ = rig.stop.send(true);
 }
+
+/// A proxy revoked while it is connected and serves a diverted target: within seconds
+/// its connection is closed, it is reset out of the ALT set (another proxy takes its
+/// place), it shows as revoked, and its link cannot come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_revoked_while_connected_is_cut_off_and_reset_out() {
+    let mut rig = Rig::start(2).await;
+    let (_target, _) = rig.node(Role::Target, "web", None);
+    let (_gw, _) = rig.node(Role::Gateway, "gw1", None);
+    let mut links = Vec::new();
+    for p in ["p1", "p2", "p3"] {
+        links.push((p, rig.node(Role::Proxy, p, None).0));
+    }
+    let op = rig.operator().await;
+    let s = divert_once_up(&op, 3).await;
+    let victim = web(&s).proxies[0].clone();
+    let address = match victim.as_str() {
+        "p1" => "198.51.100.1",
+        "p2" => "198.51.100.2",
+        _ => "198.51.100.3",
+    };
+    rig.pki
+        .ca
+        .revoke(&RevokeTarget::Identity(
+            Identity::new(Role::Proxy, &victim).unwrap(),
+        ))
+        .unwrap();
+    // The CRL is re-read at most once a second, then every live peer is checked again.
+    let s = wait_status(&op, "the revoked proxy reset out", |s| {
+        phase(s) == "diverted"
+            && web(s).proxies.len() == 2
+            && !web(s).proxies.contains(&victim)
+            && s.proxies
+                .iter()
+                .any(|p| p.name == victim && p.health == "revoked")
+    })
+    .await;
+    let published = rig.dns.log.lock().unwrap().last().unwrap().clone();
+    assert!(
+        published.starts_with("publish") && !published.contains(address),
+        "{published}"
+    );
+    let link = &links.iter().find(|(p, _)| *p == victim).unwrap().1;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!link.connected(), "the revoked proxy's link is still up");
+    assert!(
+        rig.metrics
+            .render()
+            .contains("scold_refusals_total{reason=\"revoked\"}"),
+        "the cut-off is not counted"
+    );
+    // Chosen for nothing again: the set stays without it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = status(&op).await;
+    assert!(!web(&again).proxies.contains(&victim), "{:#?}", web(&again));
+    assert_eq!(web(&again).proxies, web(&s).proxies);
+    let _ = rig.stop.send(true);
+}

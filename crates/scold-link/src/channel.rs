@@ -7,6 +7,7 @@
 //! or request is logged, counted, and answered with a typed refusal; the daemon keeps
 //! serving everyone else.
 
+use rustls::pki_types::CertificateDer;
 use scold_daemon::{until_set, Gate, Throttle};
 use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
@@ -85,7 +86,11 @@ pub trait Handler: Send + Sync + 'static {
 
 struct Inner {
     peer: Identity,
+    /// The certificate chain the peer showed, to check again when the CRL changes.
+    peer_chain: Vec<CertificateDer<'static>>,
     remote: SocketAddr,
+    /// Ends the connection from our side.
+    close: Arc<tokio::sync::Notify>,
     out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
@@ -116,6 +121,16 @@ impl Channel {
 
     pub fn is_closed(&self) -> bool {
         *self.inner.closed.borrow()
+    }
+
+    /// The certificate chain the peer showed in the handshake.
+    pub fn peer_chain(&self) -> &[CertificateDer<'static>] {
+        &self.inner.peer_chain
+    }
+
+    /// Ends the connection (pending requests fail at once, the handler's `closed` runs).
+    pub fn close(&self) {
+        self.inner.close.notify_one();
     }
 
     /// Resolves when the connection has closed.
@@ -179,6 +194,7 @@ impl Channel {
     pub fn spawn<S, H>(
         stream: S,
         peer: Identity,
+        peer_chain: Vec<CertificateDer<'static>>,
         remote: SocketAddr,
         handler: Arc<H>,
         metrics: Metrics,
@@ -190,10 +206,13 @@ impl Channel {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
         let (closed_tx, closed_rx) = watch::channel(false);
+        let close = Arc::new(tokio::sync::Notify::new());
         let channel = Channel {
             inner: Arc::new(Inner {
                 peer,
+                peer_chain,
                 remote,
+                close: close.clone(),
                 out: out_tx,
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -221,9 +240,12 @@ impl Channel {
             let mut decoder = frame::Decoder::default();
             let mut buf = vec![0u8; 16 * 1024];
             'read: loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                let n = tokio::select! {
+                    r = reader.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    },
+                    _ = close.notified() => break,
                 };
                 decoder.push(&buf[..n]);
                 loop {
@@ -303,6 +325,12 @@ impl Channel {
     }
 }
 
+fn peer_chain_of(conn: &rustls::CommonState) -> Vec<CertificateDer<'static>> {
+    conn.peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 fn identity_of(conn: &rustls::CommonState) -> Result<Identity, ChannelError> {
     scold_pki::peer_identity(conn).map_err(|e| ChannelError::Identity(e.to_string()))
 }
@@ -380,7 +408,8 @@ pub async fn serve<H: Handler>(
             };
             info!(%remote, %peer, "control connection accepted");
             metrics.connection(peer.role.as_str());
-            let ch = Channel::spawn(tls, peer, remote, handler, metrics);
+            let chain = peer_chain_of(tls.get_ref().1);
+            let ch = Channel::spawn(tls, peer, chain, remote, handler, metrics);
             // The place at the door is held until the connection closes.
             ch.wait_closed().await;
             drop(pass);
@@ -425,7 +454,8 @@ pub async fn connect<H: Handler>(
         })?;
     let peer = identity_of(stream.get_ref().1)?;
     metrics.connection(peer.role.as_str());
-    Ok(Channel::spawn(stream, peer, addr, handler, metrics))
+    let chain = peer_chain_of(stream.get_ref().1);
+    Ok(Channel::spawn(stream, peer, chain, addr, handler, metrics))
 }
 
 /// A handler that refuses everything: for clients such as `scold ctl` that only send.

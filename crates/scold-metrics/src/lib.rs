@@ -30,6 +30,8 @@ pub struct Metrics {
     pub refusals: Family<Labels, Counter>,
     /// Target phase changes by `from` and `to`.
     pub transitions: Family<Labels, Counter>,
+    /// 1 while the revocation list in force is past its next-update date.
+    pub crl_expired: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,7 +57,13 @@ impl Metrics {
             messages: Family::default(),
             refusals: Family::default(),
             transitions: Family::default(),
+            crl_expired: Gauge::default(),
         };
+        registry.register(
+            "crl_expired",
+            "1 while the revocation list in force is past its next-update date (revocations since then are unknown here)",
+            m.crl_expired.clone(),
+        );
         registry.register(
             "connections",
             "Authenticated control connections, by peer role",

@@ -29,7 +29,7 @@ use scold_proto::identity::{Identity, Role};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{identity_from_der, identity_of, read_certs, read_crl, read_key};
-use crate::refusal::IdentityRefusal;
+use crate::refusal::{refusal_reason, IdentityRefusal, RefusalReason};
 use crate::PkiError;
 
 /// How often, at most, a running daemon looks at its CRL file for changes.
@@ -209,6 +209,29 @@ impl TlsIdentity {
         self.trust.refresh(true);
         self.trust.lock().revoked
     }
+
+    /// Checks a peer's certificate chain again, against the CA and the revocation list in
+    /// force now (the CRL file is re-read first if it changed): a peer revoked or expired
+    /// since its handshake is refused here, and the caller closes its connection. How
+    /// often the file is looked at is the CRL check interval.
+    pub fn recheck_peer(&self, chain: &[CertificateDer<'static>]) -> Result<(), RefusalReason> {
+        self.trust.recheck(chain)
+    }
+
+    /// Whether the revocation list in force is past its next-update date: revocations
+    /// issued since then are unknown here. The list stays in force (refusing every peer
+    /// would stop the consortium); operators see this in logs, metrics and status.
+    pub fn crl_expired(&self) -> bool {
+        self.trust.crl_expired()
+    }
+
+    /// Grows by one each time a new revocation list comes into force (looking at the
+    /// file if the check interval passed): a daemon rechecks its live peers when it
+    /// changes.
+    pub fn crl_generation(&self) -> u64 {
+        self.trust.refresh(false);
+        self.trust.lock().generation
+    }
 }
 
 /// Trust in the consortium CA without an identity of one's own: what a client agent of
@@ -329,6 +352,10 @@ struct TrustState {
     last_check: Instant,
     seen: Seen,
     revoked: usize,
+    /// When the CRL in force says a newer one is due.
+    next_update: Option<SystemTime>,
+    /// Revocation lists that came into force after the first.
+    generation: u64,
     verifiers: Arc<Verifiers>,
 }
 
@@ -353,6 +380,24 @@ impl fmt::Debug for Trust {
 }
 
 impl Trust {
+    fn recheck(&self, chain: &[CertificateDer<'static>]) -> Result<(), RefusalReason> {
+        let Some((ee, rest)) = chain.split_first() else {
+            return Err(RefusalReason::NoCertificate);
+        };
+        self.current()
+            .client
+            .verify_client_cert(ee, rest, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| refusal_reason(&e))
+    }
+
+    fn crl_expired(&self) -> bool {
+        self.refresh(false);
+        self.lock()
+            .next_update
+            .is_some_and(|t| t < std::time::SystemTime::now())
+    }
+
     /// Handshake signature check with this trust's provider: the same for both verifier
     /// directions, so both delegate here.
     fn verify_signature(
@@ -391,12 +436,12 @@ impl Trust {
             })?;
         let roots = Arc::new(roots);
         let hints = roots.subjects();
-        let (crls, revoked, seen) = match &crl_path {
-            None => (Vec::new(), 0, Seen::Missing),
+        let (crls, revoked, next_update, seen) = match &crl_path {
+            None => (Vec::new(), 0, None, Seen::Missing),
             Some(p) => {
                 let seen = stat(p);
-                let (crl, revoked) = load_crl(p, &ca_der)?;
-                (vec![crl], revoked, seen)
+                let c = load_crl(p, &ca_der)?;
+                (vec![c.der], c.revoked, c.next_update, seen)
             }
         };
         let verifiers = build_verifiers(&provider, &roots, crls).map_err(|e| match &crl_path {
@@ -418,6 +463,8 @@ impl Trust {
                 last_check: Instant::now(),
                 seen,
                 revoked,
+                next_update,
+                generation: 0,
                 verifiers: Arc::new(verifiers),
             }),
         })
@@ -483,14 +530,17 @@ impl Trust {
                 "CRL file disappeared; keeping the previous revocation list in force");
             return;
         }
-        let rebuilt = load_crl(path, &self.ca_der).and_then(|(crl, revoked)| {
-            build_verifiers(&self.provider, &self.roots, vec![crl]).map(|v| (v, revoked))
+        let rebuilt = load_crl(path, &self.ca_der).and_then(|c| {
+            build_verifiers(&self.provider, &self.roots, vec![c.der])
+                .map(|v| (v, c.revoked, c.next_update))
         });
         match rebuilt {
-            Ok((v, revoked)) => {
+            Ok((v, revoked, next_update)) => {
                 tracing::info!(crl = %path.display(), revoked, "reloaded certificate revocation list");
                 st.verifiers = Arc::new(v);
                 st.revoked = revoked;
+                st.next_update = next_update;
+                st.generation += 1;
             }
             Err(e) => tracing::warn!(crl = %path.display(), error = %e,
                 "new CRL rejected; keeping the previous revocation list in force"),
@@ -500,10 +550,7 @@ impl Trust {
 
 /// Reads a CRL and checks that our CA signed it: a CRL from another issuer would make
 /// webpki treat every peer's revocation status as unknown and refuse them all.
-fn load_crl(
-    path: &Path,
-    ca_der: &CertificateDer<'_>,
-) -> Result<(CertificateRevocationListDer<'static>, usize), PkiError> {
+fn load_crl(path: &Path, ca_der: &CertificateDer<'_>) -> Result<LoadedCrl, PkiError> {
     let der = read_crl(path)?;
     let bad = |detail: String| PkiError::BadCrl {
         path: path.to_path_buf(),
@@ -521,14 +568,26 @@ fn load_crl(
     }
     crl.verify_signature(ca.public_key())
         .map_err(|e| bad(format!("signature does not verify with our CA's key: {e}")))?;
-    if let Some(next) = crl.next_update() {
+    let next_update = crl.next_update().map(|next| {
         if next.timestamp() < UnixTime::now().as_secs() as i64 {
             tracing::warn!(crl = %path.display(), next_update = %next,
-                "CRL is past its next-update date; refresh it with `scold ca crl`");
+                "CRL is past its next-update date: revocations since then are unknown here; refresh it with `scold ca crl`");
         }
-    }
+        SystemTime::UNIX_EPOCH + Duration::from_secs(next.timestamp().max(0) as u64)
+    });
     let revoked = crl.iter_revoked_certificates().count();
-    Ok((der, revoked))
+    Ok(LoadedCrl {
+        der,
+        revoked,
+        next_update,
+    })
+}
+
+/// A CRL read from its file and checked against the CA.
+struct LoadedCrl {
+    der: CertificateRevocationListDer<'static>,
+    revoked: usize,
+    next_update: Option<SystemTime>,
 }
 
 fn build_verifiers(

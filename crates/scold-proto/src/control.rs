@@ -278,6 +278,10 @@ pub struct StatusReport {
     pub proxies: Vec<ProxyView>,
     pub gateways: Vec<NodeView>,
     pub events: Vec<EventView>,
+    /// The coordinator's revocation list is past its next-update date: revocations
+    /// issued since are unknown to it (it keeps the old list in force).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crl_expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

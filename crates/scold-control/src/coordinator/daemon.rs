@@ -58,6 +58,9 @@ pub async fn serve(
     serve_on(cfg, tls, dns, listener, metrics, shutdown).await
 }
 
+/// How often connected peers' certificates are checked again without a new CRL.
+const PEER_RECHECK: Duration = Duration::from_secs(60);
+
 /// Runs a coordinator on an already bound listener (tests, embedding).
 pub async fn serve_on(
     cfg: Config,
@@ -74,11 +77,26 @@ pub async fn serve_on(
     coordinator.resume();
     let sweeper = {
         let c = coordinator.clone();
+        let tls = tls.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep_every);
+            let mut generation = tls.crl_generation();
+            let mut checked = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 c.sweep();
+                // Peers are checked again when a new revocation list came into force, and
+                // once a minute for certificates that expired while connected.
+                let now_generation = tls.crl_generation();
+                if now_generation != generation || checked.elapsed() >= PEER_RECHECK {
+                    generation = now_generation;
+                    checked = std::time::Instant::now();
+                    c.recheck_peers(&tls);
+                }
+                let expired = tls.crl_expired();
+                metrics.crl_expired.set(i64::from(expired));
+                c.set_crl_expired(expired);
             }
         })
     };

@@ -69,6 +69,8 @@ pub struct Coordinator {
     metrics: Metrics,
     dns: Box<dyn DnsBackend>,
     world: Mutex<World>,
+    /// The revocation list in force is past its next-update date (shown in status).
+    crl_expired: std::sync::atomic::AtomicBool,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -143,6 +145,7 @@ impl Coordinator {
                 nodes,
                 live: HashMap::new(),
             }),
+            crl_expired: Default::default(),
         }))
     }
 
@@ -987,7 +990,9 @@ impl Coordinator {
             tunnel: info.tunnel,
         };
         rec.last_seen_ms = Some(now_ms());
-        if rec.health == Health::Down {
+        // A revoked node that registers got through the handshake with the revocation
+        // list in force now: it is no longer revoked.
+        if matches!(rec.health, Health::Down | Health::Revoked) {
             rec.health = Health::Up;
         }
         let rec = rec.clone();
@@ -1030,6 +1035,56 @@ impl Coordinator {
 
     /// Marks silent nodes down and attacked marks that expired back up; a proxy that
     /// goes down is swapped out of its targets.
+    /// Records whether the revocation list in force is past its next-update date.
+    pub fn set_crl_expired(&self, expired: bool) {
+        let was = self
+            .crl_expired
+            .swap(expired, std::sync::atomic::Ordering::Relaxed);
+        if expired && !was {
+            warn!("the revocation list is past its next-update date: revocations issued since are unknown here; refresh it with `scold ca crl` (the old list stays in force)");
+        }
+    }
+
+    /// Checks the certificate of every connected node again (after the revocation list
+    /// changed, or a while after the last check, for expiries): a node whose certificate
+    /// no longer passes loses its connection at once and is marked revoked; a revoked
+    /// proxy is reset out of every ALT set that lists it and chosen for nothing again.
+    pub fn recheck_peers(self: &Arc<Self>, tls: &scold_pki::TlsIdentity) {
+        let live: Vec<(String, Channel)> = self
+            .lock()
+            .live
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let mut lost = Vec::new();
+        for (key, ch) in live {
+            let Err(reason) = tls.recheck_peer(ch.peer_chain()) else {
+                continue;
+            };
+            warn!(node = %key, peer = %ch.peer(), reason = reason.as_str(), "closing the connection of a node whose certificate no longer passes");
+            self.metrics.refusal(reason.as_str());
+            ch.close();
+            let mut world = self.lock();
+            if world
+                .live
+                .get(&key)
+                .is_some_and(|c| c.remote() == ch.remote())
+            {
+                world.live.remove(&key);
+            }
+            if self
+                .set_health(&mut world, &key, Health::Revoked, reason.as_str())
+                .is_some()
+                && ch.peer().role == Role::Proxy
+            {
+                lost.push(ch.peer().name.clone());
+            }
+        }
+        for p in lost {
+            self.proxy_lost(&p, "proxy_revoked");
+        }
+    }
+
     fn sweep(self: &Arc<Self>) {
         let now = now_ms();
         let down_after = self.cfg.coordinator.down_after_ms;
@@ -1088,6 +1143,7 @@ impl Coordinator {
             .collect();
         drop(world);
         Ok(StatusReport {
+            crl_expired: self.crl_expired.load(std::sync::atomic::Ordering::Relaxed),
             targets,
             proxies,
             gateways,
