@@ -57,6 +57,22 @@ impl Pki {
     fn issue(&mut self, role: Role, name: &str) -> Arc<TlsIdentity> {
         self.issue_with(role, name, Validity::days(1))
     }
+
+    /// A certificate that names `ips` as well.
+    fn issue_naming(&mut self, role: Role, name: &str, ips: &[IpAddr]) -> Arc<TlsIdentity> {
+        let out = self.root.join(format!("{role}-{name}-ip"));
+        let paths = self
+            .ca
+            .issue(
+                &Identity::new(role, name).unwrap(),
+                ips,
+                &[],
+                Validity::days(1),
+                &out,
+            )
+            .unwrap();
+        Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap())
+    }
 }
 
 /// Records the DNS updates the coordinator makes.
@@ -1316,5 +1332,72 @@ async fn a_proxy_revoked_while_connected_is_cut_off_and_reset_out() {
     let again = status(&op).await;
     assert!(!web(&again).proxies.contains(&victim), "{:#?}", web(&again));
     assert_eq!(web(&again).proxies, web(&s).proxies);
+    let _ = rig.stop.send(true);
+}
+
+/// A proxy certificate holder cannot steer ALT: a proxy the consortium did not configure
+/// is listed only under an address its certificate names, and its own word on capacity
+/// and organisation is not taken; a configured proxy is listed under its configured
+/// address whatever it declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_is_listed_only_under_addresses_the_consortium_bound_to_it() {
+    let mut rig = Rig::start(2).await;
+    let op = rig.operator().await;
+    let named: IpAddr = "203.0.113.9".parse().unwrap();
+    let declare = |address: &str| NodeInfo {
+        address: Some(address.parse().unwrap()),
+        capacity_mbps: Some(999_999),
+        organisation: Some("everyone".into()),
+        tunnel: tunnel(Role::Proxy, "p1"),
+        ..Default::default()
+    };
+    // Another address than its certificate names: refused, nothing recorded.
+    let tls = rig.pki.issue_naming(Role::Proxy, "p9", &[named]);
+    let ch = channel::connect(
+        rig.addr,
+        &tls,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let err = ch
+        .request(Request::Register(declare("192.0.2.66")), T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::Refused { ref refusal, .. } if refusal.reason == RefusalReason::Subject && refusal.message.contains("--ip 192.0.2.66")),
+        "{err}"
+    );
+    assert!(!status(&op).await.proxies.iter().any(|p| p.name == "p9"));
+    // The address it names: listed under it, at the default capacity, in no organisation.
+    ch.request(Request::Register(declare("203.0.113.9")), T)
+        .await
+        .unwrap();
+    let s = status(&op).await;
+    let p9 = s.proxies.iter().find(|p| p.name == "p9").unwrap();
+    assert_eq!(p9.address, Some(named));
+    assert_ne!(p9.capacity_mbps, Some(999_999));
+    assert_eq!(p9.organisation, None);
+    // A configured proxy declaring another address keeps the configured one.
+    let tls = rig.pki.issue(Role::Proxy, "p2");
+    let ch2 = channel::connect(
+        rig.addr,
+        &tls,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    .unwrap();
+    ch2.request(Request::Register(declare("192.0.2.77")), T)
+        .await
+        .unwrap();
+    let s = status(&op).await;
+    let p2 = s.proxies.iter().find(|p| p.name == "p2").unwrap();
+    assert_eq!(p2.address, Some("198.51.100.2".parse().unwrap()));
+    assert_eq!(p2.capacity_mbps, Some(2000));
+    assert_eq!(p2.organisation.as_deref(), Some("b"));
     let _ = rig.stop.send(true);
 }

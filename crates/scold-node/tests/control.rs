@@ -86,6 +86,17 @@ proxies = 1
 [target.dns]
 server = "127.0.0.1:5353"
 key = "hmac-sha256:coordinator:{SECRET}"
+# The consortium binds each proxy's address, capacity and organisation.
+[[proxy]]
+name = "p1"
+address = "10.1.0.1"
+capacity_mbps = 2000
+organisation = "org-p1"
+[[proxy]]
+name = "p2"
+address = "10.5.0.1"
+capacity_mbps = 1000
+organisation = "org-p2"
 "#,
             net.p("coordinator.redb")
         ),

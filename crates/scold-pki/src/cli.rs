@@ -64,8 +64,10 @@ pub struct IssueArgs {
     /// Node name: 1-63 characters of a-z, 0-9, '-', '_' and '.'.
     #[arg(long)]
     pub name: String,
-    /// IP address to add as a SAN (repeatable). Informational: SCOLD peers identify each
-    /// other by the scold:// URI, but other TLS tools may check addresses.
+    /// IP address to add as a SAN (repeatable). For a proxy it binds the addresses the
+    /// coordinator may list it under in ALT (unless the coordinator's [[proxy]] table
+    /// names its address); client agents also check that a proxy they connect to is
+    /// named by its certificate when it names any.
     #[arg(long = "ip", value_name = "ADDR")]
     pub ips: Vec<IpAddr>,
     /// DNS name to add as a SAN (repeatable), as for --ip.

@@ -42,6 +42,38 @@ const PUSH_RETRIES: u32 = 10;
 const PUSH_RETRY_FIRST: Duration = Duration::from_secs(2);
 const PUSH_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// The address a proxy may be listed under in ALT: the one the consortium configured for
+/// it, or one its certificate names (`scold ca issue --ip`). What the proxy says of itself
+/// must agree; a proxy with neither cannot be listed.
+fn proxy_address(
+    configured: Option<IpAddr>,
+    from: &Channel,
+    declared: Option<IpAddr>,
+) -> Result<Option<IpAddr>, Refusal> {
+    let name = &from.peer().name;
+    if let Some(a) = configured {
+        if declared.is_some_and(|d| d != a) {
+            warn!(proxy = %name, declared = ?declared, configured = %a, "a proxy declared another address than the consortium configured for it; using the configured one");
+        }
+        return Ok(Some(a));
+    }
+    let named = from
+        .peer_chain()
+        .first()
+        .map(|ee| scold_pki::ip_addresses_from_der(ee).unwrap_or_default())
+        .unwrap_or_default();
+    match declared {
+        Some(d) if named.contains(&d) => Ok(Some(d)),
+        Some(d) => Err(Refusal::new(
+            RefusalReason::Subject,
+            format!(
+                "proxy {name} declared address {d}, which its certificate does not name ({named:?}); add it to the coordinator's [[proxy]] table or issue the certificate with `scold ca issue --ip {d}`"
+            ),
+        )),
+        None => Ok(named.first().copied()),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -958,9 +990,23 @@ impl Coordinator {
     }
 
     /// Records a node's registration.
+    #[allow(clippy::result_large_err)]
     fn register(&self, from: &Channel, info: NodeInfo) -> Result<Registration, Refusal> {
         let peer = from.peer();
         let key = NodeRecord::key(peer.role, &peer.name);
+        // What goes into ALT, and what proxy choice weighs, is the consortium's word,
+        // not the node's: a proxy's address, capacity and organisation come from the
+        // coordinator's [[proxy]] table, or else its address from its certificate.
+        let configured = self
+            .cfg
+            .proxies
+            .iter()
+            .find(|p| peer.role == Role::Proxy && p.name == peer.name);
+        let address = if peer.role == Role::Proxy {
+            proxy_address(configured.map(|p| p.address), from, info.address)?
+        } else {
+            info.address
+        };
         let mut world = self.lock();
         let rec = world
             .nodes
@@ -973,19 +1019,17 @@ impl Coordinator {
                 last_seen_ms: None,
                 attacked_until_ms: None,
             });
-        // Configured values win over what a node says of itself.
-        let configured = self
-            .cfg
-            .proxies
-            .iter()
-            .find(|p| peer.role == Role::Proxy && p.name == peer.name);
         let tunnel_changed = rec.info.tunnel != info.tunnel;
         rec.info = NodeInfo {
-            address: configured.map(|p| p.address).or(info.address),
-            capacity_mbps: configured.map(|p| p.capacity_mbps).or(info.capacity_mbps),
-            organisation: configured
-                .and_then(|p| p.organisation.clone())
-                .or(info.organisation),
+            address,
+            capacity_mbps: match peer.role {
+                Role::Proxy => Some(configured.map_or_else(default_capacity, |p| p.capacity_mbps)),
+                _ => info.capacity_mbps,
+            },
+            organisation: match peer.role {
+                Role::Proxy => configured.and_then(|p| p.organisation.clone()),
+                _ => info.organisation,
+            },
             version: info.version,
             tunnel: info.tunnel,
         };

@@ -73,8 +73,12 @@ encap = "wireguard"
 # entries below). The coordinator sets up gateways and routes while a target is diverted.
 [control]
 coordinator = "192.0.2.100:7800"
-# The public address that goes into ALT records; the tunnel end point is this address
-# and the port of tunnel.listen unless `endpoint` says otherwise.
+# The public address clients reach this proxy at; the tunnel end point is this address
+# and the port of tunnel.listen unless `endpoint` says otherwise. What goes into ALT is
+# the consortium's word, not this file's: the coordinator lists a proxy under the
+# address of its [[proxy]] entry, or else only under an address its certificate names
+# (`scold ca issue --role proxy --ip ADDR`), and takes capacity and organisation from
+# its own [[proxy]] entry. The values here are reported for information.
 address = "192.0.2.10"
 capacity_mbps = 1000
 organisation = "org-a"
