@@ -168,8 +168,7 @@ impl Shared {
                 if answer::answer(&self.catalog(), &unsigned, &mut out, udp) != Outcome::Reply {
                     return None;
                 }
-                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
-                    .ok()?;
+                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now).ok()?;
                 Some(out)
             }
             v => Some(self.tsig_failure(&msg, v, src, now)),
@@ -208,14 +207,12 @@ impl Shared {
                 now,
                 TsigError::BadSig,
             ),
-            Verdict::BadTime { key, mac } => tsig::sign_response(
-                &mut out,
-                &self.keys[key],
-                &mac,
-                id,
-                now,
-                Some(TsigError::BadTime),
-            ),
+            Verdict::BadTime {
+                key,
+                mac,
+                time,
+                fudge,
+            } => tsig::sign_badtime_response(&mut out, &self.keys[key], &mac, id, time, fudge, now),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -255,9 +252,7 @@ impl Shared {
         };
         let rc = self.apply_update(msg, key, src);
         let mut out = self.response(msg, rc);
-        if let Err(e) =
-            tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
-        {
+        if let Err(e) = tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now) {
             tracing::warn!(error = %e, "cannot sign the UPDATE response");
         }
         out
