@@ -22,6 +22,10 @@ pub const T_AAAA: u16 = 28;
 pub const T_OPT: u16 = 41;
 /// TSIG.
 pub const T_TSIG: u16 = 250;
+/// IXFR (RFC 1995).
+pub const T_IXFR: u16 = 251;
+/// AXFR.
+pub const T_AXFR: u16 = 252;
 /// ANY.
 pub const T_ANY: u16 = 255;
 /// Class IN.

@@ -593,3 +593,81 @@ fn metrics_count_answers_and_updates() {
         "{m}"
     );
 }
+
+/// The `status:` of every header `dig +comments` prints (one per message).
+fn dig_statuses(port: u16, args: &[&str]) -> (Vec<String>, String) {
+    let bin = require_tool("dig", "bind9-dnsutils");
+    let out = run(Command::new(bin)
+        .args([
+            "+comments",
+            "+time=2",
+            "+tries=1",
+            "-p",
+            &port.to_string(),
+            "@127.0.0.1",
+        ])
+        .args(args));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let st = text
+        .lines()
+        .filter_map(|l| l.split("status: ").nth(1))
+        .map(|r| r.split(',').next().unwrap_or("").to_string())
+        .collect();
+    (st, text)
+}
+
+/// docs/dns.md promises REFUSED for zone transfers: `dig AXFR` and `dig IXFR=1` (whose
+/// request carries the client's SOA in the authority section), over TCP and UDP,
+/// signed or not, and Knot's `kdig` too; a query that is really malformed still gets
+/// FORMERR.
+#[test]
+fn zone_transfers_are_refused_and_malformed_queries_get_formerr() {
+    let s = DnsSetup::new(0, "");
+    let _srv = s.start("xfr");
+    let tsig = key("coordinator", "hmac-sha256", SECRET);
+    for args in [
+        vec!["example.com", "AXFR"],
+        vec!["example.com", "IXFR=1"],
+        vec!["+notcp", "example.com", "IXFR=1"],
+        vec!["+noedns", "example.com", "IXFR=1"],
+        vec!["-y", tsig.as_str(), "example.com", "IXFR=1"],
+        vec!["-y", tsig.as_str(), "example.com", "AXFR"],
+    ] {
+        let (st, text) = dig_statuses(s.port, &args);
+        assert_eq!(st, vec!["REFUSED"], "dig {args:?}:\n{text}");
+        assert!(
+            !text.contains("Couldn't verify"),
+            "dig {args:?}: the signed refusal does not verify:\n{text}"
+        );
+    }
+    let kdig = require_tool("kdig", "knot-dnsutils");
+    for t in ["AXFR", "IXFR=1"] {
+        let out = run(Command::new(&kdig).args([
+            "+time=2",
+            "-p",
+            &s.port.to_string(),
+            "@127.0.0.1",
+            "example.com",
+            t,
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("'REFUSED'"), "kdig {t}:\n{text}");
+        assert!(!text.contains("FORMERR"), "kdig {t}:\n{text}");
+    }
+    // Malformed: an A query with a record in the authority section, and an IXFR
+    // without the SOA it must carry.
+    let mut q = query_bytes(0x5151, "www.example.com", 1, false);
+    q[9] = 1;
+    q.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
+    let r = udp_ask(s.addr(), &q, Duration::from_secs(2)).expect("an answer");
+    assert_eq!(
+        r[3] & 0xF,
+        1,
+        "FORMERR for a query with an authority record"
+    );
+    let q = query_bytes(0x5152, "example.com", 251, false);
+    let r = udp_ask(s.addr(), &q, Duration::from_secs(2)).expect("an answer");
+    assert_eq!(r[3] & 0xF, 1, "FORMERR for an IXFR without its SOA");
+}
