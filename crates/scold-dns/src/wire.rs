@@ -108,6 +108,13 @@ pub fn rdata_wire(rdata: &RData) -> Result<Vec<u8>, hickory_proto::ProtoError> {
     Ok(buf)
 }
 
+/// Whether a record of this type may share its owner with a CNAME: only the DNSSEC
+/// records that sign and chain the alias itself, RRSIG and NSEC (RFC 2181 section 10.1,
+/// RFC 4035 section 2.5). Everything else beside a CNAME is "CNAME and other data".
+pub fn coexists_with_cname(rtype: u16) -> bool {
+    matches!(rtype, 46 | 47)
+}
+
 /// Whether RDATA of this type holds domain names, which compare case-insensitively.
 pub fn rdata_has_names(rtype: u16) -> bool {
     matches!(rtype, 2 | 5 | 6 | 12 | 15 | 33 | 39)

@@ -671,3 +671,70 @@ fn zone_transfers_are_refused_and_malformed_queries_get_formerr() {
     let r = udp_ask(s.addr(), &q, Duration::from_secs(2)).expect("an answer");
     assert_eq!(r[3] & 0xF, 1, "FORMERR for an IXFR without its SOA");
 }
+
+/// A key that may change any type below the zone (the updates BIND's own tests use).
+fn any_type_key_config() -> String {
+    format!(
+        "[[key]]\nname = \"admin\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"*.example.com\"]\ntypes = [\"ANY\"]\n"
+    )
+}
+
+/// A zone file with a CNAME beside other data is refused, as BIND (`named-checkzone`:
+/// "CNAME and other data") and Knot refuse it, by `--check` and at start, naming the
+/// file, the line and the owner; an UPDATE cannot create that state either: as BIND
+/// does (RFC 2136 section 3.4.2.2), the conflicting records are ignored and the rest
+/// of the update applies.
+#[test]
+fn cname_and_other_data_refused_in_zone_files_and_ignored_in_updates() {
+    let s = DnsSetup::new(0, &any_type_key_config());
+    let zone = s.path("example.com.zone");
+    std::fs::write(&zone, format!("{ZONE}www CNAME ns1\nalias CNAME www\n")).unwrap();
+    for args in [&["--check"][..], &[]] {
+        let (st, log) = s.run_to_exit(&format!("cname{}", args.len()), args);
+        assert!(
+            !st.success(),
+            "{args:?} accepted CNAME and other data:\n{log}"
+        );
+        assert!(
+            log.contains("example.com.zone:9:")
+                && log.contains("www.example.com.")
+                && log.contains("CNAME and other data"),
+            "{args:?}: the error names the file, line and owner:\n{log}"
+        );
+    }
+
+    // Without the bad line, the server starts; updates cannot recreate the state.
+    std::fs::write(&zone, format!("{ZONE}alias CNAME www\n")).unwrap();
+    let _srv = s.start("cname-ok");
+    let out = nsupdate(
+        &["-y", &key("admin", "hmac-sha256", SECRET)],
+        &script(
+            s.port,
+            "update add www.example.com. 60 CNAME other.example.com.\n\
+             update add alias.example.com. 60 A 192.0.2.99\n\
+             update add alias.example.com. 60 TXT \"x\"\n\
+             update add new.example.com. 60 A 192.0.2.1\n\
+             update add new.example.com. 60 CNAME www.example.com.",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "BIND answers such an update NOERROR: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dig_short(s.port, "www.example.com", "ANY", &["+tcp"]),
+        vec!["192.0.2.10", "\\# 4 CB373966"],
+        "a CNAME was added beside www's data"
+    );
+    assert_eq!(
+        dig_short(s.port, "alias.example.com", "ANY", &["+tcp"]),
+        vec!["www.example.com."],
+        "data was added beside alias's CNAME"
+    );
+    assert_eq!(
+        dig_short(s.port, "new.example.com", "ANY", &["+tcp"]),
+        vec!["192.0.2.1"],
+        "a CNAME was added beside new's A in the same update"
+    );
+}
