@@ -98,6 +98,8 @@ pub struct Change {
 pub struct ChangeSet {
     /// Zone apex (lower-case wire key).
     pub zone: Vec<u8>,
+    /// SOA serial before the change (the first entry's is the journal's base serial).
+    pub prev_serial: u32,
     /// SOA serial after the change.
     pub serial: u32,
     /// Touched RRsets.
@@ -428,6 +430,7 @@ pub fn apply(msg: &Message, zone: &ZoneData, policy: &Policy, alt_type: u16) -> 
     UpdateResult::Changed {
         changes: ChangeSet {
             zone: apex.clone(),
+            prev_serial: old_serial,
             serial,
             changes,
         },
