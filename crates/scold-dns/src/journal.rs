@@ -256,16 +256,30 @@ impl Journal {
                 intact_before: scan.entries.len(),
             });
         }
+        if let Tail::Torn { offset, bytes, how } = scan.tail {
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                dropped_bytes = bytes,
+                how,
+                intact_entries = scan.entries.len(),
+                "journal ends with an incomplete entry: a write cut short by a crash, before it was on disk and so before it was acknowledged; cutting it off"
+            );
+        }
         let j = Self::open_scanned(path, &scan)?;
         Ok((j, scan.entries.into_iter().map(|e| e.cs).collect()))
     }
 
     /// Opens (creating) the journal for appending after `scan` was read from it: a torn
-    /// tail the scan found is cut off. Fails without changing anything if the file is
-    /// no longer the one scanned, or if the scan found damage.
+    /// tail the scan found is cut off (the caller reports it). Fails without changing
+    /// anything if the file is no longer the one scanned, or if the scan found damage.
     pub fn open_scanned(path: &Path, scan: &Scan) -> Result<Self, JournalError> {
-        if matches!(scan.tail, Tail::Damaged(_)) {
-            return Err(JournalError::Changed(path.to_path_buf()));
+        if let Tail::Damaged(d) = &scan.tail {
+            return Err(JournalError::Damaged {
+                path: path.to_path_buf(),
+                damage: d.clone(),
+                intact_before: scan.entries.len(),
+            });
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -283,15 +297,7 @@ impl Journal {
         if len != scan.file_len {
             return Err(JournalError::Changed(path.to_path_buf()));
         }
-        if let Tail::Torn { offset, bytes, how } = scan.tail {
-            tracing::warn!(
-                path = %path.display(),
-                offset,
-                dropped_bytes = bytes,
-                how,
-                intact_entries = scan.entries.len(),
-                "journal ends with an incomplete entry: a write cut short by a crash, before it was fsynced and so before it was acknowledged; cutting it off"
-            );
+        if let Tail::Torn { .. } = scan.tail {
             file.set_len(scan.valid_len())
                 .map_err(io_err(path, "cannot truncate"))?;
             file.sync_all().map_err(io_err(path, "cannot sync"))?;
