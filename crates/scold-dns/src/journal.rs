@@ -328,8 +328,12 @@ impl Journal {
                 .map_err(io_err(&tmp, "cannot write"))?;
         }
         if path.exists() {
-            std::fs::hard_link(path, aside)
-                .map_err(io_err(aside, "cannot keep the old journal under this name"))?;
+            // A hard link keeps the very bytes; where links are not supported, a copy.
+            if std::fs::hard_link(path, aside).is_err() {
+                std::fs::copy(path, aside)
+                    .and_then(|_| File::open(aside)?.sync_all())
+                    .map_err(io_err(aside, "cannot keep the old journal under this name"))?;
+            }
             sync_dir(aside)?;
         }
         std::fs::rename(&tmp, path).map_err(io_err(path, "cannot put the new journal in place"))?;

@@ -303,12 +303,23 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
             ),
         );
         for cs in &zlost {
+            // The damaged entry decoded without a matching checksum: what it says may
+            // itself be damaged.
+            let unverified = damage
+                .as_ref()
+                .and_then(|d| d.damaged.as_ref())
+                .is_some_and(|d| std::ptr::eq(d, *cs));
             note(
                 Level::Error,
                 format!(
-                    "zone {}: lost update, serial {}: {}",
+                    "zone {}: lost update, serial {}{}: {}",
                     z.origin,
                     cs.serial,
+                    if unverified {
+                        " (the damaged entry itself: this may be wrong)"
+                    } else {
+                        ""
+                    },
                     describe(cs, cfg.alt_type)
                 ),
             );
