@@ -1,15 +1,20 @@
-//! The DNS update journal's entry payloads, as read back from disk after a crash.
+//! The DNS update journal, as read back from disk after a crash or damage: the entry
+//! payloads, and whole files.
 //!
 //! Properties: decoding never panics; a payload that decodes re-encodes to a payload
 //! that decodes to the same change set, and replaying it twice on the zone gives the
 //! same zone as replaying it once (the journal relies on replay being idempotent).
+//! Reading a whole file never panics and accounts for every byte: the intact entries
+//! lie back to back from the start, then either nothing, or a torn tail that runs to
+//! the end, or damage right after the last intact entry with any intact entries found
+//! after it lying beyond it.
 #![no_main]
 
 #[path = "common/dns.rs"]
 mod dns;
 
 use libfuzzer_sys::fuzz_target;
-use scold_dns::journal::{decode, encode};
+use scold_dns::journal::{decode, encode, scan_bytes, Tail};
 use scold_dns::update::replay;
 use scold_dns::zone::{Zone, ZoneData};
 
@@ -28,7 +33,30 @@ fn content(z: &ZoneData) -> Vec<(Vec<u8>, Vec<(u16, u32, Vec<Vec<u8>>)>)> {
         .collect()
 }
 
+fn check_file(data: &[u8]) {
+    let s = scan_bytes(data);
+    let mut p = 0u64;
+    for e in &s.entries {
+        assert_eq!(e.offset, p, "intact entries are back to back");
+        p += e.len;
+    }
+    assert_eq!(s.valid_len(), p);
+    match &s.tail {
+        Tail::Clean => assert_eq!(p, data.len() as u64),
+        Tail::Torn { offset, bytes, .. } => {
+            assert_eq!(*offset, p);
+            assert_eq!(offset + bytes, data.len() as u64, "a torn tail runs to the end");
+        }
+        Tail::Damaged(d) => {
+            assert_eq!(d.offset, p);
+            assert_eq!(d.entry, s.entries.len() + 1);
+            assert!(d.later.iter().all(|e| e.offset > d.offset && e.offset + e.len <= data.len() as u64));
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    check_file(data);
     let Some(cs) = decode(data) else { return };
     let again = decode(&encode(&cs)).expect("re-encoded change set decodes");
     assert_eq!(again, cs, "change set changed in a round trip");

@@ -5,7 +5,10 @@
 //! messages are handed to the slow path ([`Outcome::Slow`]), which uses hickory-proto's
 //! full message model.
 
-use crate::wire::{read_plain_name, skip_name, u16_at, HEADER_LEN, T_ANY, T_CNAME, T_OPT, T_TSIG};
+use crate::wire::{
+    read_plain_name, skip_name, u16_at, HEADER_LEN, T_ANY, T_AXFR, T_CNAME, T_IXFR, T_OPT, T_SOA,
+    T_TSIG,
+};
 use crate::zone::{Catalog, CompiledZone};
 
 /// What to do with a request.
@@ -93,7 +96,7 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
     let qd = u16::from_be_bytes([req[4], req[5]]);
     let an = u16::from_be_bytes([req[6], req[7]]);
     let ns = u16::from_be_bytes([req[8], req[9]]);
-    if qd != 1 || an != 0 || ns != 0 {
+    if qd != 1 || an != 0 {
         return refuse(out, rcode::FORMERR, rd);
     }
     let mut key = [0u8; 255];
@@ -104,10 +107,30 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
         return refuse(out, rcode::FORMERR, rd);
     };
     let question_end = qend + 4;
+    let mut p = question_end;
+
+    // Authority section: empty, except in an IXFR, which carries the client's SOA
+    // there (RFC 1995 section 3). That is a well-formed request for a transfer, which
+    // is refused below like AXFR; an IXFR without exactly that SOA is malformed (as
+    // BIND judges it).
+    if ns != 0 || qtype == T_IXFR {
+        if qtype != T_IXFR || ns != 1 {
+            return refuse(out, rcode::FORMERR, rd);
+        }
+        let Some(np) = skip_name(req, p) else {
+            return refuse(out, rcode::FORMERR, rd);
+        };
+        let (Some(t), Some(rdlen)) = (u16_at(req, np), u16_at(req, np + 8)) else {
+            return refuse(out, rcode::FORMERR, rd);
+        };
+        p = np + 10 + rdlen as usize;
+        if t != T_SOA || p > req.len() {
+            return refuse(out, rcode::FORMERR, rd);
+        }
+    }
 
     // Additional section: at most one OPT; a TSIG means a signed request (slow path).
     let mut edns: Option<Edns> = None;
-    let mut p = question_end;
     for _ in 0..ar {
         let name_start = p;
         let Some(np) = skip_name(req, p) else {
@@ -207,7 +230,7 @@ fn resolve(
     }
     match qtype {
         0 | T_OPT | T_TSIG => return rcode::FORMERR,
-        251 | 252 => return rcode::REFUSED, // zone transfers are not offered
+        T_IXFR | T_AXFR => return rcode::REFUSED, // zone transfers are not offered
         _ => {}
     }
     let Some(zi) = cat.find(key) else {
@@ -480,6 +503,110 @@ mod tests {
         assert_eq!(out[3] & 0xF, rcode::NOTIMP as u8);
         st[2] = 0x28; // UPDATE
         assert_eq!(answer(&cat, &st, &mut out, true), Outcome::Slow);
+    }
+
+    fn soa_record(serial: u32) -> hickory_proto::rr::Record {
+        let soa = hickory_proto::rr::rdata::SOA::new(
+            Name::from_ascii("ns1.example.com.").unwrap(),
+            Name::from_ascii("hostmaster.example.com.").unwrap(),
+            serial,
+            3600,
+            900,
+            604800,
+            60,
+        );
+        hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("example.com.").unwrap(),
+            0,
+            RData::SOA(soa),
+        )
+    }
+
+    fn rcode_of(req: &Message) -> (Outcome, Vec<u8>) {
+        let mut out = Vec::new();
+        let o = answer(&catalog(), &req.to_vec().unwrap(), &mut out, false);
+        (o, out)
+    }
+
+    /// Transfers are not offered: AXFR and IXFR (whose client SOA sits in the
+    /// authority section, RFC 1995) are REFUSED with the question echoed, while a
+    /// query that really is malformed still gets FORMERR.
+    #[test]
+    fn transfers_are_refused_and_malformed_queries_get_formerr() {
+        for edns in [false, true] {
+            let mut m = Message::new(0x1111, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_ascii("example.com.").unwrap(),
+                RecordType::IXFR,
+            ));
+            m.add_authority(soa_record(1));
+            if edns {
+                m.set_edns(hickory_proto::op::Edns::new());
+            }
+            let (o, out) = rcode_of(&m);
+            assert_eq!(o, Outcome::Reply, "IXFR answered on the fast path");
+            let r = Message::from_vec(&out).unwrap();
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "IXFR");
+            assert_eq!(r.queries.len(), 1);
+            assert_eq!(r.queries[0].query_type(), RecordType::IXFR);
+            assert!(r.answers.is_empty() && r.authorities.is_empty());
+            assert_eq!(r.edns.is_some(), edns);
+
+            let mut m = Message::new(0x2222, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_ascii("example.com.").unwrap(),
+                RecordType::AXFR,
+            ));
+            if edns {
+                m.set_edns(hickory_proto::op::Edns::new());
+            }
+            let (_, out) = rcode_of(&m);
+            let r = Message::from_vec(&out).unwrap();
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "AXFR");
+        }
+        let formerr = |m: &Message, what: &str| {
+            let (o, out) = rcode_of(m);
+            assert_eq!(o, Outcome::Reply, "{what}");
+            assert_eq!(out[3] & 0xF, rcode::FORMERR as u8, "{what}");
+        };
+        // An IXFR without the client's SOA, with two records, or with another type.
+        let ixfr = |auth: Vec<hickory_proto::rr::Record>| {
+            let mut m = Message::new(0x3333, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_ascii("example.com.").unwrap(),
+                RecordType::IXFR,
+            ));
+            m.authorities = auth;
+            m
+        };
+        formerr(&ixfr(vec![]), "IXFR without a SOA");
+        formerr(
+            &ixfr(vec![soa_record(1), soa_record(2)]),
+            "IXFR with two SOAs",
+        );
+        let a = hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("example.com.").unwrap(),
+            0,
+            RData::A("192.0.2.1".parse().unwrap()),
+        );
+        formerr(&ixfr(vec![a.clone()]), "IXFR with an A record");
+        // An ordinary query with records in the answer or authority section.
+        let mut m = Message::new(0x4444, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("www.example.com.").unwrap(),
+            RecordType::A,
+        ));
+        m.add_authority(soa_record(1));
+        formerr(&m, "A query with an authority record");
+        m.authorities.clear();
+        m.add_answer(a);
+        formerr(&m, "A query with an answer record");
+        // An IXFR whose authority record runs past the end of the message.
+        let mut b = ixfr(vec![soa_record(1)]).to_vec().unwrap();
+        b.truncate(b.len() - 3);
+        let mut out = Vec::new();
+        assert_eq!(answer(&catalog(), &b, &mut out, true), Outcome::Reply);
+        assert_eq!(out[3] & 0xF, rcode::FORMERR as u8, "truncated IXFR");
     }
 
     #[test]

@@ -25,10 +25,18 @@ pub struct DnsArgs {
     /// Print a commented example configuration to standard output and exit.
     #[arg(long)]
     pub example_config: bool,
-    /// Load the configuration, zone files and journal, report problems, and exit
-    /// without serving.
+    /// Load the configuration, zone files and journal, report problems and what a start
+    /// would do (cut a torn journal entry, set a stale or damaged journal aside), and
+    /// exit without serving. Changes nothing on disk.
     #[arg(long)]
     pub check: bool,
+    /// When the journal is damaged (not just a torn last entry), start from the intact
+    /// entries before the damage instead of refusing to start: the damaged file is kept
+    /// beside it (`<journal>.damaged-<unix time>`), the serials lost are logged, and the
+    /// zone serial continues above the highest one seen. With --check, only reports
+    /// what it would do.
+    #[arg(long)]
+    pub recover_journal: bool,
 }
 
 /// `scold resolver`: the caching resolver of a client site.
@@ -82,21 +90,38 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
     }
     let path = a.config.context("--config FILE is required")?;
     let cfg = crate::config::load_dns(&path)?;
+    let opts = crate::startup::StartOptions {
+        recover_journal: a.recover_journal,
+    };
     if a.check {
-        let shared = crate::server::Shared::load(&cfg)?;
-        let cat = shared.catalog();
-        for z in &cat.zones {
+        // Only reads: what a start would change on disk is reported, not done.
+        let plan = crate::startup::plan(&cfg, opts)
+            .with_context(|| format!("configuration {} cannot start", path.display()))?;
+        for z in &plan.zones {
             println!(
                 "zone {}: {} records, serial {}",
-                z.data.origin,
-                z.data.rr_count(),
-                z.data.soa().map(|s| s.serial).unwrap_or(0)
+                z.origin,
+                z.rr_count(),
+                z.soa().map(|s| s.serial).unwrap_or(0)
             );
         }
-        println!("configuration {} is valid", path.display());
+        for n in &plan.notes {
+            let level = match n.level {
+                crate::startup::Level::Info => "note",
+                crate::startup::Level::Warn => "warning",
+                crate::startup::Level::Error => "error",
+            };
+            println!("{level}: {}", n.text);
+        }
+        println!(
+            "configuration {} is valid (nothing was changed on disk)",
+            path.display()
+        );
         return Ok(());
     }
-    let server = crate::server::start(&cfg)
+    let shared = crate::server::Shared::load_with(&cfg, opts)
+        .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
+    let server = crate::server::start_with(&cfg, std::sync::Arc::new(shared))
         .await
         .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
     serve_metrics(cfg.metrics, |m| server.shared.metrics.register(m)).await?;

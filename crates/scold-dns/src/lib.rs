@@ -6,7 +6,9 @@
 //!   `scold dns`, the target's authoritative server ([`server`]).
 //! - [`update`], [`tsig`], [`journal`]: RFC 2136 dynamic update authenticated with
 //!   RFC 8945 TSIG, per-key policy, and the on-disk journal that makes every acknowledged
-//!   update survive a crash. [`rrl`] limits responses per source.
+//!   update survive a crash; [`startup`] decides how the journal and the zone files
+//!   combine at start (torn tail, damage, a zone file edited past the journal).
+//!   [`rrl`] limits responses per source.
 //! - [`updater`]: the coordinator's client that sets and clears a target's ALT set, and
 //!   the proxy's signed NOTIFY.
 //! - [`resolver`]: `scold resolver`, the client site's caching resolver (ClientDNS) that
@@ -27,6 +29,7 @@ pub mod net;
 pub mod resolver;
 pub mod rrl;
 pub mod server;
+pub mod startup;
 pub mod tsig;
 pub mod update;
 pub mod updater;

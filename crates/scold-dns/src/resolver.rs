@@ -124,7 +124,6 @@ impl Resolver {
                     &mac,
                     msg.metadata.id,
                     now,
-                    None,
                 ) {
                     tracing::warn!(error = %e, "cannot sign the NOTIFY response");
                 }

@@ -64,36 +64,21 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Loads the zones and replays the journal over them.
+    /// Loads the zones and replays the journal over them (a damaged journal stops it).
     pub fn load(cfg: &DnsConfig) -> Result<Self, ServerError> {
-        let mut datas = Vec::new();
-        for (name, file) in &cfg.zones {
-            let mut origin = hickory_proto::rr::Name::from_ascii(name)
-                .map_err(|_| ServerError::ZoneName(name.clone()))?;
-            origin.set_fqdn(true);
-            let z = crate::zonefile::load(file, &origin, cfg.alt_type)?;
-            if datas
-                .iter()
-                .any(|d: &crate::zone::ZoneData| d.apex == z.apex)
-            {
-                return Err(ServerError::DuplicateZone(name.clone()));
-            }
+        Self::load_with(cfg, crate::startup::StartOptions::default())
+    }
+
+    /// Loads the zones and the journal as [`crate::startup`] decides with `opts`, and
+    /// brings the journal on disk in line.
+    pub fn load_with(
+        cfg: &DnsConfig,
+        opts: crate::startup::StartOptions,
+    ) -> Result<Self, ServerError> {
+        let plan = crate::startup::plan(cfg, opts)?;
+        let (datas, journal) = crate::startup::apply(plan)?;
+        for (z, (_, file)) in datas.iter().zip(&cfg.zones) {
             tracing::info!(zone = %z.origin, file = %file.display(), records = z.rr_count(), serial = z.soa().map(|s| s.serial), "zone loaded");
-            datas.push(z);
-        }
-        let (journal, entries) = Journal::open(&cfg.journal)?;
-        let n = entries.len();
-        for cs in &entries {
-            match datas.iter_mut().find(|d| d.apex == cs.zone) {
-                Some(d) => update::replay(d, cs),
-                None => tracing::warn!(
-                    zone = %crate::wire::key_to_name(&cs.zone),
-                    "journal entry for a zone no longer configured; skipped"
-                ),
-            }
-        }
-        if n > 0 {
-            tracing::info!(journal = %cfg.journal.display(), entries = n, "journal replayed");
         }
         let catalog = Catalog {
             zones: datas.into_iter().map(|d| Arc::new(Zone::new(d))).collect(),
@@ -168,8 +153,7 @@ impl Shared {
                 if answer::answer(&self.catalog(), &unsigned, &mut out, udp) != Outcome::Reply {
                     return None;
                 }
-                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
-                    .ok()?;
+                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now).ok()?;
                 Some(out)
             }
             v => Some(self.tsig_failure(&msg, v, src, now)),
@@ -208,14 +192,12 @@ impl Shared {
                 now,
                 TsigError::BadSig,
             ),
-            Verdict::BadTime { key, mac } => tsig::sign_response(
-                &mut out,
-                &self.keys[key],
-                &mac,
-                id,
-                now,
-                Some(TsigError::BadTime),
-            ),
+            Verdict::BadTime {
+                key,
+                mac,
+                time,
+                fudge,
+            } => tsig::sign_badtime_response(&mut out, &self.keys[key], &mac, id, time, fudge, now),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -255,9 +237,7 @@ impl Shared {
         };
         let rc = self.apply_update(msg, key, src);
         let mut out = self.response(msg, rc);
-        if let Err(e) =
-            tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now, None)
-        {
+        if let Err(e) = tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now) {
             tracing::warn!(error = %e, "cannot sign the UPDATE response");
         }
         out

@@ -186,12 +186,17 @@ pub enum Verdict {
         /// Index of the key.
         key: usize,
     },
-    /// Signed outside the time window: NOTAUTH + BADTIME, signed answer.
+    /// Signed outside the time window: NOTAUTH + BADTIME, signed answer that carries
+    /// the request's own Time Signed and Fudge (see [`sign_badtime_response`]).
     BadTime {
         /// Index of the key.
         key: usize,
         /// The request's MAC.
         mac: Vec<u8>,
+        /// The request's Time Signed (the client's clock).
+        time: u64,
+        /// The request's Fudge.
+        fudge: u16,
     },
     /// The TSIG record itself is malformed: FORMERR.
     Malformed,
@@ -213,7 +218,12 @@ pub fn verify_request(raw: &[u8], tsig: &Record<TSIG>, keys: &[TsigKey], now: u6
         Ok((mac, time, _)) => {
             let fudge = tsig.data.fudge as u64;
             if now.abs_diff(time) > fudge {
-                Verdict::BadTime { key: ki, mac }
+                Verdict::BadTime {
+                    key: ki,
+                    mac,
+                    time,
+                    fudge: tsig.data.fudge,
+                }
             } else {
                 Verdict::Ok { key: ki, mac }
             }
@@ -228,32 +238,60 @@ pub fn verify_request(raw: &[u8], tsig: &Record<TSIG>, keys: &[TsigKey], now: u6
     }
 }
 
-/// Signs an encoded response to a request signed with `key` (MAC chained to `request_mac`).
-/// With `error = Some(BadTime)` the Other Data carries the server's time (RFC 8945 5.2.3).
+/// Signs an encoded response to a request signed with `key` (MAC chained to
+/// `request_mac`), with our clock `now` as Time Signed.
 pub fn sign_response(
     response: &mut Vec<u8>,
     key: &TsigKey,
     request_mac: &[u8],
     oid: u16,
     now: u64,
-    error: Option<TsigError>,
 ) -> Result<(), hickory_proto::ProtoError> {
-    let signer = key.signer(DEFAULT_FUDGE);
-    let other = if error == Some(TsigError::BadTime) {
-        let t = now.to_be_bytes();
-        t[2..8].to_vec()
-    } else {
-        Vec::new()
-    };
     let stub = TSIG::new(
         key.algorithm.to_hickory(),
         now,
         DEFAULT_FUDGE,
         Vec::new(),
         oid,
-        error,
-        other,
+        None,
+        Vec::new(),
     );
+    sign_with(response, key, request_mac, stub)
+}
+
+/// Signs the BADTIME answer to a request whose Time Signed is outside its fudge
+/// (RFC 8945 section 5.2.3): Time Signed and Fudge are the request's own, so the
+/// client can check the answer against the clock it signed with (were it our time,
+/// the skewed client would find the answer out of its window too); our clock goes in
+/// Other Data as a 48-bit number, Other Len 6.
+pub fn sign_badtime_response(
+    response: &mut Vec<u8>,
+    key: &TsigKey,
+    request_mac: &[u8],
+    oid: u16,
+    request_time: u64,
+    request_fudge: u16,
+    now: u64,
+) -> Result<(), hickory_proto::ProtoError> {
+    let stub = TSIG::new(
+        key.algorithm.to_hickory(),
+        request_time,
+        request_fudge,
+        Vec::new(),
+        oid,
+        Some(TsigError::BadTime),
+        now.to_be_bytes()[2..8].to_vec(),
+    );
+    sign_with(response, key, request_mac, stub)
+}
+
+fn sign_with(
+    response: &mut Vec<u8>,
+    key: &TsigKey,
+    request_mac: &[u8],
+    stub: TSIG,
+) -> Result<(), hickory_proto::ProtoError> {
+    let signer = key.signer(DEFAULT_FUDGE);
     let tbs = signer.encode_response_tbs(request_mac, response, &stub)?;
     let mac = signer
         .sign(&tbs)
@@ -318,6 +356,119 @@ mod tests {
         let k: TsigKey = "HMAC-SHA512:k:c2VjcmV0".parse().unwrap();
         assert_eq!(k.algorithm, TsigAlgorithm::HmacSha512);
         assert!(!format!("{k:?}").contains("c2VjcmV0"));
+    }
+
+    /// Where the fields of the TSIG RDATA sit in a record appended at `start`.
+    struct TsigWire {
+        time: u64,
+        fudge: u16,
+        mac: Vec<u8>,
+        oid: u16,
+        error: u16,
+        other: Vec<u8>,
+    }
+
+    /// Reads the TSIG record written at `start` byte by byte (owner and algorithm
+    /// uncompressed, as RFC 8945 section 4.2 writes them), checking its fixed fields.
+    fn tsig_wire(msg: &[u8], start: usize, key: &TsigKey) -> TsigWire {
+        let owner = crate::wire::name_wire(&key.dns_name());
+        let mut p = start;
+        assert_eq!(
+            &msg[p..p + owner.len()],
+            &owner[..],
+            "owner is the key name"
+        );
+        p += owner.len();
+        assert_eq!(
+            &msg[p..p + 8],
+            &[0, 250, 0, 255, 0, 0, 0, 0],
+            "TSIG, ANY, TTL 0"
+        );
+        p += 8;
+        let rdlen = u16::from_be_bytes([msg[p], msg[p + 1]]) as usize;
+        p += 2;
+        assert_eq!(p + rdlen, msg.len(), "the TSIG record is the last thing");
+        let alg = b"\x0bhmac-sha256\x00";
+        assert_eq!(&msg[p..p + alg.len()], alg);
+        p += alg.len();
+        let mut t = [0u8; 8];
+        t[2..].copy_from_slice(&msg[p..p + 6]);
+        let time = u64::from_be_bytes(t);
+        let fudge = u16::from_be_bytes([msg[p + 6], msg[p + 7]]);
+        let mac_len = u16::from_be_bytes([msg[p + 8], msg[p + 9]]) as usize;
+        p += 10;
+        let mac = msg[p..p + mac_len].to_vec();
+        p += mac_len;
+        let oid = u16::from_be_bytes([msg[p], msg[p + 1]]);
+        let error = u16::from_be_bytes([msg[p + 2], msg[p + 3]]);
+        let other_len = u16::from_be_bytes([msg[p + 4], msg[p + 5]]) as usize;
+        p += 6;
+        let other = msg[p..p + other_len].to_vec();
+        assert_eq!(p + other_len, msg.len());
+        TsigWire {
+            time,
+            fudge,
+            mac,
+            oid,
+            error,
+            other,
+        }
+    }
+
+    /// RFC 8945 section 5.2.3: the BADTIME answer carries the client's Time Signed and
+    /// Fudge, our clock in a 6-byte Other Data, and a MAC that the client's own
+    /// verifier (hickory-proto's, which checks the time against the request's) accepts.
+    #[test]
+    fn badtime_answer_carries_the_clients_time_and_verifies() {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::RecordType;
+        let key: TsigKey = "hmac-sha256:coord.example.:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
+            .parse()
+            .unwrap();
+        let now = 1_700_000_000u64;
+        for skew in [-3600i64, 301, 86_400] {
+            let client_time = (now as i64 + skew) as u64;
+            let mut m = Message::new(0x5151, MessageType::Query, OpCode::Update);
+            m.add_query(Query::query(
+                Name::from_ascii("example.com.").unwrap(),
+                RecordType::SOA,
+            ));
+            let mut verifier = m
+                .finalize(&key.signer(120), client_time)
+                .unwrap()
+                .expect("a verifier for the answer");
+            let req = m.to_vec().unwrap();
+            let sig = Message::from_vec(&req).unwrap().signature.unwrap();
+            let Verdict::BadTime {
+                key: ki,
+                mac,
+                time,
+                fudge,
+            } = verify_request(&req, &sig, std::slice::from_ref(&key), now)
+            else {
+                panic!("a request {skew} s off is not BADTIME");
+            };
+            assert_eq!((ki, time, fudge), (0, client_time, 120));
+            let mut resp = Message::response(0x5151, OpCode::Update);
+            resp.metadata.response_code = hickory_proto::op::ResponseCode::NotAuth;
+            let mut out = resp.to_vec().unwrap();
+            let start = out.len();
+            sign_badtime_response(&mut out, &key, &mac, 0x5151, time, fudge, now).unwrap();
+            let w = tsig_wire(&out, start, &key);
+            assert_eq!(w.time, client_time, "Time Signed is the client's");
+            assert_eq!(w.fudge, 120, "Fudge is the client's");
+            assert_eq!(w.oid, 0x5151);
+            assert_eq!(w.error, 18, "BADTIME");
+            assert_eq!(
+                w.other,
+                now.to_be_bytes()[2..].to_vec(),
+                "our time, 6 bytes"
+            );
+            assert_eq!(w.mac.len(), 32);
+            verifier
+                .verify(&out)
+                .unwrap_or_else(|e| panic!("the client cannot verify the BADTIME answer: {e}"));
+        }
     }
 
     #[test]

@@ -11,7 +11,10 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::{DNSClass, Name, RData, Record};
 
 use crate::answer::rcode;
-use crate::wire::{is_at_or_below, name_key, name_wire, rdata_eq, rdata_wire, T_ANY, T_NS, T_SOA};
+use crate::wire::{
+    coexists_with_cname, is_at_or_below, name_key, name_wire, rdata_eq, rdata_wire, T_ANY, T_CNAME,
+    T_NS, T_SOA,
+};
 use crate::zone::{next_serial, RRset, ZoneData};
 
 /// Which names a grant covers.
@@ -95,6 +98,8 @@ pub struct Change {
 pub struct ChangeSet {
     /// Zone apex (lower-case wire key).
     pub zone: Vec<u8>,
+    /// SOA serial before the change (the first entry's is the journal's base serial).
+    pub prev_serial: u32,
     /// SOA serial after the change.
     pub serial: u32,
     /// Touched RRsets.
@@ -326,13 +331,21 @@ pub fn apply(msg: &Message, zone: &ZoneData, policy: &Policy, alt_type: u16) -> 
             DNSClass::IN => {
                 let rd = op.rd.clone().unwrap_or_default();
                 let node = z.node(&op.key);
-                let has_cname = node.is_some_and(|n| n.rrsets.contains_key(&crate::wire::T_CNAME));
-                let has_other =
-                    node.is_some_and(|n| n.rrsets.keys().any(|&k| k != crate::wire::T_CNAME));
-                if op.rtype == crate::wire::T_CNAME && has_other {
+                // RFC 2136 section 3.4.2.2, as BIND does it: a CNAME add at a name with
+                // other data, or other data at a CNAME, is ignored (the rest of the
+                // update still applies), so no update can make "CNAME and other data".
+                let has_cname = node.is_some_and(|n| n.rrsets.contains_key(&T_CNAME));
+                let has_other = node.is_some_and(|n| {
+                    n.rrsets
+                        .keys()
+                        .any(|&k| k != T_CNAME && !coexists_with_cname(k))
+                });
+                if op.rtype == T_CNAME && has_other {
+                    tracing::info!(name = %op.name, "UPDATE: attempt to add a CNAME beside other data ignored");
                     continue;
                 }
-                if op.rtype != crate::wire::T_CNAME && has_cname {
+                if op.rtype != T_CNAME && has_cname && !coexists_with_cname(op.rtype) {
+                    tracing::info!(name = %op.name, rtype = op.rtype, "UPDATE: attempt to add other data beside a CNAME ignored");
                     continue;
                 }
                 if op.rtype == T_SOA {
@@ -417,6 +430,7 @@ pub fn apply(msg: &Message, zone: &ZoneData, policy: &Policy, alt_type: u16) -> 
     UpdateResult::Changed {
         changes: ChangeSet {
             zone: apex.clone(),
+            prev_serial: old_serial,
             serial,
             changes,
         },
@@ -754,6 +768,85 @@ mod tests {
                 let _ = apply(&m, &zone(), &everything(), ALT);
             }
         }
+    }
+
+    fn rr(name: &str, data: RData) -> Record {
+        let mut r = Record::from_rdata(n(name), 30, data);
+        r.dns_class = DNSClass::IN;
+        r
+    }
+
+    fn cname(target: &str) -> RData {
+        RData::CNAME(hickory_proto::rr::rdata::CNAME(n(target)))
+    }
+
+    /// RFC 2136 section 3.4.2.2 as BIND applies it: a CNAME add at a name with other
+    /// data and other data at a CNAME are ignored, the rest of the update applies.
+    #[test]
+    fn no_update_makes_cname_and_other_data() {
+        let z0 = zone();
+        let m = msg(
+            vec![],
+            vec![
+                rr("www.example.com.", cname("other.example.com.")),
+                rr("new.example.com.", RData::A("192.0.2.1".parse().unwrap())),
+            ],
+        );
+        let (z1, _) = changed(apply(&m, &z0, &everything(), ALT));
+        let www = z1.node(&name_key(&n("www.example.com."))).unwrap();
+        assert!(!www.rrsets.contains_key(&T_CNAME), "CNAME beside A added");
+        assert!(z1.node(&name_key(&n("new.example.com."))).is_some());
+
+        // A CNAME at a new name, then other data there: the other data is ignored,
+        // whether in the same update or a later one.
+        let m = msg(
+            vec![],
+            vec![
+                rr("alias.example.com.", cname("www.example.com.")),
+                rr("alias.example.com.", RData::A("192.0.2.2".parse().unwrap())),
+                alt_rr("alias.example.com.", [10, 0, 0, 9], DNSClass::IN, 30),
+            ],
+        );
+        let (z2, _) = changed(apply(&m, &z1, &everything(), ALT));
+        let alias = z2.node(&name_key(&n("alias.example.com."))).unwrap();
+        assert_eq!(
+            alias.rrsets.keys().copied().collect::<Vec<_>>(),
+            vec![T_CNAME]
+        );
+        let m = msg(
+            vec![],
+            vec![rr(
+                "alias.example.com.",
+                RData::A("192.0.2.3".parse().unwrap()),
+            )],
+        );
+        assert!(matches!(
+            apply(&m, &z2, &everything(), ALT),
+            UpdateResult::NoChange
+        ));
+        // A new CNAME at a CNAME replaces it; deleting the A first lets a CNAME in.
+        let m = msg(
+            vec![],
+            vec![rr("alias.example.com.", cname("ns1.example.com."))],
+        );
+        let (z3, _) = changed(apply(&m, &z2, &everything(), ALT));
+        assert_eq!(
+            z3.node(&name_key(&n("alias.example.com."))).unwrap().rrsets[&T_CNAME].rdatas,
+            vec![name_wire(&n("ns1.example.com."))]
+        );
+        let mut del = rr("other.example.com.", RData::Update0(RecordType::ANY));
+        del.dns_class = DNSClass::ANY;
+        del.ttl = 0;
+        let m = msg(
+            vec![],
+            vec![del, rr("other.example.com.", cname("www.example.com."))],
+        );
+        let (z4, _) = changed(apply(&m, &z3, &everything(), ALT));
+        let other = z4.node(&name_key(&n("other.example.com."))).unwrap();
+        assert_eq!(
+            other.rrsets.keys().copied().collect::<Vec<_>>(),
+            vec![T_CNAME]
+        );
     }
 
     #[test]

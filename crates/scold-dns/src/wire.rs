@@ -22,6 +22,10 @@ pub const T_AAAA: u16 = 28;
 pub const T_OPT: u16 = 41;
 /// TSIG.
 pub const T_TSIG: u16 = 250;
+/// IXFR (RFC 1995).
+pub const T_IXFR: u16 = 251;
+/// AXFR.
+pub const T_AXFR: u16 = 252;
 /// ANY.
 pub const T_ANY: u16 = 255;
 /// Class IN.
@@ -102,6 +106,13 @@ pub fn rdata_wire(rdata: &RData) -> Result<Vec<u8>, hickory_proto::ProtoError> {
         rdata.emit(&mut enc)?;
     }
     Ok(buf)
+}
+
+/// Whether a record of this type may share its owner with a CNAME: only the DNSSEC
+/// records that sign and chain the alias itself, RRSIG and NSEC (RFC 2181 section 10.1,
+/// RFC 4035 section 2.5). Everything else beside a CNAME is "CNAME and other data".
+pub fn coexists_with_cname(rtype: u16) -> bool {
+    matches!(rtype, 46 | 47)
 }
 
 /// Whether RDATA of this type holds domain names, which compare case-insensitively.

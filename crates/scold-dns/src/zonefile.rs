@@ -4,12 +4,13 @@
 //! structure (directives, owners, TTL and class, parentheses, comments, quoting) is read
 //! here; the RDATA of well-known types is still parsed by hickory-proto.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::alt::{parse_generic_rdata, AltRdata};
-use crate::wire::{is_at_or_below, name_key, parse_type, rdata_wire};
+use crate::wire::{is_at_or_below, name_key, parse_type, rdata_wire, T_CNAME};
 use crate::zone::ZoneData;
 
 /// A master-file error, naming the file, the line and what to fix.
@@ -22,6 +23,14 @@ pub struct ZoneFileError {
     pub line: usize,
     /// What is wrong and how to fix it.
     pub msg: String,
+}
+
+#[derive(Default)]
+struct OwnerLines {
+    /// Line and lower-case RDATA of the owner's CNAME.
+    cname: Option<(usize, Vec<u8>)>,
+    /// Line and type of the owner's first record that may not stand beside a CNAME.
+    other: Option<(usize, u16)>,
 }
 
 struct Entry {
@@ -178,6 +187,9 @@ pub fn parse(
     let mut default_ttl: Option<u32> = None;
     let mut last_ttl: Option<u32> = None;
     let mut last_owner: Option<Name> = None;
+    // Per owner: the line of its CNAME and of its first other record, so that "CNAME
+    // and other data" is reported where it happens, as BIND and Knot refuse it.
+    let mut lines: HashMap<Vec<u8>, OwnerLines> = HashMap::new();
 
     for e in entries {
         let t = &e.tokens;
@@ -277,6 +289,39 @@ pub fn parse(
         }
         if rtype == crate::wire::T_SOA && key != apex_key {
             return Err(err(e.line, "SOA is only allowed at the zone apex".into()));
+        }
+        let seen = lines.entry(key.clone()).or_default();
+        if rtype == T_CNAME {
+            if let Some((l, t)) = seen.other {
+                return Err(err(
+                    e.line,
+                    format!(
+                        "{owner}: CNAME and other data (the {} record at line {l}): a name with a CNAME can hold nothing else (RFC 1034 section 3.6.2); remove the CNAME or the other records",
+                        crate::wire::type_name(t, alt_type)
+                    ),
+                ));
+            }
+            if let Some((l, first)) = &seen.cname {
+                if *first != rdata.to_ascii_lowercase() {
+                    return Err(err(
+                        e.line,
+                        format!("{owner}: a second CNAME (the first is at line {l}): a name has at most one; keep one"),
+                    ));
+                }
+            } else {
+                seen.cname = Some((e.line, rdata.to_ascii_lowercase()));
+            }
+        } else if !crate::wire::coexists_with_cname(rtype) {
+            if let Some((l, _)) = &seen.cname {
+                return Err(err(
+                    e.line,
+                    format!(
+                        "{owner}: CNAME and other data (the CNAME is at line {l}): a name with a CNAME can hold nothing else (RFC 1034 section 3.6.2); remove the CNAME or this {} record",
+                        crate::wire::type_name(rtype, alt_type)
+                    ),
+                ));
+            }
+            seen.other.get_or_insert((e.line, rtype));
         }
         zone.add_rr(&owner, rtype, ttl, rdata);
     }
@@ -452,6 +497,39 @@ ns.sub IN A 192.0.2.77
         assert!(e.to_string().contains("no SOA"), "{e}");
         let e = parse("www A 1.2.3.4\n", "z", &origin(), DEFAULT_ALT_TYPE).unwrap_err();
         assert!(e.to_string().contains("no TTL"), "{e}");
+    }
+
+    /// "CNAME and other data" is refused at load, as named-checkzone and Knot refuse
+    /// it, naming the file, the line and the owner, whichever comes first in the file.
+    #[test]
+    fn cname_and_other_data_are_refused() {
+        let head = "$ORIGIN example.com.\n$TTL 60\n@ SOA ns1 h 1 2 3 4 5\n";
+        for (body, line, other) in [
+            ("www A 192.0.2.1\nwww CNAME other\n", 5, "line 4"),
+            ("www CNAME other\nwww A 192.0.2.1\n", 5, "line 4"),
+            ("www CNAME other\n  ALT 10.0.0.1\n", 5, "line 4"),
+            ("www CNAME other\nWWW.example.com. TXT \"x\"\n", 5, "line 4"),
+            ("@ CNAME other\n", 4, "line 3"),
+            ("www CNAME a\nwww CNAME b\n", 5, "line 4"),
+        ] {
+            let text = format!("{head}{body}");
+            let e = parse(&text, "z.db", &origin(), DEFAULT_ALT_TYPE)
+                .expect_err(body)
+                .to_string();
+            assert!(e.starts_with(&format!("z.db:{line}: ")), "{body:?}: {e}");
+            assert!(
+                e.contains("example.com."),
+                "{body:?}: the owner is named: {e}"
+            );
+            assert!(e.contains(other), "{body:?}: the other line is named: {e}");
+        }
+        // The same CNAME twice is one record; RRSIG and NSEC may stand beside it.
+        let text = format!(
+            "{head}www CNAME other\nwww CNAME other\nwww TYPE47 \\# 18 0178076578616d706c6503636f6d00000140\nother A 192.0.2.1\n"
+        );
+        let z = parse(&text, "z.db", &origin(), DEFAULT_ALT_TYPE).unwrap();
+        let www = z.nodes.get(&b"\x03www\x07example\x03com\x00"[..]).unwrap();
+        assert_eq!(www.rrsets[&T_CNAME].rdatas.len(), 1);
     }
 
     proptest::proptest! {

@@ -195,39 +195,139 @@ fn nsupdate_adds_and_deletes_alt_and_dig_kdig_read_them() {
     );
 }
 
+/// The TSIG record at the end of `msg`, field by field (RFC 8945 section 4.2), read
+/// from the raw bytes rather than through a DNS library.
+struct TsigFields {
+    owner: Vec<u8>,
+    algorithm: Vec<u8>,
+    time: u64,
+    fudge: u16,
+    mac: Vec<u8>,
+    original_id: u16,
+    error: u16,
+    other: Vec<u8>,
+}
+
+fn last_tsig(msg: &[u8], key_owner_len: usize) -> TsigFields {
+    // The TSIG record is last, its owner and algorithm uncompressed: look back for the
+    // record whose owner has the key name's length and whose RDATA ends the message.
+    let arcount = u16::from_be_bytes([msg[10], msg[11]]);
+    assert!(arcount >= 1, "no additional record");
+    let mut p = msg.len();
+    for start in (12..msg.len()).rev() {
+        if start + key_owner_len + 10 > msg.len() {
+            continue;
+        }
+        let q = start + key_owner_len;
+        if msg[q..q + 4] == [0, 250, 0, 255] {
+            let rdlen = u16::from_be_bytes([msg[q + 8], msg[q + 9]]) as usize;
+            if q + 10 + rdlen == msg.len() {
+                p = start;
+                break;
+            }
+        }
+    }
+    assert!(p < msg.len(), "no TSIG record at the end of {msg:02x?}");
+    let owner = msg[p..p + key_owner_len].to_vec();
+    let mut q = p + key_owner_len + 8;
+    assert_eq!(&msg[q - 4..q], &[0, 0, 0, 0], "TSIG TTL is 0");
+    q += 2;
+    let alg_start = q;
+    while msg[q] != 0 {
+        q += 1 + msg[q] as usize;
+    }
+    q += 1;
+    let algorithm = msg[alg_start..q].to_vec();
+    let mut t = [0u8; 8];
+    t[2..].copy_from_slice(&msg[q..q + 6]);
+    let fudge = u16::from_be_bytes([msg[q + 6], msg[q + 7]]);
+    let mac_len = u16::from_be_bytes([msg[q + 8], msg[q + 9]]) as usize;
+    q += 10;
+    let mac = msg[q..q + mac_len].to_vec();
+    q += mac_len;
+    let original_id = u16::from_be_bytes([msg[q], msg[q + 1]]);
+    let error = u16::from_be_bytes([msg[q + 2], msg[q + 3]]);
+    let other_len = u16::from_be_bytes([msg[q + 4], msg[q + 5]]) as usize;
+    let other = msg[q + 6..q + 6 + other_len].to_vec();
+    assert_eq!(q + 6 + other_len, msg.len());
+    TsigFields {
+        owner,
+        algorithm,
+        time: u64::from_be_bytes(t),
+        fudge,
+        mac,
+        original_id,
+        error,
+        other,
+    }
+}
+
+/// RFC 8945 section 5.2.3 on the wire: an update signed an hour before the server's
+/// clock gets NOTAUTH/BADTIME, signed with the same key, carrying the client's Time
+/// Signed and Fudge, the server's time in a 6-byte Other Data, and a MAC that the
+/// client's verifier (hickory-proto's, which checks the answer's time against the
+/// time the request was signed with) accepts. Nothing changes.
 #[test]
-fn out_of_window_update_gets_badtime() {
-    // nsupdate cannot forge its clock, so sign with our own client 1 hour in the past.
+fn out_of_window_update_gets_badtime_with_the_clients_time() {
+    // nsupdate and knsupdate cannot be given another clock (no faketime here), so the
+    // skewed request is signed with hickory-proto's TSIG code.
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{DNSClass, Name, RecordType};
     let s = DnsSetup::new(0, "");
     let _srv = s.start("t");
     let k: scold_dns::TsigKey = key("coordinator", "hmac-sha256", SECRET).parse().unwrap();
-    let mut m = Message::new(4242, MessageType::Query, OpCode::Update);
-    let mut q = Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::SOA);
-    q.set_query_class(DNSClass::IN);
-    m.add_query(q);
-    let mut r = hickory_proto::rr::Record::from_rdata(
-        Name::from_ascii("late.example.com.").unwrap(),
-        60,
-        hickory_proto::rr::RData::A("192.0.2.1".parse().unwrap()),
-    );
-    r.dns_class = DNSClass::IN;
-    m.authorities.push(r);
-    m.finalize(&k.signer(300), scold_dns::tsig::now_secs() - 3600)
-        .unwrap();
-    let resp = udp_ask(s.addr(), &m.to_vec().unwrap(), Duration::from_secs(2)).expect("an answer");
-    let resp = Message::from_vec(&resp).unwrap();
-    assert_eq!(
-        resp.metadata.response_code,
-        hickory_proto::op::ResponseCode::NotAuth
-    );
-    let sig = resp.signature.expect("BADTIME answers carry a TSIG");
-    assert_eq!(
-        sig.data.error,
-        Some(hickory_proto::rr::rdata::tsig::TsigError::BadTime)
-    );
-    assert_eq!(sig.data.other.len(), 6, "BADTIME carries the server time");
+    for (skew, fudge) in [(-3600i64, 300u16), (7200, 60)] {
+        let mut m = Message::new(4242, MessageType::Query, OpCode::Update);
+        let mut q = Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::SOA);
+        q.set_query_class(DNSClass::IN);
+        m.add_query(q);
+        let mut r = hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("late.example.com.").unwrap(),
+            60,
+            hickory_proto::rr::RData::A("192.0.2.1".parse().unwrap()),
+        );
+        r.dns_class = DNSClass::IN;
+        m.authorities.push(r);
+        let client_time = (scold_dns::tsig::now_secs() as i64 + skew) as u64;
+        let mut verifier = m
+            .finalize(&k.signer(fudge), client_time)
+            .unwrap()
+            .expect("a verifier for the answer");
+        let before = scold_dns::tsig::now_secs();
+        let raw =
+            udp_ask(s.addr(), &m.to_vec().unwrap(), Duration::from_secs(2)).expect("an answer");
+        let after = scold_dns::tsig::now_secs();
+        let resp = Message::from_vec(&raw).unwrap();
+        assert_eq!(
+            resp.metadata.response_code,
+            hickory_proto::op::ResponseCode::NotAuth
+        );
+        let f = last_tsig(&raw, "\x0bcoordinator\x00".len());
+        assert_eq!(
+            f.owner, b"\x0bcoordinator\x00",
+            "signed with the request's key"
+        );
+        assert_eq!(f.algorithm, b"\x0bhmac-sha256\x00");
+        assert_eq!(f.error, 18, "TSIG error BADTIME");
+        assert_eq!(
+            f.time, client_time,
+            "Time Signed must be the client's (RFC 8945 5.2.3), not the server's"
+        );
+        assert_eq!(f.fudge, fudge, "Fudge is the request's");
+        assert_eq!(f.original_id, 4242);
+        assert_eq!(f.mac.len(), 32, "the answer is signed");
+        assert_eq!(f.other.len(), 6, "Other Len 6");
+        let mut t = [0u8; 8];
+        t[2..].copy_from_slice(&f.other);
+        let server_time = u64::from_be_bytes(t);
+        assert!(
+            (before..=after).contains(&server_time),
+            "Other Data {server_time} is not the server's clock ({before}..={after})"
+        );
+        verifier.verify(&raw).unwrap_or_else(|e| {
+            panic!("the client cannot verify the BADTIME answer with its own time: {e}")
+        });
+    }
     assert!(dig_short(s.port, "late.example.com", "A", &[]).is_empty());
 }
 
@@ -496,5 +596,150 @@ fn metrics_count_answers_and_updates() {
         counter(&m, "scold_dns_updates_total{outcome=\"bad_tsig\"}"),
         1,
         "{m}"
+    );
+}
+
+/// The `status:` of every header `dig +comments` prints (one per message).
+fn dig_statuses(port: u16, args: &[&str]) -> (Vec<String>, String) {
+    let bin = require_tool("dig", "bind9-dnsutils");
+    let out = run(Command::new(bin)
+        .args([
+            "+comments",
+            "+time=2",
+            "+tries=1",
+            "-p",
+            &port.to_string(),
+            "@127.0.0.1",
+        ])
+        .args(args));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let st = text
+        .lines()
+        .filter_map(|l| l.split("status: ").nth(1))
+        .map(|r| r.split(',').next().unwrap_or("").to_string())
+        .collect();
+    (st, text)
+}
+
+/// docs/dns.md promises REFUSED for zone transfers: `dig AXFR` and `dig IXFR=1` (whose
+/// request carries the client's SOA in the authority section), over TCP and UDP,
+/// signed or not, and Knot's `kdig` too; a query that is really malformed still gets
+/// FORMERR.
+#[test]
+fn zone_transfers_are_refused_and_malformed_queries_get_formerr() {
+    let s = DnsSetup::new(0, "");
+    let _srv = s.start("xfr");
+    let tsig = key("coordinator", "hmac-sha256", SECRET);
+    for args in [
+        vec!["example.com", "AXFR"],
+        vec!["example.com", "IXFR=1"],
+        vec!["+notcp", "example.com", "IXFR=1"],
+        vec!["+noedns", "example.com", "IXFR=1"],
+        vec!["-y", tsig.as_str(), "example.com", "IXFR=1"],
+        vec!["-y", tsig.as_str(), "example.com", "AXFR"],
+    ] {
+        let (st, text) = dig_statuses(s.port, &args);
+        assert_eq!(st, vec!["REFUSED"], "dig {args:?}:\n{text}");
+        assert!(
+            !text.contains("Couldn't verify"),
+            "dig {args:?}: the signed refusal does not verify:\n{text}"
+        );
+    }
+    let kdig = require_tool("kdig", "knot-dnsutils");
+    for t in ["AXFR", "IXFR=1"] {
+        let out = run(Command::new(&kdig).args([
+            "+time=2",
+            "-p",
+            &s.port.to_string(),
+            "@127.0.0.1",
+            "example.com",
+            t,
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("'REFUSED'"), "kdig {t}:\n{text}");
+        assert!(!text.contains("FORMERR"), "kdig {t}:\n{text}");
+    }
+    // Malformed: an A query with a record in the authority section, and an IXFR
+    // without the SOA it must carry.
+    let mut q = query_bytes(0x5151, "www.example.com", 1, false);
+    q[9] = 1;
+    q.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
+    let r = udp_ask(s.addr(), &q, Duration::from_secs(2)).expect("an answer");
+    assert_eq!(
+        r[3] & 0xF,
+        1,
+        "FORMERR for a query with an authority record"
+    );
+    let q = query_bytes(0x5152, "example.com", 251, false);
+    let r = udp_ask(s.addr(), &q, Duration::from_secs(2)).expect("an answer");
+    assert_eq!(r[3] & 0xF, 1, "FORMERR for an IXFR without its SOA");
+}
+
+/// A key that may change any type below the zone (the updates BIND's own tests use).
+fn any_type_key_config() -> String {
+    format!(
+        "[[key]]\nname = \"admin\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n[[key.allow]]\nnames = [\"*.example.com\"]\ntypes = [\"ANY\"]\n"
+    )
+}
+
+/// A zone file with a CNAME beside other data is refused, as BIND (`named-checkzone`:
+/// "CNAME and other data") and Knot refuse it, by `--check` and at start, naming the
+/// file, the line and the owner; an UPDATE cannot create that state either: as BIND
+/// does (RFC 2136 section 3.4.2.2), the conflicting records are ignored and the rest
+/// of the update applies.
+#[test]
+fn cname_and_other_data_refused_in_zone_files_and_ignored_in_updates() {
+    let s = DnsSetup::new(0, &any_type_key_config());
+    let zone = s.path("example.com.zone");
+    std::fs::write(&zone, format!("{ZONE}www CNAME ns1\nalias CNAME www\n")).unwrap();
+    for args in [&["--check"][..], &[]] {
+        let (st, log) = s.run_to_exit(&format!("cname{}", args.len()), args);
+        assert!(
+            !st.success(),
+            "{args:?} accepted CNAME and other data:\n{log}"
+        );
+        assert!(
+            log.contains("example.com.zone:9:")
+                && log.contains("www.example.com.")
+                && log.contains("CNAME and other data"),
+            "{args:?}: the error names the file, line and owner:\n{log}"
+        );
+    }
+
+    // Without the bad line, the server starts; updates cannot recreate the state.
+    std::fs::write(&zone, format!("{ZONE}alias CNAME www\n")).unwrap();
+    let _srv = s.start("cname-ok");
+    let out = nsupdate(
+        &["-y", &key("admin", "hmac-sha256", SECRET)],
+        &script(
+            s.port,
+            "update add www.example.com. 60 CNAME other.example.com.\n\
+             update add alias.example.com. 60 A 192.0.2.99\n\
+             update add alias.example.com. 60 TXT \"x\"\n\
+             update add new.example.com. 60 A 192.0.2.1\n\
+             update add new.example.com. 60 CNAME www.example.com.",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "BIND answers such an update NOERROR: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dig_short(s.port, "www.example.com", "ANY", &["+tcp"]),
+        vec!["192.0.2.10", "\\# 4 CB373966"],
+        "a CNAME was added beside www's data"
+    );
+    assert_eq!(
+        dig_short(s.port, "alias.example.com", "ANY", &["+tcp"]),
+        vec!["www.example.com."],
+        "data was added beside alias's CNAME"
+    );
+    assert_eq!(
+        dig_short(s.port, "new.example.com", "ANY", &["+tcp"]),
+        vec!["192.0.2.1"],
+        "a CNAME was added beside new's A in the same update"
     );
 }

@@ -187,15 +187,54 @@ ipv4_prefix = 32
 
     /// Starts `scold dns` and waits until it answers.
     pub fn start(&self, tag: &str) -> Proc {
+        self.start_with(tag, &[])
+    }
+
+    /// Starts `scold dns` with extra arguments and waits until it answers.
+    pub fn start_with(&self, tag: &str, args: &[&str]) -> Proc {
         let mut p = Proc::spawn(
             "scold dns",
             Command::new(scold_bin())
                 .args(["dns", "--config"])
                 .arg(&self.config)
+                .args(args)
                 .env("RUST_LOG", "info"),
             &self.dir.path().join(format!("dns-{tag}.log")),
         );
         wait_answering(self.addr(), "example.com", &mut p);
         p
+    }
+
+    /// Runs `scold dns --config FILE ARGS` expecting it to exit by itself (a check, or a
+    /// start that must fail) within 20 s; a server that keeps running is killed and the
+    /// test fails. Returns the exit status and everything it printed.
+    pub fn run_to_exit(&self, tag: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut p = Proc::spawn(
+            "scold dns",
+            Command::new(scold_bin())
+                .args(["dns", "--config"])
+                .arg(&self.config)
+                .args(args)
+                .env("RUST_LOG", "info"),
+            &self.dir.path().join(format!("dns-{tag}.log")),
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(Some(st))) = p.child.as_mut().map(|c| c.try_wait()) {
+                p.child = None;
+                return (st, p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p.kill9();
+        panic!(
+            "scold dns {args:?} did not exit within 20 s (it should have refused to start or only checked):\n{}",
+            p.log_text()
+        );
+    }
+
+    /// A file in the setup's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }
