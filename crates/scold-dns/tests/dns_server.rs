@@ -602,16 +602,18 @@ fn metrics_count_answers_and_updates() {
 /// The `status:` of every header `dig +comments` prints (one per message).
 fn dig_statuses(port: u16, args: &[&str]) -> (Vec<String>, String) {
     let bin = require_tool("dig", "bind9-dnsutils");
-    let out = run(Command::new(bin)
-        .args([
-            "+comments",
-            "+time=2",
-            "+tries=1",
-            "-p",
-            &port.to_string(),
-            "@127.0.0.1",
-        ])
-        .args(args));
+    let out = output(
+        Command::new(bin)
+            .args([
+                "+comments",
+                "+time=2",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+            ])
+            .args(args),
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let st = text
@@ -648,7 +650,7 @@ fn zone_transfers_are_refused_and_malformed_queries_get_formerr() {
     }
     let kdig = require_tool("kdig", "knot-dnsutils");
     for t in ["AXFR", "IXFR=1"] {
-        let out = run(Command::new(&kdig).args([
+        let out = output(Command::new(&kdig).args([
             "+time=2",
             "-p",
             &s.port.to_string(),

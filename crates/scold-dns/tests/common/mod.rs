@@ -218,13 +218,8 @@ ipv4_prefix = 32
                 .env("RUST_LOG", "info"),
             &self.dir.path().join(format!("dns-{tag}.log")),
         );
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Some(Ok(Some(st))) = p.child.as_mut().map(|c| c.try_wait()) {
-                p.child = None;
-                return (st, p.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(st) = p.wait_exit(Duration::from_secs(20)) {
+            return (st, p.log_text());
         }
         p.kill9();
         panic!(
