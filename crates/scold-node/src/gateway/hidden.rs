@@ -25,10 +25,12 @@
 //!         icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
 //!         counter drop
 //!     }
-//!     chain forward {                              # with forward_only_tunnel
+//!     chain forward {                              # with block_inward
 //!         type filter hook forward priority filter; policy accept;
 //!         iifname "<tun_name>" accept
 //!         oifname "<tun_name>" accept
+//!         iifname "<lan_interface>" accept        # the site's own traffic out
+//!         ct state established,related accept     # and its answers
 //!         counter drop
 //!     }
 //! }
@@ -66,10 +68,12 @@ pub struct HiddenSection {
     /// already keeps the gateway silent.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Forward only what enters or leaves the TUN device (default): the gateway is not a
-    /// way into the target's network for anyone outside the tunnels.
+    /// Outsiders cannot open connections through the gateway into the target's network
+    /// (default): forwarded traffic passes only if it enters or leaves a tunnel, comes
+    /// from `lan_interface` (the site's own traffic leaving by the alternate uplink, such
+    /// as the target's control link), or answers such traffic.
     #[serde(default = "yes")]
-    pub forward_only_tunnel: bool,
+    pub block_inward: bool,
     /// Destinations the gateway may still send to, e.g. a management network or a
     /// metrics scraper outside the target's network.
     #[serde(default)]
@@ -86,7 +90,7 @@ impl Default for HiddenSection {
     fn default() -> Self {
         HiddenSection {
             enabled: true,
-            forward_only_tunnel: true,
+            block_inward: true,
             allow_out: Vec::new(),
             table: default_table(),
             nft: default_nft(),
@@ -287,25 +291,58 @@ impl Hidden {
             ],
             "the hidden gateway answers no one else",
         ));
-        if section.forward_only_tunnel {
+        if section.block_inward {
             b.add(NfListObject::Chain(chain("forward", NfHook::Forward)));
-            for (key, why) in [
-                (MetaKey::Iifname, "from the tunnels to the target"),
-                (MetaKey::Oifname, "from the target into the tunnels"),
+            for (key, ifname, why) in [
+                (
+                    MetaKey::Iifname,
+                    &o.tun_name,
+                    "from the tunnels to the target",
+                ),
+                (
+                    MetaKey::Oifname,
+                    &o.tun_name,
+                    "from the target into the tunnels",
+                ),
+                (
+                    MetaKey::Iifname,
+                    &o.lan_interface,
+                    "the site's own traffic out by the alternate uplink",
+                ),
             ] {
                 b.add(rule(
                     "forward",
-                    vec![eq(meta(key), text(o.tun_name.clone())), accept()],
+                    vec![eq(meta(key), text(ifname.clone())), accept()],
                     why,
                 ));
             }
             b.add(rule(
                 "forward",
                 vec![
+                    eq(
+                        Expression::Named(NamedExpression::CT(nftables::expr::CT {
+                            key: "state".into(),
+                            family: None,
+                            dir: None,
+                        })),
+                        Expression::Named(NamedExpression::Set(
+                            ["established", "related"]
+                                .into_iter()
+                                .map(|t| nftables::expr::SetItem::Element(text(t)))
+                                .collect(),
+                        )),
+                    ),
+                    accept(),
+                ],
+                "answers to the site's own traffic",
+            ));
+            b.add(rule(
+                "forward",
+                vec![
                     Statement::Counter(Counter::Anonymous(None)),
                     Statement::Drop(None),
                 ],
-                "the hidden gateway forwards only tunnel traffic",
+                "no way in to the target's network but the tunnels",
             ));
         }
         b.to_nftables()
@@ -430,7 +467,7 @@ mod tests {
     #[test]
     fn without_ipip_or_forward_filtering_those_rules_are_absent() {
         let s = HiddenSection {
-            forward_only_tunnel: false,
+            block_inward: false,
             ..HiddenSection::default()
         };
         let mut o = openings();

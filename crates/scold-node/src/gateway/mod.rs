@@ -97,8 +97,10 @@ crl = "crl.pem"
 # in a boot unit keep it silent before the daemon starts.
 [hidden]
 enabled = true
-# Forward only what enters or leaves the TUN device.
-forward_only_tunnel = true
+# No way in to the target's network but the tunnels: forwarded traffic passes only if it
+# enters or leaves the TUN device, comes from lan_interface (the site's own traffic out
+# by this uplink, e.g. the target's control link) or answers it.
+block_inward = true
 # Destinations it may still send to (management, a metrics scraper outside the LAN).
 allow_out = []
 
