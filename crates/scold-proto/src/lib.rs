@@ -5,6 +5,7 @@
 //! unit tests drive them over bytes in memory.
 
 pub mod admission;
+pub mod agent;
 pub mod control;
 pub mod dataplane;
 pub mod frame;
