@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scold_control::coordinator::Config;
+use scold_control::config::Config;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,13 +15,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Path::new("/etc/scold/fuzz.toml");
-    match scold_control::config::parse::<Config>(text, path, "scold coordinator --example-config") {
+    match scold_daemon::parse::<Config>(text, path, "scold coordinator --example-config") {
         Ok(cfg) => {
             let _ = format!("{cfg:?}");
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            assert!(msg.contains("/etc/scold/fuzz.toml"), "error does not name the file: {msg}");
+            assert!(
+                msg.contains("/etc/scold/fuzz.toml"),
+                "error does not name the file: {msg}"
+            );
         }
     }
 
