@@ -3047,4 +3047,307 @@ mod tests {
         w.observe(0, 0, 0);
         assert!(w.observe(10, 0, 0));
     }
+    mod interleavings {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One thing the world does; numbers pick among small pools.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Lookup { name: u8, alts: u8, ttl: u8 },
+            NoAlt(u8),
+            Requeried { pick: u8, alts: u8 },
+            Measured(u8),
+            Admitted { pick: u8, ok: bool },
+            Closed(u8),
+            Drain { proxy: u8, on: bool },
+            Probe { pick: u8, arrived: u8 },
+            Pushed { name: u8, proxy: u8 },
+            Withdrawn { name: u8, proxy: u8 },
+            Time(u16),
+            RoutesFail(bool),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (any::<u8>(), 1..16u8, any::<u8>()).prop_map(|(name, alts, ttl)| Op::Lookup {
+                    name,
+                    alts,
+                    ttl: ttl % 8
+                }),
+                any::<u8>().prop_map(Op::NoAlt),
+                (any::<u8>(), any::<u8>()).prop_map(|(pick, alts)| Op::Requeried { pick, alts }),
+                any::<u8>().prop_map(Op::Measured),
+                (any::<u8>(), any::<bool>()).prop_map(|(pick, ok)| Op::Admitted { pick, ok }),
+                any::<u8>().prop_map(Op::Closed),
+                (any::<u8>(), any::<bool>()).prop_map(|(proxy, on)| Op::Drain { proxy, on }),
+                (any::<u8>(), any::<u8>()).prop_map(|(pick, arrived)| Op::Probe { pick, arrived }),
+                (any::<u8>(), any::<u8>()).prop_map(|(name, proxy)| Op::Pushed { name, proxy }),
+                (any::<u8>(), any::<u8>()).prop_map(|(name, proxy)| Op::Withdrawn { name, proxy }),
+                (0..3000u16).prop_map(Op::Time),
+                any::<bool>().prop_map(Op::RoutesFail),
+            ]
+        }
+
+        const NAMES: [&str; 3] = ["a.example.", "b.example.", "c.example."];
+
+        fn proxy(i: u8) -> IpAddr {
+            IpAddr::from([10, 1, 0, 11 + i % 4])
+        }
+
+        fn alts(mask: u8) -> Vec<IpAddr> {
+            (0..4u8)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(proxy)
+                .collect()
+        }
+
+        /// A driver in memory: answers what the core asks, when the test says.
+        struct Sim {
+            h: H,
+            /// Actions that wait for an answer: measurements, admissions, re-reads,
+            /// probes.
+            pending: Vec<Action>,
+            open: BTreeSet<IpAddr>,
+            routes_fail: bool,
+            /// Names whose lookup waits for Ready.
+            waiting: BTreeSet<String>,
+        }
+
+        impl Sim {
+            fn take(&mut self, out: Vec<Action>) {
+                let mut todo: VecDeque<Action> = out.into();
+                while let Some(a) = todo.pop_front() {
+                    match a {
+                        Action::Route { ticket, .. } => {
+                            let result = if self.routes_fail {
+                                Err("no route".into())
+                            } else {
+                                Ok(())
+                            };
+                            todo.extend(self.h.feed(Input::Routed { ticket, result }));
+                        }
+                        Action::Measure { .. }
+                        | Action::Admit { .. }
+                        | Action::Requery { .. }
+                        | Action::Probe { .. } => self.pending.push(a),
+                        Action::CloseLink { proxy } => {
+                            assert!(
+                                self.open.remove(&proxy),
+                                "closed {proxy}, which is not open"
+                            );
+                        }
+                        Action::Ready { name } => {
+                            self.waiting.remove(&name);
+                        }
+                        _ => {}
+                    }
+                }
+                // The network work is one name at a time.
+                let in_flight = self
+                    .pending
+                    .iter()
+                    .filter(|a| matches!(a, Action::Measure { .. } | Action::Admit { .. }))
+                    .count();
+                assert!(
+                    in_flight <= 1,
+                    "{in_flight} measurements or admissions at once"
+                );
+            }
+
+            fn pick(&mut self, pick: u8, f: impl Fn(&Action) -> bool) -> Option<Action> {
+                let idx: Vec<usize> = (0..self.pending.len())
+                    .filter(|i| f(&self.pending[*i]))
+                    .collect();
+                if idx.is_empty() {
+                    return None;
+                }
+                Some(self.pending.remove(idx[usize::from(pick) % idx.len()]))
+            }
+
+            fn admit(&mut self, a: Action, ok: bool) {
+                let Action::Admit {
+                    ticket,
+                    proxy,
+                    request,
+                    ..
+                } = a
+                else {
+                    unreachable!()
+                };
+                let result = if ok {
+                    self.open.insert(proxy);
+                    Ok(admitted(proxy, &request.targets))
+                } else {
+                    Err("refused".into())
+                };
+                let out = self.h.feed(Input::Admission {
+                    ticket,
+                    proxy,
+                    result,
+                });
+                self.take(out);
+            }
+
+            fn measure(&mut self, a: Action) {
+                let Action::Measure { ticket, proxies } = a else {
+                    unreachable!()
+                };
+                let rtts = proxies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (*p, Some(ms(i as u64 + 1))))
+                    .collect();
+                let out = self.h.feed(Input::Measured { ticket, rtts });
+                self.take(out);
+            }
+
+            fn step(&mut self, op: Op) {
+                let out = match op {
+                    Op::Lookup {
+                        name,
+                        alts: mask,
+                        ttl,
+                    } => {
+                        let name = NAMES[usize::from(name) % 3];
+                        self.waiting.insert(name.into());
+                        self.h
+                            .lookup(name, &[t(), t2()], &alts(mask), u32::from(ttl))
+                    }
+                    Op::NoAlt(n) => self.h.feed(Input::NoAlt {
+                        name: NAMES[usize::from(n) % 3].into(),
+                    }),
+                    Op::Requeried { pick, alts: mask } => {
+                        match self.pick(pick, |a| matches!(a, Action::Requery { .. })) {
+                            Some(Action::Requery { name }) => {
+                                let answer = (mask & 0x30 != 0x30).then(|| (alts(mask), 1));
+                                self.h.feed(Input::Requeried { name, answer })
+                            }
+                            _ => vec![],
+                        }
+                    }
+                    Op::Measured(pick) => {
+                        if let Some(a) = self.pick(pick, |a| matches!(a, Action::Measure { .. })) {
+                            self.measure(a);
+                        }
+                        vec![]
+                    }
+                    Op::Admitted { pick, ok } => {
+                        if let Some(a) = self.pick(pick, |a| matches!(a, Action::Admit { .. })) {
+                            self.admit(a, ok);
+                        }
+                        vec![]
+                    }
+                    Op::Closed(p) => {
+                        let p = proxy(p);
+                        if self.open.remove(&p) {
+                            self.h.feed(Input::LinkClosed {
+                                proxy: p,
+                                why: "closed".into(),
+                            })
+                        } else {
+                            vec![]
+                        }
+                    }
+                    Op::Drain { proxy: p, on } => {
+                        let p = proxy(p);
+                        if self.open.contains(&p) {
+                            self.h.feed(Input::DrainNotice {
+                                proxy: p,
+                                draining: on,
+                                reason: None,
+                            })
+                        } else {
+                            vec![]
+                        }
+                    }
+                    Op::Probe { pick, arrived } => {
+                        match self.pick(pick, |a| matches!(a, Action::Probe { .. })) {
+                            Some(Action::Probe { proxy, seq }) if self.open.contains(&proxy) => {
+                                let mut out = self.h.feed(Input::SentCount {
+                                    proxy,
+                                    seq,
+                                    sent: Some(seq * 10),
+                                });
+                                out.extend(self.h.feed(Input::ProbeAnswer {
+                                    proxy,
+                                    seq,
+                                    arrived: Some(u64::from(arrived % 4)),
+                                    draining: arrived > 250,
+                                }));
+                                out
+                            }
+                            _ => vec![],
+                        }
+                    }
+                    Op::Pushed { name, proxy: p } => self.h.feed(Input::Pushed {
+                        name: NAMES[usize::from(name) % 3].into(),
+                        proxy: proxy(p),
+                        source: c(),
+                        targets: vec![t()],
+                        alts: alts(0xf),
+                        ttl: 5,
+                    }),
+                    Op::Withdrawn { name, proxy: p } => self.h.feed(Input::Withdrawn {
+                        name: NAMES[usize::from(name) % 3].into(),
+                        proxy: proxy(p),
+                    }),
+                    Op::Time(d) => {
+                        let now = self.h.now + ms(u64::from(d));
+                        self.h.now = now;
+                        let out = self.h.feed(Input::Tick);
+                        self.take(out);
+                        // Nothing left to do now: no busy loop for the driver.
+                        if let Some(t) = self.h.a.poll_timeout() {
+                            assert!(t > now, "poll_timeout {t:?} is not after now {now:?}");
+                        }
+                        vec![]
+                    }
+                    Op::RoutesFail(f) => {
+                        self.routes_fail = f;
+                        vec![]
+                    }
+                };
+                self.take(out);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever happens in whatever order, the core never panics, closes only
+            /// connections that are open, does one name's network work at a time,
+            /// leaves no timer due, and answers every lookup once its work is done.
+            #[test]
+            fn any_interleaving_keeps_the_core_sound(ops in proptest::collection::vec(op(), 1..80)) {
+                let mut sim = Sim {
+                    h: H::new(),
+                    pending: Vec::new(),
+                    open: BTreeSet::new(),
+                    routes_fail: false,
+                    waiting: BTreeSet::new(),
+                };
+                for op in ops {
+                    sim.step(op);
+                }
+                // Let the network work finish: every proxy measured admits us.
+                sim.routes_fail = false;
+                for _ in 0..200 {
+                    if let Some(a) = sim.pick(0, |a| matches!(a, Action::Measure { .. })) {
+                        sim.measure(a);
+                    } else if let Some(a) = sim.pick(0, |a| matches!(a, Action::Admit { .. })) {
+                        sim.admit(a, true);
+                    } else {
+                        break;
+                    }
+                }
+                prop_assert!(sim.h.a.ensure.is_none() && sim.h.a.running.is_none());
+                prop_assert!(sim.waiting.is_empty(), "lookups never answered: {:?}", sim.waiting);
+                let now = sim.h.now;
+                let out = sim.h.a.shutdown(now);
+                sim.take(out);
+                prop_assert!(sim.open.is_empty(), "open after shutdown: {:?}", sim.open);
+            }
+        }
+    }
 }
