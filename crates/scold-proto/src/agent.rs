@@ -39,11 +39,12 @@
 //!   agent does not look for another proxy for that name.
 //!
 //! Work that needs the network (ranking, admission, routes) is done for one name at a
-//! time, in the order it was asked for, as the daemon did before this core existed;
-//! everything else (drain notices, closed connections, DNS answers, timers) is taken in
-//! at once, and the work in flight checks the name again when its I/O completes (a name
-//! that went, was pushed, or whose ALT set changed meanwhile is dropped or started
-//! afresh).
+//! time, in the order it was asked for: an admission connection carries one request at
+//! a time, and a failover of many names must not open several connections to the same
+//! proxy at once. Everything else (drain notices, closed connections, DNS answers,
+//! timers) is taken in at once, and the work in flight checks the name again when its
+//! I/O completes: a name that went or was pushed meanwhile is dropped, one whose ALT set
+//! changed is started afresh on the new set.
 
 use crate::admission::{AdmitRequest, Admitted};
 use crate::dataplane::{Encap, PublicKey};
@@ -434,8 +435,6 @@ struct Task {
     leave: Option<IpAddr>,
     /// When the task was asked for.
     since: Instant,
-    /// The drain task's names are those on the proxy when it starts.
-    started: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -714,7 +713,6 @@ impl Agent {
                 affected: vec![name.to_string()],
                 leave,
                 since: now,
-                started: false,
             }),
         }
     }
@@ -942,7 +940,6 @@ impl Agent {
             affected,
             leave: None,
             since: now,
-            started: true,
         });
     }
 
@@ -972,7 +969,6 @@ impl Agent {
             affected: Vec::new(),
             leave: Some(proxy),
             since: now,
-            started: false,
         });
     }
 
@@ -1085,18 +1081,17 @@ impl Agent {
             let Some(task) = self.running.as_mut() else {
                 match self.queue.pop_front() {
                     Some(mut t) => {
+                        // A drain moves the names on the proxy when it starts (one may
+                        // have been admitted there meanwhile), unless it has recovered.
                         if let TaskKind::Drain { proxy } = t.kind {
-                            if !t.started {
-                                t.started = true;
-                                if self.draining.contains(&proxy) {
-                                    t.affected = self
-                                        .names
-                                        .iter()
-                                        .filter(|(_, s)| s.proxy == Some(proxy) && !s.pushed)
-                                        .map(|(n, _)| n.clone())
-                                        .collect();
-                                    t.names = t.affected.iter().cloned().collect();
-                                }
+                            if self.draining.contains(&proxy) {
+                                t.affected = self
+                                    .names
+                                    .iter()
+                                    .filter(|(_, s)| s.proxy == Some(proxy) && !s.pushed)
+                                    .map(|(n, _)| n.clone())
+                                    .collect();
+                                t.names = t.affected.iter().cloned().collect();
                             }
                         }
                         self.running = Some(t);

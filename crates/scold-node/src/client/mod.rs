@@ -3,7 +3,7 @@
 //! host's resolv.conf points at.
 //!
 //! With an `[agent]` table the client forwards every query to the site's resolver
-//! (ClientDNS) through its DNS front ([`stub`]). For an A/AAAA question it also asks for
+//! (ClientDNS) through its DNS front (`stub`). For an A/AAAA question it also asks for
 //! the ALT records of the name; when there are some, it picks a proxy of the ALT set
 //! (lowest round-trip time to the proxies' admission ports, ties at random), runs the
 //! admission exchange ([`admission`]), brings the tunnel to that proxy up and a host
@@ -18,10 +18,10 @@
 //! traffic by the new proxy at once (a TCP connection open across the move survives).
 //! When the name has no ALT records any more (a later lookup, or a re-query when the ALT
 //! TTL runs out), tunnel and routes go. Scheme 4.2: proxies push routes to the agent
-//! ([`push`]).
+//! (`push`).
 //!
 //! Those decisions are made by the sans-IO core [`scold_proto::agent::Agent`]; the
-//! agent here ([`agent`]) is the I/O driver that feeds it and carries its actions out.
+//! agent here (`agent`) is the I/O driver that feeds it and carries its actions out.
 //!
 //! Without `[agent]` the client is a static data path: the peers and routes of its config
 //! file ([`config`]). Either way routes live in SCOLD's own routing table behind one
