@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            assert!(msg.contains("/etc/scold/fuzz.toml"), "error does not name the file: {msg}");
+            assert!(
+                msg.contains("/etc/scold/fuzz.toml"),
+                "error does not name the file: {msg}"
+            );
         }
     }
 

@@ -172,6 +172,44 @@ def example(path, const):
     return re.search(const + r': &str = r#"(.*?)"#;', text, re.S).group(1)
 
 
-put("config_toml", "coordinator", example("crates/scold-control/src/coordinator.rs", "EXAMPLE_CONFIG"))
+put("config_toml", "coordinator", example("crates/scold-control/src/config.rs", "EXAMPLE_CONFIG"))
 put("config_toml", "dns", example("crates/scold-dns/src/config.rs", "DNS_EXAMPLE"))
 put("config_toml", "resolver", example("crates/scold-dns/src/config.rs", "RESOLVER_EXAMPLE"))
+
+# --- admission_message: [n][n split sizes][stream of frames] -------------------------
+wg_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+admission = [
+    {"type": "admit", "targets": ["10.4.0.2", "2001:db8::2"], "encap": "wireguard",
+     "public_key": wg_key},
+    {"type": "admit", "targets": ["10.4.0.2"], "encap": "udp", "port": 40000},
+    {"type": "ping", "seq": 7},
+    {"type": "release", "targets": ["10.4.0.2"]},
+    {"type": "admitted", "client": "192.0.2.7", "tunnel_address": "192.0.2.1", "port": 51820,
+     "encap": "wireguard", "public_key": wg_key, "inner_mtu": 1420, "targets": ["10.4.0.2"]},
+    {"type": "pong", "seq": 7, "arrived": 42},
+    {"type": "pong", "seq": 8, "draining": True},
+    {"type": "draining", "draining": True, "reason": "self-defence: under attack"},
+    {"type": "draining", "draining": False},
+    {"type": "released", "remaining": 0},
+    {"type": "refused", "code": "not_served", "message": "target 10.9.0.1 is not served"},
+]
+for i, m in enumerate(admission):
+    put("admission_message", f"msg{i}", bytes([2, 5, 11]) + frame(m))
+put("admission_message", "client_split", b"\x03\x01\x07\x40" + b"".join(frame(m) for m in admission[:4]))
+put("admission_message", "proxy_split", b"\x02\x03\x20" + b"".join(frame(m) for m in admission[4:]))
+put("admission_message", "too_large", b"\x00" + struct.pack(">I", 5000) + b"\x01{}")
+
+# --- push_message: [n][n split sizes][pick][stream of frames] -----------------------
+offer = {"fqdn": "WWW.Example.NET", "targets": ["10.4.0.2"], "tunnel_address": "192.0.2.1",
+         "port": 51820, "encaps": ["udp", "wireguard"], "public_key": wg_key, "inner_mtu": 1420}
+pushes = [
+    {"type": "push", **offer},
+    {"type": "withdraw", "fqdn": "www.example.net."},
+    {"type": "accepted", "encap": "wireguard", "public_key": wg_key},
+    {"type": "withdrawn", "changed": True},
+    {"type": "refused", "code": "not_in_alt_set", "message": "not in the ALT set"},
+]
+for i, m in enumerate(pushes):
+    for pick in (0x03, 0x20, 0x06):
+        put("push_message", f"msg{i}_{pick:02x}", bytes([1, 9, pick]) + frame(m))
+put("push_message", "all_split", b"\x02\x04\x21\x13" + b"".join(frame(m) for m in pushes))
