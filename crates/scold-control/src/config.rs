@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use scold_link::TlsConfig;
-use scold_proto::limits::ConnLimits;
+use scold_proto::limits::{ConnLimits, Rate};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,21 @@ pub struct CoordinatorSection {
     /// network (/24, /56) and in total.
     #[serde(default = "default_connections")]
     pub connections: ConnLimits,
+    /// Requests one identity may send, over all its connections (a sustained rate and
+    /// a burst); more are refused as busy, and at most 32 may be open at once.
+    #[serde(default = "default_requests")]
+    pub requests: Rate,
+    /// Audit events kept in the state store; the oldest go first.
+    #[serde(default = "default_keep_events")]
+    pub keep_events: u64,
+}
+
+fn default_keep_events() -> u64 {
+    crate::store::DEFAULT_KEEP_EVENTS
+}
+
+fn default_requests() -> Rate {
+    scold_link::channel::DEFAULT_REQUEST_RATE
 }
 
 fn default_connections() -> ConnLimits {
@@ -71,6 +86,8 @@ impl CoordinatorSection {
             max_backoff_ms: default_max_backoff_ms(),
             client_push_port: default_client_push_port(),
             connections: default_connections(),
+            requests: default_requests(),
+            keep_events: default_keep_events(),
         }
     }
 }
@@ -245,6 +262,11 @@ client_push_port = 5444
 # all; a connection over a limit is closed before its TLS handshake, counted in
 # scold_refusals_total{reason}, and logged at most once a second.
 connections = { per_source = 16, per_prefix = 256, total = 4096 }
+# Requests one certificate may send (per second on average, and at once); more are
+# refused as `busy`. Heartbeats take a few a second.
+requests = { per_sec = 50.0, burst = 200.0 }
+# Audit events kept in the state file; the oldest go first.
+keep_events = 100000
 
 [tls]
 # Paths are relative to this file's folder unless absolute.

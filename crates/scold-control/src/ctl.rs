@@ -53,9 +53,17 @@ pub enum CtlCommand {
     Proxies,
     /// The audit log, newest last.
     Events {
-        /// How many events to show.
+        /// How many events to show (the newest that match).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only events about this target (its name) or node (`role/name`, e.g.
+        /// `proxy/p1`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only events of this kind, e.g. `phase`, `registered`, `health`, `resync`,
+        /// `step_done`, `proxy_attacked`.
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -265,7 +273,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             target: target.clone(),
         },
         CtlCommand::Proxies => Request::Proxies,
-        CtlCommand::Events { limit } => Request::Events { limit: *limit },
+        CtlCommand::Events {
+            limit,
+            subject,
+            kind,
+        } => Request::Events {
+            limit: *limit,
+            subject: subject.clone(),
+            kind: kind.clone(),
+        },
     };
     let reply = channel
         .request(request, Duration::from_secs(args.timeout))

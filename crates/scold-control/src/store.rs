@@ -97,7 +97,12 @@ pub struct Batch<'a> {
 
 pub struct Store {
     db: Database,
+    /// Audit events kept; older ones are removed as new ones come.
+    keep_events: u64,
 }
+
+/// Audit events a store keeps unless told otherwise.
+pub const DEFAULT_KEEP_EVENTS: u64 = 100_000;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -115,7 +120,16 @@ impl Store {
         tx.open_table(NODES).map_err(db)?;
         tx.open_table(EVENTS).map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(Store { db: database })
+        Ok(Store {
+            db: database,
+            keep_events: DEFAULT_KEEP_EVENTS,
+        })
+    }
+
+    /// Keeps at most `n` audit events (at least one).
+    pub fn keep_events(mut self, n: u64) -> Self {
+        self.keep_events = n.max(1);
+        self
     }
 
     /// Writes everything in `batch` in one transaction, durable when this returns.
@@ -148,6 +162,17 @@ impl Store {
                 let json = serde_json::to_string(ev).map_err(db)?;
                 events.insert(seq, json.as_str()).map_err(db)?;
                 seqs.push(seq);
+            }
+            // Bounded retention: the oldest events go once more than `keep_events` are
+            // held, so the log cannot grow without end.
+            let newest = first + batch.events.len() as u64;
+            let cut = newest.saturating_sub(self.keep_events);
+            loop {
+                let oldest = match events.first().map_err(db)? {
+                    Some((k, _)) if k.value() < cut => k.value(),
+                    _ => break,
+                };
+                events.remove(oldest).map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -183,14 +208,28 @@ impl Store {
 
     /// The newest `limit` audit events, oldest first.
     pub fn events(&self, limit: usize) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        self.events_where(limit, |_| true)
+    }
+
+    /// The newest `limit` audit events that `keep` selects, oldest first.
+    pub fn events_where(
+        &self,
+        limit: usize,
+        keep: impl Fn(&EventRecord) -> bool,
+    ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(EVENTS).map_err(db)?;
-        let mut out = Vec::with_capacity(limit);
-        for row in table.iter().map_err(db)?.rev().take(limit) {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in table.iter().map_err(db)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = row.map_err(db)?;
-            let ev = serde_json::from_str(v.value())
+            let ev: EventRecord = serde_json::from_str(v.value())
                 .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", k.value())))?;
-            out.push((k.value(), ev));
+            if keep(&ev) {
+                out.push((k.value(), ev));
+            }
         }
         out.reverse();
         Ok(out)
@@ -274,5 +313,40 @@ mod tests {
             .expect("garbage accepted")
             .to_string();
         assert!(e.contains("state.redb"), "{e}");
+    }
+
+    #[test]
+    fn the_audit_log_keeps_its_newest_events_and_filters_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.redb"))
+            .unwrap()
+            .keep_events(10);
+        for i in 0..25u64 {
+            let ev = EventRecord {
+                at_ms: i,
+                subject: if i % 2 == 0 { "web" } else { "proxy/p1" }.into(),
+                event: if i % 3 == 0 { "phase" } else { "registered" }.into(),
+                detail: format!("#{i}"),
+                phase: None,
+            };
+            s.commit(Batch {
+                events: vec![ev],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let all = s.events(1000).unwrap();
+        assert_eq!(all.len(), 10, "{all:?}");
+        assert_eq!(all.first().unwrap().1.detail, "#15");
+        assert_eq!(all.last().unwrap().1.detail, "#24");
+        assert_eq!(all.last().unwrap().0, 25, "sequence numbers go on");
+        let web_phases = s
+            .events_where(1000, |e| e.subject == "web" && e.event == "phase")
+            .unwrap();
+        let details: Vec<&str> = web_phases.iter().map(|(_, e)| e.detail.as_str()).collect();
+        assert_eq!(details, ["#18", "#24"]);
+        let newest_two = s.events_where(2, |e| e.subject == "proxy/p1").unwrap();
+        let details: Vec<&str> = newest_two.iter().map(|(_, e)| e.detail.as_str()).collect();
+        assert_eq!(details, ["#21", "#23"]);
     }
 }

@@ -563,7 +563,14 @@ async fn divert_reset_and_restore() {
 
     // The audit log has every phase change, in order.
     let Reply::Events { events } = op
-        .request(Request::Events { limit: 1000 }, T)
+        .request(
+            Request::Events {
+                limit: 1000,
+                subject: None,
+                kind: None,
+            },
+            T,
+        )
         .await
         .unwrap()
     else {
@@ -792,7 +799,14 @@ async fn wait_order(node: &Node, what: &str, want: &str) {
 
 async fn events(op: &Channel) -> Vec<scold_proto::control::EventView> {
     match op
-        .request(Request::Events { limit: 1000 }, T)
+        .request(
+            Request::Events {
+                limit: 1000,
+                subject: None,
+                kind: None,
+            },
+            T,
+        )
         .await
         .unwrap()
     {
@@ -1400,4 +1414,94 @@ async fn a_proxy_is_listed_only_under_addresses_the_consortium_bound_to_it() {
     assert_eq!(p2.capacity_mbps, Some(2000));
     assert_eq!(p2.organisation.as_deref(), Some("b"));
     let _ = rig.stop.send(true);
+}
+
+/// A member floods the control plane with its valid certificate: 2,000 pipelined
+/// `register` requests on one connection. Those past its burst or its open-request
+/// limit are refused as busy (or, when it does not read its answers fast enough, left
+/// unanswered), those that change nothing write nothing and log no audit event, and the
+/// operator is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_flood_the_control_plane() {
+    let mut rig = Rig::start(2).await;
+    let op = rig.operator().await;
+    let before = events(&op).await.len();
+    let tls = rig.pki.issue(Role::Proxy, "p1");
+    let ch = channel::connect(
+        rig.addr,
+        &tls,
+        &[Role::Coordinator],
+        Arc::new(NoRequests),
+        Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let info = NodeInfo {
+        tunnel: tunnel(Role::Proxy, "p1"),
+        ..Default::default()
+    };
+    let flood = 2000;
+    let started = std::time::Instant::now();
+    let answers = futures_join((0..flood).map(|_| {
+        let (ch, info) = (ch.clone(), info.clone());
+        async move { ch.request(Request::Register(info), T).await }
+    }))
+    .await;
+    let (mut ok, mut busy, mut unanswered) = (0, 0, 0);
+    for a in &answers {
+        match a {
+            Ok(_) => ok += 1,
+            Err(ChannelError::Refused { refusal, .. }) if refusal.reason == RefusalReason::Busy => {
+                busy += 1
+            }
+            Err(ChannelError::Timeout { .. }) => unanswered += 1,
+            Err(e) => panic!("unexpected answer: {e}"),
+        }
+    }
+    let burst = channel::DEFAULT_REQUEST_RATE.burst as usize;
+    assert!(
+        ok >= 1 && ok <= burst + 100,
+        "{ok} answered, {busy} busy, {unanswered} unanswered"
+    );
+    assert!(busy > 0, "nothing was refused as busy");
+    // The operator is served at once, and the audit log holds one registration.
+    let t = std::time::Instant::now();
+    let after = events(&op).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        t.elapsed()
+    );
+    let registered: Vec<_> = after
+        .iter()
+        .filter(|e| e.subject == "proxy/p1" && e.event == "registered")
+        .collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert!(
+        after.len() <= before + 3,
+        "{} events after {before}",
+        after.len()
+    );
+    assert!(
+        rig.metrics
+            .render()
+            .contains("scold_refusals_total{reason=\"busy\"}"),
+        "busy refusals are not counted"
+    );
+    eprintln!("{flood} registers answered in {:?}", started.elapsed());
+    let _ = rig.stop.send(true);
+}
+
+/// Runs every future to its end, all at once.
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

@@ -14,7 +14,7 @@ use scold_pki::TlsIdentity;
 use scold_proto::control::{authorize, Message, Refusal, RefusalReason, Reply, Request, Response};
 use scold_proto::frame;
 use scold_proto::identity::{Identity, Role};
-use scold_proto::limits::ConnLimits;
+use scold_proto::limits::{ConnLimits, Rate, TokenBucket};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,6 +91,10 @@ struct Inner {
     remote: SocketAddr,
     /// Ends the connection from our side.
     close: Arc<tokio::sync::Notify>,
+    /// The listener's per-identity request limits (accepted connections only).
+    limiter: Option<Arc<RequestLimiter>>,
+    /// At most one log line a second for refused requests.
+    refusal_log: Mutex<Throttle>,
     out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
@@ -198,6 +202,7 @@ impl Channel {
         remote: SocketAddr,
         handler: Arc<H>,
         metrics: Metrics,
+        limiter: Option<Arc<RequestLimiter>>,
     ) -> Channel
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -213,6 +218,8 @@ impl Channel {
                 peer_chain,
                 remote,
                 close: close.clone(),
+                limiter,
+                refusal_log: Mutex::new(Throttle::new(Duration::from_secs(1))),
                 out: out_tx,
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -308,15 +315,32 @@ impl Channel {
     fn dispatch<H: Handler>(&self, id: u64, request: Request, handler: Arc<H>) {
         let kind = request.kind();
         self.inner.metrics.message("in", kind);
-        if let Err(refusal) = authorize(self.peer(), &request) {
-            warn!(peer = %self.peer(), remote = %self.remote(), request = kind, reason = refusal.reason.as_str(), "refused: {}", refusal.message);
+        let refused = authorize(self.peer(), &request).err().or_else(|| {
+            let l = self.inner.limiter.as_ref()?;
+            l.admit(self.peer(), std::time::Instant::now())
+                .err()
+                .map(|why| Refusal::new(RefusalReason::Busy, why))
+        });
+        if let Some(refusal) = refused {
             self.inner.metrics.refusal(refusal.reason.as_str());
+            let held = self
+                .inner
+                .refusal_log
+                .lock()
+                .expect("throttle lock")
+                .allow(std::time::Instant::now());
+            if let Some(held) = held {
+                warn!(peer = %self.peer(), remote = %self.remote(), request = kind, reason = refusal.reason.as_str(), held_back = held, "refused: {}", refusal.message);
+            }
             self.send_response(id, Response::Refused(refusal));
             return;
         }
         let ch = self.clone();
         tokio::spawn(async move {
             let response = handler.handle(&ch, request).await;
+            if let Some(l) = &ch.inner.limiter {
+                l.done(ch.peer());
+            }
             if let Response::Refused(r) = &response {
                 ch.inner.metrics.refusal(r.reason.as_str());
             }
@@ -345,6 +369,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     metrics: Metrics,
     gate: Gate,
+    requests: Arc<RequestLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), scold_pki::PkiError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
@@ -385,6 +410,7 @@ pub async fn serve<H: Handler>(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         let metrics = metrics.clone();
+        let limiter = requests.clone();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(ACCEPT_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -409,11 +435,68 @@ pub async fn serve<H: Handler>(
             info!(%remote, %peer, "control connection accepted");
             metrics.connection(peer.role.as_str());
             let chain = peer_chain_of(tls.get_ref().1);
-            let ch = Channel::spawn(tls, peer, chain, remote, handler, metrics);
+            let ch = Channel::spawn(tls, peer, chain, remote, handler, metrics, Some(limiter));
             // The place at the door is held until the connection closes.
             ch.wait_closed().await;
             drop(pass);
         });
+    }
+}
+
+/// The default per-identity request limits of a control listener: a node sends a
+/// heartbeat a second or a few, an operator a handful of commands.
+pub const DEFAULT_REQUEST_RATE: Rate = Rate {
+    per_sec: 50.0,
+    burst: 200.0,
+};
+/// Requests one identity may have open at once, over all its connections.
+pub const DEFAULT_MAX_OPEN: usize = 32;
+
+/// Per-identity request limits of a listener, over all of an identity's connections: a
+/// rate (token bucket) and how many requests may be open at once. One certificate
+/// holder cannot make the coordinator spend on it what everyone else needs.
+pub struct RequestLimiter {
+    rate: Rate,
+    max_open: usize,
+    state: Mutex<HashMap<Identity, (TokenBucket, usize)>>,
+}
+
+impl RequestLimiter {
+    pub fn new(rate: Rate, max_open: usize) -> Self {
+        RequestLimiter {
+            rate,
+            max_open,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one request of `id` in, or says why not.
+    fn admit(&self, id: &Identity, now: std::time::Instant) -> Result<(), String> {
+        let mut st = self.state.lock().expect("limiter lock");
+        let (bucket, open) = st
+            .entry(id.clone())
+            .or_insert_with(|| (TokenBucket::new(self.rate), 0));
+        if *open >= self.max_open {
+            return Err(format!(
+                "{id} has {} requests open already; wait for their answers",
+                self.max_open
+            ));
+        }
+        if !bucket.take(now) {
+            return Err(format!(
+                "{id} sends more than {} requests a second; slow down",
+                self.rate.per_sec
+            ));
+        }
+        *open += 1;
+        Ok(())
+    }
+
+    /// One request of `id` was answered.
+    fn done(&self, id: &Identity) {
+        if let Some((_, open)) = self.state.lock().expect("limiter lock").get_mut(id) {
+            *open = open.saturating_sub(1);
+        }
     }
 }
 
@@ -455,7 +538,9 @@ pub async fn connect<H: Handler>(
     let peer = identity_of(stream.get_ref().1)?;
     metrics.connection(peer.role.as_str());
     let chain = peer_chain_of(stream.get_ref().1);
-    Ok(Channel::spawn(stream, peer, chain, addr, handler, metrics))
+    Ok(Channel::spawn(
+        stream, peer, chain, addr, handler, metrics, None,
+    ))
 }
 
 /// A handler that refuses everything: for clients such as `scold ctl` that only send.

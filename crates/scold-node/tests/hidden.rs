@@ -10,7 +10,7 @@
 //! `getent` (libc-bin), `sha256sum`, `timeout` (coreutils) and a built binary.
 
 mod common;
-use common::consortium::{consortium, serve_payload, start_linked, ConsortiumNet, Linked};
+use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::Net;
 
 /// The gateway's tunnel end point and its address towards the scanner.
@@ -82,7 +82,6 @@ fn a_scan_finds_no_sign_of_the_gateway_before_during_and_after_a_divert() {
             site2_push: false,
         },
     );
-    serve_payload(&mut net, 4 << 20);
     let pcap = net.p("scanner.pcap");
     let dev = net.dev("rg");
     net.spawn(

@@ -163,6 +163,12 @@ pub enum Request {
     Proxies,
     Events {
         limit: u32,
+        /// Only events about this subject: a target's name, or `role/name` of a node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Only events of this kind (`phase`, `registered`, `health`, `resync`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
     },
     Divert {
         target: String,
@@ -239,6 +245,8 @@ pub enum RefusalReason {
     BadRequest,
     /// The receiver cannot do this yet (a subsystem is not available).
     Unavailable,
+    /// The peer sends faster than it may, or has too many requests open: try later.
+    Busy,
 }
 
 impl RefusalReason {
@@ -250,6 +258,7 @@ impl RefusalReason {
             RefusalReason::Unknown => "unknown",
             RefusalReason::BadRequest => "bad_request",
             RefusalReason::Unavailable => "unavailable",
+            RefusalReason::Busy => "busy",
         }
     }
 }
@@ -481,7 +490,11 @@ mod tests {
             },
             Request::Status,
             Request::Proxies,
-            Request::Events { limit: 10 },
+            Request::Events {
+                limit: 10,
+                subject: None,
+                kind: None,
+            },
             Request::Divert {
                 target: "web".into(),
             },

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +181,50 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A sustained rate with room for a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Units per second, on average.
+    pub per_sec: f64,
+    /// Units that may come at once.
+    pub burst: f64,
+}
+
+/// A token bucket: [`TokenBucket::take`] says whether one more unit fits `rate` at `now`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: Rate,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: Rate) -> Self {
+        TokenBucket {
+            rate,
+            tokens: rate.burst,
+            last: None,
+        }
+    }
+
+    /// Takes one unit if the rate allows it at `now`.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate.per_sec).min(self.rate.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +268,25 @@ mod tests {
         assert_eq!(t.from_source(ip("203.0.113.1")), 1);
         t.open(ip("192.0.2.1")).unwrap();
         assert_eq!(t.open(ip("203.0.113.1")), Err(LimitHit::Total(5)));
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Rate {
+            per_sec: 10.0,
+            burst: 3.0,
+        });
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        // 100 ms later one more token has come, not two.
+        let t1 = t0 + std::time::Duration::from_millis(100);
+        assert!(b.take(t1));
+        assert!(!b.take(t1));
+        // A long pause refills only up to the burst.
+        let t2 = t1 + std::time::Duration::from_secs(60);
+        assert!((0..3).all(|_| b.take(t2)));
+        assert!(!b.take(t2));
     }
 
     #[test]

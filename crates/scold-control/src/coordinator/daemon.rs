@@ -72,6 +72,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let sweep_every = Duration::from_millis(cfg.coordinator.heartbeat_ms.clamp(50, 1000));
     let coordinator_limits = cfg.coordinator.connections;
+    let request_rate = cfg.coordinator.requests;
     let coordinator = Coordinator::open(cfg, dns, metrics.clone())?;
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
@@ -101,12 +102,17 @@ pub async fn serve_on(
         })
     };
     let gate = scold_daemon::Gate::new(coordinator_limits);
+    let requests = Arc::new(channel::RequestLimiter::new(
+        request_rate,
+        channel::DEFAULT_MAX_OPEN,
+    ));
     let r = channel::serve(
         listener,
         tls,
         Arc::new(CoordinatorHandler(coordinator)),
         metrics,
         gate,
+        requests,
         shutdown,
     )
     .await;

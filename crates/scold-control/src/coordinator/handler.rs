@@ -74,9 +74,17 @@ impl Handler for CoordinatorHandler {
                 let proxies = c.proxy_views(&c.lock());
                 respond(Ok(Reply::Proxies { proxies }))
             }
-            Request::Events { limit } => respond(
-                c.events(limit.min(10_000) as usize)
-                    .map(|events| Reply::Events { events }),
+            Request::Events {
+                limit,
+                subject,
+                kind,
+            } => respond(
+                c.events(
+                    limit.min(10_000) as usize,
+                    subject.as_deref(),
+                    kind.as_deref(),
+                )
+                .map(|events| Reply::Events { events }),
             ),
             Request::Divert { target } => {
                 respond(c.alarm(&target, "operator_divert", &from.peer().to_string()))

@@ -122,7 +122,7 @@ impl Coordinator {
         dns: Box<dyn DnsBackend>,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Self>> {
-        let store = Store::open(&cfg.coordinator.state)?;
+        let store = Store::open(&cfg.coordinator.state)?.keep_events(cfg.coordinator.keep_events);
         let started = now_ms();
         let mut targets = store.targets()?;
         for t in &cfg.targets {
@@ -1019,6 +1019,7 @@ impl Coordinator {
                 last_seen_ms: None,
                 attacked_until_ms: None,
             });
+        let before = (rec.info.clone(), rec.health);
         let tunnel_changed = rec.info.tunnel != info.tunnel;
         rec.info = NodeInfo {
             address,
@@ -1040,13 +1041,24 @@ impl Coordinator {
             rec.health = Health::Up;
         }
         let rec = rec.clone();
-        self.store
-            .commit(Batch {
-                nodes: vec![&rec],
-                events: vec![event(&key, "registered", format!("from {}", from.remote()))],
-                ..Default::default()
-            })
-            .map_err(|e| Refusal::new(RefusalReason::Unavailable, format!("state store: {e}")))?;
+        // A registration that changes nothing (the same node again on the same
+        // connection, with the same word on itself) is answered without a durable write
+        // or an audit event: repeating it cannot fill the store or push real events out.
+        let same_connection = world
+            .live
+            .get(&key)
+            .is_some_and(|c| c.remote() == from.remote());
+        if !same_connection || before != (rec.info.clone(), rec.health) {
+            self.store
+                .commit(Batch {
+                    nodes: vec![&rec],
+                    events: vec![event(&key, "registered", format!("from {}", from.remote()))],
+                    ..Default::default()
+                })
+                .map_err(|e| {
+                    Refusal::new(RefusalReason::Unavailable, format!("state store: {e}"))
+                })?;
+        }
         world.live.insert(key, from.clone());
         Ok(Registration {
             reply: Reply::Registered {
@@ -1191,7 +1203,7 @@ impl Coordinator {
             targets,
             proxies,
             gateways,
-            events: self.events(limit)?,
+            events: self.events(limit, None, None)?,
         })
     }
 
@@ -1217,10 +1229,17 @@ impl Coordinator {
             .collect()
     }
 
-    fn events(&self, limit: usize) -> Result<Vec<EventView>, Refusal> {
+    fn events(
+        &self,
+        limit: usize,
+        subject: Option<&str>,
+        kind: Option<&str>,
+    ) -> Result<Vec<EventView>, Refusal> {
         Ok(self
             .store
-            .events(limit)
+            .events_where(limit, |e| {
+                subject.is_none_or(|s| e.subject == s) && kind.is_none_or(|k| e.event == k)
+            })
             .map_err(|e| Refusal::new(RefusalReason::Unavailable, e.to_string()))?
             .into_iter()
             .map(|(seq, e)| EventView {
