@@ -23,6 +23,7 @@ pub mod alt;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod journal;
 pub mod metrics;
 pub mod net;

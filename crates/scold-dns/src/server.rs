@@ -18,38 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::answer::{self, rcode, Outcome};
 use crate::config::DnsConfig;
-use crate::journal::{Journal, JournalError};
+use crate::journal::Journal;
 use crate::rrl::{Action, Rrl, RrlConfig};
 use crate::tsig::{self, TsigKey, Verdict};
 use crate::update::{self, Policy, UpdateResult};
 use crate::zone::{Catalog, Zone};
 
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// A zone file is wrong.
-    #[error(transparent)]
-    ZoneFile(#[from] crate::zonefile::ZoneFileError),
-    /// The journal cannot be used.
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    /// A socket could not be opened.
-    #[error("cannot listen on {addr} ({proto}): {source} (is another server on that port? ports below 1024 need root)")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// udp or tcp.
-        proto: &'static str,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// A zone name is wrong.
-    #[error("zone `{0}` is not a valid domain name")]
-    ZoneName(String),
-    /// The same zone twice.
-    #[error("zone `{0}` is configured twice")]
-    DuplicateZone(String),
-}
+pub use crate::error::ServerError;
 
 /// State shared by every worker.
 pub struct Shared {

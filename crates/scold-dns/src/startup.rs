@@ -27,8 +27,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::DnsConfig;
+use crate::error::ServerError;
 use crate::journal::{aside_name, encode, frame, Damage, Journal, JournalError, Scan, Tail};
-use crate::server::ServerError;
 use crate::update::{self, serial_gt, Change, ChangeSet};
 use crate::wire::{key_to_name, name_wire, T_SOA};
 use crate::zone::{next_serial, ZoneData};

@@ -27,14 +27,12 @@ use scold_node::proxy::filter::SelfDefenceSection;
 use scold_node::proxy::{self, NatSection};
 use scold_node::target::detect::{DetectSection, RatesSection};
 use scold_node::target::{self};
-use scold_proto::dataplane::{
-    self, NatService, Peer, Prefix, Protocol, PublicKey, Route, Session, Via,
-};
+use scold_proto::dataplane::{NatService, Peer, Prefix, Protocol, PublicKey, Route, Session, Via};
 use serde::Serialize;
 
 use crate::error::LabError;
 use crate::fig8;
-use crate::roles::{self, Encap, Scheme};
+use crate::settings::{self, Encap, Scheme};
 
 /// The TSIG key name under which the coordinator (and the lab, standing in for it)
 /// updates the target's zone.
@@ -123,13 +121,13 @@ impl Pki {
                 fig8::ALT_GW.to_string(),
                 issue(
                     Role::Gateway,
-                    roles::GATEWAY_ID,
+                    settings::GATEWAY_ID,
                     fig8::address_of(fig8::ALT_GW),
                 )?,
             ),
             (
                 fig8::TARGET.to_string(),
-                issue(Role::Target, roles::TARGET_ID, Some(fig8::TARGET_ADDR))?,
+                issue(Role::Target, settings::TARGET_ID, Some(fig8::TARGET_ADDR))?,
             ),
         ];
         for p in proxies {
@@ -161,11 +159,11 @@ pub struct ConfigPlan {
     pub dir: PathBuf,
     pub encap: Encap,
     pub scheme: Scheme,
-    /// Scheme 4.1 client agents (see [`roles::RoleOptions::agent`]).
+    /// Scheme 4.1 client agents (see [`Choices::agent`]).
     pub agent: bool,
-    /// The data path linked to the coordinator (see [`roles::RoleOptions::control`]).
+    /// The data path linked to the coordinator (see [`Choices::control`]).
     pub control: bool,
-    /// The target's detector raises the alarm (see [`roles::RoleOptions::detect`]).
+    /// The target's detector raises the alarm (see [`Choices::detect`]).
     pub detect: bool,
     pub proxies: Vec<String>,
     pub clients: Vec<String>,
@@ -181,6 +179,21 @@ pub struct ConfigPlan {
     pub notify_secrets: Vec<(String, String)>,
 }
 
+/// What a run chose that the roles' configs depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choices {
+    pub encap: Encap,
+    pub scheme: Scheme,
+    /// Scheme 4.1 with client agents (`scold client` with `[agent]`), rather than
+    /// static client configs.
+    pub agent: bool,
+    /// The gateway, the proxies and the target get `[control]` tables and take the
+    /// coordinator's orders.
+    pub control: bool,
+    /// With `control`: the target's detector raises the alarm itself (`[detect]`).
+    pub detect: bool,
+}
+
 fn secret() -> String {
     scold_tunnel::keys::encode_key(&rand::random::<[u8; 32]>())
 }
@@ -189,7 +202,7 @@ impl ConfigPlan {
     /// A plan with fresh keys and secrets; clients are given the proxies in turn.
     pub fn new(
         dir: PathBuf,
-        opts: &roles::RoleOptions,
+        opts: Choices,
         proxies: Vec<String>,
         clients: Vec<String>,
         pki: Pki,
@@ -240,20 +253,12 @@ impl ConfigPlan {
         self.dir.join(name)
     }
 
-    fn encap(&self) -> dataplane::Encap {
-        match self.encap {
-            Encap::Udp => dataplane::Encap::Udp,
-            Encap::Ipip => dataplane::Encap::Ipip,
-            Encap::Wireguard => dataplane::Encap::Wireguard,
-        }
-    }
-
     fn tunnel(&self, listen: SocketAddr, key: &KeyPair) -> TunnelSection {
         TunnelSection {
             listen: Some(listen),
             ipip: self.encap == Encap::Ipip,
             private_key: (self.encap == Encap::Wireguard).then(|| key.private.clone()),
-            encap: self.encap(),
+            encap: self.encap,
             ..TunnelSection::default()
         }
     }
@@ -268,7 +273,7 @@ impl ConfigPlan {
         ControlSection {
             coordinator: Some(SocketAddr::new(
                 addr(fig8::COORDINATOR).into(),
-                roles::COORDINATOR_PORT,
+                settings::COORDINATOR_PORT,
             )),
             tls: Some(TlsConfig {
                 ca: c.ca_cert.clone(),
@@ -286,7 +291,7 @@ impl ConfigPlan {
             address: address.into(),
             // ipip has no ports.
             port: port.filter(|_| self.encap != Encap::Ipip),
-            encap: self.encap(),
+            encap: self.encap,
             public_key: (self.encap == Encap::Wireguard).then(|| PublicKey(key.public.clone())),
             keepalive_secs: None,
         }
@@ -336,8 +341,8 @@ impl RoleConfigs {
         // Linked to the coordinator it admits exactly the proxies its orders name;
         // otherwise every proxy is a static peer.
         let mut gw = gateway::Config::new(fig8::GW_SITE_IF);
-        gw.tun_name = roles::GATEWAY_TUN.into();
-        gw.tunnel = plan.tunnel((gw_addr, roles::TUNNEL_PORT).into(), &plan.gateway_key);
+        gw.tun_name = settings::GATEWAY_TUN.into();
+        gw.tunnel = plan.tunnel((gw_addr, settings::TUNNEL_PORT).into(), &plan.gateway_key);
         if !plan.control {
             gw.peers = plan
                 .proxy_keys
@@ -355,7 +360,7 @@ impl RoleConfigs {
         let mut proxies = Vec::new();
         for (p, k) in &plan.proxy_keys {
             let mut cfg = proxy::Config {
-                tunnel: plan.tunnel((Ipv4Addr::UNSPECIFIED, roles::TUNNEL_PORT).into(), k),
+                tunnel: plan.tunnel((Ipv4Addr::UNSPECIFIED, settings::TUNNEL_PORT).into(), k),
                 ..proxy::Config::default()
             };
             // Each proxy signs its NOTIFY to ClientDNS with a key of its own (paper
@@ -370,19 +375,19 @@ impl RoleConfigs {
             // gateway from the divert's orders; otherwise from this file.
             if !plan.control {
                 cfg.peers.push(plan.peer(
-                    roles::GATEWAY_ID,
+                    settings::GATEWAY_ID,
                     gw_addr,
-                    Some(roles::TUNNEL_PORT),
+                    Some(settings::TUNNEL_PORT),
                     &plan.gateway_key,
                 ));
                 cfg.routes.push(Route {
                     destination: host(target),
-                    via: Via::Peer(roles::GATEWAY_ID.into()),
+                    via: Via::Peer(settings::GATEWAY_ID.into()),
                 });
             }
             if plan.scheme == Scheme::Nat {
                 cfg.nat = Some(NatSection::new(
-                    roles::nat_source(roles::proxy_index(p)).into(),
+                    settings::nat_source(settings::proxy_index(p)).into(),
                 ));
                 for port in [
                     crate::serve::DEFAULT_HTTP_PORT,
@@ -401,7 +406,7 @@ impl RoleConfigs {
                 let certs = plan.pki.cert_of(p);
                 let mut admission =
                     AdmissionSection::new(ca.clone(), certs.cert.clone(), certs.key.clone());
-                admission.listen = (addr(p), roles::ADMISSION_PORT).into();
+                admission.listen = (addr(p), settings::ADMISSION_PORT).into();
                 admission.allow = vec![host(target)];
                 cfg.admission = Some(admission);
             } else {
@@ -410,7 +415,7 @@ impl RoleConfigs {
                     cfg.sessions.push(Session {
                         client: addr(c).into(),
                         port: None,
-                        encap: plan.encap(),
+                        encap: plan.encap,
                         public_key: (plan.encap == Encap::Wireguard)
                             .then(|| PublicKey(key.public.clone())),
                         targets: vec![host(target)],
@@ -430,10 +435,10 @@ impl RoleConfigs {
                     interval_ms: 200,
                     link_capacity_mbps: None,
                     link_utilisation_max: None,
-                    rx_pps_max: Some(roles::PROXY_RX_PPS_MAX),
+                    rx_pps_max: Some(settings::PROXY_RX_PPS_MAX),
                     rx_dropped_per_s_max: None,
                     cpu_busy_max: Some(2.0),
-                    sustain_ms: Some(roles::PROXY_SUSTAIN_MS),
+                    sustain_ms: Some(settings::PROXY_SUSTAIN_MS),
                     recover_ms: Some(3000),
                 });
             }
@@ -454,16 +459,16 @@ impl RoleConfigs {
             }
             let key = ConfigPlan::key_of(&plan.client_keys, c);
             let mut cfg = client_defaults();
-            cfg.tun_name = roles::CLIENT_TUN.into();
+            cfg.tun_name = settings::CLIENT_TUN.into();
             cfg.tunnel = plan.tunnel((Ipv4Addr::UNSPECIFIED, 0).into(), key);
             if plan.agent {
                 cfg.agent = Some(AgentSection {
-                    listen: (roles::AGENT_DNS, 53).into(),
+                    listen: (settings::AGENT_DNS, 53).into(),
                     upstream: vec![(cdns, 53).into()],
                     ca: ca.clone(),
                     crl: None,
                     alt_type: scold_dns::alt::DEFAULT_ALT_TYPE,
-                    admission_port: roles::ADMISSION_PORT,
+                    admission_port: settings::ADMISSION_PORT,
                     // The agent's failover reacts within these: stated here, so the
                     // lab's failover figures say what they ran with.
                     probe_interval_ms: 200,
@@ -473,7 +478,7 @@ impl RoleConfigs {
                     keepalive_secs: 10,
                     min_refresh_ms: None,
                     min_refresh_secs: None,
-                    max_refresh_secs: roles::AGENT_MAX_REFRESH_SECS,
+                    max_refresh_secs: settings::AGENT_MAX_REFRESH_SECS,
                     push: None,
                 });
             } else {
@@ -481,7 +486,7 @@ impl RoleConfigs {
                 cfg.peers.push(plan.peer(
                     p,
                     addr(p),
-                    Some(roles::TUNNEL_PORT),
+                    Some(settings::TUNNEL_PORT),
                     ConfigPlan::key_of(&plan.proxy_keys, p),
                 ));
                 cfg.routes.push(Route {
@@ -497,7 +502,7 @@ impl RoleConfigs {
         let returns: Vec<Ipv4Addr> = if plan.scheme == Scheme::Nat {
             plan.proxies
                 .iter()
-                .map(|p| roles::nat_source(roles::proxy_index(p)))
+                .map(|p| settings::nat_source(settings::proxy_index(p)))
                 .collect()
         } else {
             plan.clients.iter().map(|c| addr(c)).collect()
@@ -525,15 +530,15 @@ impl RoleConfigs {
         });
 
         // DNS: the target's zone with a short TTL, and the coordinator's update key.
-        let ttl = roles::DNS_TTL;
+        let ttl = settings::DNS_TTL;
         let zone = format!(
             "$ORIGIN {z}.\n$TTL {ttl}\n@ SOA ns1 hostmaster 1 3600 900 604800 {ttl}\n  NS ns1\n\
              ns1 A {dns_addr}\nwww A {target}\n",
-            z = roles::ZONE
+            z = settings::ZONE
         );
         let mut dns = DnsFile::new(vec![(dns_addr, 53).into()], plan.path("dns.journal"));
         dns.zone.push(ZoneConfig {
-            name: roles::ZONE.into(),
+            name: settings::ZONE.into(),
             file: plan.path(ZONE_FILE),
         });
         dns.key.push(KeyConfig {
@@ -541,7 +546,7 @@ impl RoleConfigs {
             algorithm: "hmac-sha256".into(),
             secret: plan.dns_secret.clone(),
             allow: vec![AllowConfig {
-                names: vec![format!("*.{}", roles::ZONE)],
+                names: vec![format!("*.{}", settings::ZONE)],
                 types: vec!["ALT".into(), "A".into(), "AAAA".into()],
             }],
         });
@@ -562,9 +567,9 @@ impl RoleConfigs {
                 heartbeat_ms: 500,
                 down_after_ms: 2000,
                 proxies_per_target: plan.proxies.len().min(2),
-                attacked_hold_ms: roles::ATTACKED_HOLD_MS,
+                attacked_hold_ms: settings::ATTACKED_HOLD_MS,
                 ..coordinator::CoordinatorSection::new(
-                    (Ipv4Addr::UNSPECIFIED, roles::COORDINATOR_PORT).into(),
+                    (Ipv4Addr::UNSPECIFIED, settings::COORDINATOR_PORT).into(),
                     plan.path("coordinator.redb"),
                 )
             },
@@ -576,11 +581,11 @@ impl RoleConfigs {
             },
             metrics: None,
             targets: vec![coordinator::TargetConfig {
-                name: roles::TARGET_ID.into(),
-                fqdn: format!("{}.", roles::TARGET_FQDN),
-                zone: format!("{}.", roles::ZONE),
+                name: settings::TARGET_ID.into(),
+                fqdn: format!("{}.", settings::TARGET_FQDN),
+                zone: format!("{}.", settings::ZONE),
                 addresses: vec![target.into()],
-                gateways: vec![roles::GATEWAY_ID.into()],
+                gateways: vec![settings::GATEWAY_ID.into()],
                 scheme: match plan.scheme {
                     Scheme::Resolver => coordinator::Scheme::Resolver,
                     Scheme::Push => coordinator::Scheme::Push,
@@ -679,9 +684,9 @@ fn detect_section() -> DetectSection {
         interface: fig8::TARGET_MAIN_IF.into(),
         interval_ms: Some(100),
         one_in: None,
-        alarm_after_ms: Some(roles::DETECT_ALARM_AFTER_MS),
-        hold_down_ms: Some(roles::DETECT_HOLD_DOWN_MS),
-        warmup_ms: Some(roles::DETECT_WARMUP_MS),
+        alarm_after_ms: Some(settings::DETECT_ALARM_AFTER_MS),
+        hold_down_ms: Some(settings::DETECT_HOLD_DOWN_MS),
+        warmup_ms: Some(settings::DETECT_WARMUP_MS),
         baseline_secs: None,
         alarm_factor: None,
         alarm_sigmas: None,
@@ -694,7 +699,7 @@ fn detect_section() -> DetectSection {
             ..RatesSection::default()
         }),
         ceilings: Some(RatesSection {
-            udp_pps: Some(roles::DETECT_UDP_CEILING),
+            udp_pps: Some(settings::DETECT_UDP_CEILING),
             ..RatesSection::default()
         }),
     }
@@ -724,7 +729,7 @@ mod tests {
     /// data path linked to the coordinator, the target's detector), the bench's
     /// operator alarm, agents without the coordinator link, static routes, and schemes
     /// 4.2 and 4.3; each over every encapsulation.
-    fn option_sets() -> Vec<roles::RoleOptions> {
+    fn option_sets() -> Vec<Choices> {
         let mut v = Vec::new();
         for encap in [Encap::Udp, Encap::Ipip, Encap::Wireguard] {
             for (scheme, agent, control, detect) in [
@@ -735,9 +740,7 @@ mod tests {
                 (Scheme::Push, false, false, false),
                 (Scheme::Nat, false, false, false),
             ] {
-                v.push(roles::RoleOptions {
-                    scold_bin: PathBuf::from("scold"),
-                    log_dir: PathBuf::from("logs"),
+                v.push(Choices {
                     encap,
                     scheme,
                     agent,
@@ -778,7 +781,7 @@ mod tests {
             std::fs::create_dir(&dir).unwrap();
             let plan = ConfigPlan::new(
                 dir.clone(),
-                o,
+                *o,
                 proxies.clone(),
                 clients.clone(),
                 pki.clone(),
@@ -800,7 +803,7 @@ mod tests {
                 let file = node_file(p);
                 let cfg = proxy::Config::load(&dir.join(&file))
                     .unwrap_or_else(|e| fail(&file, format!("{e:#}")));
-                assert_eq!(cfg.tunnel.encap, plan.encap(), "{what}: {file}");
+                assert_eq!(cfg.tunnel.encap, plan.encap, "{what}: {file}");
                 assert_eq!(
                     cfg.control.coordinator.is_some(),
                     o.control,
@@ -844,7 +847,7 @@ mod tests {
                 let cfg = client::Config::load(&dir.join(&file))
                     .unwrap_or_else(|e| fail(&file, format!("{e:#}")));
                 assert_eq!(cfg.agent.is_some(), o.agent, "{what}: {file}");
-                assert_eq!(cfg.tun_name, roles::CLIENT_TUN, "{what}: {file}");
+                assert_eq!(cfg.tun_name, settings::CLIENT_TUN, "{what}: {file}");
                 for peer in &cfg.peers {
                     let (_, public) = proxy_publics.iter().find(|(p, _)| *p == peer.name).unwrap();
                     assert_eq!(&peer.public_key, public, "{what}: {file}");
@@ -870,7 +873,7 @@ mod tests {
                 .unwrap_or_else(|e| fail(DNS_FILE, e.to_string()));
             assert_eq!(
                 dns.zones,
-                vec![(roles::ZONE.to_string(), dir.join(ZONE_FILE))]
+                vec![(settings::ZONE.to_string(), dir.join(ZONE_FILE))]
             );
             assert!(dir.join(ZONE_FILE).is_file());
             let resolver = scold_dns::config::load_resolver(&dir.join(RESOLVER_FILE))

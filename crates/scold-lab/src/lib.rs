@@ -28,6 +28,7 @@ pub mod report;
 pub mod roles;
 pub mod scenario;
 pub mod serve;
+pub mod settings;
 pub mod topology;
 
 pub use error::LabError;

@@ -30,6 +30,7 @@
 pub mod admission;
 mod agent;
 pub mod config;
+mod event;
 mod push;
 mod stub;
 

@@ -6,8 +6,8 @@
 //! our own upstream resolver gives it ([`judge`]); only then does it go to the agent's
 //! loop, which installs peer and routes.
 
-use super::agent::Event;
 use super::config::{AgentSection, PushSection};
+use super::event::Event;
 use super::stub::DnsFront;
 use anyhow::Context as _;
 use scold_proto::dataplane::Encap;

@@ -4,7 +4,7 @@
 //! bring the indirect route up before the application gets its answer. The agent also
 //! reads ALT sets through it ([`DnsFront::alt`]).
 
-use super::agent::Event;
+use super::event::Event;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use std::net::{IpAddr, SocketAddr};
