@@ -87,6 +87,7 @@ pub(super) async fn run(
     node: &mut Client,
     commands: &mut CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
+    metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<()> {
     let file = cfg.file.display();
     let connector = Connector::new(
@@ -125,6 +126,7 @@ pub(super) async fn run(
                     dns: dns.clone(),
                     encap: cfg.tunnel.encap,
                 },
+                metrics,
             )
             .await
             .with_context(|| format!("config file {file}: [agent.push]"))?,

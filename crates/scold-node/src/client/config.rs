@@ -77,6 +77,10 @@ listen = "0.0.0.0:5444"
 # This agent's certificate (`scold ca issue --role client --name NAME`) and key.
 cert = "client-site1.crt"
 key = "client-site1.key"
+# Push connections per source address, per network (/24, /56) and in total, counted
+# before the TLS handshake (only proxies push, a few names each).
+# connections = { per_source = 4, per_prefix = 16, total = 64 }
+# handshake_timeout_ms = 3000
 
 # Scheme 4.2: the agent registers with the coordinator, which assigns it to a proxy of
 # each diverted target. `address`: where proxies reach the push port.
@@ -231,6 +235,22 @@ pub struct PushSection {
     /// Certificate (role client) and key, relative to the config file.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Push connections per source address, per network (/24, /56) and in total,
+    /// counted before the TLS handshake; more are closed at once. Only proxies push, a
+    /// few names each, so the defaults are small.
+    #[serde(default = "default_push_connections")]
+    pub connections: scold_proto::limits::ConnLimits,
+    /// Milliseconds a push's TLS handshake may take.
+    #[serde(default = "default_push_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_push_connections() -> scold_proto::limits::ConnLimits {
+    scold_proto::limits::ConnLimits::new(4, 16, 64)
+}
+
+fn default_push_handshake_ms() -> u64 {
+    3000
 }
 
 impl AgentSection {

@@ -97,9 +97,11 @@ impl node::daemon::RoleDaemon for Config {
         self,
         commands: CommandReceiver,
         shutdown: S,
-        _ctx: crate::node::control::NodeContext,
+        ctx: crate::node::control::NodeContext,
     ) -> anyhow::Result<()> {
-        serve(self, commands, shutdown).await.map(|_| ())
+        serve_with(self, commands, shutdown, Some(ctx.metrics.metrics))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -238,8 +240,18 @@ impl node::Node for Client {
 /// Runs the client's data path until `shutdown`, then removes its routes and rule.
 pub async fn serve(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Stats> {
+    serve_with(cfg, commands, shutdown, None).await
+}
+
+/// [`serve`] that counts the push listener's refusals in `metrics`.
+pub async fn serve_with(
+    cfg: Config,
     mut commands: CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
+    metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<Stats> {
     let mtu = cfg.tunnel.inner_mtu();
     let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu)?;
@@ -291,7 +303,8 @@ pub async fn serve(
         tracing::info!(tun = %cfg.tun_name, mtu, "client tunnel ready");
         match &cfg.agent {
             Some(a) => {
-                result = agent::run(&cfg, a, mtu, &mut node, &mut commands, shutdown).await;
+                result =
+                    agent::run(&cfg, a, mtu, &mut node, &mut commands, shutdown, metrics).await;
             }
             None => node::command_loop(&mut node, &mut commands, shutdown).await,
         }

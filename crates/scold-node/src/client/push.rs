@@ -9,6 +9,7 @@
 use super::config::{AgentSection, PushSection};
 use super::event::Event;
 use super::stub::DnsFront;
+use crate::node::door::Door;
 use anyhow::Context as _;
 use scold_proto::dataplane::Encap;
 use scold_proto::push::{
@@ -21,9 +22,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
-/// Largest number of push connections served at once.
-const MAX_PUSH_CONNECTIONS: usize = 64;
-/// Limit of a push's TLS handshake, its request, and of writing the answer.
+/// Limit of a push's request, and of writing the answer.
 const PUSH_STEP: Duration = Duration::from_secs(3);
 
 /// What a push needs besides its connection.
@@ -42,6 +41,7 @@ pub(super) async fn start_push(
     p: &PushSection,
     a: &AgentSection,
     cx: PushContext,
+    metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     scold_pki::install_crypto_provider();
     let tls = scold_pki::TlsIdentity::load(&scold_pki::TlsPaths {
@@ -60,9 +60,10 @@ pub(super) async fn start_push(
         .await
         .with_context(|| format!("listen {} (is another daemon on that port?)", p.listen))?;
     tracing::info!(listen = %p.listen, identity = %tls.identity(), "taking route pushes from proxies");
+    let door = Door::new("push", p.connections, metrics);
+    let handshake = Duration::from_millis(p.handshake_timeout_ms.max(1));
     Ok(tokio::spawn(async move {
         let _tls = tls;
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_PUSH_CONNECTIONS));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -72,8 +73,8 @@ pub(super) async fn start_push(
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "too many push connections; dropping one");
+            // Counted before anything is spent on it; a refused one is closed at once.
+            let Some(pass) = door.enter(peer) else {
                 continue;
             };
             let Ok(local) = tcp.local_addr().map(|l| l.ip()) else {
@@ -81,9 +82,19 @@ pub(super) async fn start_push(
             };
             let acceptor = acceptor.clone();
             let cx = cx.clone();
+            let door = door.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = serve_push(acceptor, tcp, peer.ip(), local, cx).await {
+                let _pass = pass;
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        return door.refuse(peer, scold_pki::refusal_reason_io(&e).as_str(), &e)
+                    }
+                    Err(_) => {
+                        return door.refuse(peer, "handshake_timeout", &"the handshake timed out")
+                    }
+                };
+                if let Err(e) = serve_push(tls, peer.ip(), local, cx).await {
                     tracing::info!(%peer, error = %e, "push refused");
                 }
             });
@@ -92,17 +103,12 @@ pub(super) async fn start_push(
 }
 
 async fn serve_push(
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     from: IpAddr,
     local: IpAddr,
     cx: PushContext,
 ) -> Result<(), String> {
     use crate::node::wire::{read_message, write_message};
-    let mut tls = tokio::time::timeout(PUSH_STEP, acceptor.accept(tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
     let identity = scold_pki::peer_identity(tls.get_ref().1).map_err(|e| e.to_string())?;
     if identity.role != scold_pki::Role::Proxy {
         let why = format!("{identity} is not a proxy");

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod door;
 pub mod wire;
 
 use anyhow::Context as _;

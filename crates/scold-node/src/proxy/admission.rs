@@ -3,6 +3,7 @@
 //! [`scold_proto::admission::Admissions`] and applied through the proxy's command channel
 //! before it is answered; drain notices to every open connection; session leases.
 
+use crate::node::door::Door;
 use crate::node::{CommandReceiver, CommandRequest};
 use scold_pki::{Role, TlsIdentity, TlsPaths};
 use scold_proto::admission::{
@@ -11,6 +12,7 @@ use scold_proto::admission::{
 };
 use scold_proto::dataplane::{Command, Encap, Prefix, PublicKey, Reply};
 use scold_proto::frame::{edge_decoder as decoder, encode_message as encode, next_message};
+use scold_proto::limits::ConnLimits;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
@@ -33,6 +35,20 @@ fn default_lease() -> u64 {
 fn default_idle() -> u64 {
     30
 }
+fn default_connections() -> ConnLimits {
+    DEFAULT_CONNECTIONS
+}
+fn default_handshake_ms() -> u64 {
+    3000
+}
+fn default_hello() -> u64 {
+    5
+}
+
+/// Admission connections one address, one /24 (/56) and everyone may hold: a client
+/// agent keeps one connection to a proxy (two while it reconnects), a site's resolver
+/// network holds a few dozen agents at most.
+pub const DEFAULT_CONNECTIONS: ConnLimits = ConnLimits::new(8, 64, 1024);
 
 /// `[admission]` of the proxy config.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -60,9 +76,21 @@ pub struct AdmissionSection {
     /// Seconds a session outlives its client's last admission connection.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
-    /// Seconds of silence after which an admission connection is closed.
+    /// Seconds of silence after which an admitted client's connection is closed (its
+    /// probes renew it).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// Seconds a connection that holds no session may stay silent before it must send
+    /// its admission or a probe: a handshake alone does not buy a place for long.
+    #[serde(default = "default_hello")]
+    pub hello_timeout_secs: u64,
+    /// Milliseconds a TLS handshake may take; counted from the TCP accept.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Connections per source address, per network (/24, /56) and in total, counted
+    /// before the TLS handshake; more are closed at once.
+    #[serde(default = "default_connections")]
+    pub connections: ConnLimits,
 }
 
 impl AdmissionSection {
@@ -80,6 +108,9 @@ impl AdmissionSection {
             max_clients: default_max_clients(),
             lease_secs: default_lease(),
             idle_timeout_secs: default_idle(),
+            hello_timeout_secs: default_hello(),
+            handshake_timeout_ms: default_handshake_ms(),
+            connections: default_connections(),
         }
     }
 }
@@ -98,10 +129,8 @@ impl Drop for AdmissionGuard {
     }
 }
 
-/// Longest wait for a TLS handshake or for the data plane to apply a session.
+/// Longest wait for the data plane to apply a session, or for an answer to be written.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest number of admission connections served at once.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// How long the proxy waits for its data plane's counters when it answers a probe: a
 /// busy command feed (a push in progress) must not make the answer late.
@@ -117,6 +146,8 @@ struct Server {
     state: Mutex<Admissions>,
     commands: mpsc::Sender<CommandRequest>,
     idle: Duration,
+    /// How long a connection without a session may stay silent.
+    hello: Duration,
     arrivals: Mutex<Arrivals>,
     /// Whether this proxy asks its clients to move (set by its self-defence).
     drain: watch::Receiver<Drain>,
@@ -250,7 +281,7 @@ impl Server {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     tokio::select! {
-                        r = tokio::time::timeout(self.idle, tls.read(&mut buf)) => match r {
+                        r = tokio::time::timeout(if counted { self.idle } else { self.hello }, tls.read(&mut buf)) => match r {
                             Ok(Ok(0)) | Ok(Err(_)) => break,
                             Ok(Ok(n)) => dec.push(&buf[..n]),
                             Err(_) => {
@@ -403,6 +434,7 @@ pub async fn start(
     cfg: &crate::proxy::Config,
     commands: &mut CommandReceiver,
     drain: watch::Receiver<Drain>,
+    metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<AdmissionGuard> {
     let Some(a) = &cfg.admission else {
         return Ok(AdmissionGuard::default());
@@ -437,6 +469,7 @@ pub async fn start(
         state: Mutex::new(Admissions::default()),
         commands: tx,
         idle: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        hello: Duration::from_secs(a.hello_timeout_secs.clamp(1, a.idle_timeout_secs.max(1))),
         arrivals: Mutex::new(None),
         drain,
     });
@@ -468,8 +501,9 @@ pub async fn start(
         })
     };
     tracing::info!(listen = %a.listen, identity = %tls.identity(), "admission server listening");
+    let door = Door::new("admission", a.connections, metrics);
+    let handshake = Duration::from_millis(a.handshake_timeout_ms.max(1));
     let accept = tokio::spawn(async move {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -479,8 +513,8 @@ pub async fn start(
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "too many admission connections; dropping one");
+            // Counted before anything is spent on it; a refused one is closed at once.
+            let Some(pass) = door.enter(peer) else {
                 continue;
             };
             let local = match tcp.local_addr() {
@@ -490,12 +524,13 @@ pub async fn start(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let server = server.clone();
+            let door = door.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await {
+                let _pass = pass;
+                match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => server.serve_conn(tls, peer.ip(), local).await,
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "admission handshake failed"),
-                    Err(_) => tracing::info!(%peer, "admission handshake timed out"),
+                    Ok(Err(e)) => door.refuse(peer, scold_pki::refusal_reason_io(&e).as_str(), &e),
+                    Err(_) => door.refuse(peer, "handshake_timeout", &"the handshake timed out"),
                 }
             });
         }
@@ -509,4 +544,29 @@ pub async fn start(
 /// ([`start`]) the receiver.
 pub fn drain_switch() -> (watch::Sender<Drain>, watch::Receiver<Drain>) {
     watch::channel(Drain::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn door_limits_default_and_are_configurable() {
+        // A table written before the limits existed still loads, with the defaults.
+        let old: AdmissionSection =
+            toml::from_str("ca = \"ca.crt\"\ncert = \"p.crt\"\nkey = \"p.key\"\n").unwrap();
+        assert_eq!(old.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(old.handshake_timeout_ms, 3000);
+        assert_eq!(old.hello_timeout_secs, 5);
+        assert!(old.connections.per_source < old.connections.total);
+        let new: AdmissionSection = toml::from_str(
+            "ca = \"ca.crt\"\ncert = \"p.crt\"\nkey = \"p.key\"\nhello_timeout_secs = 2\nconnections = { per_source = 2, per_prefix = 10, total = 100 }\n",
+        )
+        .unwrap();
+        assert_eq!(new.connections, ConnLimits::new(2, 10, 100));
+        assert_eq!(new.hello_timeout_secs, 2);
+        // And it round-trips (the lab writes these tables).
+        let back: AdmissionSection = toml::from_str(&toml::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back.connections, new.connections);
+    }
 }

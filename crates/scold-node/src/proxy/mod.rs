@@ -98,6 +98,13 @@ crl = "crl.pem"
 # ca = "ca.crt"
 # cert = "proxy-p1.crt"
 # key = "proxy-p1.key"
+# The door of the admission port, counted before any TLS handshake: connections per
+# source address, per network (/24, /56) and in total. One host or one network cannot
+# fill the port that legitimate clients need.
+# connections = { per_source = 8, per_prefix = 64, total = 1024 }
+# handshake_timeout_ms = 3000   # a TLS handshake not done by then is dropped
+# hello_timeout_secs = 5        # silence allowed before the first admission or probe
+# idle_timeout_secs = 30        # silence allowed on an admitted client's connection
 
 # Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
 # (each resolver lists this key under its notify_key).
@@ -858,7 +865,13 @@ pub async fn serve_with(
 ) -> anyhow::Result<Stats> {
     // Self-defence flips the switch; the admission server tells the clients to move.
     let (drain, drain_rx) = crate::proxy::admission::drain_switch();
-    let _admission = crate::proxy::admission::start(&cfg, &mut commands, drain_rx).await?;
+    let _admission = crate::proxy::admission::start(
+        &cfg,
+        &mut commands,
+        drain_rx,
+        Some(ctx.metrics.metrics.clone()),
+    )
+    .await?;
     let pusher = crate::proxy::admission::pusher(&cfg)?;
     let nl = Netlink::new()?;
     let mut nat = None;
