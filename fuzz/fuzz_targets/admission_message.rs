@@ -106,6 +106,7 @@ fn offer() -> ProxyOffer {
         relay_mtu: 1440,
         allow: vec!["10.0.0.0/8".parse().expect("prefix")],
         max_clients: 4,
+        max_clients_per_prefix: 4,
     }
 }
 
@@ -135,7 +136,7 @@ fn check_request(req: &AdmitRequest) {
         assert_ne!(req.port, Some(0));
     }
     let mut a = Admissions::default();
-    match a.plan_admit(client(), alt()[0], req, &offer()) {
+    match a.plan_admit(client(), 1, alt()[0], req, &offer()) {
         Ok((plan, answer)) => {
             assert!(req.validate().is_ok(), "planned an invalid request {req:?}");
             assert!(req.targets.iter().all(|t| answer.targets.contains(t)));
@@ -145,7 +146,7 @@ fn check_request(req: &AdmitRequest) {
             assert!(req.targets.iter().all(|t| admitted.contains(t)));
             // Asking again changes nothing.
             let (again, _) = a
-                .plan_admit(client(), alt()[0], req, &offer())
+                .plan_admit(client(), 1, alt()[0], req, &offer())
                 .expect("the same request is admitted again");
             a.commit(again);
             assert_eq!(a.targets(client()), admitted);

@@ -44,6 +44,7 @@
 
 use crate::dataplane::{Command, Encap, Prefix, PublicKey, Session, Stats};
 use crate::frame;
+use crate::limits::prefix_of;
 #[cfg(test)]
 use frame::{edge_decoder as decoder, encode_message as encode, next_message};
 use serde::{Deserialize, Serialize};
@@ -112,6 +113,10 @@ pub enum AdmitRefusal {
     Full,
     /// The proxy's data plane refused or did not answer.
     System,
+    /// Another live admission connection holds this address's session, or the request
+    /// would downgrade a WireGuard session: the session is bound to the connection that
+    /// created it and to its encapsulation, not to the address alone.
+    SessionHeld,
 }
 
 /// A client's message.
@@ -268,7 +273,14 @@ pub struct ProxyOffer {
     /// Targets this proxy serves; empty: any.
     pub allow: Vec<Prefix>,
     pub max_clients: usize,
+    /// Sessions one network (an IPv4 /24, an IPv6 /56) may hold, so that one network
+    /// cannot take every lease.
+    pub max_clients_per_prefix: usize,
 }
+
+/// The admission connection a request came over (the proxy numbers them); a session
+/// is bound to the one that created it while that one lives.
+pub type ConnId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ClientEntry {
@@ -280,6 +292,9 @@ struct ClientEntry {
     connections: usize,
     /// When the last connection closed (for the lease).
     idle_since: Option<Instant>,
+    /// The live admission connection that created (or last re-admitted) the session;
+    /// None once it closed.
+    owner: Option<ConnId>,
 }
 
 /// A planned change: apply `command`, then [`Admissions::commit`] the plan.
@@ -325,9 +340,15 @@ impl Admissions {
 
     /// Plans an admission of `client` (the connection's source) that connected to
     /// `local` (our address); the answer to send once the plan is applied comes with it.
+    ///
+    /// A session is bound to its tunnel key and to the connection `conn` that made it:
+    /// while that connection lives, no other connection from the same address (another
+    /// host behind the same NAT) may change its key, port or encapsulation, and no
+    /// connection but its own may turn a WireGuard session into an unauthenticated one.
     pub fn plan_admit(
         &self,
         client: IpAddr,
+        conn: ConnId,
         local: IpAddr,
         req: &AdmitRequest,
         offer: &ProxyOffer,
@@ -367,21 +388,49 @@ impl Admissions {
             }
         }
         let mut entry = match self.clients.get(&client) {
-            // Same tunnel parameters: add targets. New parameters (the client restarted
-            // with another key): start afresh with the asked targets only.
+            // Same tunnel parameters: add targets (a reconnecting client re-admits over
+            // its new connection, which then holds the session).
             Some(e)
                 if e.encap == req.encap && e.public_key == req.public_key && e.port == req.port =>
             {
-                e.clone()
+                let mut e = e.clone();
+                if e.owner.is_none() {
+                    e.owner = Some(conn);
+                }
+                e
             }
-            Some(e) => ClientEntry {
-                encap: req.encap,
-                public_key: req.public_key.clone(),
-                port: req.port,
-                targets: BTreeSet::new(),
-                connections: e.connections,
-                idle_since: e.idle_since,
-            },
+            // New parameters (the client restarted with another key): start afresh with
+            // the asked targets only, but only over the connection that holds the
+            // session, or when none does, and never down from WireGuard but over it.
+            Some(e) => {
+                let own = e.owner == Some(conn);
+                if e.encap == Encap::Wireguard && req.encap != Encap::Wireguard && !own {
+                    return Err((
+                        AdmitRefusal::SessionHeld,
+                        format!(
+                            "{client} holds a wireguard session here; {} cannot replace it (release it over its own connection, or wait for its lease to end)",
+                            req.encap
+                        ),
+                    ));
+                }
+                if e.owner.is_some() && !own {
+                    return Err((
+                        AdmitRefusal::SessionHeld,
+                        format!(
+                            "another live admission connection from {client} holds its session with other tunnel parameters"
+                        ),
+                    ));
+                }
+                ClientEntry {
+                    encap: req.encap,
+                    public_key: req.public_key.clone(),
+                    port: req.port,
+                    targets: BTreeSet::new(),
+                    connections: e.connections,
+                    idle_since: e.idle_since,
+                    owner: Some(conn),
+                }
+            }
             None => {
                 if self.clients.len() >= offer.max_clients {
                     return Err((
@@ -392,6 +441,21 @@ impl Admissions {
                         ),
                     ));
                 }
+                let net = prefix_of(client, 24, 56);
+                let same_net = self
+                    .clients
+                    .keys()
+                    .filter(|c| prefix_of(**c, 24, 56) == net)
+                    .count();
+                if same_net >= offer.max_clients_per_prefix {
+                    return Err((
+                        AdmitRefusal::Full,
+                        format!(
+                            "this proxy admits at most {} clients from {client}'s network; try another proxy of the ALT set",
+                            offer.max_clients_per_prefix
+                        ),
+                    ));
+                }
                 ClientEntry {
                     encap: req.encap,
                     public_key: req.public_key.clone(),
@@ -399,6 +463,7 @@ impl Admissions {
                     targets: BTreeSet::new(),
                     connections: 0,
                     idle_since: None,
+                    owner: Some(conn),
                 }
             }
         };
@@ -440,9 +505,21 @@ impl Admissions {
         ))
     }
 
-    /// Plans a release of some of `client`'s targets; `None` if it holds none of them.
-    pub fn plan_release(&self, client: IpAddr, targets: &[IpAddr]) -> Option<Plan> {
+    /// Plans a release of some of `client`'s targets asked over connection `conn`
+    /// (`None`: by the proxy itself, when a lease ends); `None` if it holds none of them,
+    /// or if another live connection holds the session.
+    pub fn plan_release(
+        &self,
+        client: IpAddr,
+        conn: Option<ConnId>,
+        targets: &[IpAddr],
+    ) -> Option<Plan> {
         let e = self.clients.get(&client)?;
+        if let (Some(owner), Some(conn)) = (e.owner, conn) {
+            if owner != conn {
+                return None;
+            }
+        }
         let mut left = e.clone();
         for t in targets {
             left.targets.remove(t);
@@ -488,9 +565,13 @@ impl Admissions {
         }
     }
 
-    /// A connection from `client` that had been admitted closed at `now`.
-    pub fn disconnected(&mut self, client: IpAddr, now: Instant) {
+    /// Connection `conn` from `client` that had been admitted closed at `now`; the
+    /// session no longer belongs to it.
+    pub fn disconnected(&mut self, client: IpAddr, conn: ConnId, now: Instant) {
         if let Some(e) = self.clients.get_mut(&client) {
+            if e.owner == Some(conn) {
+                e.owner = None;
+            }
             e.connections = e.connections.saturating_sub(1);
             if e.connections == 0 {
                 e.idle_since = Some(now);
@@ -600,6 +681,7 @@ mod tests {
             relay_mtu: 1440,
             allow: vec!["10.4.0.0/16".parse().unwrap()],
             max_clients: 2,
+            max_clients_per_prefix: 2,
         }
     }
 
@@ -621,7 +703,7 @@ mod tests {
         let mut a = Admissions::default();
         let c = ip("10.1.0.2");
         let (plan, ans) = a
-            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
+            .plan_admit(c, 1, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
             .unwrap();
         assert_eq!(ans.tunnel_address, ip("10.1.0.1"));
         assert_eq!(ans.inner_mtu, 1440);
@@ -631,13 +713,13 @@ mod tests {
         a.commit(plan);
         // The same request again plans the same command.
         let (plan, _) = a
-            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
+            .plan_admit(c, 1, ip("10.1.0.1"), &req(&["10.4.0.2"]), &offer())
             .unwrap();
         assert_eq!(plan.command, first);
         a.commit(plan);
         // A second target adds to the first.
         let (plan, ans) = a
-            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.3"]), &offer())
+            .plan_admit(c, 1, ip("10.1.0.1"), &req(&["10.4.0.3"]), &offer())
             .unwrap();
         assert_eq!(ans.targets, vec![ip("10.4.0.2"), ip("10.4.0.3")]);
         match &plan.command {
@@ -649,7 +731,7 @@ mod tests {
         // A new key (restarted client) starts afresh.
         let mut r = req(&["10.4.0.9"]);
         r.public_key = Some(key('D'));
-        let (_, ans) = a.plan_admit(c, ip("10.1.0.1"), &r, &offer()).unwrap();
+        let (_, ans) = a.plan_admit(c, 1, ip("10.1.0.1"), &r, &offer()).unwrap();
         assert_eq!(ans.targets, vec![ip("10.4.0.9")]);
     }
 
@@ -658,7 +740,7 @@ mod tests {
         let mut a = Admissions::default();
         let l = ip("10.1.0.1");
         let bad = |a: &Admissions, c: &str, r: &AdmitRequest| {
-            a.plan_admit(ip(c), l, r, &offer()).unwrap_err().0
+            a.plan_admit(ip(c), 1, l, r, &offer()).unwrap_err().0
         };
         assert_eq!(bad(&a, "10.1.0.2", &req(&[])), AdmitRefusal::BadRequest);
         assert_eq!(
@@ -685,7 +767,7 @@ mod tests {
         assert!(a.is_empty());
         for c in ["10.1.0.2", "10.1.0.3"] {
             let (p, _) = a
-                .plan_admit(ip(c), l, &req(&["10.4.0.2"]), &offer())
+                .plan_admit(ip(c), 1, l, &req(&["10.4.0.2"]), &offer())
                 .unwrap();
             a.commit(p);
         }
@@ -693,29 +775,143 @@ mod tests {
         assert_eq!(a.len(), 2);
     }
 
+    fn admit(
+        a: &mut Admissions,
+        c: IpAddr,
+        conn: ConnId,
+        r: &AdmitRequest,
+    ) -> Result<Admitted, AdmitRefusal> {
+        let (p, ans) = a
+            .plan_admit(c, conn, ip("10.1.0.1"), r, &offer())
+            .map_err(|e| e.0)?;
+        a.commit(p);
+        Ok(ans)
+    }
+
+    fn session_of(a: &Admissions, c: IpAddr) -> (Encap, Option<PublicKey>) {
+        let e = &a.clients[&c];
+        (e.encap, e.public_key.clone())
+    }
+
+    #[test]
+    fn a_wireguard_session_is_not_downgraded_from_its_address() {
+        let mut a = Admissions::default();
+        let c = ip("10.1.0.2");
+        admit(&mut a, c, 1, &req(&["10.4.0.2"])).unwrap();
+        a.connected(c);
+        let mut udp = req(&["10.4.0.2"]);
+        udp.encap = Encap::Udp;
+        udp.public_key = None;
+        // Another connection from the same address (another host behind the NAT).
+        assert_eq!(admit(&mut a, c, 2, &udp), Err(AdmitRefusal::SessionHeld));
+        // Not even once the owning connection closed: the lease still holds the key.
+        a.disconnected(c, 1, Instant::now());
+        assert_eq!(admit(&mut a, c, 3, &udp), Err(AdmitRefusal::SessionHeld));
+        assert_eq!(session_of(&a, c), (Encap::Wireguard, Some(key('C'))));
+        // The owner itself may change its mind.
+        let mut b = Admissions::default();
+        admit(&mut b, c, 1, &req(&["10.4.0.2"])).unwrap();
+        assert_eq!(admit(&mut b, c, 1, &udp).unwrap().encap, Encap::Udp);
+    }
+
+    #[test]
+    fn a_live_session_keeps_its_key_against_another_connection() {
+        let mut a = Admissions::default();
+        let c = ip("10.1.0.2");
+        admit(&mut a, c, 1, &req(&["10.4.0.2"])).unwrap();
+        a.connected(c);
+        let mut thief = req(&["10.4.0.2"]);
+        thief.public_key = Some(key('T'));
+        assert_eq!(admit(&mut a, c, 2, &thief), Err(AdmitRefusal::SessionHeld));
+        assert_eq!(session_of(&a, c).1, Some(key('C')));
+        // Nor may it release the session (nothing is planned).
+        assert!(a.plan_release(c, Some(2), &[ip("10.4.0.2")]).is_none());
+        // The same key from another connection only adds targets (a reconnecting client).
+        let ans = admit(&mut a, c, 2, &req(&["10.4.0.3"])).unwrap();
+        assert_eq!(ans.targets.len(), 2);
+        // Over its own connection, the client may take a new key.
+        assert!(admit(&mut a, c, 1, &thief).is_ok());
+        assert_eq!(session_of(&a, c).1, Some(key('T')));
+    }
+
+    #[test]
+    fn a_restarted_client_takes_its_session_back_once_the_old_connection_closed() {
+        let mut a = Admissions::default();
+        let c = ip("10.1.0.2");
+        admit(&mut a, c, 1, &req(&["10.4.0.2"])).unwrap();
+        a.connected(c);
+        a.disconnected(c, 1, Instant::now());
+        let mut fresh = req(&["10.4.0.2"]);
+        fresh.public_key = Some(key('D'));
+        assert!(admit(&mut a, c, 2, &fresh).is_ok());
+        a.connected(c);
+        // Connection 2 holds it now; 1 (gone) and 3 do not.
+        let mut other = req(&["10.4.0.2"]);
+        other.public_key = Some(key('E'));
+        assert_eq!(admit(&mut a, c, 3, &other), Err(AdmitRefusal::SessionHeld));
+        // The proxy itself (a lease ending) may always release.
+        assert!(a.plan_release(c, None, &[ip("10.4.0.2")]).is_some());
+    }
+
+    #[test]
+    fn one_network_cannot_take_every_lease() {
+        let mut a = Admissions::default();
+        let mut o = offer();
+        o.max_clients = 10;
+        o.max_clients_per_prefix = 2;
+        let l = ip("10.1.0.1");
+        for c in ["10.1.0.2", "10.1.0.3"] {
+            let (p, _) = a.plan_admit(ip(c), 1, l, &req(&["10.4.0.2"]), &o).unwrap();
+            a.commit(p);
+        }
+        let e = a
+            .plan_admit(ip("10.1.0.4"), 1, l, &req(&["10.4.0.2"]), &o)
+            .unwrap_err();
+        assert_eq!(e.0, AdmitRefusal::Full);
+        // Another /24 is admitted; so is an IPv6 host in another /56.
+        assert!(a
+            .plan_admit(ip("10.1.1.4"), 1, l, &req(&["10.4.0.2"]), &o)
+            .is_ok());
+        for c in ["2001:db8:0:1::1", "2001:db8:0:2::1"] {
+            let (p, _) = a.plan_admit(ip(c), 1, l, &req(&["10.4.0.2"]), &o).unwrap();
+            a.commit(p);
+        }
+        // Both sit in 2001:db8::/56: a third from it is refused.
+        let e = a
+            .plan_admit(ip("2001:db8:0:3::1"), 1, l, &req(&["10.4.0.2"]), &o)
+            .unwrap_err();
+        assert_eq!(e.0, AdmitRefusal::Full);
+    }
+
     #[test]
     fn release_and_lease() {
         let mut a = Admissions::default();
         let c = ip("10.1.0.2");
         let (p, _) = a
-            .plan_admit(c, ip("10.1.0.1"), &req(&["10.4.0.2", "10.4.0.3"]), &offer())
+            .plan_admit(
+                c,
+                1,
+                ip("10.1.0.1"),
+                &req(&["10.4.0.2", "10.4.0.3"]),
+                &offer(),
+            )
             .unwrap();
         a.commit(p);
         a.connected(c);
-        assert!(a.plan_release(c, &[ip("10.4.0.99")]).is_none());
-        let p = a.plan_release(c, &[ip("10.4.0.2")]).unwrap();
+        assert!(a.plan_release(c, Some(1), &[ip("10.4.0.99")]).is_none());
+        let p = a.plan_release(c, Some(1), &[ip("10.4.0.2")]).unwrap();
         assert!(matches!(p.command, Command::AddSession(_)));
         a.commit(p);
         assert_eq!(a.targets(c), vec![ip("10.4.0.3")]);
         let t0 = Instant::now();
         assert!(a.expired(t0, Duration::ZERO).is_empty(), "connected");
-        a.disconnected(c, t0);
+        a.disconnected(c, 1, t0);
         assert!(a.expired(t0, Duration::from_secs(5)).is_empty());
         assert_eq!(
             a.expired(t0 + Duration::from_secs(5), Duration::from_secs(5)),
             vec![c]
         );
-        let p = a.plan_release(c, &a.targets(c)).unwrap();
+        let p = a.plan_release(c, Some(1), &a.targets(c)).unwrap();
         assert_eq!(p.command, Command::RemoveSession { client: c });
         a.commit(p);
         assert!(a.is_empty());

@@ -7,7 +7,7 @@ use crate::node::door::Door;
 use crate::node::{CommandReceiver, CommandRequest};
 use scold_pki::{Role, TlsIdentity, TlsPaths};
 use scold_proto::admission::{
-    arrivals, Admissions, AdmitRefusal, ClientMessage, Drain, ProxyMessage, ProxyOffer,
+    arrivals, Admissions, AdmitRefusal, ClientMessage, ConnId, Drain, ProxyMessage, ProxyOffer,
     DEFAULT_PORT, MAX_TARGETS,
 };
 use scold_proto::dataplane::{Command, Encap, Prefix, PublicKey, Reply};
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +29,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_clients() -> usize {
     4096
+}
+fn default_max_clients_per_prefix() -> usize {
+    64
 }
 fn default_lease() -> u64 {
     300
@@ -73,6 +77,9 @@ pub struct AdmissionSection {
     pub allow: Vec<Prefix>,
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Sessions one network (an IPv4 /24, an IPv6 /56) may hold of `max_clients`.
+    #[serde(default = "default_max_clients_per_prefix")]
+    pub max_clients_per_prefix: usize,
     /// Seconds a session outlives its client's last admission connection.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
@@ -106,6 +113,7 @@ impl AdmissionSection {
             tunnel_address: None,
             allow: Vec::new(),
             max_clients: default_max_clients(),
+            max_clients_per_prefix: default_max_clients_per_prefix(),
             lease_secs: default_lease(),
             idle_timeout_secs: default_idle(),
             hello_timeout_secs: default_hello(),
@@ -151,6 +159,8 @@ struct Server {
     arrivals: Mutex<Arrivals>,
     /// Whether this proxy asks its clients to move (set by its self-defence).
     drain: watch::Receiver<Drain>,
+    /// The id of the next admission connection.
+    next_conn: AtomicU64,
 }
 
 impl Server {
@@ -194,7 +204,13 @@ impl Server {
         cache.as_ref().and_then(|(_, m)| m.get(&client).copied())
     }
 
-    async fn handle(&self, client: IpAddr, local: IpAddr, req: ClientMessage) -> ProxyMessage {
+    async fn handle(
+        &self,
+        client: IpAddr,
+        conn: ConnId,
+        local: IpAddr,
+        req: ClientMessage,
+    ) -> ProxyMessage {
         match req {
             ClientMessage::Ping { seq } => ProxyMessage::Pong {
                 seq,
@@ -203,7 +219,7 @@ impl Server {
             },
             ClientMessage::Admit(a) => {
                 let mut st = self.state.lock().await;
-                let (plan, admitted) = match st.plan_admit(client, local, &a, &self.offer) {
+                let (plan, admitted) = match st.plan_admit(client, conn, local, &a, &self.offer) {
                     Ok(p) => p,
                     Err((code, message)) => {
                         tracing::info!(%client, ?code, %message, "admission refused");
@@ -233,7 +249,7 @@ impl Server {
                     };
                 }
                 let mut st = self.state.lock().await;
-                if let Some(plan) = st.plan_release(client, &targets) {
+                if let Some(plan) = st.plan_release(client, Some(conn), &targets) {
                     if let Err(message) = self.apply(plan.command.clone()).await {
                         return ProxyMessage::Refused {
                             code: AdmitRefusal::System,
@@ -256,6 +272,8 @@ impl Server {
         client: IpAddr,
         local: IpAddr,
     ) {
+        // Sessions are bound to the connection that made them (see `plan_admit`).
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut dec = decoder();
         let mut buf = vec![0u8; 2048];
         // Counted as a connection of this client once it has been admitted (the first
@@ -272,7 +290,7 @@ impl Server {
         let now = drain.borrow_and_update().clone();
         if now.draining {
             if !self.tell(&mut tls, client, &now).await {
-                return self.closed(client, counted).await;
+                return self.closed(client, conn, counted).await;
             }
             told = true;
         }
@@ -319,7 +337,7 @@ impl Server {
                 }
             };
             let admit = matches!(msg, ClientMessage::Admit(_));
-            let answer = self.handle(client, local, msg).await;
+            let answer = self.handle(client, conn, local, msg).await;
             if admit && !counted && matches!(answer, ProxyMessage::Admitted(_)) {
                 counted = true;
             }
@@ -331,7 +349,7 @@ impl Server {
                 break;
             }
         }
-        self.closed(client, counted).await;
+        self.closed(client, conn, counted).await;
     }
 
     /// Sends the drain notice `d` on a client's connection; false when it cannot be
@@ -346,9 +364,12 @@ impl Server {
     }
 
     /// A connection of `client` closed; `counted`: it held one of its admission counts.
-    async fn closed(&self, client: IpAddr, counted: bool) {
+    async fn closed(&self, client: IpAddr, conn: ConnId, counted: bool) {
         if counted {
-            self.state.lock().await.disconnected(client, Instant::now());
+            self.state
+                .lock()
+                .await
+                .disconnected(client, conn, Instant::now());
         }
     }
 }
@@ -409,6 +430,7 @@ fn offer_of(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<
         relay_mtu: t.inner_mtu(),
         allow: a.allow.clone(),
         max_clients: a.max_clients,
+        max_clients_per_prefix: a.max_clients_per_prefix,
     })
 }
 
@@ -472,6 +494,7 @@ pub async fn start(
         hello: Duration::from_secs(a.hello_timeout_secs.clamp(1, a.idle_timeout_secs.max(1))),
         arrivals: Mutex::new(None),
         drain,
+        next_conn: AtomicU64::new(1),
     });
     let lease = Duration::from_secs(a.lease_secs);
     let reaper = {
@@ -484,7 +507,7 @@ pub async fn start(
                 tick.tick().await;
                 let mut st = server.state.lock().await;
                 for client in st.expired(Instant::now(), lease) {
-                    let Some(plan) = st.plan_release(client, &st.targets(client)) else {
+                    let Some(plan) = st.plan_release(client, None, &st.targets(client)) else {
                         continue;
                     };
                     match server.apply(plan.command.clone()).await {

@@ -105,6 +105,7 @@ crl = "crl.pem"
 # handshake_timeout_ms = 3000   # a TLS handshake not done by then is dropped
 # hello_timeout_secs = 5        # silence allowed before the first admission or probe
 # idle_timeout_secs = 30        # silence allowed on an admitted client's connection
+# max_clients_per_prefix = 64   # sessions one /24 (/56) may hold of max_clients
 
 # Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
 # (each resolver lists this key under its notify_key).
