@@ -88,10 +88,14 @@ pub(super) async fn start_push(
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        return door.refuse(peer, scold_pki::refusal_reason_io(&e).as_str(), &e)
+                        return door.refuse(
+                            peer,
+                            scold_pki::refusal_reason_io(&e).as_str(),
+                            &format_args!("TLS handshake: {e}"),
+                        )
                     }
                     Err(_) => {
-                        return door.refuse(peer, "handshake_timeout", &"the handshake timed out")
+                        return door.refuse(peer, "handshake_timeout", &"TLS handshake timed out")
                     }
                 };
                 if let Err(e) = serve_push(tls, peer.ip(), local, cx).await {

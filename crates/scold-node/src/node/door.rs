@@ -53,7 +53,7 @@ impl Door {
         }
         let held = self.log.lock().expect("door log").allow(Instant::now());
         if let Some(held) = held {
-            tracing::warn!(%peer, listener = self.listener, %reason, held_back = held, "refused connection: {detail}");
+            tracing::warn!(%peer, listener = self.listener, %reason, held_back = held, "{} refused: {detail}", self.listener);
         }
     }
 

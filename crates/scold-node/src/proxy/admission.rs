@@ -552,8 +552,12 @@ pub async fn start(
                 let _pass = pass;
                 match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => server.serve_conn(tls, peer.ip(), local).await,
-                    Ok(Err(e)) => door.refuse(peer, scold_pki::refusal_reason_io(&e).as_str(), &e),
-                    Err(_) => door.refuse(peer, "handshake_timeout", &"the handshake timed out"),
+                    Ok(Err(e)) => door.refuse(
+                        peer,
+                        scold_pki::refusal_reason_io(&e).as_str(),
+                        &format_args!("TLS handshake: {e}"),
+                    ),
+                    Err(_) => door.refuse(peer, "handshake_timeout", &"TLS handshake timed out"),
                 }
             });
         }
