@@ -14,5 +14,5 @@ pub mod gate;
 pub mod shutdown;
 
 pub use config::{load, parse, resolve, ConfigError};
-pub use gate::{Gate, Pass, Throttle};
+pub use gate::{Door, Gate, Pass, Throttle};
 pub use shutdown::{shutdown_signal, terminated, until_set, wait_for_signal};

@@ -8,7 +8,7 @@
 //! serving everyone else.
 
 use rustls::pki_types::CertificateDer;
-use scold_daemon::{until_set, Gate, Throttle};
+use scold_daemon::{until_set, Door, Throttle};
 use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
 use scold_proto::control::{authorize, Message, Refusal, RefusalReason, Reply, Request, Response};
@@ -360,7 +360,7 @@ fn identity_of(conn: &rustls::CommonState) -> Result<Identity, ChannelError> {
 }
 
 /// Accepts control connections until `shutdown` flips to true. Each connection is
-/// counted at `gate` before its handshake (per source, per network, in total); one that
+/// counted against `limits` before its handshake (per source, per network, in total); one that
 /// would pass a limit is closed at once, counted in `scold_refusals_total{reason}` and
 /// logged at most once a second.
 pub async fn serve<H: Handler>(
@@ -368,12 +368,12 @@ pub async fn serve<H: Handler>(
     tls: Arc<TlsIdentity>,
     handler: Arc<H>,
     metrics: Metrics,
-    gate: Gate,
+    limits: ConnLimits,
     requests: Arc<RequestLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), scold_pki::PkiError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
-    let refusals = Arc::new(Mutex::new(Throttle::new(Duration::from_secs(1))));
+    let door = Door::unprefixed("control port", limits, metrics.clone());
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -386,25 +386,12 @@ pub async fn serve<H: Handler>(
             },
             _ = until_set(&mut shutdown) => return Ok(()),
         };
-        let refuse = {
-            let (metrics, refusals) = (metrics.clone(), refusals.clone());
-            move |reason: &str, detail: &dyn std::fmt::Display| {
-                metrics.refusal(reason);
-                let held = refusals
-                    .lock()
-                    .expect("throttle lock")
-                    .allow(std::time::Instant::now());
-                if let Some(held) = held {
-                    warn!(%remote, reason, held_back = held, "refused control connection: {detail}");
-                }
-            }
+        let Some(pass) = door.enter(remote) else {
+            continue;
         };
-        let pass = match gate.enter(remote.ip()) {
-            Ok(p) => p,
-            Err(hit) => {
-                refuse(hit.as_str(), &hit);
-                continue;
-            }
+        let door = door.clone();
+        let refuse = move |reason: &str, detail: &dyn std::fmt::Display| {
+            door.refuse(remote, reason, detail);
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();

@@ -101,7 +101,6 @@ pub async fn serve_on(
             }
         })
     };
-    let gate = scold_daemon::Gate::new(coordinator_limits);
     let requests = Arc::new(channel::RequestLimiter::new(
         request_rate,
         channel::DEFAULT_MAX_OPEN,
@@ -111,7 +110,7 @@ pub async fn serve_on(
         tls,
         Arc::new(CoordinatorHandler(coordinator)),
         metrics,
-        gate,
+        coordinator_limits,
         requests,
         shutdown,
     )

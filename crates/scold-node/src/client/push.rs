@@ -9,8 +9,8 @@
 use super::config::{AgentSection, PushSection};
 use super::event::Event;
 use super::stub::DnsFront;
-use crate::node::door::Door;
 use anyhow::Context as _;
+use scold_daemon::Door;
 use scold_proto::dataplane::Encap;
 use scold_proto::push::{
     judge, name_key, PushAnswer as Answer, PushRefusal as RefusalCode, PushRequest as Request,

@@ -3,7 +3,6 @@
 
 pub mod control;
 pub mod daemon;
-pub mod door;
 pub mod wire;
 
 use anyhow::Context as _;

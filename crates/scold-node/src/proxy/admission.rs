@@ -3,8 +3,8 @@
 //! [`scold_proto::admission::Admissions`] and applied through the proxy's command channel
 //! before it is answered; drain notices to every open connection; session leases.
 
-use crate::node::door::Door;
 use crate::node::{CommandReceiver, CommandRequest};
+use scold_daemon::Door;
 use scold_pki::{Role, TlsIdentity, TlsPaths};
 use scold_proto::admission::{
     arrivals, Admissions, AdmitRefusal, ClientMessage, ConnId, Drain, ProxyMessage, ProxyOffer,
