@@ -173,14 +173,6 @@ pub struct DnsConfig {
     pub metrics: Option<SocketAddr>,
 }
 
-fn rel(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
 /// Reads and checks a `scold dns` config file.
 pub fn load_dns(path: &Path) -> Result<DnsConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -196,7 +188,6 @@ pub fn load_dns(path: &Path) -> Result<DnsConfig, ConfigError> {
 pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
     let err = |msg: String| ConfigError::new(path, msg);
     let raw: DnsFile = scold_daemon::parse(text, path, "scold dns --example-config")?;
-    let base = path.parent().unwrap_or(Path::new("."));
     if raw.listen.is_empty() {
         return Err(err(
             "`listen` is empty: give at least one address, e.g. listen = [\"127.0.0.1:53\"]".into(),
@@ -219,7 +210,7 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
                 z.name
             ))
         })?;
-        zones.push((z.name.clone(), rel(base, &z.file)));
+        zones.push((z.name.clone(), scold_daemon::resolve(path, &z.file)));
     }
     let mut keys = Vec::new();
     for (i, k) in raw.key.iter().enumerate() {
@@ -266,7 +257,7 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
     Ok(DnsConfig {
         listen: raw.listen,
         alt_type: raw.alt_type,
-        journal: rel(base, &raw.journal),
+        journal: scold_daemon::resolve(path, &raw.journal),
         udp_workers: raw.udp_workers,
         tcp_max_connections: raw.tcp_max_connections.max(1),
         tcp_idle_timeout_secs: raw.tcp_idle_timeout_secs.max(1),

@@ -329,14 +329,7 @@ impl Config {
         }
         if let Some(a) = &c.agent {
             a.check(path)?;
-            let base = path.parent().unwrap_or(Path::new("."));
-            let resolve = |p: &Path| {
-                if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    base.join(p)
-                }
-            };
+            let resolve = |p: &Path| scold_daemon::resolve(path, p);
             let a = c.agent.as_mut().expect("checked");
             a.ca = resolve(&a.ca);
             a.crl = a.crl.as_deref().map(resolve);

@@ -374,24 +374,16 @@ impl Server {
     }
 }
 
-fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
 /// The proxy's consortium identity from `[admission]` (it must be a proxy certificate).
 fn proxy_identity(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<TlsIdentity> {
     let file = cfg.file.display().to_string();
-    let base = cfg.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let resolve = |p: &Path| scold_daemon::resolve(&cfg.file, p);
     scold_pki::install_crypto_provider();
     let tls = TlsIdentity::load(&TlsPaths {
-        ca_cert: resolve(&base, &a.ca),
-        cert: resolve(&base, &a.cert),
-        key: resolve(&base, &a.key),
-        crl: a.crl.as_ref().map(|c| resolve(&base, c)),
+        ca_cert: resolve(&a.ca),
+        cert: resolve(&a.cert),
+        key: resolve(&a.key),
+        crl: a.crl.as_deref().map(resolve),
     })
     .map_err(|e| anyhow::anyhow!("config file {file}: [admission]: {e}"))?;
     if tls.identity().role != Role::Proxy {
