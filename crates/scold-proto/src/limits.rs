@@ -114,10 +114,6 @@ impl ConnTable {
         }
     }
 
-    pub fn limits(&self) -> ConnLimits {
-        self.limits
-    }
-
     /// Open connections in all.
     pub fn total(&self) -> usize {
         self.total

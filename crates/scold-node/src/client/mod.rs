@@ -47,34 +47,22 @@ use scold_tunnel::{Engine, EngineConfig, EngineHandle};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example: scold client --config /etc/scold/client.toml\n\
+#[command(after_help = "Example: scold client --config /etc/scold/client.toml
+\
+The config file holds the tunnel, the agent (stub resolver, admission, push) or a static
+\
+proxy peer and target routes.
+\
 Print a commented config with --example-config; make a WireGuard key with --genkey.")]
 pub struct Args {
-    /// The client's TOML config file: tunnel, proxy peer, target routes.
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
-    pub config: Option<PathBuf>,
-    /// Print a commented example config and exit.
-    #[arg(long)]
-    pub example_config: bool,
-    /// Print a fresh WireGuard private key (and its public key) and exit.
-    #[arg(long)]
-    pub genkey: bool,
-    /// Check the config file and exit without touching the system.
-    #[arg(long)]
-    pub check: bool,
+    #[command(flatten)]
+    pub flags: node::daemon::Flags,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    node::daemon::run::<Config>(node::daemon::Flags {
-        config: a.config,
-        example_config: a.example_config,
-        genkey: a.genkey,
-        check: a.check,
-    })
-    .await
+    node::daemon::run::<Config>(a.flags).await
 }
 
 impl node::daemon::RoleDaemon for Config {

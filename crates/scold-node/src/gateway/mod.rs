@@ -25,24 +25,16 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example: scold gateway --config /etc/scold/gateway.toml\n\
-Print a commented config with --example-config; make a WireGuard key with --genkey."
-)]
+#[command(after_help = "Example: scold gateway --config /etc/scold/gateway.toml
+\
+The config file holds the tunnel socket, TUN device, LAN interface, registered proxies
+\
+and the hidden gateway's packet policy.
+\
+Print a commented config with --example-config; make a WireGuard key with --genkey.")]
 pub struct Args {
-    /// The gateway's TOML config file: tunnel socket, TUN device, LAN interface,
-    /// registered proxies.
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
-    pub config: Option<PathBuf>,
-    /// Print a commented example config and exit.
-    #[arg(long)]
-    pub example_config: bool,
-    /// Print a fresh WireGuard private key (and its public key) and exit.
-    #[arg(long)]
-    pub genkey: bool,
-    /// Check the config file and exit without touching the system.
-    #[arg(long)]
-    pub check: bool,
+    #[command(flatten)]
+    pub flags: node::daemon::Flags,
     /// Print the packet policy that keeps this gateway silent (nft JSON) and exit. Load
     /// it at boot with `nft -j -f FILE` so the gateway is silent before the daemon runs.
     #[arg(long, requires = "config")]
@@ -205,7 +197,10 @@ impl Config {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.print_policy {
-        let path = a.config.context("--print-policy needs --config FILE")?;
+        let path = a
+            .flags
+            .config
+            .context("--print-policy needs --config FILE")?;
         let cfg = Config::load(&path)?;
         println!(
             "{}",
@@ -213,13 +208,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    node::daemon::run::<Config>(node::daemon::Flags {
-        config: a.config,
-        example_config: a.example_config,
-        genkey: a.genkey,
-        check: a.check,
-    })
-    .await
+    node::daemon::run::<Config>(a.flags).await
 }
 
 impl node::daemon::RoleDaemon for Config {

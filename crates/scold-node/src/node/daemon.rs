@@ -13,16 +13,21 @@ use scold_proto::identity::Role;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-/// The flags every role's command line has.
-#[derive(Debug, Clone, Default)]
+/// The flags every role's command line has (each role's `Args` flattens them).
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct Flags {
-    /// The config file.
+    /// The role's TOML config file (`--example-config` prints a commented one).
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
     pub config: Option<PathBuf>,
-    /// Print the commented example config and exit.
+    /// Print a commented example config and exit.
+    #[arg(long)]
     pub example_config: bool,
-    /// Print a fresh WireGuard key pair and exit.
+    /// Print a fresh WireGuard private key (and its public key) and exit (roles with a
+    /// tunnel key: proxy, gateway, client).
+    #[arg(long)]
     pub genkey: bool,
-    /// Load and check the config, then exit without touching the system.
+    /// Check the config file and exit without touching the system.
+    #[arg(long)]
     pub check: bool,
 }
 
@@ -32,6 +37,8 @@ pub trait RoleDaemon: Sized + Send + 'static {
     const ROLE: Role;
     /// The commented example config (`--example-config`).
     const EXAMPLE: &'static str;
+    /// Whether the role holds a WireGuard key (`--genkey` makes sense).
+    const TUNNEL_KEY: bool = true;
 
     /// Reads and checks the config file; errors name the file, the key and the fix.
     fn load(path: &Path) -> anyhow::Result<Self>;
@@ -58,23 +65,24 @@ pub trait RoleDaemon: Sized + Send + 'static {
 }
 
 /// Handles the flags that exit at once; otherwise loads the config and returns it.
-pub fn prepare<C>(
-    example: &str,
-    flags: Flags,
-    load: impl FnOnce(&Path) -> anyhow::Result<C>,
-) -> anyhow::Result<Option<(PathBuf, C)>> {
+pub fn prepare<D: RoleDaemon>(flags: Flags) -> anyhow::Result<Option<(PathBuf, D)>> {
     if flags.example_config {
-        print!("{example}");
+        print!("{}", D::EXAMPLE);
         return Ok(None);
     }
     if flags.genkey {
+        anyhow::ensure!(
+            D::TUNNEL_KEY,
+            "scold {} holds no tunnel key: --genkey is for proxy, gateway and client",
+            D::ROLE
+        );
         super::print_genkey()?;
         return Ok(None);
     }
     let path = flags
         .config
         .context("--config FILE is required (or --example-config)")?;
-    let cfg = load(&path)?;
+    let cfg = D::load(&path)?;
     if flags.check {
         println!("{}: ok", path.display());
         return Ok(None);
@@ -85,7 +93,7 @@ pub fn prepare<C>(
 /// Runs role `D` as a daemon: flags, config, control link and metrics, the role's
 /// service, and a clean stop on SIGTERM or SIGINT.
 pub async fn run<D: RoleDaemon>(flags: Flags) -> anyhow::Result<()> {
-    let Some((path, cfg)) = prepare(D::EXAMPLE, flags, D::load)? else {
+    let Some((path, cfg)) = prepare::<D>(flags)? else {
         return Ok(());
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -39,22 +39,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example: scold proxy --config /etc/scold/proxy.toml\n\
+#[command(after_help = "Example: scold proxy --config /etc/scold/proxy.toml
+\
+The config file holds the tunnel socket, gateways, admitted clients and NAT services.
+\
 Print a commented config with --example-config; make a WireGuard key with --genkey.")]
 pub struct Args {
-    /// The proxy's TOML config file: tunnel socket, gateways, admitted clients, NAT
-    /// services.
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present_any = ["example_config", "genkey"])]
-    pub config: Option<PathBuf>,
-    /// Print a commented example config and exit.
-    #[arg(long)]
-    pub example_config: bool,
-    /// Print a fresh WireGuard private key (and its public key) and exit.
-    #[arg(long)]
-    pub genkey: bool,
-    /// Check the config file and exit without touching the system.
-    #[arg(long)]
-    pub check: bool,
+    #[command(flatten)]
+    pub flags: node::daemon::Flags,
 }
 
 pub const EXAMPLE: &str = r#"# scold proxy: admits clients and relays them to the target's hidden gateway.
@@ -338,13 +330,7 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    node::daemon::run::<Config>(node::daemon::Flags {
-        config: a.config,
-        example_config: a.example_config,
-        genkey: a.genkey,
-        check: a.check,
-    })
-    .await
+    node::daemon::run::<Config>(a.flags).await
 }
 
 impl node::daemon::RoleDaemon for Config {

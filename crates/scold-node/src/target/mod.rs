@@ -28,24 +28,16 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example: scold target --config /etc/scold/target.toml\n\
+#[command(after_help = "Example: scold target --config /etc/scold/target.toml
+\
+The config file holds the coordinator link, detection, the return path and static return
+\
+routes.
+\
 Print a commented config with --example-config.")]
 pub struct Args {
-    /// The target's TOML config file: coordinator link, detection, return path, static
-    /// return routes.
-    #[arg(
-        long,
-        short = 'c',
-        value_name = "FILE",
-        required_unless_present = "example_config"
-    )]
-    pub config: Option<PathBuf>,
-    /// Print a commented example config and exit.
-    #[arg(long)]
-    pub example_config: bool,
-    /// Check the config file and exit without touching the system.
-    #[arg(long)]
-    pub check: bool,
+    #[command(flatten)]
+    pub flags: node::daemon::Flags,
 }
 
 pub const EXAMPLE: &str = r#"# scold target: attack detection on the main link, and the return path of diverted
@@ -171,18 +163,13 @@ impl Config {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    node::daemon::run::<Config>(node::daemon::Flags {
-        config: a.config,
-        example_config: a.example_config,
-        genkey: false,
-        check: a.check,
-    })
-    .await
+    node::daemon::run::<Config>(a.flags).await
 }
 
 impl node::daemon::RoleDaemon for Config {
     const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Target;
     const EXAMPLE: &'static str = EXAMPLE;
+    const TUNNEL_KEY: bool = false;
 
     fn load(path: &Path) -> anyhow::Result<Self> {
         Config::load(path)
