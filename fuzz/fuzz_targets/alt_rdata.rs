@@ -18,9 +18,17 @@ fn check_text_forms(r: AltRdata, alt_type: u16) {
         assert_eq!(AltRdata::from_presentation(&text), Ok(r), "{text:?}");
     }
     let generic = to_generic_type_and_rdata(&r, alt_type);
-    assert_eq!(parse_type_and_rdata(&generic, alt_type), Ok(r), "{generic:?}");
+    assert_eq!(
+        parse_type_and_rdata(&generic, alt_type),
+        Ok(r),
+        "{generic:?}"
+    );
     let mnemonic = to_mnemonic_type_and_rdata(&r);
-    assert_eq!(parse_type_and_rdata(&mnemonic, alt_type), Ok(r), "{mnemonic:?}");
+    assert_eq!(
+        parse_type_and_rdata(&mnemonic, alt_type),
+        Ok(r),
+        "{mnemonic:?}"
+    );
     assert_eq!(AltRdata::from_wire(&r.to_wire()), Ok(r));
 }
 

@@ -190,7 +190,10 @@ fuzz_target!(|input: Input| {
                 assert!(!under_attack, "two under-attack reports");
                 under_attack = true;
                 assert!(!r.saturated.is_empty());
-                assert!(r.cpu_busy.is_finite() && (0.0..=1.0).contains(&r.cpu_busy), "{r:?}");
+                assert!(
+                    r.cpu_busy.is_finite() && (0.0..=1.0).contains(&r.cpu_busy),
+                    "{r:?}"
+                );
             }
             Some(SelfDefenceEvent::Recovered(_)) => {
                 assert!(under_attack, "recovered without an attack");

@@ -33,7 +33,11 @@ fn serve(req: &[u8], udp: bool) -> Option<Vec<u8>> {
             let m = dns::check_response(req, &out);
             if udp {
                 let limit = if m.edns.is_some() { 1232 } else { 512 };
-                assert!(out.len() <= limit, "{} bytes over UDP (limit {limit})", out.len());
+                assert!(
+                    out.len() <= limit,
+                    "{} bytes over UDP (limit {limit})",
+                    out.len()
+                );
             }
             let mut tc = out.clone();
             answer::make_truncated(&mut tc, req);

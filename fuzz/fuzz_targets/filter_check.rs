@@ -75,7 +75,11 @@ impl Src {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Packet { src: Src, proto: Proto, payload: u16 },
+    Packet {
+        src: Src,
+        proto: Proto,
+        payload: u16,
+    },
     Raw(Vec<u8>),
     Block(Src),
     Unblock(Src),
@@ -122,7 +126,10 @@ fn packet(src: IpAddr, proto: Proto, payload: u16) -> Vec<u8> {
             (6u8, t)
         }
         Proto::Udp => (17, vec![0u8; 8]),
-        Proto::Icmp => (if src.is_ipv4() { 1 } else { 58 }, vec![8, 0, 0, 0, 0, 0, 0, 0]),
+        Proto::Icmp => (
+            if src.is_ipv4() { 1 } else { 58 },
+            vec![8, 0, 0, 0, 0, 0, 0, 0],
+        ),
         Proto::Other(n) => (n, Vec::new()),
     };
     body.resize(body.len() + usize::from(payload % 1500), 0xab);
@@ -180,7 +187,11 @@ fuzz_target!(|input: Input| {
             v
         };
         match op {
-            Op::Packet { src, proto, payload } => {
+            Op::Packet {
+                src,
+                proto,
+                payload,
+            } => {
                 let pkt = packet(src.addr(), *proto, *payload);
                 let blocked = f.is_blocked(now, src.addr());
                 let v = check(&mut f, &pkt);
@@ -197,11 +208,19 @@ fuzz_target!(|input: Input| {
             }
             Op::Block(src) => {
                 f.block(now, src.addr(), FloodKind::PacketRate);
-                assert!(f.is_blocked(now, src.addr()), "{} not blocked after block", src.addr());
+                assert!(
+                    f.is_blocked(now, src.addr()),
+                    "{} not blocked after block",
+                    src.addr()
+                );
             }
             Op::Unblock(src) => {
                 f.unblock(now, src.addr());
-                assert!(!f.is_blocked(now, src.addr()), "{} blocked after unblock", src.addr());
+                assert!(
+                    !f.is_blocked(now, src.addr()),
+                    "{} blocked after unblock",
+                    src.addr()
+                );
             }
             Op::Admit(src) => f.admit(now, src.addr()),
             Op::Expire => f.expire(now),
@@ -224,7 +243,11 @@ fuzz_target!(|input: Input| {
             s.tracked_sources
         );
         assert_eq!(
-            s.passed + s.dropped_malformed + s.dropped_blocked + s.dropped_rate + s.dropped_new_source,
+            s.passed
+                + s.dropped_malformed
+                + s.dropped_blocked
+                + s.dropped_rate
+                + s.dropped_new_source,
             checked,
             "verdict counters do not add up: {s:?}"
         );

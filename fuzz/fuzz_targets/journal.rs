@@ -45,12 +45,19 @@ fn check_file(data: &[u8]) {
         Tail::Clean => assert_eq!(p, data.len() as u64),
         Tail::Torn { offset, bytes, .. } => {
             assert_eq!(*offset, p);
-            assert_eq!(offset + bytes, data.len() as u64, "a torn tail runs to the end");
+            assert_eq!(
+                offset + bytes,
+                data.len() as u64,
+                "a torn tail runs to the end"
+            );
         }
         Tail::Damaged(d) => {
             assert_eq!(d.offset, p);
             assert_eq!(d.entry, s.entries.len() + 1);
-            assert!(d.later.iter().all(|e| e.offset > d.offset && e.offset + e.len <= data.len() as u64));
+            assert!(d
+                .later
+                .iter()
+                .all(|e| e.offset > d.offset && e.offset + e.len <= data.len() as u64));
         }
     }
 }

@@ -29,7 +29,11 @@ fn mapped(a: SocketAddr, v6: bool) -> SocketAddr {
 
 fuzz_target!(|input: Input| {
     if let Ok(h) = parse(&input.raw) {
-        assert!(h.len >= 16 && h.len <= input.raw.len(), "{h:?} from {} bytes", input.raw.len());
+        assert!(
+            h.len >= 16 && h.len <= input.raw.len(),
+            "{h:?} from {} bytes",
+            input.raw.len()
+        );
     }
 
     let transport = if input.datagram {

@@ -20,71 +20,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use scold_proto::dataplane::{Encap, MAX_PUSH_TARGETS};
-use scold_proto::frame::{edge_decoder, encode_message, next_message, EDGE_MAX_FRAME};
 use scold_proto::push::{judge, name_key, PushAnswer, PushRefusal, PushRequest, RouteOffer};
-use serde::{de::DeserializeOwned, Serialize};
-use std::fmt::Debug;
 use std::net::IpAddr;
 
-const HEADER: usize = 4;
-
-/// Reads `stream` pushed in the given chunk sizes: push, then take out every whole
-/// message. Returns the messages and the error that ended the stream.
-fn decode<T: DeserializeOwned>(stream: &[u8], sizes: &[u8]) -> (Vec<T>, Option<String>) {
-    let mut d = edge_decoder();
-    let mut out = Vec::new();
-    let mut rest = stream;
-    let mut i = 0;
-    loop {
-        let n = if sizes.is_empty() {
-            rest.len()
-        } else {
-            usize::from(sizes[i % sizes.len()]).min(rest.len())
-        };
-        i += 1;
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        d.push(chunk);
-        loop {
-            match next_message::<T>(&mut d) {
-                Ok(Some(m)) => out.push(m),
-                Ok(None) => {
-                    assert!(
-                        d.pending() < HEADER + EDGE_MAX_FRAME,
-                        "decoder holds {} bytes while waiting",
-                        d.pending()
-                    );
-                    break;
-                }
-                Err(e) => return (out, Some(e.to_string())),
-            }
-        }
-        if rest.is_empty() {
-            return (out, None);
-        }
-        if i > stream.len() * 2 + sizes.len() + 2 {
-            d.push(rest);
-            rest = &[];
-        }
-    }
-}
-
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(m: &T) {
-    let wire = encode_message(m);
-    let mut d = edge_decoder();
-    d.push(&wire);
-    match next_message::<T>(&mut d) {
-        Ok(Some(back)) => assert_eq!(&back, m, "message changed in a round trip"),
-        Ok(None) => unreachable!("a whole frame was pushed"),
-        // Defaults written out (`"port":null`) may make it larger than the frame it
-        // came in; only that may fail.
-        Err(e) => assert!(
-            wire.len() > HEADER + EDGE_MAX_FRAME,
-            "re-encoded message does not decode: {e}\n{m:?}"
-        ),
-    }
-    assert_eq!(encode_message(m), wire, "encoding is not stable");
-}
+#[path = "common/edge.rs"]
+mod edge;
+use edge::{decode, round_trip};
 
 fn check_offer(offer: &RouteOffer, pick: u8) {
     if offer.validate().is_ok() {
@@ -177,7 +118,9 @@ fuzz_target!(|data: &[u8]| {
     let (whole, whole_err) = decode::<PushAnswer>(stream, &[]);
     assert_eq!(answers, whole, "answers depend on the read sizes");
     assert_eq!(err, whole_err, "stream error depends on the read sizes");
-    answers.iter().for_each(round_trip);
+    for a in &answers {
+        round_trip(a);
+    }
 
     if let Ok(m) = serde_json::from_slice::<PushRequest>(stream) {
         check_request(&m, pick);

@@ -79,7 +79,9 @@ fn record(r: &Rr) -> Record {
     let owner = name(r.name);
     let data = match &r.kind {
         Kind::A(x) => RData::A(Ipv4Addr::new(192, 0, 2, *x).into()),
-        Kind::Aaaa(x) => RData::AAAA(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(*x)).into()),
+        Kind::Aaaa(x) => {
+            RData::AAAA(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(*x)).into())
+        }
         Kind::Alt(x) => RData::Unknown {
             code: RecordType::Unknown(dns::ALT),
             rdata: NULL::with(vec![10, 0, 0, *x]),
@@ -117,8 +119,16 @@ fn record(r: &Rr) -> Record {
 
 fn update_message(input: &Input) -> Message {
     let mut m = Message::new(0x4242, MessageType::Query, OpCode::Update);
-    let zone = if input.zone % 4 == 0 { name(9) } else { dns::origin() };
-    let qt = if input.zone_type { RecordType::SOA } else { RecordType::A };
+    let zone = if input.zone % 4 == 0 {
+        name(9)
+    } else {
+        dns::origin()
+    };
+    let qt = if input.zone_type {
+        RecordType::SOA
+    } else {
+        RecordType::A
+    };
     let mut q = Query::query(zone, qt);
     q.set_query_class(DNSClass::IN);
     m.add_query(q);
@@ -172,8 +182,13 @@ fn check_apply(msg: &Message) {
             }
             let mut replayed = z0.clone();
             replay(&mut replayed, &changes);
-            assert_eq!(content(&replayed), after, "journal replay differs from the update");
-            let decoded = journal::decode(&journal::encode(&changes)).expect("journal entry decodes");
+            assert_eq!(
+                content(&replayed),
+                after,
+                "journal replay differs from the update"
+            );
+            let decoded =
+                journal::decode(&journal::encode(&changes)).expect("journal entry decodes");
             assert_eq!(decoded, changes);
             let _ = Zone::new(*zone);
         }
@@ -191,7 +206,11 @@ fn check_server(msg: &Message, damage: Option<(u16, u8)>) {
     let Ok(unsigned) = msg.to_vec() else { return };
     if let Some(r) = shared.handle_slow(&unsigned, src, true) {
         let m = dns::check_response(&unsigned, &r);
-        assert_ne!(m.metadata.response_code, ResponseCode::NoError, "unsigned update accepted");
+        assert_ne!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "unsigned update accepted"
+        );
     }
 
     // A message hickory writes but cannot read back is answered FORMERR unsigned
@@ -227,7 +246,11 @@ fn check_server(msg: &Message, damage: Option<(u16, u8)>) {
         bad[i] ^= x;
         if let Some(r) = shared.handle_slow(&bad, src, true) {
             let bm = dns::check_response(&bad, &r);
-            assert_ne!(bm.metadata.response_code, ResponseCode::NoError, "damaged update accepted");
+            assert_ne!(
+                bm.metadata.response_code,
+                ResponseCode::NoError,
+                "damaged update accepted"
+            );
         }
     }
 }

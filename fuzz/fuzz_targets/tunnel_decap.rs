@@ -83,7 +83,12 @@ fn fib_of(input: &Input) -> Fib {
 fn policy_of(input: &Input) -> PeerPolicy {
     PeerPolicy {
         sources: input.sources.iter().take(4).map(|&i| prefix(i)).collect(),
-        destinations: input.destinations.iter().take(4).map(|&i| prefix(i)).collect(),
+        destinations: input
+            .destinations
+            .iter()
+            .take(4)
+            .map(|&i| prefix(i))
+            .collect(),
         learn_sources: input.learn,
         // Inspection is the engine's business; the table ignores it.
         inspect: false,
@@ -107,7 +112,11 @@ fn forward(fib: &mut Fib, policy: &PeerPolicy, peer: usize, pkt: &[u8]) {
     if let Ok(d) = r {
         assert!(src_ok, "spoofed source {src} passed");
         assert!(dst_ok, "destination {dst} outside the policy passed");
-        assert_ne!(d, Dest::Peer(peer), "packet sent back into the tunnel it came from");
+        assert_ne!(
+            d,
+            Dest::Peer(peer),
+            "packet sent back into the tunnel it came from"
+        );
     }
     if src_ok && dst_ok && policy.learn_sources {
         assert_eq!(

@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(z.soa().is_some(), "accepted zone without SOA");
     for key in z.nodes.keys() {
-        assert!(is_at_or_below(key, &z.apex), "node {key:02x?} outside the zone");
+        assert!(
+            is_at_or_below(key, &z.apex),
+            "node {key:02x?} outside the zone"
+        );
     }
     let asks: Vec<(Name, u16)> = z
         .nodes
@@ -53,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
             panic!("answer for {name} type {rtype} does not parse: {e}\n{out:02x?}")
         });
         assert_eq!(m.metadata.id, 0x1234);
-        if m.metadata.authoritative && !m.metadata.truncation && !matches!(rtype, 0 | 41 | 250..=255) {
+        if m.metadata.authoritative
+            && !m.metadata.truncation
+            && !matches!(rtype, 0 | 41 | 250..=255)
+        {
             assert!(
                 !m.answers.is_empty(),
                 "no answer for {name} type {rtype}, which the zone holds"

@@ -117,7 +117,11 @@ pub fn shared() -> &'static Shared {
 /// Checks what every response the server sends must satisfy, and returns it parsed.
 pub fn check_response(req: &[u8], resp: &[u8]) -> Message {
     assert!(resp.len() >= 12, "response of {} bytes", resp.len());
-    assert_eq!(&resp[0..2], &req[0..2], "response id differs from the request's");
+    assert_eq!(
+        &resp[0..2],
+        &req[0..2],
+        "response id differs from the request's"
+    );
     assert!(resp[2] & 0x80 != 0, "response without QR");
     Message::from_vec(resp).unwrap_or_else(|e| {
         panic!("response does not parse: {e}\nrequest  {req:02x?}\nresponse {resp:02x?}")
