@@ -264,8 +264,9 @@ impl node::Node for Gateway {
                 };
                 let (name, address) = (p.name.clone(), p.address);
                 if let Some(h) = self.hidden.as_mut() {
-                    // Let its tunnel packets out before the engine sends any.
-                    if let Err(e) = h.admit(&name, address) {
+                    // Let its tunnel packets out before the engine sends any. `nft` is a
+                    // child process: the worker thread steps aside while it runs.
+                    if let Err(e) = tokio::task::block_in_place(|| h.admit(&name, address)) {
                         return Reply::refused(RefusalCode::System, e.to_string());
                     }
                 }
@@ -277,7 +278,7 @@ impl node::Node for Gateway {
             }
             Command::RemovePeer { name } => {
                 if let Some(h) = self.hidden.as_mut() {
-                    if let Err(e) = h.forget(&name) {
+                    if let Err(e) = tokio::task::block_in_place(|| h.forget(&name)) {
                         tracing::warn!(peer = %name, error = %e, "hidden gateway policy");
                     }
                 }
