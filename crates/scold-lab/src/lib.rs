@@ -13,6 +13,7 @@
 //! agents, with a CA and configs made for the run as the daemons' own config structs
 //! ([`configs`]).
 
+pub mod adversary;
 pub mod audit;
 pub mod bench;
 pub mod cli;

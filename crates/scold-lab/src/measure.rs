@@ -164,6 +164,102 @@ pub fn fetch_bulk_via(
     })
 }
 
+/// A bulk download whose bytes were checked.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckedTransfer {
+    pub transfer: Transfer,
+    /// FNV-1a (64 bits) of the bytes received, and of the bytes the service sends.
+    pub digest: u64,
+    pub expected_digest: u64,
+    /// The longest wait for the next bytes, from the request on.
+    pub longest_stall: f64,
+}
+
+impl CheckedTransfer {
+    /// Every byte arrived, and they are the service's.
+    pub fn intact(&self, size: u64) -> bool {
+        self.transfer.bytes == size && self.digest == self.expected_digest
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// [`fetch_bulk_via`] that also checks each byte's content (a digest of what arrived
+/// against one of what the service sends, [`crate::serve::pattern_byte`]) and records
+/// the longest pause in the stream: for a download that must survive a proxy failover
+/// intact. A short or corrupted download is returned, not an error, so the caller can
+/// say what was wrong; only a failure to connect or a timeout is an error.
+pub fn fetch_bulk_checked_via(
+    addr: SocketAddr,
+    size: u64,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<CheckedTransfer, LabError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let what = format!("bulk download of {size} bytes from {addr}");
+    let mut s = connect(addr, deadline, timeout, device)?;
+    let connect_seconds = start.elapsed().as_secs_f64();
+    s.write_all(crate::serve::bulk_request(size).as_bytes())
+        .map_err(|e| LabError::io(what.clone(), e))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut total, mut digest, mut expected) = (0u64, FNV_OFFSET, FNV_OFFSET);
+    let mut last = Instant::now();
+    let mut longest = 0f64;
+    loop {
+        let left = remaining(deadline, &what, timeout)?;
+        s.set_read_timeout(Some(left))
+            .map_err(|e| LabError::io(what.clone(), e))?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                longest = longest.max(last.elapsed().as_secs_f64());
+                last = Instant::now();
+                digest = fnv(digest, &buf[..n]);
+                total += n as u64;
+                if total > size {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LabError::Timeout {
+                    what: format!("{what} ({total} bytes received)"),
+                    secs: timeout.as_secs_f64(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LabError::io(format!("{what} ({total} bytes received)"), e)),
+        }
+    }
+    for off in 0..size {
+        expected = fnv(expected, &[crate::serve::pattern_byte(off)]);
+    }
+    Ok(CheckedTransfer {
+        transfer: Transfer {
+            bytes: total,
+            seconds: start.elapsed().as_secs_f64(),
+            connect_seconds,
+        },
+        digest,
+        expected_digest: expected,
+        longest_stall: longest,
+    })
+}
+
 /// `GET path` over HTTP/1.1 from `addr` with `Host: host`; the body must be exactly as
 /// long as its Content-Length.
 pub fn fetch_http(

@@ -168,6 +168,22 @@ pub struct Results {
     pub provenance: Vec<String>,
     /// What was not measured and why, and anything else a reader must know.
     pub notes: Vec<String>,
+    /// Adversary mode: each attack on SCOLD itself and what it achieved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacks: Vec<Attack>,
+}
+
+/// One attack on SCOLD itself (adversary mode) and what came of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attack {
+    /// Short name: "gateway scan", "admission flood", ...
+    pub name: String,
+    /// What the attacker did, with counts.
+    pub tried: String,
+    /// What it achieved, measured.
+    pub achieved: String,
+    /// SCOLD held: the attack achieved nothing it was after.
+    pub held: bool,
 }
 
 /// The median of one metric's samples.
@@ -610,12 +626,37 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
         let _ = writeln!(out, "  [{}] {w}", i + 1);
     }
     out.push('\n');
+    if !r.attacks.is_empty() {
+        out += &render_attacks(&r.attacks);
+        out.push('\n');
+    }
     out += &render_shape(r, sizes);
     if !r.provenance.is_empty() {
         out.push_str("\nHow these figures were obtained\n");
         for p in &r.provenance {
             let _ = writeln!(out, "  - {p}");
         }
+    }
+    out
+}
+
+/// Adversary mode: one block per attack on SCOLD itself (the cells are too long for a
+/// table).
+pub fn render_attacks(attacks: &[Attack]) -> String {
+    let held = attacks.iter().filter(|a| a.held).count();
+    let mut out = format!(
+        "Attacks on SCOLD itself during the flood: {held} of {} held\n",
+        attacks.len()
+    );
+    for a in attacks {
+        let _ = writeln!(
+            out,
+            "  {} {}\n      tried:    {}\n      achieved: {}",
+            if a.held { "[held]  " } else { "[BROKEN]" },
+            a.name,
+            a.tried,
+            a.achieved
+        );
     }
     out
 }

@@ -708,26 +708,39 @@ impl<'a> Roles<'a> {
     /// Kills `proxy`'s process outright (SIGKILL, as a crash or an overwhelmed host
     /// would stop answering) and waits for it.
     pub fn kill_proxy(&mut self, proxy: &str) -> Result<(), LabError> {
+        self.kill_daemon(proxy)
+    }
+
+    /// Kills the long-running role labelled `label` (a proxy's node name,
+    /// `coordinator`, ...) with SIGKILL and waits for it.
+    pub fn kill_daemon(&mut self, label: &str) -> Result<(), LabError> {
         let r = self
             .daemons
             .iter_mut()
-            .find(|r| r.label == proxy)
-            .ok_or_else(|| LabError::BadSpec(format!("no running proxy {proxy}")))?;
+            .find(|r| r.label == label)
+            .ok_or_else(|| LabError::BadSpec(format!("no running role {label}")))?;
         r.proc.kill()?;
         Ok(())
     }
 
     /// Starts a killed `proxy` again from its config and waits until it runs.
     pub fn restart_proxy(&mut self, proxy: &str) -> Result<(), LabError> {
+        self.restart_daemon(proxy)
+    }
+
+    /// Starts the killed role labelled `label` again from its config (a proxy or the
+    /// coordinator, which keeps its state file) and waits until it runs; the old log is
+    /// kept beside the new one as `<label>.<n>.log`.
+    pub fn restart_daemon(&mut self, label: &str) -> Result<(), LabError> {
         let i = self
             .daemons
             .iter()
-            .position(|r| r.label == proxy)
-            .ok_or_else(|| LabError::BadSpec(format!("no proxy {proxy}")))?;
+            .position(|r| r.label == label)
+            .ok_or_else(|| LabError::BadSpec(format!("no role {label}")))?;
         let old = self.daemons.remove(i);
         let mut n = 1;
         let kept = loop {
-            let k = self.opts.log_dir.join(format!("{proxy}.{n}.log"));
+            let k = self.opts.log_dir.join(format!("{label}.{n}.log"));
             if !k.exists() {
                 break k;
             }
@@ -735,13 +748,70 @@ impl<'a> Roles<'a> {
         };
         let _ = std::fs::rename(&old.log, kept);
         drop(old);
-        let cfg = self.config_arg(&configs::node_file(proxy));
-        let mut r = self.spawn(proxy, proxy, &["proxy", "--config", &cfg])?;
-        Self::wait_ready(&mut r, Duration::from_secs(15), |r| {
-            Self::log_says(r, "proxy running")
-        })?;
+        let limit = Duration::from_secs(15);
+        let r = if label == "coordinator" {
+            let cfg = self.config_arg(configs::COORDINATOR_FILE);
+            let mut r = self.spawn(fig8::COORDINATOR, label, &["coordinator", "--config", &cfg])?;
+            Self::wait_ready(&mut r, limit, |r| {
+                Self::log_says(r, "coordinator listening") && self.ctl(&["status"]).is_ok()
+            })?;
+            r
+        } else {
+            let cfg = self.config_arg(&configs::node_file(label));
+            let mut r = self.spawn(label, label, &["proxy", "--config", &cfg])?;
+            Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "proxy running"))?;
+            r
+        };
         self.daemons.insert(i, r);
         Ok(())
+    }
+
+    /// A certificate of `role` for `name` from the run's CA, with `ip` as its address:
+    /// what a member of the consortium holds, here for a member that turns on it.
+    pub fn issue_cert(
+        &self,
+        role: scold_pki::Role,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<scold_pki::IssuedPaths, LabError> {
+        let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
+        let mut ca = scold_pki::Ca::open(&self.dir.join("ca")).map_err(pki)?;
+        let id =
+            scold_pki::Identity::new(role, name).map_err(|e| LabError::BadSpec(e.to_string()))?;
+        let ips: Vec<IpAddr> = ip.into_iter().map(IpAddr::V4).collect();
+        ca.issue(
+            &id,
+            &ips,
+            &[],
+            scold_pki::Validity::days(2),
+            &self.dir.join(format!("{}-{name}", role.as_str())),
+        )
+        .map_err(pki)
+    }
+
+    /// Revokes every certificate of the proxy `node` and writes the run's CRL anew (the
+    /// file every role's `[tls]` names), as `scold ca revoke` and `scold ca crl` would.
+    pub fn revoke_proxy(&self, node: &str) -> Result<(), LabError> {
+        let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
+        let mut ca = scold_pki::Ca::open(&self.dir.join("ca")).map_err(pki)?;
+        let id = scold_pki::Identity::new(scold_pki::Role::Proxy, node)
+            .map_err(|e| LabError::BadSpec(e.to_string()))?;
+        let revoked = ca
+            .revoke(&scold_pki::RevokeTarget::Identity(id))
+            .map_err(pki)?;
+        if revoked.is_empty() {
+            return Err(LabError::BadSpec(format!(
+                "the lab CA holds no certificate of proxy {node} to revoke"
+            )));
+        }
+        ca.write_crl(2).map_err(pki)?;
+        Ok(())
+    }
+
+    /// The consortium CA certificate of the run, and its CRL.
+    pub fn ca_files(&self) -> (PathBuf, PathBuf) {
+        let c = &self.plan.pki.coordinator;
+        (c.ca_cert.clone(), c.crl.clone())
     }
 
     /// Fails naming the agent if one exited.

@@ -96,6 +96,9 @@ pub struct ScenarioConfig {
     /// Raise the alarm with `scold ctl divert` even when the target's detector could.
     #[serde(default)]
     pub operator_alarm: bool,
+    /// Under attack, the attackers also go for SCOLD itself ([`crate::adversary`]).
+    #[serde(default)]
+    pub adversary: bool,
     pub out_dir: PathBuf,
     /// On failure, keep the namespaces for inspection (`scold lab cleanup` removes them).
     pub keep_on_failure: bool,
@@ -131,6 +134,11 @@ impl ScenarioConfig {
             + 14
             + if self.agent_mode() {
                 self.failover_reps as usize
+            } else {
+                0
+            }
+            + if self.adversary {
+                crate::adversary::STEPS
             } else {
                 0
             }
@@ -768,7 +776,7 @@ fn agent_lookup(lab: &Fig8, limit: Duration) -> Result<(f64, Vec<Ipv4Addr>), Lab
 
 /// Takes client 1 off the indirect route: stops the target's return path and, in agent
 /// mode, restarts the client agents (stopping one removes its tunnel and routes).
-fn route_off(roles: &mut Roles) -> Result<(), LabError> {
+pub(crate) fn route_off(roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_off()?;
     if roles.agent_mode() {
         roles.restart_client_agents()?;
@@ -777,7 +785,7 @@ fn route_off(roles: &mut Roles) -> Result<(), LabError> {
 }
 
 /// Starts the indirect route and waits until a ping through the tunnel is answered.
-fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
+pub(crate) fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_on()?;
     let client = fig8::client(1);
     if roles.agent_mode() {
@@ -1319,7 +1327,7 @@ const TUNNEL_PACKETS_SHOWN: u64 = 3;
 /// The proxy, other than `not`, that `counts` shows the most tunnel packets to since
 /// `before` (both from [`Roles::tunnel_packets`]), if at least
 /// [`TUNNEL_PACKETS_SHOWN`].
-fn busiest_since(
+pub(crate) fn busiest_since(
     before: &[(String, u64)],
     counts: &[(String, u64)],
     not: Option<&str>,
@@ -2076,6 +2084,14 @@ fn attack_phase(
             cfg.failover_reps
         ));
         measure_failover(lab, roles, cfg, results, progress)?;
+    }
+    if cfg.adversary {
+        progress.phase(
+            "adversary: the attackers go for SCOLD itself (gateway scan, admission flood, \
+             register flood, a revoked proxy, the coordinator killed as a proxy dies) while \
+             the client downloads through the indirect route",
+        );
+        crate::adversary::run(lab, roles, cfg, results, progress)?;
     }
 
     Ok(diverted)
