@@ -46,7 +46,7 @@ const FLOOD_CONNS_PER_SOURCE: usize = 6;
 /// Connections from the attacker's own address: what filled the port once.
 const ONE_HOST_CONNS: usize = 1100;
 /// How long the flood's connections are held open (if the proxy lets them).
-const FLOOD_HOLD: Duration = Duration::from_secs(8);
+const FLOOD_HOLD: Duration = Duration::from_secs(12);
 /// A legitimate client's admission probe must be answered within this.
 const PROBE_LIMIT: Duration = Duration::from_secs(1);
 /// Pipelined `register` requests of the member's flood.
@@ -473,6 +473,37 @@ fn reset_since(roles: &Roles, since: SystemTime) -> bool {
         .is_some()
 }
 
+/// Connections the proxy's host holds on its admission port (established, or half
+/// open) from the flood's sources: `me` and the flood networks.
+fn held_by_proxy(lab: &Fig8, proxy: &str, me: Ipv4Addr) -> Option<usize> {
+    let out = lab
+        .exec(
+            proxy,
+            "ss",
+            [
+                "-Htn",
+                "state",
+                "established",
+                "state",
+                "syn-recv",
+                &format!("( sport = :{} )", roles::ADMISSION_PORT),
+            ],
+            Duration::from_secs(5),
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .filter_map(|peer| peer.rsplit_once(':').map(|(a, _)| a.to_string()))
+            .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+            .filter(|a| {
+                *a == me || (a.octets()[..2] == [198, 19] && FLOOD_NETS.contains(&a.octets()[2]))
+            })
+            .count(),
+    )
+}
+
 /// 2. A connection flood at the admission port of the client's proxy.
 fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, LabError> {
     let attackers = lab.attackers();
@@ -522,11 +553,15 @@ fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, Lab
     })?;
     // A legitimate client's admissions while the flood holds its connections.
     std::thread::sleep(Duration::from_millis(1500));
+    let held_early = held_by_proxy(lab, proxy, me);
     let mut probes = Vec::new();
     for _ in 0..3 {
         probes.push(admission_probe(lab, roles, &fig8::client(1), addr(proxy)));
         std::thread::sleep(Duration::from_millis(700));
     }
+    // Just before the attacker lets go: what the proxy still holds of the flood.
+    std::thread::sleep(FLOOD_HOLD.saturating_sub(t0.elapsed() + Duration::from_millis(500)));
+    let held_late = held_by_proxy(lab, proxy, me);
     let (many, one) = flood
         .join()
         .ok()
@@ -543,7 +578,7 @@ fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, Lab
     let shown = |t: &ConnTally| {
         format!(
             "{} attempted, {} TCP-connected, {} not, {} closed by the proxy (the last {} \
-             after the flood began), {} still open after {}",
+             after the flood began), {} not closed at the attacker after {}",
             t.attempted,
             t.connected,
             t.not_connected,
@@ -553,6 +588,7 @@ fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, Lab
             fmt_seconds(FLOOD_HOLD.as_secs_f64())
         )
     };
+    let count = |n: Option<usize>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
     let probes_shown: Vec<String> = probes
         .iter()
         .map(|p| match p {
@@ -572,16 +608,21 @@ fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, Lab
             fmt_seconds(FLOOD_HOLD.as_secs_f64())
         ),
         achieved: format!(
-            "many sources: {}; one address: {}; the client's admissions took {} (limit {}); \
-             the proxy was {}reset out of the ALT set (health \"{health}\"); flood over in {}",
+            "many sources: {}; one address: {}; the proxy's host held {} of the flood's \
+             connections (established or half-open) 1.5 s in and {} at {}; the client's \
+             admissions took {} (limit {}); the proxy was {}reset out of the ALT set \
+             (health \"{health}\"); flood over in {}",
             shown(&many),
             shown(&one),
+            count(held_early),
+            count(held_late),
+            fmt_seconds(FLOOD_HOLD.as_secs_f64() - 0.5),
             probes_shown.join(", "),
             fmt_seconds(PROBE_LIMIT.as_secs_f64()),
             if reset { "" } else { "not " },
             fmt_seconds(flood_secs)
         ),
-        held: probe_ok && !reset && many.held == 0 && one.held == 0,
+        held: probe_ok && !reset && held_late == Some(0),
     })
 }
 
@@ -868,9 +909,13 @@ pub(crate) fn run(
             what: "the client's download to go through a proxy".into(),
             secs: 10.0,
         })?;
+    // The proxy to revoke: one the ALT set lists beside the client's, so the revocation
+    // has something to take away.
+    let listed = target_proxies(roles).map(|(_, p)| p).unwrap_or_default();
     let proxies = lab.proxies();
-    let revoke = proxies
+    let revoke = listed
         .iter()
+        .chain(proxies.iter())
         .find(|p| **p != current)
         .cloned()
         .ok_or_else(|| LabError::BadSpec("adversary mode needs --proxies 3".into()))?;
