@@ -464,3 +464,76 @@ fn transfers_need_a_secondarys_key() {
     let text = dig(s.port, &a);
     assert_eq!(records(&text).len(), zone_rrs, "{text}");
 }
+
+/// The NOTIFY to a secondary that does not answer is resent with growing waits, each
+/// copy signed with the secondary's key, and stops once an answer signed with that key
+/// comes back. The secondary here is the test itself on a UDP socket.
+#[test]
+fn notify_is_resent_until_answered() {
+    use hickory_proto::op::{Message, MessageType, OpCode};
+    use scold_dns::tsig::{now_secs, sign_response, verify_request, Verdict};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let s = primary(&secondary_config("quiet", "quiet", port, ""));
+    let key: TsigKey = spec("quiet", SECRET).parse().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // The secondary: lets two copies of the start-up NOTIFY go unanswered, answers the
+    // third, then listens two more seconds for copies that should no longer come. It
+    // runs before the primary starts, so each copy is timed as it arrives.
+    let secondary = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1500];
+        let mut answered_at: Option<Instant> = None;
+        while t0.elapsed() < Duration::from_secs(15) {
+            if answered_at.is_some_and(|a| a.elapsed() > Duration::from_secs(2)) {
+                break;
+            }
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = &buf[..n];
+            let m = Message::from_vec(req).expect("the NOTIFY parses");
+            assert_eq!(m.metadata.op_code, OpCode::Notify);
+            assert_eq!(m.queries[0].name().to_ascii(), "example.com.");
+            let sig = m.signature.clone().expect("the NOTIFY is signed");
+            let Verdict::Ok { mac, .. } =
+                verify_request(req, &sig, std::slice::from_ref(&key), now_secs())
+            else {
+                panic!("the NOTIFY does not verify with the secondary's key");
+            };
+            seen.push(Instant::now());
+            if seen.len() == 3 {
+                let mut r = Message::new(m.metadata.id, MessageType::Response, OpCode::Notify);
+                r.metadata.authoritative = true;
+                r.add_query(m.queries[0].clone());
+                let mut out = r.to_vec().unwrap();
+                sign_response(&mut out, &key, &mac, m.metadata.id, now_secs()).unwrap();
+                sock.send_to(&out, from).unwrap();
+                answered_at = Some(Instant::now());
+            }
+        }
+        seen
+    });
+    let _p = s.start("p");
+    let seen = secondary.join().expect("the secondary thread");
+    assert_eq!(
+        seen.len(),
+        3,
+        "NOTIFY copies: {} (three expected: two unanswered, the third answered)",
+        seen.len()
+    );
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(450) && gaps[1] > gaps[0],
+        "the waits between copies do not grow: {gaps:?}"
+    );
+    let log = strip_ansi(&std::fs::read_to_string(s.path("dns-p.log")).unwrap());
+    assert!(
+        log.lines().any(|l| l.contains("NOTIFY answered")
+            && l.contains("secondary=quiet ")
+            && l.contains("attempt=3")),
+        "{log}"
+    );
+}
