@@ -9,13 +9,17 @@
 //! - only requests shorter than a header or already responses are dropped silently;
 //! - the rate limiter's truncated form of a response parses, has TC set and no answers;
 //! - a query signed with the server's key is answered, the answer is signed so the
-//!   client's verifier accepts it, and it says the same as the unsigned answer.
+//!   client's verifier accepts it, and it says the same as the unsigned answer;
+//! - a signed AXFR or IXFR (the key is a secondary's) is answered with messages that
+//!   the client's verifier accepts one after the other (the multi-message TSIG chain),
+//!   and a transfer that succeeds begins and ends with the zone's SOA.
 #![no_main]
 
 #[path = "common/dns.rs"]
 mod dns;
 
 use hickory_proto::op::{Message, MessageType, OpCode};
+use hickory_proto::rr::RecordType;
 use libfuzzer_sys::fuzz_target;
 use scold_dns::answer::{self, Outcome};
 use scold_dns::tsig::{now_secs, DEFAULT_FUDGE};
@@ -80,6 +84,37 @@ fn signed(req: &[u8]) {
         return;
     };
     let Ok(bytes) = m.to_vec() else { return };
+    let transfer = m.queries.len() == 1
+        && matches!(
+            m.queries[0].query_type(),
+            RecordType::AXFR | RecordType::IXFR
+        );
+    if transfer {
+        let mut out = Vec::new();
+        if answer::answer(dns::catalog(), &bytes, &mut out, false) != Outcome::Slow {
+            return;
+        }
+        let msgs = dns::shared().handle_slow_all(&bytes, src(), false);
+        assert!(!msgs.is_empty(), "signed transfer request dropped");
+        let mut records = Vec::new();
+        for (i, r) in msgs.iter().enumerate() {
+            dns::check_response(&bytes, r);
+            let v = verifier.verify(r).unwrap_or_else(|e| {
+                panic!("transfer message {i} does not verify: {e}\nrequest {bytes:02x?}")
+            });
+            records.extend(v.answers.iter().map(|r| r.record_type()));
+        }
+        let ok = Message::from_vec(&msgs[0])
+            .expect("checked")
+            .metadata
+            .response_code
+            == hickory_proto::op::ResponseCode::NoError;
+        if ok {
+            assert_eq!(records.first(), Some(&RecordType::SOA));
+            assert_eq!(records.last(), Some(&RecordType::SOA));
+        }
+        return;
+    }
     let Some(resp) = serve(&bytes, false) else {
         // The server answers the unsigned form; only a question it drops unsigned may
         // go unanswered signed.

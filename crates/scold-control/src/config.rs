@@ -218,10 +218,80 @@ fn default_ttl() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetDnsConfig {
-    /// The TargetDNS server that accepts RFC 2136 updates.
-    pub server: SocketAddr,
+    /// The TargetDNS primaries that accept RFC 2136 updates, tried in order until one
+    /// takes the update: `server = "192.0.2.53:53"` or
+    /// `servers = ["192.0.2.53:53", "192.0.2.54:53"]`.
+    #[serde(alias = "servers")]
+    pub server: DnsServers,
     /// TSIG key as `algorithm:name:base64-secret`, e.g. `hmac-sha256:scold:AbC...=`.
     pub key: String,
+}
+
+/// One TargetDNS primary or several, in the order they are tried. Written as one
+/// address or a list; one address is written back as one address, so a file with a
+/// single `server` reads and writes as it always did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServers(pub Vec<SocketAddr>);
+
+impl DnsServers {
+    /// The addresses, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, SocketAddr> {
+        self.0.iter()
+    }
+}
+
+impl From<SocketAddr> for DnsServers {
+    fn from(a: SocketAddr) -> Self {
+        Self(vec![a])
+    }
+}
+
+impl From<(std::net::Ipv4Addr, u16)> for DnsServers {
+    fn from(a: (std::net::Ipv4Addr, u16)) -> Self {
+        Self(vec![a.into()])
+    }
+}
+
+impl From<(IpAddr, u16)> for DnsServers {
+    fn from(a: (IpAddr, u16)) -> Self {
+        Self(vec![a.into()])
+    }
+}
+
+impl From<Vec<SocketAddr>> for DnsServers {
+    fn from(v: Vec<SocketAddr>) -> Self {
+        Self(v)
+    }
+}
+
+impl Serialize for DnsServers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DnsServers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(SocketAddr),
+            Many(Vec<SocketAddr>),
+        }
+        match Form::deserialize(d) {
+            Ok(Form::One(a)) => Ok(Self(vec![a])),
+            Ok(Form::Many(v)) if !v.is_empty() => Ok(Self(v)),
+            Ok(Form::Many(_)) => Err(serde::de::Error::custom(
+                "the list of DNS servers is empty: give at least one, e.g. \"192.0.2.53:53\"",
+            )),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected an address with port, e.g. \"192.0.2.53:53\", or a list of them tried in order",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -290,6 +360,8 @@ gateways = ["gw1"]
 scheme = "4.1"
 ttl = 10
 [target.dns]
+# The TargetDNS primary, or several tried in order until one takes the update:
+# servers = ["192.0.2.53:53", "198.51.100.53:53"]
 server = "192.0.2.53:53"
 key = "hmac-sha256:scold-update:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
 

@@ -3,7 +3,7 @@
 //! handlers that record the orders they get; the DNS back end records the updates.
 
 use scold_control::config::{Config, TargetConfig};
-use scold_control::coordinator::{self, BoxFut, DnsBackend, DnsError};
+use scold_control::coordinator::{self, Accepted, BoxFut, DnsBackend, DnsError};
 use scold_link::channel::{self, Channel, ChannelError, Handler, NoRequests};
 use scold_link::CoordinatorLink;
 use scold_metrics::Metrics;
@@ -87,7 +87,7 @@ impl DnsBackend for RecordingDns {
         &'a self,
         t: &'a TargetConfig,
         proxies: &'a [IpAddr],
-    ) -> BoxFut<'a, Result<(), DnsError>> {
+    ) -> BoxFut<'a, Result<Accepted, DnsError>> {
         Box::pin(async move {
             if *self.fail.lock().unwrap() {
                 return Err(DnsError::Backend("server unreachable".into()));
@@ -98,13 +98,13 @@ impl DnsBackend for RecordingDns {
                 .lock()
                 .unwrap()
                 .push(format!("publish {} {}", t.fqdn, v.join(",")));
-            Ok(())
+            Ok(Accepted::default())
         })
     }
-    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<(), DnsError>> {
+    fn restore<'a>(&'a self, t: &'a TargetConfig) -> BoxFut<'a, Result<Accepted, DnsError>> {
         Box::pin(async move {
             self.log.lock().unwrap().push(format!("restore {}", t.fqdn));
-            Ok(())
+            Ok(Accepted::default())
         })
     }
 }

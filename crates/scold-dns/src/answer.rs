@@ -110,9 +110,10 @@ pub fn answer(cat: &Catalog, req: &[u8], out: &mut Vec<u8>, udp: bool) -> Outcom
     let mut p = question_end;
 
     // Authority section: empty, except in an IXFR, which carries the client's SOA
-    // there (RFC 1995 section 3). That is a well-formed request for a transfer, which
-    // is refused below like AXFR; an IXFR without exactly that SOA is malformed (as
-    // BIND judges it).
+    // there (RFC 1995 section 3). Unsigned, that is a well-formed request for a
+    // transfer, refused below like AXFR (a signed one went to the full path, which
+    // serves secondaries); an IXFR without exactly that SOA is malformed (as BIND
+    // judges it).
     if ns != 0 || qtype == T_IXFR {
         if qtype != T_IXFR || ns != 1 {
             return refuse(out, rcode::FORMERR, rd);
@@ -230,7 +231,8 @@ fn resolve(
     }
     match qtype {
         0 | T_OPT | T_TSIG => return rcode::FORMERR,
-        T_IXFR | T_AXFR => return rcode::REFUSED, // zone transfers are not offered
+        // Transfers go only to secondaries that sign their request (the full path).
+        T_IXFR | T_AXFR => return rcode::REFUSED,
         _ => {}
     }
     let Some(zi) = cat.find(key) else {
@@ -528,11 +530,11 @@ mod tests {
         (o, out)
     }
 
-    /// Transfers are not offered: AXFR and IXFR (whose client SOA sits in the
-    /// authority section, RFC 1995) are REFUSED with the question echoed, while a
-    /// query that really is malformed still gets FORMERR.
+    /// Unsigned transfers are refused: AXFR and IXFR (whose client SOA sits in the
+    /// authority section, RFC 1995) without TSIG are REFUSED with the question echoed,
+    /// while a query that really is malformed still gets FORMERR.
     #[test]
-    fn transfers_are_refused_and_malformed_queries_get_formerr() {
+    fn unsigned_transfers_are_refused_and_malformed_queries_get_formerr() {
         for edns in [false, true] {
             let mut m = Message::new(0x1111, MessageType::Query, OpCode::Query);
             m.add_query(Query::query(

@@ -10,11 +10,13 @@ use anyhow::Context;
     long_about = "Authoritative DNS server for one or more zones (TargetDNS), over UDP and TCP, with \
 RFC 2136 dynamic updates authenticated by TSIG (hmac-sha256/hmac-sha512) and a per-key policy. \
 Every accepted update is journaled (fsync) before it is answered and replayed at start. \
+Secondaries ([[secondary]]: BIND, Knot, NSD) may transfer the zones by AXFR or IXFR over TCP, \
+only with their TSIG key, and get a signed NOTIFY after every change, retried until answered. \
 Zone files are RFC 1035 master files that may use `ALT 203.0.113.7` and `TYPE65280 \\# 4 CB007107`."
 )]
 pub struct DnsArgs {
     /// TOML configuration file (listen addresses, zones, journal, TSIG keys and their
-    /// policies, rate limit). `--example-config` prints a commented one.
+    /// policies, secondaries, rate limit). `--example-config` prints a commented one.
     #[arg(
         long,
         short,

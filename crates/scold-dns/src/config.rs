@@ -59,6 +59,66 @@ fn default_alg() -> String {
     "hmac-sha256".into()
 }
 
+/// `[[secondary]]`: a secondary server that may transfer zones and is notified of
+/// changes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryConfig {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// Where its NOTIFY goes (address and port the secondary listens on).
+    pub address: SocketAddr,
+    /// The `[[key]]` it signs its transfer requests with; NOTIFY is signed with it too.
+    pub key: String,
+    /// Zones it may transfer and is notified of; absent: every zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// Addresses or networks its transfer requests may come from; absent: any address
+    /// that signs with the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// Whether to send it NOTIFY (at start and after every change).
+    #[serde(default = "default_true")]
+    pub notify: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A checked `[[secondary]]`.
+#[derive(Debug, Clone)]
+pub struct Secondary {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// NOTIFY destination.
+    pub address: SocketAddr,
+    /// Index of its key in [`DnsConfig::keys`].
+    pub key: usize,
+    /// Apex keys (lower-case wire form) of the zones it serves; empty: all.
+    pub zones: Vec<Vec<u8>>,
+    /// Where its transfer requests may come from; empty: anywhere.
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// Send NOTIFY.
+    pub notify: bool,
+}
+
+impl Secondary {
+    /// Whether it serves the zone with apex key `apex`.
+    pub fn serves(&self, apex: &[u8]) -> bool {
+        self.zones.is_empty() || self.zones.iter().any(|z| z == apex)
+    }
+
+    /// Whether a transfer request from `ip` may be its.
+    pub fn allows_from(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// `[rate_limit]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,6 +171,9 @@ pub struct DnsFile {
     /// TSIG keys and what each may change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<KeyConfig>,
+    /// Secondary servers: zone transfers and NOTIFY.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondary: Vec<SecondaryConfig>,
     /// Response rate limiting.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -132,6 +195,7 @@ impl DnsFile {
             tcp_idle_timeout_secs: default_tcp_idle(),
             zone: Vec::new(),
             key: Vec::new(),
+            secondary: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             metrics: None,
         }
@@ -167,6 +231,8 @@ pub struct DnsConfig {
     pub zones: Vec<(String, PathBuf)>,
     /// Keys with their policies (same order).
     pub keys: Vec<(TsigKey, Policy)>,
+    /// Secondaries.
+    pub secondaries: Vec<Secondary>,
     /// Rate limiting.
     pub rrl: RrlConfig,
     /// Prometheus endpoint.
@@ -248,6 +314,60 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
         }
         keys.push((key, Policy { grants }));
     }
+    let mut secondaries = Vec::new();
+    for (i, s) in raw.secondary.iter().enumerate() {
+        let key = raw
+            .key
+            .iter()
+            .position(|k| {
+                crate::wire::name_key(&hickory_proto::rr::Name::from_ascii(&k.name).unwrap_or_default())
+                    == crate::wire::name_key(&hickory_proto::rr::Name::from_ascii(&s.key).unwrap_or_default())
+            })
+            .ok_or_else(|| {
+                err(format!(
+                    "secondary[{i}].key `{}` is not the name of a [[key]]: add the key the secondary signs its transfers with as a [[key]] (without [[key.allow]] it may change nothing)",
+                    s.key
+                ))
+            })?;
+        let mut zs = Vec::new();
+        for z in &s.zones {
+            let apex = hickory_proto::rr::Name::from_ascii(z)
+                .ok()
+                .map(|n| crate::wire::name_key(&n))
+                .filter(|k| {
+                    raw.zone.iter().any(|c| {
+                        hickory_proto::rr::Name::from_ascii(&c.name)
+                            .is_ok_and(|n| crate::wire::name_key(&n) == *k)
+                    })
+                })
+                .ok_or_else(|| {
+                    err(format!(
+                        "secondary[{i}].zones: `{z}` is not one of the [[zone]] names"
+                    ))
+                })?;
+            zs.push(apex);
+        }
+        let mut allow_from = Vec::new();
+        for a in &s.allow_from {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    err(format!(
+                        "secondary[{i}].allow_from: `{a}` is not an address or a network (write e.g. \"192.0.2.54\" or \"192.0.2.0/24\")"
+                    ))
+                })?;
+            allow_from.push(net);
+        }
+        secondaries.push(Secondary {
+            name: s.name.clone(),
+            address: s.address,
+            key,
+            zones: zs,
+            allow_from,
+            notify: s.notify,
+        });
+    }
     let rl = &raw.rate_limit;
     if rl.ipv4_prefix > 32 || rl.ipv6_prefix > 128 {
         return Err(err(
@@ -263,6 +383,7 @@ pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
         tcp_idle_timeout_secs: raw.tcp_idle_timeout_secs.max(1),
         zones,
         keys,
+        secondaries,
         rrl: RrlConfig {
             responses_per_second: rl.responses_per_second,
             slip: rl.slip,
@@ -312,8 +433,24 @@ secret = "c2NvbGQtZXhhbXBsZS1zZWNyZXQtY2hhbmdlLW1lIQ=="
 names = ["*.example.com"]
 types = ["ALT", "A", "AAAA"]
 
+# Secondary servers (BIND, Knot, NSD, another scold dns). Each may transfer the zones
+# (AXFR, and IXFR from the journal's recent changes) over TCP, only when its request is
+# signed with its key; an unsigned or wrongly signed request is refused. It is sent a
+# NOTIFY signed with the same key at start and after every change, retried with
+# back-off until it answers.
+[[key]]
+name = "secondary1"
+secret = "c2NvbGQtZXhhbXBsZS1zZWNvbmRhcnktY2hhbmdlLW1lIQ=="
+[[secondary]]
+name = "ns2"
+address = "192.0.2.54:53"        # where NOTIFY goes
+key = "secondary1"               # a [[key]] above
+# zones = ["example.com"]        # default: every zone
+# allow_from = ["192.0.2.54", "2001:db8::/64"]   # default: any address holding the key
+# notify = true
+
 # Prometheus metrics at http://ADDRESS/metrics (answers by path, updates by outcome,
-# rate-limited answers). Leave out for none.
+# rate-limited answers, transfers, NOTIFY). Leave out for none.
 # metrics = "127.0.0.1:9853"
 
 # Response rate limiting per source prefix (UDP only). 0 disables.
@@ -488,9 +625,16 @@ mod tests {
         let c = parse_dns(DNS_EXAMPLE, Path::new("/etc/scold/dns.toml")).unwrap();
         assert_eq!(c.zones[0].1, PathBuf::from("/etc/scold/example.com.zone"));
         assert_eq!(c.journal, PathBuf::from("/etc/scold/dns.journal"));
-        assert_eq!(c.keys.len(), 1);
+        assert_eq!(c.keys.len(), 2);
         assert!(c.keys[0].1.allows(b"\x03www\x07example\x03com\x00", 65280));
         assert!(!c.keys[0].1.allows(b"\x03www\x07example\x03com\x00", 16));
+        // The secondary's key may transfer, and change nothing.
+        assert_eq!(c.secondaries.len(), 1);
+        let sec = &c.secondaries[0];
+        assert_eq!(c.keys[sec.key].0.name, "secondary1");
+        assert!(c.keys[sec.key].1.grants.is_empty());
+        assert!(sec.notify && sec.serves(b"\x07example\x03com\x00"));
+        assert!(sec.allows_from("203.0.113.9".parse().unwrap()));
         let r = parse_resolver(RESOLVER_EXAMPLE, Path::new("r.toml")).unwrap();
         assert_eq!(r.notify_keys.len(), 1);
     }
@@ -559,6 +703,39 @@ mod tests {
             e.contains("key[0].algorithm") && e.contains("hmac-sha512"),
             "{e}"
         );
+        let with_sec = |sec: &str| {
+            let text = DNS_EXAMPLE.replace(
+                "[[secondary]]\nname = \"ns2\"",
+                &format!("[[secondary]]\nname = \"ns2\"\n{sec}"),
+            );
+            parse_dns(&text, Path::new("x.toml"))
+        };
+        let c = with_sec("zones = [\"EXAMPLE.com.\"]\nallow_from = [\"192.0.2.54\", \"2001:db8::/64\"]\nnotify = false").unwrap();
+        let sec = &c.secondaries[0];
+        assert!(!sec.notify && sec.serves(b"\x07example\x03com\x00"));
+        assert!(!sec.serves(b"\x07example\x03net\x00"));
+        assert!(sec.allows_from("192.0.2.54".parse().unwrap()));
+        assert!(sec.allows_from("::ffff:192.0.2.54".parse().unwrap()));
+        assert!(sec.allows_from("2001:db8::7".parse().unwrap()));
+        assert!(!sec.allows_from("192.0.2.55".parse().unwrap()));
+        let e = with_sec("zones = [\"example.net\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secondary[0].zones") && e.contains("example.net"),
+            "{e}"
+        );
+        let e = with_sec("allow_from = [\"192.0.2.0/33\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secondary[0].allow_from"), "{e}");
+        let e = parse_dns(
+            &DNS_EXAMPLE.replace("key = \"secondary1\"", "key = \"nokey\""),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("secondary[0].key") && e.contains("nokey"), "{e}");
         let e = parse_resolver(
             "listen = [\"127.0.0.1:1\"]\nupstream = []\n",
             Path::new("r.toml"),

@@ -9,6 +9,9 @@
 //!   update survive a crash; [`startup`] decides how the journal and the zone files
 //!   combine at start (torn tail, damage, a zone file edited past the journal).
 //!   [`rrl`] limits responses per source.
+//! - [`transfer`], [`notify`]: secondaries. AXFR and IXFR (from the recent changes) to
+//!   TSIG-authorized secondaries, multi-message TSIG; signed NOTIFY after every change,
+//!   retried with back-off.
 //! - [`updater`]: the coordinator's client that sets and clears a target's ALT set, and
 //!   the proxy's signed NOTIFY.
 //! - [`resolver`]: `scold resolver`, the client site's caching resolver (ClientDNS) that
@@ -27,10 +30,12 @@ pub mod error;
 pub mod journal;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod resolver;
 pub mod rrl;
 pub mod server;
 pub mod startup;
+pub mod transfer;
 pub mod tsig;
 pub mod update;
 pub mod updater;

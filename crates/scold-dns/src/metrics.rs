@@ -25,6 +25,11 @@ pub struct DnsMetrics {
     pub rate_limited: Family<Labels, Counter>,
     /// UPDATE outcomes: applied, unchanged, refused, unsigned, bad_tsig, error.
     pub updates: Family<Labels, Counter>,
+    /// Zone transfers by answer: full, incremental, up_to_date, udp_soa, refused.
+    pub transfers: Family<Labels, Counter>,
+    /// NOTIFY to secondaries by outcome: sent (each attempt), answered, refused,
+    /// bad_signature, unanswered (given up after the retries).
+    pub notifies: Family<Labels, Counter>,
 }
 
 impl DnsMetrics {
@@ -51,6 +56,16 @@ impl DnsMetrics {
                 "RFC 2136 updates, by outcome",
                 self.updates.clone(),
             );
+            r.register(
+                "dns_transfers",
+                "Zone transfers (AXFR, IXFR) to secondaries, by answer",
+                self.transfers.clone(),
+            );
+            r.register(
+                "dns_notifies",
+                "NOTIFY messages to secondaries, by outcome",
+                self.notifies.clone(),
+            );
         });
     }
 
@@ -70,6 +85,16 @@ impl DnsMetrics {
 
     pub fn update(&self, outcome: &str) {
         self.updates.get_or_create(&label("outcome", outcome)).inc();
+    }
+
+    pub fn transfer(&self, answer: &str) {
+        self.transfers.get_or_create(&label("answer", answer)).inc();
+    }
+
+    pub fn notify(&self, outcome: &str) {
+        self.notifies
+            .get_or_create(&label("outcome", outcome))
+            .inc();
     }
 }
 

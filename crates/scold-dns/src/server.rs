@@ -9,15 +9,16 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::tsig::TsigError;
+use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::answer::{self, rcode, Outcome};
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, Secondary};
 use crate::journal::Journal;
 use crate::rrl::{Action, Rrl, RrlConfig};
 use crate::tsig::{self, TsigKey, Verdict};
@@ -34,6 +35,9 @@ pub struct Shared {
     policies: Vec<Policy>,
     journal: Mutex<Journal>,
     alt_type: u16,
+    secondaries: Vec<Secondary>,
+    /// Zones that changed, for the NOTIFY sender (set once the server runs).
+    changed: OnceLock<tokio::sync::mpsc::UnboundedSender<usize>>,
     /// Prometheus counters (registered when the config names a metrics address).
     pub metrics: crate::metrics::DnsMetrics,
 }
@@ -51,12 +55,16 @@ impl Shared {
         opts: crate::startup::StartOptions,
     ) -> Result<Self, ServerError> {
         let plan = crate::startup::plan(cfg, opts)?;
-        let (datas, journal) = crate::startup::apply(plan)?;
+        let (datas, histories, journal) = crate::startup::apply(plan)?;
         for (z, (_, file)) in datas.iter().zip(&cfg.zones) {
             tracing::info!(zone = %z.origin, file = %file.display(), records = z.rr_count(), serial = z.soa().map(|s| s.serial), "zone loaded");
         }
         let catalog = Catalog {
-            zones: datas.into_iter().map(|d| Arc::new(Zone::new(d))).collect(),
+            zones: datas
+                .into_iter()
+                .zip(histories)
+                .map(|(d, h)| Arc::new(Zone::with_history(d, h)))
+                .collect(),
         };
         let (keys, policies) = cfg.keys.iter().cloned().unzip();
         Ok(Self {
@@ -66,6 +74,8 @@ impl Shared {
             policies,
             journal: Mutex::new(journal),
             alt_type: cfg.alt_type,
+            secondaries: cfg.secondaries.clone(),
+            changed: OnceLock::new(),
             metrics: Default::default(),
         })
     }
@@ -83,27 +93,51 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Handles UPDATE, NOTIFY and signed messages. Returns the response to send, if any.
+    /// The configured secondaries.
+    pub fn secondaries(&self) -> &[Secondary] {
+        &self.secondaries
+    }
+
+    /// The key at `i` of the configuration's key list.
+    pub fn key(&self, i: usize) -> &TsigKey {
+        &self.keys[i]
+    }
+
+    /// Tells the NOTIFY sender that zone `zi` changed (nothing before the server runs).
+    fn zone_changed(&self, zi: usize) {
+        if let Some(tx) = self.changed.get() {
+            let _ = tx.send(zi);
+        }
+    }
+
+    /// Handles UPDATE, NOTIFY and signed messages. Returns the response to send, if any
+    /// (the first message of a multi-message transfer answer: over UDP there is no other).
     pub fn handle_slow(&self, req: &[u8], src: SocketAddr, udp: bool) -> Option<Vec<u8>> {
+        self.handle_slow_all(req, src, udp).into_iter().next()
+    }
+
+    /// Like [`Shared::handle_slow`], with every message of the answer: a zone transfer
+    /// over TCP may take several.
+    pub fn handle_slow_all(&self, req: &[u8], src: SocketAddr, udp: bool) -> Vec<Vec<u8>> {
         let msg = match Message::from_vec(req) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%src, error = %e, "unparseable message");
                 let mut out = Vec::new();
                 answer::header_only(&mut out, req, rcode::FORMERR, opcode_bits(req));
-                return Some(out);
+                return vec![out];
             }
         };
         if msg.metadata.message_type == MessageType::Response {
-            return None;
+            return Vec::new();
         }
         match msg.metadata.op_code {
-            OpCode::Update => Some(self.handle_update(&msg, req, src)),
+            OpCode::Update => vec![self.handle_update(&msg, req, src)],
             OpCode::Query => self.signed_query(msg, req, src, udp),
             _ => {
                 let mut out = Vec::new();
                 answer::header_only(&mut out, req, rcode::NOTIMP, opcode_bits(req));
-                Some(out)
+                vec![out]
             }
         }
     }
@@ -114,25 +148,136 @@ impl Shared {
         req: &[u8],
         src: SocketAddr,
         udp: bool,
-    ) -> Option<Vec<u8>> {
+    ) -> Vec<Vec<u8>> {
         let Some(sig) = msg.signature.take() else {
             let mut out = Vec::new();
             answer::header_only(&mut out, req, rcode::FORMERR, 0);
-            return Some(out);
+            return vec![out];
         };
         let now = tsig::now_secs();
         match tsig::verify_request(req, &sig, &self.keys, now) {
             Verdict::Ok { key, mac } => {
-                let unsigned = msg.to_vec().ok()?;
+                let is_transfer = msg.queries.len() == 1
+                    && matches!(
+                        msg.queries[0].query_type(),
+                        RecordType::AXFR | RecordType::IXFR
+                    );
+                if is_transfer {
+                    return self.transfer(&msg, key, &mac, src, udp, now);
+                }
+                let Ok(unsigned) = msg.to_vec() else {
+                    return Vec::new();
+                };
                 let mut out = Vec::new();
                 if answer::answer(&self.catalog(), &unsigned, &mut out, udp) != Outcome::Reply {
-                    return None;
+                    return Vec::new();
                 }
-                tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now).ok()?;
-                Some(out)
+                if tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now)
+                    .is_err()
+                {
+                    return Vec::new();
+                }
+                vec![out]
             }
-            v => Some(self.tsig_failure(&msg, v, src, now)),
+            v => vec![self.tsig_failure(&msg, v, src, now)],
         }
+    }
+
+    /// A signed response with `rc` and nothing else (a refused transfer).
+    fn signed_error(&self, msg: &Message, rc: u16, key: usize, mac: &[u8], now: u64) -> Vec<u8> {
+        let mut out = self.response(msg, rc);
+        if let Err(e) = tsig::sign_response(&mut out, &self.keys[key], mac, msg.metadata.id, now) {
+            tracing::warn!(error = %e, "cannot sign the answer");
+        }
+        out
+    }
+
+    /// AXFR or IXFR from a request whose TSIG verified with key `key`: answered only to a
+    /// secondary configured with that key for that zone (and, if it lists addresses,
+    /// from one of them); every message of the answer is signed.
+    fn transfer(
+        &self,
+        msg: &Message,
+        key: usize,
+        mac: &[u8],
+        src: SocketAddr,
+        udp: bool,
+        now: u64,
+    ) -> Vec<Vec<u8>> {
+        let q = &msg.queries[0];
+        let ixfr = q.query_type() == RecordType::IXFR;
+        let kind = if ixfr { "IXFR" } else { "AXFR" };
+        let keyname = &self.keys[key].name;
+        let cat = self.catalog();
+        let apex = crate::wire::name_key(q.name());
+        let Some(zi) = cat.find_exact(&apex) else {
+            tracing::warn!(%src, key = %keyname, zone = %q.name(), "{kind} for a zone not served here; refused");
+            self.metrics.transfer("refused");
+            return vec![self.signed_error(msg, rcode::NOTAUTH, key, mac, now)];
+        };
+        let sec = self
+            .secondaries
+            .iter()
+            .find(|s| s.key == key && s.serves(&apex) && s.allows_from(src.ip()));
+        let Some(sec) = sec else {
+            tracing::warn!(%src, key = %keyname, zone = %q.name(), "{kind} refused: no [[secondary]] with this key may transfer this zone from this address");
+            self.metrics.transfer("refused");
+            return vec![self.signed_error(msg, rcode::REFUSED, key, mac, now)];
+        };
+        let zone = &cat.zones[zi];
+        let current = zone.data.soa().map(|s| s.serial).unwrap_or(0);
+        let plan = if ixfr {
+            let client = msg.authorities.first().and_then(|r| match &r.data {
+                hickory_proto::rr::RData::SOA(soa) => Some(soa.serial),
+                _ => None,
+            });
+            let Some(client) = client else {
+                return vec![self.signed_error(msg, rcode::FORMERR, key, mac, now)];
+            };
+            let plan = crate::transfer::plan_ixfr(current, &zone.history, client);
+            if udp && plan != crate::transfer::Plan::UpToDate {
+                // RFC 1995 section 2: an answer that does not fit a datagram is the
+                // current SOA alone, and the client comes back over TCP.
+                tracing::info!(%src, secondary = %sec.name, zone = %q.name(), client_serial = client, serial = current, "IXFR over UDP: answered with the SOA, for a transfer over TCP");
+                self.metrics.transfer("udp_soa");
+                crate::transfer::Plan::UpToDate
+            } else {
+                if !udp {
+                    tracing::info!(%src, secondary = %sec.name, zone = %q.name(), client_serial = client, serial = current, answer = plan.kind(), "IXFR");
+                }
+                self.metrics.transfer(plan.kind());
+                plan
+            }
+        } else {
+            if udp {
+                tracing::warn!(%src, secondary = %sec.name, zone = %q.name(), "AXFR over UDP refused: zone transfers run over TCP");
+                self.metrics.transfer("refused");
+                return vec![self.signed_error(msg, rcode::REFUSED, key, mac, now)];
+            }
+            tracing::info!(%src, secondary = %sec.name, zone = %q.name(), serial = current, "AXFR");
+            self.metrics.transfer("full");
+            crate::transfer::Plan::Full
+        };
+        let rrs = crate::transfer::records(&zone.data, &plan);
+        let question = crate::transfer::Question {
+            name: crate::wire::name_wire(q.name()),
+            qtype: u16::from(q.query_type()),
+            qclass: u16::from(q.query_class()),
+        };
+        let mut msgs = crate::transfer::messages(
+            msg.metadata.id,
+            &question,
+            &rrs,
+            crate::transfer::MESSAGE_LIMIT,
+        );
+        if let Err(e) =
+            crate::transfer::sign_all(&mut msgs, &self.keys[key], mac, msg.metadata.id, now)
+        {
+            tracing::error!(error = %e, "cannot sign the transfer");
+            return vec![self.signed_error(msg, rcode::SERVFAIL, key, mac, now)];
+        }
+        tracing::debug!(%src, zone = %q.name(), records = rrs.len(), messages = msgs.len(), "{kind} answer");
+        msgs
     }
 
     fn tsig_failure(&self, msg: &Message, v: Verdict, src: SocketAddr, now: u64) -> Vec<u8> {
@@ -249,11 +394,18 @@ impl Shared {
                     self.metrics.update("error");
                     return rcode::SERVFAIL;
                 }
+                let old = &cat.zones[zi];
+                let touched = crate::transfer::touched(&changes);
+                let history = match crate::transfer::diff(&old.data, &zone, &touched) {
+                    Some(d) => crate::transfer::extend(&old.history, d),
+                    None => Vec::new().into(),
+                };
                 let mut zones = cat.zones.clone();
-                zones[zi] = Arc::new(Zone::new(*zone));
+                zones[zi] = Arc::new(Zone::with_history(*zone, history));
                 *self.catalog.write().unwrap_or_else(|p| p.into_inner()) =
                     Arc::new(Catalog { zones });
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.zone_changed(zi);
                 tracing::info!(%src, key = %keyname, zone = %zq.name(), serial = changes.serial, rrsets = changes.changes.len() - 1, "UPDATE applied and journaled");
                 self.metrics.update("applied");
                 rcode::NOERROR
@@ -368,6 +520,17 @@ pub async fn start_with(
         tcp.push(tokio::spawn(tcp_accept(listener, sh, idle, lim)));
         tracing::info!(%addr, udp_workers = workers, "scold dns listening on UDP and TCP");
         addrs.push(addr);
+    }
+    if !shared.secondaries.is_empty() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if shared.changed.set(tx.clone()).is_ok() {
+            tcp.push(tokio::spawn(crate::notify::run(shared.clone(), rx)));
+            // The zones as loaded may be news to the secondaries (a restart after the
+            // zone file changed, or updates they missed while this server was down).
+            for zi in 0..shared.catalog().zones.len() {
+                let _ = tx.send(zi);
+            }
+        }
     }
     Ok(RunningServer {
         stop,
@@ -527,21 +690,24 @@ async fn tcp_conn(
             Outcome::Slow => {
                 let sh = shared.clone();
                 let r = std::mem::take(&mut req);
-                let (resp, r) =
-                    tokio::task::spawn_blocking(move || (sh.handle_slow(&r, src, false), r))
+                let (mut resp, r) =
+                    tokio::task::spawn_blocking(move || (sh.handle_slow_all(&r, src, false), r))
                         .await
                         .map_err(std::io::Error::other)?;
                 req = r;
-                match resp {
-                    Some(x) => {
-                        shared.metrics.answer("full", 1);
-                        x
-                    }
-                    None => {
-                        shared.metrics.dropped.inc();
-                        continue;
-                    }
+                if resp.is_empty() {
+                    shared.metrics.dropped.inc();
+                    continue;
                 }
+                shared.metrics.answer("full", 1);
+                let last = resp.pop().expect("not empty");
+                for m in resp {
+                    framed.clear();
+                    framed.extend_from_slice(&(m.len() as u16).to_be_bytes());
+                    framed.extend_from_slice(&m);
+                    stream.write_all(&framed).await?;
+                }
+                last
             }
         };
         framed.clear();

@@ -76,6 +76,8 @@ struct Rewrite {
 pub struct LoadPlan {
     /// The zones as they will be served.
     pub zones: Vec<ZoneData>,
+    /// Per zone, the changes the journal replay made (for IXFR), oldest first.
+    pub histories: Vec<History>,
     /// Journal entries replayed.
     pub replayed: usize,
     /// What start-up does beyond loading.
@@ -132,6 +134,25 @@ fn describe(cs: &ChangeSet, alt_type: u16) -> String {
 
 /// Moves `z` to `serial` and returns the journal entry that records it.
 fn bump(z: &mut ZoneData, serial: u32) -> ChangeSet {
+    bump_tracked(z, serial, None)
+}
+
+/// [`bump`], adding the serial move to `history` when given.
+fn bump_tracked(z: &mut ZoneData, serial: u32, history: Option<&mut History>) -> ChangeSet {
+    let before = history.is_some().then(|| crate::transfer::snapshot(z, &[]));
+    let cs = bump_only(z, serial);
+    if let (Some(h), Some(before)) = (history, before) {
+        if let Some(d) = crate::transfer::diff(&before, z, &[]) {
+            *h = crate::transfer::extend(h, d);
+        }
+    }
+    cs
+}
+
+/// The recent changes of a zone, oldest first.
+pub type History = std::sync::Arc<[std::sync::Arc<crate::transfer::Diff>]>;
+
+fn bump_only(z: &mut ZoneData, serial: u32) -> ChangeSet {
     let prev = z.soa().map(|s| s.serial).unwrap_or(0);
     z.set_serial(serial);
     let apex = &z.nodes[&z.apex];
@@ -217,7 +238,8 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
     let mut drop_zones = Vec::new();
     let mut bumps = Vec::new();
     let mut replayed = 0;
-    for (z, file) in zones.iter_mut().zip(&files) {
+    let mut histories: Vec<History> = vec![Vec::new().into(); zones.len()];
+    for ((z, file), hist) in zones.iter_mut().zip(&files).zip(histories.iter_mut()) {
         let good: Vec<&ChangeSet> = scan
             .entries
             .iter()
@@ -238,7 +260,7 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
                         next_serial(file_serial)
                     ),
                 );
-                bumps.push(bump(z, new));
+                bumps.push(bump_tracked(z, new, Some(hist)));
             }
             continue;
         };
@@ -277,7 +299,12 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
         }
 
         for cs in &good {
+            let touched = crate::transfer::touched(cs);
+            let before = crate::transfer::snapshot(z, &touched);
             update::replay(z, cs);
+            if let Some(d) = crate::transfer::diff(&before, z, &touched) {
+                *hist = crate::transfer::extend(hist, d);
+            }
             replayed += 1;
         }
         if damage.is_none() {
@@ -324,7 +351,7 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
                 ),
             );
         }
-        bumps.push(bump(z, new));
+        bumps.push(bump_tracked(z, new, Some(hist)));
     }
     let mut unknown: Vec<&Vec<u8>> = scan
         .entries
@@ -357,6 +384,7 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
     });
     Ok(LoadPlan {
         zones,
+        histories,
         replayed,
         notes,
         journal: jpath.clone(),
@@ -367,7 +395,7 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
 
 /// Logs the plan's notes, makes the journal on disk match it and opens it for
 /// appending; returns the zones to serve.
-pub fn apply(plan: LoadPlan) -> Result<(Vec<ZoneData>, Journal), ServerError> {
+pub fn apply(plan: LoadPlan) -> Result<(Vec<ZoneData>, Vec<History>, Journal), ServerError> {
     for n in &plan.notes {
         match n.level {
             Level::Info => tracing::info!("{}", n.text),
@@ -414,7 +442,7 @@ pub fn apply(plan: LoadPlan) -> Result<(Vec<ZoneData>, Journal), ServerError> {
             j
         }
     };
-    Ok((plan.zones, journal))
+    Ok((plan.zones, plan.histories, journal))
 }
 
 #[cfg(test)]
@@ -456,6 +484,7 @@ mod tests {
                 tcp_idle_timeout_secs: 1,
                 zones: zs,
                 keys: Vec::new(),
+                secondaries: Vec::new(),
                 rrl: RrlConfig::default(),
                 metrics: None,
             };
@@ -583,7 +612,7 @@ mod tests {
                 && w.contains(&s.cfg.zones[0].1.display().to_string()),
             "{w}"
         );
-        let (zones, mut j) = apply(p).unwrap();
+        let (zones, _, mut j) = apply(p).unwrap();
         assert_eq!(zones[0].soa().unwrap().serial, 10);
         assert_eq!(
             s.asides("stale"),
@@ -626,7 +655,7 @@ mod tests {
             w.contains("raise the serial") && w.contains("above 4"),
             "{w}"
         );
-        let (_, j) = apply(p).unwrap();
+        let (_, _, j) = apply(p).unwrap();
         drop(j);
         // The move is journaled: a restart serves 5 again, without a warning.
         let p = plan(&s.cfg, StartOptions::default()).unwrap();
@@ -681,7 +710,7 @@ mod tests {
             lost.contains("lost update, serial 20: www.example.com. ALT set to 1 record(s)"),
             "{lost}"
         );
-        let (_, mut j) = apply(p).unwrap();
+        let (_, _, mut j) = apply(p).unwrap();
         assert_eq!(
             s.asides("damaged"),
             vec![b.clone()],
@@ -735,7 +764,7 @@ mod tests {
             p.notes
         );
         assert_eq!(s.files(), before);
-        let (_, j) = apply(p).unwrap();
+        let (_, _, j) = apply(p).unwrap();
         drop(j);
         assert_eq!(std::fs::read(&s.cfg.journal).unwrap().len(), good);
         assert_eq!(Journal::scan(&s.cfg.journal).unwrap().tail, Tail::Clean);

@@ -256,7 +256,7 @@ pub fn sign_response(
         None,
         Vec::new(),
     );
-    sign_with(response, key, request_mac, stub)
+    sign_with(response, key, request_mac, stub).map(drop)
 }
 
 /// Signs the BADTIME answer to a request whose Time Signed is outside its fudge
@@ -282,7 +282,62 @@ pub fn sign_badtime_response(
         Some(TsigError::BadTime),
         now.to_be_bytes()[2..8].to_vec(),
     );
+    sign_with(response, key, request_mac, stub).map(drop)
+}
+
+/// Like [`sign_response`], and returns the MAC, which the next message of a
+/// multi-message answer chains to.
+pub fn sign_response_mac(
+    response: &mut Vec<u8>,
+    key: &TsigKey,
+    request_mac: &[u8],
+    oid: u16,
+    now: u64,
+) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let stub = TSIG::new(
+        key.algorithm.to_hickory(),
+        now,
+        DEFAULT_FUDGE,
+        Vec::new(),
+        oid,
+        None,
+        Vec::new(),
+    );
     sign_with(response, key, request_mac, stub)
+}
+
+/// Signs a message after the first of a multi-message answer (RFC 8945 section
+/// 5.3.1): the MAC covers the previous message's MAC, this message without its TSIG
+/// record, and only the timers (Time Signed, Fudge). Returns the MAC.
+pub fn sign_subsequent(
+    msg: &mut Vec<u8>,
+    key: &TsigKey,
+    prev_mac: &[u8],
+    oid: u16,
+    now: u64,
+) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut tbs = Vec::with_capacity(prev_mac.len() + msg.len() + 10);
+    tbs.extend_from_slice(&(prev_mac.len() as u16).to_be_bytes());
+    tbs.extend_from_slice(prev_mac);
+    tbs.extend_from_slice(msg);
+    tbs.extend_from_slice(&now.to_be_bytes()[2..8]);
+    tbs.extend_from_slice(&DEFAULT_FUDGE.to_be_bytes());
+    let mac = key
+        .signer(DEFAULT_FUDGE)
+        .sign(&tbs)
+        .map_err(|e| hickory_proto::ProtoError::from(e.to_string()))?;
+    let stub = TSIG::new(
+        key.algorithm.to_hickory(),
+        now,
+        DEFAULT_FUDGE,
+        mac.clone(),
+        oid,
+        None,
+        Vec::new(),
+    );
+    let rec = hickory_proto::rr::rdata::tsig::make_tsig_record(key.dns_name(), stub);
+    append_record(msg, &rec)?;
+    Ok(mac)
 }
 
 fn sign_with(
@@ -290,14 +345,16 @@ fn sign_with(
     key: &TsigKey,
     request_mac: &[u8],
     stub: TSIG,
-) -> Result<(), hickory_proto::ProtoError> {
+) -> Result<Vec<u8>, hickory_proto::ProtoError> {
     let signer = key.signer(DEFAULT_FUDGE);
     let tbs = signer.encode_response_tbs(request_mac, response, &stub)?;
     let mac = signer
         .sign(&tbs)
         .map_err(|e| hickory_proto::ProtoError::from(e.to_string()))?;
-    let rec = hickory_proto::rr::rdata::tsig::make_tsig_record(key.dns_name(), stub.set_mac(mac));
-    append_record(response, &rec)
+    let rec =
+        hickory_proto::rr::rdata::tsig::make_tsig_record(key.dns_name(), stub.set_mac(mac.clone()));
+    append_record(response, &rec)?;
+    Ok(mac)
 }
 
 /// Appends an unsigned TSIG record carrying `error` (BADKEY, BADSIG answers).

@@ -335,13 +335,27 @@ pub struct Zone {
     pub data: ZoneData,
     /// Answerable form of `data`.
     pub compiled: CompiledZone,
+    /// The recent changes that led to `data`, oldest first (IXFR answers from them).
+    pub history: std::sync::Arc<[std::sync::Arc<crate::transfer::Diff>]>,
 }
 
 impl Zone {
-    /// Compiles `data`.
+    /// Compiles `data`, with no history.
     pub fn new(data: ZoneData) -> Self {
+        Self::with_history(data, Vec::new().into())
+    }
+
+    /// Compiles `data`, which `history` led to.
+    pub fn with_history(
+        data: ZoneData,
+        history: std::sync::Arc<[std::sync::Arc<crate::transfer::Diff>]>,
+    ) -> Self {
         let compiled = CompiledZone::build(&data);
-        Self { data, compiled }
+        Self {
+            data,
+            compiled,
+            history,
+        }
     }
 }
 

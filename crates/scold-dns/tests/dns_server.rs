@@ -624,12 +624,13 @@ fn dig_statuses(port: u16, args: &[&str]) -> (Vec<String>, String) {
     (st, text)
 }
 
-/// docs/dns.md promises REFUSED for zone transfers: `dig AXFR` and `dig IXFR=1` (whose
-/// request carries the client's SOA in the authority section), over TCP and UDP,
-/// signed or not, and Knot's `kdig` too; a query that is really malformed still gets
-/// FORMERR.
+/// docs/dns.md promises REFUSED for zone transfers to anyone but a configured
+/// secondary (this set-up has none): `dig AXFR` and `dig IXFR=1` (whose request carries
+/// the client's SOA in the authority section), over TCP and UDP, unsigned or signed
+/// with the coordinator's key, and Knot's `kdig` too; a query that is really malformed
+/// still gets FORMERR. tests/secondaries.rs has the transfers that are answered.
 #[test]
-fn zone_transfers_are_refused_and_malformed_queries_get_formerr() {
+fn zone_transfers_without_a_secondarys_key_are_refused_and_malformed_queries_get_formerr() {
     let s = DnsSetup::new(0, "");
     let _srv = s.start("xfr");
     let tsig = key("coordinator", "hmac-sha256", SECRET);

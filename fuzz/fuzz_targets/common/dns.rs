@@ -5,7 +5,7 @@
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
-use scold_dns::config::DnsConfig;
+use scold_dns::config::{DnsConfig, Secondary};
 use scold_dns::rrl::RrlConfig;
 use scold_dns::server::Shared;
 use scold_dns::update::{Grant, NamePattern, Policy};
@@ -105,6 +105,15 @@ pub fn shared() -> &'static Shared {
             tcp_idle_timeout_secs: 1,
             zones: vec![(ORIGIN.to_string(), zone_file)],
             keys: vec![(key(), Policy::default())],
+            // The key is a secondary's too: signed AXFR and IXFR reach the transfer path.
+            secondaries: vec![Secondary {
+                name: "fuzz".into(),
+                address: "127.0.0.1:9".parse().expect("address"),
+                key: 0,
+                zones: Vec::new(),
+                allow_from: Vec::new(),
+                notify: false,
+            }],
             rrl: RrlConfig::default(),
             metrics: None,
         };

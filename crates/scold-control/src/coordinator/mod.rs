@@ -31,7 +31,7 @@ mod handler;
 mod resync;
 
 pub use daemon::{load_config, run, serve, serve_on, Args};
-pub use dns::{BoxFut, DnsBackend, DnsError, TsigDns};
+pub use dns::{Accepted, BoxFut, DnsBackend, DnsError, TsigDns};
 pub use handler::CoordinatorHandler;
 use resync::*;
 
@@ -398,13 +398,19 @@ impl Coordinator {
                 if addrs.len() != proxies.len() {
                     return Err("a proxy of the set has no known address yet".into());
                 }
-                return self
+                let acc = self
                     .dns
                     .publish(tcfg, &addrs)
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())?;
+                self.audit_dns(target, step, &acc);
+                return Ok(());
             }
-            Step::DnsRestore => return self.dns.restore(tcfg).await.map_err(|e| e.to_string()),
+            Step::DnsRestore => {
+                let acc = self.dns.restore(tcfg).await.map_err(|e| e.to_string())?;
+                self.audit_dns(target, step, &acc);
+                return Ok(());
+            }
             Step::Drain => {
                 tokio::time::sleep(Duration::from_secs(tcfg.ttl as u64)).await;
                 return Ok(());
@@ -840,6 +846,15 @@ impl Coordinator {
                 .collect(),
             push_port: self.cfg.coordinator.client_push_port,
         }
+    }
+
+    /// Records which TargetDNS primary took a DNS step (and which were passed over), so
+    /// the operator sees it in the audit log and `scold ctl status`.
+    fn audit_dns(&self, target: &str, step: &Step, acc: &Accepted) {
+        let _ = self.store.commit(Batch {
+            events: vec![event(target, "dns_server", format!("{step}: {acc}"))],
+            ..Default::default()
+        });
     }
 
     fn is_connected(&self, role: Role, name: &str) -> bool {
