@@ -750,10 +750,39 @@ async fn bad_certificates_are_refused_and_others_still_served() {
     {
         assert!(ch.request(Request::Status, T).await.is_err());
     }
+    // Certificates of roles that may ask the coordinator nothing (a DNS server, a
+    // resolver, another coordinator) from the consortium's own CA: refused in the
+    // handshake, not per request.
+    for (role, name) in [
+        (Role::Dns, "ns1"),
+        (Role::Resolver, "res1"),
+        (Role::Coordinator, "other"),
+    ] {
+        let wrong = rig.pki.issue(role, name);
+        if let Ok(ch) = channel::connect(
+            rig.addr,
+            &wrong,
+            &[Role::Coordinator],
+            Arc::new(NoRequests),
+            Metrics::new(),
+        )
+        .await
+        {
+            let err = ch.request(Request::Status, T).await.unwrap_err();
+            assert!(
+                !matches!(err, ChannelError::Refused { .. }),
+                "{role:?}: a request was answered (refused per request): {err}"
+            );
+        }
+    }
     // Everyone else is still served.
     let op = rig.operator().await;
     status(&op).await;
     let m = rig.metrics.render();
+    assert!(
+        m.contains("scold_refusals_total{reason=\"wrong_role\"} 3"),
+        "wrong roles not refused in the handshake:\n{m}"
+    );
     for reason in ["unknown_ca", "expired", "revoked"] {
         assert!(
             m.contains(&format!("scold_refusals_total{{reason=\"{reason}\"}} 1")),

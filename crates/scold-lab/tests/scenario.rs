@@ -239,3 +239,71 @@ fn run_short(extra: &[&str]) -> (Results, String) {
     }
     (r, stdout)
 }
+
+/// Adversary mode: under the flood the attackers also go for SCOLD itself (a scan for
+/// the hidden gateway, a connection flood at the client's proxy's admission port, a
+/// member's `register` flood, a revoked proxy, the coordinator killed as the client's
+/// proxy dies) while the client downloads through its tunnel. The run exits non-zero
+/// if any attack got through; each must be reported as held, with what it tried.
+#[test]
+fn adversary_mode_attacks_on_scold_itself_get_nowhere() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let out = tempfile::tempdir().unwrap();
+    let routes_before = host_lab_routes();
+    let mut args: Vec<std::ffi::OsString> = [
+        "lab",
+        "--adversary",
+        "--reps",
+        "1",
+        "--pings",
+        "3",
+        "--sizes",
+        "100k",
+        "--attack-timeout",
+        "4",
+        "--failover-reps",
+        "1",
+        "--quiet",
+        "--out",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(out.path().into());
+    let run = run_lab(&args, 200);
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
+    assert!(
+        run.status.success(),
+        "scold lab --adversary failed:\n{stderr}\n{stdout}"
+    );
+    assert_left_nothing(&run, 8, &routes_before);
+    let r: Results =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let names: Vec<&str> = r.attacks.iter().map(|a| a.name.as_str()).collect();
+    for want in [
+        "downloads through the indirect route",
+        "scan for the hidden gateway",
+        "admission port",
+        "register flood",
+        "revoked while connected",
+        "coordinator killed",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "no attack {want:?} in {names:?}"
+        );
+    }
+    for a in &r.attacks {
+        assert!(a.held, "{} got through: {}\n{stdout}", a.name, a.achieved);
+        assert!(!a.tried.is_empty() && !a.achieved.is_empty(), "{a:?}");
+    }
+    assert!(stdout.contains("Attacks on SCOLD itself"), "{stdout}");
+    // The gateway scan sent probes and none came back.
+    let scan = r
+        .attacks
+        .iter()
+        .find(|a| a.name.contains("hidden gateway"))
+        .unwrap();
+    assert!(scan.achieved.contains("no packet came back"), "{scan:?}");
+}

@@ -372,7 +372,10 @@ pub async fn serve<H: Handler>(
     requests: Arc<RequestLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), scold_pki::PkiError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+    // Roles that may send nothing here are refused in the handshake.
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls.server_config_for(&scold_proto::control::COORDINATOR_PEERS)?,
+    );
     let door = Door::unprefixed("control port", limits, metrics.clone());
     loop {
         let (tcp, remote) = tokio::select! {

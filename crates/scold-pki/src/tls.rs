@@ -153,10 +153,26 @@ impl TlsIdentity {
     /// Server side: TLS 1.3 only; every client must present a certificate that chains to
     /// the CA, is within its validity, is not revoked and names one SCOLD identity. Which
     /// roles may do what is the caller's decision, after the handshake, from
-    /// [`peer_identity`].
+    /// [`peer_identity`]; [`TlsIdentity::server_config_for`] also refuses, in the
+    /// handshake, every role the server never talks to.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        self.server_config_with(None)
+    }
+
+    /// [`TlsIdentity::server_config`] that refuses in the handshake (alert
+    /// `bad_certificate`, [`IdentityRefusal::WrongRole`]) a client whose role is not one
+    /// of `roles`: a certificate of a role that may send nothing here buys no session.
+    pub fn server_config_for(&self, roles: &[Role]) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        self.server_config_with(Some(roles.to_vec()))
+    }
+
+    fn server_config_with(
+        &self,
+        roles: Option<Vec<Role>>,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let verifier = Arc::new(ReloadingClientVerifier {
             trust: self.trust.clone(),
+            roles,
         });
         let mut config = rustls::ServerConfig::builder_with_provider(self.trust.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -617,6 +633,8 @@ fn refuse(r: IdentityRefusal) -> rustls::Error {
 #[derive(Debug)]
 struct ReloadingClientVerifier {
     trust: Arc<Trust>,
+    /// The roles this server talks to; `None`: any role the CA issued.
+    roles: Option<Vec<Role>>,
 }
 
 impl ClientCertVerifier for ReloadingClientVerifier {
@@ -638,7 +656,16 @@ impl ClientCertVerifier for ReloadingClientVerifier {
             .current()
             .client
             .verify_client_cert(end_entity, intermediates, now)?;
-        identity_from_der(end_entity).map_err(|e| refuse(IdentityRefusal::NoIdentity(e)))?;
+        let id =
+            identity_from_der(end_entity).map_err(|e| refuse(IdentityRefusal::NoIdentity(e)))?;
+        if let Some(roles) = &self.roles {
+            if !roles.contains(&id.role) {
+                return Err(refuse(IdentityRefusal::WrongRole {
+                    expected: roles.clone(),
+                    presented: id,
+                }));
+            }
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -397,6 +397,17 @@ fn subject_of(req: &Request) -> Option<&str> {
     }
 }
 
+/// The roles a coordinator's control port talks to: every role that may send it a
+/// request ([`policy`]). Others (another coordinator, a DNS server, a resolver) are
+/// refused in the TLS handshake.
+pub const COORDINATOR_PEERS: [Role; 5] = [
+    Role::Proxy,
+    Role::Gateway,
+    Role::Target,
+    Role::Client,
+    Role::Operator,
+];
+
 /// Decides whether `peer` may send `req`.
 pub fn authorize(peer: &Identity, req: &Request) -> Result<(), Refusal> {
     let (roles, subject) = policy(req);
@@ -505,6 +516,22 @@ mod tests {
     }
 
     /// The whole table, spelled out: (role, name) x request -> allowed?
+    #[test]
+    fn the_coordinator_port_talks_to_exactly_the_roles_that_may_ask_it_something() {
+        // Requests a coordinator sends (to the nodes, over their own connections) are
+        // not asked of it.
+        let mut asking: Vec<Role> = every_request()
+            .iter()
+            .flat_map(|r| policy(r).0.iter().copied())
+            .filter(|r| *r != Role::Coordinator)
+            .collect();
+        asking.sort_by_key(|r| r.as_str());
+        asking.dedup();
+        let mut peers = COORDINATOR_PEERS.to_vec();
+        peers.sort_by_key(|r| r.as_str());
+        assert_eq!(asking, peers);
+    }
+
     #[test]
     fn authorisation_table() {
         use Role::*;
