@@ -7,8 +7,10 @@
 //! 2. a connection flood at the admission port of the client's proxy, from 200 addresses
 //!    in four /24s and 1,100 more from one address, held open without a word;
 //! 3. a `register` flood at the coordinator from a member's own certificate;
-//! 4. a proxy revoked by the consortium while it is connected and listed in ALT;
-//! 5. the coordinator killed at the moment the client's proxy dies, and restarted.
+//! 4. the client's proxy revoked by the consortium while it is connected, listed in ALT
+//!    and carrying the client's tunnel;
+//! 5. the coordinator killed at the moment the proxy the client moved to dies, and
+//!    restarted.
 //!
 //! Each attack is reported with what was tried and what it achieved, measured from the
 //! outside (packets captured, connections held, answers counted, the coordinator's
@@ -761,46 +763,109 @@ fn wait_for(t0: Instant, limit: Duration, mut ok: impl FnMut() -> bool) -> Optio
     }
 }
 
-/// 4. The consortium revokes a connected proxy that ALT lists.
-fn revoked_proxy(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, LabError> {
+/// The proxies the hidden gateway's policy lets tunnel packets go to.
+fn gateway_peers(lab: &Fig8) -> Option<Vec<IpAddr>> {
+    let out = lab
+        .exec(
+            fig8::ALT_GW,
+            "nft",
+            ["-j", "list", "set", "inet", "scold_hidden", "peers4"],
+            Duration::from_secs(5),
+        )
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let elems = v
+        .get("nftables")?
+        .as_array()?
+        .iter()
+        .find_map(|o| o.get("set"))?
+        .get("elem")
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Some(
+        elems
+            .iter()
+            .filter_map(|e| e.as_str())
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+    )
+}
+
+/// 4. The consortium revokes the client's proxy while it is connected and ALT lists it.
+/// Returns the report and the proxy the client's tunnel moved to.
+fn revoked_proxy(
+    lab: &Fig8,
+    roles: &Roles,
+    proxy: &str,
+) -> Result<(Attack, Option<String>), LabError> {
+    let client = fig8::client(1);
     let listed_before = target_proxies(roles)
         .map(|(_, p)| p.iter().any(|q| q == proxy))
         .unwrap_or(false);
     let its_addr = IpAddr::V4(addr(proxy));
+    let peer_before = gateway_peers(lab).is_some_and(|p| p.contains(&its_addr));
+    let before = roles.tunnel_packets(&client)?;
     let t0 = Instant::now();
     roles.revoke_proxy(proxy)?;
-    let revoked = wait_for(t0, Duration::from_secs(15), || {
+    let limit = Duration::from_secs(15);
+    let revoked = wait_for(t0, limit, || {
         proxy_health(roles, proxy).as_deref() == Some("revoked")
     });
-    let out_of_set = wait_for(t0, Duration::from_secs(15), || {
+    let out_of_set = wait_for(t0, limit, || {
         target_proxies(roles)
             .is_some_and(|(phase, p)| phase == "diverted" && !p.iter().any(|q| q == proxy))
     });
-    let out_of_dns = wait_for(t0, Duration::from_secs(15), || {
+    let out_of_dns = wait_for(t0, limit, || {
         alt_at_target_dns(lab).is_ok_and(|a| !a.is_empty() && !a.contains(&its_addr))
     });
+    let out_of_gateway = wait_for(t0, limit, || {
+        gateway_peers(lab).is_some_and(|p| !p.is_empty() && !p.contains(&its_addr))
+    });
+    let moved = wait_for(t0, limit, || {
+        roles
+            .tunnel_packets(&client)
+            .ok()
+            .and_then(|now| scenario::busiest_since(&before, &now, Some(proxy)))
+            .is_some()
+    });
+    let to = roles
+        .tunnel_packets(&client)
+        .ok()
+        .and_then(|now| scenario::busiest_since(&before, &now, Some(proxy)));
     let show = |t: Option<f64>| {
         t.map(fmt_seconds)
             .unwrap_or_else(|| "not within 15 s".into())
     };
-    Ok(Attack {
-        name: format!("{proxy} revoked while connected"),
+    let attack = Attack {
+        name: format!("{proxy}, the client's proxy, revoked while connected"),
         tried: format!(
             "the consortium revoked {proxy}'s certificate and wrote a new CRL while {proxy} \
-             held its control channel and {} listed in the ALT set",
-            if listed_before { "was" } else { "was not" }
+             held its control channel, carried the client's tunnel, {} listed in the ALT \
+             set and {} a tunnel peer of the hidden gateway",
+            if listed_before { "was" } else { "was not" },
+            if peer_before { "was" } else { "was not" },
         ),
         achieved: format!(
-            "coordinator marked it revoked after {}, the target's set (phase diverted) \
-             without it after {}, TargetDNS's ALT records without its address after {}; \
-             ALT now {:?}",
+            "coordinator marked it revoked after {}; the target's set (phase diverted) \
+             without it after {}; TargetDNS's ALT records without its address after {}; \
+             the gateway's tunnel peers without it after {}; the client's tunnel moved to \
+             {} after {}; ALT now {:?}",
             show(revoked),
             show(out_of_set),
             show(out_of_dns),
+            show(out_of_gateway),
+            to.as_deref().unwrap_or("no other proxy"),
+            show(moved),
             alt_at_target_dns(lab).unwrap_or_default()
         ),
-        held: revoked.is_some() && out_of_set.is_some() && out_of_dns.is_some(),
-    })
+        held: revoked.is_some()
+            && out_of_set.is_some()
+            && out_of_dns.is_some()
+            && out_of_gateway.is_some()
+            && moved.is_some(),
+    };
+    Ok((attack, to))
 }
 
 /// 5. The coordinator is killed as the client's proxy dies, and restarted.
@@ -909,16 +974,11 @@ pub(crate) fn run(
             what: "the client's download to go through a proxy".into(),
             secs: 10.0,
         })?;
-    // The proxy to revoke: one the ALT set lists beside the client's, so the revocation
-    // has something to take away.
-    let listed = target_proxies(roles).map(|(_, p)| p).unwrap_or_default();
-    let proxies = lab.proxies();
-    let revoke = listed
-        .iter()
-        .chain(proxies.iter())
-        .find(|p| **p != current)
-        .cloned()
-        .ok_or_else(|| LabError::BadSpec("adversary mode needs --proxies 3".into()))?;
+    if lab.proxies().len() < MIN_PROXIES {
+        return Err(LabError::BadSpec(format!(
+            "adversary mode needs --proxies {MIN_PROXIES} or more"
+        )));
+    }
     progress.step(
         "adversary",
         &format!("client 1 downloads through {current}"),
@@ -936,15 +996,22 @@ pub(crate) fn run(
     record(scan_gateway(lab, &logs)?, progress);
     record(admission_flood(lab, roles, &current)?, progress);
     record(register_flood(lab, roles)?, progress);
-    record(revoked_proxy(lab, roles, &revoke)?, progress);
+    // The client's proxy is revoked: the client moves, and the proxy it moved to is the
+    // one that dies with the coordinator.
+    let (revocation, moved_to) = revoked_proxy(lab, roles, &current)?;
+    record(revocation, progress);
+    let next = moved_to.ok_or_else(|| LabError::Timeout {
+        what: format!("the client's tunnel to leave the revoked {current}"),
+        secs: 15.0,
+    })?;
     record(
-        coordinator_and_proxy_die(lab, roles, &current, &revoke)?,
+        coordinator_and_proxy_die(lab, roles, &next, &current)?,
         progress,
     );
     // A little more download after the last attack, then the verdict on all of them.
     std::thread::sleep(Duration::from_secs(2));
     attacks.insert(0, finish_downloads(downloads));
-    roles.restart_proxy(&current)?;
+    roles.restart_proxy(&next)?;
     results.notes.push(format!(
         "adversary mode: {} of {} attacks on SCOLD itself held, over {} (see \"Attacks on \
          SCOLD itself\")",
