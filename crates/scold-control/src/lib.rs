@@ -10,5 +10,6 @@
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
+pub mod etcd;
 pub mod orchestrate;
 pub mod store;

@@ -1,7 +1,11 @@
-//! The coordinator's durable state: target states, the node registry and the audit log,
-//! in one redb file. Every write commits with immediate durability (fsync) before the
-//! caller acknowledges anything, so a crash loses nothing that was acknowledged.
+//! The coordinator's durable state: target states, the node registry and the audit log.
+//! Two back ends behind one interface: one redb file (one coordinator; the default), or
+//! an etcd cluster shared by coordinator replicas ([`Store::etcd`]), where every commit
+//! is one etcd transaction that holds only while this replica leads ([`Fence`]). Every
+//! write is durable (redb: fsync; etcd: committed by a quorum) before the caller
+//! acknowledges anything, so a crash loses nothing that was acknowledged.
 
+use crate::etcd::{prefix_end, Compare, Etcd, EtcdError, Op};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use scold_proto::control::NodeInfo;
 use scold_proto::identity::Role;
@@ -24,6 +28,10 @@ pub enum StoreError {
     Db(String),
     #[error("state database holds a record that does not parse ({0}); it was written by an incompatible version")]
     Corrupt(String),
+    #[error("state store: {0}")]
+    Etcd(#[from] EtcdError),
+    #[error("state store: this coordinator no longer leads (another replica took over); it must not write")]
+    Deposed,
 }
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
@@ -96,9 +104,202 @@ pub struct Batch<'a> {
 }
 
 pub struct Store {
-    db: Database,
+    backend: Backend,
     /// Audit events kept; older ones are removed as new ones come.
     keep_events: u64,
+}
+
+enum Backend {
+    Redb(Database),
+    Etcd(EtcdStore),
+}
+
+/// A leader's claim that every write must still hold: the leader key, as this replica
+/// created it. A write from a replica whose key is gone (lease lapsed, another leads) is
+/// refused by etcd itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+}
+
+struct EtcdStore {
+    etcd: Etcd,
+    /// Every key of this consortium's coordinator starts with it (`/scold/`).
+    prefix: Vec<u8>,
+    fence: Option<Fence>,
+}
+
+/// Width of an event's sequence number in its etcd key, so keys sort as numbers.
+const SEQ_WIDTH: usize = 20;
+/// Tries of a commit that lost a race for the event counter (only one leader writes;
+/// a race means a deposed one, which the fence then stops).
+const COMMIT_TRIES: usize = 5;
+/// Events read per request when the audit log is paged through.
+const EVENT_PAGE: i64 = 500;
+
+impl EtcdStore {
+    fn key(&self, parts: &[&str]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(parts.join("/").as_bytes());
+        k
+    }
+
+    fn event_key(&self, seq: u64) -> Vec<u8> {
+        self.key(&["events", &format!("{seq:0SEQ_WIDTH$}")])
+    }
+
+    fn commit(&self, batch: &Batch<'_>, keep: u64) -> Result<Vec<u64>, StoreError> {
+        let seq_key = self.key(&["meta", "event_seq"]);
+        for _ in 0..COMMIT_TRIES {
+            let (last, seq_rev) = match self.etcd.get(&seq_key)? {
+                Some(kv) => (
+                    String::from_utf8_lossy(&kv.value)
+                        .parse::<u64>()
+                        .map_err(|e| StoreError::Corrupt(format!("event counter: {e}")))?,
+                    kv.mod_revision,
+                ),
+                None => (0, 0),
+            };
+            let mut ops = Vec::new();
+            for (name, state) in &batch.targets {
+                ops.push(Op::Put {
+                    key: self.key(&["targets", name]),
+                    value: serde_json::to_vec(state).map_err(db)?,
+                    lease: 0,
+                });
+            }
+            for node in &batch.nodes {
+                ops.push(Op::Put {
+                    key: self.key(&["nodes", &NodeRecord::key(node.role, &node.name)]),
+                    value: serde_json::to_vec(node).map_err(db)?,
+                    lease: 0,
+                });
+            }
+            let first = last + 1;
+            let mut seqs = Vec::with_capacity(batch.events.len());
+            for (seq, ev) in (first..).zip(&batch.events) {
+                ops.push(Op::Put {
+                    key: self.event_key(seq),
+                    value: serde_json::to_vec(ev).map_err(db)?,
+                    lease: 0,
+                });
+                seqs.push(seq);
+            }
+            let newest = last + batch.events.len() as u64;
+            if !batch.events.is_empty() {
+                ops.push(Op::Put {
+                    key: seq_key.clone(),
+                    value: newest.to_string().into_bytes(),
+                    lease: 0,
+                });
+                // Bounded retention, as in the redb store: events below the cut go.
+                let cut = (newest + 1).saturating_sub(keep);
+                if cut > 1 {
+                    ops.push(Op::Delete {
+                        key: self.event_key(0),
+                        range_end: self.event_key(cut),
+                    });
+                }
+            }
+            if ops.is_empty() {
+                return Ok(seqs);
+            }
+            let mut compare = vec![Compare::ModRevision(seq_key.clone(), seq_rev)];
+            if let Some(f) = &self.fence {
+                compare.push(Compare::CreateRevision(f.key.clone(), f.create_revision));
+            }
+            let r = self.etcd.txn(&compare, &ops, &[])?;
+            if r.succeeded {
+                return Ok(seqs);
+            }
+            if let Some(f) = &self.fence {
+                let holds = self
+                    .etcd
+                    .get(&f.key)?
+                    .is_some_and(|kv| kv.create_revision == f.create_revision);
+                if !holds {
+                    return Err(StoreError::Deposed);
+                }
+            }
+        }
+        Err(StoreError::Db(
+            "another writer kept changing the audit log's counter; is a second coordinator \
+             writing without leading?"
+                .into(),
+        ))
+    }
+
+    /// Every record under `part/`, each with its name (the rest of its key).
+    fn all(&self, part: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let from = self.key(&[part, ""]);
+        Ok(self
+            .etcd
+            .range(&from, &prefix_end(&from), 0, false)?
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key[from.len()..]).into_owned(),
+                    kv.value,
+                )
+            })
+            .collect())
+    }
+
+    fn targets(&self) -> Result<BTreeMap<String, TargetState>, StoreError> {
+        self.all("targets")?
+            .into_iter()
+            .map(|(name, v)| {
+                let state = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("target {name}: {e}")))?;
+                Ok((name, state))
+            })
+            .collect()
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.all("nodes")?
+            .into_iter()
+            .map(|(name, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("node {name}: {e}")))
+            })
+            .collect()
+    }
+
+    fn events_where(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&EventRecord) -> bool,
+    ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        let from = self.key(&["events", ""]);
+        let mut end = prefix_end(&from);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        'pages: loop {
+            let page = self.etcd.range(&from, &end, EVENT_PAGE, true)?;
+            let Some(last) = page.last() else { break };
+            end = last.key.clone();
+            for kv in &page {
+                if out.len() >= limit {
+                    break 'pages;
+                }
+                let seq_text = String::from_utf8_lossy(&kv.key[from.len()..]).to_string();
+                let seq: u64 = seq_text
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("event key {seq_text:?}: {e}")))?;
+                let ev: EventRecord = serde_json::from_slice(&kv.value)
+                    .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
+                if keep(&ev) {
+                    out.push((seq, ev));
+                }
+            }
+            if (page.len() as i64) < EVENT_PAGE {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
 }
 
 /// Audit events a store keeps unless told otherwise.
@@ -121,7 +322,24 @@ impl Store {
         tx.open_table(EVENTS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Store {
-            db: database,
+            backend: Backend::Redb(database),
+            keep_events: DEFAULT_KEEP_EVENTS,
+        })
+    }
+
+    /// The state shared by coordinator replicas in etcd, under `prefix` (e.g.
+    /// `/scold/`). With `fence`, every write holds only while that leader key is the one
+    /// this replica created: a deposed leader writes nothing.
+    pub fn etcd(etcd: Etcd, prefix: &str, fence: Option<Fence>) -> Result<Self, StoreError> {
+        let store = EtcdStore {
+            etcd,
+            prefix: prefix.as_bytes().to_vec(),
+            fence,
+        };
+        // Reachable, and the counter (if any) readable.
+        store.etcd.get(&store.key(&["meta", "event_seq"]))?;
+        Ok(Store {
+            backend: Backend::Etcd(store),
             keep_events: DEFAULT_KEEP_EVENTS,
         })
     }
@@ -135,7 +353,11 @@ impl Store {
     /// Writes everything in `batch` in one transaction, durable when this returns.
     /// Returns the sequence numbers given to the events.
     pub fn commit(&self, batch: Batch<'_>) -> Result<Vec<u64>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        let database = match &self.backend {
+            Backend::Redb(d) => d,
+            Backend::Etcd(e) => return e.commit(&batch, self.keep_events),
+        };
+        let tx = database.begin_write().map_err(db_err)?;
         let mut seqs = Vec::with_capacity(batch.events.len());
         {
             let mut targets = tx.open_table(TARGETS).map_err(db)?;
@@ -180,7 +402,11 @@ impl Store {
     }
 
     pub fn targets(&self) -> Result<BTreeMap<String, TargetState>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let database = match &self.backend {
+            Backend::Redb(d) => d,
+            Backend::Etcd(e) => return e.targets(),
+        };
+        let tx = database.begin_read().map_err(db_err)?;
         let table = tx.open_table(TARGETS).map_err(db)?;
         let mut out = BTreeMap::new();
         for row in table.iter().map_err(db)? {
@@ -193,7 +419,11 @@ impl Store {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let database = match &self.backend {
+            Backend::Redb(d) => d,
+            Backend::Etcd(e) => return e.nodes(),
+        };
+        let tx = database.begin_read().map_err(db_err)?;
         let table = tx.open_table(NODES).map_err(db)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(db)? {
@@ -217,7 +447,11 @@ impl Store {
         limit: usize,
         keep: impl Fn(&EventRecord) -> bool,
     ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let database = match &self.backend {
+            Backend::Redb(d) => d,
+            Backend::Etcd(e) => return e.events_where(limit, &keep),
+        };
+        let tx = database.begin_read().map_err(db_err)?;
         let table = tx.open_table(EVENTS).map_err(db)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.iter().map_err(db)?.rev() {
@@ -243,65 +477,6 @@ fn db_err(e: redb::TransactionError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scold_proto::state::Event;
-
-    #[test]
-    fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let mut st = TargetState::default();
-        st.apply(
-            1,
-            Event::Alarm {
-                proxies: vec!["p1".into()],
-            },
-        );
-        let node = NodeRecord {
-            role: Role::Proxy,
-            name: "p1".into(),
-            info: NodeInfo::default(),
-            health: Health::Up,
-            last_seen_ms: Some(5),
-            attacked_until_ms: None,
-        };
-        {
-            let s = Store::open(&path).unwrap();
-            let seqs = s
-                .commit(Batch {
-                    targets: vec![("web", &st)],
-                    nodes: vec![&node],
-                    events: (0..3)
-                        .map(|i| EventRecord {
-                            at_ms: i,
-                            subject: "web".into(),
-                            event: "alarm".into(),
-                            detail: format!("#{i}"),
-                            phase: None,
-                        })
-                        .collect(),
-                })
-                .unwrap();
-            assert_eq!(seqs, vec![1, 2, 3]);
-        }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.targets().unwrap().get("web"), Some(&st));
-        assert_eq!(s.nodes().unwrap(), vec![node]);
-        let ev = s.events(2).unwrap();
-        assert_eq!(ev.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![2, 3]);
-        let seqs = s
-            .commit(Batch {
-                events: vec![EventRecord {
-                    at_ms: 9,
-                    subject: "x".into(),
-                    event: "y".into(),
-                    detail: String::new(),
-                    phase: Some("diverted".into()),
-                }],
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(seqs, vec![4]);
-    }
 
     #[test]
     fn garbage_file_is_a_clear_error() {
@@ -313,40 +488,5 @@ mod tests {
             .expect("garbage accepted")
             .to_string();
         assert!(e.contains("state.redb"), "{e}");
-    }
-
-    #[test]
-    fn the_audit_log_keeps_its_newest_events_and_filters_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("state.redb"))
-            .unwrap()
-            .keep_events(10);
-        for i in 0..25u64 {
-            let ev = EventRecord {
-                at_ms: i,
-                subject: if i % 2 == 0 { "web" } else { "proxy/p1" }.into(),
-                event: if i % 3 == 0 { "phase" } else { "registered" }.into(),
-                detail: format!("#{i}"),
-                phase: None,
-            };
-            s.commit(Batch {
-                events: vec![ev],
-                ..Default::default()
-            })
-            .unwrap();
-        }
-        let all = s.events(1000).unwrap();
-        assert_eq!(all.len(), 10, "{all:?}");
-        assert_eq!(all.first().unwrap().1.detail, "#15");
-        assert_eq!(all.last().unwrap().1.detail, "#24");
-        assert_eq!(all.last().unwrap().0, 25, "sequence numbers go on");
-        let web_phases = s
-            .events_where(1000, |e| e.subject == "web" && e.event == "phase")
-            .unwrap();
-        let details: Vec<&str> = web_phases.iter().map(|(_, e)| e.detail.as_str()).collect();
-        assert_eq!(details, ["#18", "#24"]);
-        let newest_two = s.events_where(2, |e| e.subject == "proxy/p1").unwrap();
-        let details: Vec<&str> = newest_two.iter().map(|(_, e)| e.detail.as_str()).collect();
-        assert_eq!(details, ["#21", "#23"]);
     }
 }

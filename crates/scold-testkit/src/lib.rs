@@ -11,6 +11,7 @@
 //!   started (never by name) when dropped;
 //! - bounded waits ([`wait_for`], [`wait_until`], [`wait_tcp_port`]) and a free
 //!   loopback port ([`free_port`]);
+//! - [`EtcdCluster`]: a real etcd cluster on loopback, for coordinator replicas;
 //! - shell helpers ([`sh`], [`must`], [`must_run`], [`output`]) whose failures carry the
 //!   command and its output.
 //!
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod bin;
+mod etcd;
 mod host;
 mod net;
 mod netns;
@@ -27,6 +29,7 @@ mod text;
 mod wait;
 
 pub use bin::scold_bin;
+pub use etcd::EtcdCluster;
 pub use host::{
     find_tool, is_root, must, must_run, output, require_root, require_tool, require_tools, sh,
 };
