@@ -98,6 +98,13 @@ crl = "crl.pem"
 # hello_timeout_secs = 5        # silence allowed before the first admission or probe
 # idle_timeout_secs = 30        # silence allowed on an admitted client's connection
 # max_clients_per_prefix = 64   # sessions one /24 (/56) may hold of max_clients
+# Stateless cookies: with this many connections or more not yet admitted (in their TLS
+# handshake or waiting for their first request) the port is under load, and a
+# connection gets a TLS handshake only if its cookie preamble carries the cookie this
+# proxy gave its address; any other is answered with a cookie reply and closed at once
+# (the agent connects again with the cookie). Agents too old to send the preamble are
+# not served while it lasts. 0: always demand a cookie.
+# cookie_after = 64
 
 # Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
 # (each resolver lists this key under its notify_key).
