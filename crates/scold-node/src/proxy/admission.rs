@@ -140,6 +140,31 @@ impl AdmissionSection {
     }
 }
 
+/// What the admission port tells the proxy's self-defence: which port it is and how many
+/// connections its listener has accepted, so a burst of connections is set down to
+/// admission, not taken for a flood of the link
+/// ([`scold_filter::selfdefence::AdmissionExcuse`]). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct AdmissionTap {
+    /// The admission port; None without `[admission]`.
+    pub port: Option<u16>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl AdmissionTap {
+    pub fn new(cfg: &crate::proxy::Config) -> AdmissionTap {
+        AdmissionTap {
+            port: cfg.admission.as_ref().map(|a| a.listen.port()),
+            accepted: Arc::default(),
+        }
+    }
+
+    /// Connections the listener has accepted so far, refused ones included.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
 /// Stops the admission server when dropped.
 #[derive(Debug, Default)]
 pub struct AdmissionGuard {
@@ -470,6 +495,7 @@ pub async fn start(
     commands: &mut CommandReceiver,
     drain: watch::Receiver<Drain>,
     metrics: Option<scold_metrics::Metrics>,
+    tap: AdmissionTap,
 ) -> anyhow::Result<AdmissionGuard> {
     let Some(a) = &cfg.admission else {
         return Ok(AdmissionGuard::default());
@@ -554,6 +580,7 @@ pub async fn start(
                     continue;
                 }
             };
+            tap.accepted.fetch_add(1, Ordering::Relaxed);
             // Counted before anything is spent on it; a refused one is closed at once.
             let Some(pass) = door.enter(peer) else {
                 continue;

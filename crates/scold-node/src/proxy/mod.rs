@@ -859,11 +859,13 @@ pub async fn serve_with(
 ) -> anyhow::Result<Stats> {
     // Self-defence flips the switch; the admission server tells the clients to move.
     let (drain, drain_rx) = crate::proxy::admission::drain_switch();
+    let tap = crate::proxy::admission::AdmissionTap::new(&cfg);
     let _admission = crate::proxy::admission::start(
         &cfg,
         &mut commands,
         drain_rx,
         Some(ctx.metrics.metrics.clone()),
+        tap.clone(),
     )
     .await?;
     let pusher = crate::proxy::admission::pusher(&cfg)?;
@@ -919,7 +921,7 @@ pub async fn serve_with(
                 ipip: cfg.tunnel.ipip,
             };
             let (d, tx, session) =
-                Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx, drain)?;
+                Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx, drain, tap)?;
             if let Some(sf) = session {
                 // The filter on the relay path: owned by the engine thread from now on.
                 let sf: Box<dyn scold_tunnel::Inspect> = Box::new(sf);
@@ -929,7 +931,7 @@ pub async fn serve_with(
         }
         None => match &cfg.selfdefence {
             Some(sd) => (
-                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx, drain)?.0),
+                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx, drain, tap)?.0),
                 None,
             ),
             None => (None, None),
