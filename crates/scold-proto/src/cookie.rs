@@ -238,17 +238,22 @@ impl CookieJar {
     }
 
     /// Replaces the secret with `fresh` if it is due at `now` (call it before making or
-    /// checking a cookie). The one it replaces still checks cookies for one period; if
-    /// two periods have passed since (nobody called), both old ones go.
+    /// checking a cookie). Secrets change on a fixed schedule (every period from the
+    /// first), however late the call: the one replaced still checks cookies until the
+    /// end of the current period, and if a whole period passed without a call, both old
+    /// ones go. So a cookie is good for between one and two periods.
     pub fn rotate(&mut self, now: Duration, fresh: [u8; SECRET_LEN]) {
         if !self.due(now) {
             return;
         }
         let new = hmac::Key::new(hmac::HMAC_SHA256, &fresh);
         let old = std::mem::replace(&mut self.current, new);
-        let stale = now.saturating_sub(self.since) >= self.every * 2;
-        self.previous = if stale { None } else { Some(old) };
-        self.since = now;
+        let periods = now.saturating_sub(self.since).as_nanos() / self.every.as_nanos();
+        self.previous = if periods >= 2 { None } else { Some(old) };
+        let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+        self.since = self
+            .since
+            .saturating_add(self.every.saturating_mul(periods));
     }
 
     fn mac(key: &hmac::Key, client: IpAddr, listener: SocketAddr) -> Cookie {
@@ -378,6 +383,14 @@ mod tests {
         j.rotate(T0 + ROTATE_EVERY * 2, [2; SECRET_LEN]);
         assert!(!j.check(&c0, client, l));
         assert!(j.check(&c1, client, l));
+        // A late call does not move the schedule: the next change is still due at the
+        // start of the next period, so no cookie outlives two periods.
+        let c2 = j.make(client, l);
+        j.rotate(T0 + ROTATE_EVERY * 3 + ROTATE_EVERY / 2, [4; SECRET_LEN]);
+        assert!(j.check(&c2, client, l) && !j.check(&c1, client, l));
+        assert!(j.due(T0 + ROTATE_EVERY * 4));
+        j.rotate(T0 + ROTATE_EVERY * 4, [5; SECRET_LEN]);
+        assert!(!j.check(&c2, client, l));
     }
 
     #[test]
