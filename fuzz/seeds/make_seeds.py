@@ -213,3 +213,14 @@ for i, m in enumerate(pushes):
     for pick in (0x03, 0x20, 0x06):
         put("push_message", f"msg{i}_{pick:02x}", bytes([1, 9, pick]) + frame(m))
 put("push_message", "all_split", b"\x02\x04\x21\x13" + b"".join(frame(m) for m in pushes))
+
+# --- cookie_preamble: [pick][bytes a listener or a client reads first] ----------------
+cookie = bytes(range(0x40, 0x50))
+client_hello = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"
+put("cookie_preamble", "empty", b"\x07SCKQ\x01\x00" + client_hello)
+put("cookie_preamble", "with_cookie", b"\x07SCKQ\x01\x10" + cookie + client_hello)
+put("cookie_preamble", "legacy", b"\x07" + client_hello)
+put("cookie_preamble", "reply", b"\x07SCKR\x01\x10" + cookie)
+put("cookie_preamble", "bad_version", b"\x07SCKQ\x02\x00")
+put("cookie_preamble", "bad_length", b"\x07SCKQ\x01\x08" + cookie[:8])
+put("cookie_preamble", "cut", b"\x07SCKQ\x01\x10" + cookie[:5])

@@ -38,4 +38,6 @@ pub use detect::{
     LinkSample, Rates, SourceCount,
 };
 pub use firewall::{Alert, DropReason, Filter, FilterConfig, FilterEvent, FloodKind, Verdict};
-pub use selfdefence::{LoadSample, SelfDefence, SelfDefenceConfig, SelfDefenceEvent};
+pub use selfdefence::{
+    AdmissionExcuse, LoadSample, PortCounters, SelfDefence, SelfDefenceConfig, SelfDefenceEvent,
+};

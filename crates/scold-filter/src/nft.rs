@@ -36,7 +36,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nftables::batch::Batch;
-use nftables::expr::{Elem, Expression, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{
+    Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
+};
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
     SetTypeValue, Table,
@@ -501,6 +503,88 @@ impl NftBlocklist {
     /// Deletes the whole table (sets, chain, rules). Not an error if it is gone.
     pub fn remove(self) -> Result<(), NftError> {
         self.nft.delete_table(NfFamily::INet, &self.cfg.table)
+    }
+}
+
+/// Counts the packets and bytes that arrive on one interface for one TCP port (the
+/// proxy's admission port), in a table of its own: what self-defence sets down to
+/// admission rather than to the link ([`crate::selfdefence::AdmissionExcuse`]). A
+/// counter only; it drops nothing.
+#[derive(Clone, Debug)]
+pub struct NftPortCounter {
+    nft: Nft,
+    table: String,
+}
+
+/// The chain of [`NftPortCounter`]'s table.
+const PORT_CHAIN: &str = "count";
+
+impl NftPortCounter {
+    /// Creates (or replaces) table `inet <table>` with one counting rule for TCP to
+    /// `port` arriving on `interface`, ahead of the block list (priority -350), so it
+    /// counts what the interface's own counters count.
+    pub fn ensure(
+        nft: Nft,
+        table: &str,
+        interface: &str,
+        port: u16,
+    ) -> Result<NftPortCounter, NftError> {
+        let fam = NfFamily::INet;
+        let mut b = Batch::new();
+        replace_table(&mut b, fam, table);
+        b.add(NfListObject::Chain(Chain {
+            family: fam,
+            table: table.to_string().into(),
+            name: PORT_CHAIN.into(),
+            _type: Some(NfChainType::Filter),
+            hook: Some(NfHook::Prerouting),
+            prio: Some(-350),
+            policy: Some(NfChainPolicy::Accept),
+            ..Chain::default()
+        }));
+        b.add(NfListObject::Rule(Rule {
+            family: fam,
+            table: table.to_string().into(),
+            chain: PORT_CHAIN.into(),
+            expr: Cow::Owned(vec![
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Meta(Meta {
+                        key: MetaKey::Iifname,
+                    })),
+                    right: Expression::String(interface.to_string().into()),
+                    op: Operator::EQ,
+                }),
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: "tcp".into(),
+                            field: "dport".into(),
+                        },
+                    ))),
+                    right: Expression::Number(u32::from(port)),
+                    op: Operator::EQ,
+                }),
+                Statement::Counter(Counter::Anonymous(None)),
+            ]),
+            comment: Some("scold: traffic of the admission port, not link load".into()),
+            ..Rule::default()
+        }));
+        nft.apply(&b.to_nftables(), &format!("create table inet {table}"))?;
+        Ok(NftPortCounter {
+            nft,
+            table: table.to_string(),
+        })
+    }
+
+    /// Packets and bytes counted so far.
+    pub fn read(&self) -> Result<(u64, u64), NftError> {
+        let v = self.nft.list(&["chain", "inet", &self.table, PORT_CHAIN])?;
+        Ok(sum_counters(&v))
+    }
+
+    /// Deletes the table. Not an error if it is gone.
+    pub fn remove(self) -> Result<(), NftError> {
+        self.nft.delete_table(NfFamily::INet, &self.table)
     }
 }
 

@@ -205,6 +205,72 @@ impl SelfDefence {
     }
 }
 
+/// Packets per connection its admission port accepted that the proxy may set down to
+/// admission rather than to its link: a TLS 1.3 handshake, a request or two and the close
+/// take about ten from the client; the rest is room for packets that arrive in the next
+/// sample's interval.
+pub const ADMISSION_PACKETS_PER_CONNECTION: u64 = 20;
+
+/// Cumulative counts of the proxy's admission port: the packets and bytes that arrived
+/// for it (TCP to its port on the watched link, counted by the kernel), and the
+/// connections its listener accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub accepted: u64,
+}
+
+/// Takes the admission port's own traffic out of the link's counters before
+/// [`SelfDefence`] judges them, so a burst of client connections (a flash crowd after a
+/// failover, or an attacker's one-shot connections, which the port answers with cookie
+/// replies) is not taken for a flood of the link. Only as many packets as
+/// [`ADMISSION_PACKETS_PER_CONNECTION`] per connection accepted in the same interval
+/// are set down to the port: packets to the port that open no connection (a spoofed SYN
+/// or ACK flood at it) stay link load. Receive drops and the CPU are left as they are:
+/// the cookies bound what admission can cost the CPU.
+#[derive(Clone, Debug, Default)]
+pub struct AdmissionExcuse {
+    prev: Option<PortCounters>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl AdmissionExcuse {
+    /// The link sample `s` without the admission traffic counted in `port` (both read
+    /// at the same moment) since the previous call.
+    pub fn apply(&mut self, port: PortCounters, s: &LoadSample) -> LoadSample {
+        if let Some(p) = self.prev {
+            if let (Some(dp), Some(db), Some(da)) = (
+                port.packets.checked_sub(p.packets),
+                port.bytes.checked_sub(p.bytes),
+                port.accepted.checked_sub(p.accepted),
+            ) {
+                let pk = dp.min(da.saturating_mul(ADMISSION_PACKETS_PER_CONNECTION));
+                // The bytes of the packets set down, in the interval's proportion.
+                let by = if dp == 0 {
+                    0
+                } else {
+                    (u128::from(db) * u128::from(pk) / u128::from(dp)) as u64
+                };
+                self.packets = self.packets.saturating_add(pk);
+                self.bytes = self.bytes.saturating_add(by);
+            }
+        }
+        self.prev = Some(port);
+        LoadSample {
+            rx_packets: s.rx_packets.saturating_sub(self.packets),
+            rx_bytes: s.rx_bytes.saturating_sub(self.bytes),
+            ..*s
+        }
+    }
+
+    /// Packets set down to the admission port so far.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +379,50 @@ mod tests {
             .observe(Duration::from_secs(3), &LoadSample::default())
             .is_none());
         assert!(!sd.under_attack());
+    }
+
+    #[test]
+    fn admission_connections_are_not_a_link_flood_but_packets_that_open_none_are() {
+        let cfg = SelfDefenceConfig {
+            rx_pps_max: Some(1500.0),
+            cpu_busy_max: 2.0,
+            sustain: Duration::from_secs(1),
+            ..SelfDefenceConfig::default()
+        };
+        // 4 s of 2000 connections/s, 6 packets each, to the admission port, over 100
+        // packets/s of other traffic.
+        let mut sd = SelfDefence::new(cfg.clone());
+        let mut ex = AdmissionExcuse::default();
+        let (mut link, mut port) = (LoadSample::default(), PortCounters::default());
+        let mut now = Duration::from_secs(10);
+        for _ in 0..20 {
+            now += Duration::from_millis(200);
+            link.rx_packets += 20 + 400 * 6;
+            link.rx_bytes += 20 * 100 + 400 * 6 * 300;
+            port.packets += 400 * 6;
+            port.bytes += 400 * 6 * 300;
+            port.accepted += 400;
+            let adjusted = ex.apply(port, &link);
+            assert!(
+                sd.observe(now, &adjusted).is_none(),
+                "{:?}",
+                sd.last_report()
+            );
+            assert!(sd.last_report().is_none_or(|r| r.rx_pps < 200.0));
+        }
+        assert_eq!(ex.packets(), 19 * 400 * 6);
+        // A SYN flood at the same port (no connection accepted) is the link's load.
+        let mut sd = SelfDefence::new(cfg);
+        let mut ex = AdmissionExcuse::default();
+        let mut attacked = false;
+        for _ in 0..20 {
+            now += Duration::from_millis(200);
+            link.rx_packets += 20 + 2400;
+            port.packets += 2400;
+            port.accepted += 1;
+            attacked |= sd.observe(now, &ex.apply(port, &link)).is_some();
+        }
+        assert!(attacked, "{:?}", sd.last_report());
+        assert!(ex.packets() <= 19 * ADMISSION_PACKETS_PER_CONNECTION);
     }
 }

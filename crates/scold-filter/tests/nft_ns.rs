@@ -190,3 +190,58 @@ fn filter_events_are_mirrored_into_the_set() {
     assert!(bl.list().unwrap().is_empty());
     bl.remove().unwrap();
 }
+
+/// The admission port's counter counts TCP to its port on its interface, and nothing
+/// else: not UDP to the same port, not TCP to another port. It is removed cleanly.
+#[test]
+fn the_port_counter_counts_tcp_to_its_port_only() {
+    use scold_filter::nft::{Nft, NftPortCounter};
+    use std::net::{TcpListener, TcpStream};
+    require_tool("nft", "nftables");
+    let link = Link::new("pc");
+    let counter = NftPortCounter::ensure(
+        Nft::new("nft", Some(link.target())),
+        "scold_admission_test",
+        &link.target_if(),
+        5443,
+    )
+    .expect("create the counter table in the namespace");
+    assert_eq!(counter.read().unwrap(), (0, 0));
+    let listener = in_netns(&link.target(), || {
+        TcpListener::bind(SocketAddrV4::new(TARGET_IP, 5443)).expect("bind in target")
+    })
+    .unwrap();
+    // Five connections, each opened and closed from the peer.
+    for _ in 0..5 {
+        let c = in_netns(&link.peer(), || {
+            TcpStream::connect_timeout(
+                &SocketAddrV4::new(TARGET_IP, 5443).into(),
+                Duration::from_secs(2),
+            )
+        })
+        .unwrap()
+        .expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        drop(c);
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (packets, bytes) = counter.read().unwrap();
+    // At least the SYN, the ACK and the FIN of each connection, and no more than a
+    // handful each.
+    assert!((15..=40).contains(&packets), "{packets} packets");
+    assert!(bytes >= packets * 40, "{bytes} bytes for {packets} packets");
+    // UDP to the same port and TCP to another are not counted.
+    let _ = delivered(&link, 5443, 20);
+    let _ = in_netns(&link.peer(), || {
+        TcpStream::connect_timeout(
+            &SocketAddrV4::new(TARGET_IP, 5444).into(),
+            Duration::from_secs(1),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter.read().unwrap().0, packets);
+    counter.remove().expect("remove the table");
+    let tables = link.in_target("nft list tables");
+    assert!(!tables.contains("scold_admission_test"), "{tables}");
+}

@@ -72,6 +72,7 @@ fn one_host_holding_idle_connections_does_not_block_admission() {
             scheme: "4.1",
             proxy_extra: Some(("*", defence)),
             site2_push: false,
+            admission_extra: "",
         },
     );
     let www = net.path("www");

@@ -74,6 +74,7 @@ fn flooded_proxy_drains_its_clients_to_another_proxy() {
             scheme: "4.1",
             proxy_extra: Some(("*", defence)),
             site2_push: false,
+            admission_extra: "",
         },
     );
     // 12 MiB at 1.5 MB/s: about 8 s.

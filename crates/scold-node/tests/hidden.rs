@@ -80,6 +80,7 @@ fn a_scan_finds_no_sign_of_the_gateway_before_during_and_after_a_divert() {
             scheme: "4.1",
             proxy_extra: None,
             site2_push: false,
+            admission_extra: "",
         },
     );
     let pcap = net.p("scanner.pcap");

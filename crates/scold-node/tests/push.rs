@@ -47,6 +47,7 @@ fn start(net: &mut Net, extra: Option<(&str, &str)>, site2_push: bool) {
             scheme: "4.2",
             proxy_extra: extra,
             site2_push,
+            admission_extra: "",
         },
     );
 }

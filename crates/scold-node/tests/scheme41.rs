@@ -63,6 +63,7 @@ fn divert_failover_and_restore_with_the_client_agent() {
             scheme: "4.1",
             proxy_extra: None,
             site2_push: false,
+            admission_extra: "",
         },
     );
     let www = net.path("www");

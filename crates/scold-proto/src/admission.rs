@@ -9,6 +9,22 @@
 //! address the connection comes from and the tunnel key it sends, and lets it reach only
 //! the targets it asked for.
 //!
+//! Before TLS, the client writes a cookie preamble ([`crate::cookie`]): `SCKQ`, version
+//! 1, a length (0 or 16) and the cookie this proxy last gave it at this address, if any;
+//! its ClientHello follows at once, without waiting. The proxy reads the preamble first.
+//! While it holds fewer than `cookie_after` connections that are not yet admitted (in
+//! their TLS handshake or before their first request; 0: always), it ignores the cookie
+//! and the TLS handshake goes on. Under load it goes on only when the cookie is the one
+//! its current or previous secret (replaced every two minutes) makes for the client's
+//! address and the address and port it connected to; otherwise it writes a cookie reply
+//! instead of TLS (`SCKR`, version 1, length 16, the cookie for this address) and closes
+//! the connection at once, holding nothing for it. The client tells the reply from TLS by
+//! its first byte (`S`, 0x53; a TLS record starts with 0x14 to 0x17), keeps the cookie
+//! for this proxy and connects again with it at once: one extra round trip under load,
+//! none otherwise. A client that sends no preamble (its first byte is TLS's) is served
+//! as before while the proxy is not under load, and closed without a word while it is; a
+//! malformed preamble (another magic, version or length) is closed at once.
+//!
 //! Messages are JSON in the control channel's frames ([`crate::frame`]), at most
 //! [`MAX_FRAME`] bytes. Each request gets one answer, in order:
 //!

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod agent;
 pub mod control;
+pub mod cookie;
 pub mod dataplane;
 pub mod frame;
 pub mod identity;

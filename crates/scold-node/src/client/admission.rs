@@ -3,10 +3,12 @@
 //! address connected to; then `admit`, probes and `release` over the open connection.
 //! The messages and the check of an answer are sans-IO in [`scold_proto::admission`].
 
+use crate::node::cookie::{CookieCache, Sniff};
 use scold_pki::{CaTrust, Identity, Role};
 use scold_proto::admission::{
     check_admitted, AdmitRefusal, AdmitRequest, Admitted, ClientMessage, Drain, ProxyMessage,
 };
+use scold_proto::cookie::encode_preamble;
 use scold_proto::frame;
 use scold_proto::frame::{edge_decoder as decoder, encode_message as encode, next_message};
 
@@ -68,7 +70,13 @@ pub struct Connector {
     tls: tokio_rustls::TlsConnector,
     port: u16,
     timeout: Duration,
+    /// The cookie each proxy last gave us (shared by clones).
+    cookies: CookieCache,
 }
+
+/// Connections one `connect` opens at most: with no cookie or a stale one, a proxy under
+/// load answers the first with a fresh cookie, which the second shows.
+const COOKIE_ATTEMPTS: usize = 3;
 
 /// An open, verified admission connection to one proxy.
 pub struct AdmissionConn {
@@ -76,7 +84,7 @@ pub struct AdmissionConn {
     /// Our address on the path to the proxy: the tunnel's inner source.
     pub local: IpAddr,
     pub identity: Identity,
-    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    stream: tokio_rustls::client::TlsStream<Sniff<TcpStream>>,
     dec: frame::Decoder,
     /// What the proxy last said about draining (a notice or a probe answer).
     drain: Drain,
@@ -96,6 +104,7 @@ impl Connector {
             tls: tokio_rustls::TlsConnector::from(trust.client_config(&[Role::Proxy])?),
             port,
             timeout,
+            cookies: CookieCache::default(),
         })
     }
 
@@ -116,30 +125,60 @@ impl Connector {
                 alt: alt.to_vec(),
             });
         }
-        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+        let mut attempt = 0;
+        let (stream, local) = loop {
+            attempt += 1;
+            let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| AdmissionError::Timeout {
+                    addr,
+                    what: "TCP connect",
+                })?
+                .map_err(|source| AdmissionError::Connect { addr, source })?;
+            let _ = tcp.set_nodelay(true);
+            let local = tcp
+                .local_addr()
+                .map_err(|source| AdmissionError::Connect { addr, source })?
+                .ip();
+            // The preamble goes right before the ClientHello, with the cookie this proxy
+            // gave us (if any): no round trip of its own.
+            let mut tcp = tcp;
+            let cookie = self.cookies.get(addr);
+            tokio::time::timeout(
+                self.timeout,
+                tcp.write_all(&encode_preamble(cookie.as_ref())),
+            )
             .await
             .map_err(|_| AdmissionError::Timeout {
                 addr,
-                what: "TCP connect",
+                what: "TCP send",
             })?
             .map_err(|source| AdmissionError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        let local = tcp
-            .local_addr()
-            .map_err(|source| AdmissionError::Connect { addr, source })?
-            .ip();
-        let name = rustls::pki_types::ServerName::IpAddress(proxy.into());
-        let stream = tokio::time::timeout(self.timeout, self.tls.connect(name, tcp))
-            .await
-            .map_err(|_| AdmissionError::Timeout {
-                addr,
-                what: "TLS handshake",
-            })?
-            .map_err(|e| AdmissionError::Tls {
-                addr,
-                reason: scold_pki::refusal_reason_io(&e).as_str(),
-                detail: e.to_string(),
-            })?;
+            let sniff = Sniff::new(tcp);
+            let slot = sniff.slot();
+            let name = rustls::pki_types::ServerName::IpAddress(proxy.into());
+            let r = tokio::time::timeout(self.timeout, self.tls.connect(name, sniff))
+                .await
+                .map_err(|_| AdmissionError::Timeout {
+                    addr,
+                    what: "TLS handshake",
+                })?;
+            let demanded = slot.lock().expect("cookie slot").take();
+            match (r, demanded) {
+                (Ok(stream), _) => break (stream, local),
+                (Err(_), Some(fresh)) if attempt < COOKIE_ATTEMPTS => {
+                    tracing::info!(%addr, had_cookie = cookie.is_some(), "the proxy is under load and gave us a cookie; connecting again with it");
+                    self.cookies.put(addr, fresh);
+                }
+                (Err(e), _) => {
+                    return Err(AdmissionError::Tls {
+                        addr,
+                        reason: scold_pki::refusal_reason_io(&e).as_str(),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        };
         let conn = stream.get_ref().1;
         let identity = scold_pki::peer_identity(conn).map_err(|e| AdmissionError::Tls {
             addr,

@@ -2,6 +2,7 @@
 //! errors that name the file, the key and the fix, the command channel type, shutdown.
 
 pub mod control;
+pub mod cookie;
 pub mod daemon;
 pub mod wire;
 

@@ -3,6 +3,7 @@
 //! [`scold_proto::admission::Admissions`] and applied through the proxy's command channel
 //! before it is answered; drain notices to every open connection; session leases.
 
+use crate::node::cookie::{Challenger, Pending};
 use crate::node::{CommandReceiver, CommandRequest};
 use scold_daemon::Door;
 use scold_pki::{Role, TlsIdentity, TlsPaths};
@@ -48,6 +49,15 @@ fn default_handshake_ms() -> u64 {
 fn default_hello() -> u64 {
     5
 }
+fn default_cookie_after() -> usize {
+    DEFAULT_COOKIE_AFTER
+}
+
+/// Connections not yet admitted (in their TLS handshake or waiting for their first
+/// request) from which on the admission port is under load and spends handshakes only
+/// on clients that show a cookie. Far above what clients reconnecting at once after a
+/// failover hold for the few milliseconds of a handshake, far below the door's total.
+pub const DEFAULT_COOKIE_AFTER: usize = 64;
 
 /// Admission connections one address, one /24 (/56) and everyone may hold: a client
 /// agent keeps one connection to a proxy (two while it reconnects), a site's resolver
@@ -98,6 +108,12 @@ pub struct AdmissionSection {
     /// before the TLS handshake; more are closed at once.
     #[serde(default = "default_connections")]
     pub connections: ConnLimits,
+    /// Under load (this many connections or more not yet admitted: in their TLS
+    /// handshake or waiting for their first request) a connection gets a TLS handshake
+    /// only with a valid cookie; any other gets a cookie reply and is closed at once.
+    /// 0: always demand a cookie.
+    #[serde(default = "default_cookie_after")]
+    pub cookie_after: usize,
 }
 
 impl AdmissionSection {
@@ -119,7 +135,33 @@ impl AdmissionSection {
             hello_timeout_secs: default_hello(),
             handshake_timeout_ms: default_handshake_ms(),
             connections: default_connections(),
+            cookie_after: default_cookie_after(),
         }
+    }
+}
+
+/// What the admission port tells the proxy's self-defence: which port it is and how many
+/// connections its listener has accepted, so a burst of connections is set down to
+/// admission, not taken for a flood of the link
+/// ([`scold_filter::selfdefence::AdmissionExcuse`]). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct AdmissionTap {
+    /// The admission port; None without `[admission]`.
+    pub port: Option<u16>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl AdmissionTap {
+    pub fn new(cfg: &crate::proxy::Config) -> AdmissionTap {
+        AdmissionTap {
+            port: cfg.admission.as_ref().map(|a| a.listen.port()),
+            accepted: Arc::default(),
+        }
+    }
+
+    /// Connections the listener has accepted so far, refused ones included.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -266,11 +308,13 @@ impl Server {
         }
     }
 
+    /// `pending`: counts the connection as not yet admitted until its first request.
     async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut tls: S,
         client: IpAddr,
         local: IpAddr,
+        mut pending: Option<Pending>,
     ) {
         // Sessions are bound to the connection that made them (see `plan_admit`).
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +380,8 @@ impl Server {
                     break;
                 }
             };
+            // A request: the connection no longer counts towards the port's load.
+            pending.take();
             let admit = matches!(msg, ClientMessage::Admit(_));
             let answer = self.handle(client, conn, local, msg).await;
             if admit && !counted && matches!(answer, ProxyMessage::Admitted(_)) {
@@ -449,6 +495,7 @@ pub async fn start(
     commands: &mut CommandReceiver,
     drain: watch::Receiver<Drain>,
     metrics: Option<scold_metrics::Metrics>,
+    tap: AdmissionTap,
 ) -> anyhow::Result<AdmissionGuard> {
     let Some(a) = &cfg.admission else {
         return Ok(AdmissionGuard::default());
@@ -516,8 +563,13 @@ pub async fn start(
         })
     };
     tracing::info!(listen = %a.listen, identity = %tls.identity(), "admission server listening");
-    let door = Door::new("admission", a.connections, metrics);
+    let door = Door::new("admission", a.connections, metrics.clone());
     let handshake = Duration::from_millis(a.handshake_timeout_ms.max(1));
+    let challenger = Challenger::new(a.cookie_after);
+    let gauges = metrics.map(|m| {
+        let (door, challenger) = (door.clone(), challenger.clone());
+        tokio::spawn(async move { connection_gauges(m, door, challenger).await })
+    });
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -528,22 +580,36 @@ pub async fn start(
                     continue;
                 }
             };
+            tap.accepted.fetch_add(1, Ordering::Relaxed);
             // Counted before anything is spent on it; a refused one is closed at once.
             let Some(pass) = door.enter(peer) else {
                 continue;
             };
             let local = match tcp.local_addr() {
-                Ok(l) => l.ip(),
+                Ok(l) => l,
                 Err(_) => continue,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let server = server.clone();
             let door = door.clone();
+            let challenger = challenger.clone();
             tokio::spawn(async move {
                 let _pass = pass;
-                match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => server.serve_conn(tls, peer.ip(), local).await,
+                let start = Instant::now();
+                // The cookie preamble first: under load, a connection without a valid
+                // cookie ends here, answered with one, before any TLS work.
+                let Some(tcp) = challenger.admit(tcp, peer, local, &door, handshake).await else {
+                    return;
+                };
+                let pending = challenger.enter();
+                let left = handshake.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        server
+                            .serve_conn(tls, peer.ip(), local.ip(), Some(pending))
+                            .await
+                    }
                     Ok(Err(e)) => door.refuse(
                         peer,
                         scold_pki::refusal_reason_io(&e).as_str(),
@@ -554,9 +620,35 @@ pub async fn start(
             });
         }
     });
-    Ok(AdmissionGuard {
-        tasks: vec![forward, reaper, accept],
-    })
+    let mut tasks = vec![forward, reaper, accept];
+    tasks.extend(gauges);
+    Ok(AdmissionGuard { tasks })
+}
+
+/// Keeps `scold_admission_connections` (held by the door now) and
+/// `scold_admission_pending` (of those, not yet admitted: what makes the port demand
+/// cookies) current, a few times a second.
+async fn connection_gauges(m: scold_metrics::Metrics, door: Door, challenger: Arc<Challenger>) {
+    use prometheus_client::metrics::gauge::Gauge;
+    let (open, pending) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+    m.with_registry(|r| {
+        r.register(
+            "admission_connections",
+            "Connections the admission port holds now",
+            open.clone(),
+        );
+        r.register(
+            "admission_pending",
+            "Admission connections not yet admitted (in their TLS handshake or before their first request); at cookie_after the port demands cookies",
+            pending.clone(),
+        );
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        open.set(door.open() as i64);
+        pending.set(challenger.pending() as i64);
+    }
 }
 
 /// The proxy's drain switch: its self-defence holds the sender, the admission server
@@ -577,13 +669,16 @@ mod tests {
         assert_eq!(old.connections, DEFAULT_CONNECTIONS);
         assert_eq!(old.handshake_timeout_ms, 3000);
         assert_eq!(old.hello_timeout_secs, 5);
+        assert_eq!(old.cookie_after, DEFAULT_COOKIE_AFTER);
+        assert!(old.cookie_after > 0 && old.cookie_after < old.connections.total);
         assert!(old.connections.per_source < old.connections.total);
         let new: AdmissionSection = toml::from_str(
-            "ca = \"ca.crt\"\ncert = \"p.crt\"\nkey = \"p.key\"\nhello_timeout_secs = 2\nconnections = { per_source = 2, per_prefix = 10, total = 100 }\n",
+            "ca = \"ca.crt\"\ncert = \"p.crt\"\nkey = \"p.key\"\nhello_timeout_secs = 2\ncookie_after = 0\nconnections = { per_source = 2, per_prefix = 10, total = 100 }\n",
         )
         .unwrap();
         assert_eq!(new.connections, ConnLimits::new(2, 10, 100));
         assert_eq!(new.hello_timeout_secs, 2);
+        assert_eq!(new.cookie_after, 0);
         // And it round-trips (the lab writes these tables).
         let back: AdmissionSection = toml::from_str(&toml::to_string(&new).unwrap()).unwrap();
         assert_eq!(back.connections, new.connections);

@@ -41,12 +41,14 @@
 //! self-defence reports the proxy recovered.
 
 use crate::node::control::{report_until_acknowledged, NodeContext};
+use crate::proxy::admission::AdmissionTap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use scold_filter::capture::{Capture, CaptureConfig, Program, MAX_BATCH};
 use scold_filter::firewall::{Alert, FilterConfig, FilterStats, Offender, SourceLimits};
-use scold_filter::nft::{nft_available, NftBlocklist, NftConfig};
+use scold_filter::nft::{nft_available, Nft, NftBlocklist, NftConfig, NftPortCounter};
 use scold_filter::packet::{classify, classify_lax, PacketInfo, Proto};
+use scold_filter::selfdefence::{AdmissionExcuse, PortCounters};
 use scold_filter::{
     Filter, FilterEvent, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict,
 };
@@ -470,6 +472,8 @@ impl FilterMetrics {
 pub struct Defence {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     nft: Option<NftBlocklist>,
+    /// Self-defence's count of the admission port's packets.
+    port_counter: Option<NftPortCounter>,
     /// Ends the watcher's thread.
     watcher_stop: Option<Arc<AtomicBool>>,
 }
@@ -486,6 +490,7 @@ impl Defence {
         tunnel: TunnelPorts,
         ctx: &NodeContext,
         drain: tokio::sync::watch::Sender<Drain>,
+        admission: AdmissionTap,
     ) -> anyhow::Result<(
         Defence,
         mpsc::UnboundedSender<FilterUpdate>,
@@ -496,6 +501,7 @@ impl Defence {
         let mut nft = None;
         let mut session = None;
         let mut watcher_stop = None;
+        let mut port_counter = None;
         if let Some(section) = section {
             let started = start_filter(section, (tx.clone(), rx), tunnel, ctx)?;
             tasks.push(started.task);
@@ -509,18 +515,21 @@ impl Defence {
                 .clone()
                 .or_else(|| section.map(|s| s.interface.clone()))
                 .ok_or_else(|| anyhow::anyhow!("[selfdefence] needs an interface"))?;
+            port_counter = admission_counter(&interface, &admission);
             tasks.push(tokio::spawn(run_selfdefence(
                 interface,
                 sd.config(),
                 Duration::from_millis(sd.interval_ms.clamp(50, 10_000)),
                 ctx.clone(),
                 drain,
+                port_counter.clone().map(|c| (c, admission)),
             )));
         }
         Ok((
             Defence {
                 tasks,
                 nft,
+                port_counter,
                 watcher_stop,
             },
             tx,
@@ -540,6 +549,12 @@ impl Defence {
             let r = tokio::task::spawn_blocking(move || n.remove()).await;
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "cannot remove the nftables block list");
+            }
+        }
+        if let Some(c) = self.port_counter {
+            let r = tokio::task::spawn_blocking(move || c.remove()).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "cannot remove the admission port's nftables counter");
             }
         }
     }
@@ -976,12 +991,39 @@ fn drain_reason(report: &scold_filter::selfdefence::LoadReport) -> String {
     )
 }
 
+/// The table in which self-defence counts the admission port's packets.
+const ADMISSION_COUNTER_TABLE: &str = "scold_admission";
+
+/// The nftables counter of the admission port's packets on the watched `interface`;
+/// None (logged) without `[admission]` or nft, when the admission traffic counts as the
+/// link's.
+fn admission_counter(interface: &str, tap: &AdmissionTap) -> Option<NftPortCounter> {
+    let port = tap.port?;
+    if !nft_available("nft") {
+        tracing::warn!("nft is not installed (Debian package `nftables`): self-defence counts the admission port's connections as link load");
+        return None;
+    }
+    match NftPortCounter::ensure(
+        Nft::new("nft", None),
+        ADMISSION_COUNTER_TABLE,
+        interface,
+        port,
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the admission port's packets; self-defence counts them as link load");
+            None
+        }
+    }
+}
+
 async fn run_selfdefence(
     interface: String,
     cfg: SelfDefenceConfig,
     every: Duration,
     ctx: NodeContext,
     drain: tokio::sync::watch::Sender<Drain>,
+    admission: Option<(NftPortCounter, AdmissionTap)>,
 ) {
     let mut reader = match scold_filter::sample::CounterReader::open(&interface) {
         Ok(r) => r,
@@ -991,6 +1033,7 @@ async fn run_selfdefence(
         }
     };
     let mut sd = SelfDefence::new(cfg);
+    let mut excuse = AdmissionExcuse::default();
     let start = Instant::now();
     let mut tick = tokio::time::interval(every);
     let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
@@ -1003,7 +1046,26 @@ async fn run_selfdefence(
                 continue;
             }
         };
-        let sample = scold_filter::sample::load_sample(&c, &cpu);
+        let mut sample = scold_filter::sample::load_sample(&c, &cpu);
+        if let Some((counter, tap)) = &admission {
+            // Read together with the link's counters, so both cover the same interval.
+            let counter = counter.clone();
+            let accepted = tap.accepted();
+            match tokio::task::spawn_blocking(move || counter.read()).await {
+                Ok(Ok((packets, bytes))) => {
+                    let port = PortCounters {
+                        packets,
+                        bytes,
+                        accepted,
+                    };
+                    sample = excuse.apply(port, &sample);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the admission port's counter")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the admission port's counter"),
+            }
+        }
         match sd.observe(start.elapsed(), &sample) {
             Some(SelfDefenceEvent::UnderAttack(report)) => {
                 let summary = serde_json::to_value(&report).unwrap_or_default();

@@ -98,6 +98,13 @@ crl = "crl.pem"
 # hello_timeout_secs = 5        # silence allowed before the first admission or probe
 # idle_timeout_secs = 30        # silence allowed on an admitted client's connection
 # max_clients_per_prefix = 64   # sessions one /24 (/56) may hold of max_clients
+# Stateless cookies: with this many connections or more not yet admitted (in their TLS
+# handshake or waiting for their first request) the port is under load, and a
+# connection gets a TLS handshake only if its cookie preamble carries the cookie this
+# proxy gave its address; any other is answered with a cookie reply and closed at once
+# (the agent connects again with the cookie). Agents too old to send the preamble are
+# not served while it lasts. 0: always demand a cookie.
+# cookie_after = 64
 
 # Client sites' resolvers told by a TSIG-signed NOTIFY to drop a diverted name at once
 # (each resolver lists this key under its notify_key).
@@ -852,11 +859,13 @@ pub async fn serve_with(
 ) -> anyhow::Result<Stats> {
     // Self-defence flips the switch; the admission server tells the clients to move.
     let (drain, drain_rx) = crate::proxy::admission::drain_switch();
+    let tap = crate::proxy::admission::AdmissionTap::new(&cfg);
     let _admission = crate::proxy::admission::start(
         &cfg,
         &mut commands,
         drain_rx,
         Some(ctx.metrics.metrics.clone()),
+        tap.clone(),
     )
     .await?;
     let pusher = crate::proxy::admission::pusher(&cfg)?;
@@ -912,7 +921,7 @@ pub async fn serve_with(
                 ipip: cfg.tunnel.ipip,
             };
             let (d, tx, session) =
-                Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx, drain)?;
+                Defence::start(Some(f), cfg.selfdefence.as_ref(), ports, &ctx, drain, tap)?;
             if let Some(sf) = session {
                 // The filter on the relay path: owned by the engine thread from now on.
                 let sf: Box<dyn scold_tunnel::Inspect> = Box::new(sf);
@@ -922,7 +931,7 @@ pub async fn serve_with(
         }
         None => match &cfg.selfdefence {
             Some(sd) => (
-                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx, drain)?.0),
+                Some(Defence::start(None, Some(sd), TunnelPorts::default(), &ctx, drain, tap)?.0),
                 None,
             ),
             None => (None, None),

@@ -267,6 +267,8 @@ pub struct Linked<'a> {
     /// The second client site has its address (10.8.0.2) and takes pushes on it, but no
     /// proxy has a route to it yet.
     pub site2_push: bool,
+    /// Keys added to both proxies' `[admission]` table.
+    pub admission_extra: &'a str,
 }
 
 /// The secrets of the TSIG key the coordinator updates TargetDNS with, and of the
@@ -329,7 +331,8 @@ pub fn start_linked(net: &mut Net, opts: &Linked) {
     let tls = |role: &str, name: &str| control_tls(net, role, name);
     let admission = |name: &str, port: u16| {
         format!(
-            "[admission]\nlisten = \"0.0.0.0:{port}\"\nca = \"{certs}/ca.crt\"\ncert = \"{certs}/proxy-{name}.crt\"\nkey = \"{certs}/proxy-{name}.key\"\n"
+            "[admission]\nlisten = \"0.0.0.0:{port}\"\nca = \"{certs}/ca.crt\"\ncert = \"{certs}/proxy-{name}.crt\"\nkey = \"{certs}/proxy-{name}.key\"\n{}\n",
+            opts.admission_extra
         )
     };
     let (dns, resolver) = dns_configs(net);
@@ -390,7 +393,7 @@ organisation = "org-p2"
     let proxy = |name: &str, n: u8, public: &str, toward_gw: &str| {
         format!(
             "[tunnel]\nencap = \"udp\"\nlisten = \"0.0.0.0:51820\"\n{}\n\
-             [control]\ncoordinator = \"10.9.{n}.1:7800\"\naddress = \"{public}\"\nendpoint = \"{toward_gw}:51820\"\ncapacity_mbps = 1000\norganisation = \"org-{name}\"\n{}\n\
+             [control]\ncoordinator = \"10.9.{n}.1:7800\"\naddress = \"{public}\"\nmetrics = \"127.0.0.1:9801\"\nendpoint = \"{toward_gw}:51820\"\ncapacity_mbps = 1000\norganisation = \"org-{name}\"\n{}\n\
              [[notify]]\nresolver = \"10.9.{n}.1:5300\"\nkey = \"hmac-sha256:{name}:{NOTIFY_SECRET}\"\n{}",
             admission(name, 5443),
             tls("proxy", name),
