@@ -26,8 +26,14 @@ pub struct Config {
 pub struct CoordinatorSection {
     /// Address the control channel listens on.
     pub listen: SocketAddr,
-    /// The durable state file (redb).
+    /// The durable state file (redb) of a coordinator that runs alone; replicas share
+    /// their state in etcd instead (`[coordinator.etcd]`).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub state: PathBuf,
+    /// Coordinator replicas: the etcd cluster they share their state in and elect their
+    /// leader with. Without it, one coordinator keeps its state in `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSection>,
     /// How often nodes send heartbeats.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
@@ -60,6 +66,38 @@ pub struct CoordinatorSection {
     pub keep_events: u64,
 }
 
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// `[coordinator.etcd]`: replicas of one coordinator sharing an etcd cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client addresses of the etcd members (its `--listen-client-urls`), tried in turn.
+    pub endpoints: Vec<SocketAddr>,
+    /// Every key the replicas write starts with this (one prefix per consortium).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Seconds of the leader's lease: a leader that stops renewing it (dead, or cut off
+    /// from etcd) is replaced after this long, and stops acting itself within it.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Milliseconds a call to etcd may take.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_etcd_prefix() -> String {
+    "/scold/".into()
+}
+fn default_lease_secs() -> u64 {
+    3
+}
+fn default_etcd_timeout_ms() -> u64 {
+    1000
+}
+
 fn default_keep_events() -> u64 {
     crate::store::DEFAULT_KEEP_EVENTS
 }
@@ -79,6 +117,7 @@ impl CoordinatorSection {
         CoordinatorSection {
             listen,
             state,
+            etcd: None,
             heartbeat_ms: default_heartbeat_ms(),
             down_after_ms: default_down_after_ms(),
             proxies_per_target: default_proxies_per_target(),
@@ -316,6 +355,15 @@ pub const EXAMPLE_CONFIG: &str = r#"# scold coordinator configuration.
 listen = "0.0.0.0:7800"
 # Durable state: target phases, registry, audit log.
 state = "/var/lib/scold/coordinator.redb"
+# Or replicas: several coordinators (each with this table, its own listen address and
+# certificate) share their state in etcd; one leads (an etcd lease), the others stand by
+# without listening and take over when its lease lapses. Nodes and `scold ctl` list every
+# replica's address and talk to whichever listens. Leave `state` out then.
+# [coordinator.etcd]
+# endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]
+# prefix = "/scold/"
+# lease_secs = 3
+# timeout_ms = 1000
 # Nodes send heartbeats this often; one silent for down_after_ms is marked down.
 heartbeat_ms = 1000
 down_after_ms = 3500
@@ -376,6 +424,34 @@ organisation = "org-a"
 
 impl Config {
     pub fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        match &self.coordinator.etcd {
+            None => anyhow::ensure!(
+                !self.coordinator.state.as_os_str().is_empty(),
+                "{}: [coordinator] needs `state` (the state file of a coordinator that runs \
+                 alone) or a [coordinator.etcd] table (replicas sharing an etcd cluster)",
+                path.display()
+            ),
+            Some(e) => {
+                anyhow::ensure!(
+                    !e.endpoints.is_empty(),
+                    "{}: [coordinator.etcd] endpoints is empty; list the etcd members' client \
+                     addresses, e.g. [\"10.0.0.1:2379\"]",
+                    path.display()
+                );
+                anyhow::ensure!(
+                    e.prefix.starts_with('/') && e.prefix.ends_with('/'),
+                    "{}: [coordinator.etcd] prefix {:?} must start and end with '/'",
+                    path.display(),
+                    e.prefix
+                );
+                anyhow::ensure!(
+                    (2..=60).contains(&e.lease_secs),
+                    "{}: [coordinator.etcd] lease_secs {} must be 2 to 60",
+                    path.display(),
+                    e.lease_secs
+                );
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for t in &self.targets {
             scold_proto::identity::validate_name(&t.name)

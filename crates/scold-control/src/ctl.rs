@@ -13,9 +13,15 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Control address of the coordinator.
-    #[arg(long, env = "SCOLD_COORDINATOR", default_value = "127.0.0.1:7800")]
-    pub coordinator: SocketAddr,
+    /// Control address of the coordinator; with replicas, every replica's address,
+    /// comma-separated (the one that leads answers).
+    #[arg(
+        long,
+        env = "SCOLD_COORDINATOR",
+        default_value = "127.0.0.1:7800",
+        value_delimiter = ','
+    )]
+    pub coordinator: Vec<SocketAddr>,
     /// The consortium CA certificate.
     #[arg(long, env = "SCOLD_CA", default_value = "ca.crt")]
     pub ca: PathBuf,
@@ -255,15 +261,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crl: None,
     })
     .context("cannot load the operator certificate; pass --ca, --cert and --key (or SCOLD_CA, SCOLD_CERT, SCOLD_KEY)")?;
-    let channel = channel::connect(
-        args.coordinator,
-        &tls,
-        &[Role::Coordinator],
-        Arc::new(NoRequests),
-        Metrics::new(),
-    )
-    .await
-    .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let mut tried = Vec::new();
+    let mut channel = None;
+    for addr in &args.coordinator {
+        match channel::connect(
+            *addr,
+            &tls,
+            &[Role::Coordinator],
+            Arc::new(NoRequests),
+            Metrics::new(),
+        )
+        .await
+        {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(e) => tried.push(format!("{addr}: {e}")),
+        }
+    }
+    let channel = channel.ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator ({}); check --coordinator (every replica's address, comma-separated)",
+            tried.join("; ")
+        )
+    })?;
     let request = match &args.command {
         CtlCommand::Status => Request::Status,
         CtlCommand::Divert { target } => Request::Divert {

@@ -13,8 +13,18 @@ use std::time::Duration;
 fn event(i: u64) -> EventRecord {
     EventRecord {
         at_ms: i,
-        subject: if i.is_multiple_of(2) { "web" } else { "proxy/p1" }.into(),
-        event: if i.is_multiple_of(3) { "phase" } else { "registered" }.into(),
+        subject: if i.is_multiple_of(2) {
+            "web"
+        } else {
+            "proxy/p1"
+        }
+        .into(),
+        event: if i.is_multiple_of(3) {
+            "phase"
+        } else {
+            "registered"
+        }
+        .into(),
         detail: format!("#{i}"),
         phase: None,
     }

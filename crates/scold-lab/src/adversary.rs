@@ -183,7 +183,7 @@ fn run_bounded(
     Ok(())
 }
 
-/// 1. A scan for the hidden gateway from an attacker.
+/// Attack 1: a scan for the hidden gateway from an attacker.
 fn scan_gateway(lab: &Fig8, logs: &Path) -> Result<Attack, LabError> {
     crate::topology::require_tool("hping3", "hping3")?;
     crate::topology::require_tool("tcpdump", "tcpdump")?;
@@ -506,7 +506,7 @@ fn held_by_proxy(lab: &Fig8, proxy: &str, me: Ipv4Addr) -> Option<usize> {
     )
 }
 
-/// 2. A connection flood at the admission port of the client's proxy.
+/// Attack 2: a connection flood at the admission port of the client's proxy.
 fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, LabError> {
     let attackers = lab.attackers();
     let attacker = attackers[1 % attackers.len()].clone();
@@ -628,7 +628,7 @@ fn admission_flood(lab: &Fig8, roles: &Roles, proxy: &str) -> Result<Attack, Lab
     })
 }
 
-/// 3. A member floods the coordinator with `register` requests.
+/// Attack 3: a member floods the coordinator with `register` requests.
 fn register_flood(lab: &Fig8, roles: &Roles) -> Result<Attack, LabError> {
     use scold_link::channel::{self, ChannelError, NoRequests};
     use scold_proto::control::{NodeInfo, RefusalReason, Request, TunnelInfo};
@@ -792,8 +792,8 @@ fn gateway_peers(lab: &Fig8) -> Option<Vec<IpAddr>> {
     )
 }
 
-/// 4. The consortium revokes the client's proxy while it is connected and ALT lists it.
-/// Returns the report and the proxy the client's tunnel moved to.
+/// Attack 4: the consortium revokes the client's proxy while it is connected and ALT
+/// lists it. Returns the report and the proxy the client's tunnel moved to.
 fn revoked_proxy(
     lab: &Fig8,
     roles: &Roles,
@@ -868,7 +868,7 @@ fn revoked_proxy(
     Ok((attack, to))
 }
 
-/// 5. The coordinator is killed as the client's proxy dies, and restarted.
+/// Attack 5: the coordinator is killed as the client's proxy dies, and restarted.
 fn coordinator_and_proxy_die(
     lab: &Fig8,
     roles: &mut Roles,

@@ -30,12 +30,33 @@ impl CoordinatorLink {
         tls: Arc<TlsIdentity>,
         handler: Arc<H>,
         metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> CoordinatorLink {
+        Self::start_any(vec![coordinator], info, tls, handler, metrics, shutdown)
+    }
+
+    /// [`CoordinatorLink::start`] with every replica's address: the link goes to the one
+    /// that answers (standby replicas do not listen), tries the next at once when one
+    /// fails, and backs off only after a round in which none answered.
+    pub fn start_any<H: Handler>(
+        coordinators: Vec<SocketAddr>,
+        info: NodeInfo,
+        tls: Arc<TlsIdentity>,
+        handler: Arc<H>,
+        metrics: Metrics,
         mut shutdown: watch::Receiver<bool>,
     ) -> CoordinatorLink {
+        assert!(
+            !coordinators.is_empty(),
+            "a link needs a coordinator address"
+        );
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
+            let mut next = 0usize;
+            let mut failed_in_round = 0usize;
             loop {
+                let coordinator = coordinators[next % coordinators.len()];
                 let attempt = async {
                     let ch = channel::connect(
                         coordinator,
@@ -60,6 +81,14 @@ impl CoordinatorLink {
                     r = attempt => match r {
                         Ok(x) => x,
                         Err(e) => {
+                            next += 1;
+                            failed_in_round += 1;
+                            if failed_in_round < coordinators.len() {
+                                // Another replica may lead: try it at once.
+                                info!(%coordinator, error = %e, "cannot reach this coordinator replica; trying the next");
+                                continue;
+                            }
+                            failed_in_round = 0;
                             warn!(%coordinator, error = %e, retry_in = ?backoff, "cannot reach the coordinator");
                             tokio::select! {
                                 _ = tokio::time::sleep(jitter(backoff)) => {},
@@ -73,6 +102,7 @@ impl CoordinatorLink {
                 };
                 info!(%coordinator, peer = %ch.peer(), "registered with the coordinator");
                 backoff = MIN_BACKOFF;
+                failed_in_round = 0;
                 let _ = tx.send(Some(ch.clone()));
                 let mut seq = 0u64;
                 let mut tick = tokio::time::interval(every);

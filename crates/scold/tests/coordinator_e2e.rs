@@ -75,6 +75,8 @@ fn tunnel_of(role: Role, name: &str) -> Option<TunnelInfo> {
 struct Site {
     dir: PathBuf,
     control: SocketAddr,
+    /// The other coordinator replicas' control addresses (none: one coordinator).
+    replicas: Vec<SocketAddr>,
     metrics: SocketAddr,
     dns_port: u16,
 }
@@ -82,10 +84,14 @@ struct Site {
 impl Site {
     fn ctl(&self, args: &[&str]) -> String {
         let certs = self.dir.join("certs");
+        let every: Vec<String> = std::iter::once(self.control)
+            .chain(self.replicas.iter().copied())
+            .map(|a| a.to_string())
+            .collect();
         let mut all = vec![
             "ctl".to_string(),
             "--coordinator".into(),
-            self.control.to_string(),
+            every.join(","),
             "--ca".into(),
             certs.join("ca.crt").display().to_string(),
             "--cert".into(),
@@ -213,6 +219,7 @@ impl Consortium {
             metrics: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             dns_port,
             dir: dir.clone(),
+            replicas: Vec::new(),
         };
         let pool: String = proxies
             .iter()
@@ -301,8 +308,10 @@ key = "hmac-sha256:coordinator:{SECRET}"
         let tls = Arc::new(TlsIdentity::load(&paths.tls_paths()).unwrap());
         let rec = Arc::new(Recorder::default());
         let (stop, rx) = watch::channel(false);
-        let agent = CoordinatorLink::start(
-            self.site.control,
+        let agent = CoordinatorLink::start_any(
+            std::iter::once(self.site.control)
+                .chain(self.site.replicas.iter().copied())
+                .collect(),
             NodeInfo {
                 tunnel: tunnel_of(role, name),
                 ..Default::default()
@@ -507,4 +516,127 @@ async fn a_proxy_dead_across_a_coordinator_restart_is_reset_out() {
     })
     .await
     .unwrap();
+}
+
+/// Two coordinator replicas sharing a real etcd (Debian `etcd-server`): one leads and
+/// listens, the other stands by without listening. A divert completes under the first;
+/// kill -9 of it, and the standby takes over when its lease lapses: the nodes follow it
+/// (they know both addresses), it holds the divert's state and the audit log from
+/// before, and its restore works, on the wire. The killed one, started again, stands by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_takes_over_from_a_killed_leader() {
+    let etcd = scold_testkit::EtcdCluster::start(1);
+    let mut c = Consortium::setup(&["p1", "p2"]);
+    let a = c.site.control;
+    let b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The replicas' configs: the single coordinator's, with the shared store.
+    let single = std::fs::read_to_string(&c.coord_cfg).unwrap();
+    let endpoints: Vec<String> = etcd.clients().iter().map(|e| format!("\"{e}\"")).collect();
+    let replica = |listen: SocketAddr, metrics: u16| {
+        single
+            .replace("state = \"state/coordinator.redb\"\n", "")
+            .replace(&format!("listen = \"{a}\""), &format!("listen = \"{listen}\""))
+            .replace(
+                &format!("listen = \"{}\"", c.site.metrics),
+                &format!("listen = \"127.0.0.1:{metrics}\""),
+            )
+            .replace(
+                "[tls]",
+                &format!(
+                    "[coordinator.etcd]\nendpoints = [{}]\nprefix = \"/scold-e2e/\"\nlease_secs = 2\n\n[tls]",
+                    endpoints.join(", ")
+                ),
+            )
+    };
+    let cfg_a = c.dir.join("replica-a.toml");
+    let cfg_b = c.dir.join("replica-b.toml");
+    std::fs::write(&cfg_a, replica(a, c.site.metrics.port())).unwrap();
+    std::fs::write(&cfg_b, replica(b, free_port())).unwrap();
+    let dir = c.dir.clone();
+    let start = move |cfg: &PathBuf, log: &str| {
+        Proc::spawn(
+            "scold coordinator replica",
+            Command::new(SCOLD)
+                .args(["coordinator", "--config"])
+                .arg(cfg)
+                .current_dir(&dir),
+            &dir.join(log),
+        )
+    };
+    let mut leader = start(&cfg_a, "replica-a.log");
+    leader.wait_tcp_port(a, Duration::from_secs(20));
+    let mut standby = start(&cfg_b, "replica-b.log");
+    standby.wait_log("standing by", Duration::from_secs(20));
+    assert!(
+        !scold_testkit::tcp_listening(b),
+        "the standby replica listens while the other leads"
+    );
+
+    Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+    let site = c.site.clone();
+    let _t = c.node(Role::Target, "web");
+    let _gw = c.node(Role::Gateway, "gw1");
+    let _p1 = c.node(Role::Proxy, "p1");
+    let _p2 = c.node(Role::Proxy, "p2");
+    let before = tokio::task::spawn_blocking({
+        let site = site.clone();
+        move || {
+            wait_status(&site, "up", |s| {
+                s.proxies.iter().filter(|p| p.health == "up").count() == 2
+                    && s.gateways.iter().any(|g| g.health == "up")
+            });
+            site.ctl(&["divert", "web"]);
+            let s = site.wait_phase("diverted");
+            assert_eq!(site.alt(), vec!["\\# 4 C6336401", "\\# 4 C6336402"]);
+            (s, site.ctl(&["--json", "events", "--limit", "1000"]))
+        }
+    })
+    .await
+    .unwrap();
+
+    // kill -9 of the leader: the standby takes over once the lease lapses.
+    leader.kill9();
+    let killed = Instant::now();
+    let site2 = site.clone();
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            scold_testkit::wait_tcp_port(b, Duration::from_secs(20)),
+            "the standby never took over"
+        );
+        eprintln!(
+            "takeover: the standby listened {:?} after the leader's kill -9 (lease 2 s)",
+            killed.elapsed()
+        );
+        let s = wait_status(&site2, "nodes back at the new leader", |s| {
+            s.proxies.iter().filter(|p| p.health == "up").count() == 2
+                && s.gateways.iter().any(|g| g.health == "up")
+        });
+        // The divert's state and the audit log from before the takeover are there.
+        assert_eq!(s.targets[0].phase, "diverted");
+        assert_eq!(s.targets[0].epoch, before.0.targets[0].epoch);
+        assert_eq!(s.targets[0].proxies, before.0.targets[0].proxies);
+        let seqs = |json: &str| -> Vec<u64> {
+            match serde_json::from_str::<Reply>(json).unwrap() {
+                Reply::Events { events } => events.iter().map(|e| e.seq).collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let old = seqs(&before.1);
+        let now = seqs(&site2.ctl(&["--json", "events", "--limit", "1000"]));
+        assert!(now.starts_with(&old), "the audit log is not continuous");
+        assert!(now.windows(2).all(|w| w[0] < w[1]));
+        // The new leader acts: the restore completes, on the wire.
+        site2.ctl(&["restore", "web"]);
+        site2.wait_phase("normal");
+        assert!(site2.alt().is_empty(), "ALT records left after the restore");
+    })
+    .await
+    .unwrap();
+
+    // The killed replica, started again, stands by.
+    let mut again = start(&cfg_a, "replica-a-2.log");
+    again.wait_log("standing by", Duration::from_secs(20));
+    assert!(!scold_testkit::tcp_listening(a), "two replicas listen");
+    again.terminate();
+    standby.terminate();
 }

@@ -36,15 +36,6 @@ pub async fn serve(
         config_path.display(),
         tls.identity()
     );
-    let listen = cfg.coordinator.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {listen}; change [coordinator] listen in {}",
-                config_path.display()
-            )
-        })?;
     let metrics = Metrics::new();
     if let Some(m) = &cfg.metrics {
         let addr = m.listen;
@@ -55,7 +46,113 @@ pub async fn serve(
             }
         });
     }
-    serve_on(cfg, tls, dns, listener, metrics, shutdown).await
+    let listen = cfg.coordinator.listen;
+    let bind = || async {
+        tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {listen}; change [coordinator] listen in {}",
+                    config_path.display()
+                )
+            })
+    };
+    let Some(replica) = cfg.coordinator.etcd.clone() else {
+        let listener = bind().await?;
+        return serve_on(cfg, tls, dns, listener, metrics, shutdown).await;
+    };
+    serve_replica(cfg, replica, tls, dns, metrics, shutdown, bind).await
+}
+
+/// A replica sharing an etcd cluster: stands by (not listening) until it leads, then
+/// serves as the coordinator on the fenced shared store, renewing its lead; gives the
+/// lead back on shutdown, and stops with an error when it loses it (a supervisor
+/// restarts it, as a standby).
+async fn serve_replica<B, F>(
+    cfg: Config,
+    replica: crate::config::EtcdSection,
+    tls: Arc<scold_pki::TlsIdentity>,
+    dns: Box<dyn DnsBackend>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+    bind: B,
+) -> anyhow::Result<()>
+where
+    B: FnOnce() -> F,
+    F: std::future::Future<Output = anyhow::Result<tokio::net::TcpListener>>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let timeout = Duration::from_millis(replica.timeout_ms.max(50));
+    let client = || crate::etcd::Etcd::new(replica.endpoints.clone(), timeout);
+    let me = format!("{} at {}", tls.identity(), cfg.coordinator.listen);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The shutdown signal, seen by the blocking campaign and keep-alive loops.
+    let watcher = {
+        let stop = stop.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            scold_daemon::until_set(&mut shutdown).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    info!(endpoints = ?replica.endpoints, prefix = %replica.prefix, "coordinator replica: campaigning for the lead");
+    let lead = {
+        let (etcd, prefix, me, stop) = (client(), replica.prefix.clone(), me.clone(), stop.clone());
+        let secs = replica.lease_secs;
+        tokio::task::spawn_blocking(move || lead::campaign(&etcd, &prefix, &me, secs, &stop))
+            .await?
+    };
+    let Some(lead) = lead else {
+        watcher.abort();
+        return Ok(());
+    };
+    info!(epoch = lead.epoch, "coordinator replica: leading");
+    let store = {
+        let (etcd, prefix, fence) = (client(), replica.prefix.clone(), lead.fence.clone());
+        tokio::task::spawn_blocking(move || Store::etcd(etcd, &prefix, Some(fence))).await??
+    };
+    // Renew the lead; losing it stops this replica's service at once.
+    let (lost_tx, mut lost) = watch::channel(false);
+    let keeper = {
+        let (etcd, lead, stop) = (client(), lead.clone(), stop.clone());
+        let secs = replica.lease_secs;
+        tokio::task::spawn_blocking(move || {
+            let stopped = lead::keep(&etcd, &lead, secs, &stop);
+            if !stopped {
+                let _ = lost_tx.send(true);
+            } else {
+                // Shutdown: hand the lead over at once instead of after the lease.
+                let _ = etcd.lease_revoke(lead.lease);
+            }
+        })
+    };
+    let (serve_stop_tx, serve_stop) = watch::channel(false);
+    let lost_flag = Arc::new(AtomicBool::new(false));
+    let relay = {
+        let lost_flag = lost_flag.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = scold_daemon::until_set(&mut shutdown) => {}
+                _ = scold_daemon::until_set(&mut lost) => lost_flag.store(true, Ordering::Relaxed),
+            }
+            let _ = serve_stop_tx.send(true);
+        })
+    };
+    let listener = bind().await?;
+    let served = serve_with(cfg, store, tls, dns, listener, metrics, serve_stop).await;
+    relay.abort();
+    stop.store(true, Ordering::Relaxed);
+    let _ = keeper.await;
+    watcher.abort();
+    if lost_flag.load(Ordering::Relaxed) {
+        anyhow::bail!(
+            "this coordinator replica lost the lead (epoch {}): it could not renew its etcd \
+             lease, so it stopped acting before another replica could take over; start it \
+             again to stand by",
+            lead.epoch
+        );
+    }
+    served
 }
 
 /// How often connected peers' certificates are checked again without a new CRL.
@@ -70,10 +167,24 @@ pub async fn serve_on(
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.coordinator.state)?;
+    serve_with(cfg, store, tls, dns, listener, metrics, shutdown).await
+}
+
+/// [`serve_on`] with the store opened by the caller.
+pub async fn serve_with(
+    cfg: Config,
+    store: Store,
+    tls: Arc<scold_pki::TlsIdentity>,
+    dns: Box<dyn DnsBackend>,
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let sweep_every = Duration::from_millis(cfg.coordinator.heartbeat_ms.clamp(50, 1000));
     let coordinator_limits = cfg.coordinator.connections;
     let request_rate = cfg.coordinator.requests;
-    let coordinator = Coordinator::open(cfg, dns, metrics.clone())?;
+    let coordinator = Coordinator::open_with(cfg, store, dns, metrics.clone())?;
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
     let sweeper = {

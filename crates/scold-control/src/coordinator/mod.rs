@@ -28,9 +28,10 @@ use tracing::{error, info, warn};
 mod daemon;
 mod dns;
 mod handler;
+pub mod lead;
 mod resync;
 
-pub use daemon::{load_config, run, serve, serve_on, Args};
+pub use daemon::{load_config, run, serve, serve_on, serve_with, Args};
 pub use dns::{Accepted, BoxFut, DnsBackend, DnsError, TsigDns};
 pub use handler::CoordinatorHandler;
 use resync::*;
@@ -122,7 +123,19 @@ impl Coordinator {
         dns: Box<dyn DnsBackend>,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Self>> {
-        let store = Store::open(&cfg.coordinator.state)?.keep_events(cfg.coordinator.keep_events);
+        let store = Store::open(&cfg.coordinator.state)?;
+        Self::open_with(cfg, store, dns, metrics)
+    }
+
+    /// [`Coordinator::open`] on a store opened by the caller (a replica's fenced etcd
+    /// store).
+    pub fn open_with(
+        cfg: Config,
+        store: Store,
+        dns: Box<dyn DnsBackend>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Self>> {
+        let store = store.keep_events(cfg.coordinator.keep_events);
         let started = now_ms();
         let mut targets = store.targets()?;
         for t in &cfg.targets {

@@ -37,6 +37,10 @@ pub struct ControlSection {
     /// The coordinator's control address (mutual TLS).
     #[serde(default)]
     pub coordinator: Option<SocketAddr>,
+    /// The other replicas' addresses, when the coordinator runs as replicas sharing
+    /// etcd: the link goes to whichever leads (standby replicas do not listen).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<SocketAddr>,
     /// This node's certificate, key, the consortium CA and its CRL; needed with
     /// `coordinator`. Relative paths are relative to the config file's folder.
     #[serde(default)]
@@ -72,6 +76,7 @@ impl ControlSection {
             self,
             ControlSection {
                 coordinator: None,
+                replicas: _,
                 tls: None,
                 metrics: None,
                 address: None,
@@ -80,11 +85,17 @@ impl ControlSection {
                 capacity_mbps: None,
                 organisation: None,
             }
-        )
+        ) && self.replicas.is_empty()
     }
 
     /// Checks what can be checked before start-up.
     pub fn check(&self, file: &Path) -> anyhow::Result<()> {
+        if self.coordinator.is_none() && !self.replicas.is_empty() {
+            anyhow::bail!(
+                "config file {}: [control] replicas is set without coordinator; put one replica's address in coordinator and the others in replicas",
+                file.display()
+            );
+        }
         if self.coordinator.is_some() && self.tls.is_none() {
             anyhow::bail!(
                 "config file {}: [control] coordinator is set but [control.tls] is missing; add ca, cert and key (issue them with `scold ca issue`)",
@@ -440,8 +451,10 @@ impl ControlLink {
                     file.display()
                 );
                 let handler = Arc::new(NodeHandler::new(role, commands, notifier, metrics.clone()));
-                let agent = CoordinatorLink::start(
-                    coordinator,
+                let mut all = vec![coordinator];
+                all.extend(section.replicas.iter().copied());
+                let agent = CoordinatorLink::start_any(
+                    all,
                     info,
                     tls,
                     handler,
