@@ -123,6 +123,7 @@ impl Handler for Node {
                 target,
                 epoch,
                 commands,
+                ..
             } => {
                 if let Err(r) = self.epochs.lock().unwrap().admit(&target, epoch) {
                     return Response::Refused(r);

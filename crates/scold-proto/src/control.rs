@@ -145,10 +145,17 @@ pub enum Request {
     // --- coordinator -> nodes -------------------------------------------------------
     /// Data-plane orders for one target (route set-up, tear-down, ...), applied in
     /// order; each is idempotent.
+    ///
+    /// `leader`: the sending coordinator's leadership epoch when it runs as replicas
+    /// (the create revision of its etcd leader key; 0 for a coordinator alone). A node
+    /// refuses an order from an older leadership than one it already obeyed, so a
+    /// deposed leader can do no harm ([`EpochGuard::admit_leader`]).
     Dataplane {
         target: String,
         epoch: u64,
         commands: Vec<dataplane::Command>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        leader: u64,
     },
     /// A proxy tells the client sites' resolvers, with a TSIG-signed NOTIFY, to drop
     /// their cached answer for `fqdn` (paper Sec. 3 step 4).
@@ -156,6 +163,8 @@ pub enum Request {
         target: String,
         epoch: u64,
         fqdn: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        leader: u64,
     },
 
     // --- operator -> coordinator ----------------------------------------------------
@@ -440,9 +449,32 @@ pub fn authorize(peer: &Identity, req: &Request) -> Result<(), Refusal> {
 #[derive(Debug, Default, Clone)]
 pub struct EpochGuard {
     newest: HashMap<String, u64>,
+    /// The newest coordinator leadership whose order was taken.
+    newest_leader: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl EpochGuard {
+    /// Accepts an order of leadership epoch `leader` if no newer leadership has been
+    /// obeyed, and records it: once a node took an order from a new leader, the old one
+    /// (deposed, or cut off and not yet aware) is refused as stale.
+    pub fn admit_leader(&mut self, leader: u64) -> Result<(), Refusal> {
+        if leader < self.newest_leader {
+            return Err(Refusal::new(
+                RefusalReason::Stale,
+                format!(
+                    "order of leadership epoch {leader}, but a coordinator of epoch {} leads now",
+                    self.newest_leader
+                ),
+            ));
+        }
+        self.newest_leader = leader;
+        Ok(())
+    }
+
     /// Accepts `epoch` for `target` if it is not older than the newest seen, and records it.
     pub fn admit(&mut self, target: &str, epoch: u64) -> Result<(), Refusal> {
         match self.newest.get_mut(target) {
@@ -493,11 +525,13 @@ mod tests {
                 target: "web".into(),
                 epoch: 3,
                 commands: vec![dataplane::Command::GetStats],
+                leader: 0,
             },
             Request::Notify {
                 target: "web".into(),
                 epoch: 3,
                 fqdn: "www.example.net.".into(),
+                leader: 0,
             },
             Request::Status,
             Request::Proxies,
@@ -557,6 +591,33 @@ mod tests {
     }
 
     #[test]
+    fn orders_of_a_deposed_leader_are_stale_once_a_newer_one_was_obeyed() {
+        let mut g = EpochGuard::default();
+        // A coordinator alone (leadership 0), then replicas: epochs only grow.
+        assert!(g.admit_leader(0).is_ok());
+        assert!(g.admit_leader(17).is_ok());
+        assert!(g.admit_leader(17).is_ok(), "the same leader again");
+        assert!(g.admit_leader(42).is_ok(), "a newer leader");
+        let r = g.admit_leader(17).unwrap_err();
+        assert_eq!(r.reason, RefusalReason::Stale);
+        assert!(r.message.contains("42"), "{}", r.message);
+        // An order without the field (an older coordinator) reads as leadership 0, and
+        // one of leadership 0 is written without it.
+        let old = r#"{"type":"dataplane","target":"web","epoch":3,"commands":[]}"#;
+        match serde_json::from_str::<Request>(old).unwrap() {
+            Request::Dataplane { leader, .. } => assert_eq!(leader, 0),
+            other => panic!("{other:?}"),
+        }
+        let none = Request::Notify {
+            target: "web".into(),
+            epoch: 1,
+            fqdn: "www.example.net.".into(),
+            leader: 0,
+        };
+        assert!(!serde_json::to_string(&none).unwrap().contains("leader"));
+    }
+
+    #[test]
     fn target_cannot_raise_alarm_for_another() {
         let err = authorize(
             &id(Role::Target, "mail"),
@@ -577,6 +638,7 @@ mod tests {
                 target: "web".into(),
                 epoch: 1,
                 commands: vec![],
+                leader: 0,
             },
         )
         .unwrap_err();

@@ -139,7 +139,17 @@ where
         })
     };
     let listener = bind().await?;
-    let served = serve_with(cfg, store, tls, dns, listener, metrics, serve_stop).await;
+    let served = serve_with(
+        cfg,
+        store,
+        lead.epoch.max(0) as u64,
+        tls,
+        dns,
+        listener,
+        metrics,
+        serve_stop,
+    )
+    .await;
     relay.abort();
     stop.store(true, Ordering::Relaxed);
     let _ = keeper.await;
@@ -168,13 +178,16 @@ pub async fn serve_on(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let store = Store::open(&cfg.coordinator.state)?;
-    serve_with(cfg, store, tls, dns, listener, metrics, shutdown).await
+    serve_with(cfg, store, 0, tls, dns, listener, metrics, shutdown).await
 }
 
-/// [`serve_on`] with the store opened by the caller.
+/// [`serve_on`] with the store opened by the caller and the leadership epoch every
+/// order carries (0 for a coordinator alone).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_with(
     cfg: Config,
     store: Store,
+    leader_epoch: u64,
     tls: Arc<scold_pki::TlsIdentity>,
     dns: Box<dyn DnsBackend>,
     listener: tokio::net::TcpListener,
@@ -185,6 +198,7 @@ pub async fn serve_with(
     let coordinator_limits = cfg.coordinator.connections;
     let request_rate = cfg.coordinator.requests;
     let coordinator = Coordinator::open_with(cfg, store, dns, metrics.clone())?;
+    coordinator.set_leader_epoch(leader_epoch);
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
     let sweeper = {

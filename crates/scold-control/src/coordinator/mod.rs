@@ -104,6 +104,8 @@ pub struct Coordinator {
     world: Mutex<World>,
     /// The revocation list in force is past its next-update date (shown in status).
     crl_expired: std::sync::atomic::AtomicBool,
+    /// This replica's leadership epoch (0: a coordinator alone), carried by every order.
+    leader_epoch: std::sync::atomic::AtomicU64,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -191,6 +193,7 @@ impl Coordinator {
                 live: HashMap::new(),
             }),
             crl_expired: Default::default(),
+            leader_epoch: Default::default(),
         }))
     }
 
@@ -434,6 +437,7 @@ impl Coordinator {
                         target: tcfg.name.clone(),
                         epoch,
                         fqdn: tcfg.fqdn.clone(),
+                        leader: self.leader_epoch(),
                     };
                     self.send(Role::Proxy, p, request).await?;
                 }
@@ -627,6 +631,7 @@ impl Coordinator {
                 target: tcfg.name.clone(),
                 epoch,
                 commands: order.commands,
+                leader: self.leader_epoch(),
             };
             match self.send(role, &order.node, request).await? {
                 Reply::Dataplane { replies } => {
@@ -1120,6 +1125,17 @@ impl Coordinator {
     /// Marks silent nodes down and attacked marks that expired back up; a proxy that
     /// goes down is swapped out of its targets.
     /// Records whether the revocation list in force is past its next-update date.
+    /// The leadership epoch this coordinator's orders carry.
+    pub fn leader_epoch(&self) -> u64 {
+        self.leader_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the leadership epoch (a replica, once it leads; before it serves).
+    pub fn set_leader_epoch(&self, epoch: u64) {
+        self.leader_epoch
+            .store(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_crl_expired(&self, expired: bool) {
         let was = self
             .crl_expired

@@ -311,15 +311,20 @@ impl NodeHandler {
         }
     }
 
-    /// Applies one order's commands in sequence through the command channel.
+    /// Applies one order's commands in sequence through the command channel; `leader`
+    /// is the sending coordinator's leadership epoch (0 for one alone).
     pub async fn order(
         &self,
         target: &str,
         epoch: u64,
+        leader: u64,
         commands: Vec<Command>,
     ) -> Result<Vec<dataplane::Reply>, Refusal> {
         let mut guard = self.guard.lock().await;
-        if let Err(r) = guard.admit(target, epoch) {
+        if let Err(r) = guard
+            .admit_leader(leader)
+            .and_then(|()| guard.admit(target, epoch))
+        {
             self.metrics.stale.inc();
             tracing::warn!(%target, epoch, "refusing a stale order: {}", r.message);
             return Err(r);
@@ -354,9 +359,10 @@ impl Handler for NodeHandler {
                 target,
                 epoch,
                 commands,
+                leader,
             } => {
-                tracing::info!(%target, epoch, commands = commands.len(), "order from the coordinator");
-                match self.order(&target, epoch, commands).await {
+                tracing::info!(%target, epoch, leader, commands = commands.len(), "order from the coordinator");
+                match self.order(&target, epoch, leader, commands).await {
                     Ok(replies) => Response::Ok {
                         reply: Reply::Dataplane { replies },
                     },
@@ -367,6 +373,7 @@ impl Handler for NodeHandler {
                 target,
                 epoch,
                 fqdn,
+                leader,
             } => {
                 let Some(n) = &self.notifier else {
                     return Response::Refused(Refusal::new(
@@ -374,7 +381,12 @@ impl Handler for NodeHandler {
                         format!("a {} sends no NOTIFY", self.role),
                     ));
                 };
-                if let Err(r) = self.guard.lock().await.admit(&target, epoch) {
+                let admitted = {
+                    let mut g = self.guard.lock().await;
+                    g.admit_leader(leader)
+                        .and_then(|()| g.admit(&target, epoch))
+                };
+                if let Err(r) = admitted {
                     self.metrics.stale.inc();
                     return Response::Refused(r);
                 }
@@ -571,20 +583,23 @@ mod tests {
             .order(
                 "web",
                 3,
+                0,
                 vec![Command::RemovePeer { name: "p1".into() }, Command::GetStats],
             )
             .await
             .unwrap();
         assert_eq!(r.len(), 2);
         // The same epoch again: a retry, applied.
-        h.order("web", 3, vec![Command::GetStats]).await.unwrap();
+        h.order("web", 3, 0, vec![Command::GetStats]).await.unwrap();
         let e = h
-            .order("web", 2, vec![Command::GetStats])
+            .order("web", 2, 0, vec![Command::GetStats])
             .await
             .unwrap_err();
         assert_eq!(e.reason, RefusalReason::Stale);
         // Epochs are per target.
-        h.order("mail", 1, vec![Command::GetStats]).await.unwrap();
+        h.order("mail", 1, 0, vec![Command::GetStats])
+            .await
+            .unwrap();
         assert_eq!(h.metrics.stale.get(), 1);
         drop(h);
         assert_eq!(
@@ -594,11 +609,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn orders_of_a_deposed_coordinator_replica_are_refused() {
+        let (h, rx) = handler();
+        let seen = answer(rx);
+        // Replica of leadership 40 gives an order; then a newer leader (57) takes over.
+        h.order("web", 1, 40, vec![Command::GetStats])
+            .await
+            .unwrap();
+        h.order("web", 1, 57, vec![Command::GetStats])
+            .await
+            .unwrap();
+        // The deposed one, not yet aware, sends again: refused, nothing applied, even
+        // with a newer target epoch.
+        let e = h
+            .order(
+                "web",
+                2,
+                40,
+                vec![Command::RemovePeer { name: "p1".into() }],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, RefusalReason::Stale);
+        assert_eq!(h.metrics.stale.get(), 1);
+        drop(h);
+        assert_eq!(seen.await.unwrap(), vec!["get_stats", "get_stats"]);
+    }
+
+    #[tokio::test]
     async fn a_stopped_data_plane_is_unavailable() {
         let (h, rx) = handler();
         drop(rx);
         let e = h
-            .order("web", 1, vec![Command::GetStats])
+            .order("web", 1, 0, vec![Command::GetStats])
             .await
             .unwrap_err();
         assert_eq!(e.reason, RefusalReason::Unavailable);
