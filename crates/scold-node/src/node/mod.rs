@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod tunnel_metrics;
 pub mod wire;
 
 use anyhow::Context as _;
