@@ -793,6 +793,7 @@ fn gateway_peers(lab: &Fig8) -> Option<Vec<IpAddr>> {
 }
 
 /// 4. The consortium revokes the client's proxy while it is connected and ALT lists it.
+///
 /// Returns the report and the proxy the client's tunnel moved to.
 fn revoked_proxy(
     lab: &Fig8,
