@@ -233,7 +233,7 @@ EOF
     wait $sink
     local se1; se1=$(rcvbuf_errors)
     local tc1; tc1=$(target_count)
-    local user; user=$(metric scold_filter_relay_dropped)
+    local user; user=$(metric scold_filter_relay_dropped_total)
     local kernel=0
     if [ "$peer" = yes ]; then
         kernel=$(ip netns exec $P nft -j list chain inet peer pre | python3 -c '

@@ -386,6 +386,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             quiet,
         }) => {
             topology::require_root()?;
+            crate::preflight::check(false)?;
             if failover_runs > 0 && proxies < 2 {
                 anyhow::bail!("--failover-runs needs --proxies 2 or more: the client must have a proxy to move to");
             }
@@ -430,6 +431,8 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             bottleneck_rate,
             duplex,
         }) => {
+            topology::require_root()?;
+            crate::preflight::check(false)?;
             let opts = Fig8Options {
                 proxies,
                 clients,
@@ -656,6 +659,7 @@ fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
 
 async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
     topology::require_root()?;
+    crate::preflight::check(a.adversary)?;
     let cfg = scenario_config(&a)?;
     if cfg.flood_rate_pps == 0 || cfg.flood_rate_pps > crate::flood::HARD_MAX_RATE {
         anyhow::bail!(

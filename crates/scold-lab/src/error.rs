@@ -18,6 +18,12 @@ pub enum LabError {
         package: &'static str,
     },
 
+    #[error("the SCOLD lab needs programs that are not installed: {programs}; install them with `{install}` (scripts/lab does this before it builds)")]
+    ToolsMissing { programs: String, install: String },
+
+    #[error("the kernel offers no TUN devices (/dev/net/tun is missing); load the module with `modprobe tun`")]
+    NoTun,
+
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {
         command: String,

@@ -24,6 +24,7 @@ pub mod fig8;
 pub mod flood;
 pub mod measure;
 pub mod net;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod roles;

@@ -6,6 +6,9 @@
 
 #![forbid(unsafe_code)]
 
+/// The metric types, for daemons that register their own.
+pub use prometheus_client;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -160,9 +163,35 @@ impl Metrics {
     }
 }
 
+/// Moves `counter` up to `total`, a count kept elsewhere (an engine's or a filter's own
+/// statistics) that only grows while its owner lives. A total below the counter means
+/// the owner started over (a tunnel peer removed and added again): the counter cannot go
+/// down, so it counts the new total on top, and `rate()` sees no negative step.
+pub fn advance(counter: &Counter, total: u64, last: &mut u64) {
+    let step = if total >= *last { total - *last } else { total };
+    if step > 0 {
+        counter.inc_by(step);
+    }
+    *last = total;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advance_follows_a_total_across_restarts() {
+        let c: Counter = Counter::default();
+        let mut last = 0;
+        advance(&c, 10, &mut last);
+        advance(&c, 15, &mut last);
+        assert_eq!(c.get(), 15);
+        // The owner started over at 0 and has counted 4 since.
+        advance(&c, 4, &mut last);
+        assert_eq!(c.get(), 19);
+        advance(&c, 4, &mut last);
+        assert_eq!(c.get(), 19);
+    }
 
     #[test]
     fn renders_counters() {

@@ -424,11 +424,11 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     let m = metrics(&lab);
     let filtered_a = metric(
         &m,
-        &format!("scold_proxy_session_filtered_packets{{client=\"{CLIENT_A}\"}}"),
+        &format!("scold_proxy_session_filtered_packets_total{{client=\"{CLIENT_A}\"}}"),
     );
     let filtered_b = metric(
         &m,
-        &format!("scold_proxy_session_filtered_packets{{client=\"{CLIENT_B}\"}}"),
+        &format!("scold_proxy_session_filtered_packets_total{{client=\"{CLIENT_B}\"}}"),
     );
     assert!(
         filtered_a.is_some_and(|n| n >= 200),
@@ -436,8 +436,42 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     );
     assert_eq!(filtered_b, Some(0), "B lost packets to the filter\n{m}");
     assert!(
-        metric(&m, "scold_filter_dropped").is_some_and(|n| n > 0),
+        metric(&m, "scold_filter_dropped_total").is_some_and(|n| n > 0),
         "filter_dropped\n{m}"
+    );
+    // What an operator graphs: counters (rate() works on them), typed as such, and the
+    // clients' tunnel traffic.
+    for (name, kind) in [
+        ("scold_filter_passed", "counter"),
+        ("scold_filter_dropped", "counter"),
+        ("scold_filter_relay_dropped", "counter"),
+        ("scold_filter_capture_dropped", "counter"),
+        ("scold_filter_blocked_sources", "gauge"),
+        ("scold_proxy_session_filtered_packets", "counter"),
+        ("scold_tunnel_rx_packets", "counter"),
+        ("scold_tunnel_rx_bytes", "counter"),
+        ("scold_tunnel_tx_packets", "counter"),
+        ("scold_tunnel_tx_bytes", "counter"),
+        ("scold_tunnel_peers", "gauge"),
+    ] {
+        let line = format!("# TYPE {name} {kind}");
+        assert!(m.lines().any(|l| l == line), "no {line}\n{m}");
+    }
+    assert!(
+        metric(
+            &m,
+            "scold_tunnel_rx_packets_total{peer=\"clients\",encap=\"udp\"}"
+        )
+        .is_some_and(|n| n > 0),
+        "no tunnel packets from the clients counted\n{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "scold_tunnel_tx_packets_total{peer=\"gw\",encap=\"wireguard\"}"
+        )
+        .is_some_and(|n| n > 0),
+        "no tunnel packets to the gateway counted\n{m}"
     );
 
     let al = alerts(&lab);

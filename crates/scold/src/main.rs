@@ -1,6 +1,7 @@
 //! `scold`: one binary, one subcommand per role of the Secure Collective Defense system.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(
@@ -56,12 +57,19 @@ fn init_tracing(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: journald, files and pipes get plain text
+    // (NO_COLOR, https://no-color.org, turns them off at a terminal too). Under systemd
+    // (JOURNAL_STREAM set) the journal stamps every line itself, so ours is left out.
+    let tty = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(tty)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match (format, journal) {
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Json, _) => builder.json().init(),
     }
 }
 

@@ -430,6 +430,20 @@ async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
         let events = site.ctl(&["events", "--limit", "200"]);
         assert!(events.contains("operator_divert"), "{events}");
         assert!(events.contains("restoring -> normal"), "{events}");
+        // What an operator graphs, scraped from the running coordinator.
+        let m = site.metrics();
+        for line in [
+            "# TYPE scold_target_phase gauge",
+            "scold_target_phase{target=\"web\",phase=\"normal\"} 1",
+            "scold_target_phase{target=\"web\",phase=\"diverted\"} 0",
+            "# TYPE scold_divert_duration_seconds histogram",
+            "scold_divert_duration_seconds_count{target=\"web\"} 1",
+            "# TYPE scold_restore_duration_seconds histogram",
+            "scold_restore_duration_seconds_count{target=\"web\"} 1",
+            "# TYPE scold_reset_duration_seconds histogram",
+        ] {
+            assert!(m.lines().any(|l| l == line), "no {line} in\n{m}");
+        }
     })
     .await
     .unwrap();

@@ -29,6 +29,7 @@ mod daemon;
 mod dns;
 mod handler;
 pub mod lead;
+mod phase_metrics;
 mod resync;
 
 pub use daemon::{load_config, run, serve, serve_on, serve_with, Args};
@@ -100,6 +101,7 @@ pub struct Coordinator {
     targets: HashMap<String, TargetConfig>,
     store: Store,
     metrics: Metrics,
+    phases: phase_metrics::PhaseMetrics,
     dns: Box<dyn DnsBackend>,
     world: Mutex<World>,
     /// The revocation list in force is past its next-update date (shown in status).
@@ -181,11 +183,16 @@ impl Coordinator {
             .iter()
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
+        let phases = phase_metrics::PhaseMetrics::register(&metrics);
+        for (name, st) in &targets {
+            phases.set(name, st.phase);
+        }
         Ok(Arc::new(Coordinator {
             cfg,
             targets: target_cfgs,
             store,
             metrics,
+            phases,
             dns,
             world: Mutex::new(World {
                 targets,
@@ -245,7 +252,7 @@ impl Coordinator {
 
     /// Applies `ev` to a target, durably, then starts the steps it calls for.
     fn apply(self: &Arc<Self>, target: &str, ev: Event, why: &str) -> Result<TargetView, Refusal> {
-        let (outcome, view, epoch) = {
+        let (outcome, view, epoch, in_phase_ms) = {
             let mut world = self.lock();
             let Some(state) = world.targets.get(target) else {
                 return Err(Refusal::new(
@@ -259,6 +266,7 @@ impl Coordinator {
                 Event::StepFailed { .. } => None, // audited by the retry loop, with backoff
                 other => Some(event(target, why, format!("{other:?}"))),
             };
+            let in_phase_since = state.since_ms;
             let outcome: Outcome = next.apply(now_ms(), ev);
             if !outcome.changed {
                 let view = self.target_view(target, state);
@@ -290,12 +298,15 @@ impl Coordinator {
                 })?;
             let epoch = next.epoch;
             let view = self.target_view(target, &next);
+            let in_phase_ms = next.since_ms.saturating_sub(in_phase_since);
             world.targets.insert(target.to_string(), next);
-            (outcome, view, epoch)
+            (outcome, view, epoch, in_phase_ms)
         };
         if let Some((from, to)) = outcome.transition {
             info!(%target, %from, %to, epoch, "target phase changed");
             self.metrics.transition(from.as_str(), to.as_str());
+            self.phases
+                .transition(target, from, to, in_phase_ms as f64 / 1000.0);
         }
         for step in outcome.start {
             self.spawn_step(target.to_string(), epoch, step);

@@ -262,6 +262,10 @@ pub async fn serve_with(
     let engine_task = tokio::spawn(engine.run(async move {
         let _ = stop_rx.await;
     }));
+    // Ends with the engine.
+    if let Some(m) = &metrics {
+        crate::node::tunnel_metrics::spawn(handle.clone(), m);
+    }
     let mut node = Client {
         engine: handle,
         table: RouteTable::new(nl, cfg.table, cfg.rule_priority, RuleSelector::default()),

@@ -239,9 +239,11 @@ impl node::daemon::RoleDaemon for Config {
         self,
         commands: CommandReceiver,
         shutdown: S,
-        _ctx: control::NodeContext,
+        ctx: control::NodeContext,
     ) -> anyhow::Result<()> {
-        serve(self, commands, shutdown).await.map(|_| ())
+        serve_with(self, commands, shutdown, Some(ctx.metrics.metrics))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -306,8 +308,18 @@ impl node::Node for Gateway {
 /// final counters after routes and sysctls are put back.
 pub async fn serve(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<scold_proto::dataplane::Stats> {
+    serve_with(cfg, commands, shutdown, None).await
+}
+
+/// [`serve`] that keeps per-tunnel counters in `metrics`.
+pub async fn serve_with(
+    cfg: Config,
     mut commands: CommandReceiver,
     shutdown: impl Future<Output = ()> + Send,
+    metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<scold_proto::dataplane::Stats> {
     let mtu = cfg.tunnel.inner_mtu();
     let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu)?;
@@ -356,6 +368,10 @@ pub async fn serve(
             iif: Some(cfg.lan_interface.clone()),
         },
     );
+    // Ends with the engine.
+    if let Some(m) = &metrics {
+        crate::node::tunnel_metrics::spawn(handle.clone(), m);
+    }
     let mut gw = Gateway {
         engine: handle,
         hidden,

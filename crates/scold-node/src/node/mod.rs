@@ -4,6 +4,7 @@
 pub mod control;
 pub mod cookie;
 pub mod daemon;
+pub mod tunnel_metrics;
 pub mod wire;
 
 use anyhow::Context as _;

@@ -52,6 +52,7 @@ use scold_filter::selfdefence::{AdmissionExcuse, PortCounters};
 use scold_filter::{
     Filter, FilterEvent, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict,
 };
+use scold_metrics::advance;
 use scold_proto::admission::Drain;
 use scold_proto::control::Request;
 use serde::Deserialize;
@@ -440,17 +441,20 @@ impl scold_tunnel::Inspect for SessionFilter {
     }
 }
 
-/// Filter metrics, set from the filter's counters once a second.
+/// Filter metrics, moved on from the filters' own counters once a second. What only
+/// grows is a Prometheus counter (`rate()` works on it); what goes up and down a gauge.
 #[derive(Clone, Default)]
 struct FilterMetrics {
-    passed: Gauge,
-    dropped: Gauge,
+    passed: Counter,
+    dropped: Counter,
     blocks: Counter,
     blocked_now: Gauge,
     tracked: Gauge,
-    relay_dropped: Gauge,
-    events_lost: Gauge,
-    capture_dropped: Gauge,
+    relay_dropped: Counter,
+    events_lost: Counter,
+    capture_dropped: Counter,
+    /// The totals last seen: passed, dropped, relay_dropped, events_lost, capture_dropped.
+    last: Arc<std::sync::Mutex<[u64; 5]>>,
 }
 
 impl FilterMetrics {
@@ -459,12 +463,19 @@ impl FilterMetrics {
         let dropped = |s: &FilterStats| {
             s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed
         };
-        self.passed.set((link.passed + relay.passed) as i64);
-        self.dropped.set((dropped(link) + dropped(relay)) as i64);
-        self.relay_dropped.set(dropped(relay) as i64);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let [passed, dropped_last, relay_last, lost_last, _] = &mut *last;
+        advance(&self.passed, link.passed + relay.passed, passed);
+        advance(&self.dropped, dropped(link) + dropped(relay), dropped_last);
+        advance(&self.relay_dropped, dropped(relay), relay_last);
         self.tracked
             .set((link.tracked_sources + relay.tracked_sources) as i64);
-        self.events_lost.set(lost as i64);
+        advance(&self.events_lost, lost, lost_last);
+    }
+
+    fn set_capture_dropped(&self, total: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        advance(&self.capture_dropped, total, &mut last[4]);
     }
 }
 
@@ -886,7 +897,7 @@ async fn run_filter(
                 Some(FilterReport::Summary { stats, top, lost, capture_drops }) => {
                     (link_stats, link_top, link_lost) = (stats, top, lost);
                     fm.set(&link_stats, &relay_stats, link_lost + relay_lost);
-                    fm.capture_dropped.set(capture_drops as i64);
+                    fm.set_capture_dropped(capture_drops);
                 }
                 None => {
                     tracing::error!("the link watcher stopped; the link is no longer judged");

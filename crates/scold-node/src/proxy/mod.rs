@@ -938,6 +938,7 @@ pub async fn serve_with(
         },
     };
     let session_metrics = tokio::spawn(session_metrics(handle.clone(), ctx.clone()));
+    let tunnel_metrics = crate::node::tunnel_metrics::spawn(handle.clone(), &ctx.metrics.metrics);
     let mut node = Proxy {
         engine: handle,
         nat,
@@ -959,6 +960,7 @@ pub async fn serve_with(
         }
     }
     session_metrics.abort();
+    tunnel_metrics.abort();
     if let Some(d) = defence {
         d.stop().await;
     }
@@ -968,13 +970,14 @@ pub async fn serve_with(
     result.map(|_| stats)
 }
 
-/// Keeps the per-session drop counters of the engine in the Prometheus registry.
+/// Keeps the per-session drop counters of the engine in the Prometheus registry, as
+/// counters; a session's series goes when the session does.
 async fn session_metrics(engine: EngineHandle, ctx: NodeContext) {
+    use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
     type Labels = Vec<(String, String)>;
-    let dropped: Family<Labels, Gauge> = Family::default();
-    let filtered: Family<Labels, Gauge> = Family::default();
+    let dropped: Family<Labels, Counter> = Family::default();
+    let filtered: Family<Labels, Counter> = Family::default();
     ctx.metrics.metrics.with_registry(|r| {
         r.register(
             "proxy_session_dropped_packets",
@@ -987,18 +990,25 @@ async fn session_metrics(engine: EngineHandle, ctx: NodeContext) {
             filtered.clone(),
         );
     });
+    let mut last: std::collections::HashMap<Labels, (u64, u64)> = Default::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Ok(drops) = engine.call(|s| s.drops()).await else {
             return;
         };
-        dropped.clear();
-        filtered.clear();
+        let mut seen = std::collections::HashMap::new();
         for d in drops.iter().filter(|d| d.name.starts_with("client-")) {
             let labels = vec![("client".to_string(), d.address.to_string())];
-            dropped.get_or_create(&labels).set(d.dropped as i64);
-            filtered.get_or_create(&labels).set(d.filtered as i64);
+            let (mut ld, mut lf) = last.remove(&labels).unwrap_or_default();
+            scold_metrics::advance(&dropped.get_or_create(&labels), d.dropped, &mut ld);
+            scold_metrics::advance(&filtered.get_or_create(&labels), d.filtered, &mut lf);
+            seen.insert(labels, (ld, lf));
         }
+        for gone in last.keys() {
+            dropped.remove(gone);
+            filtered.remove(gone);
+        }
+        last = seen;
     }
 }
