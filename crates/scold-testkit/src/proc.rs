@@ -21,6 +21,10 @@ pub enum Signal {
     Term,
     /// SIGKILL: no chance to clean up.
     Kill,
+    /// SIGSTOP: the process hangs (a stuck server), until SIGCONT.
+    Stop,
+    /// SIGCONT: a stopped process goes on.
+    Cont,
 }
 
 /// Sends `sig` to process `pid`. Only for PIDs the test itself started or saw start in
@@ -35,6 +39,8 @@ pub fn send_signal(pid: u32, sig: Signal) -> std::io::Result<()> {
         Signal::Int => rustix::process::Signal::INT,
         Signal::Term => rustix::process::Signal::TERM,
         Signal::Kill => rustix::process::Signal::KILL,
+        Signal::Stop => rustix::process::Signal::STOP,
+        Signal::Cont => rustix::process::Signal::CONT,
     };
     rustix::process::kill_process(pid, sig).map_err(std::io::Error::from)
 }
