@@ -14,6 +14,10 @@ use tracing::{info, warn};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// With replicas, a round of refused connections usually means a takeover in progress
+/// (a lease of a few seconds): retry sooner, so the new leader hears from its nodes
+/// soon after it listens. A refused connect costs a replica nothing.
+const MAX_BACKOFF_REPLICAS: Duration = Duration::from_millis(500);
 
 /// A running link to the coordinator. Cheap to clone.
 #[derive(Clone)]
@@ -50,6 +54,11 @@ impl CoordinatorLink {
             !coordinators.is_empty(),
             "a link needs a coordinator address"
         );
+        let max_backoff = if coordinators.len() > 1 {
+            MAX_BACKOFF_REPLICAS
+        } else {
+            MAX_BACKOFF
+        };
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
@@ -94,7 +103,7 @@ impl CoordinatorLink {
                                 _ = tokio::time::sleep(jitter(backoff)) => {},
                                 _ = scold_daemon::until_set(&mut shutdown) => return,
                             }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            backoff = (backoff * 2).min(max_backoff);
                             continue;
                         }
                     },

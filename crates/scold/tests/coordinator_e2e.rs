@@ -882,3 +882,121 @@ async fn a_divert_cut_at_any_step_by_the_leaders_death_completes_once() {
         divert_cut_by_the_leaders_death(&etcd, cut).await;
     }
 }
+
+/// The divert's time by the coordinator's own audit log: from entering "diverting" to
+/// entering "diverted", milliseconds.
+fn divert_ms(site: &Site) -> u64 {
+    let events =
+        match serde_json::from_str::<Reply>(&site.ctl(&["--json", "events", "--limit", "1000"]))
+            .unwrap()
+        {
+            Reply::Events { events } => events,
+            other => panic!("{other:?}"),
+        };
+    let at = |phase: &str| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e.phase.as_deref() == Some(phase))
+            .map(|e| e.at_ms)
+            .unwrap()
+    };
+    at("diverted") - at("diverting")
+}
+
+fn median_worst(v: &mut [u64]) -> (u64, u64) {
+    v.sort_unstable();
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+/// Benchmark, not a test (`bash bench/replicas.sh` runs it in release): a divert's
+/// latency with the store in redb (one coordinator) and in etcd (replicas), and the time
+/// from the leader's kill -9 to the first order from the standby, median and worst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bash bench/replicas.sh"]
+async fn bench_replicas() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let etcd = scold_testkit::EtcdCluster::start(1);
+    let (mut redb, mut shared, mut takeover) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        for replicas in [false, true] {
+            let mut c = Consortium::setup(&["p1", "p2"]);
+            let start = replica_starter(&c);
+            let (mut leader, standby) = if replicas {
+                let (cfg_a, cfg_b, b) = replica_configs(&c, &etcd, &format!("/bench-{run}/"));
+                let mut l = start(&cfg_a, "replica-a.log");
+                l.wait_tcp_port(c.site.control, Duration::from_secs(20));
+                let mut s = start(&cfg_b, "replica-b.log");
+                s.wait_log("standing by", Duration::from_secs(20));
+                Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+                (l, Some(s))
+            } else {
+                (c.start_coordinator("coordinator.log"), None)
+            };
+            let site = c.site.clone();
+            let _t = c.node(Role::Target, "web");
+            let (_g, gateway, _gs) = c.node(Role::Gateway, "gw1");
+            let _p1 = c.node(Role::Proxy, "p1");
+            let _p2 = c.node(Role::Proxy, "p2");
+            let ms = tokio::task::spawn_blocking({
+                let site = site.clone();
+                move || {
+                    wait_status(&site, "up", |s| {
+                        s.proxies.iter().filter(|p| p.health == "up").count() == 2
+                            && s.gateways.iter().any(|g| g.health == "up")
+                    });
+                    site.ctl(&["divert", "web"]);
+                    site.wait_phase("diverted");
+                    let ms = divert_ms(&site);
+                    site.ctl(&["restore", "web"]);
+                    site.wait_phase("normal");
+                    ms
+                }
+            })
+            .await
+            .unwrap();
+            if !replicas {
+                redb.push(ms);
+                leader.kill9();
+                continue;
+            }
+            shared.push(ms);
+            // Leader loss: a divert waits on the gateway's order; the leader dies.
+            gateway.hold("add_peer");
+            let site2 = site.clone();
+            let ms = tokio::task::spawn_blocking(move || {
+                site2.ctl(&["divert", "web"]);
+                let t = Instant::now();
+                while !gateway.holding() {
+                    assert!(t.elapsed() < Duration::from_secs(20));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let before = gateway.0.lock().unwrap().len();
+                leader.kill9();
+                let killed = Instant::now();
+                gateway.release();
+                // The dead leader's order lands once released; the standby's is next.
+                while gateway.0.lock().unwrap().len() < before + 2 {
+                    assert!(killed.elapsed() < Duration::from_secs(30), "no takeover");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let ms = killed.elapsed().as_millis() as u64;
+                drop(standby);
+                ms
+            })
+            .await
+            .unwrap();
+            takeover.push(ms);
+        }
+    }
+    let (rm, rw) = median_worst(&mut redb);
+    let (em, ew) = median_worst(&mut shared);
+    let (tm, tw) = median_worst(&mut takeover);
+    println!("runs: {runs} each (lease 2 s, standby poll 200 ms)");
+    println!("divert, state in redb (one coordinator):    median {rm} ms, worst {rw} ms");
+    println!("divert, state in etcd (replicas):           median {em} ms, worst {ew} ms");
+    println!("leader kill -9 -> standby's first order:    median {tm} ms, worst {tw} ms");
+}
