@@ -19,6 +19,10 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "proxy", skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyConfig>,
+    /// Alert hooks: alarm, divert, failover, restore and revocation events posted as
+    /// signed JSON.
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::webhook::WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -397,6 +401,14 @@ crl = "crl.pem"
 [metrics]
 listen = "127.0.0.1:9800"
 
+# Alert hooks (optional, any number): alarm, divert, failover, restore and revocation
+# events POSTed as JSON, signed: X-Scold-Signature: sha256=HMAC-SHA256(secret, body).
+# Retried after 0.5, 1, 2, 4 s; a slow or dead receiver never delays a divert.
+# [[webhook]]
+# url = "http://127.0.0.1:9090/scold"
+# secret = "a long random string, e.g. from openssl rand -base64 32"
+# events = ["alarm", "divert", "failover", "restore", "revocation"]
+
 # One table per protected target.
 [[target]]
 name = "web"
@@ -424,6 +436,8 @@ organisation = "org-a"
 
 impl Config {
     pub fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        crate::webhook::Webhooks::check(&self.webhooks)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         match &self.coordinator.etcd {
             None => anyhow::ensure!(
                 !self.coordinator.state.as_os_str().is_empty(),

@@ -11,5 +11,7 @@ pub mod config;
 pub mod coordinator;
 pub mod ctl;
 pub mod etcd;
+pub mod http;
 pub mod orchestrate;
 pub mod store;
+pub mod webhook;

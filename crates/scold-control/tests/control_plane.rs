@@ -180,13 +180,15 @@ fn tunnel(role: Role, name: &str) -> Option<TunnelInfo> {
 }
 
 /// The coordinator settings a test may change.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Knobs {
     proxies: usize,
     down_after_ms: u64,
     attacked_hold_ms: u64,
     /// The target's scheme: "4.1", "4.2" or "4.3".
     scheme: &'static str,
+    /// More tables for the config file (e.g. `[[webhook]]`).
+    extra: String,
 }
 
 impl Knobs {
@@ -196,6 +198,7 @@ impl Knobs {
             down_after_ms: 600,
             attacked_hold_ms: 300_000,
             scheme: "4.1",
+            extra: String::new(),
         }
     }
 }
@@ -206,6 +209,7 @@ fn config(state: &Path, listen: SocketAddr, knobs: Knobs) -> Config {
         down_after_ms,
         attacked_hold_ms,
         scheme,
+        extra,
     } = knobs;
     let text = format!(
         r#"
@@ -247,6 +251,7 @@ name = "p3"
 address = "198.51.100.3"
 organisation = "c"
 capacity_mbps = 1000
+{extra}
 "#,
         state.display()
     );
@@ -1534,4 +1539,155 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// A webhook receiver on loopback: records each request's headers and body; answers
+/// the first `fail_first` requests with HTTP 500, the rest with 204, or never answers
+/// when `hang`.
+/// Requests a receiver got: headers (names in lower case) and body.
+type Deliveries = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
+struct Receiver {
+    url: String,
+    got: Deliveries,
+}
+
+impl Receiver {
+    fn start(fail_first: usize, hang: bool) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks/scold", l.local_addr().unwrap());
+        let got: Deliveries = Arc::default();
+        let g = got.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                if hang {
+                    // Take the connection and say nothing, as a stuck receiver.
+                    held.push(c);
+                    continue;
+                }
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        let h = h.trim_end().to_string();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let (k, v) = h.split_once(": ").unwrap();
+                        headers.push((k.to_ascii_lowercase(), v.to_string()));
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .map(|(_, v)| v.parse().unwrap())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let n = {
+                        let mut g = g.lock().unwrap();
+                        g.push((headers, body));
+                        g.len()
+                    };
+                    let answer = if n <= fail_first {
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbusy"
+                    } else {
+                        "HTTP/1.1 204 No Content\r\n\r\n"
+                    };
+                    c.write_all(answer.as_bytes()).unwrap();
+                }
+            }
+        });
+        Receiver { url, got }
+    }
+}
+
+/// Alert hooks: a receiver gets the alarm, the divert and the restore as JSON signed
+/// with its secret (a refused delivery is tried again), while a receiver that takes the
+/// connection and never answers delays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_hooks_get_signed_events_and_a_stuck_one_delays_nothing() {
+    let ok = Receiver::start(1, false);
+    let stuck = Receiver::start(0, true);
+    let secret = "hook-secret-0123456789";
+    let mut knobs = Knobs::proxies(2);
+    knobs.extra = format!(
+        "[[webhook]]\nurl = \"{}\"\nsecret = \"{secret}\"\n[[webhook]]\nurl = \"{}\"\nsecret = \"{secret}\"\nevents = [\"divert\"]\ntimeout_ms = 30000\n",
+        ok.url, stuck.url
+    );
+    let mut rig = Rig::start_with(knobs).await;
+    let _t = rig.node(Role::Target, "web", None);
+    let _gw = rig.node(Role::Gateway, "gw1", None);
+    let _p1 = rig.node(Role::Proxy, "p1", None);
+    let _p2 = rig.node(Role::Proxy, "p2", None);
+    let op = rig.operator().await;
+    divert_once_up(&op, 2).await;
+    op.request(
+        Request::Restore {
+            target: "web".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    wait_status(&op, "restored", |s| phase(s) == "normal").await;
+    // The restore came through while the stuck receiver still held the divert.
+    assert!(stuck.got.lock().unwrap().is_empty());
+
+    let mut kinds = Vec::new();
+    for _ in 0..100 {
+        kinds = ok
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| {
+                h.iter()
+                    .find(|(k, _)| k == "x-scold-event")
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            })
+            .collect::<Vec<_>>();
+        if kinds.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The alarm, refused once and delivered again, then the divert and the restore.
+    assert_eq!(kinds, ["alarm", "alarm", "divert", "restore"], "{kinds:?}");
+    for (headers, body) in ok.got.lock().unwrap().iter() {
+        let h = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            h("x-scold-signature"),
+            scold_control::webhook::signature(secret, body)
+        );
+        assert_ne!(
+            h("x-scold-signature"),
+            scold_control::webhook::signature("another-secret-0123", body)
+        );
+        let p: scold_control::webhook::Payload = serde_json::from_slice(body).unwrap();
+        assert_eq!(p.subject, "web");
+        assert_eq!(h("x-scold-delivery"), p.seq.to_string());
+        assert_eq!(h("x-scold-event"), p.kind.as_str());
+    }
+    let m = rig.metrics.render();
+    assert!(
+        m.contains("scold_webhook_deliveries_total{outcome=\"delivered\"} 3"),
+        "{m}"
+    );
+    let _ = rig.stop.send(true);
 }

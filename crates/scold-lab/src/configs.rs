@@ -609,6 +609,7 @@ impl RoleConfigs {
                     organisation: Some(format!("org-{p}")),
                 })
                 .collect(),
+            webhooks: Vec::new(),
         };
 
         RoleConfigs {

@@ -60,7 +60,7 @@ impl Handler for CoordinatorHandler {
                     sources.len(),
                     sources.iter().take(20).collect::<Vec<_>>()
                 );
-                let r = c.store.commit(Batch {
+                let r = c.commit(Batch {
                     events: vec![event(&format!("proxy/{proxy}"), "traceback", detail)],
                     ..Default::default()
                 });

@@ -108,6 +108,8 @@ pub struct Coordinator {
     crl_expired: std::sync::atomic::AtomicBool,
     /// This replica's leadership epoch (0: a coordinator alone), carried by every order.
     leader_epoch: std::sync::atomic::AtomicU64,
+    /// Alert hooks, offered every committed audit event.
+    webhooks: crate::webhook::Webhooks,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -184,6 +186,7 @@ impl Coordinator {
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
         let phases = phase_metrics::PhaseMetrics::register(&metrics);
+        let webhooks = crate::webhook::Webhooks::start(&cfg.webhooks, &metrics);
         for (name, st) in &targets {
             phases.set(name, st.phase);
         }
@@ -201,6 +204,7 @@ impl Coordinator {
             }),
             crl_expired: Default::default(),
             leader_epoch: Default::default(),
+            webhooks,
         }))
     }
 
@@ -286,16 +290,15 @@ impl Coordinator {
                     )
                 });
             }
-            self.store
-                .commit(Batch {
-                    targets: vec![(target, &next)],
-                    events,
-                    ..Default::default()
-                })
-                .map_err(|e| {
-                    error!(%target, error = %e, "cannot persist target state; change not applied");
-                    Refusal::new(RefusalReason::Unavailable, format!("state store: {e}"))
-                })?;
+            self.commit(Batch {
+                targets: vec![(target, &next)],
+                events,
+                ..Default::default()
+            })
+            .map_err(|e| {
+                error!(%target, error = %e, "cannot persist target state; change not applied");
+                Refusal::new(RefusalReason::Unavailable, format!("state store: {e}"))
+            })?;
             let epoch = next.epoch;
             let view = self.target_view(target, &next);
             let in_phase_ms = next.since_ms.saturating_sub(in_phase_since);
@@ -361,7 +364,7 @@ impl Coordinator {
                     // Audit the 1st, 2nd, 4th, 8th... failure so a long outage is
                     // visible without flooding the log.
                     if attempt.is_power_of_two() {
-                        let _ = self.store.commit(Batch {
+                        let _ = self.commit(Batch {
                             events: vec![event(
                                 &target,
                                 "step_failed",
@@ -463,7 +466,7 @@ impl Coordinator {
             Step::ProxyTeardown(p) if !self.is_connected(Role::Proxy, p) => {
                 // A dead proxy cannot be told. Its relay is already cut off: the gateway
                 // set-up before this step admits only the current set.
-                let _ = self.store.commit(Batch {
+                let _ = self.commit(Batch {
                     events: vec![event(
                         target,
                         "step_deferred",
@@ -519,7 +522,7 @@ impl Coordinator {
         for f in &failures {
             warn!(target = %tcfg.name, epoch, failure = %f, "client agent not reached; left out, tried again later and when it registers again");
         }
-        let _ = self.store.commit(Batch {
+        let _ = self.commit(Batch {
             events: vec![event(
                 &tcfg.name,
                 "push_failed",
@@ -733,7 +736,7 @@ impl Coordinator {
                 Ok(()) => {
                     let sent: Vec<String> = done.iter().map(Resend::to_string).collect();
                     info!(%target, node = %who, epoch, attempt, sent = ?sent, "set-up orders sent again to a node that registered again");
-                    let _ = self.store.commit(Batch {
+                    let _ = self.commit(Batch {
                         events: vec![event(
                             &target,
                             "resync",
@@ -753,7 +756,7 @@ impl Coordinator {
             }
         }
         warn!(%target, node = %who, error = %last_error, "node not re-synchronised; it gets its orders at the target's next phase change");
-        let _ = self.store.commit(Batch {
+        let _ = self.commit(Batch {
             events: vec![event(
                 &target,
                 "resync_failed",
@@ -880,7 +883,7 @@ impl Coordinator {
     /// Records which TargetDNS primary took a DNS step (and which were passed over), so
     /// the operator sees it in the audit log and `scold ctl status`.
     fn audit_dns(&self, target: &str, step: &Step, acc: &Accepted) {
-        let _ = self.store.commit(Batch {
+        let _ = self.commit(Batch {
             events: vec![event(target, "dns_server", format!("{step}: {acc}"))],
             ..Default::default()
         });
@@ -1023,7 +1026,7 @@ impl Coordinator {
             node.attacked_until_ms = Some(now_ms() + self.cfg.coordinator.attacked_hold_ms);
         }
         let rec = node.clone();
-        if let Err(e) = self.store.commit(Batch {
+        if let Err(e) = self.commit(Batch {
             nodes: vec![&rec],
             events: vec![event(key, "health", format!("{} ({why})", health.as_str()))],
             ..Default::default()
@@ -1093,15 +1096,12 @@ impl Coordinator {
             .get(&key)
             .is_some_and(|c| c.remote() == from.remote());
         if !same_connection || before != (rec.info.clone(), rec.health) {
-            self.store
-                .commit(Batch {
-                    nodes: vec![&rec],
-                    events: vec![event(&key, "registered", format!("from {}", from.remote()))],
-                    ..Default::default()
-                })
-                .map_err(|e| {
-                    Refusal::new(RefusalReason::Unavailable, format!("state store: {e}"))
-                })?;
+            self.commit(Batch {
+                nodes: vec![&rec],
+                events: vec![event(&key, "registered", format!("from {}", from.remote()))],
+                ..Default::default()
+            })
+            .map_err(|e| Refusal::new(RefusalReason::Unavailable, format!("state store: {e}")))?;
         }
         world.live.insert(key, from.clone());
         Ok(Registration {
@@ -1136,6 +1136,17 @@ impl Coordinator {
     /// Marks silent nodes down and attacked marks that expired back up; a proxy that
     /// goes down is swapped out of its targets.
     /// Records whether the revocation list in force is past its next-update date.
+    /// Commits `batch` to the store and, once durable, offers its audit events to the
+    /// alert hooks (which never make this wait).
+    fn commit(&self, batch: Batch<'_>) -> Result<Vec<u64>, crate::store::StoreError> {
+        let events = batch.events.clone();
+        let seqs = self.store.commit(batch)?;
+        for (seq, ev) in seqs.iter().zip(&events) {
+            self.webhooks.offer(*seq, ev);
+        }
+        Ok(seqs)
+    }
+
     /// The leadership epoch this coordinator's orders carry.
     pub fn leader_epoch(&self) -> u64 {
         self.leader_epoch.load(std::sync::atomic::Ordering::Relaxed)
