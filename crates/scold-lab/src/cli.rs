@@ -609,7 +609,7 @@ impl ScenarioArgs {
 }
 
 /// The scenario's configuration from its command-line options.
-fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
+pub(crate) fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
     Ok(ScenarioConfig {
         testbed: Fig8Options {
             proxies: if a.adversary {

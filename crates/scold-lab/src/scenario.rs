@@ -976,6 +976,9 @@ fn measure_indirect(
         device: None,
     };
     let bytes = measure_condition(lab, cfg, &plan, results, progress)?;
+    if roles.scheme() == Scheme::Nat && roles.linked() {
+        results.notes.push(curl_by_name(lab, roles, attack)?);
+    }
     let through = roles.gateway_tunnel_bytes()?.saturating_sub(before);
     roles.check()?;
     route_off(roles)?;
@@ -989,6 +992,52 @@ fn measure_indirect(
         )));
     }
     Ok(())
+}
+
+/// Scheme 4.3 with a tool nobody here wrote: `curl` in client 1 fetches the target's
+/// page by name (its resolv.conf names ClientDNS); it must connect to a proxy's address
+/// and get the page. Returns the note saying so.
+fn curl_by_name(lab: &Fig8, roles: &Roles, attack: bool) -> Result<String, LabError> {
+    crate::topology::require_tool("curl", "curl")?;
+    let url = format!("http://{}:{DEFAULT_HTTP_PORT}/0k", roles::TARGET_FQDN);
+    let out = lab.exec(
+        &fig8::client(1),
+        "curl",
+        [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-w",
+            "%{http_code} %{remote_ip}",
+            url.as_str(),
+        ],
+        Duration::from_secs(8),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, ip) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+    let proxy = ip.parse::<Ipv4Addr>().ok().and_then(|a| {
+        lab.proxies()
+            .into_iter()
+            .find(|p| fig8::address_of(p) == Some(a))
+    });
+    match (code, proxy) {
+        ("200", Some(p)) => Ok(format!(
+            "scheme 4.3{}: an unmodified client's `curl {url}` (resolv.conf naming ClientDNS) \
+             connected to {ip} ({p}) and got HTTP 200 from the target through it",
+            if attack { ", under attack" } else { "" }
+        )),
+        _ => Err(LabError::Protocol {
+            peer: format!("curl in {}", fig8::client(1)),
+            reason: format!(
+                "`curl {url}` gave {text:?} ({}), not HTTP 200 from a proxy's address; \
+                 coordinator: {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                target_status(roles)
+            ),
+        }),
+    }
 }
 
 /// What the divert publishes for clients: ALT records, or in NAT mode (4.3) the
@@ -2829,6 +2878,82 @@ mod tests {
             busiest_since(&[], &c(4, 0), None).as_deref(),
             Some("proxy1")
         );
+    }
+
+    fn config(args: &[&str]) -> ScenarioConfig {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: crate::cli::ScenarioArgs,
+        }
+        let mut all = vec!["lab"];
+        all.extend_from_slice(args);
+        crate::cli::scenario_config(&Wrap::parse_from(all).a).unwrap()
+    }
+
+    fn sample(metric: Metric, rep: u32, outcome: Outcome) -> crate::report::Sample {
+        crate::report::Sample {
+            metric,
+            rep,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_run_is_complete_only_with_divert_failovers_restore_and_no_failed_sample() {
+        let ok = || Outcome::Ok { seconds: 0.1 };
+        let cfg = config(&["--scheme", "4.2", "--failover-reps", "2"]);
+        let mut r = Results::default();
+        let why = cfg.incomplete(&r).unwrap();
+        assert!(why.contains("divert") && why.contains("restore"), "{why}");
+        assert!(why.contains("0 of 2 proxy failovers"), "{why}");
+        r.samples = vec![
+            sample(Metric::Divert, 1, ok()),
+            sample(Metric::AllClear, 1, ok()),
+            sample(Metric::Restore, 1, ok()),
+            sample(Metric::Failover, 1, ok()),
+        ];
+        let why = cfg.incomplete(&r).unwrap();
+        assert_eq!(why, "1 of 2 proxy failovers completed");
+        r.samples.push(sample(
+            Metric::Failover,
+            2,
+            Outcome::Failed {
+                error: "no new connection\nthrough another proxy".into(),
+            },
+        ));
+        let why = cfg.incomplete(&r).unwrap();
+        assert!(
+            why.contains("1 samples failed") && !why.contains('\n'),
+            "{why}"
+        );
+        r.samples.pop();
+        r.samples.push(sample(Metric::Failover, 2, ok()));
+        assert_eq!(cfg.incomplete(&r), None);
+        // A timed-out download on the attacked direct route is a figure, not a failure.
+        r.samples.push(sample(
+            Metric::Setup { probe: Probe::Ping },
+            1,
+            Outcome::Timeout { limit_seconds: 1.0 },
+        ));
+        assert_eq!(cfg.incomplete(&r), None);
+        // Static routes leave the coordinator out: nothing of it is owed.
+        let cfg = config(&["--static-route"]);
+        assert_eq!(cfg.incomplete(&Results::default()), None);
+        // The operator's alarm: no detector all-clear is owed.
+        let cfg = config(&[
+            "--scheme",
+            "4.3",
+            "--operator-alarm",
+            "--failover-reps",
+            "0",
+        ]);
+        r.samples = vec![
+            sample(Metric::Divert, 1, ok()),
+            sample(Metric::Restore, 1, ok()),
+        ];
+        assert_eq!(cfg.incomplete(&r), None);
     }
 
     #[test]
