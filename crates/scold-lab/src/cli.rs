@@ -173,6 +173,12 @@ pub enum LabCommand {
         /// Encapsulation of the indirect route: udp, ipip or wireguard.
         #[arg(long, default_value_t = Encap::Wireguard, value_parser = clap::builder::PossibleValuesParser::new(["udp", "ipip", "wireguard"]).map(|s| s.parse::<Encap>().expect("listed")))]
         encap: Encap,
+        /// The scheme to time: 4.1 (first packet once the agent's lookup meets ALT
+        /// records), 4.2 (first packet through the route a proxy pushed), 4.3 (first
+        /// HTTP answer from the proxy address ClientDNS gives; failover: reset -> first
+        /// new connection through another proxy).
+        #[arg(long, default_value_t = Scheme::Resolver, value_parser = clap::builder::PossibleValuesParser::new(["4.1", "4.2", "4.3"]).map(|s| s.parse::<Scheme>().expect("listed")))]
+        scheme: Scheme,
         /// Proxies in the testbed. The target's ALT set holds 2; a third lets the
         /// coordinator replace a dead proxy, so every failover finds a second proxy in
         /// the set the client holds (with 2, after the first failure the set has one).
@@ -388,6 +394,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             runs,
             failover_runs,
             encap,
+            scheme,
             proxies,
             out,
             keep_on_failure,
@@ -400,6 +407,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             let mut cfg = scenario_config(&ScenarioArgs {
                 proxies,
                 encap,
+                scheme,
                 out,
                 keep_on_failure,
                 quiet,

@@ -1394,7 +1394,7 @@ pub(crate) fn measure_failover(
             format!(
                 "failover (4.4): the client's proxy was flooded from an attacker ({} packets/s \
                  of 64 bytes, under the main-link attack); its self-defence (over {} packets/s \
-                 for {} ms) {} reported ProxyAttacked; the client's tunnel moved to the other \
+                 for {} ms) {}reported ProxyAttacked; the client's tunnel moved to the other \
                  proxy {} median after the flood began, and the coordinator reset the proxy \
                  out of the ALT set and the gateway's admitted set ({} median after the flood \
                  began, by its audit log){}; the gap in a 20 ms echo loop through the tunnel: \
@@ -1405,7 +1405,7 @@ pub(crate) fn measure_failover(
                 if cfg.scheme == Scheme::Push {
                     ""
                 } else {
-                    "told its admitted client agents it is draining and"
+                    "told its admitted client agents it is draining and "
                 },
                 fmt_seconds(measure::median(&moves).unwrap_or(0.0)),
                 measure::median(&resets)

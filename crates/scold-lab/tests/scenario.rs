@@ -287,16 +287,19 @@ fn run_short(extra: &[&str]) -> (Results, String) {
             "{p:?}: the indirect route suffered from the attack:\n{stdout}"
         );
     }
-    // The divert's outcome is reported: a number, or the coordinator's reason.
-    let divert = r
-        .samples
-        .iter()
-        .find(|s| s.metric == Metric::Divert)
-        .expect("a divert sample");
-    match &divert.outcome {
-        Outcome::Ok { seconds } => assert!(*seconds > 0.0),
-        Outcome::Failed { error } => assert!(error.contains("coordinator"), "{error}"),
-        Outcome::Timeout { .. } => panic!("the divert is a number or a reason"),
+    // With the coordinator in the run, its divert is reported: a number (a run that
+    // missed it exits non-zero, above).
+    if linked {
+        let divert = r
+            .samples
+            .iter()
+            .find(|s| s.metric == Metric::Divert)
+            .expect("a divert sample");
+        assert!(
+            matches!(divert.outcome, Outcome::Ok { seconds } if seconds > 0.0),
+            "{:?}",
+            divert.outcome
+        );
     }
     (r, stdout)
 }
