@@ -2039,9 +2039,14 @@ fn operator_restore(
     );
     results.notes.push(format!(
         "before the attack the operator's all-clear restored the direct route: phase \
-         \"normal\" {} after the coordinator took it, by its audit log (ALT withdrawn, one \
-         ALT TTL drained, routes torn down)",
-        fmt_audit(&normal)
+         \"normal\" {} after the coordinator took it, by its audit log ({}, one TTL \
+         drained, routes torn down)",
+        fmt_audit(&normal),
+        match cfg.scheme {
+            Scheme::Nat => "the target's own A records put back",
+            Scheme::Push => "ALT withdrawn, pushed routes withdrawn",
+            Scheme::Resolver => "ALT withdrawn",
+        }
     ));
     Ok(())
 }
@@ -2716,11 +2721,14 @@ fn restore_phase(
         if let (Some(c), Some(n)) = (clear, normal) {
             results.notes.push(format!(
                 "restore: attack end -> all-clear (the target's detector after {} of calm; \
-                 the coordinator left \"diverted\") {} -> restored (phase \"normal\": ALT \
-                 withdrawn, resolvers notified, one ALT TTL of {} s drained, routes torn \
-                 down) {}",
+                 the coordinator left \"diverted\") {} -> restored (phase \"normal\": {}, \
+                 resolvers notified, one TTL of {} s drained, routes torn down) {}",
                 fmt_seconds(roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0),
                 fmt_seconds(c),
+                match cfg.scheme {
+                    Scheme::Nat => "the target's own A records put back",
+                    _ => "ALT withdrawn",
+                },
                 roles::DNS_TTL,
                 fmt_seconds(n)
             ));
