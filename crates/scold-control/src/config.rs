@@ -496,6 +496,14 @@ impl Config {
                 t.fqdn,
                 t.zone
             );
+            // Without services a 4.3 divert would point the name at proxies that relay
+            // nothing: every client of the target would lose it.
+            anyhow::ensure!(
+                t.scheme != Scheme::Nat || !t.services.is_empty(),
+                "{}: target {:?} uses scheme 4.3 (proxies relay its ports as a NAT) but lists no `services`; add the ports to relay, e.g. services = [\"tcp/80\", \"tcp/443+proxy\"]",
+                path.display(),
+                t.name
+            );
             t.dns.key.parse::<scold_dns::TsigKey>().map_err(|e| {
                 anyhow::anyhow!(
                     "{}: target {:?}: dns.key: {e}; write it as `hmac-sha256:KEYNAME:BASE64SECRET`",
@@ -518,6 +526,16 @@ mod tests {
         let text = toml::to_string(&cfg).unwrap();
         let again: Config = toml::from_str(&text).unwrap();
         assert_eq!(format!("{again:?}"), format!("{cfg:?}"), "{text}");
+    }
+
+    #[test]
+    fn a_nat_target_without_services_is_refused() {
+        let mut cfg: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        cfg.targets[0].scheme = Scheme::Nat;
+        let e = cfg.validate(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("services") && e.contains("tcp/80"), "{e}");
+        cfg.targets[0].services = vec!["tcp/80".parse().unwrap()];
+        cfg.validate(Path::new("c.toml")).unwrap();
     }
 
     #[test]

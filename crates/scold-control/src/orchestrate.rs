@@ -16,6 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Debug, Clone)]
 pub struct Known {
     pub name: String,
+    /// The address clients reach it at (a proxy's, as published in DNS): what a
+    /// scheme 4.3 proxy listens on, which may differ from its tunnel end point.
+    pub address: Option<IpAddr>,
     pub tunnel: Option<TunnelInfo>,
 }
 
@@ -122,7 +125,12 @@ fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, Pla
     if ctx.target.scheme != Scheme::Nat {
         return Ok(Vec::new());
     }
-    let listen_ip = tunnel(proxy, "proxy")?.endpoint.ip();
+    // Clients connect to the address the A records name, which is the proxy's public
+    // address, not necessarily its tunnel end point.
+    let listen_ip = match proxy.address {
+        Some(a) => a,
+        None => tunnel(proxy, "proxy")?.endpoint.ip(),
+    };
     let mut out = Vec::new();
     for s in &ctx.target.services {
         for addr in &ctx.target.addresses {
@@ -212,13 +220,11 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
             Ok(out)
         }
         Step::ProxyTeardown(p) => {
+            let known = ctx.pool.iter().find(|k| &k.name == p);
             let proxy = Known {
                 name: p.clone(),
-                tunnel: ctx
-                    .pool
-                    .iter()
-                    .find(|k| &k.name == p)
-                    .and_then(|k| k.tunnel.clone()),
+                address: known.and_then(|k| k.address),
+                tunnel: known.and_then(|k| k.tunnel.clone()),
             };
             let mut commands: Vec<Command> = nat_services(ctx, &proxy)
                 .unwrap_or_default()
@@ -274,7 +280,10 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
             }
             if ctx.target.scheme == Scheme::Nat {
                 for p in &ctx.proxies {
-                    let destination = Prefix::host(tunnel(p, "proxy")?.endpoint.ip());
+                    // A relayed flow arrives from the source the proxy announced for its
+                    // relays (its `[nat] source`), or else from its tunnel end point.
+                    let t = tunnel(p, "proxy")?;
+                    let destination = Prefix::host(t.inside.unwrap_or(t.endpoint.ip()));
                     commands.push(if *step == Step::TargetSetup {
                         Command::AddRoute(Route {
                             destination,
@@ -311,6 +320,7 @@ mod tests {
     fn known(name: &str, ip: &str, inside: Option<&str>) -> Known {
         Known {
             name: name.into(),
+            address: None,
             tunnel: Some(TunnelInfo {
                 endpoint: format!("{ip}:51820").parse().unwrap(),
                 encap: Encap::Wireguard,
@@ -481,6 +491,31 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
         );
         let o = orders(&Step::ProxyTeardown("p1".into()), &ctx(&t)).unwrap();
         assert_eq!(o[0].commands.len(), 3 + 1 + 1);
+
+        // A proxy whose public address is not its tunnel end point listens on the
+        // public one (the A records name it), and one that announced the source of its
+        // relays (`[nat] source`) has that routed back, not its end point.
+        let mut c = ctx(&t);
+        for k in c.proxies.iter_mut().chain(c.pool.iter_mut()) {
+            if k.name == "p1" {
+                k.address = Some("192.0.2.77".parse().unwrap());
+                k.tunnel.as_mut().unwrap().inside = Some("100.64.0.1".parse().unwrap());
+            }
+        }
+        let o = orders(&Step::ProxySetup("p1".into()), &c).unwrap();
+        assert!(o[0].commands.iter().any(|cmd| matches!(cmd,
+            Command::AddNatService(n) if n.listen.to_string() == "192.0.2.77:443")));
+        let o = orders(&Step::TargetSetup, &c).unwrap();
+        assert_eq!(
+            o[0].commands,
+            vec![Command::AddRoute(Route {
+                destination: "100.64.0.1/32".parse().unwrap(),
+                via: Via::Gateway("10.3.0.1".parse().unwrap())
+            })]
+        );
+        let o = orders(&Step::ProxyTeardown("p1".into()), &c).unwrap();
+        assert!(o[0].commands.iter().any(|cmd| matches!(cmd,
+            Command::RemoveNatService { listen, .. } if listen.to_string() == "192.0.2.77:80")));
     }
 
     #[test]

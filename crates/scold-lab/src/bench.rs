@@ -12,8 +12,16 @@
 //! and brings the tunnel up; the figure is the first probe heard on the alternate link.
 //! Then `scold ctl restore`, and the client agent is restarted with no route.
 //!
+//! Scheme 4.2 (`--scheme 4.2`): the same probes, without lookups; the route is the one
+//! the client's proxy pushes on the coordinator's order. Scheme 4.3: the client runs
+//! nothing; it looks the name up at ClientDNS and fetches the target's page from the
+//! first address every 10 ms; the figure is the first page fetched through a proxy
+//! (the NAT relays service ports, so no UDP probe gets through).
+//!
 //! Failover: one divert, then the client's proxy is killed repeatedly while an echo
-//! loop through the tunnel measures the gap (as in the scenario's `--failover kill`).
+//! loop through the tunnel measures the gap (as in the scenario's `--failover kill`);
+//! in 4.3, the time from the coordinator's reset until a new connection through
+//! another proxy succeeds.
 //!
 //! The main link is not attacked here: the set-up path does not cross it (the target's
 //! control channel leaves by the alternate uplink), and an idle machine gives the
@@ -67,6 +75,7 @@ pub fn run(cfg: &ScenarioConfig, runs: u32, failover_runs: u32) -> Result<BenchO
             "runs": runs,
             "failover_runs": failover_runs,
             "encap": cfg.encap.as_str(),
+            "scheme": cfg.scheme.as_str(),
             "proxies": cfg.testbed.proxies,
         }),
         ..Default::default()
@@ -177,8 +186,13 @@ pub fn render(r: &Results, runs: u32, failover_runs: u32) -> String {
             v.len()
         );
     }
+    let nat = r.config.get("scheme").and_then(|v| v.as_str()) == Some("4.3");
     out += &line(
-        "failover: gap after the client's proxy died",
+        if nat {
+            "failover: reset of the dead proxy -> new connection elsewhere"
+        } else {
+            "failover: gap after the client's proxy died"
+        },
         Metric::Failover,
         failover_runs,
         FAILOVER_GOAL,
@@ -205,8 +219,8 @@ fn bench_phases(
             scold_bin: cfg.scold_bin.clone(),
             log_dir: logs.to_path_buf(),
             encap: cfg.encap,
-            scheme: roles::Scheme::Resolver,
-            agent: true,
+            scheme: cfg.scheme,
+            agent: cfg.agent_mode(),
             control: true,
             detect: false,
         },
@@ -218,7 +232,11 @@ fn bench_phases(
     let mut diverts = Vec::new();
     for run in 1..=runs {
         progress.phase(&format!("set-up run {run} of {runs}"));
-        let (first, diverted) = setup_run(lab, &roles)?;
+        let (first, diverted) = if cfg.scheme == roles::Scheme::Nat {
+            setup_run_nat(lab, &roles)?
+        } else {
+            setup_run(lab, &roles)?
+        };
         let outcome = match first {
             Some(s) => Outcome::Ok { seconds: s },
             None => Outcome::Timeout {
@@ -238,7 +256,9 @@ fn bench_phases(
             results.push(Metric::Divert, run, Outcome::Ok { seconds: d });
         }
         restore(&roles)?;
-        roles.restart_client_agents()?;
+        if roles.resolver_agent() {
+            roles.restart_client_agents()?;
+        }
         roles.check()?;
         progress.step(
             &format!("restored #{run}"),
@@ -246,12 +266,29 @@ fn bench_phases(
         );
     }
     results.notes.push(format!(
-        "set-up: the operator's alarm (`scold ctl divert`) to the first of client 1's UDP \
-         probes (one every 1 ms) heard on the target's alternate-link device; the client's \
-         application looked the name up through its agent every 10 ms; each run starts \
-         from phase \"normal\" with no ALT records and a fresh agent; the clock starts \
-         when the coordinator took the alarm (the phase change in its audit log, so \
-         `scold ctl`'s own start is not counted); encapsulation {}",
+        "set-up (scheme {}): the operator's alarm (`scold ctl divert`) to {}; each run \
+         starts from phase \"normal\"; the clock starts when the coordinator took the \
+         alarm (the phase change in its audit log, so `scold ctl`'s own start is not \
+         counted); encapsulation {}",
+        cfg.scheme.as_str(),
+        match cfg.scheme {
+            roles::Scheme::Resolver => {
+                "the first of client 1's UDP probes (one every 1 ms) heard on the target's \
+                 alternate-link device; the client's application looked the name up through \
+                 its agent every 10 ms, and the agent was restarted with no route after each \
+                 run"
+            }
+            roles::Scheme::Push => {
+                "the first of client 1's UDP probes (one every 1 ms) heard on the target's \
+                 alternate-link device, through the route the client's proxy pushed to its \
+                 agent (no lookup involved)"
+            }
+            roles::Scheme::Nat => {
+                "the first page client 1 fetched (HTTP, a lookup at ClientDNS and a new \
+                 connection every 10 ms) from an address that is a proxy's, relayed to the \
+                 target"
+            }
+        },
         cfg.encap.as_str()
     ));
     if failover_runs > 0 {
@@ -273,7 +310,11 @@ fn bench_phases(
             failover_attack: FailoverAttack::Kill,
             ..cfg.clone()
         };
-        scenario::measure_failover(lab, &mut roles, &fcfg, results, progress)?;
+        if cfg.scheme == roles::Scheme::Nat {
+            scenario::measure_failover_nat(lab, &mut roles, &fcfg, results, progress)?;
+        } else {
+            scenario::measure_failover(lab, &mut roles, &fcfg, results, progress)?;
+        }
         restore(&roles)?;
     }
     roles.check()?;
@@ -316,6 +357,79 @@ fn restore(roles: &Roles) -> Result<(), LabError> {
             secs: limit.as_secs_f64(),
         })
     }
+}
+
+/// Seconds from the coordinator taking the alarm at or after `t0_wall` (its audit log)
+/// to `heard`, and to its phase "diverted".
+fn from_alarm(
+    roles: &Roles,
+    t0_wall: SystemTime,
+    heard: Option<(Instant, SystemTime)>,
+    t0: Instant,
+) -> Result<(Option<f64>, Option<f64>), LabError> {
+    let events = roles.events()?;
+    let alarm_at = audit::entered(&events, "diverting", audit::unix_ms(t0_wall));
+    let first = heard.map(|(mono, wall)| match alarm_at {
+        Some(a) => audit::seconds(a, audit::unix_ms(wall)),
+        None => (mono - t0).as_secs_f64(),
+    });
+    let divert =
+        alarm_at.and_then(|a| audit::entered(&events, "diverted", a).map(|d| audit::seconds(a, d)));
+    Ok((first, divert))
+}
+
+/// One set-up in scheme 4.3: client 1 looks the name up at ClientDNS and fetches the
+/// target's page from the first address every 10 ms; returns the seconds from the
+/// coordinator taking the alarm to the first page fetched from a proxy's address, and
+/// to its phase "diverted".
+fn setup_run_nat(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), LabError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let cdns: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("in the plan"), 53).into();
+    let app = lab.thread_in(&fig8::client(1), move || {
+        let name = format!("{}.", roles::TARGET_FQDN);
+        let deadline = Instant::now() + SETUP_LIMIT + Duration::from_secs(2);
+        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let to = crate::dnsq::query(cdns, &name, 1, Duration::from_millis(300))
+                .ok()
+                .and_then(|a| a.a.first().copied())
+                .filter(|&a| a != fig8::TARGET_ADDR);
+            if let Some(to) = to {
+                let got = measure::fetch_http(
+                    (to, crate::serve::DEFAULT_HTTP_PORT).into(),
+                    "target",
+                    "/0k",
+                    Duration::from_millis(200),
+                );
+                if got.is_ok() {
+                    return Some((Instant::now(), SystemTime::now()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })?;
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
+    let phases = scenario::watch_phases(
+        roles.ctl_argv(&["status"])?,
+        t0,
+        t0 + SETUP_LIMIT,
+        &["diverted"],
+        stop.clone(),
+    );
+    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+    if divert.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let heard = app
+        .join()
+        .map_err(|_| LabError::io("the fetch loop", std::io::Error::other("panicked")))?;
+    let _ = phases.join();
+    stop.store(true, Ordering::Relaxed);
+    divert?;
+    from_alarm(roles, t0_wall, heard, t0)
 }
 
 /// One set-up: returns the seconds from the coordinator taking the alarm (its audit
@@ -371,7 +485,12 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
         }
     })?;
     let s = stop.clone();
+    // Only the scheme 4.1 agent sets the route up on a lookup; in 4.2 nobody asks.
+    let lookups = roles.resolver_agent();
     let app = lab.thread_in(&fig8::client(1), move || {
+        if !lookups {
+            return;
+        }
         let server: SocketAddr = (roles::AGENT_DNS, 53).into();
         let name = format!("{}.", roles::TARGET_FQDN);
         let deadline = Instant::now() + SETUP_LIMIT + Duration::from_secs(2);
@@ -413,14 +532,5 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
     // The clock of the figure starts when the coordinator took the alarm (the target
     // entered "diverting" in its audit log), not when `scold ctl` started: the tool's
     // start and TLS handshake are not SCOLD's set-up. Both clocks are the host's.
-    let events = roles.events()?;
-    let alarm_at = audit::entered(&events, "diverting", audit::unix_ms(t0_wall));
-    let first = heard.map(|(mono, wall)| match alarm_at {
-        Some(a) => audit::seconds(a, audit::unix_ms(wall)),
-        None => (mono - t0).as_secs_f64(),
-    });
-    // The divert's own end, from the same log.
-    let divert =
-        alarm_at.and_then(|a| audit::entered(&events, "diverted", a).map(|d| audit::seconds(a, d)));
-    Ok((first, divert))
+    from_alarm(roles, t0_wall, heard, t0)
 }

@@ -98,14 +98,16 @@ pub struct ScenarioArgs {
     /// wireguard.
     #[arg(long, default_value_t = Encap::Wireguard, value_parser = clap::builder::PossibleValuesParser::new(["udp", "ipip", "wireguard"]).map(|s| s.parse::<Encap>().expect("listed")))]
     pub encap: Encap,
-    /// The indirect-route scheme (4.1: clients learn proxies from ALT records; 4.2:
-    /// proxies push routes to clients; 4.3: proxies relay the target's ports as a NAT and
-    /// clients connect to a proxy's address). Sets the coordinator's config, and for 4.3
-    /// the static data path too.
+    /// The indirect-route scheme (4.1: client agents learn proxies from ALT records and
+    /// are admitted by one; 4.2: client agents registered with the coordinator take the
+    /// route its proxies push; 4.3: the coordinator replaces the target's A records with
+    /// proxies that relay the target's ports as a NAT, and unmodified clients connect to
+    /// them). In each the coordinator's divert, reset and restore lay the route out.
     #[arg(long, default_value_t = Scheme::Resolver, value_parser = clap::builder::PossibleValuesParser::new(["4.1", "4.2", "4.3"]).map(|s| s.parse::<Scheme>().expect("listed")))]
     pub scheme: Scheme,
-    /// Scheme 4.1: lay the indirect route out with static client and proxy configs
-    /// instead of client agents that set it up on a lookup meeting ALT records.
+    /// Lay the indirect route out with static configs (client tunnels in 4.1 and 4.2,
+    /// NAT services in 4.3) instead of the coordinator's divert; the coordinator is left
+    /// out of the run, so no divert, failover or restore is measured.
     #[arg(long)]
     pub static_route: bool,
     /// Repetitions of the proxy failover (4.4) under attack (0: not measured).
@@ -117,9 +119,15 @@ pub struct ScenarioArgs {
     #[arg(long = "failover", value_enum, default_value_t = FailoverAttack::Flood)]
     pub failover_attack: FailoverAttack,
     /// Scheme 4.1 with client agents: do not give the gateway, proxies and target
-    /// `[control]` tables (the coordinator's divert then cannot complete).
+    /// `[control]` tables; the lab publishes the ALT records itself and the coordinator
+    /// is left out of the run (the failover kills the proxy).
     #[arg(long)]
     pub no_control: bool,
+    /// Exit 0 even when the coordinator's divert, the failover or the restore was not
+    /// reached or a sample failed (for exploring; the report says what is missing).
+    /// Without it such a run exits non-zero with the reason on its last line.
+    #[arg(long)]
+    pub allow_incomplete: bool,
     /// With the data path linked: raise the alarm with `scold ctl divert` instead of
     /// letting the target's detector (`[detect]` on its main link) raise it.
     #[arg(long)]
@@ -165,6 +173,12 @@ pub enum LabCommand {
         /// Encapsulation of the indirect route: udp, ipip or wireguard.
         #[arg(long, default_value_t = Encap::Wireguard, value_parser = clap::builder::PossibleValuesParser::new(["udp", "ipip", "wireguard"]).map(|s| s.parse::<Encap>().expect("listed")))]
         encap: Encap,
+        /// The scheme to time: 4.1 (first packet once the agent's lookup meets ALT
+        /// records), 4.2 (first packet through the route a proxy pushed), 4.3 (first
+        /// HTTP answer from the proxy address ClientDNS gives; failover: reset -> first
+        /// new connection through another proxy).
+        #[arg(long, default_value_t = Scheme::Resolver, value_parser = clap::builder::PossibleValuesParser::new(["4.1", "4.2", "4.3"]).map(|s| s.parse::<Scheme>().expect("listed")))]
+        scheme: Scheme,
         /// Proxies in the testbed. The target's ALT set holds 2; a third lets the
         /// coordinator replace a dead proxy, so every failover finds a second proxy in
         /// the set the client holds (with 2, after the first failure the set has one).
@@ -380,6 +394,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             runs,
             failover_runs,
             encap,
+            scheme,
             proxies,
             out,
             keep_on_failure,
@@ -393,6 +408,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             let mut cfg = scenario_config(&ScenarioArgs {
                 proxies,
                 encap,
+                scheme,
                 out,
                 keep_on_failure,
                 quiet,
@@ -604,7 +620,7 @@ impl ScenarioArgs {
 }
 
 /// The scenario's configuration from its command-line options.
-fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
+pub(crate) fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig> {
     Ok(ScenarioConfig {
         testbed: Fig8Options {
             proxies: if a.adversary {
@@ -676,13 +692,23 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
     if cfg.testbed.attackers == 0 {
         anyhow::bail!("--attackers must be at least 1: the scenario measures under attack");
     }
-    if cfg.adversary && !cfg.control_mode() {
+    if cfg.no_control && cfg.scheme != Scheme::Resolver {
+        anyhow::bail!(
+            "--no-control is for scheme 4.1 (client agents, ALT records published by the \
+             lab); scheme {} needs the coordinator: drop --no-control, or use --static-route \
+             for static configs",
+            cfg.scheme.as_str()
+        );
+    }
+    if cfg.adversary && !(cfg.control_mode() && cfg.scheme == Scheme::Resolver) {
         anyhow::bail!(
             "--adversary needs scheme 4.1 with client agents linked to the coordinator: \
              drop --static-route and --no-control"
         );
     }
+    let check = cfg.clone();
     let out = with_signals(move || scenario::run(&cfg).context("the lab scenario failed")).await?;
+    let cfg = check;
     println!("{}", out.tables);
     for n in &out.results.notes {
         println!("note: {n}");
@@ -699,6 +725,7 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         .filter(|a| !a.held)
         .map(|a| a.name.as_str())
         .collect();
+    let incomplete = cfg.incomplete(&out.results);
     if !broken.is_empty() {
         anyhow::bail!(
             "adversary mode: {} of {} attacks on SCOLD got through: {}",
@@ -706,6 +733,13 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
             out.results.attacks.len(),
             broken.join("; ")
         );
+    }
+    if let Some(why) = incomplete {
+        if a.allow_incomplete {
+            eprintln!("scold lab: incomplete run (--allow-incomplete): {why}");
+        } else {
+            anyhow::bail!("incomplete run: {why} (--allow-incomplete exits 0 for exploring)");
+        }
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use scold_dns::config::{
     AllowConfig, DnsFile, KeyConfig, NotifyKeyConfig, ResolverFile, ZoneConfig,
 };
 use scold_link::TlsConfig;
-use scold_node::client::{self, AgentSection};
+use scold_node::client::{self, AgentSection, PushSection};
 use scold_node::gateway;
 use scold_node::node::control::{ControlSection, NotifyEntry};
 use scold_node::node::TunnelSection;
@@ -87,9 +87,10 @@ pub struct Pki {
 
 impl Pki {
     /// The consortium CA in `dir` and a certificate for every node that speaks the
-    /// control protocol: the coordinator, the operator, the gateway, the target and
-    /// each of `proxies`.
-    pub fn issue(dir: &Path, proxies: &[String]) -> Result<Pki, LabError> {
+    /// control protocol: the coordinator, the operator, the gateway, the target, each
+    /// of `proxies` and each of `clients` (the scheme 4.2 client agents show theirs to
+    /// the proxies that push to them).
+    pub fn issue(dir: &Path, proxies: &[String], clients: &[String]) -> Result<Pki, LabError> {
         use scold_pki::{Ca, CaInit, Identity, Role, Validity};
         let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
         let mut ca = Ca::init(
@@ -133,6 +134,9 @@ impl Pki {
         for p in proxies {
             certs.push((p.clone(), issue(Role::Proxy, p, fig8::address_of(p))?));
         }
+        for c in clients {
+            certs.push((c.clone(), issue(Role::Client, c, fig8::address_of(c))?));
+        }
         let operator = issue(Role::Operator, "lab", None)?;
         Ok(Pki {
             coordinator,
@@ -159,7 +163,7 @@ pub struct ConfigPlan {
     pub dir: PathBuf,
     pub encap: Encap,
     pub scheme: Scheme,
-    /// Scheme 4.1 client agents (see [`Choices::agent`]).
+    /// Client agents (see [`Choices::agent`]).
     pub agent: bool,
     /// The data path linked to the coordinator (see [`Choices::control`]).
     pub control: bool,
@@ -184,8 +188,10 @@ pub struct ConfigPlan {
 pub struct Choices {
     pub encap: Encap,
     pub scheme: Scheme,
-    /// Scheme 4.1 with client agents (`scold client` with `[agent]`), rather than
-    /// static client configs.
+    /// Clients run `scold client` agents (with `[agent]`) rather than static client
+    /// configs: the stub resolver that is admitted by a proxy of the ALT set (4.1), or
+    /// the push service that proxies push routes to (4.2). Not in 4.3, where clients
+    /// run no SCOLD software.
     pub agent: bool,
     /// The gateway, the proxies and the target get `[control]` tables and take the
     /// coordinator's orders.
@@ -389,10 +395,14 @@ impl RoleConfigs {
                 cfg.nat = Some(NatSection::new(
                     settings::nat_source(settings::proxy_index(p)).into(),
                 ));
-                for port in [
-                    crate::serve::DEFAULT_HTTP_PORT,
-                    crate::serve::DEFAULT_BULK_PORT,
-                ] {
+                // Linked to the coordinator, the proxy opens the target's ports on the
+                // divert's order; otherwise from this file.
+                let ports = if plan.control {
+                    Vec::new()
+                } else {
+                    settings::NAT_PORTS.to_vec()
+                };
+                for port in ports {
                     cfg.nat_services.push(NatService {
                         protocol: Protocol::Tcp,
                         listen: (addr(p), port).into(),
@@ -402,7 +412,9 @@ impl RoleConfigs {
                 }
             }
             if plan.agent {
-                // Clients are admitted by the TLS exchange, not listed here.
+                // Clients are admitted by the TLS exchange (4.1), or pushed to on the
+                // coordinator's order (4.2, where this certificate is what the client
+                // agent checks), not listed here.
                 let certs = plan.pki.cert_of(p);
                 let mut admission =
                     AdmissionSection::new(ca.clone(), certs.cert.clone(), certs.key.clone());
@@ -479,8 +491,25 @@ impl RoleConfigs {
                     min_refresh_ms: None,
                     min_refresh_secs: None,
                     max_refresh_secs: settings::AGENT_MAX_REFRESH_SECS,
-                    push: None,
+                    // Scheme 4.2: proxies push the route here on the coordinator's
+                    // order, showing their consortium certificate.
+                    push: (plan.scheme == Scheme::Push).then(|| {
+                        let certs = plan.pki.cert_of(c);
+                        PushSection::new(
+                            (addr(c), settings::PUSH_PORT).into(),
+                            certs.cert.clone(),
+                            certs.key.clone(),
+                        )
+                    }),
                 });
+                if plan.scheme == Scheme::Push {
+                    // The agent registers with the coordinator, which has a proxy of
+                    // each diverted target push to it.
+                    cfg.control = plan.control(c);
+                    if plan.control {
+                        cfg.control.address = Some(addr(c).into());
+                    }
+                }
             } else {
                 cfg.source = Some(addr(c).into());
                 cfg.peers.push(plan.peer(
@@ -568,6 +597,7 @@ impl RoleConfigs {
                 down_after_ms: 2000,
                 proxies_per_target: plan.proxies.len().min(2),
                 attacked_hold_ms: settings::ATTACKED_HOLD_MS,
+                client_push_port: settings::PUSH_PORT,
                 ..coordinator::CoordinatorSection::new(
                     (Ipv4Addr::UNSPECIFIED, settings::COORDINATOR_PORT).into(),
                     plan.path("coordinator.redb"),
@@ -593,7 +623,20 @@ impl RoleConfigs {
                 },
                 ttl,
                 proxies: None,
-                services: Vec::new(),
+                // Scheme 4.3: the ports the proxies relay (the lab's HTTP and bulk
+                // services; ICMP is not a port and is not relayed).
+                services: if plan.scheme == Scheme::Nat {
+                    settings::NAT_PORTS
+                        .iter()
+                        .map(|&port| coordinator::Service {
+                            protocol: Protocol::Tcp,
+                            port,
+                            proxy_protocol: false,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 dns: coordinator::TargetDnsConfig {
                     server: (dns_addr, 53).into(),
                     key: format!("hmac-sha256:{UPDATE_KEY_NAME}:{}", plan.dns_secret),
@@ -637,7 +680,9 @@ impl RoleConfigs {
             write_toml(dir, &node_file(p), &format!("scold proxy {p}"), cfg)?;
         }
         for (c, cfg) in &self.clients {
-            let what = if cfg.agent.is_some() {
+            let what = if cfg.agent.as_ref().is_some_and(|a| a.push.is_some()) {
+                format!("scold client agent of {c} (scheme 4.2: takes route pushes)")
+            } else if cfg.agent.is_some() {
                 format!("scold client agent of {c} (scheme 4.1)")
             } else {
                 format!("scold client agent of {c}: a static tunnel to its proxy")
@@ -738,7 +783,9 @@ mod tests {
                 (Scheme::Resolver, true, true, false),
                 (Scheme::Resolver, true, false, false),
                 (Scheme::Resolver, false, false, false),
+                (Scheme::Push, true, true, true),
                 (Scheme::Push, false, false, false),
+                (Scheme::Nat, false, true, true),
                 (Scheme::Nat, false, false, false),
             ] {
                 v.push(Choices {
@@ -768,7 +815,7 @@ mod tests {
         let opts = crate::fig8::Fig8Options::default();
         let proxies: Vec<String> = (1..=opts.proxies).map(fig8::proxy).collect();
         let clients: Vec<String> = (1..=opts.clients).map(fig8::client).collect();
-        let pki = Pki::issue(base.path(), &proxies).unwrap();
+        let pki = Pki::issue(base.path(), &proxies, &clients).unwrap();
         for (i, o) in option_sets().iter().enumerate() {
             let what = format!(
                 "{:?} {} agent={} control={} detect={}",
@@ -812,6 +859,15 @@ mod tests {
                 );
                 assert_eq!(cfg.admission.is_some(), o.agent, "{what}: {file}");
                 assert_eq!(cfg.nat.is_some(), o.scheme == Scheme::Nat, "{what}: {file}");
+                assert_eq!(
+                    cfg.nat_services.len(),
+                    if o.scheme == Scheme::Nat && !o.control {
+                        2
+                    } else {
+                        0
+                    },
+                    "{what}: {file}"
+                );
                 // The proxy's static peer is the gateway, under the gateway's key.
                 for peer in &cfg.peers {
                     assert_eq!(peer.public_key, gw_public, "{what}: {file}");
@@ -848,6 +904,18 @@ mod tests {
                 let cfg = client::Config::load(&dir.join(&file))
                     .unwrap_or_else(|e| fail(&file, format!("{e:#}")));
                 assert_eq!(cfg.agent.is_some(), o.agent, "{what}: {file}");
+                // 4.2 agents take pushes and register with the coordinator.
+                let push = o.agent && o.scheme == Scheme::Push;
+                assert_eq!(
+                    cfg.agent.as_ref().is_some_and(|a| a.push.is_some()),
+                    push,
+                    "{what}: {file}"
+                );
+                assert_eq!(
+                    cfg.control.coordinator.is_some(),
+                    push && o.control,
+                    "{what}: {file}"
+                );
                 assert_eq!(cfg.tun_name, settings::CLIENT_TUN, "{what}: {file}");
                 for peer in &cfg.peers {
                     let (_, public) = proxy_publics.iter().find(|(p, _)| *p == peer.name).unwrap();
@@ -889,6 +957,13 @@ mod tests {
                 "{what}"
             );
             assert_eq!(coord.proxies.len(), proxies.len(), "{what}");
+            assert_eq!(coord.coordinator.client_push_port, settings::PUSH_PORT);
+            // 4.3: the coordinator orders the relays; static NAT services only without it.
+            assert_eq!(
+                coord.targets[0].services.len(),
+                if o.scheme == Scheme::Nat { 2 } else { 0 },
+                "{what}"
+            );
             // The coordinator updates TargetDNS under the key TargetDNS knows.
             assert_eq!(
                 coord.targets[0].dns.key,

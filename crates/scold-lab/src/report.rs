@@ -506,15 +506,18 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
             ]
         })
         .collect();
-    // Scheme 4.1 runs client agents unless the run asked for static routes.
-    let agent = r.config.get("scheme").and_then(|v| v.as_str()) == Some("4.1")
-        && !r
-            .config
-            .get("static_route")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
     let flag = |k: &str| r.config.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    let detect = !flag("no_control") && !flag("operator_alarm");
+    let scheme = r
+        .config
+        .get("scheme")
+        .and_then(|v| v.as_str())
+        .unwrap_or("4.1");
+    // Scheme 4.1 runs client agents that applications ask, unless the route is static.
+    let agent = scheme == "4.1" && !flag("static_route");
+    // The coordinator's divert lays the route out unless the run left it out.
+    let coord = !flag("static_route") && !flag("no_control");
+    let detect = coord && !flag("operator_alarm");
+    let flood = r.config.get("failover_attack").and_then(|v| v.as_str()) == Some("flood");
     out += &table(
         "Table 3: resolver overhead: lookup (if any) then probe, direct route \
          (our median  [paper: original | enhanced resolve library])",
@@ -559,6 +562,14 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
             "Table 4: time to set up the indirect route, from the application's lookup \
              through the client agent (ALT records published) to the first answer through \
              the tunnel (our median  [paper])"
+        } else if coord && scheme == "4.2" {
+            "Table 4: time to set up the indirect route, from the operator's alarm to the \
+             first answer through the tunnel a proxy pushed to the client agent (our median  \
+             [paper])"
+        } else if coord && scheme == "4.3" {
+            "Table 4: time to set up the indirect route, from the operator's alarm to the \
+             first download from the proxy address ClientDNS gives for the name; no ping \
+             through a NAT relay (our median  [paper])"
         } else {
             "Table 4: time to set up the indirect route, from starting the client agent and \
              the target's return path (static configs) to the first answer through the \
@@ -580,31 +591,37 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
     };
     let rows = vec![
         vec![
-            if agent && detect {
+            if detect {
                 "divert: attack start -> coordinator phase \"diverted\" (target's detector)"
                     .to_string()
-            } else if agent {
+            } else if coord {
                 "divert: alarm -> coordinator phase \"diverted\"".to_string()
             } else {
-                "divert: alarm -> ALT records at ClientDNS (coordinator)".to_string()
+                "divert: not asked of the coordinator (static or unlinked route)".to_string()
             },
             long(Metric::Divert),
         ],
         vec![
-            if agent
-                && !flag("no_control")
-                && r.config.get("failover_attack").and_then(|v| v.as_str()) == Some("flood")
-            {
-                "proxy failover (4.4): gap after flooding the client's proxy (self-defence)"
-                    .to_string()
-            } else {
-                "proxy failover (4.4): gap after killing the client's proxy".to_string()
+            match (scheme, coord && flood) {
+                ("4.3", true) => "proxy failover (4.4): reset of the flooded proxy -> first new \
+                                  connection through another proxy"
+                    .to_string(),
+                ("4.3", false) => "proxy failover (4.4): reset of the killed proxy -> first new \
+                                   connection through another proxy"
+                    .to_string(),
+                (_, true) => {
+                    "proxy failover (4.4): gap after flooding the client's proxy (self-defence)"
+                        .to_string()
+                }
+                (_, false) => {
+                    "proxy failover (4.4): gap after killing the client's proxy".to_string()
+                }
             },
             long(Metric::Failover),
         ],
     ];
     let mut rows = rows;
-    if agent && detect {
+    if detect {
         rows.push(vec![
             "all-clear: attack end -> target's detector all-clear (coordinator restoring)"
                 .to_string(),
@@ -612,12 +629,12 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
         ]);
     }
     rows.push(vec![
-        if agent && detect {
+        if detect {
             "restore: attack end -> coordinator phase \"normal\" (automatic)".to_string()
-        } else if agent {
+        } else if coord {
             "restore: operator's all-clear -> coordinator phase \"normal\"".to_string()
         } else {
-            "restore after the attack".to_string()
+            "restore: not asked of the coordinator".to_string()
         },
         long(Metric::Restore),
     ]);

@@ -167,7 +167,7 @@ impl<'a> Roles<'a> {
         // The CA library logs each certificate; the progress display says it once.
         let pki = tracing::subscriber::with_default(
             tracing::subscriber::NoSubscriber::default(),
-            || Pki::issue(&dir, &lab.proxies()),
+            || Pki::issue(&dir, &lab.proxies(), &lab.clients()),
         )?;
         let plan = ConfigPlan::new(
             dir.clone(),
@@ -186,8 +186,9 @@ impl<'a> Roles<'a> {
             plan,
             client_agents: Vec::new(),
         };
-        // In agent mode the applications ask the client agent, which asks ClientDNS.
-        let resolver = if roles.opts.agent {
+        // With the scheme 4.1 agent the applications ask it, and it asks ClientDNS. In
+        // 4.2 the agent only takes pushes: applications ask ClientDNS, as in 4.3.
+        let resolver = if roles.resolver_agent() {
             AGENT_DNS
         } else {
             fig8::address_of(fig8::CLIENT_DNS).expect("in plan")
@@ -575,9 +576,63 @@ impl<'a> Roles<'a> {
         Ok(r)
     }
 
-    /// Whether the clients run agents (scheme 4.1 without static routes).
+    /// Whether the clients run agents (4.1 or 4.2 without static routes).
     pub fn agent_mode(&self) -> bool {
         self.opts.agent
+    }
+
+    /// Whether the data path is linked to the coordinator (its divert lays the route
+    /// out).
+    pub fn linked(&self) -> bool {
+        self.opts.control
+    }
+
+    /// Whether the clients run the scheme 4.1 agent, which sets the route up when an
+    /// application looks the name up through it.
+    pub fn resolver_agent(&self) -> bool {
+        self.opts.agent && self.opts.scheme == Scheme::Resolver
+    }
+
+    /// Scheme 4.3 as an unmodified client sees it: client 1 looks the target's name up
+    /// at ClientDNS (as its resolv.conf says) and connects to the first address. Returns
+    /// that address and the proxy node it belongs to (`None` when it is not a proxy's,
+    /// e.g. the target's own before a divert).
+    pub fn nat_lookup(&self) -> Result<(Ipv4Addr, Option<String>), LabError> {
+        let server: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("plan"), 53).into();
+        let a = self.lab.run_in(&fig8::client(1), || {
+            dnsq::query(
+                server,
+                &format!("{TARGET_FQDN}."),
+                1,
+                Duration::from_secs(2),
+            )
+        })??;
+        let first = *a.a.first().ok_or_else(|| LabError::Protocol {
+            peer: format!("ClientDNS {server}"),
+            reason: format!("no A record for {TARGET_FQDN} (rcode {})", a.rcode),
+        })?;
+        let proxy = self
+            .lab
+            .proxies()
+            .into_iter()
+            .find(|p| fig8::address_of(p) == Some(first));
+        Ok((first, proxy))
+    }
+
+    /// Scheme 4.2: whether client 1's route to the target goes into its agent's
+    /// tunnel (`ip route get`), i.e. a proxy's push is in place.
+    pub fn pushed_route(&self) -> Result<bool, LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "-n",
+                self.lab.netns(&fig8::client(1))?,
+                "route",
+                "get",
+                &fig8::TARGET_ADDR.to_string(),
+            ],
+        )?;
+        Ok(out.contains(&format!("dev {CLIENT_TUN}")))
     }
 
     /// Agent mode: stops each client agent (SIGTERM: it removes its tunnel and routes)

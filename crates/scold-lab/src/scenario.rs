@@ -81,7 +81,9 @@ pub struct ScenarioConfig {
     pub divert_wait: Duration,
     pub encap: Encap,
     pub scheme: Scheme,
-    /// Scheme 4.1 with static client and proxy configs instead of client agents.
+    /// Static configs lay the indirect route out (client tunnels in 4.1 and 4.2, NAT
+    /// services in 4.3) instead of the coordinator's divert; the coordinator is left
+    /// out of the run.
     #[serde(default)]
     pub static_route: bool,
     /// Repetitions of the proxy failover under attack (agent mode only; 0: skipped).
@@ -132,7 +134,7 @@ impl ScenarioConfig {
             + table3
             + table4
             + 14
-            + if self.agent_mode() {
+            + if self.failover_mode() {
                 self.failover_reps as usize
             } else {
                 0
@@ -144,9 +146,12 @@ impl ScenarioConfig {
             }
     }
 
-    /// Whether the gateway, proxies and a target agent are linked to the coordinator.
+    /// Whether the gateway, proxies, a target agent (and in 4.2 the client agents) are
+    /// linked to the coordinator, so its divert, reset and restore lay the indirect
+    /// route out. Otherwise the coordinator is left out of the run: no divert, failover
+    /// by reset or restore is asked of it.
     pub fn control_mode(&self) -> bool {
-        self.agent_mode() && !self.no_control
+        !self.static_route && !self.no_control
     }
 
     /// Whether the target's detector raises the alarm (no `scold ctl divert`).
@@ -154,9 +159,63 @@ impl ScenarioConfig {
         self.control_mode() && !self.operator_alarm
     }
 
-    /// Whether clients run the scheme 4.1 client agent (rather than static routes).
+    /// Whether clients run `scold client` agents: the stub resolver of scheme 4.1, or
+    /// the push service of 4.2 (clients run no SCOLD software in 4.3).
     pub fn agent_mode(&self) -> bool {
-        self.scheme == Scheme::Resolver && !self.static_route
+        !self.static_route && self.scheme != Scheme::Nat
+    }
+
+    /// Whether the proxy failover (4.4) is measured: whenever the route is not static.
+    pub fn failover_mode(&self) -> bool {
+        !self.static_route && self.failover_reps > 0
+    }
+
+    /// What the run must reach to be complete, or `None` when it did: the
+    /// coordinator's divert and restore (when it drives the route), every failover
+    /// repetition asked for, and no failed sample. The reason is one line.
+    pub fn incomplete(&self, r: &Results) -> Option<String> {
+        let ok = |m: Metric| {
+            r.samples
+                .iter()
+                .any(|s| s.metric == m && matches!(s.outcome, Outcome::Ok { .. }))
+        };
+        let mut missing = Vec::new();
+        if self.control_mode() {
+            if !ok(Metric::Divert) {
+                missing.push("the coordinator's divert under attack was not reached".to_string());
+            }
+            if self.detect_mode() && !ok(Metric::AllClear) {
+                missing.push("the detector's all-clear was not reached".into());
+            }
+            if !ok(Metric::Restore) {
+                missing.push("the coordinator's restore was not reached".into());
+            }
+        }
+        if self.failover_mode() {
+            let done = r
+                .samples
+                .iter()
+                .filter(|s| s.metric == Metric::Failover && matches!(s.outcome, Outcome::Ok { .. }))
+                .count();
+            if done < self.failover_reps as usize {
+                missing.push(format!(
+                    "{done} of {} proxy failovers completed",
+                    self.failover_reps
+                ));
+            }
+        }
+        let failed: Vec<String> = r
+            .samples
+            .iter()
+            .filter_map(|s| match &s.outcome {
+                Outcome::Failed { error } => Some(format!("{:?} #{}: {error}", s.metric, s.rep)),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = failed.first() {
+            missing.push(format!("{} samples failed (first: {first})", failed.len()));
+        }
+        (!missing.is_empty()).then(|| missing.join("; ").replace('\n', " "))
     }
 }
 
@@ -282,14 +341,18 @@ fn download(
     proto: Proto,
     size: u64,
     limit: Duration,
+    device: Option<&str>,
 ) -> Result<Transfer, LabError> {
     match proto {
-        Proto::Bulk => measure::fetch_bulk((target, DEFAULT_BULK_PORT).into(), size, limit),
-        Proto::Http => measure::fetch_http(
+        Proto::Bulk => {
+            measure::fetch_bulk_via((target, DEFAULT_BULK_PORT).into(), size, limit, device)
+        }
+        Proto::Http => measure::fetch_http_via(
             (target, DEFAULT_HTTP_PORT).into(),
             "target",
             &serve::http_path(size),
             limit,
+            device,
         ),
     }
 }
@@ -305,6 +368,15 @@ struct Plan {
     limit: Duration,
     /// All downloads at once instead of one after another.
     concurrent: bool,
+    /// Sockets confined to this device of the client ([`direct_device`]).
+    device: Option<&'static str>,
+}
+
+/// The device direct-route probes are confined to: in scheme 4.2 the route a proxy
+/// pushed covers the target's address from the divert on, so probes of the direct
+/// route leave by the client's own uplink; elsewhere the client's routing decides.
+fn direct_device(cfg: &ScenarioConfig) -> Option<&'static str> {
+    (cfg.scheme == Scheme::Push && cfg.agent_mode()).then_some(fig8::LEAF_IF)
 }
 
 /// Ping and downloads from client 1 to the target; returns the bytes downloaded.
@@ -321,7 +393,13 @@ fn measure_condition(
     let echo_timeout = Duration::from_secs(1);
     let echoes = if plan.ping {
         lab.run_in(&client, || {
-            measure::ping_samples(target, cfg.pings, Duration::from_millis(100), echo_timeout)
+            measure::ping_samples_via(
+                target,
+                cfg.pings,
+                Duration::from_millis(100),
+                echo_timeout,
+                plan.device,
+            )
         })??
     } else {
         Vec::new()
@@ -355,11 +433,14 @@ fn measure_condition(
         }
     }
     let limit = plan.limit;
+    let device = plan.device;
     let outcomes: Vec<Result<Transfer, LabError>> = if plan.concurrent {
         let handles = jobs
             .iter()
             .map(|&(_, size, proto)| {
-                lab.thread_in(&client, move || download(target, proto, size, limit))
+                lab.thread_in(&client, move || {
+                    download(target, proto, size, limit, device)
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         handles
@@ -376,7 +457,7 @@ fn measure_condition(
     } else {
         let mut v = Vec::new();
         for &(rep, size, proto) in &jobs {
-            let r = lab.run_in(&client, || download(target, proto, size, limit))?;
+            let r = lab.run_in(&client, || download(target, proto, size, limit, device))?;
             // Shown as it happens; recorded below with the rest.
             progress.step(
                 &format!("{label}: {} {} #{rep}", proto.label(), fmt_size(size)),
@@ -637,18 +718,18 @@ fn measure_setup(
     let limit = Duration::from_secs(15);
     // In NAT mode (4.3) the proxy's address answers only through the relay, so no
     // socket binding is needed there, and pings do not reach the target.
-    let (target, pings) = indirect_dest(roles);
+    let (target, pings) = indirect_dest(roles)?;
     let dev = pings.then_some(roles::CLIENT_TUN);
     let mut lookups = Vec::new();
     for rep in 1..=cfg.reps {
-        if roles.agent_mode() {
+        if roles.resolver_agent() {
             // The target's side first (as after a divert); the clock starts at the
             // application's lookup, which the agent answers once the route is up.
             roles.indirect_on()?;
         }
         let t0 = Instant::now();
         let deadline = t0 + limit;
-        if roles.agent_mode() {
+        if roles.resolver_agent() {
             let (secs, _) = agent_lookup(lab, limit)?;
             lookups.push(secs);
         } else {
@@ -774,11 +855,13 @@ fn agent_lookup(lab: &Fig8, limit: Duration) -> Result<(f64, Vec<Ipv4Addr>), Lab
     Ok((t0.elapsed().as_secs_f64(), a.a))
 }
 
-/// Takes client 1 off the indirect route: stops the target's return path and, in agent
-/// mode, restarts the client agents (stopping one removes its tunnel and routes).
+/// Takes client 1 off the indirect route: stops the target's return path and, with
+/// the scheme 4.1 agent, restarts the client agents (stopping one removes its tunnel
+/// and routes). A pushed route (4.2) or the A records (4.3) stay until the
+/// coordinator's restore.
 pub(crate) fn route_off(roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_off()?;
-    if roles.agent_mode() {
+    if roles.resolver_agent() {
         roles.restart_client_agents()?;
     }
     Ok(())
@@ -788,11 +871,11 @@ pub(crate) fn route_off(roles: &mut Roles) -> Result<(), LabError> {
 pub(crate) fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError> {
     roles.indirect_on()?;
     let client = fig8::client(1);
-    if roles.agent_mode() {
+    if roles.resolver_agent() {
         // The agent sets the route up when the name is looked up.
         agent_lookup(lab, Duration::from_secs(15))?;
     }
-    let (dest, ping) = indirect_dest(roles);
+    let (dest, ping) = indirect_dest(roles)?;
     let t0 = Instant::now();
     let ok = lab.run_in(&client, || {
         first_success(t0, t0 + Duration::from_secs(15), || {
@@ -824,7 +907,11 @@ pub(crate) fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError>
                 "the indirect route {} -> {} -> {} -> target (no answer through the \
                  tunnel; see the logs in {})",
                 client,
-                roles.proxy_of(&client).unwrap_or("?"),
+                if roles.linked() {
+                    "its proxy"
+                } else {
+                    roles.proxy_of(&client).unwrap_or("?")
+                },
                 fig8::ALT_GW,
                 roles.log_dir().display()
             ),
@@ -835,19 +922,32 @@ pub(crate) fn indirect_up(lab: &Fig8, roles: &mut Roles) -> Result<(), LabError>
 }
 
 /// Where client 1 sends its probes over the indirect route, and whether pings get
-/// there: the target itself, or in NAT mode (4.3) its proxy's address, which relays
-/// the service ports only.
-fn indirect_dest(roles: &Roles) -> (Ipv4Addr, bool) {
+/// there: the target itself, or in NAT mode (4.3) a proxy's address, which relays the
+/// service ports only: with the coordinator, the first address ClientDNS gives for the
+/// target's name (as an unmodified client would connect to), else its static proxy.
+fn indirect_dest(roles: &Roles) -> Result<(Ipv4Addr, bool), LabError> {
     let client = fig8::client(1);
     match roles.scheme() {
-        Scheme::Nat => (
+        Scheme::Nat if roles.linked() => match roles.nat_lookup()? {
+            (a, Some(_)) => Ok((a, false)),
+            (a, None) => Err(LabError::Protocol {
+                peer: "ClientDNS".into(),
+                reason: format!(
+                    "{} resolves to {a}, which is no proxy's address: the coordinator's \
+                     divert did not replace the A records; coordinator: {}",
+                    roles::TARGET_FQDN,
+                    target_status(roles)
+                ),
+            }),
+        },
+        Scheme::Nat => Ok((
             roles
                 .proxy_of(&client)
                 .and_then(fig8::address_of)
                 .expect("client 1 has a proxy"),
             false,
-        ),
-        _ => (fig8::TARGET_ADDR, true),
+        )),
+        _ => Ok((fig8::TARGET_ADDR, true)),
     }
 }
 
@@ -862,7 +962,7 @@ fn measure_indirect(
 ) -> Result<(), LabError> {
     indirect_up(lab, roles)?;
     let before = roles.gateway_tunnel_bytes()?;
-    let (dest, ping) = indirect_dest(roles);
+    let (dest, ping) = indirect_dest(roles)?;
     let plan = Plan {
         condition: Condition {
             route: Route::Indirect,
@@ -873,8 +973,12 @@ fn measure_indirect(
         reps: cfg.reps,
         limit: cfg.timeout,
         concurrent: false,
+        device: None,
     };
     let bytes = measure_condition(lab, cfg, &plan, results, progress)?;
+    if roles.scheme() == Scheme::Nat && roles.linked() {
+        results.notes.push(curl_by_name(lab, roles, attack)?);
+    }
     let through = roles.gateway_tunnel_bytes()?.saturating_sub(before);
     roles.check()?;
     route_off(roles)?;
@@ -888,6 +992,52 @@ fn measure_indirect(
         )));
     }
     Ok(())
+}
+
+/// Scheme 4.3 with a tool nobody here wrote: `curl` in client 1 fetches the target's
+/// page by name (its resolv.conf names ClientDNS); it must connect to a proxy's address
+/// and get the page. Returns the note saying so.
+fn curl_by_name(lab: &Fig8, roles: &Roles, attack: bool) -> Result<String, LabError> {
+    crate::topology::require_tool("curl", "curl")?;
+    let url = format!("http://{}:{DEFAULT_HTTP_PORT}/0k", roles::TARGET_FQDN);
+    let out = lab.exec(
+        &fig8::client(1),
+        "curl",
+        [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-w",
+            "%{http_code} %{remote_ip}",
+            url.as_str(),
+        ],
+        Duration::from_secs(8),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, ip) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+    let proxy = ip.parse::<Ipv4Addr>().ok().and_then(|a| {
+        lab.proxies()
+            .into_iter()
+            .find(|p| fig8::address_of(p) == Some(a))
+    });
+    match (code, proxy) {
+        ("200", Some(p)) => Ok(format!(
+            "scheme 4.3{}: an unmodified client's `curl {url}` (resolv.conf naming ClientDNS) \
+             connected to {ip} ({p}) and got HTTP 200 from the target through it",
+            if attack { ", under attack" } else { "" }
+        )),
+        _ => Err(LabError::Protocol {
+            peer: format!("curl in {}", fig8::client(1)),
+            reason: format!(
+                "`curl {url}` gave {text:?} ({}), not HTTP 200 from a proxy's address; \
+                 coordinator: {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                target_status(roles)
+            ),
+        }),
+    }
 }
 
 /// What the divert publishes for clients: ALT records, or in NAT mode (4.3) the
@@ -1217,47 +1367,7 @@ pub(crate) fn measure_failover(
             ));
         }
         results.push(Metric::Failover, rep, outcome);
-        if flood {
-            if rep < cfg.failover_reps && !wait_proxy(roles, &node, true, Duration::from_secs(15)) {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "the coordinator to take {node} back after its attack (attacked mark \
-                         of {} ms) and the target back to phase \"diverted\"; coordinator: {}",
-                        roles::ATTACKED_HOLD_MS,
-                        target_status(roles)
-                    ),
-                    secs: 15.0,
-                });
-            }
-        } else {
-            // A proxy started again from its file has none of the divert's orders, and
-            // the coordinator gives them to a proxy it chooses, not to one that merely
-            // registers again: it must first see this one silent and reset it out.
-            if cfg.control_mode() && !wait_proxy(roles, &node, false, Duration::from_secs(15)) {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "the coordinator to mark the killed {node} down and reset it out; \
-                         coordinator: {}",
-                        target_status(roles)
-                    ),
-                    secs: 15.0,
-                });
-            }
-            roles.restart_proxy(&node)?;
-            if cfg.control_mode()
-                && rep < cfg.failover_reps
-                && !wait_proxy(roles, &node, true, Duration::from_secs(15))
-            {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "the restarted {node} to register with the coordinator again; \
-                         coordinator: {}",
-                        target_status(roles)
-                    ),
-                    secs: 15.0,
-                });
-            }
-        }
+        proxy_back(roles, cfg, &node, flood, rep)?;
         if cfg.control_mode() {
             let event = if flood { "flood began" } else { "kill" };
             results.notes.push(match wait_reset(roles, t_event_wall) {
@@ -1284,19 +1394,29 @@ pub(crate) fn measure_failover(
             format!(
                 "failover (4.4): the client's proxy was flooded from an attacker ({} packets/s \
                  of 64 bytes, under the main-link attack); its self-defence (over {} packets/s \
-                 for {} ms) told its admitted client agents it is draining and reported \
-                 ProxyAttacked; the client's tunnel moved to the other proxy {} median after \
-                 the flood began, and the coordinator reset the proxy out of the ALT set and \
-                 the gateway's admitted set ({} median after the flood began, by its audit \
-                 log); the gap in a 20 ms echo loop through the tunnel: {} median, {} worst \
-                 over {} repetitions",
+                 for {} ms) {}reported ProxyAttacked; the client's tunnel moved to the other \
+                 proxy {} median after the flood began, and the coordinator reset the proxy \
+                 out of the ALT set and the gateway's admitted set ({} median after the flood \
+                 began, by its audit log){}; the gap in a 20 ms echo loop through the tunnel: \
+                 {} median, {} worst over {} repetitions",
                 roles::PROXY_FLOOD_PPS,
                 roles::PROXY_RX_PPS_MAX,
                 roles::PROXY_SUSTAIN_MS,
+                if cfg.scheme == Scheme::Push {
+                    ""
+                } else {
+                    "told its admitted client agents it is draining and "
+                },
                 fmt_seconds(measure::median(&moves).unwrap_or(0.0)),
                 measure::median(&resets)
                     .map(fmt_seconds)
                     .unwrap_or_else(|| "?".into()),
+                if cfg.scheme == Scheme::Push {
+                    " and had the other proxy push the route to the client agent (scheme 4.2: \
+                     the agent moves only on a push)"
+                } else {
+                    ""
+                },
                 fmt_seconds(med),
                 fmt_seconds(worst),
                 gaps.len()
@@ -1305,11 +1425,17 @@ pub(crate) fn measure_failover(
             format!(
                 "failover (4.4): gap in a 20 ms echo loop through the tunnel when the client's \
                  proxy process was killed (SIGKILL){}, until echoes came back through the \
-                 other proxy: {} median, {} worst over {} repetitions",
+                 other proxy{}: {} median, {} worst over {} repetitions",
                 if lab.attackers().is_empty() {
                     ""
                 } else {
                     " under attack"
+                },
+                if cfg.scheme == Scheme::Push {
+                    " (scheme 4.2: after the coordinator marked it down and had the other \
+                     proxy push the route)"
+                } else {
+                    ""
                 },
                 fmt_seconds(med),
                 fmt_seconds(worst),
@@ -1318,6 +1444,218 @@ pub(crate) fn measure_failover(
         });
     }
     route_off(roles)
+}
+
+/// Scheme 4.3's failover (4.4): the client runs no SCOLD software, so nothing moves
+/// its open connections; what it gets is the coordinator's reset republishing the A
+/// records without the lost proxy. A bounded loop in client 1 looks the name up at
+/// ClientDNS and opens a new HTTP connection to the first address every
+/// [`ECHO_EVERY`], while the proxy it leads to is flooded (self-defence, reset) or
+/// killed (marked down, reset). The figure is the time from the coordinator entering
+/// "resetting" (its audit log) until a new connection through another proxy succeeded.
+pub(crate) fn measure_failover_nat(
+    lab: &Fig8,
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    let client = fig8::client(1);
+    let limit = Duration::from_secs(15);
+    let flood = cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode();
+    let what = if flood { "flooded" } else { "killed" };
+    let cdns: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("in the plan"), 53).into();
+    let mut figures = Vec::new();
+    let mut from_event = Vec::new();
+    for rep in 1..=cfg.failover_reps {
+        let (old, node) = roles.nat_lookup()?;
+        let Some(node) = node else {
+            return Err(LabError::Protocol {
+                peer: "ClientDNS".into(),
+                reason: format!(
+                    "{} resolves to {old}, no proxy's address, before the failover; \
+                     coordinator: {}",
+                    roles::TARGET_FQDN,
+                    target_status(roles)
+                ),
+            });
+        };
+        let start = Instant::now();
+        // Successful new connections: (Unix ms, the address connected to). The loop
+        // ends after 10 through another address, or at `limit`.
+        let prober = lab.thread_in(&client, move || {
+            let mut ok: Vec<(u64, Ipv4Addr)> = Vec::new();
+            let mut elsewhere = 0;
+            while start.elapsed() < limit && elsewhere < 10 {
+                let t = Instant::now();
+                let to = dnsq::query(
+                    cdns,
+                    &format!("{}.", roles::TARGET_FQDN),
+                    1,
+                    Duration::from_millis(300),
+                )
+                .ok()
+                .and_then(|a| a.a.first().copied());
+                if let Some(to) = to {
+                    let fetched = measure::fetch_http(
+                        (to, DEFAULT_HTTP_PORT).into(),
+                        "target",
+                        "/0k",
+                        Duration::from_millis(300),
+                    );
+                    if fetched.is_ok() {
+                        ok.push((audit::unix_ms(SystemTime::now()), to));
+                        if to != old {
+                            elsewhere += 1;
+                        }
+                    }
+                }
+                if let Some(rest) = ECHO_EVERY.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            ok
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        let t_event_wall = SystemTime::now();
+        let event_ms = audit::unix_ms(t_event_wall);
+        let attack = if flood {
+            Some(start_proxy_flood(lab, cfg, &node, rep)?)
+        } else {
+            roles.kill_proxy(&node)?;
+            None
+        };
+        let ok = prober.join().map_err(|_| {
+            LabError::io(
+                "the failover connection loop",
+                std::io::Error::other("panicked"),
+            )
+        })?;
+        let sent = attack.map(|p| stop_floods(vec![p]));
+        let reset = wait_reset(roles, t_event_wall);
+        let before = ok
+            .iter()
+            .filter(|(t, a)| *t < event_ms && *a == old)
+            .count();
+        let outcome = match &reset {
+            Ok((out, _)) => {
+                let reset_ms = event_ms + (out * 1000.0) as u64;
+                match ok.iter().find(|(t, a)| *t >= reset_ms && *a != old) {
+                    Some((t, a)) => {
+                        let s = (t - reset_ms) as f64 / 1000.0;
+                        figures.push(s);
+                        from_event.push((t - event_ms) as f64 / 1000.0);
+                        results.notes.push(format!(
+                            "failover #{rep} (4.3): {node} ({old}) {what}; the coordinator \
+                             reset it out {} after, and a new connection from {client} \
+                             (lookup at ClientDNS, then HTTP) succeeded through {a} {} after \
+                             the reset ({} after the {}); {before} connections through {old} \
+                             had succeeded in the second before",
+                            fmt_seconds(*out),
+                            fmt_seconds(s),
+                            fmt_seconds((t - event_ms) as f64 / 1000.0),
+                            if flood { "flood began" } else { "kill" }
+                        ));
+                        Outcome::Ok { seconds: s }
+                    }
+                    None => Outcome::Failed {
+                        error: format!(
+                            "no new connection through another proxy than {node} succeeded \
+                             within {} of the {what} proxy's reset; coordinator: {}",
+                            fmt_seconds(limit.as_secs_f64()),
+                            target_status(roles)
+                        ),
+                    },
+                }
+            }
+            Err(e) => Outcome::Failed {
+                error: format!("the coordinator's reset of {node}: {e}"),
+            },
+        };
+        progress.step(&format!("failover: {node} {what} #{rep}"), &show(&outcome));
+        if let Some(Some(Ok(r))) = sent.as_ref().map(|v| v.first()) {
+            results.notes.push(format!(
+                "failover #{rep}: flood {:?} to {node} ({}): {} packets in {:.1} s",
+                r.kind, r.target, r.sent, r.seconds
+            ));
+        }
+        results.push(Metric::Failover, rep, outcome);
+        proxy_back(roles, cfg, &node, flood, rep)?;
+        roles.check()?;
+    }
+    if let (Some(med), Some(worst)) = (
+        measure::median(&figures),
+        figures.iter().copied().reduce(f64::max),
+    ) {
+        results.notes.push(format!(
+            "failover (4.4, scheme 4.3): from the coordinator's reset (A records republished \
+             without the {what} proxy, ClientDNS told by signed NOTIFY) until a new \
+             connection through another proxy succeeded: {} median, {} worst over {} \
+             repetitions ({} median from the {}). Connections that were open through the \
+             {what} proxy are lost in this scheme: the client holds no tunnel that could \
+             move, only new connections find the other proxy",
+            fmt_seconds(med),
+            fmt_seconds(worst),
+            figures.len(),
+            fmt_seconds(measure::median(&from_event).unwrap_or(0.0)),
+            if flood { "flood's start" } else { "kill" }
+        ));
+    }
+    Ok(())
+}
+
+/// After failover repetition `rep`: a flooded `node` is waited for until the
+/// coordinator takes it back (its attacked mark expired); a killed one is started
+/// again, once the coordinator has reset it out (with the data path linked).
+fn proxy_back(
+    roles: &mut Roles,
+    cfg: &ScenarioConfig,
+    node: &str,
+    flood: bool,
+    rep: u32,
+) -> Result<(), LabError> {
+    if flood {
+        if rep < cfg.failover_reps && !wait_proxy(roles, node, true, Duration::from_secs(15)) {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the coordinator to take {node} back after its attack (attacked mark \
+                     of {} ms) and the target back to phase \"diverted\"; coordinator: {}",
+                    roles::ATTACKED_HOLD_MS,
+                    target_status(roles)
+                ),
+                secs: 15.0,
+            });
+        }
+    } else {
+        // A proxy started again from its file has none of the divert's orders, and
+        // the coordinator gives them to a proxy it chooses, not to one that merely
+        // registers again: it must first see this one silent and reset it out.
+        if cfg.control_mode() && !wait_proxy(roles, node, false, Duration::from_secs(15)) {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the coordinator to mark the killed {node} down and reset it out; \
+                     coordinator: {}",
+                    target_status(roles)
+                ),
+                secs: 15.0,
+            });
+        }
+        roles.restart_proxy(node)?;
+        if cfg.control_mode()
+            && rep < cfg.failover_reps
+            && !wait_proxy(roles, node, true, Duration::from_secs(15))
+        {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the restarted {node} to register with the coordinator again; \
+                     coordinator: {}",
+                    target_status(roles)
+                ),
+                secs: 15.0,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Tunnel packets to a proxy that show the client's tunnel goes there: the echo loop
@@ -1457,8 +1795,94 @@ fn fmt_audit(t: &Result<f64, String>) -> String {
     }
 }
 
+/// A Table 4 probe running: what it probes, and its thread (seconds to its first answer).
+type SetupProbe = (Probe, std::thread::JoinHandle<Option<f64>>);
+
+/// Table 4 for the schemes in which nothing on the client waits for a lookup (4.2,
+/// 4.3): probes from client 1, started just before the operator's alarm at `t0`, each
+/// timing the first answer over the indirect route: in 4.2 through the tunnel the
+/// proxy pushed (sockets bound to the agent's TUN device), in 4.3 through the address
+/// ClientDNS gives for the target's name once it is a proxy's (a fresh lookup per
+/// attempt, as an unmodified client makes one per connection).
+fn divert_setup_probes(
+    lab: &Fig8,
+    scheme: Scheme,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<Vec<SetupProbe>, LabError> {
+    let client = fig8::client(1);
+    let nat = scheme == Scheme::Nat;
+    let dev = (!nat).then_some(roles::CLIENT_TUN);
+    let cdns: SocketAddr = (fig8::address_of(fig8::CLIENT_DNS).expect("in the plan"), 53).into();
+    // In 4.3: the address the name leads to once it no longer is the target's own.
+    let dest = move || -> Option<Ipv4Addr> {
+        if !nat {
+            return Some(fig8::TARGET_ADDR);
+        }
+        let a = dnsq::query(
+            cdns,
+            &format!("{}.", roles::TARGET_FQDN),
+            1,
+            Duration::from_millis(300),
+        )
+        .ok()?;
+        a.a.first().copied().filter(|&x| x != fig8::TARGET_ADDR)
+    };
+    let mut out = Vec::new();
+    if !nat {
+        let h = lab.thread_in(&client, move || {
+            first_success(t0, deadline, || {
+                measure::ping_samples_via(
+                    fig8::TARGET_ADDR,
+                    1,
+                    Duration::ZERO,
+                    Duration::from_millis(100),
+                    dev,
+                )
+                .is_ok_and(|e| e[0].is_some())
+            })
+        })?;
+        out.push((Probe::Ping, h));
+    }
+    for proto in [Proto::Bulk, Proto::Http] {
+        let h = lab.thread_in(&client, move || {
+            first_success(t0, deadline, || {
+                let Some(to) = dest() else {
+                    return false;
+                };
+                match proto {
+                    Proto::Bulk => measure::fetch_bulk_via(
+                        (to, DEFAULT_BULK_PORT).into(),
+                        100_000,
+                        SETUP_ATTEMPT,
+                        dev,
+                    )
+                    .is_ok(),
+                    Proto::Http => measure::fetch_http_via(
+                        (to, DEFAULT_HTTP_PORT).into(),
+                        "target",
+                        &serve::http_path(100_000),
+                        SETUP_ATTEMPT,
+                        dev,
+                    )
+                    .is_ok(),
+                }
+            })
+        })?;
+        out.push((
+            Probe::Download {
+                proto,
+                size: 100_000,
+            },
+            h,
+        ));
+    }
+    Ok(out)
+}
+
 /// Before the attack: `scold ctl divert` and the wait until the coordinator reports
-/// phase "diverted" and ClientDNS shows the ALT records.
+/// phase "diverted" and ClientDNS shows what it published. In 4.2 and 4.3 this is
+/// also Table 4 ([`divert_setup_probes`]).
 fn operator_divert(
     lab: &Fig8,
     roles: &Roles,
@@ -1479,6 +1903,11 @@ fn operator_divert(
         &["diverted"],
         stop.clone(),
     );
+    let probes = if roles.resolver_agent() {
+        Vec::new()
+    } else {
+        divert_setup_probes(lab, cfg.scheme, t0, t0 + cfg.divert_wait)?
+    };
     let sent = roles.ctl(&["divert", roles::TARGET_ID]);
     if sent.is_err() {
         stop.store(true, Ordering::Relaxed);
@@ -1487,6 +1916,11 @@ fn operator_divert(
         .join()
         .ok()
         .and_then(|v| v.first().copied().flatten());
+    // The probes end at their first answer, or at the same deadline as the watcher.
+    let firsts: Vec<(Probe, Option<f64>)> = probes
+        .into_iter()
+        .map(|(p, h)| (p, h.join().ok().flatten()))
+        .collect();
     sent?;
     if diverted.is_none() {
         return Err(LabError::Timeout {
@@ -1504,8 +1938,9 @@ fn operator_divert(
     let Some((visible, alt)) = seen else {
         return Err(LabError::Timeout {
             what: format!(
-                "the ALT records of {} at ClientDNS after the coordinator's divert; \
+                "the {} of {} at ClientDNS after the coordinator's divert; \
                  coordinator: {}",
+                published(cfg.scheme),
                 roles::TARGET_FQDN,
                 target_status(roles)
             ),
@@ -1515,21 +1950,48 @@ fn operator_divert(
     progress.step(
         "divert before the attack (operator's alarm)",
         &format!(
-            "phase \"diverted\" {} after the coordinator took the alarm, ALT {alt:?} visible \
-             at ClientDNS {} after `scold ctl divert` started",
+            "phase \"diverted\" {} after the coordinator took the alarm, {} {alt:?} \
+             visible at ClientDNS {} after `scold ctl divert` started",
             fmt_audit(&diverted),
+            published(cfg.scheme),
             fmt_seconds(visible)
         ),
     );
     results.notes.push(format!(
         "indirect route before the attack: the operator's alarm (`scold ctl divert`) made \
-         the coordinator set the gateway, both proxies and the target's return path up \
-         (phase \"diverted\" {} after it took the alarm, by its audit log) and publish ALT \
+         the coordinator set the gateway, both proxies{} and the target's return path up \
+         (phase \"diverted\" {} after it took the alarm, by its audit log) and publish {} \
          {alt:?}; the proxies' signed NOTIFY made ClientDNS drop its cached answer, so the \
          records were visible there {} after `scold ctl divert` started",
+        if cfg.scheme == Scheme::Nat {
+            " (each opening the target's service ports as a NAT relay)"
+        } else {
+            ""
+        },
         fmt_audit(&diverted),
+        published(cfg.scheme),
         fmt_seconds(visible)
     ));
+    for (probe, first) in firsts {
+        let outcome = match first {
+            Some(s) => Outcome::Ok { seconds: s },
+            None => Outcome::Timeout {
+                limit_seconds: cfg.divert_wait.as_secs_f64(),
+            },
+        };
+        progress.step(
+            &format!(
+                "Table 4: operator's alarm until the first {}",
+                match probe {
+                    Probe::Ping => "ping reply".to_string(),
+                    Probe::Download { proto, size } =>
+                        format!("{} {} download", proto.label(), fmt_size(size)),
+                }
+            ),
+            &show(&outcome),
+        );
+        results.push(Metric::Setup { probe }, 1, outcome);
+    }
     Ok(())
 }
 
@@ -1577,11 +2039,211 @@ fn operator_restore(
     );
     results.notes.push(format!(
         "before the attack the operator's all-clear restored the direct route: phase \
-         \"normal\" {} after the coordinator took it, by its audit log (ALT withdrawn, one \
-         ALT TTL drained, routes torn down)",
-        fmt_audit(&normal)
+         \"normal\" {} after the coordinator took it, by its audit log ({}, one TTL \
+         drained, routes torn down)",
+        fmt_audit(&normal),
+        match cfg.scheme {
+            Scheme::Nat => "the target's own A records put back",
+            Scheme::Push => "ALT withdrawn, pushed routes withdrawn",
+            Scheme::Resolver => "ALT withdrawn",
+        }
     ));
     Ok(())
+}
+
+/// How the report's figures were obtained, for the run's scheme and mode: the indirect
+/// route and who laid it out, Tables 3 and 4, the failover, the divert and restore,
+/// and what the scheme can and cannot measure.
+fn provenance(cfg: &ScenarioConfig, client: &str, encap: &str) -> Vec<String> {
+    let gw = fig8::ALT_GW;
+    let mut v = Vec::new();
+    let linked = "Nothing else of it is static: the gateway, both proxies and a second \
+                  `scold target` are linked to the coordinator ([control] tables) and got \
+                  their peers, routes and return path from its divert orders (before the \
+                  attack on the operator's alarm, under attack on the target's detector's)";
+    match (cfg.scheme, cfg.static_route, cfg.no_control) {
+        (_, true, _) => v.push(format!(
+            "indirect route: {client} -> its proxy -> {gw} (hidden gateway) -> target over \
+             {encap}, set up by STATIC configs ({} config files, --static-route): the \
+             coordinator is left out of this run, so no divert, reset or restore of it is \
+             measured",
+            if cfg.scheme == Scheme::Nat {
+                "scold proxy with NAT services, gateway and target"
+            } else {
+                "scold client, proxy, gateway and target"
+            }
+        )),
+        (Scheme::Resolver, false, no_control) => {
+            v.push(format!(
+                "indirect route: {client} -> the proxy its client agent chose -> {gw} (hidden \
+                 gateway) -> target over {encap}, set up by the scheme 4.1 client agent \
+                 (`scold client` with [agent]; {client}'s resolv.conf names it): on the \
+                 target's ALT records it measured the proxies, was admitted by one through \
+                 its TLS admission service and brought the tunnel and host route up. {}",
+                if no_control {
+                    "The proxies' route to the gateway, the gateway's peers and the target's \
+                     return routes are STATIC configs; the data-path daemons had no [control] \
+                     tables (--no-control), so the coordinator is left out of this run and \
+                     the lab published the ALT records itself with a TSIG-signed update"
+                } else {
+                    linked
+                }
+            ));
+            v.push(
+                "Table 3: real lookups from a process in the client whose resolv.conf names \
+                 the client agent, which forwards to ClientDNS (`scold resolver`) and \
+                 TargetDNS (`scold dns`); measured before the ALT records exist, so the agent \
+                 only passes the lookup through"
+                    .into(),
+            );
+            v.push(
+                "Table 4: from the application's lookup of the name through the client agent \
+                 (which answers only once the route is up) to the first ping reply / complete \
+                 100k download through the client's TUN device; the agent is restarted with \
+                 no route before each repetition, the target's return path is in place \
+                 before it"
+                    .into(),
+            );
+            v.push(
+                "scheme 4.1 measures every probe through the tunnel (ICMP included) and the \
+                 failover as the gap in an echo loop; it cannot protect an application that \
+                 connects by address without a lookup (the agent acts on lookups)"
+                    .into(),
+            );
+        }
+        (Scheme::Push, false, _) => {
+            v.push(format!(
+                "indirect route: {client} -> the proxy the coordinator assigned it -> {gw} \
+                 (hidden gateway) -> target over {encap}, PUSHED: {client} runs the scheme 4.2 \
+                 client agent (`scold client` with [agent.push] and [control], a client \
+                 certificate), registered with the coordinator; on the divert the proxy \
+                 pushed the route over TLS, and the agent took it only because the proxy's \
+                 certificate chains to the consortium CA and its address is in the target's \
+                 ALT set. No application lookup is involved. {linked}"
+            ));
+            v.push(
+                "Table 3: real lookups from a process whose resolv.conf names ClientDNS \
+                 (`scold resolver`), which forwards to TargetDNS (`scold dns`): in 4.2 \
+                 applications do not ask the agent"
+                    .into(),
+            );
+            v.push(
+                "Table 4: from the operator's alarm (`scold ctl divert`) to the first ping \
+                 reply / complete 100k download through the client's TUN device, probes \
+                 started with the alarm: the coordinator's set-up, DNS update and the \
+                 proxy's push together; one repetition (each divert needs a restore, which \
+                 waits out one ALT TTL)"
+                    .into(),
+            );
+            v.push(
+                "scheme 4.2 measures every probe through the tunnel (ICMP included), also for \
+                 applications that use the target's address; the failover is the gap in an \
+                 echo loop until the other proxy's push is in place: the client moves only \
+                 when the coordinator's reset has it pushed, not on its own"
+                    .into(),
+            );
+        }
+        (Scheme::Nat, false, _) => {
+            v.push(format!(
+                "indirect route: {client} -> a proxy's address -> {gw} (hidden gateway) -> \
+                 target over {encap} between proxy and gateway; {client} runs NO SCOLD \
+                 software: its resolv.conf names ClientDNS, the coordinator's divert \
+                 replaced the target's A records with the chosen proxies' addresses and \
+                 ordered the proxies to open the target's HTTP and bulk ports as a NAT relay; \
+                 the lab's own HTTP and bulk fetchers look the name up at ClientDNS and \
+                 connect to the first address. {linked}"
+            ));
+            v.push(
+                "Table 3: real lookups from a process whose resolv.conf names ClientDNS \
+                 (`scold resolver`), which forwards to TargetDNS (`scold dns`)"
+                    .into(),
+            );
+            v.push(
+                "Table 4: from the operator's alarm (`scold ctl divert`) to the first \
+                 complete 100k download from the address ClientDNS then gives for the name \
+                 (a new lookup per attempt); one repetition"
+                    .into(),
+            );
+            v.push(
+                "scheme 4.3 CANNOT measure ICMP (a NAT relay of service ports does not carry \
+                 echo requests): the indirect ping cells and the ping set-up are not \
+                 measured. Its failover is the time from the coordinator's reset until a new \
+                 connection through another proxy succeeds; connections open on the dead \
+                 proxy are LOST in this scheme (the client holds no tunnel to move)"
+                    .into(),
+            );
+        }
+    }
+    if cfg.control_mode() {
+        v.push(if cfg.failover_attack == FailoverAttack::Flood {
+            format!(
+                "failover (4.4): the proxy the client uses is flooded (bounded, {} \
+                 packets/s) under the main-link attack; its self-defence ([selfdefence] \
+                 rx_pps_max {} for {} ms, set for the lab's traffic) reports ProxyAttacked \
+                 and the coordinator resets it out",
+                roles::PROXY_FLOOD_PPS,
+                roles::PROXY_RX_PPS_MAX,
+                roles::PROXY_SUSTAIN_MS
+            )
+        } else {
+            "failover (4.4): the client's proxy's process is killed (SIGKILL) under attack; \
+             the coordinator marks it down and resets it out"
+                .into()
+        });
+        v.push(format!(
+            "divert: {}; restore: {}; both timed as the target's phase changes in the \
+             coordinator's audit log (`scold ctl --json events`), scheme {}",
+            if cfg.detect_mode() {
+                format!(
+                    "no operator alarm: the target's detector ([detect] on its main link, \
+                     sampled every 100 ms, warm-up {} s, UDP ceiling {} packets/s, alarm after \
+                     {} ms of anomaly) raised it; timed from the flood's start. The target's \
+                     control channel to the coordinator leaves the site by its alternate \
+                     uplink (a host route via the hidden gateway, which masquerades that one \
+                     connection), so the alarm does not have to cross the flooded main link",
+                    roles::DETECT_WARMUP_MS / 1000,
+                    roles::DETECT_UDP_CEILING,
+                    roles::DETECT_ALARM_AFTER_MS
+                )
+            } else {
+                "the operator's alarm (`scold ctl divert`), timed from the coordinator \
+                 taking it"
+                    .to_string()
+            },
+            if cfg.detect_mode() {
+                format!(
+                    "automatic: the detector's all-clear after {} s of calm on the main link \
+                     (the lab's short hold-down), then the coordinator's restore; timed from \
+                     the flood's end, and checked on the client ({})",
+                    roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0,
+                    restore_check(cfg.scheme)
+                )
+            } else {
+                format!(
+                    "the operator's all-clear (`scold ctl restore`), timed from the \
+                     coordinator taking it, and checked on the client ({})",
+                    restore_check(cfg.scheme)
+                )
+            },
+            cfg.scheme.as_str()
+        ));
+    } else if !cfg.static_route {
+        v.push(
+            "failover (4.4): a proxy's process is killed while the client uses it, under \
+             attack; the gap is measured by a 20 ms echo loop through the tunnel"
+                .into(),
+        );
+    }
+    v
+}
+
+/// What the lab checks on the client after the coordinator's restore.
+fn restore_check(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Resolver => "no ALT records at ClientDNS",
+        Scheme::Push => "the pushed route withdrawn from the client agent",
+        Scheme::Nat => "the target's own A record back at ClientDNS",
+    }
 }
 
 fn phases(
@@ -1615,146 +2277,19 @@ fn phases(
         ),
     );
     let client = fig8::client(1);
-    let proxy = roles.proxy_of(&client).unwrap_or("?").to_string();
+    let proxy = if cfg.control_mode() {
+        "its proxy".to_string()
+    } else {
+        roles.proxy_of(&client).unwrap_or("?").to_string()
+    };
     let encap = cfg.encap.as_str();
-    if cfg.scheme == Scheme::Nat {
-        results.notes.push(format!(
-            "scheme 4.3: {client} connects to {proxy}'s address, which relays the target's \
-             HTTP and bulk ports through the tunnel; ICMP echo is not relayed, so the indirect \
-             ping and its set-up time are not measured"
-        ));
-    }
     results.provenance = vec![
         "every role ran as its own `scold` process in its network namespace (logs in the \
          output's logs/ folder); certificates from a CA made for the run"
             .into(),
         format!("direct route: {client} -> internet router -> main link (bottleneck) -> target"),
     ];
-    if cfg.agent_mode() {
-        results.provenance.extend([
-            format!(
-                "indirect route: {client} -> the proxy its client agent chose -> {} (hidden \
-                 gateway) -> target over {encap}, set up by the scheme 4.1 client agent \
-                 (`scold client` with [agent]; {client}'s resolv.conf names it): on the \
-                 target's ALT records it measured the proxies, was admitted by one through \
-                 its TLS admission service and brought the tunnel and host route up. {}",
-                fig8::ALT_GW,
-                if cfg.no_control {
-                    "The proxies' route to the gateway, the gateway's peers and the target's \
-                     return routes are STATIC configs; the data-path daemons had no [control] \
-                     tables (--no-control), so the coordinator's divert could not complete"
-                } else {
-                    "Nothing else of it is static: the gateway, both proxies and a second \
-                     `scold target` are linked to the coordinator ([control] tables) and got \
-                     their peers, routes and return path from its divert orders (before the \
-                     attack on the operator's alarm, under attack on the target's detector's)"
-                }
-            ),
-            if cfg.no_control {
-                format!(
-                    "ALT records for Table 4 and the indirect route without attack: published \
-                     at TargetDNS by the lab itself with a TSIG-signed update under the \
-                     coordinator's key, TTL {} s",
-                    roles::DNS_TTL
-                )
-            } else {
-                format!(
-                    "ALT records: published by the coordinator's divert (TSIG-signed RFC 2136 \
-                     update), TTL {} s; the proxies' signed NOTIFY makes ClientDNS drop the \
-                     cached name",
-                    roles::DNS_TTL
-                )
-            },
-            "Table 3: real lookups from a process in the client whose resolv.conf names the \
-             client agent, which forwards to ClientDNS (`scold resolver`) and TargetDNS \
-             (`scold dns`); measured before the ALT records exist, so the agent only passes \
-             the lookup through"
-                .into(),
-            "Table 4: from the application's lookup of the name through the client agent \
-             (which answers only once the route is up) to the first ping reply / complete \
-             100k download through the client's TUN device; the agent is restarted with no \
-             route before each repetition, the target's return path is in place before it"
-                .into(),
-            if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
-                format!(
-                    "failover (4.4): the proxy the client uses is flooded (bounded, {} \
-                     packets/s) under the main-link attack; its self-defence ([selfdefence] \
-                     rx_pps_max {} for {} ms, set for the lab's traffic) reports \
-                     ProxyAttacked and the coordinator resets it out; the gap is measured by \
-                     a 20 ms echo loop through the tunnel",
-                    roles::PROXY_FLOOD_PPS,
-                    roles::PROXY_RX_PPS_MAX,
-                    roles::PROXY_SUSTAIN_MS
-                )
-            } else {
-                "failover (4.4): a proxy's process is killed while the client uses it, under \
-                 attack; the gap is measured by a 20 ms echo loop through the tunnel"
-                    .into()
-            },
-            format!(
-                "divert: {}; restore: {}; both timed as the target's phase changes in the \
-                 coordinator's audit log (`scold ctl --json events`; ClientDNS already \
-                 holds the lab's ALT records), scheme {}",
-                if cfg.detect_mode() {
-                    format!(
-                        "no operator alarm: the target's detector ([detect] on its main \
-                         link, sampled every 100 ms, warm-up {} s, UDP ceiling {} packets/s, \
-                         alarm after {} ms of anomaly) raised it; timed from the flood's \
-                         start. The target's control channel to the coordinator leaves the \
-                         site by its alternate uplink (a host route via the hidden gateway, \
-                         which masquerades that one connection), so the alarm does not have \
-                         to cross the flooded main link",
-                        roles::DETECT_WARMUP_MS / 1000,
-                        roles::DETECT_UDP_CEILING,
-                        roles::DETECT_ALARM_AFTER_MS
-                    )
-                } else {
-                    "the operator's alarm (`scold ctl divert`), timed from the coordinator \
-                     taking it"
-                        .to_string()
-                },
-                if cfg.detect_mode() {
-                    format!(
-                        "automatic: the detector's all-clear after {} s of calm on the main \
-                         link (the lab's short hold-down), then the coordinator's restore; \
-                         timed from the flood's end",
-                        roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0
-                    )
-                } else {
-                    "the operator's all-clear (`scold ctl restore`), timed from the \
-                     coordinator taking it"
-                        .to_string()
-                },
-                cfg.scheme.as_str()
-            ),
-        ]);
-    } else {
-        results.provenance.extend([
-            format!(
-            "indirect route: {client} -> {proxy} -> {} (hidden gateway) -> target over {encap}, \
-             set up by STATIC configs ({} config files): in this mode the data-path daemons are not \
-             linked to the coordinator, so it did not set up this route",
-            fig8::ALT_GW,
-            if cfg.scheme == Scheme::Nat {
-                "scold proxy with NAT services, gateway and target"
-            } else {
-                "scold client, proxy, gateway and target"
-            }
-        ),
-            "Table 3: real lookups of the target's name from a process whose resolv.conf names \
-         ClientDNS (`scold resolver`), which forwards to TargetDNS (`scold dns`)"
-                .into(),
-            "Table 4: static set-up (client agent and target return path started from their \
-         config files), not the coordinator's divert"
-                .into(),
-            format!(
-                "divert and restore: driven by the coordinator (`scold ctl divert/restore`, an \
-             operator alarm; scheme {}), watched as ALT records at ClientDNS with real DNS queries",
-                cfg.scheme.as_str()
-            ),
-        ]);
-    }
-
+    results.provenance.extend(provenance(cfg, &client, encap));
     let direct = Condition {
         route: Route::Direct,
         attack: false,
@@ -1770,6 +2305,7 @@ fn phases(
             reps: cfg.reps,
             limit: cfg.timeout,
             concurrent: false,
+            device: direct_device(cfg),
         },
         results,
         progress,
@@ -1787,12 +2323,15 @@ fn phases(
         // The indirect route before the attack comes from the coordinator's divert on
         // the operator's alarm: gateway, proxies and the target's return path set up,
         // then the ALT records published and ClientDNS notified.
+        // In 4.2 and 4.3 Table 4 is timed from the operator's alarm, in this divert.
         operator_divert(lab, &roles, cfg, results, progress)?;
-        progress.phase(
-            "Table 4: the application's lookup through the client agent until the first \
-             answer through the tunnel, repeatedly",
-        );
-    } else if roles.agent_mode() {
+        if roles.resolver_agent() {
+            progress.phase(
+                "Table 4: the application's lookup through the client agent until the first \
+                 answer through the tunnel, repeatedly",
+            );
+        }
+    } else if roles.resolver_agent() {
         // The divert's DNS step, done by the lab: the coordinator publishes ALT records
         // only once every data-path daemon has taken its orders.
         let proxies: Vec<Ipv4Addr> = lab
@@ -1837,7 +2376,9 @@ fn phases(
     } else {
         progress.phase("Table 4: setting the indirect route up (static configs), repeatedly");
     }
-    measure_setup(lab, &mut roles, cfg, results, progress)?;
+    if !cfg.control_mode() || roles.resolver_agent() {
+        measure_setup(lab, &mut roles, cfg, results, progress)?;
+    }
 
     progress.phase(&format!(
         "indirect route, no attack: {client} -> {proxy} -> {} -> target ({encap})",
@@ -1887,15 +2428,11 @@ fn phases(
     }
 
     restore_phase(lab, &roles, cfg, diverted, t_end, results, progress)?;
-    if !roles.agent_mode() || cfg.failover_reps == 0 {
-        results.push(
-            Metric::Failover,
-            1,
-            Outcome::Failed {
-                error: "not measured: failover needs the scheme 4.1 client agent (not \
-                        --static-route, scheme 4.1) and --failover-reps above 0"
-                    .into(),
-            },
+    if !cfg.failover_mode() {
+        results.notes.push(
+            "proxy failover (4.4): not measured: it needs a route that is not static \
+             (drop --static-route) and --failover-reps above 0"
+                .into(),
         );
     }
     roles.check()?;
@@ -1930,38 +2467,38 @@ fn attack_phase(
         (Instant::now(), SystemTime::now())
     };
     let stop = Arc::new(AtomicBool::new(false));
-    // With the lab's own ALT records already published (agent mode), ClientDNS cannot
-    // tell the coordinator's divert apart: its phase is watched instead.
-    let watcher = if roles.agent_mode() {
-        watch_phase(
-            roles.ctl_argv(&["status"])?,
-            t_alarm,
-            t_alarm + cfg.divert_wait,
-            &["diverted"],
-            stop.clone(),
-        )
-    } else {
-        watch_alt(
-            lab,
-            cfg.scheme,
-            t_alarm,
-            t_alarm + cfg.divert_wait,
-            true,
-            stop.clone(),
-        )?
-    };
-    let divert = if cfg.detect_mode() {
+    // Without the coordinator (static routes, --no-control) nothing is asked of it.
+    let coordinator = cfg.control_mode();
+    // The poll only shows that the divert happened; its time is the coordinator's.
+    let watcher = coordinator.then(|| {
+        roles.ctl_argv(&["status"]).map(|argv| {
+            watch_phase(
+                argv,
+                t_alarm,
+                t_alarm + cfg.divert_wait,
+                &["diverted"],
+                stop.clone(),
+            )
+        })
+    });
+    let watcher = watcher.transpose()?;
+    let divert = if cfg.detect_mode() || !coordinator {
         Ok(serde_json::Value::Null)
     } else {
         roles.ctl(&["divert", roles::TARGET_ID])
     };
     progress.step(
-        if cfg.detect_mode() {
+        if !coordinator {
+            "alarm: none (the coordinator is left out of this run)"
+        } else if cfg.detect_mode() {
             "alarm: none sent (the target's [detect] watches its main link)"
         } else {
             "alarm: scold ctl divert"
         },
         &match &divert {
+            Ok(serde_json::Value::Null) if !coordinator => {
+                "the indirect route is the lab's own".into()
+            }
             Ok(serde_json::Value::Null) => "the coordinator is watched for the divert".into(),
             Ok(v) => format!(
                 "coordinator answered, target phase {}",
@@ -1994,6 +2531,7 @@ fn attack_phase(
             reps: cfg.attack_reps,
             limit: cfg.attack_timeout,
             concurrent: !cfg.attack_sequential,
+            device: direct_device(cfg),
         },
         results,
         progress,
@@ -2008,72 +2546,80 @@ fn attack_phase(
         ));
     }
 
-    let seen = watcher.join().ok().flatten();
+    let seen = watcher.map(|w| w.join().ok().flatten());
     stop.store(true, Ordering::Relaxed);
-    let status = target_status(roles);
-    let outcome = match (&divert, &seen) {
-        (Err(e), _) => Outcome::Failed {
-            error: format!("`scold ctl divert` failed: {e}"),
-        },
-        (Ok(_), Some(_)) if roles.agent_mode() => {
-            // The poll only shows the divert happened; its time is the coordinator's.
-            let from = (!cfg.detect_mode()).then_some("diverting");
-            match audit_time(roles, t_alarm_wall, from, "diverted") {
-                Ok(s) => {
-                    results.notes.push(format!(
-                        "divert: by its audit log, the coordinator reached phase \
-                         \"diverted\" {} after {}; coordinator: {status}",
-                        fmt_seconds(s),
-                        if cfg.detect_mode() {
-                            format!(
-                                "the flood started (the target's detector raised the alarm; \
-                                 the coordinator took it {} after the flood started)",
-                                fmt_audit(&audit_time(roles, t_attack_wall, None, "diverting"))
-                            )
-                        } else {
-                            "it took the operator's alarm".into()
+    let diverted = match seen {
+        None => {
+            results.notes.push(
+                "divert, failover by reset and restore: not asked of the coordinator \
+                 (--static-route or --no-control leave it out of the run)"
+                    .into(),
+            );
+            true
+        }
+        Some(seen) => {
+            let status = target_status(roles);
+            let outcome = match (&divert, &seen) {
+                (Err(e), _) => Outcome::Failed {
+                    error: format!("`scold ctl divert` failed: {e}"),
+                },
+                (Ok(_), Some(_)) => {
+                    let from = (!cfg.detect_mode()).then_some("diverting");
+                    match audit_time(roles, t_alarm_wall, from, "diverted") {
+                        Ok(s) => {
+                            results.notes.push(format!(
+                                "divert: by its audit log, the coordinator reached phase \
+                                 \"diverted\" {} after {}; coordinator: {status}",
+                                fmt_seconds(s),
+                                if cfg.detect_mode() {
+                                    format!(
+                                        "the flood started (the target's detector raised the \
+                                         alarm; the coordinator took it {} after the flood \
+                                         started)",
+                                        fmt_audit(&audit_time(
+                                            roles,
+                                            t_attack_wall,
+                                            None,
+                                            "diverting"
+                                        ))
+                                    )
+                                } else {
+                                    "it took the operator's alarm".into()
+                                }
+                            ));
+                            Outcome::Ok { seconds: s }
                         }
-                    ));
-                    Outcome::Ok { seconds: s }
+                        Err(error) => Outcome::Failed { error },
+                    }
                 }
-                Err(error) => Outcome::Failed { error },
+                (Ok(_), None) => Outcome::Failed {
+                    error: format!(
+                        "no phase \"diverted\" within {} of the alarm; coordinator: {status}",
+                        fmt_seconds(cfg.divert_wait.as_secs_f64())
+                    ),
+                },
+            };
+            progress.step("divert (coordinator)", &show(&outcome));
+            let diverted = matches!(outcome, Outcome::Ok { .. });
+            results.push(Metric::Divert, 1, outcome);
+            if !diverted {
+                // Nothing but the coordinator's divert lays the indirect route out here.
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "the coordinator's divert under attack (the indirect route is its \
+                         own); coordinator: {}",
+                        target_status(roles)
+                    ),
+                    secs: cfg.divert_wait.as_secs_f64(),
+                });
             }
+            diverted
         }
-        (Ok(_), Some((s, alt))) => {
-            results.notes.push(format!(
-                "divert: {} {alt:?} visible at ClientDNS {} after the alarm; \
-                 coordinator: {status}",
-                published(cfg.scheme),
-                fmt_seconds(*s)
-            ));
-            Outcome::Ok { seconds: *s }
-        }
-        (Ok(_), None) => Outcome::Failed {
-            error: format!(
-                "no {} at ClientDNS within {} of the alarm; coordinator: {status}",
-                published(cfg.scheme),
-                fmt_seconds(cfg.divert_wait.as_secs_f64())
-            ),
-        },
     };
-    progress.step("divert (coordinator)", &show(&outcome));
-    let diverted = matches!(outcome, Outcome::Ok { .. });
-    results.push(Metric::Divert, 1, outcome);
-    if cfg.control_mode() && !diverted {
-        // Nothing but the coordinator's divert lays the indirect route out here.
-        return Err(LabError::Timeout {
-            what: format!(
-                "the coordinator's divert under attack (the indirect route is its own); \
-                 coordinator: {}",
-                target_status(roles)
-            ),
-            secs: cfg.divert_wait.as_secs_f64(),
-        });
-    }
 
     progress.phase("indirect route under attack");
     measure_indirect(lab, roles, cfg, true, results, progress)?;
-    if roles.agent_mode() && cfg.failover_reps > 0 {
+    if cfg.failover_mode() {
         progress.phase(&format!(
             "proxy failover under attack (4.4): {} the client's proxy, {} times",
             if cfg.failover_attack == FailoverAttack::Flood && cfg.control_mode() {
@@ -2083,7 +2629,11 @@ fn attack_phase(
             },
             cfg.failover_reps
         ));
-        measure_failover(lab, roles, cfg, results, progress)?;
+        if cfg.scheme == Scheme::Nat {
+            measure_failover_nat(lab, roles, cfg, results, progress)?;
+        } else {
+            measure_failover(lab, roles, cfg, results, progress)?;
+        }
     }
     if cfg.adversary {
         progress.phase(
@@ -2113,6 +2663,9 @@ fn restore_phase(
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
+    if !cfg.control_mode() {
+        return Ok(());
+    }
     // The coordinator waits out the ALT TTL before tearing down; allow for it.
     let wait = cfg.divert_wait + Duration::from_secs(roles::DNS_TTL as u64 * 2);
     if cfg.detect_mode() {
@@ -2162,17 +2715,20 @@ fn restore_phase(
             },
         };
         let clear_o = outcome_of(clear, "all-clear");
-        let normal_o = outcome_of(normal, "restore");
+        let normal_o = checked_restore(lab, roles, outcome_of(normal, "restore"));
         progress.step("all-clear (target's detector)", &show(&clear_o));
         progress.step("restore (coordinator)", &show(&normal_o));
         if let (Some(c), Some(n)) = (clear, normal) {
             results.notes.push(format!(
                 "restore: attack end -> all-clear (the target's detector after {} of calm; \
-                 the coordinator left \"diverted\") {} -> restored (phase \"normal\": ALT \
-                 withdrawn, resolvers notified, one ALT TTL of {} s drained, routes torn \
-                 down) {}",
+                 the coordinator left \"diverted\") {} -> restored (phase \"normal\": {}, \
+                 resolvers notified, one TTL of {} s drained, routes torn down) {}",
                 fmt_seconds(roles::DETECT_HOLD_DOWN_MS as f64 / 1000.0),
                 fmt_seconds(c),
+                match cfg.scheme {
+                    Scheme::Nat => "the target's own A records put back",
+                    _ => "ALT withdrawn",
+                },
                 roles::DNS_TTL,
                 fmt_seconds(n)
             ));
@@ -2184,60 +2740,111 @@ fn restore_phase(
     progress.phase("the attack is over: scold ctl restore");
     let t0 = Instant::now();
     let t0_wall = SystemTime::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = if diverted && roles.agent_mode() {
-        Some(watch_phase(
-            roles.ctl_argv(&["status"])?,
-            t0,
-            t0 + wait,
-            &["normal"],
-            stop,
-        ))
-    } else if diverted {
-        Some(watch_alt(lab, cfg.scheme, t0, t0 + wait, false, stop)?)
-    } else {
-        None
-    };
+    let watcher = diverted
+        .then(|| {
+            roles.ctl_argv(&["status"]).map(|argv| {
+                watch_phase(
+                    argv,
+                    t0,
+                    t0 + wait,
+                    &["normal"],
+                    Arc::new(AtomicBool::new(false)),
+                )
+            })
+        })
+        .transpose()?;
     let restore = roles.ctl(&["restore", roles::TARGET_ID]);
     let outcome = match (restore, watcher) {
         (Err(e), _) => Outcome::Failed {
             error: format!("`scold ctl restore` failed: {e}"),
         },
+        // The figure is the coordinator's: from its taking the all-clear to phase
+        // "normal", by its audit log.
         (Ok(_), Some(w)) => match w.join().ok().flatten() {
-            // With agents the figure is the coordinator's: from its taking the
-            // all-clear to phase "normal", by its audit log.
-            Some(_) if roles.agent_mode() => {
-                match audit_time(roles, t0_wall, Some("restoring"), "normal") {
-                    Ok(seconds) => Outcome::Ok { seconds },
-                    Err(error) => Outcome::Failed { error },
-                }
-            }
-            Some((s, _)) => Outcome::Ok { seconds: s },
+            Some(_) => match audit_time(roles, t0_wall, Some("restoring"), "normal") {
+                Ok(seconds) => Outcome::Ok { seconds },
+                Err(error) => Outcome::Failed { error },
+            },
             None => Outcome::Failed {
                 error: format!(
-                    "{} still at ClientDNS {} after the all-clear; coordinator: {}",
-                    published(cfg.scheme),
+                    "no phase \"normal\" within {} of the all-clear; coordinator: {}",
                     fmt_seconds(wait.as_secs_f64()),
                     target_status(roles)
                 ),
             },
         },
-        (Ok(_), None) => {
-            // Give the coordinator a moment, then report where it stands.
-            std::thread::sleep(Duration::from_millis(500));
-            Outcome::Failed {
-                error: format!(
-                    "the divert never published {}, so nothing was withdrawn; \
-                     coordinator after the all-clear: {}",
-                    published(cfg.scheme),
-                    target_status(roles)
-                ),
-            }
-        }
+        (Ok(_), None) => Outcome::Failed {
+            error: format!(
+                "no divert to restore; coordinator after the all-clear: {}",
+                target_status(roles)
+            ),
+        },
     };
+    let outcome = checked_restore(lab, roles, outcome);
     progress.step("restore (coordinator)", &show(&outcome));
     results.push(Metric::Restore, 1, outcome);
     Ok(())
+}
+
+/// A restore the coordinator reports done, checked where the client sees it (see
+/// [`restore_check`]): failed, with what the client still sees, if it is not.
+fn checked_restore(lab: &Fig8, roles: &Roles, outcome: Outcome) -> Outcome {
+    if !matches!(outcome, Outcome::Ok { .. }) {
+        return outcome;
+    }
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(roles::DNS_TTL as u64 * 2);
+    let still = match roles.scheme() {
+        Scheme::Push => first_success(t0, deadline, || {
+            roles.pushed_route().is_ok_and(|pushed| !pushed)
+        })
+        .is_none()
+        .then(|| {
+            format!(
+                "{} still routes the target into its agent's tunnel {}",
+                fig8::client(1),
+                roles::CLIENT_TUN
+            )
+        }),
+        Scheme::Nat => first_success(t0, deadline, || {
+            roles
+                .nat_lookup()
+                .is_ok_and(|(a, _)| a == fig8::TARGET_ADDR)
+        })
+        .is_none()
+        .then(|| {
+            format!(
+                "ClientDNS still gives {:?} for {}, not the target's own address",
+                roles.nat_lookup().map(|(a, _)| a).ok(),
+                roles::TARGET_FQDN
+            )
+        }),
+        Scheme::Resolver => match watch_alt(
+            lab,
+            Scheme::Resolver,
+            t0,
+            deadline,
+            false,
+            Arc::new(AtomicBool::new(false)),
+        ) {
+            Ok(h) => h
+                .join()
+                .ok()
+                .flatten()
+                .is_none()
+                .then(|| "ClientDNS still gives ALT records for the target".to_string()),
+            Err(e) => Some(format!("ClientDNS could not be asked: {e}")),
+        },
+    };
+    match still {
+        None => outcome,
+        Some(why) => Outcome::Failed {
+            error: format!(
+                "the coordinator reports the restore done, but {why} {} later",
+                fmt_seconds(t0.elapsed().as_secs_f64())
+            ),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -2279,6 +2886,82 @@ mod tests {
             busiest_since(&[], &c(4, 0), None).as_deref(),
             Some("proxy1")
         );
+    }
+
+    fn config(args: &[&str]) -> ScenarioConfig {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: crate::cli::ScenarioArgs,
+        }
+        let mut all = vec!["lab"];
+        all.extend_from_slice(args);
+        crate::cli::scenario_config(&Wrap::parse_from(all).a).unwrap()
+    }
+
+    fn sample(metric: Metric, rep: u32, outcome: Outcome) -> crate::report::Sample {
+        crate::report::Sample {
+            metric,
+            rep,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_run_is_complete_only_with_divert_failovers_restore_and_no_failed_sample() {
+        let ok = || Outcome::Ok { seconds: 0.1 };
+        let cfg = config(&["--scheme", "4.2", "--failover-reps", "2"]);
+        let mut r = Results::default();
+        let why = cfg.incomplete(&r).unwrap();
+        assert!(why.contains("divert") && why.contains("restore"), "{why}");
+        assert!(why.contains("0 of 2 proxy failovers"), "{why}");
+        r.samples = vec![
+            sample(Metric::Divert, 1, ok()),
+            sample(Metric::AllClear, 1, ok()),
+            sample(Metric::Restore, 1, ok()),
+            sample(Metric::Failover, 1, ok()),
+        ];
+        let why = cfg.incomplete(&r).unwrap();
+        assert_eq!(why, "1 of 2 proxy failovers completed");
+        r.samples.push(sample(
+            Metric::Failover,
+            2,
+            Outcome::Failed {
+                error: "no new connection\nthrough another proxy".into(),
+            },
+        ));
+        let why = cfg.incomplete(&r).unwrap();
+        assert!(
+            why.contains("1 samples failed") && !why.contains('\n'),
+            "{why}"
+        );
+        r.samples.pop();
+        r.samples.push(sample(Metric::Failover, 2, ok()));
+        assert_eq!(cfg.incomplete(&r), None);
+        // A timed-out download on the attacked direct route is a figure, not a failure.
+        r.samples.push(sample(
+            Metric::Setup { probe: Probe::Ping },
+            1,
+            Outcome::Timeout { limit_seconds: 1.0 },
+        ));
+        assert_eq!(cfg.incomplete(&r), None);
+        // Static routes leave the coordinator out: nothing of it is owed.
+        let cfg = config(&["--static-route"]);
+        assert_eq!(cfg.incomplete(&Results::default()), None);
+        // The operator's alarm: no detector all-clear is owed.
+        let cfg = config(&[
+            "--scheme",
+            "4.3",
+            "--operator-alarm",
+            "--failover-reps",
+            "0",
+        ]);
+        r.samples = vec![
+            sample(Metric::Divert, 1, ok()),
+            sample(Metric::Restore, 1, ok()),
+        ];
+        assert_eq!(cfg.incomplete(&r), None);
     }
 
     #[test]

@@ -61,6 +61,14 @@ pub const AGENT_MAX_REFRESH_SECS: u64 = 1;
 
 /// TCP port of the proxies' admission service (scheme 4.1 agents).
 pub const ADMISSION_PORT: u16 = 5443;
+/// TCP port of the client agents' push service (scheme 4.2); the coordinator's
+/// `client_push_port`.
+pub const PUSH_PORT: u16 = 5444;
+/// Scheme 4.3: the target's ports the proxies relay (the lab's HTTP and bulk services).
+pub const NAT_PORTS: [u16; 2] = [
+    crate::serve::DEFAULT_HTTP_PORT,
+    crate::serve::DEFAULT_BULK_PORT,
+];
 /// Where each client agent answers DNS inside its client's namespace.
 pub const AGENT_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 

@@ -104,7 +104,8 @@ pub struct TunnelInfo {
     #[serde(default)]
     pub public_key: Option<dataplane::PublicKey>,
     /// Gateways: their address on the target's network, the next hop of the target's
-    /// return path.
+    /// return path. Proxies with a NAT relay (scheme 4.3): the source address of the
+    /// flows they relay, which the target routes back through its gateway.
     #[serde(default)]
     pub inside: Option<IpAddr>,
 }

@@ -57,6 +57,14 @@ pub trait Encapsulation: Send {
     fn tick<'a>(&mut self, _scratch: &'a mut [u8]) -> Action<'a> {
         Action::Nothing
     }
+
+    /// Starts the session again from this side now (a WireGuard handshake initiation)
+    /// if it has none yet: an earlier initiation may have reached the peer before the
+    /// peer knew us, and was dropped. Nothing for encapsulations without a handshake or
+    /// with a session.
+    fn initiate<'a>(&mut self, _scratch: &'a mut [u8]) -> Action<'a> {
+        Action::Nothing
+    }
 }
 
 /// `udp` and `ipip`: the payload is the inner packet itself.
@@ -146,6 +154,18 @@ impl Encapsulation for WireGuard {
 
     fn flush<'a>(&mut self, scratch: &'a mut [u8]) -> Action<'a> {
         Self::map(self.tunn.decapsulate(None, &[], scratch))
+    }
+
+    fn initiate<'a>(&mut self, scratch: &'a mut [u8]) -> Action<'a> {
+        if self.tunn.time_since_last_handshake().is_some() {
+            return Action::Nothing;
+        }
+        // Forced: without it boringtun waits out its 5 s rekey time-out after the
+        // initiation that was dropped.
+        match self.tunn.format_handshake_initiation(scratch, true) {
+            TunnResult::Err(_) => Action::Nothing,
+            other => Self::map(other),
+        }
     }
 
     fn tick<'a>(&mut self, scratch: &'a mut [u8]) -> Action<'a> {

@@ -175,6 +175,8 @@ pub struct State {
     outer_mtu: u16,
     inspector: Option<Box<dyn Inspect>>,
     icmp_limit: icmp::RateLimit,
+    /// Peers to start a session with at the next tick ([`State::initiate`]).
+    initiate: Vec<PeerId>,
 }
 
 fn outer_kind(e: Encap) -> OuterKind {
@@ -311,6 +313,22 @@ impl State {
         }
         self.fib.forget_peer(id);
         true
+    }
+
+    /// Has this side start a session with every peer that has none yet, at the next
+    /// tick (within 100 ms): a WireGuard handshake initiation, forced. For a peer that
+    /// learnt of us after we of it (a proxy that pushed a route admits the client only
+    /// once the client's agent answered): our first initiation reached it before it
+    /// knew our key and was dropped, and WireGuard would wait out its 5 s rekey
+    /// time-out before trying again. Peers with a session are left alone.
+    pub fn initiate_pending(&mut self) {
+        self.initiate = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.spec.encap == Encap::Wireguard))
+            .map(|(id, _)| id)
+            .collect();
     }
 
     pub fn peer_id(&self, name: &str) -> Option<PeerId> {
@@ -718,6 +736,7 @@ impl Engine {
             outer_mtu: cfg.outer_mtu,
             inspector: None,
             icmp_limit: icmp::RateLimit::new(ICMP_PER_SEC, ICMP_BURST),
+            initiate: Vec::new(),
         };
         Ok((
             Engine {
@@ -967,6 +986,15 @@ impl Engine {
         let (state, mut sinks, _, scratch, _) = self.split();
         if let Some(inspector) = state.inspector.as_mut() {
             inspector.tick(Instant::now());
+        }
+        for id in std::mem::take(&mut state.initiate) {
+            let Some(p) = state.peers.get_mut(id).and_then(|p| p.as_mut()) else {
+                continue;
+            };
+            let Some(dst) = p.endpoint else { continue };
+            if let Action::ToPeer(b) = p.encap.initiate(scratch) {
+                sinks.raw(outer_kind(p.spec.encap), b, dst);
+            }
         }
         for p in state.peers.iter_mut().flatten() {
             if p.spec.encap != Encap::Wireguard {

@@ -816,12 +816,13 @@ impl Coordinator {
     /// What the orders of a step depend on, from the registry and the other targets.
     fn context<'a>(&self, tcfg: &'a TargetConfig, proxies: &[String]) -> orchestrate::Context<'a> {
         let world = self.lock();
-        let known = |role: Role, name: &str| orchestrate::Known {
-            name: name.to_string(),
-            tunnel: world
-                .nodes
-                .get(&NodeRecord::key(role, name))
-                .and_then(|n| n.info.tunnel.clone()),
+        let known = |role: Role, name: &str| {
+            let node = world.nodes.get(&NodeRecord::key(role, name));
+            orchestrate::Known {
+                name: name.to_string(),
+                address: node.and_then(|n| n.info.address),
+                tunnel: node.and_then(|n| n.info.tunnel.clone()),
+            }
         };
         let diverted_using = |gw: &str| -> Vec<(&String, &TargetState)> {
             world

@@ -411,6 +411,13 @@ impl Driver<'_> {
             }
             Action::Announce { targets, source } => {
                 tokio::spawn(announce(targets, source));
+                // A WireGuard session not up yet is started again: a pushing proxy admits
+                // us only after our answer, so our first initiation may have come too
+                // early and been dropped (see `State::initiate_pending`).
+                let engine = self.node.engine.clone();
+                tokio::spawn(async move {
+                    let _ = engine.call(|st| st.initiate_pending()).await;
+                });
                 None
             }
             Action::Ready { name } => {

@@ -245,6 +245,20 @@ pub struct PushSection {
     pub handshake_timeout_ms: u64,
 }
 
+impl PushSection {
+    /// A push service on `listen` showing `cert` and `key`, every other key at its
+    /// default.
+    pub fn new(listen: SocketAddr, cert: PathBuf, key: PathBuf) -> PushSection {
+        PushSection {
+            listen,
+            cert,
+            key,
+            connections: default_push_connections(),
+            handshake_timeout_ms: default_push_handshake_ms(),
+        }
+    }
+}
+
 fn default_push_connections() -> scold_proto::limits::ConnLimits {
     scold_proto::limits::ConnLimits::new(4, 16, 64)
 }

@@ -353,9 +353,14 @@ impl node::daemon::RoleDaemon for Config {
     }
 
     fn node_info(&self, path: &Path) -> anyhow::Result<scold_proto::control::NodeInfo> {
-        Ok(self
-            .control
-            .node_info(self.control.tunnel_info(&self.tunnel, path)?))
+        let mut tunnel = self.control.tunnel_info(&self.tunnel, path)?;
+        // Scheme 4.3: flows relayed from the service ports reach the target from the
+        // `[nat]` source, so that is the address the coordinator has the target route
+        // back through its gateway.
+        if let (Some(t), Some(nat)) = (tunnel.as_mut(), &self.nat) {
+            t.inside.get_or_insert(nat.source);
+        }
+        Ok(self.control.node_info(tunnel))
     }
 
     fn notifier(&self, path: &Path) -> anyhow::Result<Option<control::Notifier>> {
