@@ -145,6 +145,37 @@ fn nat_services(ctx: &Context<'_>, proxy: &Known) -> Result<Vec<NatService>, Pla
     Ok(out)
 }
 
+/// The target-side address of the target's gateway: the next hop of its return path.
+fn gateway_inside(ctx: &Context) -> Result<IpAddr, PlanError> {
+    let gw = gateway(ctx)?;
+    tunnel(gw, "gateway")?
+        .inside
+        .ok_or_else(|| PlanError::NoInsideAddress {
+            gateway: gw.name.clone(),
+        })
+}
+
+/// Scheme 4.3: a route (`add`) or its removal for each proxy of the set: a relayed flow
+/// arrives from the source the proxy announced for its relays (its `[nat] source`), or
+/// else from its tunnel end point, and goes back through the gateway.
+fn nat_return_routes(ctx: &Context, inside: IpAddr, add: bool) -> Result<Vec<Command>, PlanError> {
+    ctx.proxies
+        .iter()
+        .map(|p| {
+            let t = tunnel(p, "proxy")?;
+            let destination = Prefix::host(t.inside.unwrap_or(t.endpoint.ip()));
+            Ok(if add {
+                Command::AddRoute(Route {
+                    destination,
+                    via: Via::Gateway(inside),
+                })
+            } else {
+                Command::RemoveRoute { destination }
+            })
+        })
+        .collect()
+}
+
 /// The orders of `step`; an empty list means the step needs no node (DNS, drain).
 pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
     let target_routes = || ctx.target.addresses.iter().map(|a| Prefix::host(*a));
@@ -256,6 +287,13 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
                 commands,
             }])
         }
+        Step::TargetRoutes if ctx.target.scheme != Scheme::Nat => Ok(Vec::new()),
+        Step::TargetRoutes => Ok(vec![Order {
+            // 4.3: every proxy of the set, including one that joined after the divert
+            // (idempotent for the others).
+            node: ctx.target.name.clone(),
+            commands: nat_return_routes(ctx, gateway_inside(ctx)?, true)?,
+        }]),
         Step::TargetSetup | Step::TargetTeardown => {
             // The return path: replies to diverted clients leave through the gateway.
             // Scheme 4.3 flows reach the target from the proxies' relays, so each
@@ -263,37 +301,15 @@ pub fn orders(step: &Step, ctx: &Context<'_>) -> Result<Vec<Order>, PlanError> {
             // arrive with their own addresses, unknown in advance: the target marks
             // connections that come in from the gateway and routes their replies back
             // to it (no per-client state).
-            let gw = gateway(ctx)?;
-            let inside =
-                tunnel(gw, "gateway")?
-                    .inside
-                    .ok_or_else(|| PlanError::NoInsideAddress {
-                        gateway: gw.name.clone(),
-                    })?;
-            let mut commands = Vec::new();
-            if ctx.target.scheme != Scheme::Nat {
-                commands.push(if *step == Step::TargetSetup {
-                    Command::SetReturnPath { via: inside }
-                } else {
-                    Command::ClearReturnPath
-                });
-            }
-            if ctx.target.scheme == Scheme::Nat {
-                for p in &ctx.proxies {
-                    // A relayed flow arrives from the source the proxy announced for its
-                    // relays (its `[nat] source`), or else from its tunnel end point.
-                    let t = tunnel(p, "proxy")?;
-                    let destination = Prefix::host(t.inside.unwrap_or(t.endpoint.ip()));
-                    commands.push(if *step == Step::TargetSetup {
-                        Command::AddRoute(Route {
-                            destination,
-                            via: Via::Gateway(inside),
-                        })
-                    } else {
-                        Command::RemoveRoute { destination }
-                    });
-                }
-            }
+            let inside = gateway_inside(ctx)?;
+            let setup = *step == Step::TargetSetup;
+            let commands = if ctx.target.scheme == Scheme::Nat {
+                nat_return_routes(ctx, inside, setup)?
+            } else if setup {
+                vec![Command::SetReturnPath { via: inside }]
+            } else {
+                vec![Command::ClearReturnPath]
+            };
             Ok(vec![Order {
                 node: ctx.target.name.clone(),
                 commands,
@@ -491,6 +507,13 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
         );
         let o = orders(&Step::ProxyTeardown("p1".into()), &ctx(&t)).unwrap();
         assert_eq!(o[0].commands.len(), 3 + 1 + 1);
+        // A reset's replacement: the target routes every proxy of the set back.
+        let o = orders(&Step::TargetRoutes, &ctx(&t)).unwrap();
+        assert_eq!(o[0].node, "web");
+        assert_eq!(
+            o[0].commands,
+            orders(&Step::TargetSetup, &ctx(&t)).unwrap()[0].commands
+        );
 
         // A proxy whose public address is not its tunnel end point listens on the
         // public one (the A records name it), and one that announced the source of its
@@ -533,6 +556,9 @@ key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
             o[0].commands[0].validate().unwrap();
             let o = orders(&Step::TargetTeardown, &ctx(&t)).unwrap();
             assert_eq!(o[0].commands, vec![Command::ClearReturnPath]);
+            // Their return path does not depend on the proxies: a reset asks nothing
+            // of the target (which may be unreachable under attack).
+            assert!(orders(&Step::TargetRoutes, &ctx(&t)).unwrap().is_empty());
         }
         // A gateway that did not announce its inside address: an error naming it.
         let t = target(Scheme::Resolver);

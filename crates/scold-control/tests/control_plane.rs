@@ -211,6 +211,12 @@ fn config(state: &Path, listen: SocketAddr, knobs: Knobs) -> Config {
         scheme,
         extra,
     } = knobs;
+    // Scheme 4.3 relays service ports; a target without any is refused.
+    let services = if scheme == "4.3" {
+        "services = [\"tcp/80\"]"
+    } else {
+        ""
+    };
     let text = format!(
         r#"
 [coordinator]
@@ -233,6 +239,7 @@ addresses = ["192.0.2.10"]
 gateways = ["gw1"]
 ttl = 0
 scheme = "{scheme}"
+{services}
 [target.dns]
 server = "127.0.0.1:53"
 key = "hmac-sha256:k:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg=="
@@ -1539,6 +1546,53 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Scheme 4.3: the proxy a reset brings in after the divert relays to a target that
+/// routes it back: the reset asks the target to route the new set's relay sources
+/// through the gateway (in 4.1 and 4.2 a reset asks the target nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_replacement_proxy_is_routed_back_by_the_target() {
+    let mut rig = Rig::start_with(Knobs {
+        scheme: "4.3",
+        ..Knobs::proxies(2)
+    })
+    .await;
+    let (_target, target_node) = rig.node(Role::Target, "web", None);
+    let (_gw, _) = rig.node(Role::Gateway, "gw1", None);
+    let (p1, _) = rig.node(Role::Proxy, "p1", None);
+    let _p2 = rig.node(Role::Proxy, "p2", None);
+    let _p3 = rig.node(Role::Proxy, "p3", None);
+    let op = rig.operator().await;
+    wait_status(&op, "nodes up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == 3
+    })
+    .await;
+    let s = divert_once_up(&op, 3).await;
+    assert_eq!(web(&s).proxies, vec!["p1", "p2"]);
+    assert_eq!(
+        target_node.orders.lock().unwrap().clone(),
+        vec!["add_route,add_route"]
+    );
+    p1.request(
+        Request::ProxyAttacked {
+            proxy: "p1".into(),
+            summary: serde_json::Value::Null,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    wait_status(&op, "p3 replaces p1", |s| {
+        phase(s) == "diverted" && web(s).proxies.contains(&"p3".to_string())
+    })
+    .await;
+    // The reset's target step: p2 and the newcomer p3 routed back.
+    assert_eq!(
+        target_node.orders.lock().unwrap().clone(),
+        vec!["add_route,add_route", "add_route,add_route"]
+    );
+    let _ = rig.stop.send(true);
 }
 
 /// A webhook receiver on loopback: records each request's headers and body; answers

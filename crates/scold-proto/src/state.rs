@@ -69,6 +69,11 @@ pub enum Step {
     GatewaySetup,
     /// The target sends diverted clients' replies back through the gateway.
     TargetSetup,
+    /// Scheme 4.3: the target routes the relay source of every proxy of the current set
+    /// back through the gateway, so a proxy that joins after the divert (a reset's
+    /// replacement) relays to a target that answers it. Nothing to do in 4.1 and 4.2,
+    /// whose return path does not depend on the proxies.
+    TargetRoutes,
     /// This proxy relays the target's traffic to the gateway.
     ProxySetup(String),
     /// The target's DNS lists the current proxy set (ALT records, or A records in 4.3).
@@ -93,6 +98,7 @@ impl fmt::Display for Step {
         match self {
             Step::GatewaySetup => f.write_str("gateway-setup"),
             Step::TargetSetup => f.write_str("target-setup"),
+            Step::TargetRoutes => f.write_str("target-routes"),
             Step::ProxySetup(p) => write!(f, "proxy-setup({p})"),
             Step::DnsPublish => f.write_str("dns-publish"),
             Step::NotifyResolvers => f.write_str("notify-resolvers"),
@@ -207,6 +213,9 @@ fn restore_plan(proxies: &[String]) -> VecDeque<Vec<Step>> {
 fn reset_plan(new: Option<&String>, lost: &str) -> VecDeque<Vec<Step>> {
     let mut first = vec![Step::GatewaySetup];
     first.extend(new.cloned().map(Step::ProxySetup));
+    if new.is_some() {
+        first.push(Step::TargetRoutes);
+    }
     VecDeque::from([
         first,
         vec![Step::DnsPublish],
@@ -221,7 +230,11 @@ fn reset_plan(new: Option<&String>, lost: &str) -> VecDeque<Vec<Step>> {
 /// admits it and it relays before DNS lists it, as in a divert.
 fn add_plan(new: &str) -> VecDeque<Vec<Step>> {
     VecDeque::from([
-        vec![Step::GatewaySetup, Step::ProxySetup(new.to_string())],
+        vec![
+            Step::GatewaySetup,
+            Step::ProxySetup(new.to_string()),
+            Step::TargetRoutes,
+        ],
         vec![Step::DnsPublish],
         vec![Step::NotifyResolvers],
         vec![Step::PushRoutes],
@@ -720,11 +733,16 @@ mod tests {
         assert_eq!(s.epoch, epoch + 1);
         assert_eq!(s.since_ms, 2);
         assert_eq!(s.proxies, p(&["p1", "p2"]));
-        // The gateway admits it and it relays first; DNS lists it only then, the
-        // resolvers are told, the 4.2 pushes follow; nothing is torn down.
+        // The gateway admits it and it relays first (in 4.3 the target routes its relays
+        // back); DNS lists it only then, the resolvers are told, the 4.2 pushes follow;
+        // nothing is torn down.
         assert_eq!(
             o.start,
-            vec![Step::GatewaySetup, Step::ProxySetup("p2".into())]
+            vec![
+                Step::GatewaySetup,
+                Step::ProxySetup("p2".into()),
+                Step::TargetRoutes
+            ]
         );
         let rest: Vec<Vec<Step>> = s.stages.iter().skip(1).cloned().collect();
         assert_eq!(

@@ -16,7 +16,7 @@ pub(super) const RESYNC_FIRST: Duration = Duration::from_millis(300);
 pub(super) fn step_role(step: &Step) -> Role {
     match step {
         Step::GatewaySetup | Step::GatewayTeardown => Role::Gateway,
-        Step::TargetSetup | Step::TargetTeardown => Role::Target,
+        Step::TargetSetup | Step::TargetRoutes | Step::TargetTeardown => Role::Target,
         _ => Role::Proxy,
     }
 }
