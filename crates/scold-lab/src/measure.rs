@@ -128,6 +128,40 @@ fn drain(
     }
 }
 
+/// A bulk download asked for: the connection, and when it started.
+struct BulkRequest {
+    start: Instant,
+    deadline: Instant,
+    what: String,
+    stream: TcpStream,
+    connect_seconds: f64,
+}
+
+/// Connects to the bulk service at `addr` (through `device` when given) and asks for
+/// `size` bytes, within `timeout`.
+fn request_bulk(
+    addr: SocketAddr,
+    size: u64,
+    timeout: Duration,
+    device: Option<&str>,
+) -> Result<BulkRequest, LabError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let what = format!("bulk download of {size} bytes from {addr}");
+    let mut stream = connect(addr, deadline, timeout, device)?;
+    let connect_seconds = start.elapsed().as_secs_f64();
+    stream
+        .write_all(crate::serve::bulk_request(size).as_bytes())
+        .map_err(|e| LabError::io(what.clone(), e))?;
+    Ok(BulkRequest {
+        start,
+        deadline,
+        what,
+        stream,
+        connect_seconds,
+    })
+}
+
 /// Downloads `size` bytes from the bulk service at `addr` (see [`crate::serve`]).
 pub fn fetch_bulk(addr: SocketAddr, size: u64, timeout: Duration) -> Result<Transfer, LabError> {
     fetch_bulk_via(addr, size, timeout, None)
@@ -141,13 +175,13 @@ pub fn fetch_bulk_via(
     timeout: Duration,
     device: Option<&str>,
 ) -> Result<Transfer, LabError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let what = format!("bulk download of {size} bytes from {addr}");
-    let mut s = connect(addr, deadline, timeout, device)?;
-    let connect_seconds = start.elapsed().as_secs_f64();
-    s.write_all(crate::serve::bulk_request(size).as_bytes())
-        .map_err(|e| LabError::io(what.clone(), e))?;
+    let BulkRequest {
+        start,
+        deadline,
+        what,
+        stream: s,
+        connect_seconds,
+    } = request_bulk(addr, size, timeout, device)?;
     let mut r = s.try_clone().map_err(|e| LabError::io(what.clone(), e))?;
     let bytes = drain(&mut r, &s, deadline, &what, timeout, size)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -204,13 +238,13 @@ pub fn fetch_bulk_checked_via(
     timeout: Duration,
     device: Option<&str>,
 ) -> Result<CheckedTransfer, LabError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let what = format!("bulk download of {size} bytes from {addr}");
-    let mut s = connect(addr, deadline, timeout, device)?;
-    let connect_seconds = start.elapsed().as_secs_f64();
-    s.write_all(crate::serve::bulk_request(size).as_bytes())
-        .map_err(|e| LabError::io(what.clone(), e))?;
+    let BulkRequest {
+        start,
+        deadline,
+        what,
+        stream: mut s,
+        connect_seconds,
+    } = request_bulk(addr, size, timeout, device)?;
     let mut buf = vec![0u8; 64 * 1024];
     let (mut total, mut digest, mut expected) = (0u64, FNV_OFFSET, FNV_OFFSET);
     let mut last = Instant::now();
