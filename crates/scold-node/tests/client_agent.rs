@@ -842,6 +842,52 @@ fn tunnel_path_blocked_while_admission_answers() {
     );
 }
 
+/// The consortium revokes the proxy the agent uses while its admission connection is
+/// open (a new CRL, no coordinator here): the agent checks the proxy's certificate
+/// again at its next probe, leaves it, and the ping loop gets through the other proxy.
+#[test]
+fn agent_leaves_a_proxy_revoked_while_connected() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab();
+    let st = Setup::new(&lab);
+    let ca_dir = lab.path("ca");
+    let crl = Ca::open(&ca_dir).expect("CA").write_crl(2).expect("CRL");
+    start_dns(&mut lab, &["10.1.0.11", "10.1.0.12"]);
+    start_path(
+        &mut lab,
+        &st,
+        [&admission_tls("certs", 1), &admission_tls("certs", 2)],
+    );
+    lab.wait_log("proxy1", "admission server listening", 15);
+    lab.wait_log("proxy2", "admission server listening", 15);
+    start_agent_with(&mut lab, &st, &format!("crl = \"{}\"\n", crl.display()));
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+    let first = chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    let (_, other) = proxy_of(&first);
+    let name = if first == "10.1.0.11" { "p1" } else { "p2" };
+    failover(&mut lab, "revoked", other, |_| {
+        let mut ca = Ca::open(&ca_dir).expect("CA");
+        let gone = ca
+            .revoke(&scold_pki::RevokeTarget::Identity(
+                scold_pki::Identity::new(scold_pki::Role::Proxy, name).unwrap(),
+            ))
+            .expect("revoke");
+        assert_eq!(gone.len(), 1);
+        ca.write_crl(2).expect("CRL");
+    });
+    let clog = lab.log("client");
+    assert!(
+        clog.contains("certificate no longer passes (revoked)"),
+        "the move was not for the revocation:\n{clog}"
+    );
+}
+
 /// A flooded proxy that is the only one of the ALT set: its self-defence declares it
 /// under attack and it tells the agent it drains (no coordinator here: the drain goes
 /// straight from the proxy to its clients). The agent finds no other proxy to move to

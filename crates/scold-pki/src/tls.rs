@@ -281,6 +281,14 @@ impl CaTrust {
         })
     }
 
+    /// Checks a server's certificate chain again, against the CA and the revocation list
+    /// in force now (the CRL file is re-read first if it changed, at most once per check
+    /// interval): a proxy revoked or expired since the handshake is refused here, and the
+    /// client leaves it.
+    pub fn recheck_peer(&self, chain: &[CertificateDer<'static>]) -> Result<(), RefusalReason> {
+        self.trust.recheck(chain)
+    }
+
     /// Client side without a client certificate: TLS 1.3 only, no resumption; the server
     /// must chain to the CA, be within its validity, not be revoked, and name one of the
     /// `expected` roles in its SAN URI.

@@ -68,6 +68,9 @@ pub enum AdmissionError {
 #[derive(Clone)]
 pub struct Connector {
     tls: tokio_rustls::TlsConnector,
+    /// The CA (and CRL) the proxies' certificates are checked against, again while a
+    /// connection is open.
+    trust: CaTrust,
     port: u16,
     timeout: Duration,
     /// The cookie each proxy last gave us (shared by clones).
@@ -85,6 +88,10 @@ pub struct AdmissionConn {
     pub local: IpAddr,
     pub identity: Identity,
     stream: tokio_rustls::client::TlsStream<Sniff<TcpStream>>,
+    /// The proxy's certificate chain from the handshake, and the trust to check it with
+    /// again ([`AdmissionConn::recheck`]).
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    trust: CaTrust,
     dec: frame::Decoder,
     /// What the proxy last said about draining (a notice or a probe answer).
     drain: Drain,
@@ -102,6 +109,7 @@ impl Connector {
         let trust = CaTrust::load(ca, crl)?;
         Ok(Connector {
             tls: tokio_rustls::TlsConnector::from(trust.client_config(&[Role::Proxy])?),
+            trust,
             port,
             timeout,
             cookies: CookieCache::default(),
@@ -197,10 +205,16 @@ impl Connector {
                 names,
             });
         }
+        let chain = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
         Ok(AdmissionConn {
             proxy: addr,
             local,
             identity,
+            chain,
+            trust: self.trust.clone(),
             stream,
             dec: decoder(),
             drain: Drain::default(),
@@ -209,6 +223,13 @@ impl Connector {
 }
 
 impl AdmissionConn {
+    /// Checks the proxy's certificate again against the CA and the revocation list in
+    /// force now: a proxy the consortium revoked (or whose certificate expired) while
+    /// this connection was open is refused, and the agent leaves it.
+    pub fn recheck(&self) -> Result<(), scold_pki::RefusalReason> {
+        self.trust.recheck_peer(&self.chain)
+    }
+
     /// Sends one request without waiting for the answer.
     pub async fn send(&mut self, req: &ClientMessage) -> Result<(), AdmissionError> {
         let addr = self.proxy;

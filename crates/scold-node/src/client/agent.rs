@@ -829,13 +829,19 @@ async fn link_task(
                 Some(LinkOp::Release(targets)) => {
                     let _ = conn.call(&ClientMessage::Release { targets }, call_timeout).await;
                 }
-                Some(LinkOp::Probe(seq)) => match probe_once(&mut conn, seq, probe_limit).await {
+                Some(LinkOp::Probe(seq)) => match conn
+                    .recheck()
+                    .map_err(|r| format!("the proxy's certificate no longer passes ({}); leaving it", r.as_str()))
+                {
+                    Err(why) => break why,
+                    Ok(()) => match probe_once(&mut conn, seq, probe_limit).await {
                     Ok((arrived, draining)) => {
                         let _ = events
                             .send(report(LinkEvent::ProbeAnswer { seq, arrived, draining }))
                             .await;
                     }
                     Err(e) => break e,
+                    },
                 },
             },
             // Between requests the proxy may speak unasked (a drain notice), or close.
