@@ -1000,3 +1000,160 @@ async fn bench_replicas() {
     println!("divert, state in etcd (replicas):           median {em} ms, worst {ew} ms");
     println!("leader kill -9 -> standby's first order:    median {tm} ms, worst {tw} ms");
 }
+
+/// What is interrupted after a completed divert.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// The operator's restore, cut while the gateway holds its tear-down order.
+    RestoreAtGateway,
+    /// The operator's restore, cut while TargetDNS hangs in the ALT withdrawal.
+    RestoreAtDns,
+    /// A proxy reset (p1 reports an attack), cut while the gateway holds its order.
+    ResetAtGateway,
+    /// A proxy reset, cut while TargetDNS hangs in the new ALT update.
+    ResetAtDns,
+}
+
+/// A restore or a proxy reset under replicas, cut by kill -9 of the leader with one of
+/// its steps in flight: the standby finishes it, once.
+async fn cut_after_divert(etcd: &scold_testkit::EtcdCluster, cut: After) {
+    let mut c = Consortium::setup(&["p1", "p2", "p3"]);
+    let (cfg_a, cfg_b, b) = replica_configs(&c, etcd, &format!("/scold-after-{cut:?}/"));
+    let start = replica_starter(&c);
+    let mut leader = start(&cfg_a, "replica-a.log");
+    leader.wait_tcp_port(c.site.control, Duration::from_secs(20));
+    let mut standby = start(&cfg_b, "replica-b.log");
+    standby.wait_log("standing by", Duration::from_secs(20));
+    Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+    let site = c.site.clone();
+    let _t = c.node(Role::Target, "web");
+    let (_g, gateway, _gs) = c.node(Role::Gateway, "gw1");
+    let (p1_link, _p1, _p1s) = c.node(Role::Proxy, "p1");
+    let _p2 = c.node(Role::Proxy, "p2");
+    let _p3 = c.node(Role::Proxy, "p3");
+    let dns_pid = c._dns.pid();
+    let at_dns = matches!(cut, After::RestoreAtDns | After::ResetAtDns);
+    let reset = matches!(cut, After::ResetAtGateway | After::ResetAtDns);
+    let site1 = site.clone();
+    let gw = gateway.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_status(&site1, "up", |s| {
+            s.proxies.iter().filter(|p| p.health == "up").count() == 3
+                && s.gateways.iter().any(|g| g.health == "up")
+        });
+        site1.ctl(&["divert", "web"]);
+        site1.wait_phase("diverted");
+        if at_dns {
+            scold_testkit::send_signal(dns_pid, scold_testkit::Signal::Stop).unwrap();
+        } else {
+            gw.hold("");
+        }
+    })
+    .await
+    .unwrap();
+    if reset {
+        p1_link
+            .request(
+                Request::ProxyAttacked {
+                    proxy: "p1".into(),
+                    summary: serde_json::Value::Null,
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    } else {
+        let site1 = site.clone();
+        tokio::task::spawn_blocking(move || site1.ctl(&["restore", "web"]))
+            .await
+            .unwrap();
+    }
+    let site1 = site.clone();
+    let gw = gateway.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        loop {
+            let s = site1.status();
+            let pending = &s.targets[0].pending;
+            let there = if at_dns {
+                pending
+                    .iter()
+                    .any(|p| p == "dns-publish" || p == "dns-restore")
+            } else {
+                gw.holding()
+            };
+            if there {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{cut:?}: {s:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+
+    leader.kill9();
+    if at_dns {
+        scold_testkit::send_signal(dns_pid, scold_testkit::Signal::Cont).unwrap();
+    } else {
+        gateway.release();
+    }
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            scold_testkit::wait_tcp_port(b, Duration::from_secs(20)),
+            "{cut:?}: the standby never took over"
+        );
+        let (want_phase, want_alt, entered) = if reset {
+            (
+                "diverted",
+                vec!["\\# 4 C6336402", "\\# 4 C6336403"],
+                "resetting",
+            )
+        } else {
+            ("normal", vec![], "normal")
+        };
+        let s = wait_status(&site, "finished", |s| {
+            s.targets[0].phase == want_phase
+                && (!reset || !s.targets[0].proxies.contains(&"p1".to_string()))
+        });
+        if reset {
+            let mut set = s.targets[0].proxies.clone();
+            set.sort();
+            assert_eq!(set, vec!["p2", "p3"], "{cut:?}");
+        }
+        assert_eq!(site.alt(), want_alt, "{cut:?}: records on the wire");
+        let events = match serde_json::from_str::<Reply>(
+            &site.ctl(&["--json", "events", "--limit", "1000"]),
+        )
+        .unwrap()
+        {
+            Reply::Events { events } => events,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            events.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+            "{cut:?}: gaps"
+        );
+        let n = events
+            .iter()
+            .filter(|e| e.subject == "web" && e.phase.as_deref() == Some(entered))
+            .count();
+        assert_eq!(n, 1, "{cut:?}: entered {entered} {n} times: {events:#?}");
+    })
+    .await
+    .unwrap();
+    standby.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_or_reset_cut_by_the_leaders_death_completes_once() {
+    let etcd = scold_testkit::EtcdCluster::start(1);
+    for cut in [
+        After::RestoreAtGateway,
+        After::RestoreAtDns,
+        After::ResetAtGateway,
+        After::ResetAtDns,
+    ] {
+        cut_after_divert(&etcd, cut).await;
+    }
+}
