@@ -52,7 +52,7 @@ pub fn post(
     let mut chunk = [0u8; 16 * 1024];
     // Headers.
     let (status, head_len, length, chunked, close) = loop {
-        let n = match s.read(&mut chunk) {
+        let n = match read_within(s, &mut chunk, deadline) {
             Ok(0) => return Ok(Exchange::Broken("connection closed".into())),
             Ok(n) => n,
             Err(e) => return Ok(Exchange::Broken(e.to_string())),
@@ -82,9 +82,12 @@ pub fn post(
             Err(e) => return Err(format!("bad HTTP answer: {e}")),
         }
     };
+    if length.is_some_and(|l| l > MAX_ANSWER) {
+        return Err("answer too large".into());
+    }
     let mut rest = buf.split_off(head_len);
     let mut fill = |rest: &mut Vec<u8>| -> Result<(), String> {
-        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        let n = read_within(s, &mut chunk, deadline).map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed in the answer".into());
         }
@@ -117,7 +120,9 @@ pub fn post(
             };
             let size_text = String::from_utf8_lossy(&rest[pos..line_end]).to_string();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+                .ok()
+                .filter(|n| *n <= MAX_ANSWER)
+                .ok_or_else(|| format!("bad chunk size {size_text:?}"))?;
             pos = line_end + 2;
             if size == 0 {
                 break;
@@ -139,7 +144,7 @@ pub fn post(
     } else {
         // Until the server closes.
         loop {
-            match s.read(&mut chunk) {
+            match read_within(s, &mut chunk, deadline) {
                 Ok(0) => break,
                 Ok(n) => rest.extend_from_slice(&chunk[..n]),
                 Err(e) => return Err(e.to_string()),
@@ -156,4 +161,111 @@ pub fn post(
     };
     let text = String::from_utf8_lossy(&body).into_owned();
     Ok(Exchange::Answer(status, text, !close))
+}
+
+/// One read that ends by `deadline` at the latest: however slowly a peer sends, the
+/// whole answer takes no longer than the caller allowed.
+fn read_within(mut s: &TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    s.set_read_timeout(Some(left))?;
+    s.read(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// Posts to a loopback server that answers `answer` (sent in pieces `gap` apart),
+    /// within `limit`.
+    fn against(answer: &'static [u8], gap: Duration, limit: Duration) -> Result<Exchange, String> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = c.read(&mut req);
+            for piece in answer.chunks(8) {
+                if c.write_all(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        let s = TcpStream::connect(addr).unwrap();
+        let r = post(&s, "x", "/", &[], b"{}", Instant::now() + limit);
+        drop(s);
+        let _ = server.join();
+        r
+    }
+
+    fn text(r: Result<Exchange, String>) -> String {
+        match r {
+            Ok(Exchange::Answer(status, body, _)) => format!("{status} {body}"),
+            Ok(Exchange::Broken(why)) => format!("broken: {why}"),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn answers_of_each_framing_are_read() {
+        let fast = Duration::ZERO;
+        let second = Duration::from_secs(1);
+        let r = text(against(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", fast, second));
+        assert_eq!(r, "200 {}");
+        let r = text(against(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
+            fast,
+            second,
+        ));
+        assert_eq!(r, "200 {}");
+        let r = text(against(b"HTTP/1.1 204 No Content\r\n\r\n", fast, second));
+        assert_eq!(r, "204 ");
+    }
+
+    /// What a hostile or broken peer (a webhook receiver, something posing as etcd) may
+    /// answer: an error, never a panic, a hang or an unbounded buffer.
+    #[test]
+    fn garbage_answers_are_errors() {
+        let fast = Duration::ZERO;
+        let second = Duration::from_secs(1);
+        for (answer, want) in [
+            (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], "error: bad HTTP answer"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
+                "error: bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "error: bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+                "error: answer too large",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                "error: connection closed in the answer",
+            ),
+            (b"", "broken: connection closed"),
+        ] {
+            let r = text(against(answer, fast, second));
+            assert!(r.starts_with(want), "{answer:?}: {r}");
+        }
+        // A peer that drips its answer a piece at a time is cut at the deadline, not
+        // after one read timeout per piece.
+        let t = Instant::now();
+        let r = text(against(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n0123456789012345678901234567890123456789",
+            Duration::from_millis(150),
+            Duration::from_millis(500),
+        ));
+        assert!(r.starts_with("error") || r.starts_with("broken"), "{r}");
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    }
 }
