@@ -177,7 +177,6 @@ fn read_within(mut s: &TcpStream, buf: &mut [u8], deadline: Instant) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
     use std::net::TcpListener;
     use std::time::Duration;
 
