@@ -215,7 +215,11 @@ mod tests {
     fn answers_of_each_framing_are_read() {
         let fast = Duration::ZERO;
         let second = Duration::from_secs(1);
-        let r = text(against(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", fast, second));
+        let r = text(against(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            fast,
+            second,
+        ));
         assert_eq!(r, "200 {}");
         let r = text(against(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
@@ -265,6 +269,10 @@ mod tests {
             Duration::from_millis(500),
         ));
         assert!(r.starts_with("error") || r.starts_with("broken"), "{r}");
-        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

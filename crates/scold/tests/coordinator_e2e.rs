@@ -143,6 +143,16 @@ impl Site {
         scold(&all)
     }
 
+    /// The coordinator's audit log, oldest first (`scold ctl --json events`).
+    fn events(&self) -> Vec<scold_proto::control::EventView> {
+        match serde_json::from_str::<Reply>(&self.ctl(&["--json", "events", "--limit", "1000"]))
+            .unwrap()
+        {
+            Reply::Events { events } => events,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn status(&self) -> StatusReport {
         let out = self.ctl(&["--json", "status"]);
         match serde_json::from_str::<Reply>(&out).unwrap() {
@@ -605,6 +615,24 @@ fn replica_configs(
     (cfg_a, cfg_b, b)
 }
 
+/// Starts two replicas of `c`'s coordinator on `etcd` under `prefix`, waits until the
+/// first leads and the second stands by, and points the site's `scold ctl` and nodes at
+/// both. Returns (leader, standby).
+fn start_replicas(
+    c: &mut Consortium,
+    etcd: &scold_testkit::EtcdCluster,
+    prefix: &str,
+) -> (Proc, Proc) {
+    let (cfg_a, cfg_b, b) = replica_configs(c, etcd, prefix);
+    let start = replica_starter(c);
+    let mut leader = start(&cfg_a, "replica-a.log");
+    leader.wait_tcp_port(c.site.control, Duration::from_secs(20));
+    let mut standby = start(&cfg_b, "replica-b.log");
+    standby.wait_log("standing by", Duration::from_secs(20));
+    Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+    (leader, standby)
+}
+
 /// Starts a replica from its config, logging to `log` in `c`'s folder.
 fn replica_starter(c: &Consortium) -> impl Fn(&PathBuf, &str) -> Proc {
     let dir = c.dir.clone();
@@ -657,7 +685,7 @@ async fn a_standby_replica_takes_over_from_a_killed_leader() {
             site.ctl(&["divert", "web"]);
             let s = site.wait_phase("diverted");
             assert_eq!(site.alt(), vec!["\\# 4 C6336401", "\\# 4 C6336402"]);
-            (s, site.ctl(&["--json", "events", "--limit", "1000"]))
+            (s, site.events())
         }
     })
     .await
@@ -684,14 +712,11 @@ async fn a_standby_replica_takes_over_from_a_killed_leader() {
         assert_eq!(s.targets[0].phase, "diverted");
         assert_eq!(s.targets[0].epoch, before.0.targets[0].epoch);
         assert_eq!(s.targets[0].proxies, before.0.targets[0].proxies);
-        let seqs = |json: &str| -> Vec<u64> {
-            match serde_json::from_str::<Reply>(json).unwrap() {
-                Reply::Events { events } => events.iter().map(|e| e.seq).collect(),
-                other => panic!("{other:?}"),
-            }
+        let seqs = |events: &[scold_proto::control::EventView]| -> Vec<u64> {
+            events.iter().map(|e| e.seq).collect()
         };
         let old = seqs(&before.1);
-        let now = seqs(&site2.ctl(&["--json", "events", "--limit", "1000"]));
+        let now = seqs(&site2.events());
         assert!(now.starts_with(&old), "the audit log is not continuous");
         assert!(now.windows(2).all(|w| w[0] < w[1]));
         // The new leader acts: the restore completes, on the wire.
@@ -730,13 +755,8 @@ enum Cut {
 /// as an uninterrupted one.
 async fn divert_cut_by_the_leaders_death(etcd: &scold_testkit::EtcdCluster, cut: Cut) {
     let mut c = Consortium::setup(&["p1", "p2"]);
-    let (cfg_a, cfg_b, b) = replica_configs(&c, etcd, &format!("/scold-cut-{cut:?}/"));
-    let start = replica_starter(&c);
-    let mut leader = start(&cfg_a, "replica-a.log");
-    leader.wait_tcp_port(c.site.control, Duration::from_secs(20));
-    let mut standby = start(&cfg_b, "replica-b.log");
-    standby.wait_log("standing by", Duration::from_secs(20));
-    Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+    let (mut leader, mut standby) = start_replicas(&mut c, etcd, &format!("/scold-cut-{cut:?}/"));
+    let b = c.site.replicas[0];
     let site = c.site.clone();
     let (_t, target, _ts) = c.node(Role::Target, "web");
     let (_g, gateway, _gs) = c.node(Role::Gateway, "gw1");
@@ -808,14 +828,7 @@ async fn divert_cut_by_the_leaders_death(etcd: &scold_testkit::EtcdCluster, cut:
             "{cut:?}: ALT on the wire"
         );
         // One divert in the audit log: entered "diverted" once, and the log continuous.
-        let events = match serde_json::from_str::<Reply>(
-            &site2.ctl(&["--json", "events", "--limit", "1000"]),
-        )
-        .unwrap()
-        {
-            Reply::Events { events } => events,
-            other => panic!("{other:?}"),
-        };
+        let events = site2.events();
         assert!(
             events.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
             "{cut:?}: gaps"
@@ -886,13 +899,7 @@ async fn a_divert_cut_at_any_step_by_the_leaders_death_completes_once() {
 /// The divert's time by the coordinator's own audit log: from entering "diverting" to
 /// entering "diverted", milliseconds.
 fn divert_ms(site: &Site) -> u64 {
-    let events =
-        match serde_json::from_str::<Reply>(&site.ctl(&["--json", "events", "--limit", "1000"]))
-            .unwrap()
-        {
-            Reply::Events { events } => events,
-            other => panic!("{other:?}"),
-        };
+    let events = site.events();
     let at = |phase: &str| {
         events
             .iter()
@@ -924,14 +931,8 @@ async fn bench_replicas() {
     for run in 0..runs {
         for replicas in [false, true] {
             let mut c = Consortium::setup(&["p1", "p2"]);
-            let start = replica_starter(&c);
             let (mut leader, standby) = if replicas {
-                let (cfg_a, cfg_b, b) = replica_configs(&c, &etcd, &format!("/bench-{run}/"));
-                let mut l = start(&cfg_a, "replica-a.log");
-                l.wait_tcp_port(c.site.control, Duration::from_secs(20));
-                let mut s = start(&cfg_b, "replica-b.log");
-                s.wait_log("standing by", Duration::from_secs(20));
-                Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+                let (l, s) = start_replicas(&mut c, &etcd, &format!("/bench-{run}/"));
                 (l, Some(s))
             } else {
                 (c.start_coordinator("coordinator.log"), None)
@@ -1018,13 +1019,8 @@ enum After {
 /// its steps in flight: the standby finishes it, once.
 async fn cut_after_divert(etcd: &scold_testkit::EtcdCluster, cut: After) {
     let mut c = Consortium::setup(&["p1", "p2", "p3"]);
-    let (cfg_a, cfg_b, b) = replica_configs(&c, etcd, &format!("/scold-after-{cut:?}/"));
-    let start = replica_starter(&c);
-    let mut leader = start(&cfg_a, "replica-a.log");
-    leader.wait_tcp_port(c.site.control, Duration::from_secs(20));
-    let mut standby = start(&cfg_b, "replica-b.log");
-    standby.wait_log("standing by", Duration::from_secs(20));
-    Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
+    let (mut leader, mut standby) = start_replicas(&mut c, etcd, &format!("/scold-after-{cut:?}/"));
+    let b = c.site.replicas[0];
     let site = c.site.clone();
     let _t = c.node(Role::Target, "web");
     let (_g, gateway, _gs) = c.node(Role::Gateway, "gw1");
@@ -1122,14 +1118,7 @@ async fn cut_after_divert(etcd: &scold_testkit::EtcdCluster, cut: After) {
             assert_eq!(set, vec!["p2", "p3"], "{cut:?}");
         }
         assert_eq!(site.alt(), want_alt, "{cut:?}: records on the wire");
-        let events = match serde_json::from_str::<Reply>(
-            &site.ctl(&["--json", "events", "--limit", "1000"]),
-        )
-        .unwrap()
-        {
-            Reply::Events { events } => events,
-            other => panic!("{other:?}"),
-        };
+        let events = site.events();
         assert!(
             events.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
             "{cut:?}: gaps"
