@@ -275,7 +275,7 @@ fn scan_gateway(lab: &Fig8, logs: &Path) -> Result<Attack, LabError> {
     Ok(Attack {
         name: "scan for the hidden gateway".into(),
         tried: format!(
-            "{sent} probes from {scanner} to the gateway's address {gw}: TCP SYN and ACK, \
+            "hping3 runs asking for {sent} probes in all, from {scanner} to the gateway's address {gw}: TCP SYN and ACK, \
              UDP, ICMP echo and timestamp, IP-in-IP, GRE, fake WireGuard initiations, and \
              TCP and tunnel packets with each proxy's address spoofed (hping3); tcpdump at \
              the scanner ({})",
