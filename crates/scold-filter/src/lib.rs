@@ -15,6 +15,8 @@
 //! - [`sample`] and [`monitor`] (Linux): read a link's counters and sample its
 //!   packets, and drive a detector from them in a tokio task.
 //! - [`nft`]: the nftables back end that drops blocked sources in the kernel.
+//! - [`xdp`] (Linux): the same block list as an XDP program, dropping blocked IPv4
+//!   sources at the interface before the stack.
 //!
 //! The sans-IO parts take time as a parameter and never touch a socket, so the
 //! same code runs in tests on synthetic traces and in the daemons.
@@ -32,6 +34,8 @@ pub mod packet;
 #[cfg(target_os = "linux")]
 pub mod sample;
 pub mod selfdefence;
+#[cfg(target_os = "linux")]
+pub mod xdp;
 
 pub use detect::{
     AllClearSummary, AttackKind, AttackSummary, Detector, DetectorConfig, DetectorEvent,

@@ -151,3 +151,30 @@ pub fn syn_flood(
         })
     })
 }
+
+/// Sends `n` datagrams from the peer to the target and counts how many a
+/// socket in the target receives.
+pub fn delivered(link: &Link, port: u16, n: usize) -> usize {
+    let rx = in_netns(&link.target(), move || {
+        UdpSocket::bind(SocketAddrV4::new(TARGET_IP, port)).expect("bind in target")
+    })
+    .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let tx = in_netns(&link.peer(), || UdpSocket::bind("0.0.0.0:0").unwrap()).unwrap();
+    for _ in 0..n {
+        tx.send_to(b"hello", SocketAddrV4::new(TARGET_IP, port))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got < n && Instant::now() < deadline {
+        match rx.recv(&mut buf) {
+            Ok(_) => got += 1,
+            Err(_) => break,
+        }
+    }
+    got
+}
