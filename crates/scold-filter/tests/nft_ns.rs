@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddrV4, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddrV4};
+use std::time::Duration;
 
 use common::{delivered, Link, PEER_IP, TARGET_IP};
 use scold_filter::firewall::{Filter, FilterConfig, FilterEvent, SourceLimits};
