@@ -10,6 +10,8 @@
 #   none        proxy without [filter]: what a flood does unchecked
 #   userspace   [filter] with nft = false: every flood packet reaches the engine
 #   user+nft    [filter] with nft = true: blocks mirrored into the nftables set
+#   user+xdp    [filter] with nft = true and xdp = "generic": blocked IPv4 sources
+#               dropped by the XDP program at the proxy's link, in front of the set
 #   nft-limit   peer: proxy without [filter], a plain nftables per-source
 #               rate-limit rule on the tunnel port
 #               (update @set { ip saddr limit rate over ... } drop)
@@ -234,6 +236,7 @@ EOF
     local se1; se1=$(rcvbuf_errors)
     local tc1; tc1=$(target_count)
     local user; user=$(metric scold_filter_relay_dropped_total)
+    local xdp; xdp=$(metric scold_filter_xdp_dropped_total)
     local kernel=0
     if [ "$peer" = yes ]; then
         kernel=$(ip netns exec $P nft -j list chain inet peer pre | python3 -c '
@@ -246,15 +249,17 @@ import json, sys
 print(sum(e["counter"]["packets"] for o in json.load(sys.stdin)["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))')
     fi
     kill -TERM $proxy; wait $proxy || true
-    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" "$((eng1 - eng0))" \
+    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$xdp" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" "$((eng1 - eng0))" \
         "$(getconf CLK_TCK)" "$(cat "$D/sink")" "$legit_secs" "$FLOOD_SECS" "$LEGIT_PKTS" <<'EOF'
 import sys
-(name, rx0, rx1, user, kernel, sockdrop, reached, ticks, eticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
+(name, rx0, rx1, user, kernel, xdp, sockdrop, reached, ticks, eticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
 fs = float(fs)
+# The veth counts a frame in rx before generic XDP sees it, so rx covers every offered
+# packet in every case.
 offered = (int(rx1) - int(rx0) - int(sink)) / fs
-print("%-10s offered %8.0f/s  dropped: user %8.0f/s kernel %8.0f/s socket-overflow %8.0f/s  "
+print("%-10s offered %8.0f/s  dropped: user %8.0f/s nft %8.0f/s xdp %8.0f/s socket-overflow %8.0f/s  "
       "flood at target %7.0f/s  proxy cpu %5.2f s (engine %5.2f s)  legit %5d/%s in %s s" % (
-    name, offered, float(user) / fs, int(kernel) / fs, int(sockdrop) / fs, int(reached) / fs,
+    name, offered, float(user) / fs, int(kernel) / fs, float(xdp) / fs, int(sockdrop) / fs, int(reached) / fs,
     int(ticks) / int(hz), int(eticks) / int(hz), int(sink), lp, legit_secs))
 EOF
     sleep 1
@@ -267,5 +272,8 @@ run_case userspace "$FILTER
 nft = false" no
 run_case user+nft "$FILTER
 nft = true" no
+run_case user+xdp "$FILTER
+nft = true
+xdp = \"generic\"" no
 run_case nft-limit "" yes
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

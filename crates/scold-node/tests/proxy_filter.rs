@@ -139,7 +139,7 @@ fn write_configs(lab: &Net, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf
     let filter_section = if filter {
         format!(
             "[control]\nmetrics = \"127.0.0.1:9901\"\n\
-             [filter]\ninterface = \"{}\"\nalerts = \"{}\"\nnft = true\ntraceback_secs = 1\n\
+             [filter]\ninterface = \"{}\"\nalerts = \"{}\"\nnft = true\nxdp = \"generic\"\ntraceback_secs = 1\n\
              pps = 10000.0\nbytes_per_s = 5000000.0\nudp_pps = 2000.0\nsyn_pps = 50.0\n\
              block_after_drops = 200\nblock_secs = {BLOCK_SECS}\nmax_block_secs = {MAX_BLOCK_SECS}\n",
             lab.dev("pw"),
@@ -439,6 +439,19 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
         metric(&m, "scold_filter_dropped_total").is_some_and(|n| n > 0),
         "filter_dropped\n{m}"
     );
+    // The blocked flooders' packets that kept coming were dropped by XDP at the proxy's
+    // link, in front of the nftables set.
+    let xdp_dropped = metric(&m, "scold_filter_xdp_dropped_total");
+    assert!(
+        xdp_dropped.is_some_and(|n| n > 1000),
+        "XDP dropped {xdp_dropped:?} packets of blocked sources\n{m}"
+    );
+    let link = must(&format!(
+        "ip netns exec {} ip -d link show dev {}",
+        lab.ns("p"),
+        lab.dev("pw")
+    ));
+    assert!(link.contains("xdpgeneric"), "no XDP program on the link:\n{link}");
     // What an operator graphs: counters (rate() works on them), typed as such, and the
     // clients' tunnel traffic.
     for (name, kind) in [
@@ -446,6 +459,8 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
         ("scold_filter_dropped", "counter"),
         ("scold_filter_relay_dropped", "counter"),
         ("scold_filter_capture_dropped", "counter"),
+        ("scold_filter_xdp_dropped", "counter"),
+        ("scold_filter_xdp_dropped_bytes", "counter"),
         ("scold_filter_blocked_sources", "gauge"),
         ("scold_proxy_session_filtered_packets", "counter"),
         ("scold_tunnel_rx_packets", "counter"),
@@ -514,6 +529,15 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     lab.stop("client-a");
     lab.stop("client-b");
     lab.stop("proxy");
+    let link = must(&format!(
+        "ip netns exec {} ip -d link show dev {}",
+        lab.ns("p"),
+        lab.dev("pw")
+    ));
+    assert!(
+        !link.contains("xdpgeneric"),
+        "the proxy left its XDP program on the link:\n{link}"
+    );
     let plog = lab.log("proxy");
     // What the proxy relayed to the gateway over the whole run: B's acknowledgements,
     // the pings, and the part of A's flood its bucket let through.
@@ -528,7 +552,8 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
     );
     eprintln!(
         "flood from A: {sent} sent, {received} reached the target; relay-path drops {filtered_a:?}; \
-         relayed to the gateway {relayed}; hping3 SYN flood: {syn_sent} sent"
+         relayed to the gateway {relayed}; hping3 SYN flood: {syn_sent} sent; XDP dropped \
+         {xdp_dropped:?}"
     );
 }
 

@@ -49,6 +49,7 @@ use scold_filter::firewall::{Alert, FilterConfig, FilterStats, Offender, SourceL
 use scold_filter::nft::{nft_available, Nft, NftBlocklist, NftConfig, NftPortCounter};
 use scold_filter::packet::{classify, classify_lax, PacketInfo, Proto};
 use scold_filter::selfdefence::{AdmissionExcuse, PortCounters};
+use scold_filter::xdp::{XdpBlocklist, XdpMode};
 use scold_filter::{
     Filter, FilterEvent, SelfDefence, SelfDefenceConfig, SelfDefenceEvent, Verdict,
 };
@@ -120,6 +121,12 @@ pub struct FilterSection {
     /// Mirror blocks into nftables (table `inet scold`) when `nft` is present.
     #[serde(default = "yes")]
     pub nft: bool,
+    /// Also drop blocked IPv4 sources with an XDP program on `interface`, before the
+    /// kernel's stack: `native` (in the driver), `generic` (any interface, veth too) or
+    /// `off` (the default). nftables stays the fallback: if the program cannot be
+    /// attached the proxy says why and carries on with nftables alone.
+    #[serde(default)]
+    pub xdp: XdpSetting,
     /// How often the top offenders go to the coordinator.
     #[serde(default = "default_traceback_secs")]
     pub traceback_secs: u64,
@@ -148,6 +155,55 @@ pub struct FilterSection {
     /// Shared packet budget of sources not yet established; 0 turns it off.
     #[serde(default)]
     pub new_source_pps: Option<f64>,
+}
+
+/// `[filter] xdp`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpSetting {
+    #[default]
+    Off,
+    Native,
+    Generic,
+}
+
+/// Entries the XDP block list holds at most (the filter blocks far fewer at once).
+const XDP_MAX_BLOCKED: u32 = 65_536;
+/// How often the XDP drop counters are read into the metrics...
+const XDP_READ: Duration = Duration::from_secs(1);
+/// ...and every how many reads expired entries are removed (the program already lets
+/// their packets pass).
+const XDP_SWEEP_EVERY: u32 = 5;
+
+/// Loads and attaches the XDP block list as `[filter] xdp` asks; None (logged) when off
+/// or when it cannot be attached, leaving the blocks to nftables.
+fn attach_xdp(section: &FilterSection) -> Option<Arc<XdpBlocklist>> {
+    let mode = match section.xdp {
+        XdpSetting::Off => return None,
+        XdpSetting::Native => XdpMode::Native,
+        XdpSetting::Generic => XdpMode::Generic,
+    };
+    match XdpBlocklist::attach(&section.interface, mode, XDP_MAX_BLOCKED) {
+        Ok(x) => Some(Arc::new(x)),
+        Err(e) => {
+            tracing::warn!(error = %e, interface = %section.interface, "[filter] xdp: cannot attach the XDP block list; blocked sources are dropped by nftables only");
+            None
+        }
+    }
+}
+
+/// Where blocks take effect in the kernel: the nftables set and, when attached, the XDP
+/// program in front of it.
+#[derive(Clone, Default)]
+struct KernelBlocks {
+    nft: Option<NftBlocklist>,
+    xdp: Option<Arc<XdpBlocklist>>,
+}
+
+impl KernelBlocks {
+    fn any(&self) -> bool {
+        self.nft.is_some() || self.xdp.is_some()
+    }
 }
 
 impl FilterSection {
@@ -447,14 +503,17 @@ impl scold_tunnel::Inspect for SessionFilter {
 struct FilterMetrics {
     passed: Counter,
     dropped: Counter,
+    xdp_dropped: Counter,
+    xdp_dropped_bytes: Counter,
     blocks: Counter,
     blocked_now: Gauge,
     tracked: Gauge,
     relay_dropped: Counter,
     events_lost: Counter,
     capture_dropped: Counter,
-    /// The totals last seen: passed, dropped, relay_dropped, events_lost, capture_dropped.
-    last: Arc<std::sync::Mutex<[u64; 5]>>,
+    /// The totals last seen: passed, dropped, relay_dropped, events_lost, capture_dropped,
+    /// xdp_dropped, xdp_dropped_bytes.
+    last: Arc<std::sync::Mutex<[u64; 7]>>,
 }
 
 impl FilterMetrics {
@@ -464,7 +523,7 @@ impl FilterMetrics {
             s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed
         };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let [passed, dropped_last, relay_last, lost_last, _] = &mut *last;
+        let [passed, dropped_last, relay_last, lost_last, ..] = &mut *last;
         advance(&self.passed, link.passed + relay.passed, passed);
         advance(&self.dropped, dropped(link) + dropped(relay), dropped_last);
         advance(&self.relay_dropped, dropped(relay), relay_last);
@@ -477,12 +536,20 @@ impl FilterMetrics {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         advance(&self.capture_dropped, total, &mut last[4]);
     }
+
+    fn set_xdp_dropped(&self, d: scold_filter::xdp::XdpDrops) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        advance(&self.xdp_dropped, d.packets, &mut last[5]);
+        advance(&self.xdp_dropped_bytes, d.bytes, &mut last[6]);
+    }
 }
 
 /// The running defence tasks; stop with [`Defence::stop`].
 pub struct Defence {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     nft: Option<NftBlocklist>,
+    /// Detaches when the last handle is dropped.
+    xdp: Option<Arc<XdpBlocklist>>,
     /// Self-defence's count of the admission port's packets.
     port_counter: Option<NftPortCounter>,
     /// Ends the watcher's thread.
@@ -510,13 +577,15 @@ impl Defence {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let mut nft = None;
+        let mut xdp = None;
         let mut session = None;
         let mut watcher_stop = None;
         let mut port_counter = None;
         if let Some(section) = section {
             let started = start_filter(section, (tx.clone(), rx), tunnel, ctx)?;
             tasks.push(started.task);
-            nft = started.nft;
+            nft = started.kernel.nft;
+            xdp = started.kernel.xdp;
             session = Some(started.session);
             watcher_stop = Some(started.watcher_stop);
         }
@@ -540,6 +609,7 @@ impl Defence {
             Defence {
                 tasks,
                 nft,
+                xdp,
                 port_counter,
                 watcher_stop,
             },
@@ -555,6 +625,10 @@ impl Defence {
         }
         for t in self.tasks {
             t.abort();
+        }
+        if let Some(x) = self.xdp {
+            tracing::info!(interface = x.interface(), "XDP block list detached");
+            drop(x);
         }
         if let Some(n) = self.nft {
             let r = tokio::task::spawn_blocking(move || n.remove()).await;
@@ -573,7 +647,7 @@ impl Defence {
 
 struct StartedFilter {
     task: tokio::task::JoinHandle<()>,
-    nft: Option<NftBlocklist>,
+    kernel: KernelBlocks,
     session: SessionFilter,
     watcher_stop: Arc<AtomicBool>,
 }
@@ -604,6 +678,10 @@ fn start_filter(
     } else {
         None
     };
+    let kernel = KernelBlocks {
+        nft,
+        xdp: attach_xdp(section),
+    };
     let alerts: Box<dyn io::Write + Send> = match &section.alerts {
         Some(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -627,6 +705,16 @@ fn start_filter(
             "filter_dropped",
             "Packets the proxy filter judged attack traffic",
             fm.dropped.clone(),
+        );
+        r.register(
+            "filter_xdp_dropped",
+            "Packets of blocked sources the XDP program dropped at the interface",
+            fm.xdp_dropped.clone(),
+        );
+        r.register(
+            "filter_xdp_dropped_bytes",
+            "Bytes of blocked sources the XDP program dropped at the interface",
+            fm.xdp_dropped_bytes.clone(),
         );
         r.register(
             "filter_blocks",
@@ -659,7 +747,7 @@ fn start_filter(
             fm.capture_dropped.clone(),
         );
     });
-    tracing::info!(interface = %section.interface, nft = nft.is_some(), "proxy filter on the relay path and watching the link");
+    tracing::info!(interface = %section.interface, nft = kernel.nft.is_some(), xdp = kernel.xdp.is_some(), "proxy filter on the relay path and watching the link");
     let (etx, erx) = mpsc::channel(ENGINE_QUEUE);
     let session = SessionFilter::new(cfg.clone(), section.traceback_top, etx);
     let (ltx, lrx) = mpsc::channel(ENGINE_QUEUE);
@@ -683,7 +771,7 @@ fn start_filter(
             engine: erx,
             watcher: updates,
         },
-        nft.clone(),
+        kernel.clone(),
         alerts,
         fm,
         section.clone(),
@@ -691,7 +779,7 @@ fn start_filter(
     ));
     Ok(StartedFilter {
         task,
-        nft,
+        kernel,
         session,
         watcher_stop: stop,
     })
@@ -849,7 +937,7 @@ fn merge_offenders(mut a: Vec<Offender>, b: &[Offender], n: usize) -> Vec<Offend
 
 async fn run_filter(
     inputs: Inputs,
-    nft: Option<NftBlocklist>,
+    kernel: KernelBlocks,
     mut alerts: Box<dyn io::Write + Send>,
     fm: FilterMetrics,
     section: FilterSection,
@@ -860,11 +948,11 @@ async fn run_filter(
         mut engine,
         watcher,
     } = inputs;
-    // The link watcher stops copying what the kernel set drops after its tap (only
-    // where there is a kernel set: without one, blocks are counted, not enforced, and
-    // the watcher keeps seeing the traffic).
-    let hide = |e: &FilterEvent, kernel: bool| {
-        if nft.is_none() || !kernel {
+    // The link watcher stops copying what the kernel drops (only where the kernel drops
+    // it: without nftables or XDP, blocks are counted, not enforced, and the watcher
+    // keeps seeing the traffic).
+    let hide = |e: &FilterEvent, to_kernel: bool| {
+        if !kernel.any() || !to_kernel {
             return;
         }
         let _ = watcher.send(match e {
@@ -886,13 +974,29 @@ async fn run_filter(
     let mut traceback = tokio::time::interval(Duration::from_secs(section.traceback_secs));
     traceback.tick().await;
     let mut last_sent: Vec<IpAddr> = Vec::new();
+    let mut xdp_read = tokio::time::interval(XDP_READ);
+    let mut xdp_reads = 0u32;
     loop {
         tokio::select! {
+            _ = xdp_read.tick(), if kernel.xdp.is_some() => {
+                if let Some(x) = &kernel.xdp {
+                    xdp_reads += 1;
+                    if xdp_reads.is_multiple_of(XDP_SWEEP_EVERY) {
+                        if let Err(e) = x.sweep() {
+                            tracing::warn!(error = %e, "cannot sweep the XDP block list");
+                        }
+                    }
+                    match x.drops() {
+                        Ok(d) => fm.set_xdp_dropped(d),
+                        Err(e) => tracing::warn!(error = %e, "cannot read the XDP drop counters"),
+                    }
+                }
+            }
             r = link.recv(), if link_open => match r {
                 Some(FilterReport::Event(e)) => {
-                    let kernel = track(&e, &mut link_blocked, &relay_blocked);
-                    hide(&e, kernel);
-                    publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
+                    let to_kernel = track(&e, &mut link_blocked, &relay_blocked);
+                    hide(&e, to_kernel);
+                    publish(vec![e], Some(&kernel).filter(|_| to_kernel), &mut alerts, &fm).await;
                 }
                 Some(FilterReport::Summary { stats, top, lost, capture_drops }) => {
                     (link_stats, link_top, link_lost) = (stats, top, lost);
@@ -906,9 +1010,9 @@ async fn run_filter(
             },
             r = engine.recv(), if engine_open => match r {
                 Some(FilterReport::Event(e)) => {
-                    let kernel = track(&e, &mut relay_blocked, &link_blocked);
-                    hide(&e, kernel);
-                    publish(vec![e], nft.as_ref().filter(|_| kernel), &mut alerts, &fm).await;
+                    let to_kernel = track(&e, &mut relay_blocked, &link_blocked);
+                    hide(&e, to_kernel);
+                    publish(vec![e], Some(&kernel).filter(|_| to_kernel), &mut alerts, &fm).await;
                 }
                 Some(FilterReport::Summary { stats, top, lost, .. }) => {
                     (relay_stats, relay_top, relay_lost) = (stats, top, lost);
@@ -951,10 +1055,11 @@ fn track(e: &FilterEvent, mine: &mut HashSet<IpAddr>, other: &HashSet<IpAddr>) -
     }
 }
 
-/// Alerts, metrics and the nftables mirror for block/expiry events of either filter.
+/// Alerts, metrics and the kernel's mirrors (XDP, nftables) for block/expiry events of
+/// either filter.
 async fn publish(
     events: Vec<FilterEvent>,
-    nft: Option<&NftBlocklist>,
+    kernel: Option<&KernelBlocks>,
     alerts: &mut Box<dyn io::Write + Send>,
     fm: &FilterMetrics,
 ) {
@@ -974,7 +1079,13 @@ async fn publish(
         let _ = writeln!(alerts, "{}", a.to_json_line());
     }
     let _ = alerts.flush();
-    if let Some(n) = nft {
+    if let Some(x) = kernel.and_then(|k| k.xdp.as_ref()) {
+        // Map updates are single system calls: no need to leave the task.
+        if let Err(e) = x.apply_events(events.iter()) {
+            tracing::warn!(error = %e, "cannot mirror blocks into the XDP block list");
+        }
+    }
+    if let Some(n) = kernel.and_then(|k| k.nft.as_ref()) {
         let n = n.clone();
         let r = tokio::task::spawn_blocking(move || n.apply_events(events.iter())).await;
         if let Ok(Err(e)) = r {
