@@ -10,8 +10,9 @@
 #   none        proxy without [filter]: what a flood does unchecked
 #   userspace   [filter] with nft = false: every flood packet reaches the engine
 #   user+nft    [filter] with nft = true: blocks mirrored into the nftables set
-#   user+xdp    [filter] with nft = true and xdp = "generic": blocked IPv4 sources
+#   xdp-skb     [filter] with nft = true and xdp = "generic": blocked IPv4 sources
 #               dropped by the XDP program at the proxy's link, in front of the set
+#   xdp-drv     the same with xdp = "native" (veth runs XDP in its own NAPI poll)
 #   nft-limit   peer: proxy without [filter], a plain nftables per-source
 #               rate-limit rule on the tunnel port
 #               (update @set { ip saddr limit rate over ... } drop)
@@ -185,6 +186,10 @@ engine_ticks() {
     done
     echo 0
 }
+# Kernel time of the whole machine (system + irq + softirq, all CPUs), in ticks: the
+# flood's trip through the kernel, hping3's sending included (the same in every case),
+# and the drop, wherever it happens.
+kernel_ticks() { awk '/^cpu / {print $4 + $7 + $8}' /proc/stat; }
 rcvbuf_errors() { ip netns exec $P awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
 target_count() {
     ip netns exec $T nft -j list chain inet count input | python3 -c '
@@ -224,11 +229,13 @@ EOF
     local rx0; rx0=$(rx)
     local cpu0; cpu0=$(cpu_ticks $proxy)
     local eng0; eng0=$(engine_ticks $proxy)
+    local k0; k0=$(kernel_ticks)
     ip netns exec $O timeout -s INT "$FLOOD_SECS" hping3 --udp -p 51820 -s 40000 -k -a 10.99.1.3 \
         -E "$D/inner.bin" -d "$INNER_LEN" --flood -q 10.99.1.1 >"$D/flood" 2>&1 & local flood=$!; PIDS+=($flood)
     sleep 0.5
     local legit_secs; legit_secs=$(ip netns exec $O python3 -c "$LEGIT" "$LEGIT_PKTS" "$LEGIT_PPS")
     wait $flood || true
+    local k1; k1=$(kernel_ticks)
     local rx1; rx1=$(rx)
     local cpu1; cpu1=$(cpu_ticks $proxy)
     local eng1; eng1=$(engine_ticks $proxy)
@@ -249,18 +256,20 @@ import json, sys
 print(sum(e["counter"]["packets"] for o in json.load(sys.stdin)["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))')
     fi
     kill -TERM $proxy; wait $proxy || true
-    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$xdp" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" "$((eng1 - eng0))" \
+    python3 - "$name" "$rx0" "$rx1" "$user" "$kernel" "$xdp" "$((k1 - k0))" "$((se1 - se0))" "$((tc1 - tc0))" "$((cpu1 - cpu0))" "$((eng1 - eng0))" \
         "$(getconf CLK_TCK)" "$(cat "$D/sink")" "$legit_secs" "$FLOOD_SECS" "$LEGIT_PKTS" <<'EOF'
 import sys
-(name, rx0, rx1, user, kernel, xdp, sockdrop, reached, ticks, eticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
+(name, rx0, rx1, user, kernel, xdp, kticks, sockdrop, reached, ticks, eticks, hz, sink, legit_secs, fs, lp) = sys.argv[1:]
 fs = float(fs)
 # The veth counts a frame in rx before generic XDP sees it, so rx covers every offered
 # packet in every case.
 offered = (int(rx1) - int(rx0) - int(sink)) / fs
 print("%-10s offered %8.0f/s  dropped: user %8.0f/s nft %8.0f/s xdp %8.0f/s socket-overflow %8.0f/s  "
-      "flood at target %7.0f/s  proxy cpu %5.2f s (engine %5.2f s)  legit %5d/%s in %s s" % (
+      "flood at target %7.0f/s  proxy cpu %5.2f s (engine %5.2f s)  kernel %4.0f ns/pkt  legit %5d/%s in %s s" % (
     name, offered, float(user) / fs, int(kernel) / fs, float(xdp) / fs, int(sockdrop) / fs, int(reached) / fs,
-    int(ticks) / int(hz), int(eticks) / int(hz), int(sink), lp, legit_secs))
+    int(ticks) / int(hz), int(eticks) / int(hz),
+    int(kticks) / int(hz) * 1e9 / max(1.0, (int(rx1) - int(rx0)) * 1.0),
+    int(sink), lp, legit_secs))
 EOF
     sleep 1
 }
@@ -272,8 +281,11 @@ run_case userspace "$FILTER
 nft = false" no
 run_case user+nft "$FILTER
 nft = true" no
-run_case user+xdp "$FILTER
+run_case xdp-skb "$FILTER
 nft = true
 xdp = \"generic\"" no
+run_case xdp-drv "$FILTER
+nft = true
+xdp = \"native\"" no
 run_case nft-limit "" yes
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

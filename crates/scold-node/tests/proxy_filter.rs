@@ -451,7 +451,10 @@ fn flood_through_the_proxy_is_dropped_while_another_client_downloads() {
         lab.ns("p"),
         lab.dev("pw")
     ));
-    assert!(link.contains("xdpgeneric"), "no XDP program on the link:\n{link}");
+    assert!(
+        link.contains("xdpgeneric"),
+        "no XDP program on the link:\n{link}"
+    );
     // What an operator graphs: counters (rate() works on them), typed as such, and the
     // clients' tunnel traffic.
     for (name, kind) in [
