@@ -8,6 +8,11 @@
 #   socat         TCP relay by socat on the proxy, kernel forwarding behind
 #   scold-udp/ipip/wireguard   client -> proxy -> gateway -> target through scold tunnels
 #   scold-nat     TCP relay by scold proxy in NAT mode (scheme 4.3), over a udp tunnel
+#   wireguard-go  the user-space WireGuard peer (Debian wireguard-go, configured with wg)
+#                 in the same two-hop layout: client -> proxy -> gateway -> target, the
+#                 proxy forwarding between its two wireguard-go interfaces (skipped, with
+#                 a note, when wireguard-go or wg is missing:
+#                 apt-get install --no-install-recommends wireguard-go wireguard-tools)
 # For each: TCP throughput (iperf3, one stream, with its retransmissions), the CPU the
 # relaying process(es) used during it, and request/response round-trip time (1-byte TCP
 # ping-pong). Prints a table and the ratios the project aims at.
@@ -222,6 +227,40 @@ RELAY=("$PID_P:-scold-engine"); ENGINES=("$PID_P:scold-engine" "$PID_G:scold-eng
 measure scold-nat c 10.1.0.1 5501 7501
 stop_all
 
+# The user-space WireGuard peer in the same layout. Inner addresses 10.9.0.0/24 (the
+# client's tunnel address), so a route into a tunnel never covers the outer addresses.
+if command -v wireguard-go >/dev/null && command -v wg >/dev/null; then
+  wgo() { # ns ifname private-key listen-port [wg set peer arguments...]
+    local n=$1 i=$2 k=$3 lp=$4; shift 4
+    bg "$n" "wgo-$i" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$i"
+    WGO_PIDS+=("${PIDS[-1]}")
+    for _ in $(seq 50); do ip -n "$n$S" link show "$i" >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "$k" >"$W/$i.key"
+    nsx "$n" wg set "$i" private-key "$W/$i.key" listen-port "$lp" "$@"
+    ip -n "$n$S" link set "$i" up
+  }
+  WGO_PIDS=()
+  nsx p sysctl -qw net.ipv4.ip_forward=1
+  wgo c wc$S "$KC" 0 peer "$KPP" endpoint 10.1.0.1:51830 allowed-ips 10.4.0.0/24
+  wgo p wpc$S "$KP" 51830 peer "$KCP" allowed-ips 10.9.0.2/32
+  wgo p wpg$S "$KP" 51831 peer "$KGP" endpoint 10.2.0.2:51830 allowed-ips 10.4.0.0/24
+  wgo g wg$S "$KG" 51830 peer "$KPP" endpoint 10.2.0.1:51831 allowed-ips 10.9.0.0/24
+  ip -n c$S addr add 10.9.0.2/32 dev wc$S
+  ip -n c$S route add 10.4.0.2/32 dev wc$S src 10.9.0.2
+  ip -n p$S route add 10.9.0.2/32 dev wpc$S
+  ip -n p$S route add 10.4.0.2/32 dev wpg$S
+  ip -n g$S route add 10.9.0.0/24 dev wg$S
+  ip -n t$S route add 10.9.0.0/24 via 10.3.0.1
+  nsx c ping -c 2 -W 2 10.4.0.2 >/dev/null 2>&1 || echo "wireguard-go: no ping through the tunnels yet" >&2
+  RELAY=("${WGO_PIDS[@]}")
+  measure wireguard-go c 10.4.0.2 5201 7001
+  stop_all
+  ip -n t$S route del 10.9.0.0/24 via 10.3.0.1 2>/dev/null || true
+  nsx p sysctl -qw net.ipv4.ip_forward=0
+else
+  echo "wireguard-go or wg missing: apt-get install --no-install-recommends wireguard-go wireguard-tools; skipping that peer" >&2
+fi
+
 printf '\n%-16s %10s %6s %8s %9s %8s %8s\n' path "Gbit/s" retr "RTT us" "relay" "Gb/core" engines
 for r in "${RESULTS[@]}"; do set -- $r
   per=$(python3 -c "import sys; t, c = sys.argv[1:]; print('%.1f' % (float(t) / float(c)) if c not in ('-', '0.00') else '-')" "$2" "$4")
@@ -250,5 +289,13 @@ def added(k):
     except ValueError:
         return float("nan")
 print("round-trip time added over kernel forwarding (us): " + ", ".join(
-    "%s %.0f" % (k, added(k)) for k in ("haproxy", "socat", "scold-udp", "scold-ipip", "scold-wireguard", "scold-nat")))
+    "%s %.0f" % (k, added(k)) for k in ("haproxy", "socat", "scold-udp", "scold-ipip", "scold-wireguard", "scold-nat", "wireguard-go") if k in r))
+if "wireguard-go" in r and r["wireguard-go"][0]:
+    g = r["wireguard-go"]
+    print("scold wireguard vs wireguard-go, same layout: throughput %.2f" % (r["scold-wireguard"][0] / g[0]))
+    try:
+        print("  per core: scold wireguard %.2f Gbit/s (client+proxy+gateway engines), wireguard-go %.2f Gbit/s (its four processes)"
+              % (r["scold-wireguard"][0] / float(r["scold-wireguard"][1]), g[0] / float(g[1])))
+    except (ValueError, ZeroDivisionError):
+        pass
 EOP
