@@ -145,6 +145,7 @@ fn full_duplex_bottleneck_limits_the_main_link() {
         },
         duplex: fig8::Duplex::Full,
         alt_link: None,
+        ..Default::default()
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,257 @@
+//! Replicated control plane (`scold lab --coordinators N`, N > 1): under attack, once
+//! the divert is done and before the proxy failover, the leading coordinator replica
+//! is killed (SIGKILL) and the takeover by a standby is measured; the failover and the
+//! restore that follow run under the new leader, and the report says so.
+//!
+//! Who leads is read from etcd (the leader key the replicas campaign for, see
+//! `scold_control::coordinator::lead`), not guessed from logs. Three moments are timed
+//! from the kill:
+//!
+//! - the new leader key: a standby won the lead once the dead leader's lease lapsed;
+//! - the first `scold ctl status` answered: the new leader serves. Standby replicas do
+//!   not listen and the killed one is gone, so any answer comes from the new leader.
+//!   This is the takeover figure: when an operator (and any node) can use the
+//!   coordinator again;
+//! - the gateway, every proxy and the target linked to the new leader again: each
+//!   logs "registered with the coordinator" with the new leader's address. (The
+//!   status's node health is no proof: it is shared state in etcd, written while the
+//!   old leader ran.) The failover by reset and the all-clear need these links.
+//!
+//! With replicas TargetDNS is a hidden primary and ClientDNS asks its secondary (Knot);
+//! [`check_secondary`] shows, from the secondary's answers and the primary's log, that
+//! the divert's ALT records reached the secondary by NOTIFY and incremental transfer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::dnsq;
+use crate::error::LabError;
+use crate::fig8::{self, Fig8};
+use crate::progress::Progress;
+use crate::report::{fmt_seconds, DnsSecondary, Results, Takeover};
+use crate::roles::{self, Roles};
+
+/// Steps the progress display counts for the takeover.
+pub const STEPS: usize = 4;
+
+/// Longest wait from the kill for each of the takeover's moments.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Kills the leading replica and measures the takeover; the record goes into
+/// `results.takeover` (the failover and restore after it are filled in by
+/// [`finish`] once they ran). Fails the run when no standby takes over.
+pub fn run(
+    lab: &Fig8,
+    roles: &mut Roles,
+    results: &mut Results,
+    progress: &mut Progress,
+) -> Result<(), LabError> {
+    let secondary = check_secondary(lab, roles)?;
+    progress.step(
+        "TargetDNS secondary",
+        &format!(
+            "{} answers ALT {:?} for {} (ClientDNS asks it); the hidden primary's log: {} \
+             NOTIFY answered, {} incremental transfers to it",
+            fig8::DNS_SECONDARY,
+            secondary.alt,
+            roles::TARGET_FQDN,
+            secondary.notifies_answered,
+            secondary.incremental_transfers
+        ),
+    );
+
+    let before = roles
+        .leading_coordinator()?
+        .ok_or_else(|| LabError::Protocol {
+            peer: "etcd".into(),
+            reason: "no coordinator replica holds the lead before the kill".into(),
+        })?;
+    roles.kill_daemon(&before)?;
+    let killed = Instant::now();
+    progress.step(
+        "leader killed",
+        &format!("kill -9 of the leading replica {before} (by its etcd leader key)"),
+    );
+
+    // A standby takes the lead once the dead leader's lease lapses.
+    let mut elected = None;
+    let mut after = None;
+    while killed.elapsed() < TAKEOVER_LIMIT {
+        if let Ok(Some(who)) = roles.leading_coordinator() {
+            if who != before {
+                elected = Some(killed.elapsed().as_secs_f64());
+                after = Some(who);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(after) = after else {
+        return Err(LabError::Timeout {
+            what: format!(
+                "a standby coordinator replica to take the lead after {before} was killed"
+            ),
+            secs: TAKEOVER_LIMIT.as_secs_f64(),
+        });
+    };
+    // The new leader serves: the first status it answers.
+    let mut serving = None;
+    while killed.elapsed() < TAKEOVER_LIMIT {
+        if roles.ctl(&["status"]).is_ok() {
+            serving = Some(killed.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(serving) = serving else {
+        return Err(LabError::Timeout {
+            what: format!("the new leading replica {after} to answer `scold ctl status`"),
+            secs: TAKEOVER_LIMIT.as_secs_f64(),
+        });
+    };
+    progress.step(
+        "takeover",
+        &format!(
+            "{after} leads {} after the kill (lease {} s), answers `scold ctl status` after {}",
+            fmt_seconds(elected.unwrap_or_default()),
+            roles::LEASE_SECS,
+            fmt_seconds(serving)
+        ),
+    );
+    // The failover by reset and the all-clear need the nodes linked to it.
+    let proxies = lab.proxies().len();
+    let mut nodes: Vec<String> = vec![fig8::ALT_GW.into(), "target-control".into()];
+    nodes.extend(lab.proxies());
+    let registered = format!(
+        "coordinator={}:{}",
+        fig8::address_of(&after).expect("a replica of the plan"),
+        roles::COORDINATOR_PORT
+    );
+    let linked = |label: &str| {
+        roles
+            .log_of(label)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|t| {
+                t.lines().any(|l| {
+                    l.contains("registered with the coordinator") && l.contains(&registered)
+                })
+            })
+    };
+    let mut back = None;
+    while killed.elapsed() < TAKEOVER_LIMIT {
+        if nodes.iter().all(|n| linked(n)) {
+            back = Some(killed.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(back) = back else {
+        let missing: Vec<&String> = nodes.iter().filter(|n| !linked(n)).collect();
+        return Err(LabError::Timeout {
+            what: format!(
+                "{missing:?} to register with the new leading replica {after} (their logs show \
+                 no \"registered with the coordinator {registered}\")"
+            ),
+            secs: TAKEOVER_LIMIT.as_secs_f64(),
+        });
+    };
+    progress.step(
+        "nodes at the new leader",
+        &format!(
+            "gateway, {proxies} proxies and the target registered with {after} {} after the kill",
+            fmt_seconds(back)
+        ),
+    );
+    results.takeover = Some(Takeover {
+        replicas: roles.coordinators().len(),
+        etcd_members: fig8::ETCD_MEMBERS,
+        lease_secs: roles::LEASE_SECS,
+        before,
+        after,
+        elected_seconds: elected.unwrap_or_default(),
+        serving_seconds: serving,
+        nodes_back_seconds: back,
+        secondary,
+        failovers_after: 0,
+        failovers_asked: 0,
+        restore_after: false,
+    });
+    Ok(())
+}
+
+/// After the run: how many failovers and whether the restore completed under the new
+/// leader (every one of them ran after the takeover).
+pub fn finish(results: &mut Results, failovers_asked: u32) {
+    use crate::report::{Metric, Outcome};
+    let ok = |m: Metric| {
+        results
+            .samples
+            .iter()
+            .filter(|s| s.metric == m && matches!(s.outcome, Outcome::Ok { .. }))
+            .count()
+    };
+    let failovers = ok(Metric::Failover);
+    let restore = ok(Metric::Restore) > 0;
+    if let Some(t) = &mut results.takeover {
+        t.failovers_after = failovers;
+        t.failovers_asked = failovers_asked as usize;
+        t.restore_after = restore;
+    }
+}
+
+/// The divert's ALT records at TargetDNS's secondary (asked from ClientDNS's
+/// namespace, as ClientDNS asks it), and what the hidden primary's log says it sent
+/// the secondary: NOTIFY answered, incremental (IXFR) and full (AXFR) transfers. Fails
+/// when the secondary has no ALT records or no incremental transfer reached it.
+pub fn check_secondary(lab: &Fig8, roles: &Roles) -> Result<DnsSecondary, LabError> {
+    let server: SocketAddr = (
+        fig8::address_of(fig8::DNS_SECONDARY).expect("in the plan"),
+        53,
+    )
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(roles::DNS_TTL as u64);
+    let alt = loop {
+        let a = lab.run_in(fig8::CLIENT_DNS, || {
+            dnsq::query(
+                server,
+                &format!("{}.", roles::TARGET_FQDN),
+                scold_dns::alt::DEFAULT_ALT_TYPE,
+                Duration::from_millis(500),
+            )
+        })?;
+        if let Ok(a) = a {
+            if !a.alt.is_empty() {
+                break a.alt;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Protocol {
+                peer: format!("TargetDNS's secondary {server}"),
+                reason: format!(
+                    "no ALT records for {} after the divert: the hidden primary's change did \
+                     not reach it (see logs/targetdns.log and logs/targetdns2.log)",
+                    roles::TARGET_FQDN
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = roles
+        .log_of("targetdns")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let secondary = DnsSecondary::from_primary_log(&log, fig8::DNS_SECONDARY, alt);
+    if secondary.incremental_transfers == 0 || secondary.notifies_answered == 0 {
+        return Err(LabError::Protocol {
+            peer: format!("TargetDNS's secondary {server}"),
+            reason: format!(
+                "the hidden primary's log shows {} NOTIFY answered and {} incremental \
+                 transfers to {}: the change did not go by NOTIFY and IXFR",
+                secondary.notifies_answered,
+                secondary.incremental_transfers,
+                fig8::DNS_SECONDARY
+            ),
+        });
+    }
+    Ok(secondary)
+}
