@@ -212,6 +212,12 @@ pub struct DnsSecondary {
     pub notifies_answered: usize,
     pub incremental_transfers: usize,
     pub full_transfers: usize,
+    /// Packets ClientDNS sent to port 53 of the secondary and of the hidden primary
+    /// (nftables counters in its namespace, from the roles' start to the check).
+    #[serde(default)]
+    pub clientdns_to_secondary: u64,
+    #[serde(default)]
+    pub clientdns_to_primary: u64,
 }
 
 impl DnsSecondary {
@@ -229,6 +235,7 @@ impl DnsSecondary {
                 l.contains(" IXFR") && l.contains("answer=\"incremental\"")
             }),
             full_transfers: count(&|l| l.contains(" AXFR")),
+            ..DnsSecondary::default()
         }
     }
 }
@@ -268,9 +275,12 @@ pub fn render_takeover(t: &Takeover, r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "  TargetDNS: hidden primary updated by the coordinator; ClientDNS asks the secondary \
-         (Knot), which answered ALT {:?} after the divert; the primary's log: {} NOTIFY \
-         answered, {} IXFR answered incrementally, {} AXFR to it",
+        "  TargetDNS: hidden primary updated by the coordinator; ClientDNS sent {} packets to \
+         the secondary (Knot) and {} to the hidden primary; the secondary answered ALT {:?} \
+         after the divert; the primary's log: {} NOTIFY answered, {} IXFR answered \
+         incrementally, {} AXFR to it",
+        t.secondary.clientdns_to_secondary,
+        t.secondary.clientdns_to_primary,
         t.secondary.alt,
         t.secondary.notifies_answered,
         t.secondary.incremental_transfers,

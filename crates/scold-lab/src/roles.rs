@@ -98,6 +98,9 @@ impl RoleOptions {
 /// The nftables table that counts a client's tunnel packets per proxy
 /// ([`Roles::watch_tunnels`]).
 const WATCH_TABLE: &str = "scold-lab-watch";
+/// The nftables table that counts ClientDNS's queries to TargetDNS's primary and
+/// secondary ([`Roles::dns_upstream_queries`]).
+const DNS_WATCH_TABLE: &str = "scold-lab-dns";
 
 /// The packet counter of every rule with a comment in `nft -j list` output, by comment.
 fn counters_by_comment(v: &serde_json::Value) -> Vec<(String, u64)> {
@@ -211,6 +214,9 @@ impl<'a> Roles<'a> {
             lab.set_resolv_conf(&c, &[resolver])?;
         }
         roles.start_daemons()?;
+        if roles.plan.replicated() {
+            roles.watch_dns_upstreams()?;
+        }
         if roles.opts.agent {
             for c in lab.clients() {
                 let r = roles.start_client_agent(&c)?;
@@ -889,6 +895,80 @@ impl<'a> Roles<'a> {
             nft(&rule)?;
         }
         Ok(())
+    }
+
+    /// Replicated control plane: counts, in ClientDNS's namespace, every packet it sends
+    /// to port 53 of TargetDNS's secondary and of its hidden primary, so the report
+    /// shows from the data path which of the two the clients' lookups went to.
+    fn watch_dns_upstreams(&self) -> Result<(), LabError> {
+        crate::topology::require_tool("nft", "nftables")?;
+        let ns = self.lab.netns(fig8::CLIENT_DNS)?;
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "nft"];
+            all.extend_from_slice(args);
+            crate::topology::run_cmd("ip", &all)
+        };
+        nft(&["add", "table", "ip", DNS_WATCH_TABLE])?;
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            DNS_WATCH_TABLE,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        for (node, comment) in [
+            (fig8::DNS_SECONDARY, "\"secondary\""),
+            (fig8::TARGET_DNS, "\"primary\""),
+        ] {
+            let addr = fig8::address_of(node).expect("plan").to_string();
+            nft(&[
+                "add",
+                "rule",
+                "ip",
+                DNS_WATCH_TABLE,
+                "out",
+                "ip",
+                "daddr",
+                &addr,
+                "meta",
+                "l4proto",
+                "{ tcp, udp }",
+                "th",
+                "dport",
+                "53",
+                "counter",
+                "comment",
+                comment,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Replicated control plane: packets ClientDNS sent to TargetDNS's secondary and to
+    /// its hidden primary since the roles started, as (secondary, primary).
+    pub fn dns_upstream_queries(&self) -> Result<(u64, u64), LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.lab.netns(fig8::CLIENT_DNS)?,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "ip",
+                DNS_WATCH_TABLE,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
+            peer: "nft -j".into(),
+            reason: format!("{e}: {out}"),
+        })?;
+        let counts = counters_by_comment(&v);
+        let of = |c: &str| -> u64 { counts.iter().filter(|(n, _)| n == c).map(|(_, p)| p).sum() };
+        Ok((of("secondary"), of("primary")))
     }
 
     /// `client`'s tunnel packets to each proxy since [`Roles::watch_tunnels`], by proxy

@@ -19,7 +19,9 @@
 //!
 //! With replicas TargetDNS is a hidden primary and ClientDNS asks its secondary (Knot);
 //! [`check_secondary`] shows, from the secondary's answers and the primary's log, that
-//! the divert's ALT records reached the secondary by NOTIFY and incremental transfer.
+//! the divert's ALT records reached the secondary by NOTIFY and incremental transfer,
+//! and from packet counters in ClientDNS's namespace that its lookups went to the
+//! secondary and none to the hidden primary.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -50,11 +52,13 @@ pub fn run(
     progress.step(
         "TargetDNS secondary",
         &format!(
-            "{} answers ALT {:?} for {} (ClientDNS asks it); the hidden primary's log: {} \
-             NOTIFY answered, {} incremental transfers to it",
+            "{} answers ALT {:?} for {} (ClientDNS sent it {} packets, the hidden primary \
+             {}); the hidden primary's log: {} NOTIFY answered, {} incremental transfers to it",
             fig8::DNS_SECONDARY,
             secondary.alt,
             roles::TARGET_FQDN,
+            secondary.clientdns_to_secondary,
+            secondary.clientdns_to_primary,
             secondary.notifies_answered,
             secondary.incremental_transfers
         ),
@@ -240,7 +244,21 @@ pub fn check_secondary(lab: &Fig8, roles: &Roles) -> Result<DnsSecondary, LabErr
         .log_of("targetdns")
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default();
-    let secondary = DnsSecondary::from_primary_log(&log, fig8::DNS_SECONDARY, alt);
+    let mut secondary = DnsSecondary::from_primary_log(&log, fig8::DNS_SECONDARY, alt);
+    (
+        secondary.clientdns_to_secondary,
+        secondary.clientdns_to_primary,
+    ) = roles.dns_upstream_queries()?;
+    if secondary.clientdns_to_secondary == 0 || secondary.clientdns_to_primary > 0 {
+        return Err(LabError::Protocol {
+            peer: "ClientDNS".into(),
+            reason: format!(
+                "it sent {} packets to TargetDNS's secondary and {} to the hidden primary: \
+                 its lookups should go to the secondary alone",
+                secondary.clientdns_to_secondary, secondary.clientdns_to_primary
+            ),
+        });
+    }
     if secondary.incremental_transfers == 0 || secondary.notifies_answered == 0 {
         return Err(LabError::Protocol {
             peer: format!("TargetDNS's secondary {server}"),
@@ -254,4 +272,28 @@ pub fn check_secondary(lab: &Fig8, roles: &Roles) -> Result<DnsSecondary, LabErr
         });
     }
     Ok(secondary)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::report::DnsSecondary;
+
+    #[test]
+    fn the_primarys_log_shows_notify_and_incremental_transfers_to_the_secondary() {
+        // As `scold dns` logs them (NO_COLOR), with another secondary's lines mixed in.
+        let log = "\
+2026-12-06T08:19:43.195383Z  INFO scold_dns::server: AXFR src=198.18.10.2:47044 secondary=targetdns2 zone=target.test. serial=1
+2026-12-06T08:19:43.334678Z  INFO scold_dns::notify: NOTIFY answered secondary=targetdns2 to=198.18.10.2:53 zone=target.test. serial=1 attempt=2
+2026-12-06T08:19:46.768369Z  INFO scold_dns::server: IXFR src=198.18.10.2:55462 secondary=targetdns2 zone=target.test. client_serial=1 serial=2 answer=\"incremental\"
+2026-12-06T08:19:46.768369Z  INFO scold_dns::server: IXFR src=198.18.10.2:55462 secondary=targetdns2 zone=target.test. client_serial=0 serial=2 answer=\"whole zone\"
+2026-12-06T08:19:46.900000Z  INFO scold_dns::server: IXFR src=198.18.99.2:1 secondary=targetdns22 zone=target.test. client_serial=1 serial=2 answer=\"incremental\"
+2026-12-06T08:19:47.610260Z  INFO scold_dns::notify: NOTIFY answered secondary=other to=198.18.9.2:53 zone=target.test. serial=3 attempt=1
+";
+        let s = DnsSecondary::from_primary_log(log, "targetdns2", vec![]);
+        assert_eq!(s.notifies_answered, 1);
+        assert_eq!(s.incremental_transfers, 1);
+        assert_eq!(s.full_transfers, 1);
+        let none = DnsSecondary::from_primary_log("", "targetdns2", vec![]);
+        assert_eq!(none.incremental_transfers, 0);
+    }
 }
