@@ -2312,7 +2312,7 @@ fn phases(
     if cfg.testbed.replicated() {
         results.provenance.push(format!(
             "replicated control plane: {} `scold coordinator` replicas ({}) sharing their \
-             state and lead in an etcd cluster of {} members (etcd1..{}), each in a namespace \
+             state and lead in an etcd cluster of {} members ({}), each in a namespace \
              of its own off the bottleneck; every node and `scold ctl` lists every replica. \
              TargetDNS: `scold dns` in {} is a hidden primary that only the coordinator \
              updates; ClientDNS asks its secondary, Knot in {}, which follows it by NOTIFY \
@@ -2320,7 +2320,7 @@ fn phases(
             cfg.testbed.coordinators,
             lab.coordinators().join(", "),
             fig8::ETCD_MEMBERS,
-            fig8::ETCD_MEMBERS,
+            lab.etcd_members().join(", "),
             fig8::TARGET_DNS,
             fig8::DNS_SECONDARY
         ));
