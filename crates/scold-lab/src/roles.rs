@@ -384,9 +384,10 @@ impl<'a> Roles<'a> {
         })?;
         self.daemons.push(coord);
         // The other replicas find the first one leading and stand by.
-        for node in self.plan.coordinators[1..].to_vec() {
-            let cfg = self.config_arg(&configs::node_file(&node));
-            let mut r = self.spawn(&node, &node, &["coordinator", "--config", &cfg])?;
+        let standbys = self.plan.coordinators[1..].to_vec();
+        for node in &standbys {
+            let cfg = self.config_arg(&configs::node_file(node));
+            let mut r = self.spawn(node, node, &["coordinator", "--config", &cfg])?;
             Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "standing by"))?;
             self.daemons.push(r);
         }

@@ -281,6 +281,7 @@ fn half_duplex_bottleneck_is_shared_by_both_directions() {
         },
         duplex: fig8::Duplex::Half,
         alt_link: None,
+        ..Default::default()
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));
