@@ -174,119 +174,7 @@ pub struct Results {
     /// Replicated control plane: the leading coordinator killed under attack and the
     /// takeover by a standby ([`crate::takeover`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub takeover: Option<Takeover>,
-}
-
-/// The coordinator takeover of a replicated run: who led, who took over, when (seconds
-/// from the kill -9 of the leader), and what ran under the new leader.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Takeover {
-    /// Coordinator replicas, and the etcd members they share.
-    pub replicas: usize,
-    pub etcd_members: usize,
-    /// The leader's etcd lease, seconds.
-    pub lease_secs: u64,
-    /// The replica that led (and was killed), and the one that took over.
-    pub before: String,
-    pub after: String,
-    /// Kill -> the new leader key in etcd.
-    pub elected_seconds: f64,
-    /// Kill -> the first `scold ctl status` the new leader answered: the takeover.
-    pub serving_seconds: f64,
-    /// Kill -> the gateway, every proxy and the target registered with the new leader.
-    pub nodes_back_seconds: f64,
-    /// TargetDNS's secondary, checked after the divert.
-    pub secondary: DnsSecondary,
-    /// Proxy failovers that completed after the takeover, of those asked for.
-    pub failovers_after: usize,
-    pub failovers_asked: usize,
-    /// Whether the restore completed (under the new leader).
-    pub restore_after: bool,
-}
-
-/// TargetDNS's secondary after the divert: the ALT records it answers, and what the
-/// hidden primary's log shows it sent it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct DnsSecondary {
-    pub alt: Vec<std::net::IpAddr>,
-    pub notifies_answered: usize,
-    pub incremental_transfers: usize,
-    pub full_transfers: usize,
-    /// Packets ClientDNS sent to port 53 of the secondary and of the hidden primary
-    /// (nftables counters in its namespace, from the roles' start to the check).
-    #[serde(default)]
-    pub clientdns_to_secondary: u64,
-    #[serde(default)]
-    pub clientdns_to_primary: u64,
-}
-
-impl DnsSecondary {
-    /// Counts, in `scold dns`'s log, the NOTIFY the secondary `name` answered and the
-    /// transfers it was answered (IXFR answered incrementally, and AXFR).
-    pub fn from_primary_log(log: &str, name: &str, alt: Vec<std::net::IpAddr>) -> DnsSecondary {
-        let mine = format!("secondary={name} ");
-        let count = |what: &dyn Fn(&str) -> bool| {
-            log.lines().filter(|l| l.contains(&mine) && what(l)).count()
-        };
-        DnsSecondary {
-            alt,
-            notifies_answered: count(&|l| l.contains("NOTIFY answered")),
-            incremental_transfers: count(&|l| {
-                l.contains(" IXFR") && l.contains("answer=\"incremental\"")
-            }),
-            full_transfers: count(&|l| l.contains(" AXFR")),
-            ..DnsSecondary::default()
-        }
-    }
-}
-
-/// The takeover section of the report.
-pub fn render_takeover(t: &Takeover, r: &Results) -> String {
-    let median = |m: Metric| match r.summary(m) {
-        Summary::NotMeasured => "not measured".to_string(),
-        s => fmt_summary(&s),
-    };
-    let mut out = format!(
-        "Coordinator takeover under attack ({} replicas on a {}-member etcd, lease {} s)\n",
-        t.replicas, t.etcd_members, t.lease_secs
-    );
-    let _ = writeln!(
-        out,
-        "  leader before: {} (kill -9 after the divert, before the proxy failover)\n  \
-         leader after:  {}\n  \
-         takeover: kill -9 -> first `scold ctl status` answered by the new leader: {}\n  \
-         (kill -9 -> new leader key in etcd {}; -> gateway, proxies and target registered \
-         with it {})",
-        t.before,
-        t.after,
-        fmt_seconds(t.serving_seconds),
-        fmt_seconds(t.elected_seconds),
-        fmt_seconds(t.nodes_back_seconds)
-    );
-    let _ =
-        writeln!(
-        out,
-        "  under the new leader: proxy failover {} of {} completed (median {}); restore {} ({})",
-        t.failovers_after,
-        t.failovers_asked,
-        median(Metric::Failover),
-        if t.restore_after { "completed" } else { "NOT completed" },
-        median(Metric::Restore)
-    );
-    let _ = writeln!(
-        out,
-        "  TargetDNS: hidden primary updated by the coordinator; ClientDNS sent {} packets to \
-         the secondary (Knot) and {} to the hidden primary; the secondary answered ALT {:?} \
-         after the divert; the primary's log: {} NOTIFY answered, {} IXFR answered \
-         incrementally, {} AXFR to it",
-        t.secondary.clientdns_to_secondary,
-        t.secondary.clientdns_to_primary,
-        t.secondary.alt,
-        t.secondary.notifies_answered,
-        t.secondary.incremental_transfers,
-        t.secondary.full_transfers
-    );
-    out
+    pub takeover: Option<crate::takeover::Takeover>,
 }
 
 /// One attack on SCOLD itself (adversary mode) and what came of it.
@@ -415,7 +303,7 @@ pub fn fmt_seconds(s: f64) -> String {
     }
 }
 
-fn fmt_summary(s: &Summary) -> String {
+pub(crate) fn fmt_summary(s: &Summary) -> String {
     match s {
         Summary::NotMeasured => "not measured".into(),
         Summary::Median {
@@ -764,7 +652,7 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
         out.push('\n');
     }
     if let Some(t) = &r.takeover {
-        out += &render_takeover(t, r);
+        out += &crate::takeover::render(t, r);
         out.push('\n');
     }
     out += &render_shape(r, sizes);
