@@ -223,6 +223,7 @@ fn bench_phases(
             agent: cfg.agent_mode(),
             control: true,
             detect: false,
+            coordinators: 1,
         },
     )?;
     progress.step(

@@ -141,6 +141,17 @@ pub struct ScenarioArgs {
     /// the coordinator, and at least 3 proxies (2 are raised to 3).
     #[arg(long)]
     pub adversary: bool,
+    /// Coordinator replicas. 1: one coordinator with its own state file. More (3 is the
+    /// run to make): an etcd cluster of 3 members and that many `scold coordinator`
+    /// replicas, each in a namespace of its own, sharing their state in it; every node
+    /// and `scold ctl` lists every replica. Under attack, after the divert and before
+    /// the proxy failover, the leading replica is killed (SIGKILL) and the takeover by
+    /// a standby is measured; the failover and the restore then run under the new
+    /// leader. TargetDNS becomes a hidden primary with a Knot secondary (Debian `knot`)
+    /// off the bottleneck that ClientDNS asks. Needs the coordinator in the run (no
+    /// --static-route or --no-control) and Debian `etcd-server`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=crate::fig8::MAX_COORDINATORS as i64).map(usize::from))]
+    pub coordinators: usize,
     /// Longest wait, seconds, from the alarm for the target's ALT records at ClientDNS.
     #[arg(long, default_value_t = 20.0)]
     pub divert_wait: f64,
@@ -401,7 +412,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             quiet,
         }) => {
             topology::require_root()?;
-            crate::preflight::check(false)?;
+            crate::preflight::check(false, false)?;
             if failover_runs > 0 && proxies < 2 {
                 anyhow::bail!("--failover-runs needs --proxies 2 or more: the client must have a proxy to move to");
             }
@@ -448,7 +459,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
             duplex,
         }) => {
             topology::require_root()?;
-            crate::preflight::check(false)?;
+            crate::preflight::check(false, false)?;
             let opts = Fig8Options {
                 proxies,
                 clients,
@@ -462,6 +473,7 @@ pub async fn run(a: LabArgs) -> anyhow::Result<()> {
                     rate_bit: bottleneck_rate,
                     ..Tbf::default()
                 }),
+                coordinators: 1,
             };
             with_signals(move || {
                 let lab = Fig8::build(opts).context("building the Figure 8 testbed")?;
@@ -641,6 +653,7 @@ pub(crate) fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig
                 burst_bytes: a.bottleneck_burst,
                 latency_ms: a.bottleneck_latency_ms,
             }),
+            coordinators: a.coordinators,
         },
         reps: a.reps,
         pings: a.pings,
@@ -675,7 +688,7 @@ pub(crate) fn scenario_config(a: &ScenarioArgs) -> anyhow::Result<ScenarioConfig
 
 async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
     topology::require_root()?;
-    crate::preflight::check(a.adversary)?;
+    crate::preflight::check(a.adversary, a.coordinators > 1)?;
     let cfg = scenario_config(&a)?;
     if cfg.flood_rate_pps == 0 || cfg.flood_rate_pps > crate::flood::HARD_MAX_RATE {
         anyhow::bail!(
@@ -704,6 +717,18 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "--adversary needs scheme 4.1 with client agents linked to the coordinator: \
              drop --static-route and --no-control"
+        );
+    }
+    if cfg.testbed.replicated() && cfg.adversary {
+        anyhow::bail!(
+            "--adversary restarts the one coordinator it kills; run it without --coordinators"
+        );
+    }
+    if cfg.testbed.replicated() && !cfg.control_mode() {
+        anyhow::bail!(
+            "--coordinators {} needs the coordinator in the run: drop --static-route and \
+             --no-control",
+            cfg.testbed.coordinators
         );
     }
     let check = cfg.clone();

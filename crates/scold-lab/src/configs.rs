@@ -50,6 +50,10 @@ pub const TARGET_CONTROL_FILE: &str = "target-control.toml";
 pub const DNS_FILE: &str = "dns.toml";
 pub const RESOLVER_FILE: &str = "resolver.toml";
 pub const COORDINATOR_FILE: &str = "coordinator.toml";
+/// TargetDNS's secondary (replicated control plane): Knot's config.
+pub const KNOT_FILE: &str = "knot.conf";
+/// The folder Knot keeps the transferred zone and its state in.
+pub const KNOT_DIR: &str = "knot";
 /// TargetDNS's zone (RFC 1035 master file).
 pub const ZONE_FILE: &str = "target.test.zone";
 
@@ -81,7 +85,8 @@ pub struct Pki {
     pub coordinator: scold_pki::IssuedPaths,
     /// The lab's operator (for `scold ctl`).
     pub operator: scold_pki::IssuedPaths,
-    /// Every other node that speaks the control protocol, by node name.
+    /// Every other node that speaks the control protocol, by node name (coordinator
+    /// replicas after the first among them).
     pub certs: Vec<(String, scold_pki::IssuedPaths)>,
 }
 
@@ -89,8 +94,14 @@ impl Pki {
     /// The consortium CA in `dir` and a certificate for every node that speaks the
     /// control protocol: the coordinator, the operator, the gateway, the target, each
     /// of `proxies` and each of `clients` (the scheme 4.2 client agents show theirs to
-    /// the proxies that push to them).
-    pub fn issue(dir: &Path, proxies: &[String], clients: &[String]) -> Result<Pki, LabError> {
+    /// the proxies that push to them), and each coordinator replica of `replicas` (the
+    /// replicas after the first, each with its own name and address).
+    pub fn issue(
+        dir: &Path,
+        proxies: &[String],
+        clients: &[String],
+        replicas: &[String],
+    ) -> Result<Pki, LabError> {
         use scold_pki::{Ca, CaInit, Identity, Role, Validity};
         let pki = |e: scold_pki::PkiError| LabError::BadSpec(format!("lab PKI: {e}"));
         let mut ca = Ca::init(
@@ -137,6 +148,9 @@ impl Pki {
         for c in clients {
             certs.push((c.clone(), issue(Role::Client, c, fig8::address_of(c))?));
         }
+        for r in replicas {
+            certs.push((r.clone(), issue(Role::Coordinator, r, fig8::address_of(r))?));
+        }
         let operator = issue(Role::Operator, "lab", None)?;
         Ok(Pki {
             coordinator,
@@ -181,6 +195,12 @@ pub struct ConfigPlan {
     pub client_keys: Vec<(String, KeyPair)>,
     /// Each proxy's TSIG secret for its NOTIFY to ClientDNS (base64).
     pub notify_secrets: Vec<(String, String)>,
+    /// The coordinator replicas' node names, the first one first (one: no replicas).
+    pub coordinators: Vec<String>,
+    /// The etcd members' client addresses (replicas only).
+    pub etcd: Vec<SocketAddr>,
+    /// The TSIG secret TargetDNS's secondary transfers with (replicas only).
+    pub secondary_secret: String,
 }
 
 /// What a run chose that the roles' configs depend on.
@@ -198,6 +218,16 @@ pub struct Choices {
     pub control: bool,
     /// With `control`: the target's detector raises the alarm itself (`[detect]`).
     pub detect: bool,
+    /// Coordinator replicas (see [`fig8::Fig8Options::coordinators`]): above one they
+    /// share an etcd cluster, and TargetDNS is a hidden primary with a secondary.
+    pub coordinators: usize,
+}
+
+impl Choices {
+    /// Whether the control plane is replicated.
+    pub fn replicated(&self) -> bool {
+        self.coordinators > 1
+    }
 }
 
 fn secret() -> String {
@@ -243,6 +273,19 @@ impl ConfigPlan {
             proxy_keys: keys(&proxies)?,
             client_keys: keys(&clients)?,
             notify_secrets: proxies.iter().map(|p| (p.clone(), secret())).collect(),
+            coordinators: (1..=opts.coordinators.max(1))
+                .map(fig8::coordinator)
+                .collect(),
+            etcd: if opts.replicated() {
+                (1..=fig8::ETCD_MEMBERS)
+                    .map(|i| {
+                        SocketAddr::new(addr(&fig8::etcd(i)).into(), settings::ETCD_CLIENT_PORT)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            secondary_secret: secret(),
             proxies,
             clients,
         })
@@ -257,6 +300,20 @@ impl ConfigPlan {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Whether the control plane is replicated (coordinator replicas on etcd, TargetDNS
+    /// as a hidden primary with a secondary).
+    pub fn replicated(&self) -> bool {
+        self.coordinators.len() > 1
+    }
+
+    /// Every coordinator replica's control address, the first one first.
+    pub fn coordinator_addrs(&self) -> Vec<SocketAddr> {
+        self.coordinators
+            .iter()
+            .map(|c| SocketAddr::new(addr(c).into(), settings::COORDINATOR_PORT))
+            .collect()
     }
 
     fn tunnel(&self, listen: SocketAddr, key: &KeyPair) -> TunnelSection {
@@ -276,11 +333,10 @@ impl ConfigPlan {
             return ControlSection::default();
         }
         let c = self.pki.cert_of(node);
+        let replicas = self.coordinator_addrs();
         ControlSection {
-            coordinator: Some(SocketAddr::new(
-                addr(fig8::COORDINATOR).into(),
-                settings::COORDINATOR_PORT,
-            )),
+            coordinator: replicas.first().copied(),
+            replicas: replicas[1..].to_vec(),
             tls: Some(TlsConfig {
                 ca: c.ca_cert.clone(),
                 cert: c.cert.clone(),
@@ -333,6 +389,10 @@ pub struct RoleConfigs {
     pub dns: DnsFile,
     pub resolver: ResolverFile,
     pub coordinator: coordinator::Config,
+    /// The coordinator replicas after the first, by node name (replicas only).
+    pub replicas: Vec<(String, coordinator::Config)>,
+    /// TargetDNS's secondary: Knot's config (replicas only).
+    pub knot: Option<String>,
 }
 
 impl RoleConfigs {
@@ -560,11 +620,22 @@ impl RoleConfigs {
 
         // DNS: the target's zone with a short TTL, and the coordinator's update key.
         let ttl = settings::DNS_TTL;
-        let zone = format!(
-            "$ORIGIN {z}.\n$TTL {ttl}\n@ SOA ns1 hostmaster 1 3600 900 604800 {ttl}\n  NS ns1\n\
-             ns1 A {dns_addr}\nwww A {target}\n",
-            z = settings::ZONE
-        );
+        // Replicated: TargetDNS is a hidden primary (the SOA's MNAME, in no NS record)
+        // that the coordinator updates; the secondary is the zone's only name server
+        // and the one ClientDNS asks.
+        let secondary = plan.replicated().then(|| addr(fig8::DNS_SECONDARY));
+        let zone = match secondary {
+            None => format!(
+                "$ORIGIN {z}.\n$TTL {ttl}\n@ SOA ns1 hostmaster 1 3600 900 604800 {ttl}\n  NS ns1\n\
+                 ns1 A {dns_addr}\nwww A {target}\n",
+                z = settings::ZONE
+            ),
+            Some(sec) => format!(
+                "$ORIGIN {z}.\n$TTL {ttl}\n@ SOA ns1 hostmaster 1 3600 900 604800 {ttl}\n  NS ns2\n\
+                 ns1 A {dns_addr}\nns2 A {sec}\nwww A {target}\n",
+                z = settings::ZONE
+            ),
+        };
         let mut dns = DnsFile::new(vec![(dns_addr, 53).into()], plan.path("dns.journal"));
         dns.zone.push(ZoneConfig {
             name: settings::ZONE.into(),
@@ -579,7 +650,24 @@ impl RoleConfigs {
                 types: vec!["ALT".into(), "A".into(), "AAAA".into()],
             }],
         });
-        let mut resolver = ResolverFile::new(vec![(cdns, 53).into()], vec![(dns_addr, 53).into()]);
+        if let Some(sec) = secondary {
+            dns.key.push(KeyConfig {
+                name: settings::SECONDARY_KEY_NAME.into(),
+                algorithm: "hmac-sha256".into(),
+                secret: plan.secondary_secret.clone(),
+                allow: Vec::new(),
+            });
+            dns.secondary.push(scold_dns::config::SecondaryConfig {
+                name: fig8::DNS_SECONDARY.into(),
+                address: (sec, 53).into(),
+                key: settings::SECONDARY_KEY_NAME.into(),
+                zones: vec![settings::ZONE.into()],
+                allow_from: vec![format!("{sec}/32")],
+                notify: true,
+            });
+        }
+        let upstream = secondary.unwrap_or(dns_addr);
+        let mut resolver = ResolverFile::new(vec![(cdns, 53).into()], vec![(upstream, 53).into()]);
         resolver.notify_key = plan
             .notify_secrets
             .iter()
@@ -655,6 +743,38 @@ impl RoleConfigs {
             webhooks: Vec::new(),
         };
 
+        // Replicas: the same coordinator, each with its own certificate, sharing its
+        // state in etcd instead of a file of its own.
+        let mut replicas = Vec::new();
+        let mut coordinator = coordinator;
+        if plan.replicated() {
+            let replica = |cfg: &coordinator::Config, node: &str| {
+                let mut cfg = cfg.clone();
+                cfg.coordinator.state = PathBuf::new();
+                cfg.coordinator.etcd = Some(coordinator::EtcdSection {
+                    endpoints: plan.etcd.clone(),
+                    prefix: settings::ETCD_PREFIX.into(),
+                    lease_secs: settings::LEASE_SECS,
+                    timeout_ms: 1000,
+                });
+                if node != fig8::COORDINATOR {
+                    let c = plan.pki.cert_of(node);
+                    cfg.tls = TlsConfig {
+                        ca: c.ca_cert.clone(),
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                        crl: Some(c.crl.clone()),
+                    };
+                }
+                cfg
+            };
+            for node in &plan.coordinators[1..] {
+                replicas.push((node.clone(), replica(&coordinator, node)));
+            }
+            coordinator = replica(&coordinator, fig8::COORDINATOR);
+        }
+        let knot = secondary.map(|sec| knot_conf(plan, sec, dns_addr));
+
         RoleConfigs {
             gateway: gw,
             proxies,
@@ -665,6 +785,8 @@ impl RoleConfigs {
             dns,
             resolver,
             coordinator,
+            replicas,
+            knot,
         }
     }
 
@@ -711,6 +833,20 @@ impl RoleConfigs {
             "scold resolver: the lab's ClientDNS",
             &self.resolver,
         )?;
+        for (node, cfg) in &self.replicas {
+            write_toml(
+                dir,
+                &node_file(node),
+                &format!("scold coordinator of the lab: replica {node}"),
+                cfg,
+            )?;
+        }
+        if let Some(knot) = &self.knot {
+            std::fs::create_dir_all(dir.join(KNOT_DIR)).map_err(|e| {
+                LabError::io(format!("creating {}", dir.join(KNOT_DIR).display()), e)
+            })?;
+            write_file(&dir.join(KNOT_FILE), knot)?;
+        }
         write_toml(
             dir,
             COORDINATOR_FILE,
@@ -718,6 +854,50 @@ impl RoleConfigs {
             &self.coordinator,
         )
     }
+}
+
+/// TargetDNS's secondary: Knot (unmodified) at `sec`, pulling the target's zone from the
+/// hidden primary at `primary` by TSIG-signed transfer and taking its signed NOTIFY.
+/// The zone's refresh is an hour, so only the NOTIFY makes a change arrive quickly.
+fn knot_conf(plan: &ConfigPlan, sec: Ipv4Addr, primary: Ipv4Addr) -> String {
+    let dir = plan.path(KNOT_DIR);
+    format!(
+        r#"# Knot: the lab's TargetDNS secondary, following the hidden primary scold dns
+server:
+    rundir: "{dir}"
+    listen: {sec}@53
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{dir}"
+key:
+  - id: {key}
+    algorithm: hmac-sha256
+    secret: {secret}
+remote:
+  - id: primary
+    address: {primary}@53
+    key: {key}
+acl:
+  - id: notify_from_primary
+    address: {primary}
+    key: {key}
+    action: notify
+template:
+  - id: default
+    storage: "{dir}"
+    file: "%s.zone"
+zone:
+  - domain: {zone}
+    master: primary
+    acl: notify_from_primary
+"#,
+        dir = dir.display(),
+        key = settings::SECONDARY_KEY_NAME,
+        secret = plan.secondary_secret,
+        zone = settings::ZONE,
+    )
 }
 
 /// The lab target's detector: the lab's main link carries a few hundred packets/s of
@@ -794,9 +974,19 @@ mod tests {
                     agent,
                     control,
                     detect,
+                    coordinators: 1,
                 });
             }
         }
+        // The replicated control plane (`--coordinators 3`).
+        v.push(Choices {
+            encap: Encap::Wireguard,
+            scheme: Scheme::Resolver,
+            agent: true,
+            control: true,
+            detect: true,
+            coordinators: 3,
+        });
         v
     }
 
@@ -815,7 +1005,13 @@ mod tests {
         let opts = crate::fig8::Fig8Options::default();
         let proxies: Vec<String> = (1..=opts.proxies).map(fig8::proxy).collect();
         let clients: Vec<String> = (1..=opts.clients).map(fig8::client).collect();
-        let pki = Pki::issue(base.path(), &proxies, &clients).unwrap();
+        let pki = Pki::issue(
+            base.path(),
+            &proxies,
+            &clients,
+            &["coordinator2".into(), "coordinator3".into()],
+        )
+        .unwrap();
         for (i, o) in option_sets().iter().enumerate() {
             let what = format!(
                 "{:?} {} agent={} control={} detect={}",
@@ -970,6 +1166,51 @@ mod tests {
                 format!("hmac-sha256:{UPDATE_KEY_NAME}:{}", plan.dns_secret)
             );
             assert_eq!(built.dns.key[0].secret, plan.dns_secret);
+
+            // Replicas: each replica's config loads, shares etcd and has its own
+            // certificate; every node lists every replica; ClientDNS asks the secondary,
+            // which the hidden primary notifies and lets transfer under a key they share.
+            let all: Vec<SocketAddr> = plan.coordinator_addrs();
+            assert_eq!(all.len(), o.coordinators, "{what}");
+            assert_eq!(coord.coordinator.etcd.is_some(), o.replicated(), "{what}");
+            for r in &plan.coordinators[1..] {
+                let file = node_file(r);
+                let cfg = scold_control::coordinator::load_config(&dir.join(&file))
+                    .unwrap_or_else(|e| fail(&file, format!("{e:#}")));
+                let etcd = cfg
+                    .coordinator
+                    .etcd
+                    .expect("a replica has [coordinator.etcd]");
+                assert_eq!(etcd.endpoints.len(), fig8::ETCD_MEMBERS, "{what}");
+                assert_eq!(cfg.tls.cert, plan.pki.cert_of(r).cert, "{what}: {file}");
+            }
+            if o.control {
+                let p = proxy::Config::load(&dir.join(node_file(&proxies[0]))).unwrap();
+                let mut listed = vec![p.control.coordinator.unwrap()];
+                listed.extend(p.control.replicas.iter().copied());
+                assert_eq!(listed, all, "{what}");
+            }
+            let upstream = if o.replicated() {
+                addr(fig8::DNS_SECONDARY)
+            } else {
+                addr(fig8::TARGET_DNS)
+            };
+            assert_eq!(
+                resolver.upstream,
+                vec![SocketAddr::from((upstream, 53))],
+                "{what}"
+            );
+            assert_eq!(dns.secondaries.len(), usize::from(o.replicated()), "{what}");
+            let knot = std::fs::read_to_string(dir.join(KNOT_FILE)).ok();
+            assert_eq!(knot.is_some(), o.replicated(), "{what}");
+            if let Some(k) = knot {
+                assert!(k.contains(&plan.secondary_secret), "{what}: {k}");
+                assert!(built
+                    .dns
+                    .key
+                    .iter()
+                    .any(|k| k.secret == plan.secondary_secret));
+            }
         }
     }
 }

@@ -25,6 +25,13 @@
 //! public address 198.19.1.2) and alternate-gateway segment 198.19.2.0/24, which the
 //! internet router has no route to (the alternate gateway's inside is hidden; only its
 //! uplink address, where proxies send tunnels, is reachable).
+//!
+//! With more than one coordinator ([`Fig8Options::coordinators`]) the control plane is
+//! replicated, each part a leaf of its own off the bottleneck: `coordinator` and
+//! `coordinator2..N` (198.18.3.2, then 198.18.4.2 ...), the three etcd members `etcd1..3`
+//! (198.18.11.2 to 198.18.13.2) the replicas share their state in, and TargetDNS's
+//! secondary `targetdns2` (198.18.10.2), which ClientDNS asks while `targetdns` becomes
+//! the hidden primary that only the coordinator updates and the secondary transfers from.
 
 use std::net::Ipv4Addr;
 use std::ops::Deref;
@@ -49,6 +56,13 @@ pub const CLIENT_DNS: &str = "clientdns";
 pub const TARGET_DNS: &str = "targetdns";
 /// The coordinator.
 pub const COORDINATOR: &str = "coordinator";
+/// TargetDNS's secondary (replicated control plane): the server ClientDNS asks; it
+/// follows the hidden primary `targetdns` by NOTIFY and IXFR.
+pub const DNS_SECONDARY: &str = "targetdns2";
+/// Members of the etcd cluster coordinator replicas share (replicated control plane).
+pub const ETCD_MEMBERS: usize = 3;
+/// Most coordinator replicas the address plan holds.
+pub const MAX_COORDINATORS: usize = 7;
 /// The router in the middle of the main link that holds the bottleneck.
 pub const WIRE: &str = "wire";
 /// The name of the main link's internet side (internet router -- wire).
@@ -86,6 +100,18 @@ pub fn proxy(n: usize) -> String {
 pub fn client(n: usize) -> String {
     format!("client{n}")
 }
+/// The n-th coordinator replica's node name (1-based): the first is [`COORDINATOR`].
+pub fn coordinator(n: usize) -> String {
+    if n <= 1 {
+        COORDINATOR.to_string()
+    } else {
+        format!("{COORDINATOR}{n}")
+    }
+}
+/// The n-th etcd member's node name (1-based).
+pub fn etcd(n: usize) -> String {
+    format!("etcd{n}")
+}
 /// The n-th attacker's node name (1-based).
 pub fn attacker(n: usize) -> String {
     format!("attacker{n}")
@@ -107,6 +133,15 @@ pub struct Fig8Options {
     /// link, indirect and direct downloads compare like for like, as in the paper.
     #[serde(default)]
     pub alt_link: Option<Tbf>,
+    /// Coordinator replicas. One: the coordinator alone with its own state file. More:
+    /// replicas sharing an etcd cluster of [`ETCD_MEMBERS`] members, and TargetDNS as a
+    /// hidden primary with a secondary that ClientDNS asks (see the module doc).
+    #[serde(default = "one")]
+    pub coordinators: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// How the main link's bottleneck treats the two directions.
@@ -129,7 +164,15 @@ impl Default for Fig8Options {
             bottleneck: Tbf::default(),
             duplex: Duplex::default(),
             alt_link: Some(Tbf::default()),
+            coordinators: 1,
         }
+    }
+}
+
+impl Fig8Options {
+    /// Whether the control plane is replicated (more than one coordinator).
+    pub fn replicated(&self) -> bool {
+        self.coordinators > 1
     }
 }
 
@@ -147,18 +190,29 @@ fn leaf_octet(node: &str) -> Option<usize> {
         CLIENT_DNS => Some(1),
         TARGET_DNS => Some(2),
         COORDINATOR => Some(3),
-        _ => num("proxy")
-            .filter(|&n| (1..=MAX_PROXIES).contains(&n))
-            .map(|n| PROXY_BASE + n - 1)
+        DNS_SECONDARY => Some(10),
+        _ => num("coordinator")
+            .filter(|&n| (2..=MAX_COORDINATORS).contains(&n))
+            .map(|n| n + 2)
             .or_else(|| {
-                num("client")
-                    .filter(|&n| (1..=MAX_CLIENTS).contains(&n))
-                    .map(|n| CLIENT_BASE + n - 1)
+                num("etcd")
+                    .filter(|&n| (1..=ETCD_MEMBERS).contains(&n))
+                    .map(|n| n + 10)
             })
             .or_else(|| {
-                num("attacker")
-                    .filter(|&n| (1..=MAX_ATTACKERS).contains(&n))
-                    .map(|n| ATTACKER_BASE + n - 1)
+                num("proxy")
+                    .filter(|&n| (1..=MAX_PROXIES).contains(&n))
+                    .map(|n| PROXY_BASE + n - 1)
+                    .or_else(|| {
+                        num("client")
+                            .filter(|&n| (1..=MAX_CLIENTS).contains(&n))
+                            .map(|n| CLIENT_BASE + n - 1)
+                    })
+                    .or_else(|| {
+                        num("attacker")
+                            .filter(|&n| (1..=MAX_ATTACKERS).contains(&n))
+                            .map(|n| ATTACKER_BASE + n - 1)
+                    })
             }),
     }
 }
@@ -197,6 +251,7 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
     check("proxies", opts.proxies, 0, MAX_PROXIES)?;
     check("clients", opts.clients, 1, MAX_CLIENTS)?;
     check("attackers", opts.attackers, 0, MAX_ATTACKERS)?;
+    check("coordinators", opts.coordinators, 1, MAX_COORDINATORS)?;
 
     let mut s = Spec::new();
     s.router(INTERNET)
@@ -209,6 +264,11 @@ pub fn spec(opts: &Fig8Options) -> Result<Spec, LabError> {
         (TARGET_DNS.into(), false),
         (COORDINATOR.into(), false),
     ];
+    if opts.replicated() {
+        leaves.extend((2..=opts.coordinators).map(|i| (coordinator(i), false)));
+        leaves.extend((1..=ETCD_MEMBERS).map(|i| (etcd(i), false)));
+        leaves.push((DNS_SECONDARY.into(), false));
+    }
     // Proxies relay between tunnels, so they forward like routers.
     leaves.extend((1..=opts.proxies).map(|i| (proxy(i), true)));
     leaves.extend((1..=opts.clients).map(|i| (client(i), false)));
@@ -326,6 +386,20 @@ impl Fig8 {
         (1..=self.opts.clients).map(client).collect()
     }
 
+    /// Node names of the coordinator replicas, the first one first.
+    pub fn coordinators(&self) -> Vec<String> {
+        (1..=self.opts.coordinators).map(coordinator).collect()
+    }
+
+    /// Node names of the etcd members (none unless the control plane is replicated).
+    pub fn etcd_members(&self) -> Vec<String> {
+        if self.opts.replicated() {
+            (1..=ETCD_MEMBERS).map(etcd).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Node names of the attackers.
     pub fn attackers(&self) -> Vec<String> {
         (1..=self.opts.attackers).map(attacker).collect()
@@ -387,9 +461,16 @@ mod tests {
             proxies: MAX_PROXIES,
             clients: MAX_CLIENTS,
             attackers: MAX_ATTACKERS,
+            coordinators: MAX_COORDINATORS,
             ..Default::default()
         };
-        spec(&opts).unwrap();
+        let s = spec(&opts).unwrap();
+        for p in s.prefixes() {
+            assert!(
+                crate::net::LAB_RANGE.covers(&p),
+                "{p} outside the lab range"
+            );
+        }
         let too_many = Fig8Options {
             proxies: MAX_PROXIES + 1,
             ..Default::default()
@@ -410,8 +491,17 @@ mod tests {
             attackers: 2,
             ..Default::default()
         };
-        let s = spec(&opts).unwrap();
+        let s = spec(&Fig8Options {
+            coordinators: 3,
+            ..opts
+        })
+        .unwrap();
         for node in [
+            "coordinator2",
+            "coordinator3",
+            "etcd1",
+            "etcd3",
+            DNS_SECONDARY,
             "proxy3",
             "client2",
             "attacker2",

@@ -31,6 +31,7 @@ pub mod roles;
 pub mod scenario;
 pub mod serve;
 pub mod settings;
+pub mod takeover;
 pub mod topology;
 
 pub use error::LabError;

@@ -26,7 +26,7 @@ const fn tool(program: &'static str, package: &'static str, used_for: &'static s
 }
 
 /// Every program of every mode of the lab.
-pub const ALL: [Tool; 7] = [
+pub const ALL: [Tool; 9] = [
     tool("ip", "iproute2", "namespaces, links, addresses and routes"),
     tool("tc", "iproute2", "the rate-limited bottleneck links"),
     tool(
@@ -54,14 +54,26 @@ pub const ALL: [Tool; 7] = [
         "tcpdump",
         "watching what the hidden gateway sends (--adversary)",
     ),
+    tool(
+        "etcd",
+        "etcd-server",
+        "the etcd cluster coordinator replicas share (--coordinators 2 or more)",
+    ),
+    tool(
+        "knotd",
+        "knot",
+        "TargetDNS's secondary (--coordinators 2 or more)",
+    ),
 ];
 
 /// The programs a run needs: the scenario, `up` and `bench` need the first five;
-/// `--adversary` adds the attack tools.
-pub fn needed(adversary: bool) -> Vec<Tool> {
+/// `--adversary` adds the attack tools, a replicated control plane (`--coordinators`
+/// above 1) etcd and Knot.
+pub fn needed(adversary: bool, replicated: bool) -> Vec<Tool> {
     ALL.iter()
         .copied()
         .filter(|t| adversary || !matches!(t.program, "hping3" | "tcpdump"))
+        .filter(|t| replicated || !matches!(t.program, "etcd" | "knotd"))
         .collect()
 }
 
@@ -90,9 +102,12 @@ pub fn packages(tools: &[Tool]) -> Vec<&'static str> {
 }
 
 /// Fails, naming every missing program and the command that installs them, unless all
-/// of `needed(adversary)` are on PATH and the kernel offers TUN devices.
-pub fn check(adversary: bool) -> Result<(), LabError> {
-    let missing = missing_on(&needed(adversary), std::env::var_os("PATH").as_deref());
+/// of `needed(adversary, replicated)` are on PATH and the kernel offers TUN devices.
+pub fn check(adversary: bool, replicated: bool) -> Result<(), LabError> {
+    let missing = missing_on(
+        &needed(adversary, replicated),
+        std::env::var_os("PATH").as_deref(),
+    );
     if !missing.is_empty() {
         let programs = missing
             .iter()
@@ -119,16 +134,20 @@ mod tests {
 
     #[test]
     fn adversary_adds_the_attack_tools() {
-        let plain = needed(false);
-        assert!(plain.iter().all(|t| t.program != "hping3"));
-        assert_eq!(needed(true).len(), ALL.len());
+        let plain = needed(false, false);
+        assert!(plain
+            .iter()
+            .all(|t| !["hping3", "etcd", "knotd"].contains(&t.program)));
+        assert!(needed(true, false).iter().any(|t| t.program == "hping3"));
+        assert!(needed(false, true).iter().any(|t| t.program == "etcd"));
+        assert_eq!(needed(true, true).len(), ALL.len());
     }
 
     #[test]
     fn missing_programs_and_one_install_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ip"), "").unwrap();
-        let missing = missing_on(&needed(true), Some(dir.path().as_os_str()));
+        let missing = missing_on(&needed(true, false), Some(dir.path().as_os_str()));
         assert!(missing.iter().all(|t| t.program != "ip"));
         assert!(missing.iter().any(|t| t.program == "tc"));
         // iproute2 once, although tc and ss both come from it.
@@ -136,7 +155,10 @@ mod tests {
             packages(&missing),
             vec!["iproute2", "nftables", "coreutils", "hping3", "tcpdump"]
         );
-        assert_eq!(missing_on(&needed(false), None).len(), needed(false).len());
+        assert_eq!(
+            missing_on(&needed(false, false), None).len(),
+            needed(false, false).len()
+        );
     }
 
     /// scripts/lab installs the packages before building, so it cannot ask the binary.

@@ -171,6 +171,10 @@ pub struct Results {
     /// Adversary mode: each attack on SCOLD itself and what it achieved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attacks: Vec<Attack>,
+    /// Replicated control plane: the leading coordinator killed under attack and the
+    /// takeover by a standby ([`crate::takeover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<crate::takeover::Takeover>,
 }
 
 /// One attack on SCOLD itself (adversary mode) and what came of it.
@@ -299,7 +303,7 @@ pub fn fmt_seconds(s: f64) -> String {
     }
 }
 
-fn fmt_summary(s: &Summary) -> String {
+pub(crate) fn fmt_summary(s: &Summary) -> String {
     match s {
         Summary::NotMeasured => "not measured".into(),
         Summary::Median {
@@ -645,6 +649,10 @@ pub fn render_tables(r: &Results, sizes: &[u64]) -> String {
     out.push('\n');
     if !r.attacks.is_empty() {
         out += &render_attacks(&r.attacks);
+        out.push('\n');
+    }
+    if let Some(t) = &r.takeover {
+        out += &crate::takeover::render(t, r);
         out.push('\n');
     }
     out += &render_shape(r, sizes);

@@ -4,6 +4,9 @@
 //! | node         | process                 | what it gets                                          |
 //! |--------------|-------------------------|-------------------------------------------------------|
 //! | coordinator  | `scold coordinator`     | certificate, the target, its DNS and TSIG key, the proxies |
+//! | coordinatorN | `scold coordinator`     | replicated control plane: replicas 2..N, each with its own certificate, sharing etcd |
+//! | etcd1..3     | `etcd`                  | replicated control plane: the cluster the replicas keep their state and lead in |
+//! | targetdns2   | `knotd`                 | replicated control plane: TargetDNS's secondary, following the hidden primary by NOTIFY and IXFR; ClientDNS asks it |
 //! | targetdns    | `scold dns`             | zone `target.test` (`www` A = the target, TTL 10), the coordinator's TSIG key |
 //! | clientdns    | `scold resolver`        | forwards to TargetDNS; the clients' resolv.conf names it |
 //! | altgw        | `scold gateway`         | the proxies as peers, the site LAN                     |
@@ -73,6 +76,9 @@ pub struct RoleOptions {
     /// With `control`: the target's detector watches the main link and raises the
     /// alarm itself (`[detect]`), instead of the operator's `scold ctl divert`.
     pub detect: bool,
+    /// Coordinator replicas (above one: on etcd, and TargetDNS with a secondary); the
+    /// testbed must have been built with as many.
+    pub coordinators: usize,
 }
 
 impl RoleOptions {
@@ -84,6 +90,7 @@ impl RoleOptions {
             agent: self.agent,
             control: self.control,
             detect: self.detect,
+            coordinators: self.coordinators,
         }
     }
 }
@@ -91,6 +98,9 @@ impl RoleOptions {
 /// The nftables table that counts a client's tunnel packets per proxy
 /// ([`Roles::watch_tunnels`]).
 const WATCH_TABLE: &str = "scold-lab-watch";
+/// The nftables table that counts ClientDNS's queries to TargetDNS's primary and
+/// secondary ([`Roles::dns_upstream_queries`]).
+const DNS_WATCH_TABLE: &str = "scold-lab-dns";
 
 /// The packet counter of every rule with a comment in `nft -j list` output, by comment.
 fn counters_by_comment(v: &serde_json::Value) -> Vec<(String, u64)> {
@@ -167,7 +177,14 @@ impl<'a> Roles<'a> {
         // The CA library logs each certificate; the progress display says it once.
         let pki = tracing::subscriber::with_default(
             tracing::subscriber::NoSubscriber::default(),
-            || Pki::issue(&dir, &lab.proxies(), &lab.clients()),
+            || {
+                Pki::issue(
+                    &dir,
+                    &lab.proxies(),
+                    &lab.clients(),
+                    &lab.coordinators()[1..],
+                )
+            },
         )?;
         let plan = ConfigPlan::new(
             dir.clone(),
@@ -197,6 +214,9 @@ impl<'a> Roles<'a> {
             lab.set_resolv_conf(&c, &[resolver])?;
         }
         roles.start_daemons()?;
+        if roles.plan.replicated() {
+            roles.watch_dns_upstreams()?;
+        }
         if roles.opts.agent {
             for c in lab.clients() {
                 let r = roles.start_client_agent(&c)?;
@@ -212,20 +232,35 @@ impl<'a> Roles<'a> {
 
     /// Starts `scold <args>` in `node`, logging to `<log_dir>/<label>.log`.
     fn spawn(&self, node: &str, label: &str, args: &[&str]) -> Result<Running, LabError> {
+        let mut all = vec!["--log", "info"];
+        all.extend_from_slice(args);
+        let program = format!("scold {}", args.first().copied().unwrap_or_default());
+        self.spawn_program(node, label, &self.opts.scold_bin, &program, &all)
+    }
+
+    /// Starts `bin <args>` in `node` (shown as `program`), logging to
+    /// `<log_dir>/<label>.log`.
+    fn spawn_program(
+        &self,
+        node: &str,
+        label: &str,
+        bin: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> Result<Running, LabError> {
         let log = self.opts.log_dir.join(format!("{label}.log"));
         let file = std::fs::File::create(&log)
             .map_err(|e| LabError::io(format!("creating {}", log.display()), e))?;
         let err = file
             .try_clone()
             .map_err(|e| LabError::io(format!("opening {}", log.display()), e))?;
-        let mut cmd = self.lab.command(node, &self.opts.scold_bin)?;
-        cmd.args(["--log", "info"])
-            .args(args)
+        let mut cmd = self.lab.command(node, bin)?;
+        cmd.args(args)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err));
-        let program = format!("scold {}", args.first().copied().unwrap_or_default());
+        let program = program.to_string();
         let proc = self.lab.spawn(&format!("{node}: {program}"), &mut cmd)?;
         tracing::debug!(node, label, pid = proc.pid(), "role started");
         Ok(Running {
@@ -284,6 +319,9 @@ impl<'a> Roles<'a> {
         let lab = self.lab;
         let limit = Duration::from_secs(15);
         let target = fig8::TARGET_ADDR;
+        if self.plan.replicated() {
+            self.start_etcd()?;
+        }
 
         let cfg = self.config_arg(configs::DNS_FILE);
         let mut dns = self.spawn(fig8::TARGET_DNS, "targetdns", &["dns", "--config", &cfg])?;
@@ -307,6 +345,24 @@ impl<'a> Roles<'a> {
         Self::wait_ready(&mut dns, limit, answers(fig8::TARGET_DNS, dns_addr))?;
         self.daemons.push(dns);
 
+        if self.plan.replicated() {
+            // The secondary serves the zone once its first transfer from the hidden
+            // primary is in.
+            crate::topology::require_tool("knotd", "knot")?;
+            let cfg = self.config_arg(configs::KNOT_FILE);
+            let mut sec = self.spawn_program(
+                fig8::DNS_SECONDARY,
+                "targetdns2",
+                Path::new("knotd"),
+                "knotd (TargetDNS secondary)",
+                &["-c", &cfg],
+            )?;
+            let sec_addr: SocketAddr =
+                (fig8::address_of(fig8::DNS_SECONDARY).expect("plan"), 53).into();
+            Self::wait_ready(&mut sec, limit, answers(fig8::CLIENT_DNS, sec_addr))?;
+            self.daemons.push(sec);
+        }
+
         let cfg = self.config_arg(configs::RESOLVER_FILE);
         let mut res = self.spawn(
             fig8::CLIENT_DNS,
@@ -327,6 +383,14 @@ impl<'a> Roles<'a> {
             Self::log_says(r, "coordinator listening") && self.ctl(&["status"]).is_ok()
         })?;
         self.daemons.push(coord);
+        // The other replicas find the first one leading and stand by.
+        let standbys = self.plan.coordinators[1..].to_vec();
+        for node in &standbys {
+            let cfg = self.config_arg(&configs::node_file(node));
+            let mut r = self.spawn(node, node, &["coordinator", "--config", &cfg])?;
+            Self::wait_ready(&mut r, limit, |r| Self::log_says(r, "standing by"))?;
+            self.daemons.push(r);
+        }
 
         let cfg = self.config_arg(configs::GATEWAY_FILE);
         let mut gw = self.spawn(fig8::ALT_GW, "altgw", &["gateway", "--config", &cfg])?;
@@ -369,6 +433,103 @@ impl<'a> Roles<'a> {
         Ok(())
     }
 
+    /// Replicated control plane: starts the etcd cluster (Debian `etcd-server`), one
+    /// member in each `etcdN` namespace, and waits until the cluster answers a read.
+    /// Each member keeps its data in the run's files folder. The timings are small (50
+    /// ms heartbeat, 500 ms election) so that etcd's own elections are not what a
+    /// coordinator takeover waits on.
+    fn start_etcd(&mut self) -> Result<(), LabError> {
+        crate::topology::require_tool("etcd", "etcd-server")?;
+        let members = self.lab.etcd_members();
+        let url = |node: &str, port: u16| {
+            format!("http://{}:{port}", fig8::address_of(node).expect("plan"))
+        };
+        let cluster = members
+            .iter()
+            .map(|m| format!("{m}={}", url(m, ETCD_PEER_PORT)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut started = Vec::new();
+        for m in &members {
+            let data = self.path(&format!("{m}.etcd"));
+            let data = data.display().to_string();
+            let (client, peer) = (url(m, ETCD_CLIENT_PORT), url(m, ETCD_PEER_PORT));
+            let r = self.spawn_program(
+                m,
+                m,
+                Path::new("etcd"),
+                "etcd",
+                &[
+                    "--name",
+                    m,
+                    "--data-dir",
+                    &data,
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                    "--log-level",
+                    "warn",
+                ],
+            )?;
+            started.push(r);
+        }
+        // Members wait for each other before they answer: ready together.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (r, endpoint) in started.iter_mut().zip(self.plan.etcd.clone()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            Self::wait_ready(r, left, |_| self.etcd_read(&[endpoint]).is_ok())?;
+        }
+        self.daemons.extend(started);
+        Ok(())
+    }
+
+    /// Reads who leads the coordinator replicas from etcd (at `endpoints`), from the
+    /// first coordinator's namespace.
+    fn etcd_read(&self, endpoints: &[SocketAddr]) -> Result<Option<String>, LabError> {
+        let etcd = scold_control::etcd::Etcd::new(endpoints.to_vec(), Duration::from_millis(500));
+        self.lab
+            .run_in(fig8::COORDINATOR, || {
+                scold_control::coordinator::lead::leader(&etcd, ETCD_PREFIX)
+            })?
+            .map_err(|e| LabError::Protocol {
+                peer: format!("etcd {endpoints:?}"),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Replicated control plane: the node of the coordinator replica that leads now,
+    /// by the leader key in etcd (`None` while no replica leads).
+    pub fn leading_coordinator(&self) -> Result<Option<String>, LabError> {
+        let holder = self.etcd_read(&self.plan.etcd)?;
+        Ok(holder.map(|h| replica_of(&h).unwrap_or(h)))
+    }
+
+    /// The coordinator replicas' node names, the first one first.
+    pub fn coordinators(&self) -> &[String] {
+        &self.plan.coordinators
+    }
+
+    /// The log file of the running role labelled `label`.
+    pub fn log_of(&self, label: &str) -> Option<PathBuf> {
+        self.daemons
+            .iter()
+            .find(|r| r.label == label)
+            .map(|r| r.log.clone())
+    }
+
     /// Sends the target's control channel to the coordinator out through the site's
     /// alternate uplink rather than the main link: a host route for the coordinator's
     /// address via the hidden gateway, which masquerades that one connection behind its
@@ -383,8 +544,40 @@ impl<'a> Roles<'a> {
     /// everything else.
     fn management_via_alt(&self) -> Result<(), LabError> {
         crate::topology::require_tool("nft", "nftables")?;
-        let coordinator = fig8::address_of(fig8::COORDINATOR).expect("plan");
         let target_ns = self.lab.netns(fig8::TARGET)?;
+        let gw_ns = self.lab.netns(fig8::ALT_GW)?;
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", gw_ns, "nft"];
+            all.extend_from_slice(args);
+            crate::topology::run_cmd("ip", &all)
+        };
+        nft(&["add", "table", "ip", "scold-lab-mgmt"])?;
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            "scold-lab-mgmt",
+            "post",
+            "{ type nat hook postrouting priority srcnat; policy accept; }",
+        ])?;
+        // Every replica: whichever leads is where the target's alarm must go.
+        for a in self.plan.coordinator_addrs() {
+            let std::net::IpAddr::V4(coordinator) = a.ip() else {
+                continue;
+            };
+            self.management_route(target_ns, gw_ns, coordinator, &nft)?;
+        }
+        Ok(())
+    }
+
+    /// [`Roles::management_via_alt`] for the coordinator (replica) at `coordinator`.
+    fn management_route(
+        &self,
+        target_ns: &str,
+        gw_ns: &str,
+        coordinator: Ipv4Addr,
+        nft: &dyn Fn(&[&str]) -> Result<String, LabError>,
+    ) -> Result<(), LabError> {
         crate::topology::run_cmd(
             "ip",
             &[
@@ -399,7 +592,6 @@ impl<'a> Roles<'a> {
                 fig8::TARGET_ALT_IF,
             ],
         )?;
-        let gw_ns = self.lab.netns(fig8::ALT_GW)?;
         // The gateway sends everything from the site LAN into its tunnels (a policy
         // rule on the LAN interface); this one connection goes out by the main table.
         crate::topology::run_cmd(
@@ -425,20 +617,6 @@ impl<'a> Roles<'a> {
                 "main",
             ],
         )?;
-        let nft = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", gw_ns, "nft"];
-            all.extend_from_slice(args);
-            crate::topology::run_cmd("ip", &all)
-        };
-        nft(&["add", "table", "ip", "scold-lab-mgmt"])?;
-        nft(&[
-            "add",
-            "chain",
-            "ip",
-            "scold-lab-mgmt",
-            "post",
-            "{ type nat hook postrouting priority srcnat; policy accept; }",
-        ])?;
         nft(&[
             "add",
             "rule",
@@ -475,7 +653,18 @@ impl<'a> Roles<'a> {
     }
 
     fn ctl_args(&self, args: &[&str]) -> Vec<String> {
-        let coordinator = format!("127.0.0.1:{COORDINATOR_PORT}");
+        // Replicas: every one, in order; `scold ctl` talks to whichever listens (the
+        // leader: standbys do not listen).
+        let coordinator = if self.plan.replicated() {
+            self.plan
+                .coordinator_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            format!("127.0.0.1:{COORDINATOR_PORT}")
+        };
         let mut all: Vec<String> = [
             "--log",
             "warn",
@@ -707,6 +896,80 @@ impl<'a> Roles<'a> {
             nft(&rule)?;
         }
         Ok(())
+    }
+
+    /// Replicated control plane: counts, in ClientDNS's namespace, every packet it sends
+    /// to port 53 of TargetDNS's secondary and of its hidden primary, so the report
+    /// shows from the data path which of the two the clients' lookups went to.
+    fn watch_dns_upstreams(&self) -> Result<(), LabError> {
+        crate::topology::require_tool("nft", "nftables")?;
+        let ns = self.lab.netns(fig8::CLIENT_DNS)?;
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "nft"];
+            all.extend_from_slice(args);
+            crate::topology::run_cmd("ip", &all)
+        };
+        nft(&["add", "table", "ip", DNS_WATCH_TABLE])?;
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            DNS_WATCH_TABLE,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        ])?;
+        for (node, comment) in [
+            (fig8::DNS_SECONDARY, "\"secondary\""),
+            (fig8::TARGET_DNS, "\"primary\""),
+        ] {
+            let addr = fig8::address_of(node).expect("plan").to_string();
+            nft(&[
+                "add",
+                "rule",
+                "ip",
+                DNS_WATCH_TABLE,
+                "out",
+                "ip",
+                "daddr",
+                &addr,
+                "meta",
+                "l4proto",
+                "{ tcp, udp }",
+                "th",
+                "dport",
+                "53",
+                "counter",
+                "comment",
+                comment,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Replicated control plane: packets ClientDNS sent to TargetDNS's secondary and to
+    /// its hidden primary since the roles started, as (secondary, primary).
+    pub fn dns_upstream_queries(&self) -> Result<(u64, u64), LabError> {
+        let out = crate::topology::run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.lab.netns(fig8::CLIENT_DNS)?,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "ip",
+                DNS_WATCH_TABLE,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Protocol {
+            peer: "nft -j".into(),
+            reason: format!("{e}: {out}"),
+        })?;
+        let counts = counters_by_comment(&v);
+        let of = |c: &str| -> u64 { counts.iter().filter(|(n, _)| n == c).map(|(_, p)| p).sum() };
+        Ok((of("secondary"), of("primary")))
     }
 
     /// `client`'s tunnel packets to each proxy since [`Roles::watch_tunnels`], by proxy
@@ -992,6 +1255,14 @@ impl<'a> Roles<'a> {
     }
 }
 
+/// The node a coordinator replica's leader key names: the replica writes
+/// `coordinator/<name> at <address>` there, and the lab names each replica's
+/// certificate after its node.
+pub fn replica_of(holder: &str) -> Option<String> {
+    let who = holder.split(" at ").next()?;
+    who.strip_prefix("coordinator/").map(str::to_string)
+}
+
 impl Drop for Roles<'_> {
     fn drop(&mut self) {
         let _ = self.stop_all();
@@ -1026,5 +1297,14 @@ mod tests {
             vec![("proxy1".to_string(), 41), ("proxy2".to_string(), 0)]
         );
         assert!(counters_by_comment(&serde_json::json!({"error": 1})).is_empty());
+    }
+
+    #[test]
+    fn the_leader_key_names_the_replicas_node() {
+        assert_eq!(
+            replica_of("coordinator/coordinator2 at 0.0.0.0:7800").as_deref(),
+            Some("coordinator2")
+        );
+        assert_eq!(replica_of("proxy/p1 at 1.2.3.4:1"), None);
     }
 }

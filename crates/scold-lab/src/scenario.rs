@@ -144,6 +144,11 @@ impl ScenarioConfig {
             } else {
                 0
             }
+            + if self.testbed.replicated() {
+                crate::takeover::STEPS
+            } else {
+                0
+            }
     }
 
     /// Whether the gateway, proxies, a target agent (and in 4.2 the client agents) are
@@ -214,6 +219,9 @@ impl ScenarioConfig {
             .collect();
         if let Some(first) = failed.first() {
             missing.push(format!("{} samples failed (first: {first})", failed.len()));
+        }
+        if self.testbed.replicated() && self.control_mode() && r.takeover.is_none() {
+            missing.push("the coordinator takeover was not measured".into());
         }
         (!missing.is_empty()).then(|| missing.join("; ").replace('\n', " "))
     }
@@ -2253,10 +2261,20 @@ fn phases(
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
-    progress.phase(
-        "starting the roles: CA and certificates, scold dns, scold resolver, scold coordinator, \
-         scold gateway, scold proxy, the target's services",
-    );
+    if cfg.testbed.replicated() {
+        progress.phase(&format!(
+            "starting the roles: CA and certificates, etcd ({} members), scold dns (hidden \
+             primary) and knotd (its secondary), scold resolver, {} scold coordinator \
+             replicas, scold gateway, scold proxy, the target's services",
+            fig8::ETCD_MEMBERS,
+            cfg.testbed.coordinators
+        ));
+    } else {
+        progress.phase(
+            "starting the roles: CA and certificates, scold dns, scold resolver, scold \
+             coordinator, scold gateway, scold proxy, the target's services",
+        );
+    }
     let mut roles = Roles::start(
         lab,
         RoleOptions {
@@ -2267,6 +2285,7 @@ fn phases(
             agent: cfg.agent_mode(),
             control: cfg.control_mode(),
             detect: cfg.detect_mode(),
+            coordinators: cfg.testbed.coordinators,
         },
     )?;
     progress.step(
@@ -2290,6 +2309,22 @@ fn phases(
         format!("direct route: {client} -> internet router -> main link (bottleneck) -> target"),
     ];
     results.provenance.extend(provenance(cfg, &client, encap));
+    if cfg.testbed.replicated() {
+        results.provenance.push(format!(
+            "replicated control plane: {} `scold coordinator` replicas ({}) sharing their \
+             state and lead in an etcd cluster of {} members ({}), each in a namespace \
+             of its own off the bottleneck; every node and `scold ctl` lists every replica. \
+             TargetDNS: `scold dns` in {} is a hidden primary that only the coordinator \
+             updates; ClientDNS asks its secondary, Knot in {}, which follows it by NOTIFY \
+             and IXFR",
+            cfg.testbed.coordinators,
+            lab.coordinators().join(", "),
+            fig8::ETCD_MEMBERS,
+            lab.etcd_members().join(", "),
+            fig8::TARGET_DNS,
+            fig8::DNS_SECONDARY
+        ));
+    }
     let direct = Condition {
         route: Route::Direct,
         attack: false,
@@ -2428,6 +2463,14 @@ fn phases(
     }
 
     restore_phase(lab, &roles, cfg, diverted, t_end, results, progress)?;
+    crate::takeover::finish(
+        results,
+        if cfg.failover_mode() {
+            cfg.failover_reps
+        } else {
+            0
+        },
+    );
     if !cfg.failover_mode() {
         results.notes.push(
             "proxy failover (4.4): not measured: it needs a route that is not static \
@@ -2619,6 +2662,13 @@ fn attack_phase(
 
     progress.phase("indirect route under attack");
     measure_indirect(lab, roles, cfg, true, results, progress)?;
+    if cfg.testbed.replicated() && coordinator {
+        progress.phase(
+            "coordinator takeover under attack: kill -9 of the leading replica (by its etcd \
+             leader key), a standby takes the lead",
+        );
+        crate::takeover::run(lab, roles, results, progress)?;
+    }
     if cfg.failover_mode() {
         progress.phase(&format!(
             "proxy failover under attack (4.4): {} the client's proxy, {} times",

@@ -78,3 +78,16 @@ pub(crate) fn proxy_index(node: &str) -> usize {
         .and_then(|n| n.parse().ok())
         .expect("proxy nodes are named proxyN")
 }
+
+/// Replicated control plane: each etcd member's client port.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// Replicated control plane: each etcd member's peer port.
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Replicated control plane: the prefix of every key the coordinator replicas write.
+pub const ETCD_PREFIX: &str = "/scold-lab/";
+/// Replicated control plane: seconds of the leading replica's etcd lease. A leader that
+/// dies is replaced once its lease lapses, so this bounds the takeover from below.
+pub const LEASE_SECS: u64 = 2;
+/// The TSIG key name TargetDNS's secondary signs its transfers with (and the hidden
+/// primary its NOTIFY).
+pub const SECONDARY_KEY_NAME: &str = "secondary";

@@ -65,12 +65,41 @@ fn failed_build_removes_partial_state() {
 
 #[test]
 fn sigint_to_a_running_lab_removes_everything() {
+    sigint_removes_everything(&[], &["target", "proxy1"], 6);
+}
+
+/// `--coordinators 3`: the etcd members, every coordinator replica and TargetDNS's
+/// secondary go with the rest.
+#[test]
+fn sigint_to_a_replicated_lab_removes_etcd_and_every_replica() {
+    sigint_removes_everything(
+        &["--coordinators", "3"],
+        &[
+            "etcd1",
+            "etcd2",
+            "etcd3",
+            "coordinator",
+            "coordinator2",
+            "coordinator3",
+            "targetdns2",
+            "target",
+        ],
+        12,
+    );
+}
+
+/// Starts `scold lab` with `extra` options, waits until each node of `nodes` runs a
+/// process (and `min` processes run in all), interrupts it and checks that nothing of
+/// it is left.
+fn sigint_removes_everything(extra: &[&str], nodes: &[&str], min: usize) {
     require_root();
     let out = tempfile::tempdir().unwrap();
     let child = std::process::Command::new(scold_bin())
         .args([
-            "lab", "--reps", "50", "--pings", "2", "--sizes", "100k", "--quiet", "--out",
+            "lab", "--reps", "50", "--pings", "2", "--sizes", "100k", "--quiet",
         ])
+        .args(extra)
+        .arg("--out")
         .arg(out.path())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -78,15 +107,14 @@ fn sigint_to_a_running_lab_removes_everything() {
     let mut child = Proc::adopt("scold lab", child);
     let pid = child.pid();
     // Wait until every role runs: the target's services are the last to start.
-    let target_ns = format!("scoldlab-{pid}-0-target");
-    let proxy_ns = format!("scoldlab-{pid}-0-proxy1");
     assert!(
-        wait_for(Duration::from_secs(30), || !pids_in(&target_ns).is_empty()
-            && !pids_in(&proxy_ns).is_empty()),
-        "the lab never started its roles"
+        wait_for(Duration::from_secs(45), || nodes
+            .iter()
+            .all(|n| !pids_in(&format!("scoldlab-{pid}-0-{n}")).is_empty())),
+        "the lab never started its roles in {nodes:?}"
     );
     let inside = processes_of_pid(pid);
-    assert!(inside.len() >= 6, "too few role processes: {inside:?}");
+    assert!(inside.len() >= min, "too few role processes: {inside:?}");
     assert!(
         !etc_netns_of_pid(pid).is_empty(),
         "no client resolv.conf written"

@@ -187,10 +187,70 @@ fn static_route_still_reaches_the_target() {
     }
 }
 
+/// `--coordinators 3`: three coordinator replicas on a 3-member etcd cluster. Under
+/// attack, after the divert, the leading replica is killed; a standby takes the lead,
+/// the gateway, proxies and target link to it, and the proxy failover and the restore
+/// complete under it. The clients' lookups go through TargetDNS's secondary, which the
+/// divert's ALT records reached by NOTIFY and IXFR from the hidden primary.
+#[test]
+fn replicated_coordinator_takes_over_under_attack() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (r, stdout) = run_short_within(&["--coordinators", "3", "--failover-reps", "1"], 200);
+    assert_coordinator_drove(&r, &stdout, 1);
+    let t = r.takeover.as_ref().expect("no takeover in results.json");
+    let replicas = ["coordinator", "coordinator2", "coordinator3"];
+    assert!(
+        replicas.contains(&t.before.as_str()) && replicas.contains(&t.after.as_str()),
+        "{t:?}"
+    );
+    assert_ne!(t.before, t.after, "the killed replica still leads: {t:?}");
+    assert_eq!((t.replicas, t.etcd_members), (3, 3), "{t:?}");
+    // The moments follow each other: lead won, then served, then the nodes linked.
+    assert!(
+        0.0 < t.elected_seconds
+            && t.elected_seconds <= t.serving_seconds
+            && t.serving_seconds <= t.nodes_back_seconds,
+        "{t:?}"
+    );
+    // What ran after the takeover, i.e. under the new leader.
+    assert_eq!((t.failovers_after, t.failovers_asked), (1, 1), "{t:?}");
+    assert!(t.restore_after, "{t:?}");
+    // DNS: the clients' resolver asked the secondary only; the ALT update reached it
+    // by NOTIFY and incremental transfer.
+    let s = &t.secondary;
+    assert!(!s.alt.is_empty(), "{s:?}");
+    assert!(
+        s.notifies_answered > 0 && s.incremental_transfers > 0,
+        "{s:?}"
+    );
+    assert!(
+        s.clientdns_to_secondary > 0 && s.clientdns_to_primary == 0,
+        "{s:?}"
+    );
+    assert!(
+        stdout.contains("Coordinator takeover under attack"),
+        "{stdout}"
+    );
+    for role in [
+        "coordinator2",
+        "coordinator3",
+        "etcd1",
+        "etcd3",
+        "targetdns2",
+    ] {
+        assert!(stdout.contains(role), "{role} not in the report:\n{stdout}");
+    }
+}
+
 /// Runs a short scenario with `extra` options; checks what every scheme must show (the
 /// download shape of Tables 1-2, the report, the logs, nothing left behind) and returns
 /// the results and the printed report.
 fn run_short(extra: &[&str]) -> (Results, String) {
+    run_short_within(extra, 110)
+}
+
+/// [`run_short`], the run given up to `secs` seconds.
+fn run_short_within(extra: &[&str], secs: u64) -> (Results, String) {
     require_root();
     let out = tempfile::tempdir().unwrap();
     let routes_before = host_lab_routes();
@@ -214,7 +274,7 @@ fn run_short(extra: &[&str]) -> (Results, String) {
     .collect();
     args.push(out.path().into());
     args.extend(extra.iter().map(Into::into));
-    let run = run_lab(&args, 110);
+    let run = run_lab(&args, secs);
     let (stdout, stderr) = (run.stdout.clone(), &run.stderr);
     assert!(
         run.status.success(),

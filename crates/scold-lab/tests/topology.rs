@@ -145,6 +145,7 @@ fn full_duplex_bottleneck_limits_the_main_link() {
         },
         duplex: fig8::Duplex::Full,
         alt_link: None,
+        ..Default::default()
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,6 +281,7 @@ fn half_duplex_bottleneck_is_shared_by_both_directions() {
         },
         duplex: fig8::Duplex::Half,
         alt_link: None,
+        ..Default::default()
     })
     .expect("build");
     let stop = Arc::new(AtomicBool::new(false));

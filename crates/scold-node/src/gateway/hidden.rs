@@ -20,7 +20,7 @@
 //!         ip daddr @peers4 udp sport <tunnel port> accept
 //!         ip6 daddr @peers6 udp sport <tunnel port> accept
 //!         ip daddr @peers4 meta l4proto ipip accept   # with tunnel.ipip
-//!         ip daddr <coordinator> tcp dport <port> accept
+//!         ip daddr <coordinator> tcp dport <port> accept   # each replica's
 //!         ip daddr <allow_out prefix> accept
 //!         icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
 //!         counter drop
@@ -107,8 +107,9 @@ pub struct Openings {
     pub udp_port: Option<u16>,
     /// IP protocol 4 to the peers.
     pub ipip: bool,
-    /// The coordinator's control port.
-    pub control: Option<SocketAddr>,
+    /// The coordinator's control address, and each other replica's when the
+    /// coordinator runs as replicas (whichever leads is where the link goes).
+    pub control: Vec<SocketAddr>,
 }
 
 /// The installed policy. Dropping it does not remove it: call [`Hidden::remove`].
@@ -236,7 +237,7 @@ impl Hidden {
                 "ipip tunnel packets to registered proxies",
             ));
         }
-        if let Some(c) = o.control {
+        for &c in &o.control {
             b.add(rule(
                 "output",
                 vec![
@@ -423,7 +424,10 @@ mod tests {
             tun_name: "scold-gw".into(),
             udp_port: Some(51820),
             ipip: true,
-            control: Some("192.0.2.100:7800".parse().unwrap()),
+            control: vec![
+                "192.0.2.100:7800".parse().unwrap(),
+                "192.0.2.101:7801".parse().unwrap(),
+            ],
         }
     }
 
@@ -441,6 +445,9 @@ mod tests {
             "51820",
             "192.0.2.100",
             "7800",
+            // A coordinator replica: reachable once it leads.
+            "192.0.2.101",
+            "7801",
             "198.51.100.0",
             "nd-neighbor-solicit",
             "\"drop\"",
@@ -472,7 +479,7 @@ mod tests {
         };
         let mut o = openings();
         o.ipip = false;
-        o.control = None;
+        o.control.clear();
         let json = serde_json::to_string(&Hidden::ruleset(&s, &o)).unwrap();
         assert!(!json.contains("\"forward\""), "{json}");
         assert!(!json.contains("l4proto"), "{json}");

@@ -148,7 +148,12 @@ impl Config {
             tun_name: self.tun_name.clone(),
             udp_port: self.tunnel.listen.map(|l| l.port()),
             ipip: self.tunnel.ipip,
-            control: self.control.coordinator,
+            control: self
+                .control
+                .coordinator
+                .into_iter()
+                .chain(self.control.replicas.iter().copied())
+                .collect(),
         }
     }
 
