@@ -205,6 +205,15 @@ impl Asm {
         self.fixups.push((self.insns.len(), label));
         self.insns.push(i);
     }
+    /// `r0 = bpf_map_lookup_elem(map, r10 + key_off)`: the key is already on the stack.
+    fn lookup(&mut self, map: RawFd, key_off: i32) {
+        for i in load_map(R1, map) {
+            self.op(i);
+        }
+        self.op(mov_reg(R2, R10));
+        self.op(add_imm(R2, key_off));
+        self.op(call(HELPER_MAP_LOOKUP));
+    }
     fn finish(mut self, labels: &[(Label, usize)]) -> Vec<Insn> {
         for (at, label) in self.fixups {
             let target = labels
@@ -243,12 +252,7 @@ pub fn blocklist_program(blocked: RawFd, stats: RawFd) -> Vec<Insn> {
     );
     a.op(load(W, R4, R2, 26)); // IPv4 source address
     a.op(store_reg(W, R10, -4, R4)); // key on the stack
-    for i in load_map(R1, blocked) {
-        a.op(i);
-    }
-    a.op(mov_reg(R2, R10));
-    a.op(add_imm(R2, -4));
-    a.op(call(HELPER_MAP_LOOKUP));
+    a.lookup(blocked, -4);
     a.to(jump_imm(JEQ, R0, 0, 0), Label::Pass);
     a.op(load(DW, R8, R0, 0)); // r8 = expiry (ns, CLOCK_MONOTONIC)
     a.op(call(HELPER_KTIME_GET_NS));
@@ -257,12 +261,7 @@ pub fn blocklist_program(blocked: RawFd, stats: RawFd) -> Vec<Insn> {
     a.op(call(HELPER_XDP_GET_BUFF_LEN));
     a.op(mov_reg(R7, R0)); // r7 = packet length
     a.op(store_imm(W, R10, -8, 0)); // stats key 0
-    for i in load_map(R1, stats) {
-        a.op(i);
-    }
-    a.op(mov_reg(R2, R10));
-    a.op(add_imm(R2, -8));
-    a.op(call(HELPER_MAP_LOOKUP));
+    a.lookup(stats, -8);
     a.to(jump_imm(JEQ, R0, 0, 0), Label::Drop);
     a.op(load(DW, R1, R0, 0));
     a.op(add_imm(R1, 1));
