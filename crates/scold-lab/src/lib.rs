@@ -22,6 +22,7 @@ pub mod dnsq;
 pub mod error;
 pub mod fig8;
 pub mod flood;
+pub mod html;
 pub mod measure;
 pub mod net;
 pub mod preflight;
@@ -31,6 +32,7 @@ pub mod roles;
 pub mod scenario;
 pub mod serve;
 pub mod settings;
+pub mod timeline;
 pub mod topology;
 
 pub use error::LabError;

@@ -171,6 +171,10 @@ pub struct Results {
     /// Adversary mode: each attack on SCOLD itself and what it achieved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attacks: Vec<Attack>,
+    /// What the clients received over the whole scenario, with its marks (the HTML
+    /// report's chart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::timeline::Timeline>,
 }
 
 /// One attack on SCOLD itself (adversary mode) and what came of it.
