@@ -612,9 +612,15 @@ mod tests {
         // The example's commented table, uncommented, is what the page reads.
         let text = EXAMPLE_CONFIG
             .replace("# [admin]", "[admin]")
-            .replace("# listen = \"127.0.0.1:7880\"", "listen = \"127.0.0.1:7880\"")
+            .replace(
+                "# listen = \"127.0.0.1:7880\"",
+                "listen = \"127.0.0.1:7880\"",
+            )
             .replace("# tls = false", "tls = false")
-            .replace("# connections = { per_source = 16", "connections = { per_source = 16");
+            .replace(
+                "# connections = { per_source = 16",
+                "connections = { per_source = 16",
+            );
         let cfg: Config = toml::from_str(&text).unwrap();
         let admin = cfg.admin.as_ref().expect("[admin] read");
         assert!(!admin.tls && admin.connections.total == 64);

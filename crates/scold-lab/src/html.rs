@@ -100,10 +100,11 @@ struct TextTable {
 fn column_starts(header: &[char]) -> Vec<usize> {
     let mut starts = vec![2];
     for i in 3..header.len() {
-        if header[i] != ' ' && header[i - 3..i].iter().all(|c| *c == ' ') && i > 2 {
-            if starts.last() != Some(&i) {
-                starts.push(i);
-            }
+        if header[i] != ' '
+            && header[i - 3..i].iter().all(|c| *c == ' ')
+            && starts.last() != Some(&i)
+        {
+            starts.push(i);
         }
     }
     starts
@@ -114,7 +115,11 @@ fn cut(line: &[char], starts: &[usize]) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(j, &from)| {
-            let to = starts.get(j + 1).copied().unwrap_or(line.len()).min(line.len());
+            let to = starts
+                .get(j + 1)
+                .copied()
+                .unwrap_or(line.len())
+                .min(line.len());
             line.get(from.min(to)..to)
                 .map(|c| c.iter().collect::<String>().trim().to_string())
                 .unwrap_or_default()
@@ -203,7 +208,11 @@ fn table_html(t: &TextTable) -> String {
 /// Every block of the text report: tables as tables, lists as lists, the rest as text.
 fn report_html(text: &str) -> String {
     let mut out = String::new();
-    for block in text.split("\n\n").map(str::trim_end).filter(|b| !b.trim().is_empty()) {
+    for block in text
+        .split("\n\n")
+        .map(str::trim_end)
+        .filter(|b| !b.trim().is_empty())
+    {
         if let Some(t) = parse_table(block) {
             out.push_str(&table_html(&t));
             continue;
@@ -253,12 +262,44 @@ fn fmt_rate(bits: f64) -> String {
     }
 }
 
+/// Height of one row of mark labels.
+const ROW: f64 = 16.0;
+
+/// The row of each mark's label: the lowest whose labels end (at about 7 px a
+/// character, centred on their mark) before this one begins.
+fn label_rows(t: &Timeline, left: f64, pw: f64) -> Vec<usize> {
+    let span_ms = t.duration_ms().max(1000) as f64;
+    let mut ends: Vec<f64> = Vec::new();
+    t.marks
+        .iter()
+        .map(|m| {
+            let x = left + pw * (m.at_ms as f64 / span_ms).clamp(0.0, 1.0);
+            let half = 3.5 * m.kind.label().len() as f64 + 4.0;
+            let row = ends
+                .iter()
+                .position(|&end| end < x - half)
+                .unwrap_or(ends.len());
+            if row == ends.len() {
+                ends.push(x + half);
+            } else {
+                ends[row] = x + half;
+            }
+            row
+        })
+        .collect()
+}
+
 /// The timeline chart: throughput through the clients over the whole scenario, the
 /// attack shaded, each mark a dashed line with its name.
 pub fn timeline_svg(t: &Timeline) -> String {
     let (w, h) = (1000.0_f64, 380.0_f64);
-    let (left, right, top, bottom) = (80.0, 20.0, 70.0, 45.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
+    let (left, right, bottom) = (80.0, 20.0, 45.0);
+    let pw = w - left - right;
+    // Each mark's label goes on the lowest row where it overlaps no other label.
+    let rows = label_rows(t, left, pw);
+    let top = 26.0 + ROW * rows.iter().copied().max().map_or(1.0, |r| r as f64 + 1.0);
+    let h = h + top - 70.0;
+    let ph = h - top - bottom;
     let span_s = (t.duration_ms().max(1000) as f64) / 1000.0;
     let peak = (0..t.bytes.len())
         .map(|i| t.bits_per_sec(i))
@@ -271,7 +312,12 @@ pub fn timeline_svg(t: &Timeline) -> String {
         "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"throughput through the clients over the scenario\">\n"
     );
     // The attack, shaded.
-    let at = |k: MarkKind| t.marks.iter().find(|m| m.kind == k).map(|m| m.at_ms as f64 / 1000.0);
+    let at = |k: MarkKind| {
+        t.marks
+            .iter()
+            .find(|m| m.kind == k)
+            .map(|m| m.at_ms as f64 / 1000.0)
+    };
     if let Some(a) = at(MarkKind::Attack) {
         let e = at(MarkKind::AttackEnd).unwrap_or(span_s);
         let _ = writeln!(
@@ -331,10 +377,9 @@ pub fn timeline_svg(t: &Timeline) -> String {
         "<polygon class=\"throughput\" points=\"{pts}\"><title>throughput through the clients, per {} ms</title></polygon>",
         t.interval_ms
     );
-    // Marks: labels staggered on three rows so close ones stay readable.
-    for (i, m) in t.marks.iter().enumerate() {
+    for (m, row) in t.marks.iter().zip(&rows) {
         let s = m.at_ms as f64 / 1000.0;
-        let row = (i % 3) as f64;
+        let row = *row as f64;
         let kind = serde_json::to_value(m.kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -345,9 +390,9 @@ pub fn timeline_svg(t: &Timeline) -> String {
             label = esc(m.kind.label()),
             detail = esc(&m.detail),
             xs = x(s),
-            y1 = top - 18.0 * row - 4.0,
+            y1 = top - ROW * row - 4.0,
             y2 = top + ph,
-            ty = top - 18.0 * row - 8.0,
+            ty = top - ROW * row - 8.0,
         );
     }
     out.push_str("</svg>\n");
@@ -355,7 +400,8 @@ pub fn timeline_svg(t: &Timeline) -> String {
 }
 
 fn timeline_section(t: &Timeline) -> String {
-    let mut out = String::from("<section id=\"timeline\">\n<h2>Timeline</h2>\n<div class=\"card\">\n");
+    let mut out =
+        String::from("<section id=\"timeline\">\n<h2>Timeline</h2>\n<div class=\"card\">\n");
     out.push_str(&timeline_svg(t));
     out.push_str(
         "<ul class=\"legend\"><li class=\"lg-throughput\">what the clients received</li>\
@@ -366,10 +412,10 @@ fn timeline_section(t: &Timeline) -> String {
     let total: u64 = t.bytes.iter().sum();
     let _ = writeln!(
         out,
-        "<p class=\"foot\">{} received by the clients' downloads over {:.1} s, in {} ms bins. \
+        "<p class=\"foot\">{:.1} MB received by the clients' downloads over {:.1} s, in {} ms bins. \
          The clients download only while the lab measures, so the gaps are the lab's, not \
          the network's.</p>",
-        crate::report::fmt_size(total),
+        total as f64 / 1e6,
         t.duration_ms() as f64 / 1000.0,
         t.interval_ms
     );
@@ -398,7 +444,8 @@ pub fn render(r: &Results, sizes: &[u64], text: &str) -> String {
         .get("scheme")
         .and_then(|v| v.as_str())
         .unwrap_or("4.1");
-    let mut out = String::from("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    let mut out =
+        String::from("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     out.push_str("<title>SCOLD lab report</title>\n<style>");
     out.push_str(STYLE);
@@ -425,7 +472,10 @@ pub fn render(r: &Results, sizes: &[u64], text: &str) -> String {
     out.push_str(&report_html(body));
     out.push_str("</section>\n<section id=\"downloads\">\n<h2>Download time against size</h2>\n<div class=\"card\">\n");
     let svg = render_svg(r, sizes);
-    out.push_str(svg.trim_start_matches(|c| c != '<').trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
+    out.push_str(
+        svg.trim_start_matches(|c| c != '<')
+            .trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"),
+    );
     out.push_str("</div>\n</section>\n");
     let notes: Vec<&str> = notes
         .lines()
@@ -470,7 +520,9 @@ mod tests {
         r.timeline = Some(Timeline {
             start_unix_ms: 1_796_000_000_000,
             interval_ms: 100,
-            bytes: (0..300).map(|i| if (50..120).contains(&i) { 12_500 } else { 0 }).collect(),
+            bytes: (0..300)
+                .map(|i| if (50..120).contains(&i) { 12_500 } else { 0 })
+                .collect(),
             marks: [
                 (4_000, MarkKind::Alarm),
                 (4_300, MarkKind::Divert),
@@ -494,14 +546,27 @@ mod tests {
     fn tables_of_the_text_report_become_html_tables() {
         let r = results();
         let text = crate::report::render_tables(&r, &[250_000]);
-        let html = render(&r, &[250_000], &format!("{text}\nnote: flood: <b>bold</b> & co\n"));
+        let html = render(
+            &r,
+            &[250_000],
+            &format!("{text}\nnote: flood: <b>bold</b> & co\n"),
+        );
         assert!(html.starts_with("<!doctype html>"));
-        for t in ["Table 1", "Table 2", "Table 3", "Table 4", "Further timings"] {
+        for t in [
+            "Table 1",
+            "Table 2",
+            "Table 3",
+            "Table 4",
+            "Further timings",
+        ] {
             assert!(html.contains(&format!("<caption>{t}")), "{t} missing");
         }
         // Table 1's row: our median with the paper's figure set apart.
         assert!(html.contains("<th scope=\"row\">ping RTT</th>"), "{html}");
-        assert!(html.contains("<span class=\"paper\">225.00 ms</span>"), "{html}");
+        assert!(
+            html.contains("<span class=\"paper\">225.00 ms</span>"),
+            "{html}"
+        );
         assert!(html.contains("<th scope=\"col\">indirect, attack</th>"));
         // Notes are escaped, never markup.
         assert!(html.contains("flood: &lt;b&gt;bold&lt;/b&gt; &amp; co"));
@@ -515,7 +580,14 @@ mod tests {
     #[test]
     fn the_timeline_marks_every_event_and_draws_the_throughput() {
         let svg = timeline_svg(results().timeline.as_ref().unwrap());
-        for k in ["alarm", "divert", "attack", "failover", "attack_end", "restore"] {
+        for k in [
+            "alarm",
+            "divert",
+            "attack",
+            "failover",
+            "attack_end",
+            "restore",
+        ] {
             assert!(
                 svg.contains(&format!("data-kind=\"{k}\"")),
                 "mark {k} missing:\n{svg}"
@@ -526,6 +598,34 @@ mod tests {
         // 1 Mbit/s for 7 s: the axis reaches it.
         assert!(svg.contains("1.0 Mbit/s"), "{svg}");
         assert!(svg.contains("<polygon class=\"throughput\""));
+    }
+
+    #[test]
+    fn close_marks_get_their_own_label_rows() {
+        let mut t = results().timeline.unwrap();
+        t.marks = [
+            (15_420, MarkKind::Restore),
+            (15_450, MarkKind::Attack),
+            (15_970, MarkKind::Alarm),
+            (15_990, MarkKind::Divert),
+            (27_000, MarkKind::Failover),
+        ]
+        .into_iter()
+        .map(|(at_ms, kind)| Mark {
+            at_ms,
+            kind,
+            detail: String::new(),
+        })
+        .collect();
+        assert_eq!(label_rows(&t, 80.0, 900.0), vec![0, 1, 2, 3, 0]);
+        // The chart grows to hold the rows: every label stays inside it.
+        let svg = timeline_svg(&t);
+        let ys: Vec<f64> = svg
+            .split("<text x=")
+            .skip(1)
+            .filter_map(|p| p.split("y=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect();
+        assert!(ys.iter().all(|y| *y > 10.0), "{ys:?}");
     }
 
     #[test]
@@ -541,7 +641,10 @@ mod tests {
         assert_eq!(t.header, vec!["", "a", "b, c"]);
         assert_eq!(t.rows, vec![vec!["row one", "1.00 ms  [2 ms]", "x"]]);
         assert_eq!(t.foot, vec!["[1] a footnote"]);
-        assert_eq!(cell("1.00 ms  [2 ms]"), "1.00 ms<span class=\"paper\">2 ms</span>");
+        assert_eq!(
+            cell("1.00 ms  [2 ms]"),
+            "1.00 ms<span class=\"paper\">2 ms</span>"
+        );
         assert!(parse_table("Shape\n  a: b\n  c: d").is_none());
     }
 

@@ -304,7 +304,10 @@ pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
     }
     write(&text, full.as_bytes())?;
     let html = cfg.out_dir.join("report.html");
-    write(&html, crate::html::render(&results, &cfg.sizes, &full).as_bytes())?;
+    write(
+        &html,
+        crate::html::render(&results, &cfg.sizes, &full).as_bytes(),
+    )?;
     progress.step("report", &cfg.out_dir.display().to_string());
     Ok(Outputs {
         results,
@@ -2415,7 +2418,11 @@ fn phases(
     let attacked = attack_phase(lab, &mut roles, cfg, &mut floods, results, progress);
     let early = floods_ended(&mut floods);
     let t_end = (Instant::now(), SystemTime::now());
-    timeline.mark_at(t_end.1, crate::timeline::MarkKind::AttackEnd, "the floods stop");
+    timeline.mark_at(
+        t_end.1,
+        crate::timeline::MarkKind::AttackEnd,
+        "the floods stop",
+    );
     let reports = stop_floods(floods);
     let mut sent = 0;
     for r in &reports {

@@ -128,9 +128,9 @@ impl Bins {
     /// The bins, with a last partial one scaled to a whole bin's length so its rate is
     /// right.
     fn finish(mut self) -> (u64, Vec<u64>) {
-        if self.ticks > 0 {
-            let whole = self.interval_ms / TICK_MS;
-            self.bytes.push(self.open * whole / self.ticks);
+        let whole = self.interval_ms / TICK_MS;
+        if let Some(scaled) = (self.open * whole).checked_div(self.ticks) {
+            self.bytes.push(scaled);
         }
         (self.interval_ms, self.bytes)
     }

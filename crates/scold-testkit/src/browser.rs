@@ -206,10 +206,58 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// A PNG of the page as it is now, written to `png`; its size in bytes.
+    pub fn screenshot(&mut self, png: &Path) -> usize {
+        let session = self.session.clone();
+        let r = self.call(
+            Some(&session),
+            "Page.captureScreenshot",
+            json!({ "format": "png", "captureBeyondViewport": true }),
+        );
+        let bytes = base64(r["data"].as_str().expect("screenshot data"));
+        std::fs::write(png, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", png.display()));
+        bytes.len()
+    }
+}
+
+/// Standard base64 (what DevTools sends binary data as).
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = acc << 6 | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         // Closing the pipe makes Chromium exit; the Proc stops it by PID otherwise.
         self.to.take();
         let _ = self.proc.wait_exit(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(super::base64("aGVsbG8gd29ybGQ="), b"hello world");
+        assert_eq!(super::base64("AAEC/w=="), [0, 1, 2, 255]);
     }
 }

@@ -14,8 +14,8 @@ use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
 use scold_link::channel::{self, Channel};
 use scold_metrics::Metrics;
 use scold_proto::control::{
-    EventView, NodeInfo, NodeLoad, NodeView, ProxyView, Refusal, RefusalReason, Reply, Request, StatusReport,
-    TargetView,
+    EventView, NodeInfo, NodeLoad, NodeView, ProxyView, Refusal, RefusalReason, Reply, Request,
+    StatusReport, TargetView,
 };
 use scold_proto::identity::Role;
 use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Phase, Step, TargetState};

@@ -147,7 +147,8 @@ async fn publish(c: Arc<Coordinator>, me: String, tx: watch::Sender<Arc<str>>) {
 
 /// The view without its `at_ms` field (the only part that changes every time).
 fn strip_clock(json: &str) -> &str {
-    json.split_once(",\"status\":").map_or(json, |(_, rest)| rest)
+    json.split_once(",\"status\":")
+        .map_or(json, |(_, rest)| rest)
 }
 
 #[derive(Clone)]
@@ -321,8 +322,12 @@ pub(super) async fn serve(
         let Some(pass) = door.enter(peer) else {
             continue;
         };
-        let (app, acceptor, door, mut stop) =
-            (app.clone(), acceptor.clone(), door.clone(), shutdown.clone());
+        let (app, acceptor, door, mut stop) = (
+            app.clone(),
+            acceptor.clone(),
+            door.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let _pass = pass;
             let served = async {
@@ -334,7 +339,11 @@ pub(super) async fn serve(
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => return door.refuse(peer, "tls", &e),
                             Err(_) => {
-                                return door.refuse(peer, "handshake_timeout", &"TLS handshake timed out")
+                                return door.refuse(
+                                    peer,
+                                    "handshake_timeout",
+                                    &"TLS handshake timed out",
+                                )
                             }
                         };
                         // The handshake already refused every other role; checked again
@@ -419,7 +428,10 @@ mod tests {
         }
         assert!(!host_allowed(&s, &HeaderMap::new()), "no Host header");
         // Over mutual TLS the certificate is the check.
-        assert!(host_allowed(&shared(false), &host("scold-coordinator.example")));
+        assert!(host_allowed(
+            &shared(false),
+            &host("scold-coordinator.example")
+        ));
     }
 
     #[test]
@@ -436,7 +448,15 @@ mod tests {
         // The SVG namespace is a name, not an address fetched.
         let script = SCRIPT.replace("\"http://www.w3.org/2000/svg\"", "SVG");
         for (name, text) in [("index", INDEX), ("script", &*script), ("style", STYLE)] {
-            for bad in ["http:", "https:", "//", "innerHTML", "outerHTML", "eval(", "@import"] {
+            for bad in [
+                "http:",
+                "https:",
+                "//",
+                "innerHTML",
+                "outerHTML",
+                "eval(",
+                "@import",
+            ] {
                 let code: String = text
                     .lines()
                     .filter(|l| !l.trim_start().starts_with("//"))

@@ -1012,7 +1012,10 @@ async fn session_metrics(engine: EngineHandle, ctx: NodeContext) {
         };
         if let Some(agent) = &ctx.agent {
             let now = std::time::Instant::now();
-            let clients = drops.iter().filter(|d| d.name.starts_with("client-")).count() as u64;
+            let clients = drops
+                .iter()
+                .filter(|d| d.name.starts_with("client-"))
+                .count() as u64;
             let rate = match received {
                 Some((before, at)) if rx_bytes >= before => {
                     let secs = now.duration_since(at).as_secs_f64().max(0.001);

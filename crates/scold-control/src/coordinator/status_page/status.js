@@ -69,7 +69,7 @@ function strip(name, events, current, now) {
   const start = Math.max(now - WINDOW_MS, Math.min(now - 60000, ...events.map((e) => e.at_ms)));
   const span = Math.max(1, now - start);
   const x = (t) => (100 * (Math.max(start, t) - start)) / span;
-  const s = svg("svg", { class: "strip", viewBox: "0 0 100 54", preserveAspectRatio: "none",
+  const s = svg("svg", { class: "strip", viewBox: "0 0 100 44", preserveAspectRatio: "none",
     role: "img", "aria-label": `phases of ${name} since ${clock(start)}` });
   // The phase before the first change in the window: the one that change left.
   let phase = phases.length ? "normal" : current;
@@ -77,25 +77,24 @@ function strip(name, events, current, now) {
   if (before.length) phase = before[before.length - 1].phase;
   let from = start;
   for (const e of phases.filter((e) => e.at_ms >= start)) {
-    s.append(svg("rect", { class: `seg-${phase}`, x: x(from), y: 14, width: Math.max(0, x(e.at_ms) - x(from)), height: 20 }));
+    s.append(svg("rect", { class: `seg-${phase}`, x: x(from), y: 12, width: Math.max(0, x(e.at_ms) - x(from)), height: 20 }));
     phase = e.phase;
     from = e.at_ms;
   }
-  s.append(svg("rect", { class: `seg-${phase}`, x: x(from), y: 14, width: Math.max(0, 100 - x(from)), height: 20 }));
+  s.append(svg("rect", { class: `seg-${phase}`, x: x(from), y: 12, width: Math.max(0, 100 - x(from)), height: 20 }));
   for (const e of events.filter((e) => e.at_ms >= start)) {
     const [kind, label] = kindOf(e);
     if (!["alarm", "divert", "failover", "restore"].includes(kind)) continue;
     const g = svg("g", { class: `mark mark-${kind}`, "data-kind": kind });
-    g.append(svg("line", { x1: x(e.at_ms), x2: x(e.at_ms), y1: 6, y2: 42, "vector-effect": "non-scaling-stroke" }));
+    g.append(svg("line", { x1: x(e.at_ms), x2: x(e.at_ms), y1: 4, y2: 40, "vector-effect": "non-scaling-stroke" }));
     const t = svg("title", {});
     t.textContent = `${clock(e.at_ms)} ${label}`;
     g.append(t);
     s.append(g);
   }
-  const l = svg("text", { x: 0, y: 52 }); l.textContent = clock(start);
-  const r = svg("text", { x: 100, y: 52, "text-anchor": "end" }); r.textContent = "now";
-  s.append(l, r);
-  return s;
+  // The axis is HTML: text in a stretched SVG would be stretched too.
+  const axis = el("div", { class: "strip-axis" }, el("span", {}, clock(start)), el("span", {}, "now"));
+  return el("div", { class: "strip-box" }, s, axis);
 }
 
 function renderTarget(t, timeline, now) {
