@@ -376,5 +376,25 @@ fn plain_http_is_loopback_only_and_answers_loopback_names_only() {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // A connection that sends nothing, or half a request head, is closed after the
+    // head's time (5 s).
+    for first in [&b""[..], b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"] {
+        let t0 = Instant::now();
+        let mut idle = TcpStream::connect(site.admin).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        idle.write_all(first).unwrap();
+        let mut rest = Vec::new();
+        let _ = idle.read_to_end(&mut rest);
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "a silent connection was held {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "{rest:?}"
+        );
+    }
     assert_eq!(get(&site.admin.to_string()), "200");
 }
