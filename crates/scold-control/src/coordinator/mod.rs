@@ -1278,7 +1278,11 @@ impl Coordinator {
             targets,
             proxies,
             gateways,
-            events: self.events(limit, None, None)?,
+            // The status page reads the events itself (limit 0): no store read here.
+            events: match limit {
+                0 => Vec::new(),
+                n => self.events(n, None, None)?,
+            },
         })
     }
 
