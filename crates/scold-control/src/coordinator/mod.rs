@@ -1298,9 +1298,15 @@ impl Coordinator {
                 capacity_mbps: n.info.capacity_mbps,
                 health: n.health.as_str().to_string(),
                 last_seen_ms: n.last_seen_ms,
-                load: (n.health == Health::Up)
-                    .then(|| world.loads.get(&NodeRecord::key(n.role, &n.name)).copied())
-                    .flatten(),
+                // While connected: an attacked proxy still reports what it drops.
+                load: {
+                    let key = NodeRecord::key(n.role, &n.name);
+                    world
+                        .live
+                        .contains_key(&key)
+                        .then(|| world.loads.get(&key).copied())
+                        .flatten()
+                },
                 serving: world
                     .targets
                     .iter()
