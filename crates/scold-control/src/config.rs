@@ -15,6 +15,9 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// The read-only status page (`[admin]`), for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSection>,
     #[serde(default, rename = "target", skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "proxy", skip_serializing_if = "Vec::is_empty")]
@@ -159,6 +162,41 @@ fn default_max_backoff_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: SocketAddr,
+}
+
+/// `[admin]`: where the coordinator serves its read-only status page.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the status page.
+    pub listen: SocketAddr,
+    /// HTTPS with mutual TLS: the coordinator's own certificate ([tls]), and only
+    /// clients with an operator certificate of the consortium CA get in. `false`: plain
+    /// HTTP, allowed on a loopback address only (whoever can reach it is on this host).
+    #[serde(default = "default_admin_tls")]
+    pub tls: bool,
+    /// Connections the page takes from one address, one network and in all.
+    #[serde(default = "default_admin_connections")]
+    pub connections: ConnLimits,
+}
+
+fn default_admin_tls() -> bool {
+    true
+}
+
+fn default_admin_connections() -> ConnLimits {
+    ConnLimits::new(16, 32, 64)
+}
+
+impl AdminSection {
+    /// The status page on `listen`, over mutual TLS when `tls`.
+    pub fn new(listen: SocketAddr, tls: bool) -> AdminSection {
+        AdminSection {
+            listen,
+            tls,
+            connections: default_admin_connections(),
+        }
+    }
 }
 
 /// Which indirect-route scheme of the paper a target uses.
@@ -401,6 +439,17 @@ crl = "crl.pem"
 [metrics]
 listen = "127.0.0.1:9800"
 
+# The read-only status page (optional): each target's phase and timeline, the ALT set,
+# each proxy's health and load, live. With tls = true (the default) it is HTTPS with the
+# [tls] certificate above, and only a browser holding an operator certificate of the
+# consortium CA gets in (`scold ca issue --role operator --name NAME`, imported as
+# PKCS#12). tls = false serves plain HTTP and is refused unless listen is a loopback
+# address (reach it from elsewhere through an SSH tunnel).
+# [admin]
+# listen = "127.0.0.1:7880"
+# tls = false
+# connections = { per_source = 16, per_prefix = 32, total = 64 }
+
 # Alert hooks (optional, any number): alarm, divert, failover, restore and revocation
 # events POSTed as JSON, signed: X-Scold-Signature: sha256=HMAC-SHA256(secret, body).
 # Retried after 0.5, 1, 2, 4 s; a slow or dead receiver never delays a divert.
@@ -465,6 +514,16 @@ impl Config {
                     e.lease_secs
                 );
             }
+        }
+        if let Some(a) = &self.admin {
+            anyhow::ensure!(
+                a.tls || a.listen.ip().is_loopback(),
+                "{}: [admin] listen = {} without tls: the status page is served in plain HTTP \
+                 only on a loopback address (127.0.0.1 or ::1); set tls = true to serve it to \
+                 operator certificates over HTTPS, or listen on a loopback address",
+                path.display(),
+                a.listen
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.targets {
@@ -535,6 +594,36 @@ mod tests {
         let e = cfg.validate(Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("services") && e.contains("tcp/80"), "{e}");
         cfg.targets[0].services = vec!["tcp/80".parse().unwrap()];
+        cfg.validate(Path::new("c.toml")).unwrap();
+    }
+
+    #[test]
+    fn a_plain_status_page_must_listen_on_loopback() {
+        let mut cfg: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        cfg.admin = Some(AdminSection::new("0.0.0.0:7880".parse().unwrap(), false));
+        let e = cfg.validate(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("[admin]") && e.contains("loopback"), "{e}");
+        cfg.admin = Some(AdminSection::new("127.0.0.1:7880".parse().unwrap(), false));
+        cfg.validate(Path::new("c.toml")).unwrap();
+        cfg.admin = Some(AdminSection::new("[::1]:7880".parse().unwrap(), false));
+        cfg.validate(Path::new("c.toml")).unwrap();
+        cfg.admin = Some(AdminSection::new("0.0.0.0:7880".parse().unwrap(), true));
+        cfg.validate(Path::new("c.toml")).unwrap();
+        // The example's commented table, uncommented, is what the page reads.
+        let text = EXAMPLE_CONFIG
+            .replace("# [admin]", "[admin]")
+            .replace(
+                "# listen = \"127.0.0.1:7880\"",
+                "listen = \"127.0.0.1:7880\"",
+            )
+            .replace("# tls = false", "tls = false")
+            .replace(
+                "# connections = { per_source = 16",
+                "connections = { per_source = 16",
+            );
+        let cfg: Config = toml::from_str(&text).unwrap();
+        let admin = cfg.admin.as_ref().expect("[admin] read");
+        assert!(!admin.tls && admin.connections.total == 64);
         cfg.validate(Path::new("c.toml")).unwrap();
     }
 

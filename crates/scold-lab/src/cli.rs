@@ -158,7 +158,7 @@ pub struct ScenarioArgs {
     /// Rate of the alternate link (each direction); default: the bottleneck's rate.
     #[arg(long, value_parser = parse_rate)]
     pub alt_rate: Option<u64>,
-    /// Directory for results.json, report.txt and downloads.svg.
+    /// Directory for results.json, report.txt, report.html and downloads.svg.
     #[arg(long, default_value = "scold-lab-results")]
     pub out: PathBuf,
     /// On failure keep the namespaces for inspection (`scold lab cleanup --all` removes them).
@@ -742,6 +742,10 @@ async fn run_scenario(a: ScenarioArgs) -> anyhow::Result<()> {
     println!("every sample: {}", out.json.display());
     println!("tables:       {}", out.text.display());
     println!("chart:        {}", out.svg.display());
+    println!(
+        "as a page:    {}",
+        out.text.with_file_name("report.html").display()
+    );
     println!("role logs:    {}", out.logs.display());
     let broken: Vec<&str> = out
         .results

@@ -698,6 +698,11 @@ impl RoleConfigs {
                 crl: Some(tls.crl.clone()),
             },
             metrics: None,
+            // The status page, on the coordinator namespace's loopback.
+            admin: Some(coordinator::AdminSection::new(
+                (Ipv4Addr::LOCALHOST, settings::STATUS_PAGE_PORT).into(),
+                false,
+            )),
             targets: vec![coordinator::TargetConfig {
                 name: settings::TARGET_ID.into(),
                 fqdn: format!("{}.", settings::TARGET_FQDN),

@@ -22,6 +22,7 @@ pub mod dnsq;
 pub mod error;
 pub mod fig8;
 pub mod flood;
+pub mod html;
 pub mod measure;
 pub mod net;
 pub mod preflight;
@@ -32,6 +33,7 @@ pub mod scenario;
 pub mod serve;
 pub mod settings;
 pub mod takeover;
+pub mod timeline;
 pub mod topology;
 
 pub use error::LabError;

@@ -18,6 +18,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::LabError;
 
+/// Payload bytes every download of this process received so far (the lab's clients:
+/// their downloads run on threads of this process); the run's timeline samples it.
+pub static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn received(n: usize) {
+    RECEIVED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A finished download.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Transfer {
@@ -103,6 +111,7 @@ fn drain(
         match r.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
+                received(n);
                 total += n as u64;
                 if total > limit {
                     return Err(LabError::Protocol {
@@ -256,6 +265,7 @@ pub fn fetch_bulk_checked_via(
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                received(n);
                 longest = longest.max(last.elapsed().as_secs_f64());
                 last = Instant::now();
                 digest = fnv(digest, &buf[..n]);

@@ -175,6 +175,10 @@ pub struct Results {
     /// takeover by a standby ([`crate::takeover`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeover: Option<crate::takeover::Takeover>,
+    /// What the clients received over the whole scenario, with its marks (the HTML
+    /// report's chart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::timeline::Timeline>,
 }
 
 /// One attack on SCOLD itself (adversary mode) and what came of it.

@@ -311,6 +311,11 @@ pub fn run(cfg: &ScenarioConfig) -> Result<Outputs, LabError> {
         full.push_str(&format!("\nnote: {n}\n"));
     }
     write(&text, full.as_bytes())?;
+    let html = cfg.out_dir.join("report.html");
+    write(
+        &html,
+        crate::html::render(&results, &cfg.sizes, &full).as_bytes(),
+    )?;
     progress.step("report", &cfg.out_dir.display().to_string());
     Ok(Outputs {
         results,
@@ -2261,6 +2266,8 @@ fn phases(
     results: &mut Results,
     progress: &mut Progress,
 ) -> Result<(), LabError> {
+    // What the clients receive, over the whole scenario (the HTML report's chart).
+    let mut timeline = crate::timeline::Sampler::start();
     if cfg.testbed.replicated() {
         progress.phase(&format!(
             "starting the roles: CA and certificates, etcd ({} members), scold dns (hidden \
@@ -2439,9 +2446,18 @@ fn phases(
         lab.attackers().len()
     ));
     let mut floods = start_floods(lab, cfg, budget)?;
+    timeline.mark(
+        crate::timeline::MarkKind::Attack,
+        format!("{} attackers flood the main link", lab.attackers().len()),
+    );
     let attacked = attack_phase(lab, &mut roles, cfg, &mut floods, results, progress);
     let early = floods_ended(&mut floods);
     let t_end = (Instant::now(), SystemTime::now());
+    timeline.mark_at(
+        t_end.1,
+        crate::timeline::MarkKind::AttackEnd,
+        "the floods stop",
+    );
     let reports = stop_floods(floods);
     let mut sent = 0;
     for r in &reports {
@@ -2479,6 +2495,14 @@ fn phases(
         );
     }
     roles.check()?;
+    // The coordinator's audit log gives the timeline's divert, failover and restore; a
+    // run without the coordinator has none to give.
+    let events = if cfg.control_mode() {
+        roles.events().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    results.timeline = Some(timeline.finish(&events));
     roles.stop_all()?;
     progress.step("roles stopped", "every scold process exited");
     Ok(())

@@ -16,6 +16,8 @@ pub const TARGET_ID: &str = "target";
 pub const GATEWAY_ID: &str = "altgw";
 /// The coordinator's control port.
 pub const COORDINATOR_PORT: u16 = 7800;
+/// The coordinator's status page, plain HTTP on the loopback of its namespace.
+pub const STATUS_PAGE_PORT: u16 = 7880;
 /// Tunnel port of gateway and proxies (udp and wireguard).
 pub const TUNNEL_PORT: u16 = 51820;
 /// The client agent's TUN device.

@@ -4,7 +4,7 @@
 use crate::channel::{self, Channel, ChannelError, Handler};
 use scold_metrics::Metrics;
 use scold_pki::TlsIdentity;
-use scold_proto::control::{NodeInfo, Reply, Request};
+use scold_proto::control::{NodeInfo, NodeLoad, Reply, Request};
 use scold_proto::identity::Role;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ const MAX_BACKOFF_REPLICAS: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct CoordinatorLink {
     current: watch::Receiver<Option<Channel>>,
+    /// What the next heartbeat reports the node carries; the node's own tasks set it.
+    load: Arc<std::sync::Mutex<Option<NodeLoad>>>,
 }
 
 impl CoordinatorLink {
@@ -60,6 +62,8 @@ impl CoordinatorLink {
             MAX_BACKOFF
         };
         let (tx, rx) = watch::channel(None);
+        let load: Arc<std::sync::Mutex<Option<NodeLoad>>> = Default::default();
+        let reported = load.clone();
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
             let mut next = 0usize;
@@ -119,7 +123,8 @@ impl CoordinatorLink {
                     tokio::select! {
                         _ = tick.tick() => {
                             seq += 1;
-                            if let Err(e) = ch.request(Request::Heartbeat { seq }, every * 3).await {
+                            let load = *reported.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Err(e) = ch.request(Request::Heartbeat { seq, load }, every * 3).await {
                                 warn!(error = %e, "heartbeat failed; reconnecting");
                                 break;
                             }
@@ -134,7 +139,14 @@ impl CoordinatorLink {
                 let _ = tx.send(None);
             }
         });
-        CoordinatorLink { current: rx }
+        CoordinatorLink { current: rx, load }
+    }
+
+    /// Changes what the following heartbeats report the node carries (`f` edits the
+    /// figures last set; each task of the node keeps its own fields).
+    pub fn report_load(&self, f: impl FnOnce(&mut NodeLoad)) {
+        let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        f(load.get_or_insert_with(NodeLoad::default));
     }
 
     pub fn connected(&self) -> bool {

@@ -400,6 +400,22 @@ fn proxy_filter_blocks_a_flood_and_self_defence_resets_the_proxy() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(p1["health"], "attacked", "{s:#}");
+    // Its heartbeats tell the coordinator what its filter dropped (the status page
+    // and `scold ctl --json proxies` show it).
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = net.status();
+        let drops = s["proxies"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "p1"))
+            .and_then(|p| p["load"]["filter_drops"].as_u64())
+            .unwrap_or(0);
+        if drops > 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "p1 reported no filter drops:\n{s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The traceback goes out every traceback_secs (1 s here): the reset can come first.
     let end = Instant::now() + Duration::from_secs(10);
     let events = loop {

@@ -119,6 +119,9 @@ pub enum Request {
     /// Liveness; a node that stays silent is marked down.
     Heartbeat {
         seq: u64,
+        /// What the node carries now (proxies), for the operator's view.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        load: Option<NodeLoad>,
     },
     /// A target reports an attack on its main link (paper Sec. 3 step 1).
     Alarm {
@@ -329,6 +332,25 @@ pub struct ProxyView {
     pub last_seen_ms: Option<u64>,
     /// Targets whose ALT set lists this proxy.
     pub serving: Vec<String>,
+    /// What the proxy last reported carrying (its heartbeats), while it is connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<NodeLoad>,
+}
+
+/// A node's load as its heartbeats report it: live figures for the operator, kept in
+/// memory only (a restarted coordinator shows them again at the next heartbeat).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Client sessions admitted now.
+    #[serde(default)]
+    pub clients: u64,
+    /// Bytes per second relayed through the tunnels (both directions), over the last
+    /// second or so.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// Packets the filter dropped since the node started (link and relay path).
+    #[serde(default)]
+    pub filter_drops: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,7 +528,15 @@ mod tests {
     fn every_request() -> Vec<Request> {
         vec![
             Request::Register(NodeInfo::default()),
-            Request::Heartbeat { seq: 1 },
+            Request::Heartbeat { seq: 1, load: None },
+            Request::Heartbeat {
+                seq: 2,
+                load: Some(NodeLoad {
+                    clients: 3,
+                    bytes_per_sec: 4,
+                    filter_drops: 5,
+                }),
+            },
             Request::Alarm {
                 target: "web".into(),
                 summary: serde_json::Value::Null,

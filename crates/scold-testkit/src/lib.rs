@@ -11,6 +11,8 @@
 //!   started (never by name) when dropped;
 //! - bounded waits ([`wait_for`], [`wait_until`], [`wait_tcp_port`]) and a free
 //!   loopback port ([`free_port`]);
+//! - [`browser`]: headless Chromium in a namespace (the DOM, a screenshot, a live page
+//!   over the DevTools protocol);
 //! - [`EtcdCluster`]: a real etcd cluster on loopback, for coordinator replicas;
 //! - shell helpers ([`sh`], [`must`], [`must_run`], [`output`]) whose failures carry the
 //!   command and its output.
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod bin;
+pub mod browser;
 mod etcd;
 mod host;
 mod net;

@@ -197,10 +197,24 @@ pub async fn serve_with(
     let sweep_every = Duration::from_millis(cfg.coordinator.heartbeat_ms.clamp(50, 1000));
     let coordinator_limits = cfg.coordinator.connections;
     let request_rate = cfg.coordinator.requests;
+    let admin = cfg.admin.clone();
     let coordinator = Coordinator::open_with(cfg, store, dns, metrics.clone())?;
     coordinator.set_leader_epoch(leader_epoch);
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
+    let status_page = match admin {
+        Some(a) => {
+            let listener = status_page::bind(&a).await?;
+            let tls = a.tls.then(|| tls.clone());
+            let (c, m, s) = (coordinator.clone(), metrics.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = status_page::serve(c, a, tls, listener, m, s).await {
+                    error!("{e:#}");
+                }
+            }))
+        }
+        None => None,
+    };
     let sweeper = {
         let c = coordinator.clone();
         let tls = tls.clone();
@@ -241,6 +255,9 @@ pub async fn serve_with(
     )
     .await;
     sweeper.abort();
+    if let Some(p) = status_page {
+        p.abort();
+    }
     r.context("the coordinator's control listener stopped")
 }
 

@@ -37,8 +37,8 @@ impl Handler for CoordinatorHandler {
                 }
                 respond(r.map(|reg| reg.reply))
             }
-            Request::Heartbeat { .. } => {
-                if c.heartbeat(from) && from.peer().role == Role::Proxy {
+            Request::Heartbeat { load, .. } => {
+                if c.heartbeat(from, load) && from.peer().role == Role::Proxy {
                     c.refill(None, "proxy_back");
                 }
                 respond(Ok(Reply::Done))

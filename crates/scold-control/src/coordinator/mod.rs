@@ -14,8 +14,8 @@ use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
 use scold_link::channel::{self, Channel};
 use scold_metrics::Metrics;
 use scold_proto::control::{
-    EventView, NodeInfo, NodeView, ProxyView, Refusal, RefusalReason, Reply, Request, StatusReport,
-    TargetView,
+    EventView, NodeInfo, NodeLoad, NodeView, ProxyView, Refusal, RefusalReason, Reply, Request,
+    StatusReport, TargetView,
 };
 use scold_proto::identity::Role;
 use scold_proto::state::{choose_proxies, Candidate, Event, Outcome, Phase, Step, TargetState};
@@ -31,6 +31,7 @@ mod handler;
 pub mod lead;
 mod phase_metrics;
 mod resync;
+mod status_page;
 
 pub use daemon::{load_config, run, serve, serve_on, serve_with, Args};
 pub use dns::{Accepted, BoxFut, DnsBackend, DnsError, TsigDns};
@@ -87,6 +88,8 @@ struct World {
     targets: BTreeMap<String, TargetState>,
     nodes: BTreeMap<String, NodeRecord>,
     live: HashMap<String, Channel>,
+    /// What each node's last heartbeat said it carries (memory only).
+    loads: HashMap<String, NodeLoad>,
 }
 
 /// What a registration tells beyond the reply.
@@ -201,6 +204,7 @@ impl Coordinator {
                 targets,
                 nodes,
                 live: HashMap::new(),
+                loads: HashMap::new(),
             }),
             crl_expired: Default::default(),
             leader_epoch: Default::default(),
@@ -1114,9 +1118,13 @@ impl Coordinator {
     }
 
     /// Returns whether the node was down and is up again.
-    fn heartbeat(&self, from: &Channel) -> bool {
+    fn heartbeat(&self, from: &Channel, load: Option<NodeLoad>) -> bool {
         let key = NodeRecord::key(from.peer().role, &from.peer().name);
         let mut world = self.lock();
+        match load {
+            Some(l) => world.loads.insert(key.clone(), l),
+            None => world.loads.remove(&key),
+        };
         let revived = match world.nodes.get_mut(&key) {
             Some(n) => {
                 n.last_seen_ms = Some(now_ms());
@@ -1270,7 +1278,11 @@ impl Coordinator {
             targets,
             proxies,
             gateways,
-            events: self.events(limit, None, None)?,
+            // The status page reads the events itself (limit 0): no store read here.
+            events: match limit {
+                0 => Vec::new(),
+                n => self.events(n, None, None)?,
+            },
         })
     }
 
@@ -1286,6 +1298,15 @@ impl Coordinator {
                 capacity_mbps: n.info.capacity_mbps,
                 health: n.health.as_str().to_string(),
                 last_seen_ms: n.last_seen_ms,
+                // While connected: an attacked proxy still reports what it drops.
+                load: {
+                    let key = NodeRecord::key(n.role, &n.name);
+                    world
+                        .live
+                        .contains_key(&key)
+                        .then(|| world.loads.get(&key).copied())
+                        .flatten()
+                },
                 serving: world
                     .targets
                     .iter()

@@ -514,6 +514,8 @@ struct FilterMetrics {
     /// The totals last seen: passed, dropped, relay_dropped, events_lost, capture_dropped,
     /// xdp_dropped, xdp_dropped_bytes.
     last: Arc<std::sync::Mutex<[u64; 7]>>,
+    /// The link to the coordinator, whose heartbeats carry the drop total.
+    agent: Option<scold_link::CoordinatorLink>,
 }
 
 impl FilterMetrics {
@@ -526,6 +528,10 @@ impl FilterMetrics {
         let [passed, dropped_last, relay_last, lost_last, ..] = &mut *last;
         advance(&self.passed, link.passed + relay.passed, passed);
         advance(&self.dropped, dropped(link) + dropped(relay), dropped_last);
+        if let Some(agent) = &self.agent {
+            let total = dropped(link) + dropped(relay);
+            agent.report_load(|l| l.filter_drops = total);
+        }
         advance(&self.relay_dropped, dropped(relay), relay_last);
         self.tracked
             .set((link.tracked_sources + relay.tracked_sources) as i64);
@@ -694,7 +700,10 @@ fn start_filter(
         ),
         None => Box::new(io::stderr()),
     };
-    let fm = FilterMetrics::default();
+    let fm = FilterMetrics {
+        agent: ctx.agent.clone(),
+        ..Default::default()
+    };
     ctx.metrics.metrics.with_registry(|r| {
         r.register(
             "filter_passed",

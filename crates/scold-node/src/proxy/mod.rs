@@ -997,11 +997,38 @@ async fn session_metrics(engine: EngineHandle, ctx: NodeContext) {
     });
     let mut last: std::collections::HashMap<Labels, (u64, u64)> = Default::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Bytes received from every peer, and when: the load the heartbeats report.
+    let mut received: Option<(u64, std::time::Instant)> = None;
     loop {
         tick.tick().await;
-        let Ok(drops) = engine.call(|s| s.drops()).await else {
+        let Ok((drops, rx_bytes)) = engine
+            .call(|s| {
+                let rx: u64 = s.stats().peers.iter().map(|p| p.counters.rx_bytes).sum();
+                (s.drops(), rx)
+            })
+            .await
+        else {
             return;
         };
+        if let Some(agent) = &ctx.agent {
+            let now = std::time::Instant::now();
+            let clients = drops
+                .iter()
+                .filter(|d| d.name.starts_with("client-"))
+                .count() as u64;
+            let rate = match received {
+                Some((before, at)) if rx_bytes >= before => {
+                    let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                    ((rx_bytes - before) as f64 / secs) as u64
+                }
+                _ => 0,
+            };
+            received = Some((rx_bytes, now));
+            agent.report_load(|l| {
+                l.clients = clients;
+                l.bytes_per_sec = rate;
+            });
+        }
         let mut seen = std::collections::HashMap::new();
         for d in drops.iter().filter(|d| d.name.starts_with("client-")) {
             let labels = vec![("client".to_string(), d.address.to_string())];
