@@ -167,6 +167,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_zero")]
         leader: u64,
     },
+    /// Re-read the config file and apply what can change while running (what an
+    /// operator's `scold ctl reload NODE` becomes at the node). Answered with
+    /// [`Reply::Reloaded`], or `Failed` naming the file and line when the new config
+    /// cannot be used (the running one stays).
+    Reload,
 
     // --- operator -> coordinator ----------------------------------------------------
     Status,
@@ -185,6 +190,12 @@ pub enum Request {
     },
     Restore {
         target: String,
+    },
+    /// Have a node (`role/name`, or a name alone when only one node has it) re-read its
+    /// config file; the coordinator forwards [`Request::Reload`] over the node's control
+    /// channel and returns its answer. `coordinator` names the coordinator itself.
+    ReloadNode {
+        node: String,
     },
 }
 
@@ -205,6 +216,8 @@ impl Request {
             Request::Events { .. } => "events",
             Request::Divert { .. } => "divert",
             Request::Restore { .. } => "restore",
+            Request::Reload => "reload",
+            Request::ReloadNode { .. } => "reload_node",
         }
     }
 }
@@ -237,6 +250,43 @@ pub enum Reply {
     Dataplane {
         replies: Vec<dataplane::Reply>,
     },
+    /// What a config reload changed.
+    Reloaded(ReloadReport),
+}
+
+/// The answer to a config reload: which keys of the file changed and took effect at
+/// once, and which changed but wait for a restart (the running value stays until then).
+/// Keys are dotted paths into the TOML file (`filter.pps`, `admission.connections`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The daemon that reloaded (`proxy/p1`, `coordinator`, `dns`).
+    #[serde(default)]
+    pub node: String,
+    /// The config file it read.
+    #[serde(default)]
+    pub file: String,
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "nothing".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "{} reloaded {}: applied {}; needs a restart: {}",
+            if self.node.is_empty() { "daemon" } else { &self.node },
+            self.file,
+            list(&self.applied),
+            list(&self.needs_restart)
+        )
+    }
 }
 
 /// Why a request was refused. Typed, so the sender can tell a bug from a policy.
@@ -393,9 +443,13 @@ pub fn policy(req: &Request) -> (&'static [Role], Subject) {
         }
         Request::Alarm { .. } | Request::AllClear { .. } => (&[Target], Subject::Own),
         Request::ProxyAttacked { .. } | Request::Traceback { .. } => (&[Proxy], Subject::Own),
-        Request::Dataplane { .. } | Request::Notify { .. } => (&[Coordinator], Subject::Any),
+        Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
+            (&[Coordinator], Subject::Any)
+        }
         Request::Status | Request::Proxies | Request::Events { .. } => (&[Operator], Subject::Any),
-        Request::Divert { .. } | Request::Restore { .. } => (&[Operator], Subject::Any),
+        Request::Divert { .. } | Request::Restore { .. } | Request::ReloadNode { .. } => {
+            (&[Operator], Subject::Any)
+        }
     }
 }
 
@@ -547,6 +601,10 @@ mod tests {
             Request::Restore {
                 target: "web".into(),
             },
+            Request::Reload,
+            Request::ReloadNode {
+                node: "proxy/p1".into(),
+            },
         ]
     }
 
@@ -575,8 +633,10 @@ mod tests {
                 "register" | "heartbeat" => matches!(role, Proxy | Gateway | Target | Client),
                 "alarm" | "all_clear" => role == Target && name == "web",
                 "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
-                "dataplane" | "notify" => role == Coordinator,
-                "status" | "proxies" | "events" | "divert" | "restore" => role == Operator,
+                "dataplane" | "notify" | "reload" => role == Coordinator,
+                "status" | "proxies" | "events" | "divert" | "restore" | "reload_node" => {
+                    role == Operator
+                }
                 other => panic!("request {other} missing from the test"),
             }
         };
