@@ -71,6 +71,15 @@ pub enum CtlCommand {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Have a node re-read its config file and apply what can change while it runs
+    /// (as SIGHUP does); prints what it applied and what waits for a restart. A file
+    /// the node cannot use is refused with its file and line, and the node keeps its
+    /// running config.
+    Reload {
+        /// The node as `role/name` (e.g. `proxy/p1`), or its name when only one
+        /// connected node has it.
+        node: String,
+    },
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -248,6 +257,22 @@ pub fn render(reply: &Reply) -> String {
         Reply::Proxies { proxies } => proxies_table(proxies),
         Reply::Events { events } => events_table(events),
         Reply::Target(t) => targets_table(std::slice::from_ref(t)),
+        Reply::Reloaded(r) => {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            format!(
+                "{} reloaded {}\napplied:       {}\nneeds restart: {}\n",
+                r.node,
+                r.file,
+                list(&r.applied),
+                list(&r.needs_restart)
+            )
+        }
         other => format!("{other:?}\n"),
     }
 }
@@ -304,6 +329,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             subject: subject.clone(),
             kind: kind.clone(),
         },
+        CtlCommand::Reload { node } => Request::ReloadNode { node: node.clone() },
     };
     let reply = channel
         .request(request, Duration::from_secs(args.timeout))

@@ -49,6 +49,11 @@ impl Gate {
     pub fn open(&self) -> usize {
         self.table.lock().expect("gate lock").total()
     }
+
+    /// New limits for connections that come from now on; held ones stay.
+    pub fn set_limits(&self, limits: ConnLimits) {
+        self.table.lock().expect("gate lock").set_limits(limits);
+    }
 }
 
 /// At most one log line per interval; counts what it held back.
@@ -152,6 +157,11 @@ impl Door {
     /// Connections held now.
     pub fn open(&self) -> usize {
         self.gate.open()
+    }
+
+    /// New limits (a config reload) for connections that come from now on.
+    pub fn set_limits(&self, limits: ConnLimits) {
+        self.gate.set_limits(limits);
     }
 }
 

@@ -281,7 +281,11 @@ impl std::fmt::Display for ReloadReport {
         write!(
             f,
             "{} reloaded {}: applied {}; needs a restart: {}",
-            if self.node.is_empty() { "daemon" } else { &self.node },
+            if self.node.is_empty() {
+                "daemon"
+            } else {
+                &self.node
+            },
             self.file,
             list(&self.applied),
             list(&self.needs_restart)

@@ -90,10 +90,13 @@ impl Handler for CoordinatorHandler {
                 respond(c.alarm(&target, "operator_divert", &from.peer().to_string()))
             }
             Request::Restore { target } => respond(c.all_clear(&target, "operator_restore")),
-            Request::Dataplane { .. } | Request::Notify { .. } => Response::Refused(Refusal::new(
-                RefusalReason::Role,
-                "the coordinator takes no data-plane orders",
-            )),
+            Request::ReloadNode { node } => respond(c.reload_node(&node, from.peer()).await),
+            Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
+                Response::Refused(Refusal::new(
+                    RefusalReason::Role,
+                    "the coordinator takes no data-plane orders",
+                ))
+            }
         }
     }
 

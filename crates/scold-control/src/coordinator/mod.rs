@@ -29,6 +29,7 @@ mod daemon;
 mod dns;
 mod handler;
 pub mod lead;
+mod ops;
 mod phase_metrics;
 mod resync;
 
