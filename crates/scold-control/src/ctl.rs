@@ -77,9 +77,42 @@ pub enum CtlCommand {
     /// running config.
     Reload {
         /// The node as `role/name` (e.g. `proxy/p1`), or its name when only one
-        /// connected node has it.
+        /// connected node has it; `coordinator` for the coordinator itself.
         node: String,
     },
+    /// Change the proxy pool while the system runs (kept in the coordinator's store,
+    /// written to its audit log).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ProxyCommand {
+    /// Add a proxy, bound to the public address that ALT records may carry for it. It
+    /// waits for `approve` before it is chosen for anything.
+    Add {
+        /// The proxy's name: the name its certificate carries (`scold ca issue --role
+        /// proxy --name NAME`).
+        name: String,
+        /// Its public address, where clients reach it.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// What it offers, in Mbit/s (default 1000); proxy choice weighs it.
+        #[arg(long)]
+        capacity_mbps: Option<u32>,
+        /// The consortium member that contributes it; a target's proxies are spread
+        /// over organisations.
+        #[arg(long)]
+        organisation: Option<String>,
+    },
+    /// Let an added (or drained) proxy be chosen from now on.
+    Approve { name: String },
+    /// Take a proxy out of service without an attack: it is chosen for nothing, and
+    /// every target it serves gets another proxy while its clients move there.
+    Drain { name: String },
+    /// Forget a drained or pending proxy that was added with `add` (one in the
+    /// coordinator's config file is removed there, then reloaded).
+    Remove { name: String },
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -176,6 +209,7 @@ fn proxies_table(ps: &[ProxyView]) -> String {
             "ORG",
             "MBIT/S",
             "HEALTH",
+            "POOL",
             "LAST SEEN",
             "SERVING",
         ],
@@ -191,6 +225,11 @@ fn proxies_table(ps: &[ProxyView]) -> String {
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
                     p.health.clone(),
+                    if p.pool.is_empty() {
+                        "member".into()
+                    } else {
+                        p.pool.clone()
+                    },
                     p.last_seen_ms
                         .map(fmt_time)
                         .unwrap_or_else(|| "never".into()),
@@ -330,6 +369,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             kind: kind.clone(),
         },
         CtlCommand::Reload { node } => Request::ReloadNode { node: node.clone() },
+        CtlCommand::Proxy(ProxyCommand::Add {
+            name,
+            address,
+            capacity_mbps,
+            organisation,
+        }) => Request::ProxyAdd {
+            name: name.clone(),
+            address: *address,
+            capacity_mbps: *capacity_mbps,
+            organisation: organisation.clone(),
+        },
+        CtlCommand::Proxy(ProxyCommand::Approve { name }) => {
+            Request::ProxyApprove { name: name.clone() }
+        }
+        CtlCommand::Proxy(ProxyCommand::Drain { name }) => {
+            Request::ProxyDrain { name: name.clone() }
+        }
+        CtlCommand::Proxy(ProxyCommand::Remove { name }) => {
+            Request::ProxyRemove { name: name.clone() }
+        }
     };
     let reply = channel
         .request(request, Duration::from_secs(args.timeout))

@@ -75,6 +75,42 @@ pub struct NodeRecord {
     /// Unix ms until which an `Attacked` mark holds.
     #[serde(default)]
     pub attacked_until_ms: Option<u64>,
+    /// A proxy's place in the pool (`scold ctl proxy`); records of older stores are
+    /// members.
+    #[serde(default, skip_serializing_if = "Pool::is_member")]
+    pub pool: Pool,
+    /// Added with `scold ctl proxy add`, not from the config file: the store is its only
+    /// record, and `scold ctl proxy remove` may delete it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runtime: bool,
+}
+
+/// Where a proxy stands in the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    /// May be chosen for a target's ALT set (config-file proxies, approved ones).
+    #[default]
+    Member,
+    /// Added at run time, waiting for `scold ctl proxy approve`: chosen for nothing.
+    Pending,
+    /// Being taken out (`scold ctl proxy drain`): chosen for nothing, moved out of
+    /// every ALT set as if it had reported an attack (paper 4.4), then removable.
+    Draining,
+}
+
+impl Pool {
+    pub fn is_member(&self) -> bool {
+        *self == Pool::Member
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Member => "member",
+            Pool::Pending => "pending",
+            Pool::Draining => "draining",
+        }
+    }
 }
 
 impl NodeRecord {
@@ -101,6 +137,8 @@ pub struct Batch<'a> {
     pub targets: Vec<(&'a str, &'a TargetState)>,
     pub nodes: Vec<&'a NodeRecord>,
     pub events: Vec<EventRecord>,
+    /// Node records to delete, by key (`proxy/p3`).
+    pub removed_nodes: Vec<String>,
 }
 
 pub struct Store {
@@ -174,6 +212,12 @@ impl EtcdStore {
                     key: self.key(&["nodes", &NodeRecord::key(node.role, &node.name)]),
                     value: serde_json::to_vec(node).map_err(db)?,
                     lease: 0,
+                });
+            }
+            for key in &batch.removed_nodes {
+                ops.push(Op::Delete {
+                    key: self.key(&["nodes", key]),
+                    range_end: Vec::new(),
                 });
             }
             let first = last + 1;
@@ -375,6 +419,9 @@ impl Store {
                     )
                     .map_err(db)?;
             }
+            for key in &batch.removed_nodes {
+                nodes.remove(key.as_str()).map_err(db)?;
+            }
             let mut events = tx.open_table(EVENTS).map_err(db)?;
             let first = match events.last().map_err(db)? {
                 Some((k, _)) => k.value() + 1,
@@ -488,5 +535,16 @@ mod tests {
             .expect("garbage accepted")
             .to_string();
         assert!(e.contains("state.redb"), "{e}");
+    }
+
+    #[test]
+    fn node_records_of_older_stores_are_pool_members_from_the_config() {
+        let old = r#"{"role":"proxy","name":"p1","info":{"version":""},"health":"up","last_seen_ms":5}"#;
+        let rec: NodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.pool, Pool::Member);
+        assert!(!rec.runtime);
+        // And a member from the config file is written as before.
+        let again = serde_json::to_string(&rec).unwrap();
+        assert!(!again.contains("pool") && !again.contains("runtime"), "{again}");
     }
 }

@@ -3,7 +3,9 @@
 //! shared store needs: a fenced writer is stopped once another replica leads.
 
 use scold_control::etcd::{Compare, Etcd, Op};
-use scold_control::store::{Batch, EventRecord, Fence, Health, NodeRecord, Store, StoreError};
+use scold_control::store::{
+    Batch, EventRecord, Fence, Health, NodeRecord, Pool, Store, StoreError,
+};
 use scold_proto::control::NodeInfo;
 use scold_proto::identity::Role;
 use scold_proto::state::{Event, TargetState};
@@ -47,18 +49,38 @@ fn same_behaviour(open: &dyn Fn() -> Store) {
         health: Health::Up,
         last_seen_ms: Some(5),
         attacked_until_ms: None,
+        pool: Pool::Member,
+        runtime: false,
+    };
+    // A proxy added at run time and being drained: its pool state is durable too.
+    let added = NodeRecord {
+        name: "p3".into(),
+        health: Health::Down,
+        last_seen_ms: None,
+        pool: Pool::Draining,
+        runtime: true,
+        ..node.clone()
     };
     {
         let s = open();
         let seqs = s
             .commit(Batch {
                 targets: vec![("web", &st)],
-                nodes: vec![&node],
+                nodes: vec![&node, &added],
                 events: (0..3).map(event).collect(),
+                ..Default::default()
             })
             .unwrap();
         assert_eq!(seqs, vec![1, 2, 3]);
     }
+    assert_eq!(open().nodes().unwrap(), vec![node.clone(), added]);
+    // Removing a node and recording why is one commit.
+    open()
+        .commit(Batch {
+            removed_nodes: vec!["proxy/p3".into()],
+            ..Default::default()
+        })
+        .unwrap();
     let s = open().keep_events(10);
     assert_eq!(s.targets().unwrap().get("web"), Some(&st));
     assert_eq!(s.nodes().unwrap(), vec![node]);

@@ -197,6 +197,29 @@ pub enum Request {
     ReloadNode {
         node: String,
     },
+    /// Adds a proxy to the pool at run time, bound to `address` (what ALT may carry):
+    /// pending until approved.
+    ProxyAdd {
+        name: String,
+        address: IpAddr,
+        #[serde(default)]
+        capacity_mbps: Option<u32>,
+        #[serde(default)]
+        organisation: Option<String>,
+    },
+    /// Makes a pending proxy a member: it may be chosen from now on.
+    ProxyApprove {
+        name: String,
+    },
+    /// Takes a proxy out of service without an attack: chosen for nothing, and moved
+    /// out of every ALT set with a replacement (the paper's 4.4 path).
+    ProxyDrain {
+        name: String,
+    },
+    /// Forgets a drained (or pending) proxy added at run time.
+    ProxyRemove {
+        name: String,
+    },
 }
 
 impl Request {
@@ -218,6 +241,10 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Reload => "reload",
             Request::ReloadNode { .. } => "reload_node",
+            Request::ProxyAdd { .. } => "proxy_add",
+            Request::ProxyApprove { .. } => "proxy_approve",
+            Request::ProxyDrain { .. } => "proxy_drain",
+            Request::ProxyRemove { .. } => "proxy_remove",
         }
     }
 }
@@ -379,6 +406,10 @@ pub struct ProxyView {
     pub organisation: Option<String>,
     pub capacity_mbps: Option<u32>,
     pub health: String,
+    /// Its place in the pool: `member`, `pending` (added, not yet approved) or
+    /// `draining` (being taken out).
+    #[serde(default)]
+    pub pool: String,
     /// Unix time (ms) the proxy was last heard from, if ever.
     pub last_seen_ms: Option<u64>,
     /// Targets whose ALT set lists this proxy.
@@ -454,6 +485,10 @@ pub fn policy(req: &Request) -> (&'static [Role], Subject) {
         Request::Divert { .. } | Request::Restore { .. } | Request::ReloadNode { .. } => {
             (&[Operator], Subject::Any)
         }
+        Request::ProxyAdd { .. }
+        | Request::ProxyApprove { .. }
+        | Request::ProxyDrain { .. }
+        | Request::ProxyRemove { .. } => (&[Operator], Subject::Any),
     }
 }
 
@@ -609,6 +644,15 @@ mod tests {
             Request::ReloadNode {
                 node: "proxy/p1".into(),
             },
+            Request::ProxyAdd {
+                name: "p3".into(),
+                address: "192.0.2.3".parse().unwrap(),
+                capacity_mbps: None,
+                organisation: None,
+            },
+            Request::ProxyApprove { name: "p3".into() },
+            Request::ProxyDrain { name: "p1".into() },
+            Request::ProxyRemove { name: "p3".into() },
         ]
     }
 
@@ -638,7 +682,8 @@ mod tests {
                 "alarm" | "all_clear" => role == Target && name == "web",
                 "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
                 "dataplane" | "notify" | "reload" => role == Coordinator,
-                "status" | "proxies" | "events" | "divert" | "restore" | "reload_node" => {
+                "status" | "proxies" | "events" | "divert" | "restore" | "reload_node"
+                | "proxy_add" | "proxy_approve" | "proxy_drain" | "proxy_remove" => {
                     role == Operator
                 }
                 other => panic!("request {other} missing from the test"),

@@ -201,6 +201,7 @@ pub async fn serve_with(
     coordinator.set_leader_epoch(leader_epoch);
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
+    coordinator.serve_reloads();
     let sweeper = {
         let c = coordinator.clone();
         let tls = tls.clone();
@@ -257,6 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let path = args.config.expect("clap requires --config");
     let cfg = load_config(&path)?;
+    ops::watch_hangups(&path, &cfg)?;
     serve(
         cfg,
         &path,

@@ -91,6 +91,15 @@ impl Handler for CoordinatorHandler {
             }
             Request::Restore { target } => respond(c.all_clear(&target, "operator_restore")),
             Request::ReloadNode { node } => respond(c.reload_node(&node, from.peer()).await),
+            Request::ProxyAdd {
+                name,
+                address,
+                capacity_mbps,
+                organisation,
+            } => respond(c.proxy_add(&name, address, capacity_mbps, organisation, from.peer())),
+            Request::ProxyApprove { name } => respond(c.proxy_approve(&name, from.peer())),
+            Request::ProxyDrain { name } => respond(c.proxy_drain(&name, from.peer())),
+            Request::ProxyRemove { name } => respond(c.proxy_remove(&name, from.peer())),
             Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
                 Response::Refused(Refusal::new(
                     RefusalReason::Role,

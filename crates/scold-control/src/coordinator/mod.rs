@@ -10,7 +10,7 @@
 
 use crate::config::*;
 use crate::orchestrate;
-use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
+use crate::store::{Batch, EventRecord, Health, NodeRecord, Pool, Store};
 use scold_link::channel::{self, Channel};
 use scold_metrics::Metrics;
 use scold_proto::control::{
@@ -111,6 +111,8 @@ pub struct Coordinator {
     leader_epoch: std::sync::atomic::AtomicU64,
     /// Alert hooks, offered every committed audit event.
     webhooks: crate::webhook::Webhooks,
+    /// The config file's `[[proxy]]` entries as last read (start or reload).
+    file_proxies: Mutex<Vec<ProxyConfig>>,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -176,6 +178,8 @@ impl Coordinator {
                 health: Health::Down,
                 last_seen_ms: None,
                 attacked_until_ms: None,
+                pool: Pool::Member,
+                runtime: false,
             });
             rec.info.address = Some(p.address);
             rec.info.capacity_mbps = Some(p.capacity_mbps);
@@ -192,6 +196,7 @@ impl Coordinator {
             phases.set(name, st.phase);
         }
         Ok(Arc::new(Coordinator {
+            file_proxies: Mutex::new(cfg.proxies.clone()),
             cfg,
             targets: target_cfgs,
             store,
@@ -936,6 +941,7 @@ impl Coordinator {
                     .filter(|t| t.proxies.contains(&n.name))
                     .count() as u32,
                 usable: n.health == Health::Up
+                    && n.pool == Pool::Member
                     && n.info.address.is_some()
                     && n.attacked_until_ms.is_none_or(|u| u <= now),
             })
@@ -1046,11 +1052,10 @@ impl Coordinator {
         // What goes into ALT, and what proxy choice weighs, is the consortium's word,
         // not the node's: a proxy's address, capacity and organisation come from the
         // coordinator's [[proxy]] table, or else its address from its certificate.
-        let configured = self
-            .cfg
-            .proxies
-            .iter()
-            .find(|p| peer.role == Role::Proxy && p.name == peer.name);
+        let bound = (peer.role == Role::Proxy)
+            .then(|| self.bound_proxy(&peer.name))
+            .flatten();
+        let configured = bound.as_ref();
         let address = if peer.role == Role::Proxy {
             proxy_address(configured.map(|p| p.address), from, info.address)?
         } else {
@@ -1067,6 +1072,8 @@ impl Coordinator {
                 health: Health::Down,
                 last_seen_ms: None,
                 attacked_until_ms: None,
+                pool: Pool::Member,
+                runtime: false,
             });
         let before = (rec.info.clone(), rec.health);
         let tunnel_changed = rec.info.tunnel != info.tunnel;
@@ -1286,6 +1293,7 @@ impl Coordinator {
                 organisation: n.info.organisation.clone(),
                 capacity_mbps: n.info.capacity_mbps,
                 health: n.health.as_str().to_string(),
+                pool: n.pool.as_str().to_string(),
                 last_seen_ms: n.last_seen_ms,
                 serving: world
                     .targets
