@@ -97,6 +97,9 @@ pub enum Pool {
     /// Being taken out (`scold ctl proxy drain`): chosen for nothing, moved out of
     /// every ALT set as if it had reported an attack (paper 4.4), then removable.
     Draining,
+    /// Removed (`scold ctl proxy remove`): listed nowhere and chosen for nothing, also
+    /// when it connects again with its still valid certificate, until it is added again.
+    Removed,
 }
 
 impl Pool {
@@ -109,6 +112,7 @@ impl Pool {
             Pool::Member => "member",
             Pool::Pending => "pending",
             Pool::Draining => "draining",
+            Pool::Removed => "removed",
         }
     }
 }
@@ -137,8 +141,6 @@ pub struct Batch<'a> {
     pub targets: Vec<(&'a str, &'a TargetState)>,
     pub nodes: Vec<&'a NodeRecord>,
     pub events: Vec<EventRecord>,
-    /// Node records to delete, by key (`proxy/p3`).
-    pub removed_nodes: Vec<String>,
 }
 
 pub struct Store {
@@ -212,12 +214,6 @@ impl EtcdStore {
                     key: self.key(&["nodes", &NodeRecord::key(node.role, &node.name)]),
                     value: serde_json::to_vec(node).map_err(db)?,
                     lease: 0,
-                });
-            }
-            for key in &batch.removed_nodes {
-                ops.push(Op::Delete {
-                    key: self.key(&["nodes", key]),
-                    range_end: Vec::new(),
                 });
             }
             let first = last + 1;
@@ -419,9 +415,6 @@ impl Store {
                     )
                     .map_err(db)?;
             }
-            for key in &batch.removed_nodes {
-                nodes.remove(key.as_str()).map_err(db)?;
-            }
             let mut events = tx.open_table(EVENTS).map_err(db)?;
             let first = match events.last().map_err(db)? {
                 Some((k, _)) => k.value() + 1,
@@ -539,12 +532,16 @@ mod tests {
 
     #[test]
     fn node_records_of_older_stores_are_pool_members_from_the_config() {
-        let old = r#"{"role":"proxy","name":"p1","info":{"version":""},"health":"up","last_seen_ms":5}"#;
+        let old =
+            r#"{"role":"proxy","name":"p1","info":{"version":""},"health":"up","last_seen_ms":5}"#;
         let rec: NodeRecord = serde_json::from_str(old).unwrap();
         assert_eq!(rec.pool, Pool::Member);
         assert!(!rec.runtime);
         // And a member from the config file is written as before.
         let again = serde_json::to_string(&rec).unwrap();
-        assert!(!again.contains("pool") && !again.contains("runtime"), "{again}");
+        assert!(
+            !again.contains("pool") && !again.contains("runtime"),
+            "{again}"
+        );
     }
 }

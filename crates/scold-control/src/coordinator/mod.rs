@@ -1286,7 +1286,7 @@ impl Coordinator {
         world
             .nodes
             .values()
-            .filter(|n| n.role == Role::Proxy)
+            .filter(|n| n.role == Role::Proxy && n.pool != Pool::Removed)
             .map(|n| ProxyView {
                 name: n.name.clone(),
                 address: n.info.address,

@@ -145,7 +145,7 @@ impl Coordinator {
         }
         let world = self.lock();
         let rec = world.nodes.get(&proxy_key(name))?;
-        if !rec.runtime {
+        if !rec.runtime || rec.pool == Pool::Removed {
             return None;
         }
         Some(ProxyConfig {
@@ -199,7 +199,7 @@ impl Coordinator {
         let key = proxy_key(name);
         let rec = {
             let mut world = self.lock();
-            if let Some(r) = world.nodes.get(&key) {
+            if let Some(r) = world.nodes.get(&key).filter(|r| r.pool != Pool::Removed) {
                 let same = r.runtime
                     && r.info.address == Some(address)
                     && capacity_mbps.is_none_or(|c| r.info.capacity_mbps == Some(c))
@@ -217,11 +217,12 @@ impl Coordinator {
                     ),
                 ));
             }
-            if let Some(other) = world
-                .nodes
-                .values()
-                .find(|n| n.role == Role::Proxy && n.info.address == Some(address))
-            {
+            if let Some(other) = world.nodes.values().find(|n| {
+                n.role == Role::Proxy
+                    && n.pool != Pool::Removed
+                    && n.name != name
+                    && n.info.address == Some(address)
+            }) {
                 return Err(refuse(
                     RefusalReason::BadRequest,
                     format!("{address} is already proxy {}'s address", other.name),
@@ -276,12 +277,16 @@ impl Coordinator {
         let key = proxy_key(name);
         let (rec, old) = {
             let mut world = self.lock();
-            let rec = world.nodes.get_mut(&key).ok_or_else(|| {
-                refuse(
-                    RefusalReason::Unknown,
-                    format!("no proxy {name} is known; `scold ctl proxies` lists them"),
-                )
-            })?;
+            let rec = world
+                .nodes
+                .get_mut(&key)
+                .filter(|r| r.pool != Pool::Removed)
+                .ok_or_else(|| {
+                    refuse(
+                        RefusalReason::Unknown,
+                        format!("no proxy {name} is known; `scold ctl proxies` lists them"),
+                    )
+                })?;
             if rec.pool == to {
                 return Ok(false);
             }
@@ -360,7 +365,9 @@ impl Coordinator {
 
     /// `scold ctl proxy remove`: forgets a proxy that serves nothing. A config-file
     /// proxy is removed from the file (then reload); one that serves a target is
-    /// drained first.
+    /// drained first. Its record stays as `removed`, so the proxy, still holding a
+    /// valid certificate, is not taken back into the pool when it connects again;
+    /// `scold ctl proxy add` brings it back.
     pub(super) fn proxy_remove(&self, name: &str, by: &Identity) -> Result<Reply, Refusal> {
         let key = proxy_key(name);
         let in_file = self
@@ -377,7 +384,7 @@ impl Coordinator {
         }
         let rec = {
             let world = self.lock();
-            let Some(rec) = world.nodes.get(&key) else {
+            let Some(rec) = world.nodes.get(&key).filter(|r| r.pool != Pool::Removed) else {
                 return Ok(self.pool_reply_locked(&world));
             };
             if rec.pool == Pool::Member {
@@ -400,24 +407,20 @@ impl Coordinator {
             }
             rec.clone()
         };
-        self.commit(Batch {
-            events: vec![event(
-                &key,
-                "proxy_removed",
-                format!("by {by}: was {}", rec.pool.as_str()),
-            )],
-            removed_nodes: vec![key.clone()],
-            ..Default::default()
-        })
-        .map_err(|e| refuse(RefusalReason::Unavailable, format!("cannot record it: {e}")))?;
-        let channel = {
-            let mut world = self.lock();
-            world.nodes.remove(&key);
-            world.live.remove(&key)
-        };
-        // A removed proxy has no business on the control port.
-        if let Some(c) = channel {
-            c.close();
+        let was = rec.pool;
+        let mut gone = rec;
+        gone.pool = Pool::Removed;
+        gone.runtime = true;
+        self.lock().nodes.insert(key.clone(), gone.clone());
+        if let Err(e) = self.commit_proxy(
+            &gone,
+            "proxy_removed",
+            format!("by {by}: was {}", was.as_str()),
+        ) {
+            if let Some(r) = self.lock().nodes.get_mut(&key) {
+                r.pool = was;
+            }
+            return Err(e);
         }
         info!(proxy = %name, %by, "proxy removed from the pool");
         Ok(self.pool_reply())
