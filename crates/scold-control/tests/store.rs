@@ -68,7 +68,6 @@ fn same_behaviour(open: &dyn Fn() -> Store) {
                 targets: vec![("web", &st)],
                 nodes: vec![&node, &added],
                 events: (0..3).map(event).collect(),
-                ..Default::default()
             })
             .unwrap();
         assert_eq!(seqs, vec![1, 2, 3]);
