@@ -181,6 +181,21 @@ mod tests {
     }
 
     #[test]
+    fn new_limits_count_new_connections_and_keep_held_ones() {
+        let d = Door::new("admission", ConnLimits::new(3, 10, 10), None);
+        let a: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let held: Vec<_> = (0..3).filter_map(|_| d.enter(a)).collect();
+        assert_eq!(held.len(), 3);
+        d.set_limits(ConnLimits::new(1, 10, 10));
+        assert!(d.enter(a).is_none(), "the tighter limit is not in force");
+        assert_eq!(d.open(), 3, "a reload dropped held connections");
+        drop(held);
+        let one = d.enter(a);
+        assert!(one.is_some());
+        assert!(d.enter(a).is_none());
+    }
+
+    #[test]
     fn the_throttle_logs_once_per_interval_and_counts_the_rest() {
         let mut t = Throttle::new(Duration::from_secs(1));
         let t0 = Instant::now();

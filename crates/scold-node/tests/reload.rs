@@ -388,4 +388,37 @@ fn only_an_operator_may_ask_a_node_to_reload() {
         out.contains("applied:       -") && out.contains("needs restart: -"),
         "{out}"
     );
+
+    // The coordinator itself: a new [[proxy]] entry applies at once, a changed
+    // heartbeat waits for a restart, and a broken file is refused with its line.
+    let file = lab.path("coordinator.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let more = format!(
+        "{}\n[[proxy]]\nname = \"p2\"\naddress = \"10.1.0.9\"\norganisation = \"org-p2\"\n",
+        text.replace("heartbeat_ms = 200", "heartbeat_ms = 300")
+    );
+    std::fs::write(&file, &more).unwrap();
+    let (out, err, ok) = ctl(&lab, "operator-admin", "--json reload coordinator");
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["applied"], serde_json::json!(["proxy"]), "{report}");
+    assert_eq!(
+        report["needs_restart"],
+        serde_json::json!(["coordinator.heartbeat_ms"]),
+        "{report}"
+    );
+    let (proxies, _, _) = ctl(&lab, "operator-admin", "proxies");
+    assert!(
+        proxies.contains("p2") && proxies.contains("10.1.0.9"),
+        "{proxies}"
+    );
+    std::fs::write(&file, format!("{more}[[proxy]]\nnmae = \"p3\"\n")).unwrap();
+    let line = more.lines().count() + 2;
+    let (_, err, ok) = ctl(&lab, "operator-admin", "reload coordinator");
+    assert!(!ok, "a broken coordinator config was taken");
+    assert!(
+        err.contains(&format!("{} (line {line})", file.display())),
+        "the refusal does not name line {line}: {err}"
+    );
+    assert!(lab.running("coordinator"));
 }

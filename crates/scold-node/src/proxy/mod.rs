@@ -127,6 +127,9 @@ traceback_top = 20
 # Per-source limits (defaults shown): pps = 20000.0, bytes_per_s = 25000000.0,
 # udp_pps = 10000.0, icmp_pps = 50.0, syn_pps = 50.0; block_after_drops = 200,
 # block_secs = 60, max_block_secs = 3600, new_source_pps = 20000.0 (0: off)
+# These limits, and [admission] connections and cookie_after, change without a restart:
+# edit this file, then `systemctl reload scold-proxy` (SIGHUP) or
+# `scold ctl reload proxy/NAME`; the answer names what needs a restart instead.
 
 # Self-defence: when the proxy itself is overwhelmed it asks the coordinator to reset
 # it out of every ALT set (paper 4.4), and at once tells the client agents it admitted

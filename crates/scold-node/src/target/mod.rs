@@ -64,7 +64,8 @@ crl = "crl.pem"
 
 # Attack detection on the main link: an alarm asks the coordinator to divert, the
 # all-clear (after hold_down of calm) to restore. Without [detect], only the operator
-# diverts (scold ctl divert).
+# diverts (scold ctl divert). The thresholds (not interface, interval_ms, one_in) change
+# on reload: SIGHUP (systemctl reload) or `scold ctl reload target/NAME`.
 [detect]
 interface = "eth0"            # the main link
 alarm_after_ms = 1000         # an anomaly must last this long
