@@ -84,6 +84,49 @@ pub enum CtlCommand {
     /// written to its audit log).
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// Add, remove or show targets while the system runs (kept in the coordinator's
+    /// store, written to its audit log).
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum TargetCommand {
+    /// Add a target from FILE: one `[[target]]` table as in the coordinator's config
+    /// file (with or without the `[[target]]` line), checked as the config file's are.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Forget a target added with `add`; it must be in its normal phase (restore it
+    /// first). One from the config file is removed there.
+    Remove { name: String },
+    /// A target's configuration and phase, and whether it was added at run time.
+    Show { name: String },
+}
+
+/// One target from a file: a `[[target]]` table, or its keys alone.
+fn target_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapped {
+        target: Vec<crate::config::TargetConfig>,
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the target file {}", path.display()))?;
+    let t = if text.lines().any(|l| l.trim() == "[[target]]") {
+        let w: Wrapped = scold_daemon::parse(&text, path, "")?;
+        anyhow::ensure!(
+            w.target.len() == 1,
+            "{}: holds {} [[target]] tables; add one target per file",
+            path.display(),
+            w.target.len()
+        );
+        w.target.into_iter().next().expect("one")
+    } else {
+        scold_daemon::parse::<crate::config::TargetConfig>(&text, path, "")?
+    };
+    Ok(serde_json::to_value(t)?)
 }
 
 #[derive(clap::Subcommand)]
@@ -296,6 +339,21 @@ pub fn render(reply: &Reply) -> String {
         Reply::Proxies { proxies } => proxies_table(proxies),
         Reply::Events { events } => events_table(events),
         Reply::Target(t) => targets_table(std::slice::from_ref(t)),
+        Reply::TargetConfig {
+            config,
+            runtime,
+            view,
+        } => {
+            let toml = serde_json::from_value::<crate::config::TargetConfig>(config.clone())
+                .ok()
+                .and_then(|t| toml::to_string(&t).ok())
+                .unwrap_or_else(|| format!("{config:#}\n"));
+            format!(
+                "{}# {} (added at run time: {runtime})\n[[target]]\n{toml}",
+                targets_table(std::slice::from_ref(view)),
+                view.name
+            )
+        }
         Reply::Reloaded(r) => {
             let list = |v: &[String]| {
                 if v.is_empty() {
@@ -388,6 +446,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         CtlCommand::Proxy(ProxyCommand::Remove { name }) => {
             Request::ProxyRemove { name: name.clone() }
+        }
+        CtlCommand::Target(TargetCommand::Add { file }) => Request::TargetAdd {
+            config: target_file(file)?,
+        },
+        CtlCommand::Target(TargetCommand::Remove { name }) => {
+            Request::TargetRemove { name: name.clone() }
+        }
+        CtlCommand::Target(TargetCommand::Show { name }) => {
+            Request::TargetShow { name: name.clone() }
         }
     };
     let reply = channel

@@ -68,10 +68,37 @@ fn same_behaviour(open: &dyn Fn() -> Store) {
                 targets: vec![("web", &st)],
                 nodes: vec![&node, &added],
                 events: (0..3).map(event).collect(),
+                target_configs: Vec::new(),
+                removed_targets: Vec::new(),
             })
             .unwrap();
         assert_eq!(seqs, vec![1, 2, 3]);
     }
+    // A target added at run time: its configuration is kept until it is removed.
+    let example: scold_control::config::Config =
+        toml::from_str(scold_control::config::EXAMPLE_CONFIG).unwrap();
+    let mut mail = example.targets[0].clone();
+    mail.name = "mail".into();
+    open()
+        .commit(Batch {
+            target_configs: vec![("mail", Some(&mail))],
+            targets: vec![("mail", &TargetState::default())],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(open().targets().unwrap().contains_key("mail"));
+    let kept = open().target_configs().unwrap();
+    assert_eq!(kept.keys().collect::<Vec<_>>(), ["mail"], "{kept:?}");
+    assert_eq!(format!("{:?}", kept["mail"]), format!("{mail:?}"));
+    open()
+        .commit(Batch {
+            target_configs: vec![("mail", None)],
+            removed_targets: vec!["mail"],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(open().target_configs().unwrap().is_empty());
+    assert!(!open().targets().unwrap().contains_key("mail"));
     let s = open().keep_events(10);
     assert_eq!(s.targets().unwrap().get("web"), Some(&st));
     assert_eq!(s.nodes().unwrap(), vec![node, added]);

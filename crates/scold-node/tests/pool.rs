@@ -66,15 +66,52 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
         },
     );
 
-    // Only an operator changes the pool.
+    // Only an operator changes the pool and the targets.
+    let mail = net.write(
+        "mail.toml",
+        "[[target]]\nname = \"mail\"\nfqdn = \"mail.example.net.\"\nzone = \"example.net.\"\n\
+         addresses = [\"10.4.0.3\"]\ngateways = [\"gw1\"]\nscheme = \"4.1\"\nttl = 1\n\
+         [target.dns]\nserver = \"127.0.0.1:5353\"\n\
+         key = \"hmac-sha256:coordinator:c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=\"\n",
+    );
     for cert in ["client-site1", "proxy-p1", "target-web"] {
-        let (_, err, ok) = ctl_as(&net, cert, "proxy drain p1");
-        assert!(!ok, "{cert} drained a proxy");
-        assert!(
-            err.contains("refused") && err.contains("Role"),
-            "{cert}: {err}"
-        );
+        for args in [
+            "proxy drain p1".to_string(),
+            format!("target add --file {}", mail.display()),
+            "target remove web".to_string(),
+        ] {
+            let (_, err, ok) = ctl_as(&net, cert, &args);
+            assert!(!ok, "{cert} was allowed {args}");
+            assert!(
+                err.contains("refused") && err.contains("Role"),
+                "{cert} {args}: {err}"
+            );
+        }
     }
+
+    // A target added at run time, checked like the file's; a broken file is named.
+    let broken = net.write(
+        "broken.toml",
+        "name = \"x\"\nfqdn = \"x.example.net.\"\nzoen = 1\n",
+    );
+    let (_, err, ok) = ctl_as(
+        &net,
+        "operator-admin",
+        &format!("target add --file {}", broken.display()),
+    );
+    assert!(
+        !ok && err.contains(&format!("{} (line 3)", broken.display())),
+        "{err}"
+    );
+    net.ctl(&format!("target add --file {}", mail.display()));
+    let (_, err, ok) = ctl_as(
+        &net,
+        "operator-admin",
+        &format!("target add --file {}", mail.display()),
+    );
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (_, err, ok) = ctl_as(&net, "operator-admin", "target remove web");
+    assert!(!ok && err.contains("config file"), "{err}");
     assert_eq!(pool_of(&net, "p1").as_deref(), Some("member"));
 
     // Added at run time: pending, then approved; kept across a coordinator restart.
@@ -103,6 +140,21 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
         pool_of(&net, "p3").as_deref(),
         Some("member"),
         "the approval did not survive a restart"
+    );
+    let shown = net.ctl("target show mail");
+    assert!(
+        shown.contains("added at run time: true")
+            && shown.contains("mail.example.net.")
+            && shown.contains("normal"),
+        "the run-time target did not survive a restart:\n{shown}"
+    );
+    net.ctl("target remove mail");
+    let (_, err, ok) = ctl_as(&net, "operator-admin", "target show mail");
+    assert!(!ok && err.contains("no target mail"), "{err}");
+    let events = net.ctl("events --subject mail --limit 10");
+    assert!(
+        events.contains("target_added") && events.contains("target_removed"),
+        "{events}"
     );
     net.ctl("proxy drain p3");
     net.ctl("proxy remove p3");

@@ -220,6 +220,19 @@ pub enum Request {
     ProxyRemove {
         name: String,
     },
+    /// Adds a target at run time: `config` is one `[[target]]` table of the
+    /// coordinator's config file, as JSON.
+    TargetAdd {
+        config: serde_json::Value,
+    },
+    /// Forgets a target added at run time (it must be in its normal phase).
+    TargetRemove {
+        name: String,
+    },
+    /// A target's configuration and phase.
+    TargetShow {
+        name: String,
+    },
 }
 
 impl Request {
@@ -245,6 +258,9 @@ impl Request {
             Request::ProxyApprove { .. } => "proxy_approve",
             Request::ProxyDrain { .. } => "proxy_drain",
             Request::ProxyRemove { .. } => "proxy_remove",
+            Request::TargetAdd { .. } => "target_add",
+            Request::TargetRemove { .. } => "target_remove",
+            Request::TargetShow { .. } => "target_show",
         }
     }
 }
@@ -279,6 +295,13 @@ pub enum Reply {
     },
     /// What a config reload changed.
     Reloaded(ReloadReport),
+    /// A target's configuration (its `[[target]]` table as JSON), whether it was added
+    /// at run time, and its phase.
+    TargetConfig {
+        config: serde_json::Value,
+        runtime: bool,
+        view: TargetView,
+    },
 }
 
 /// The answer to a config reload: which keys of the file changed and took effect at
@@ -488,7 +511,10 @@ pub fn policy(req: &Request) -> (&'static [Role], Subject) {
         Request::ProxyAdd { .. }
         | Request::ProxyApprove { .. }
         | Request::ProxyDrain { .. }
-        | Request::ProxyRemove { .. } => (&[Operator], Subject::Any),
+        | Request::ProxyRemove { .. }
+        | Request::TargetAdd { .. }
+        | Request::TargetRemove { .. }
+        | Request::TargetShow { .. } => (&[Operator], Subject::Any),
     }
 }
 
@@ -653,6 +679,13 @@ mod tests {
             Request::ProxyApprove { name: "p3".into() },
             Request::ProxyDrain { name: "p1".into() },
             Request::ProxyRemove { name: "p3".into() },
+            Request::TargetAdd {
+                config: serde_json::json!({"name": "mail"}),
+            },
+            Request::TargetRemove {
+                name: "mail".into(),
+            },
+            Request::TargetShow { name: "web".into() },
         ]
     }
 
@@ -683,9 +716,8 @@ mod tests {
                 "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
                 "dataplane" | "notify" | "reload" => role == Coordinator,
                 "status" | "proxies" | "events" | "divert" | "restore" | "reload_node"
-                | "proxy_add" | "proxy_approve" | "proxy_drain" | "proxy_remove" => {
-                    role == Operator
-                }
+                | "proxy_add" | "proxy_approve" | "proxy_drain" | "proxy_remove" | "target_add"
+                | "target_remove" | "target_show" => role == Operator,
                 other => panic!("request {other} missing from the test"),
             }
         };

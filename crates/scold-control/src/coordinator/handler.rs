@@ -100,6 +100,9 @@ impl Handler for CoordinatorHandler {
             Request::ProxyApprove { name } => respond(c.proxy_approve(&name, from.peer())),
             Request::ProxyDrain { name } => respond(c.proxy_drain(&name, from.peer())),
             Request::ProxyRemove { name } => respond(c.proxy_remove(&name, from.peer())),
+            Request::TargetAdd { config } => respond(c.target_add(config, from.peer())),
+            Request::TargetRemove { name } => respond(c.target_remove(&name, from.peer())),
+            Request::TargetShow { name } => respond(c.target_show(&name)),
             Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
                 Response::Refused(Refusal::new(
                     RefusalReason::Role,

@@ -99,7 +99,8 @@ struct Registration {
 
 pub struct Coordinator {
     cfg: Config,
-    targets: HashMap<String, TargetConfig>,
+    /// Targets driven: the config file's and those added with `scold ctl target add`.
+    targets: std::sync::RwLock<HashMap<String, Arc<TargetConfig>>>,
     store: Store,
     metrics: Metrics,
     phases: phase_metrics::PhaseMetrics,
@@ -185,11 +186,19 @@ impl Coordinator {
             rec.info.capacity_mbps = Some(p.capacity_mbps);
             rec.info.organisation = p.organisation.clone();
         }
-        let target_cfgs = cfg
+        let mut target_cfgs: HashMap<String, Arc<TargetConfig>> = cfg
             .targets
             .iter()
-            .map(|t| (t.name.clone(), t.clone()))
+            .map(|t| (t.name.clone(), Arc::new(t.clone())))
             .collect();
+        for (name, t) in store.target_configs()? {
+            if target_cfgs.contains_key(&name) {
+                warn!(target = %name, "a target added at run time is now in the config file too; the file's entry is used");
+                continue;
+            }
+            targets.entry(name.clone()).or_default();
+            target_cfgs.insert(name, Arc::new(t));
+        }
         let phases = phase_metrics::PhaseMetrics::register(&metrics);
         let webhooks = crate::webhook::Webhooks::start(&cfg.webhooks, &metrics);
         for (name, st) in &targets {
@@ -198,7 +207,7 @@ impl Coordinator {
         Ok(Arc::new(Coordinator {
             file_proxies: Mutex::new(cfg.proxies.clone()),
             cfg,
-            targets: target_cfgs,
+            targets: std::sync::RwLock::new(target_cfgs),
             store,
             metrics,
             phases,
@@ -224,7 +233,7 @@ impl Coordinator {
             .lock()
             .targets
             .iter()
-            .filter(|(name, _)| self.targets.contains_key(*name))
+            .filter(|(name, _)| self.has_target(name))
             .map(|(name, st)| (name.clone(), st.epoch, st.running().to_vec()))
             .filter(|(_, _, steps)| !steps.is_empty())
             .collect();
@@ -333,8 +342,7 @@ impl Coordinator {
             phase: st.phase.to_string(),
             epoch: st.epoch,
             scheme: self
-                .targets
-                .get(name)
+                .target_cfg(name)
                 .map(|t| t.scheme.as_str())
                 .unwrap_or("?")
                 .to_string(),
@@ -416,9 +424,9 @@ impl Coordinator {
         step: &Step,
     ) -> Result<(), String> {
         let tcfg = self
-            .targets
-            .get(target)
+            .target_cfg(target)
             .ok_or_else(|| format!("target {target} is not configured"))?;
+        let tcfg = &*tcfg;
         let proxies: Vec<String> = self
             .lock()
             .targets
@@ -565,7 +573,7 @@ impl Coordinator {
                     scold_proto::dataplane::Command::PushRoute(p) => p.client.clone(),
                     other => other.kind().to_string(),
                 };
-                let Some(tcfg) = me.targets.get(&target) else {
+                let Some(tcfg) = me.target_cfg(&target) else {
                     return Err((
                         proxy,
                         cmd,
@@ -576,7 +584,7 @@ impl Coordinator {
                     node: proxy.clone(),
                     commands: vec![cmd.clone()],
                 };
-                match me.send_orders(tcfg, epoch, Role::Proxy, vec![one]).await {
+                match me.send_orders(&tcfg, epoch, Role::Proxy, vec![one]).await {
                     Ok(()) => Ok(who),
                     Err(e) => {
                         let why = format!("{who} via {proxy}: {e}");
@@ -687,8 +695,8 @@ impl Coordinator {
                 .targets
                 .iter()
                 .filter(|(t, st)| {
-                    self.targets.get(*t).is_some_and(|tcfg| {
-                        !resync_steps(role, &name, tunnel_changed, tcfg, st).is_empty()
+                    self.target_cfg(t).is_some_and(|tcfg| {
+                        !resync_steps(role, &name, tunnel_changed, &tcfg, st).is_empty()
                     })
                 })
                 .map(|(t, _)| t.clone())
@@ -709,9 +717,10 @@ impl Coordinator {
         name: String,
         tunnel_changed: bool,
     ) {
-        let Some(tcfg) = self.targets.get(&target) else {
+        let Some(tcfg) = self.target_cfg(&target) else {
             return;
         };
+        let tcfg = &*tcfg;
         let who = NodeRecord::key(role, &name);
         let mut backoff = RESYNC_FIRST;
         let mut done: Vec<Resend> = Vec::new();
@@ -837,8 +846,7 @@ impl Coordinator {
                 .filter(|(n, st)| {
                     st.phase.is_diverted()
                         && self
-                            .targets
-                            .get(*n)
+                            .target_cfg(n)
                             .is_some_and(|t| t.gateways.iter().any(|g| g == gw))
                 })
                 .collect()
@@ -950,8 +958,7 @@ impl Coordinator {
 
     /// How many proxies the target gets: its own `proxies`, else the coordinator's.
     fn wanted(&self, target: &str) -> usize {
-        self.targets
-            .get(target)
+        self.target_cfg(target)
             .and_then(|t| t.proxies)
             .unwrap_or(self.cfg.coordinator.proxies_per_target)
     }
@@ -977,7 +984,7 @@ impl Coordinator {
             .filter(|(n, st)| {
                 only.is_none_or(|o| o == n.as_str())
                     && st.phase == Phase::Diverted
-                    && self.targets.contains_key(*n)
+                    && self.has_target(n)
                     && st.proxies.len() < self.wanted(n)
             })
             .map(|(n, st)| (n.clone(), st.proxies.clone()))
@@ -1330,7 +1337,7 @@ impl Coordinator {
     }
 
     fn alarm(self: &Arc<Self>, target: &str, why: &str, detail: &str) -> Result<Reply, Refusal> {
-        if !self.targets.contains_key(target) {
+        if !self.has_target(target) {
             return Err(Refusal::new(
                 RefusalReason::Unknown,
                 format!("no target named {target:?} is configured on this coordinator"),
@@ -1346,7 +1353,7 @@ impl Coordinator {
     }
 
     fn all_clear(self: &Arc<Self>, target: &str, why: &str) -> Result<Reply, Refusal> {
-        if !self.targets.contains_key(target) {
+        if !self.has_target(target) {
             return Err(Refusal::new(
                 RefusalReason::Unknown,
                 format!("no target named {target:?} is configured on this coordinator"),

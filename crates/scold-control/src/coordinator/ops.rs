@@ -13,6 +13,23 @@ use scold_proto::identity::Identity;
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(8);
 
 impl Coordinator {
+    /// A driven target's configuration.
+    pub(super) fn target_cfg(&self, name: &str) -> Option<Arc<TargetConfig>> {
+        self.targets
+            .read()
+            .expect("targets lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Whether `name` is a driven target.
+    pub(super) fn has_target(&self, name: &str) -> bool {
+        self.targets
+            .read()
+            .expect("targets lock")
+            .contains_key(name)
+    }
+
     /// The connected node `node` names: `role/name`, or a bare name that only one
     /// connected node has.
     fn connected_node(&self, node: &str) -> Result<(String, Channel), Refusal> {
@@ -569,6 +586,134 @@ impl Coordinator {
                 RefusalReason::BadRequest,
                 format!("coordinator kept its running config: {m}"),
             )
+        })
+    }
+}
+
+impl Coordinator {
+    /// Whether `name` came from `scold ctl target add` rather than the config file.
+    fn runtime_target(&self, name: &str) -> bool {
+        !self.cfg.targets.iter().any(|t| t.name == name)
+    }
+
+    /// `scold ctl target add`: a new target, checked as the config file's are, kept in
+    /// the store, driven from now on (normal phase until an alarm or `divert`).
+    pub(super) fn target_add(
+        &self,
+        config: serde_json::Value,
+        by: &Identity,
+    ) -> Result<Reply, Refusal> {
+        let t: TargetConfig = serde_json::from_value(config).map_err(|e| {
+            refuse(
+                RefusalReason::BadRequest,
+                format!("not a [[target]] table: {e}"),
+            )
+        })?;
+        let name = t.name.clone();
+        if self.has_target(&name) {
+            return Err(refuse(
+                RefusalReason::BadRequest,
+                format!("target {name} exists already; `scold ctl target show {name}`"),
+            ));
+        }
+        // The same checks as a config file's targets, with every target known.
+        let mut check = self.cfg.clone();
+        check.targets = self
+            .targets
+            .read()
+            .expect("targets lock")
+            .values()
+            .map(|c| (**c).clone())
+            .chain(std::iter::once(t.clone()))
+            .collect();
+        check
+            .validate(std::path::Path::new("scold ctl target add"))
+            .map_err(|e| refuse(RefusalReason::BadRequest, format!("{e:#}")))?;
+        let state = TargetState::default();
+        self.commit(Batch {
+            targets: vec![(&name, &state)],
+            target_configs: vec![(&name, Some(&t))],
+            events: vec![event(
+                &name,
+                "target_added",
+                format!(
+                    "by {by}: {} ({}), scheme {}",
+                    t.fqdn,
+                    t.addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    t.scheme
+                ),
+            )],
+            ..Default::default()
+        })
+        .map_err(|e| refuse(RefusalReason::Unavailable, format!("cannot record it: {e}")))?;
+        self.targets
+            .write()
+            .expect("targets lock")
+            .insert(name.clone(), Arc::new(t));
+        self.lock().targets.insert(name.clone(), state);
+        self.phases.set(&name, Phase::Normal);
+        info!(target = %name, %by, "target added");
+        self.target_show(&name)
+    }
+
+    /// `scold ctl target remove`: forgets a run-time target in its normal phase.
+    pub(super) fn target_remove(&self, name: &str, by: &Identity) -> Result<Reply, Refusal> {
+        if !self.has_target(name) {
+            return Err(refuse(
+                RefusalReason::Unknown,
+                format!("no target {name}; `scold ctl status` lists them"),
+            ));
+        }
+        if !self.runtime_target(name) {
+            return Err(refuse(
+                RefusalReason::BadRequest,
+                format!("target {name} is in the coordinator's config file; remove its [[target]] entry there and restart the coordinator"),
+            ));
+        }
+        let phase = self.lock().targets.get(name).map(|s| s.phase);
+        if phase.is_some_and(|p| p != Phase::Normal) {
+            return Err(refuse(
+                RefusalReason::BadRequest,
+                format!(
+                    "target {name} is {}; restore it first (`scold ctl restore {name}`) and remove it once it is normal",
+                    phase.map(|p| p.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        self.commit(Batch {
+            target_configs: vec![(name, None)],
+            removed_targets: vec![name],
+            events: vec![event(name, "target_removed", format!("by {by}"))],
+            ..Default::default()
+        })
+        .map_err(|e| refuse(RefusalReason::Unavailable, format!("cannot record it: {e}")))?;
+        self.targets.write().expect("targets lock").remove(name);
+        self.lock().targets.remove(name);
+        info!(target = %name, %by, "target removed");
+        Ok(Reply::Done)
+    }
+
+    /// `scold ctl target show`.
+    pub(super) fn target_show(&self, name: &str) -> Result<Reply, Refusal> {
+        let cfg = self.target_cfg(name).ok_or_else(|| {
+            refuse(
+                RefusalReason::Unknown,
+                format!("no target {name}; `scold ctl status` lists them"),
+            )
+        })?;
+        let view = {
+            let world = self.lock();
+            let st = world.targets.get(name).cloned().unwrap_or_default();
+            self.target_view(name, &st)
+        };
+        Ok(Reply::TargetConfig {
+            config: serde_json::to_value(&*cfg).unwrap_or_default(),
+            runtime: self.runtime_target(name),
+            view,
         })
     }
 }
