@@ -7,7 +7,8 @@
 //! `filter_limit` metrics, the ctl answer names what applied and what waits for a
 //! restart, the broken file is refused with its file and line while the running values
 //! stay, and the download arrives whole over its one connection. Another test checks
-//! that only an operator may ask for a reload, and that it is in the audit log.
+//! that only an operator may ask for a reload, and that it is in the audit log; a third
+//! that a target takes new detector thresholds and names what needs a restart.
 //!
 //! Needs root, `ip` (iproute2), `socat`, `curl`, `python3`, `sha256sum` and a built
 //! binary (`cargo build -p scold`, or SCOLD_BIN=/path/to/scold).
@@ -421,4 +422,37 @@ fn only_an_operator_may_ask_a_node_to_reload() {
         "the refusal does not name line {line}: {err}"
     );
     assert!(lab.running("coordinator"));
+}
+
+#[test]
+fn a_target_takes_new_detector_thresholds_and_names_what_needs_a_restart() {
+    let mut lab = Net::new("rt", &["t", "r"], &[]);
+    lab.link("t", "r", Some("10.4.0.2/24"), Some("10.4.0.1/24"));
+    let dev = lab.dev("tr");
+    let text = |factor: &str, interval: u32| {
+        format!(
+            "[detect]\ninterface = \"{dev}\"\ninterval_ms = {interval}\nalarm_factor = {factor}\nhold_down_ms = 5000\n"
+        )
+    };
+    let file = lab.write("target.toml", &text("4.0", 100));
+    lab.scold("t", "target", "target", &file);
+    lab.wait_log("target", "watching the main link for attacks", 20);
+    std::fs::write(&file, text("8.0", 200)).unwrap();
+    lab.signal("target", Signal::Hup);
+    lab.wait_log("target", "config reloaded", 10);
+    let log = lab.log("target");
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("applied=[\"detect.alarm_factor\"]")
+            && line.contains("needs_restart=[\"detect.interval_ms\"]"),
+        "{line}"
+    );
+    assert!(
+        log.contains("attack detection: new thresholds in force"),
+        "{log}"
+    );
+    assert!(lab.running("target"), "SIGHUP ended the target");
 }
