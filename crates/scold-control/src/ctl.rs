@@ -71,6 +71,91 @@ pub enum CtlCommand {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Have a node re-read its config file and apply what can change while it runs
+    /// (as SIGHUP does); prints what it applied and what waits for a restart. A file
+    /// the node cannot use is refused with its file and line, and the node keeps its
+    /// running config.
+    Reload {
+        /// The node as `role/name` (e.g. `proxy/p1`), or its name when only one
+        /// connected node has it; `coordinator` for the coordinator itself.
+        node: String,
+    },
+    /// Change the proxy pool while the system runs (kept in the coordinator's store,
+    /// written to its audit log).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Add, remove or show targets while the system runs (kept in the coordinator's
+    /// store, written to its audit log).
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum TargetCommand {
+    /// Add a target from FILE: one `[[target]]` table as in the coordinator's config
+    /// file (with or without the `[[target]]` line), checked as the config file's are.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Forget a target added with `add`; it must be in its normal phase (restore it
+    /// first). One from the config file is removed there.
+    Remove { name: String },
+    /// A target's configuration and phase, and whether it was added at run time.
+    Show { name: String },
+}
+
+/// One target from a file: a `[[target]]` table, or its keys alone.
+fn target_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapped {
+        target: Vec<crate::config::TargetConfig>,
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the target file {}", path.display()))?;
+    let t = if text.lines().any(|l| l.trim() == "[[target]]") {
+        let w: Wrapped = scold_daemon::parse(&text, path, "")?;
+        anyhow::ensure!(
+            w.target.len() == 1,
+            "{}: holds {} [[target]] tables; add one target per file",
+            path.display(),
+            w.target.len()
+        );
+        w.target.into_iter().next().expect("one")
+    } else {
+        scold_daemon::parse::<crate::config::TargetConfig>(&text, path, "")?
+    };
+    Ok(serde_json::to_value(t)?)
+}
+
+#[derive(clap::Subcommand)]
+pub enum ProxyCommand {
+    /// Add a proxy, bound to the public address that ALT records may carry for it. It
+    /// waits for `approve` before it is chosen for anything.
+    Add {
+        /// The proxy's name: the name its certificate carries (`scold ca issue --role
+        /// proxy --name NAME`).
+        name: String,
+        /// Its public address, where clients reach it.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// What it offers, in Mbit/s (default 1000); proxy choice weighs it.
+        #[arg(long)]
+        capacity_mbps: Option<u32>,
+        /// The consortium member that contributes it; a target's proxies are spread
+        /// over organisations.
+        #[arg(long)]
+        organisation: Option<String>,
+    },
+    /// Let an added (or drained) proxy be chosen from now on.
+    Approve { name: String },
+    /// Take a proxy out of service without an attack: it is chosen for nothing, and
+    /// every target it serves gets another proxy while its clients move there.
+    Drain { name: String },
+    /// Forget a drained or pending proxy that was added with `add` (one in the
+    /// coordinator's config file is removed there, then reloaded).
+    Remove { name: String },
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -167,6 +252,7 @@ fn proxies_table(ps: &[ProxyView]) -> String {
             "ORG",
             "MBIT/S",
             "HEALTH",
+            "POOL",
             "LAST SEEN",
             "SERVING",
         ],
@@ -182,6 +268,11 @@ fn proxies_table(ps: &[ProxyView]) -> String {
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
                     p.health.clone(),
+                    if p.pool.is_empty() {
+                        "member".into()
+                    } else {
+                        p.pool.clone()
+                    },
                     p.last_seen_ms
                         .map(fmt_time)
                         .unwrap_or_else(|| "never".into()),
@@ -248,6 +339,37 @@ pub fn render(reply: &Reply) -> String {
         Reply::Proxies { proxies } => proxies_table(proxies),
         Reply::Events { events } => events_table(events),
         Reply::Target(t) => targets_table(std::slice::from_ref(t)),
+        Reply::TargetConfig {
+            config,
+            runtime,
+            view,
+        } => {
+            let toml = serde_json::from_value::<crate::config::TargetConfig>(config.clone())
+                .ok()
+                .and_then(|t| toml::to_string(&t).ok())
+                .unwrap_or_else(|| format!("{config:#}\n"));
+            format!(
+                "{}# {} (added at run time: {runtime})\n[[target]]\n{toml}",
+                targets_table(std::slice::from_ref(view)),
+                view.name
+            )
+        }
+        Reply::Reloaded(r) => {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            format!(
+                "{} reloaded {}\napplied:       {}\nneeds restart: {}\n",
+                r.node,
+                r.file,
+                list(&r.applied),
+                list(&r.needs_restart)
+            )
+        }
         other => format!("{other:?}\n"),
     }
 }
@@ -304,6 +426,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             subject: subject.clone(),
             kind: kind.clone(),
         },
+        CtlCommand::Reload { node } => Request::ReloadNode { node: node.clone() },
+        CtlCommand::Proxy(ProxyCommand::Add {
+            name,
+            address,
+            capacity_mbps,
+            organisation,
+        }) => Request::ProxyAdd {
+            name: name.clone(),
+            address: *address,
+            capacity_mbps: *capacity_mbps,
+            organisation: organisation.clone(),
+        },
+        CtlCommand::Proxy(ProxyCommand::Approve { name }) => {
+            Request::ProxyApprove { name: name.clone() }
+        }
+        CtlCommand::Proxy(ProxyCommand::Drain { name }) => {
+            Request::ProxyDrain { name: name.clone() }
+        }
+        CtlCommand::Proxy(ProxyCommand::Remove { name }) => {
+            Request::ProxyRemove { name: name.clone() }
+        }
+        CtlCommand::Target(TargetCommand::Add { file }) => Request::TargetAdd {
+            config: target_file(file)?,
+        },
+        CtlCommand::Target(TargetCommand::Remove { name }) => {
+            Request::TargetRemove { name: name.clone() }
+        }
+        CtlCommand::Target(TargetCommand::Show { name }) => {
+            Request::TargetShow { name: name.clone() }
+        }
     };
     let reply = channel
         .request(request, Duration::from_secs(args.timeout))

@@ -17,6 +17,8 @@ use std::path::Path;
 const TARGETS: TableDefinition<&str, &str> = TableDefinition::new("targets");
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+/// Targets added with `scold ctl target add` (the config file's are not stored).
+const TARGET_CONFIGS: TableDefinition<&str, &str> = TableDefinition::new("target_configs");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +77,46 @@ pub struct NodeRecord {
     /// Unix ms until which an `Attacked` mark holds.
     #[serde(default)]
     pub attacked_until_ms: Option<u64>,
+    /// A proxy's place in the pool (`scold ctl proxy`); records of older stores are
+    /// members.
+    #[serde(default, skip_serializing_if = "Pool::is_member")]
+    pub pool: Pool,
+    /// Added with `scold ctl proxy add`, not from the config file: the store is its only
+    /// record, and `scold ctl proxy remove` may delete it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runtime: bool,
+}
+
+/// Where a proxy stands in the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    /// May be chosen for a target's ALT set (config-file proxies, approved ones).
+    #[default]
+    Member,
+    /// Added at run time, waiting for `scold ctl proxy approve`: chosen for nothing.
+    Pending,
+    /// Being taken out (`scold ctl proxy drain`): chosen for nothing, moved out of
+    /// every ALT set as if it had reported an attack (paper 4.4), then removable.
+    Draining,
+    /// Removed (`scold ctl proxy remove`): listed nowhere and chosen for nothing, also
+    /// when it connects again with its still valid certificate, until it is added again.
+    Removed,
+}
+
+impl Pool {
+    pub fn is_member(&self) -> bool {
+        *self == Pool::Member
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Member => "member",
+            Pool::Pending => "pending",
+            Pool::Draining => "draining",
+            Pool::Removed => "removed",
+        }
+    }
 }
 
 impl NodeRecord {
@@ -101,6 +143,10 @@ pub struct Batch<'a> {
     pub targets: Vec<(&'a str, &'a TargetState)>,
     pub nodes: Vec<&'a NodeRecord>,
     pub events: Vec<EventRecord>,
+    /// Run-time targets' configurations to write (`Some`) or delete (`None`).
+    pub target_configs: Vec<(&'a str, Option<&'a crate::config::TargetConfig>)>,
+    /// Targets whose state goes (a run-time target removed).
+    pub removed_targets: Vec<&'a str>,
 }
 
 pub struct Store {
@@ -174,6 +220,26 @@ impl EtcdStore {
                     key: self.key(&["nodes", &NodeRecord::key(node.role, &node.name)]),
                     value: serde_json::to_vec(node).map_err(db)?,
                     lease: 0,
+                });
+            }
+            for name in &batch.removed_targets {
+                ops.push(Op::Delete {
+                    key: self.key(&["targets", name]),
+                    range_end: Vec::new(),
+                });
+            }
+            for (name, cfg) in &batch.target_configs {
+                let key = self.key(&["target_configs", name]);
+                ops.push(match cfg {
+                    Some(c) => Op::Put {
+                        key,
+                        value: serde_json::to_vec(c).map_err(db)?,
+                        lease: 0,
+                    },
+                    None => Op::Delete {
+                        key,
+                        range_end: Vec::new(),
+                    },
                 });
             }
             let first = last + 1;
@@ -257,6 +323,17 @@ impl EtcdStore {
             .collect()
     }
 
+    fn target_configs(&self) -> Result<BTreeMap<String, crate::config::TargetConfig>, StoreError> {
+        self.all("target_configs")?
+            .into_iter()
+            .map(|(name, v)| {
+                let c = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("target config {name}: {e}")))?;
+                Ok((name, c))
+            })
+            .collect()
+    }
+
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         self.all("nodes")?
             .into_iter()
@@ -320,6 +397,7 @@ impl Store {
         tx.open_table(TARGETS).map_err(db)?;
         tx.open_table(NODES).map_err(db)?;
         tx.open_table(EVENTS).map_err(db)?;
+        tx.open_table(TARGET_CONFIGS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Store {
             backend: Backend::Redb(database),
@@ -375,6 +453,21 @@ impl Store {
                     )
                     .map_err(db)?;
             }
+            for name in &batch.removed_targets {
+                targets.remove(*name).map_err(db)?;
+            }
+            let mut configs = tx.open_table(TARGET_CONFIGS).map_err(db)?;
+            for (name, cfg) in &batch.target_configs {
+                match cfg {
+                    Some(c) => {
+                        let json = serde_json::to_string(c).map_err(db)?;
+                        configs.insert(*name, json.as_str()).map_err(db)?;
+                    }
+                    None => {
+                        configs.remove(*name).map_err(db)?;
+                    }
+                }
+            }
             let mut events = tx.open_table(EVENTS).map_err(db)?;
             let first = match events.last().map_err(db)? {
                 Some((k, _)) => k.value() + 1,
@@ -414,6 +507,26 @@ impl Store {
             let state = serde_json::from_str(v.value())
                 .map_err(|e| StoreError::Corrupt(format!("target {}: {e}", k.value())))?;
             out.insert(k.value().to_string(), state);
+        }
+        Ok(out)
+    }
+
+    /// Targets added at run time (`scold ctl target add`), by name.
+    pub fn target_configs(
+        &self,
+    ) -> Result<BTreeMap<String, crate::config::TargetConfig>, StoreError> {
+        let database = match &self.backend {
+            Backend::Redb(d) => d,
+            Backend::Etcd(e) => return e.target_configs(),
+        };
+        let tx = database.begin_read().map_err(db_err)?;
+        let table = tx.open_table(TARGET_CONFIGS).map_err(db)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let c = serde_json::from_str(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("target config {}: {e}", k.value())))?;
+            out.insert(k.value().to_string(), c);
         }
         Ok(out)
     }
@@ -488,5 +601,20 @@ mod tests {
             .expect("garbage accepted")
             .to_string();
         assert!(e.contains("state.redb"), "{e}");
+    }
+
+    #[test]
+    fn node_records_of_older_stores_are_pool_members_from_the_config() {
+        let old =
+            r#"{"role":"proxy","name":"p1","info":{"version":""},"health":"up","last_seen_ms":5}"#;
+        let rec: NodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.pool, Pool::Member);
+        assert!(!rec.runtime);
+        // And a member from the config file is written as before.
+        let again = serde_json::to_string(&rec).unwrap();
+        assert!(
+            !again.contains("pool") && !again.contains("runtime"),
+            "{again}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! shared store needs: a fenced writer is stopped once another replica leads.
 
 use scold_control::etcd::{Compare, Etcd, Op};
-use scold_control::store::{Batch, EventRecord, Fence, Health, NodeRecord, Store, StoreError};
+use scold_control::store::{
+    Batch, EventRecord, Fence, Health, NodeRecord, Pool, Store, StoreError,
+};
 use scold_proto::control::NodeInfo;
 use scold_proto::identity::Role;
 use scold_proto::state::{Event, TargetState};
@@ -47,21 +49,59 @@ fn same_behaviour(open: &dyn Fn() -> Store) {
         health: Health::Up,
         last_seen_ms: Some(5),
         attacked_until_ms: None,
+        pool: Pool::Member,
+        runtime: false,
+    };
+    // A proxy added at run time and removed: its pool state is durable too.
+    let added = NodeRecord {
+        name: "p3".into(),
+        health: Health::Down,
+        last_seen_ms: None,
+        pool: Pool::Removed,
+        runtime: true,
+        ..node.clone()
     };
     {
         let s = open();
         let seqs = s
             .commit(Batch {
                 targets: vec![("web", &st)],
-                nodes: vec![&node],
+                nodes: vec![&node, &added],
                 events: (0..3).map(event).collect(),
+                target_configs: Vec::new(),
+                removed_targets: Vec::new(),
             })
             .unwrap();
         assert_eq!(seqs, vec![1, 2, 3]);
     }
+    // A target added at run time: its configuration is kept until it is removed.
+    let example: scold_control::config::Config =
+        toml::from_str(scold_control::config::EXAMPLE_CONFIG).unwrap();
+    let mut mail = example.targets[0].clone();
+    mail.name = "mail".into();
+    open()
+        .commit(Batch {
+            target_configs: vec![("mail", Some(&mail))],
+            targets: vec![("mail", &TargetState::default())],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(open().targets().unwrap().contains_key("mail"));
+    let kept = open().target_configs().unwrap();
+    assert_eq!(kept.keys().collect::<Vec<_>>(), ["mail"], "{kept:?}");
+    assert_eq!(format!("{:?}", kept["mail"]), format!("{mail:?}"));
+    open()
+        .commit(Batch {
+            target_configs: vec![("mail", None)],
+            removed_targets: vec!["mail"],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(open().target_configs().unwrap().is_empty());
+    assert!(!open().targets().unwrap().contains_key("mail"));
     let s = open().keep_events(10);
     assert_eq!(s.targets().unwrap().get("web"), Some(&st));
-    assert_eq!(s.nodes().unwrap(), vec![node]);
+    assert_eq!(s.nodes().unwrap(), vec![node, added]);
     let ev = s.events(2).unwrap();
     assert_eq!(ev.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![2, 3]);
     // A commit of nothing writes nothing.

@@ -76,7 +76,9 @@ pub fn parse<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let start = e.span().map(|s| s.start.min(text.len()));
-        let line = start.map(|s| text[..s].lines().count().max(1));
+        // Lines before the span's start, plus its own (`lines()` would miss a span that
+        // starts a line: an unknown key's span is the key).
+        let line = start.map(|s| text[..s].matches('\n').count() + 1);
         // The parser's message names the key only for some errors; the line it is on
         // names it for the rest (e.g. a value of the wrong type).
         let quoted = line
@@ -129,6 +131,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
         let e = parse::<Sample>("", p, "x").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
     }

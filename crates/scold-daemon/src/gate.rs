@@ -49,6 +49,11 @@ impl Gate {
     pub fn open(&self) -> usize {
         self.table.lock().expect("gate lock").total()
     }
+
+    /// New limits for connections that come from now on; held ones stay.
+    pub fn set_limits(&self, limits: ConnLimits) {
+        self.table.lock().expect("gate lock").set_limits(limits);
+    }
 }
 
 /// At most one log line per interval; counts what it held back.
@@ -153,6 +158,11 @@ impl Door {
     pub fn open(&self) -> usize {
         self.gate.open()
     }
+
+    /// New limits (a config reload) for connections that come from now on.
+    pub fn set_limits(&self, limits: ConnLimits) {
+        self.gate.set_limits(limits);
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +178,21 @@ mod tests {
         drop(p);
         assert_eq!(g.open(), 0);
         let _p = g.enter(a).unwrap();
+    }
+
+    #[test]
+    fn new_limits_count_new_connections_and_keep_held_ones() {
+        let d = Door::new("admission", ConnLimits::new(3, 10, 10), None);
+        let a: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let held: Vec<_> = (0..3).filter_map(|_| d.enter(a)).collect();
+        assert_eq!(held.len(), 3);
+        d.set_limits(ConnLimits::new(1, 10, 10));
+        assert!(d.enter(a).is_none(), "the tighter limit is not in force");
+        assert_eq!(d.open(), 3, "a reload dropped held connections");
+        drop(held);
+        let one = d.enter(a);
+        assert!(one.is_some());
+        assert!(d.enter(a).is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What every SCOLD daemon shares, whatever its role: reading its one TOML file with
 //! errors an operator can act on ([`config`]), the per-source limits at the door of each
-//! listener ([`gate`]), and one shutdown signal ([`shutdown`]),
+//! listener ([`gate`]), one shutdown signal ([`shutdown`]) and live config reload on
+//! SIGHUP ([`reload`]),
 //! so `scold coordinator`, `scold dns`, `scold resolver` and the data-path daemons stop
 //! and complain the same way.
 //!
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod gate;
+pub mod reload;
 pub mod shutdown;
 
 pub use config::{load, parse, resolve, ConfigError};

@@ -84,6 +84,20 @@ async fn serve_metrics(
     Ok(())
 }
 
+/// What `scold dns` applies on reload (SIGHUP): the TSIG keys with their update
+/// policies, and the secondaries (which name keys). Zones, listeners, the journal and
+/// rate limits need a restart.
+const DNS_LIVE: &[&str] = &["key", "secondary"];
+
+/// A reloaded config: as written (compared key by key) and as checked (applied).
+#[derive(serde::Serialize)]
+struct Reloaded {
+    #[serde(flatten)]
+    file: crate::config::DnsFile,
+    #[serde(skip)]
+    cfg: Option<crate::config::DnsConfig>,
+}
+
 /// Runs `scold dns`.
 pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
     if a.example_config {
@@ -121,12 +135,44 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // From here on a SIGHUP reloads instead of ending the process.
+    let (reload_tx, reload_rx) = scold_daemon::reload::channel();
+    let _hangups = scold_daemon::reload::on_hangup(reload_tx)
+        .context("cannot watch SIGHUP for config reloads")?;
     let shared = crate::server::Shared::load_with(&cfg, opts)
         .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
     let server = crate::server::start_with(&cfg, std::sync::Arc::new(shared))
         .await
         .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
     serve_metrics(cfg.metrics, |m| server.shared.metrics.register(m)).await?;
+    let (raw, _) = crate::config::load_dns_file(&path)
+        .with_context(|| format!("cannot start scold dns from {}", path.display()))?;
+    let shared = server.shared.clone();
+    tokio::spawn(scold_daemon::reload::serve(
+        "dns".to_string(),
+        path.clone(),
+        scold_daemon::reload::Running::new(
+            &Reloaded {
+                file: raw,
+                cfg: None,
+            },
+            DNS_LIVE,
+        ),
+        reload_rx,
+        |p: &std::path::Path| {
+            crate::config::load_dns_file(p)
+                .map(|(file, cfg)| Reloaded {
+                    file,
+                    cfg: Some(cfg),
+                })
+                .map_err(|e| e.to_string())
+        },
+        async move |new: Reloaded, _keys: Vec<String>| {
+            let cfg = new.cfg.ok_or("no checked configuration")?;
+            shared.set_access(&cfg);
+            Ok(())
+        },
+    ));
     tracing::info!(config = %path.display(), "scold dns ready");
     scold_daemon::terminated().await;
     server.shutdown().await;

@@ -250,6 +250,17 @@ pub fn load_dns(path: &Path) -> Result<DnsConfig, ConfigError> {
     parse_dns(&text, path)
 }
 
+/// Reads a `scold dns` config file as written (to compare on reload) and as checked.
+pub fn load_dns_file(path: &Path) -> Result<(DnsFile, DnsConfig), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(path, format!("cannot read it: {e}"))
+            .hint("restore the file; the running configuration stays in force")
+    })?;
+    let cfg = parse_dns(&text, path)?;
+    let raw: DnsFile = scold_daemon::parse(&text, path, "scold dns --example-config")?;
+    Ok((raw, cfg))
+}
+
 /// Parses `scold dns` config text; `path` names the file in errors and anchors relative paths.
 pub fn parse_dns(text: &str, path: &Path) -> Result<DnsConfig, ConfigError> {
     let err = |msg: String| ConfigError::new(path, msg);

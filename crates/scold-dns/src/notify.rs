@@ -37,14 +37,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<usi
                 let Some(zone) = cat.zones.get(zi) else { continue };
                 let origin = zone.data.origin.clone();
                 let serial = zone.data.soa().map(|s| s.serial).unwrap_or(0);
-                for (si, sec) in shared.secondaries().iter().enumerate() {
+                let acc = shared.access();
+                for (si, sec) in acc.secondaries.iter().enumerate() {
                     if !sec.notify || !sec.serves(&zone.data.apex) {
                         continue;
                     }
                     if let Some(old) = pending.remove(&(si, zi)) {
                         old.abort();
                     }
-                    let key = shared.key(sec.key).clone();
+                    let key = acc.keys[sec.key].clone();
                     let sh = shared.clone();
                     let sec = sec.clone();
                     let origin = origin.clone();

@@ -31,15 +31,33 @@ pub use crate::error::ServerError;
 pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     generation: AtomicU64,
-    keys: Vec<TsigKey>,
-    policies: Vec<Policy>,
+    /// TSIG keys, their update policies and the secondaries (which name keys by index):
+    /// swapped together by a config reload, read once per request.
+    access: RwLock<Arc<Access>>,
     journal: Mutex<Journal>,
     alt_type: u16,
-    secondaries: Vec<Secondary>,
     /// Zones that changed, for the NOTIFY sender (set once the server runs).
     changed: OnceLock<tokio::sync::mpsc::UnboundedSender<usize>>,
     /// Prometheus counters (registered when the config names a metrics address).
     pub metrics: crate::metrics::DnsMetrics,
+}
+
+/// Who may do what: the keys, each key's update policy, the secondaries.
+pub struct Access {
+    pub keys: Vec<TsigKey>,
+    pub policies: Vec<Policy>,
+    pub secondaries: Vec<Secondary>,
+}
+
+impl Access {
+    fn of(cfg: &DnsConfig) -> Access {
+        let (keys, policies) = cfg.keys.iter().cloned().unzip();
+        Access {
+            keys,
+            policies,
+            secondaries: cfg.secondaries.clone(),
+        }
+    }
 }
 
 impl Shared {
@@ -66,15 +84,12 @@ impl Shared {
                 .map(|(d, h)| Arc::new(Zone::with_history(d, h)))
                 .collect(),
         };
-        let (keys, policies) = cfg.keys.iter().cloned().unzip();
         Ok(Self {
             catalog: RwLock::new(Arc::new(catalog)),
             generation: AtomicU64::new(0),
-            keys,
-            policies,
+            access: RwLock::new(Arc::new(Access::of(cfg))),
             journal: Mutex::new(journal),
             alt_type: cfg.alt_type,
-            secondaries: cfg.secondaries.clone(),
             changed: OnceLock::new(),
             metrics: Default::default(),
         })
@@ -93,14 +108,23 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The configured secondaries.
-    pub fn secondaries(&self) -> &[Secondary] {
-        &self.secondaries
+    /// The keys, policies and secondaries in force now.
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// The key at `i` of the configuration's key list.
-    pub fn key(&self, i: usize) -> &TsigKey {
-        &self.keys[i]
+    /// Puts the TSIG keys, update policies and secondaries of a reloaded config in
+    /// force; a request being answered finishes with the ones it started with.
+    pub fn set_access(&self, cfg: &DnsConfig) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Access::of(cfg));
+        tracing::info!(
+            keys = cfg.keys.len(),
+            secondaries = cfg.secondaries.len(),
+            "TSIG keys, update policies and secondaries reloaded"
+        );
     }
 
     /// Tells the NOTIFY sender that zone `zi` changed (nothing before the server runs).
@@ -131,9 +155,10 @@ impl Shared {
         if msg.metadata.message_type == MessageType::Response {
             return Vec::new();
         }
+        let acc = self.access();
         match msg.metadata.op_code {
-            OpCode::Update => vec![self.handle_update(&msg, req, src)],
-            OpCode::Query => self.signed_query(msg, req, src, udp),
+            OpCode::Update => vec![self.handle_update(&acc, &msg, req, src)],
+            OpCode::Query => self.signed_query(&acc, msg, req, src, udp),
             _ => {
                 let mut out = Vec::new();
                 answer::header_only(&mut out, req, rcode::NOTIMP, opcode_bits(req));
@@ -144,6 +169,7 @@ impl Shared {
 
     fn signed_query(
         &self,
+        acc: &Access,
         mut msg: Message,
         req: &[u8],
         src: SocketAddr,
@@ -155,7 +181,7 @@ impl Shared {
             return vec![out];
         };
         let now = tsig::now_secs();
-        match tsig::verify_request(req, &sig, &self.keys, now) {
+        match tsig::verify_request(req, &sig, &acc.keys, now) {
             Verdict::Ok { key, mac } => {
                 let is_transfer = msg.queries.len() == 1
                     && matches!(
@@ -163,7 +189,7 @@ impl Shared {
                         RecordType::AXFR | RecordType::IXFR
                     );
                 if is_transfer {
-                    return self.transfer(&msg, key, &mac, src, udp, now);
+                    return self.transfer(acc, &msg, key, &mac, src, udp, now);
                 }
                 let Ok(unsigned) = msg.to_vec() else {
                     return Vec::new();
@@ -172,21 +198,29 @@ impl Shared {
                 if answer::answer(&self.catalog(), &unsigned, &mut out, udp) != Outcome::Reply {
                     return Vec::new();
                 }
-                if tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now)
+                if tsig::sign_response(&mut out, &acc.keys[key], &mac, msg.metadata.id, now)
                     .is_err()
                 {
                     return Vec::new();
                 }
                 vec![out]
             }
-            v => vec![self.tsig_failure(&msg, v, src, now)],
+            v => vec![self.tsig_failure(acc, &msg, v, src, now)],
         }
     }
 
     /// A signed response with `rc` and nothing else (a refused transfer).
-    fn signed_error(&self, msg: &Message, rc: u16, key: usize, mac: &[u8], now: u64) -> Vec<u8> {
+    fn signed_error(
+        &self,
+        acc: &Access,
+        msg: &Message,
+        rc: u16,
+        key: usize,
+        mac: &[u8],
+        now: u64,
+    ) -> Vec<u8> {
         let mut out = self.response(msg, rc);
-        if let Err(e) = tsig::sign_response(&mut out, &self.keys[key], mac, msg.metadata.id, now) {
+        if let Err(e) = tsig::sign_response(&mut out, &acc.keys[key], mac, msg.metadata.id, now) {
             tracing::warn!(error = %e, "cannot sign the answer");
         }
         out
@@ -195,8 +229,10 @@ impl Shared {
     /// AXFR or IXFR from a request whose TSIG verified with key `key`: answered only to a
     /// secondary configured with that key for that zone (and, if it lists addresses,
     /// from one of them); every message of the answer is signed.
+    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
+        acc: &Access,
         msg: &Message,
         key: usize,
         mac: &[u8],
@@ -207,22 +243,22 @@ impl Shared {
         let q = &msg.queries[0];
         let ixfr = q.query_type() == RecordType::IXFR;
         let kind = if ixfr { "IXFR" } else { "AXFR" };
-        let keyname = &self.keys[key].name;
+        let keyname = &acc.keys[key].name;
         let cat = self.catalog();
         let apex = crate::wire::name_key(q.name());
         let Some(zi) = cat.find_exact(&apex) else {
             tracing::warn!(%src, key = %keyname, zone = %q.name(), "{kind} for a zone not served here; refused");
             self.metrics.transfer("refused");
-            return vec![self.signed_error(msg, rcode::NOTAUTH, key, mac, now)];
+            return vec![self.signed_error(acc, msg, rcode::NOTAUTH, key, mac, now)];
         };
-        let sec = self
+        let sec = acc
             .secondaries
             .iter()
             .find(|s| s.key == key && s.serves(&apex) && s.allows_from(src.ip()));
         let Some(sec) = sec else {
             tracing::warn!(%src, key = %keyname, zone = %q.name(), "{kind} refused: no [[secondary]] with this key may transfer this zone from this address");
             self.metrics.transfer("refused");
-            return vec![self.signed_error(msg, rcode::REFUSED, key, mac, now)];
+            return vec![self.signed_error(acc, msg, rcode::REFUSED, key, mac, now)];
         };
         let zone = &cat.zones[zi];
         let current = zone.data.soa().map(|s| s.serial).unwrap_or(0);
@@ -232,7 +268,7 @@ impl Shared {
                 _ => None,
             });
             let Some(client) = client else {
-                return vec![self.signed_error(msg, rcode::FORMERR, key, mac, now)];
+                return vec![self.signed_error(acc, msg, rcode::FORMERR, key, mac, now)];
             };
             let plan = crate::transfer::plan_ixfr(current, &zone.history, client);
             if udp && plan != crate::transfer::Plan::UpToDate {
@@ -252,7 +288,7 @@ impl Shared {
             if udp {
                 tracing::warn!(%src, secondary = %sec.name, zone = %q.name(), "AXFR over UDP refused: zone transfers run over TCP");
                 self.metrics.transfer("refused");
-                return vec![self.signed_error(msg, rcode::REFUSED, key, mac, now)];
+                return vec![self.signed_error(acc, msg, rcode::REFUSED, key, mac, now)];
             }
             tracing::info!(%src, secondary = %sec.name, zone = %q.name(), serial = current, "AXFR");
             self.metrics.transfer("full");
@@ -271,16 +307,23 @@ impl Shared {
             crate::transfer::MESSAGE_LIMIT,
         );
         if let Err(e) =
-            crate::transfer::sign_all(&mut msgs, &self.keys[key], mac, msg.metadata.id, now)
+            crate::transfer::sign_all(&mut msgs, &acc.keys[key], mac, msg.metadata.id, now)
         {
             tracing::error!(error = %e, "cannot sign the transfer");
-            return vec![self.signed_error(msg, rcode::SERVFAIL, key, mac, now)];
+            return vec![self.signed_error(acc, msg, rcode::SERVFAIL, key, mac, now)];
         }
         tracing::debug!(%src, zone = %q.name(), records = rrs.len(), messages = msgs.len(), "{kind} answer");
         msgs
     }
 
-    fn tsig_failure(&self, msg: &Message, v: Verdict, src: SocketAddr, now: u64) -> Vec<u8> {
+    fn tsig_failure(
+        &self,
+        acc: &Access,
+        msg: &Message,
+        v: Verdict,
+        src: SocketAddr,
+        now: u64,
+    ) -> Vec<u8> {
         let sig_name = msg
             .signature
             .as_ref()
@@ -306,8 +349,8 @@ impl Shared {
             }
             Verdict::BadSig { key } => tsig::append_unsigned_error(
                 &mut out,
-                &self.keys[key].dns_name(),
-                self.keys[key].algorithm.to_hickory(),
+                &acc.keys[key].dns_name(),
+                acc.keys[key].algorithm.to_hickory(),
                 id,
                 now,
                 TsigError::BadSig,
@@ -317,7 +360,7 @@ impl Shared {
                 mac,
                 time,
                 fudge,
-            } => tsig::sign_badtime_response(&mut out, &self.keys[key], &mac, id, time, fudge, now),
+            } => tsig::sign_badtime_response(&mut out, &acc.keys[key], &mac, id, time, fudge, now),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -341,29 +384,29 @@ impl Shared {
         })
     }
 
-    fn handle_update(&self, msg: &Message, req: &[u8], src: SocketAddr) -> Vec<u8> {
+    fn handle_update(&self, acc: &Access, msg: &Message, req: &[u8], src: SocketAddr) -> Vec<u8> {
         let now = tsig::now_secs();
         let Some(sig) = msg.signature.as_ref() else {
             tracing::warn!(%src, "unsigned UPDATE refused: updates need a TSIG key");
             self.metrics.update("unsigned");
             return self.response(msg, rcode::REFUSED);
         };
-        let (key, mac) = match tsig::verify_request(req, sig, &self.keys, now) {
+        let (key, mac) = match tsig::verify_request(req, sig, &acc.keys, now) {
             Verdict::Ok { key, mac } => (key, mac),
             v => {
                 self.metrics.update("bad_tsig");
-                return self.tsig_failure(msg, v, src, now);
+                return self.tsig_failure(acc, msg, v, src, now);
             }
         };
-        let rc = self.apply_update(msg, key, src);
+        let rc = self.apply_update(acc, msg, key, src);
         let mut out = self.response(msg, rc);
-        if let Err(e) = tsig::sign_response(&mut out, &self.keys[key], &mac, msg.metadata.id, now) {
+        if let Err(e) = tsig::sign_response(&mut out, &acc.keys[key], &mac, msg.metadata.id, now) {
             tracing::warn!(error = %e, "cannot sign the UPDATE response");
         }
         out
     }
 
-    fn apply_update(&self, msg: &Message, key: usize, src: SocketAddr) -> u16 {
+    fn apply_update(&self, acc: &Access, msg: &Message, key: usize, src: SocketAddr) -> u16 {
         let Some(zq) = msg.queries.first() else {
             return rcode::FORMERR;
         };
@@ -376,8 +419,8 @@ impl Shared {
             tracing::warn!(%src, zone = %zq.name(), "UPDATE for a zone not served here");
             return rcode::NOTAUTH;
         };
-        let keyname = &self.keys[key].name;
-        match update::apply(msg, &cat.zones[zi].data, &self.policies[key], self.alt_type) {
+        let keyname = &acc.keys[key].name;
+        match update::apply(msg, &cat.zones[zi].data, &acc.policies[key], self.alt_type) {
             UpdateResult::NoChange => {
                 tracing::info!(%src, key = %keyname, zone = %zq.name(), "UPDATE accepted; nothing to change");
                 self.metrics.update("unchanged");
@@ -521,7 +564,8 @@ pub async fn start_with(
         tracing::info!(%addr, udp_workers = workers, "scold dns listening on UDP and TCP");
         addrs.push(addr);
     }
-    if !shared.secondaries.is_empty() {
+    // Also without secondaries: a reload may add some.
+    {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         if shared.changed.set(tx.clone()).is_ok() {
             tcp.push(tokio::spawn(crate::notify::run(shared.clone(), rx)));

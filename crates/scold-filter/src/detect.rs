@@ -314,6 +314,12 @@ impl Detector {
         &self.cfg
     }
 
+    /// Takes new thresholds (a config reload); the learned baseline, the state (an
+    /// alarm in force stays in force) and the anomaly score are kept.
+    pub fn reconfigure(&mut self, cfg: DetectorConfig) {
+        self.cfg = cfg;
+    }
+
     /// The learned baseline (zero before the first interval).
     pub fn baseline(&self) -> Rates {
         match &self.baseline {

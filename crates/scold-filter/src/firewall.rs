@@ -332,6 +332,31 @@ impl Filter {
         &self.cfg
     }
 
+    /// Takes new limits, block times and new-source budget (a config reload) without
+    /// forgetting anyone: tracked sources, their blocks and counters stay; each bucket
+    /// keeps its tokens up to its new capacity. `max_sources` and `ipv6_prefix_len`
+    /// shape the table and stay as they were.
+    pub fn reconfigure(&mut self, cfg: FilterConfig) {
+        let fresh = Filter::new(FilterConfig {
+            max_sources: 1,
+            ..cfg.clone()
+        });
+        self.rate_ns = fresh.rate_ns;
+        self.cap = fresh.cap;
+        for s in &mut self.slots {
+            for (t, c) in s.tokens.iter_mut().zip(self.cap) {
+                *t = t.min(c);
+            }
+        }
+        self.new_cap = fresh.new_cap;
+        self.new_tokens = self.new_tokens.min(self.new_cap);
+        self.cfg = FilterConfig {
+            max_sources: self.cfg.max_sources,
+            ipv6_prefix_len: self.cfg.ipv6_prefix_len,
+            ..cfg
+        };
+    }
+
     fn key(&self, ip: IpAddr) -> Key {
         match ip {
             IpAddr::V4(a) => Key::V4(u32::from(a)),
@@ -732,6 +757,38 @@ mod tests {
             new_source_pps: None,
             ..FilterConfig::default()
         }
+    }
+
+    #[test]
+    fn new_limits_apply_at_once_and_blocks_survive_a_reconfigure() {
+        let mut f = Filter::new(cfg());
+        let flooder = udp4([203, 0, 113, 9], DST, 64);
+        let client = udp4([198, 51, 100, 7], DST, 64);
+        // The flooder is blocked under the old limits.
+        for t in 0..2000u64 {
+            f.check(ms(t / 4), &flooder);
+        }
+        assert!(f.is_blocked(ms(500), IpAddr::from([203, 0, 113, 9])));
+        // 300 UDP packets/s pass under udp_pps = 500...
+        let mut passed = 0;
+        for t in 0..300u64 {
+            passed += u32::from(f.check(ms(500 + t * 3), &client) == Verdict::Pass);
+        }
+        assert_eq!(passed, 300);
+        // ...and not under 100, from the moment the new limits are taken.
+        let mut tighter = cfg();
+        tighter.limits.udp_pps = 100.0;
+        f.reconfigure(tighter.clone());
+        assert_eq!(f.config().limits.udp_pps, 100.0);
+        let mut passed = 0;
+        for t in 0..300u64 {
+            passed += u32::from(f.check(ms(1400 + t * 3), &client) == Verdict::Pass);
+        }
+        assert!(passed < 250, "passed {passed} of 300 at udp_pps = 100");
+        assert!(
+            f.is_blocked(ms(2400), IpAddr::from([203, 0, 113, 9])),
+            "a reconfigure forgot a block"
+        );
     }
 
     #[test]

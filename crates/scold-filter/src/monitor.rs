@@ -77,6 +77,7 @@ pub enum MonitorError {
 #[derive(Debug)]
 pub struct MonitorHandle {
     stop: Option<oneshot::Sender<()>>,
+    detector: mpsc::UnboundedSender<DetectorConfig>,
     task: Option<JoinHandle<()>>,
     status: watch::Receiver<MonitorStatus>,
 }
@@ -85,6 +86,12 @@ impl MonitorHandle {
     /// The latest status (updated every interval).
     pub fn status(&self) -> watch::Receiver<MonitorStatus> {
         self.status.clone()
+    }
+
+    /// Hands the detector new thresholds (a config reload); its baseline and state
+    /// stay. `false` when the task has ended.
+    pub fn reconfigure(&self, cfg: DetectorConfig) -> bool {
+        self.detector.send(cfg).is_ok()
     }
 
     /// Stops the task and waits for it to end.
@@ -137,10 +144,12 @@ pub fn spawn(
         samples: 0,
         error: None,
     });
-    let task = tokio::spawn(run(cfg, sampler, detector, tx, stop_rx, status_tx));
+    let (cfg_tx, cfg_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(cfg, sampler, detector, tx, stop_rx, status_tx, cfg_rx));
     Ok((
         MonitorHandle {
             stop: Some(stop_tx),
+            detector: cfg_tx,
             task: Some(task),
             status: status_rx,
         },
@@ -155,6 +164,7 @@ async fn run(
     tx: mpsc::Sender<DetectorEvent>,
     mut stop: oneshot::Receiver<()>,
     status: watch::Sender<MonitorStatus>,
+    mut reconfigure: mpsc::UnboundedReceiver<DetectorConfig>,
 ) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_millis(10)));
@@ -164,6 +174,10 @@ async fn run(
         tokio::select! {
             _ = &mut stop => break,
             _ = tx.closed() => break,
+            Some(c) = reconfigure.recv() => {
+                detector.reconfigure(c);
+                tracing::info!(interface = %cfg.interface, "attack detection: new thresholds in force");
+            }
             _ = tick.tick() => {
                 let now = start.elapsed();
                 match sampler.get_mut().sample().await {

@@ -170,6 +170,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_zero")]
         leader: u64,
     },
+    /// Re-read the config file and apply what can change while running (what an
+    /// operator's `scold ctl reload NODE` becomes at the node). Answered with
+    /// [`Reply::Reloaded`], or `Failed` naming the file and line when the new config
+    /// cannot be used (the running one stays).
+    Reload,
 
     // --- operator -> coordinator ----------------------------------------------------
     Status,
@@ -188,6 +193,48 @@ pub enum Request {
     },
     Restore {
         target: String,
+    },
+    /// Have a node (`role/name`, or a name alone when only one node has it) re-read its
+    /// config file; the coordinator forwards [`Request::Reload`] over the node's control
+    /// channel and returns its answer. `coordinator` names the coordinator itself.
+    ReloadNode {
+        node: String,
+    },
+    /// Adds a proxy to the pool at run time, bound to `address` (what ALT may carry):
+    /// pending until approved.
+    ProxyAdd {
+        name: String,
+        address: IpAddr,
+        #[serde(default)]
+        capacity_mbps: Option<u32>,
+        #[serde(default)]
+        organisation: Option<String>,
+    },
+    /// Makes a pending proxy a member: it may be chosen from now on.
+    ProxyApprove {
+        name: String,
+    },
+    /// Takes a proxy out of service without an attack: chosen for nothing, and moved
+    /// out of every ALT set with a replacement (the paper's 4.4 path).
+    ProxyDrain {
+        name: String,
+    },
+    /// Forgets a drained (or pending) proxy added at run time.
+    ProxyRemove {
+        name: String,
+    },
+    /// Adds a target at run time: `config` is one `[[target]]` table of the
+    /// coordinator's config file, as JSON.
+    TargetAdd {
+        config: serde_json::Value,
+    },
+    /// Forgets a target added at run time (it must be in its normal phase).
+    TargetRemove {
+        name: String,
+    },
+    /// A target's configuration and phase.
+    TargetShow {
+        name: String,
     },
 }
 
@@ -208,6 +255,15 @@ impl Request {
             Request::Events { .. } => "events",
             Request::Divert { .. } => "divert",
             Request::Restore { .. } => "restore",
+            Request::Reload => "reload",
+            Request::ReloadNode { .. } => "reload_node",
+            Request::ProxyAdd { .. } => "proxy_add",
+            Request::ProxyApprove { .. } => "proxy_approve",
+            Request::ProxyDrain { .. } => "proxy_drain",
+            Request::ProxyRemove { .. } => "proxy_remove",
+            Request::TargetAdd { .. } => "target_add",
+            Request::TargetRemove { .. } => "target_remove",
+            Request::TargetShow { .. } => "target_show",
         }
     }
 }
@@ -240,6 +296,54 @@ pub enum Reply {
     Dataplane {
         replies: Vec<dataplane::Reply>,
     },
+    /// What a config reload changed.
+    Reloaded(ReloadReport),
+    /// A target's configuration (its `[[target]]` table as JSON), whether it was added
+    /// at run time, and its phase.
+    TargetConfig {
+        config: serde_json::Value,
+        runtime: bool,
+        view: TargetView,
+    },
+}
+
+/// The answer to a config reload: which keys of the file changed and took effect at
+/// once, and which changed but wait for a restart (the running value stays until then).
+/// Keys are dotted paths into the TOML file (`filter.pps`, `admission.connections`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The daemon that reloaded (`proxy/p1`, `coordinator`, `dns`).
+    #[serde(default)]
+    pub node: String,
+    /// The config file it read.
+    #[serde(default)]
+    pub file: String,
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "nothing".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "{} reloaded {}: applied {}; needs a restart: {}",
+            if self.node.is_empty() {
+                "daemon"
+            } else {
+                &self.node
+            },
+            self.file,
+            list(&self.applied),
+            list(&self.needs_restart)
+        )
+    }
 }
 
 /// Why a request was refused. Typed, so the sender can tell a bug from a policy.
@@ -328,6 +432,10 @@ pub struct ProxyView {
     pub organisation: Option<String>,
     pub capacity_mbps: Option<u32>,
     pub health: String,
+    /// Its place in the pool: `member`, `pending` (added, not yet approved) or
+    /// `draining` (being taken out).
+    #[serde(default)]
+    pub pool: String,
     /// Unix time (ms) the proxy was last heard from, if ever.
     pub last_seen_ms: Option<u64>,
     /// Targets whose ALT set lists this proxy.
@@ -415,9 +523,20 @@ pub fn policy(req: &Request) -> (&'static [Role], Subject) {
         }
         Request::Alarm { .. } | Request::AllClear { .. } => (&[Target], Subject::Own),
         Request::ProxyAttacked { .. } | Request::Traceback { .. } => (&[Proxy], Subject::Own),
-        Request::Dataplane { .. } | Request::Notify { .. } => (&[Coordinator], Subject::Any),
+        Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
+            (&[Coordinator], Subject::Any)
+        }
         Request::Status | Request::Proxies | Request::Events { .. } => (&[Operator], Subject::Any),
-        Request::Divert { .. } | Request::Restore { .. } => (&[Operator], Subject::Any),
+        Request::Divert { .. } | Request::Restore { .. } | Request::ReloadNode { .. } => {
+            (&[Operator], Subject::Any)
+        }
+        Request::ProxyAdd { .. }
+        | Request::ProxyApprove { .. }
+        | Request::ProxyDrain { .. }
+        | Request::ProxyRemove { .. }
+        | Request::TargetAdd { .. }
+        | Request::TargetRemove { .. }
+        | Request::TargetShow { .. } => (&[Operator], Subject::Any),
     }
 }
 
@@ -577,6 +696,26 @@ mod tests {
             Request::Restore {
                 target: "web".into(),
             },
+            Request::Reload,
+            Request::ReloadNode {
+                node: "proxy/p1".into(),
+            },
+            Request::ProxyAdd {
+                name: "p3".into(),
+                address: "192.0.2.3".parse().unwrap(),
+                capacity_mbps: None,
+                organisation: None,
+            },
+            Request::ProxyApprove { name: "p3".into() },
+            Request::ProxyDrain { name: "p1".into() },
+            Request::ProxyRemove { name: "p3".into() },
+            Request::TargetAdd {
+                config: serde_json::json!({"name": "mail"}),
+            },
+            Request::TargetRemove {
+                name: "mail".into(),
+            },
+            Request::TargetShow { name: "web".into() },
         ]
     }
 
@@ -605,8 +744,10 @@ mod tests {
                 "register" | "heartbeat" => matches!(role, Proxy | Gateway | Target | Client),
                 "alarm" | "all_clear" => role == Target && name == "web",
                 "proxy_attacked" | "traceback" => role == Proxy && name == "p1",
-                "dataplane" | "notify" => role == Coordinator,
-                "status" | "proxies" | "events" | "divert" | "restore" => role == Operator,
+                "dataplane" | "notify" | "reload" => role == Coordinator,
+                "status" | "proxies" | "events" | "divert" | "restore" | "reload_node"
+                | "proxy_add" | "proxy_approve" | "proxy_drain" | "proxy_remove" | "target_add"
+                | "target_remove" | "target_show" => role == Operator,
                 other => panic!("request {other} missing from the test"),
             }
         };

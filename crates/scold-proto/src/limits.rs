@@ -114,6 +114,12 @@ impl ConnTable {
         }
     }
 
+    /// New limits (a config reload). Connections held now stay; new ones are counted
+    /// against the new limits.
+    pub fn set_limits(&mut self, limits: ConnLimits) {
+        self.limits = limits;
+    }
+
     /// Open connections in all.
     pub fn total(&self) -> usize {
         self.total

@@ -219,6 +219,14 @@ impl Net {
             .unwrap_or_else(|| panic!("no process {label}"))
     }
 
+    /// Sends `sig` to process `label` (by its PID, while it is not reaped).
+    pub fn signal(&mut self, label: &str, sig: crate::proc::Signal) {
+        self.find(label)
+            .unwrap_or_else(|| panic!("no process {label}"))
+            .signal(sig)
+            .unwrap_or_else(|e| panic!("cannot signal {label}: {e}"));
+    }
+
     /// SIGTERM by PID, SIGKILL after the grace; its exit status.
     pub fn stop(&mut self, label: &str) -> Option<ExitStatus> {
         self.take(label).terminate()

@@ -25,6 +25,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT: a stopped process goes on.
     Cont,
+    /// SIGHUP: a daemon reloads its config file.
+    Hup,
 }
 
 /// Sends `sig` to process `pid`. Only for PIDs the test itself started or saw start in
@@ -41,6 +43,7 @@ pub fn send_signal(pid: u32, sig: Signal) -> std::io::Result<()> {
         Signal::Kill => rustix::process::Signal::KILL,
         Signal::Stop => rustix::process::Signal::STOP,
         Signal::Cont => rustix::process::Signal::CONT,
+        Signal::Hup => rustix::process::Signal::HUP,
     };
     rustix::process::kill_process(pid, sig).map_err(std::io::Error::from)
 }

@@ -202,6 +202,7 @@ pub async fn serve_with(
     coordinator.set_leader_epoch(leader_epoch);
     info!(listen = %listener.local_addr()?, identity = %tls.identity(), "coordinator listening");
     coordinator.resume();
+    coordinator.serve_reloads();
     let status_page = match admin {
         Some(a) => {
             let listener = status_page::bind(&a).await?;
@@ -274,6 +275,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let path = args.config.expect("clap requires --config");
     let cfg = load_config(&path)?;
+    ops::watch_hangups(&path, &cfg)?;
     serve(
         cfg,
         &path,

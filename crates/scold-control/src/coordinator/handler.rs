@@ -90,10 +90,25 @@ impl Handler for CoordinatorHandler {
                 respond(c.alarm(&target, "operator_divert", &from.peer().to_string()))
             }
             Request::Restore { target } => respond(c.all_clear(&target, "operator_restore")),
-            Request::Dataplane { .. } | Request::Notify { .. } => Response::Refused(Refusal::new(
-                RefusalReason::Role,
-                "the coordinator takes no data-plane orders",
-            )),
+            Request::ReloadNode { node } => respond(c.reload_node(&node, from.peer()).await),
+            Request::ProxyAdd {
+                name,
+                address,
+                capacity_mbps,
+                organisation,
+            } => respond(c.proxy_add(&name, address, capacity_mbps, organisation, from.peer())),
+            Request::ProxyApprove { name } => respond(c.proxy_approve(&name, from.peer())),
+            Request::ProxyDrain { name } => respond(c.proxy_drain(&name, from.peer())),
+            Request::ProxyRemove { name } => respond(c.proxy_remove(&name, from.peer())),
+            Request::TargetAdd { config } => respond(c.target_add(config, from.peer())),
+            Request::TargetRemove { name } => respond(c.target_remove(&name, from.peer())),
+            Request::TargetShow { name } => respond(c.target_show(&name)),
+            Request::Dataplane { .. } | Request::Notify { .. } | Request::Reload => {
+                Response::Refused(Refusal::new(
+                    RefusalReason::Role,
+                    "the coordinator takes no data-plane orders",
+                ))
+            }
         }
     }
 

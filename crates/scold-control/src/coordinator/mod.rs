@@ -10,7 +10,7 @@
 
 use crate::config::*;
 use crate::orchestrate;
-use crate::store::{Batch, EventRecord, Health, NodeRecord, Store};
+use crate::store::{Batch, EventRecord, Health, NodeRecord, Pool, Store};
 use scold_link::channel::{self, Channel};
 use scold_metrics::Metrics;
 use scold_proto::control::{
@@ -29,6 +29,7 @@ mod daemon;
 mod dns;
 mod handler;
 pub mod lead;
+mod ops;
 mod phase_metrics;
 mod resync;
 mod status_page;
@@ -101,7 +102,8 @@ struct Registration {
 
 pub struct Coordinator {
     cfg: Config,
-    targets: HashMap<String, TargetConfig>,
+    /// Targets driven: the config file's and those added with `scold ctl target add`.
+    targets: std::sync::RwLock<HashMap<String, Arc<TargetConfig>>>,
     store: Store,
     metrics: Metrics,
     phases: phase_metrics::PhaseMetrics,
@@ -113,6 +115,8 @@ pub struct Coordinator {
     leader_epoch: std::sync::atomic::AtomicU64,
     /// Alert hooks, offered every committed audit event.
     webhooks: crate::webhook::Webhooks,
+    /// The config file's `[[proxy]]` entries as last read (start or reload).
+    file_proxies: Mutex<Vec<ProxyConfig>>,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -178,24 +182,35 @@ impl Coordinator {
                 health: Health::Down,
                 last_seen_ms: None,
                 attacked_until_ms: None,
+                pool: Pool::Member,
+                runtime: false,
             });
             rec.info.address = Some(p.address);
             rec.info.capacity_mbps = Some(p.capacity_mbps);
             rec.info.organisation = p.organisation.clone();
         }
-        let target_cfgs = cfg
+        let mut target_cfgs: HashMap<String, Arc<TargetConfig>> = cfg
             .targets
             .iter()
-            .map(|t| (t.name.clone(), t.clone()))
+            .map(|t| (t.name.clone(), Arc::new(t.clone())))
             .collect();
+        for (name, t) in store.target_configs()? {
+            if target_cfgs.contains_key(&name) {
+                warn!(target = %name, "a target added at run time is now in the config file too; the file's entry is used");
+                continue;
+            }
+            targets.entry(name.clone()).or_default();
+            target_cfgs.insert(name, Arc::new(t));
+        }
         let phases = phase_metrics::PhaseMetrics::register(&metrics);
         let webhooks = crate::webhook::Webhooks::start(&cfg.webhooks, &metrics);
         for (name, st) in &targets {
             phases.set(name, st.phase);
         }
         Ok(Arc::new(Coordinator {
+            file_proxies: Mutex::new(cfg.proxies.clone()),
             cfg,
-            targets: target_cfgs,
+            targets: std::sync::RwLock::new(target_cfgs),
             store,
             metrics,
             phases,
@@ -222,7 +237,7 @@ impl Coordinator {
             .lock()
             .targets
             .iter()
-            .filter(|(name, _)| self.targets.contains_key(*name))
+            .filter(|(name, _)| self.has_target(name))
             .map(|(name, st)| (name.clone(), st.epoch, st.running().to_vec()))
             .filter(|(_, _, steps)| !steps.is_empty())
             .collect();
@@ -331,8 +346,7 @@ impl Coordinator {
             phase: st.phase.to_string(),
             epoch: st.epoch,
             scheme: self
-                .targets
-                .get(name)
+                .target_cfg(name)
                 .map(|t| t.scheme.as_str())
                 .unwrap_or("?")
                 .to_string(),
@@ -414,9 +428,9 @@ impl Coordinator {
         step: &Step,
     ) -> Result<(), String> {
         let tcfg = self
-            .targets
-            .get(target)
+            .target_cfg(target)
             .ok_or_else(|| format!("target {target} is not configured"))?;
+        let tcfg = &*tcfg;
         let proxies: Vec<String> = self
             .lock()
             .targets
@@ -563,7 +577,7 @@ impl Coordinator {
                     scold_proto::dataplane::Command::PushRoute(p) => p.client.clone(),
                     other => other.kind().to_string(),
                 };
-                let Some(tcfg) = me.targets.get(&target) else {
+                let Some(tcfg) = me.target_cfg(&target) else {
                     return Err((
                         proxy,
                         cmd,
@@ -574,7 +588,7 @@ impl Coordinator {
                     node: proxy.clone(),
                     commands: vec![cmd.clone()],
                 };
-                match me.send_orders(tcfg, epoch, Role::Proxy, vec![one]).await {
+                match me.send_orders(&tcfg, epoch, Role::Proxy, vec![one]).await {
                     Ok(()) => Ok(who),
                     Err(e) => {
                         let why = format!("{who} via {proxy}: {e}");
@@ -685,8 +699,8 @@ impl Coordinator {
                 .targets
                 .iter()
                 .filter(|(t, st)| {
-                    self.targets.get(*t).is_some_and(|tcfg| {
-                        !resync_steps(role, &name, tunnel_changed, tcfg, st).is_empty()
+                    self.target_cfg(t).is_some_and(|tcfg| {
+                        !resync_steps(role, &name, tunnel_changed, &tcfg, st).is_empty()
                     })
                 })
                 .map(|(t, _)| t.clone())
@@ -707,9 +721,10 @@ impl Coordinator {
         name: String,
         tunnel_changed: bool,
     ) {
-        let Some(tcfg) = self.targets.get(&target) else {
+        let Some(tcfg) = self.target_cfg(&target) else {
             return;
         };
+        let tcfg = &*tcfg;
         let who = NodeRecord::key(role, &name);
         let mut backoff = RESYNC_FIRST;
         let mut done: Vec<Resend> = Vec::new();
@@ -835,8 +850,7 @@ impl Coordinator {
                 .filter(|(n, st)| {
                     st.phase.is_diverted()
                         && self
-                            .targets
-                            .get(*n)
+                            .target_cfg(n)
                             .is_some_and(|t| t.gateways.iter().any(|g| g == gw))
                 })
                 .collect()
@@ -939,6 +953,7 @@ impl Coordinator {
                     .filter(|t| t.proxies.contains(&n.name))
                     .count() as u32,
                 usable: n.health == Health::Up
+                    && n.pool == Pool::Member
                     && n.info.address.is_some()
                     && n.attacked_until_ms.is_none_or(|u| u <= now),
             })
@@ -947,8 +962,7 @@ impl Coordinator {
 
     /// How many proxies the target gets: its own `proxies`, else the coordinator's.
     fn wanted(&self, target: &str) -> usize {
-        self.targets
-            .get(target)
+        self.target_cfg(target)
             .and_then(|t| t.proxies)
             .unwrap_or(self.cfg.coordinator.proxies_per_target)
     }
@@ -974,7 +988,7 @@ impl Coordinator {
             .filter(|(n, st)| {
                 only.is_none_or(|o| o == n.as_str())
                     && st.phase == Phase::Diverted
-                    && self.targets.contains_key(*n)
+                    && self.has_target(n)
                     && st.proxies.len() < self.wanted(n)
             })
             .map(|(n, st)| (n.clone(), st.proxies.clone()))
@@ -1049,11 +1063,10 @@ impl Coordinator {
         // What goes into ALT, and what proxy choice weighs, is the consortium's word,
         // not the node's: a proxy's address, capacity and organisation come from the
         // coordinator's [[proxy]] table, or else its address from its certificate.
-        let configured = self
-            .cfg
-            .proxies
-            .iter()
-            .find(|p| peer.role == Role::Proxy && p.name == peer.name);
+        let bound = (peer.role == Role::Proxy)
+            .then(|| self.bound_proxy(&peer.name))
+            .flatten();
+        let configured = bound.as_ref();
         let address = if peer.role == Role::Proxy {
             proxy_address(configured.map(|p| p.address), from, info.address)?
         } else {
@@ -1070,6 +1083,8 @@ impl Coordinator {
                 health: Health::Down,
                 last_seen_ms: None,
                 attacked_until_ms: None,
+                pool: Pool::Member,
+                runtime: false,
             });
         let before = (rec.info.clone(), rec.health);
         let tunnel_changed = rec.info.tunnel != info.tunnel;
@@ -1290,13 +1305,14 @@ impl Coordinator {
         world
             .nodes
             .values()
-            .filter(|n| n.role == Role::Proxy)
+            .filter(|n| n.role == Role::Proxy && n.pool != Pool::Removed)
             .map(|n| ProxyView {
                 name: n.name.clone(),
                 address: n.info.address,
                 organisation: n.info.organisation.clone(),
                 capacity_mbps: n.info.capacity_mbps,
                 health: n.health.as_str().to_string(),
+                pool: n.pool.as_str().to_string(),
                 last_seen_ms: n.last_seen_ms,
                 // While connected: an attacked proxy still reports what it drops.
                 load: {
@@ -1342,7 +1358,7 @@ impl Coordinator {
     }
 
     fn alarm(self: &Arc<Self>, target: &str, why: &str, detail: &str) -> Result<Reply, Refusal> {
-        if !self.targets.contains_key(target) {
+        if !self.has_target(target) {
             return Err(Refusal::new(
                 RefusalReason::Unknown,
                 format!("no target named {target:?} is configured on this coordinator"),
@@ -1358,7 +1374,7 @@ impl Coordinator {
     }
 
     fn all_clear(self: &Arc<Self>, target: &str, why: &str) -> Result<Reply, Refusal> {
-        if !self.targets.contains_key(target) {
+        if !self.has_target(target) {
             return Err(Refusal::new(
                 RefusalReason::Unknown,
                 format!("no target named {target:?} is configured on this coordinator"),

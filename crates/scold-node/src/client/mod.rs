@@ -84,6 +84,7 @@ impl node::daemon::RoleDaemon for Config {
     async fn serve<S: Future<Output = ()> + Send>(
         self,
         commands: CommandReceiver,
+        _live: crate::node::daemon::LiveReceiver<Self>,
         shutdown: S,
         ctx: crate::node::control::NodeContext,
     ) -> anyhow::Result<()> {

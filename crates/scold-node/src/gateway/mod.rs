@@ -243,6 +243,7 @@ impl node::daemon::RoleDaemon for Config {
     async fn serve<S: Future<Output = ()> + Send>(
         self,
         commands: CommandReceiver,
+        _live: crate::node::daemon::LiveReceiver<Self>,
         shutdown: S,
         ctx: control::NodeContext,
     ) -> anyhow::Result<()> {

@@ -293,6 +293,8 @@ pub struct NodeHandler {
     guard: tokio::sync::Mutex<EpochGuard>,
     notifier: Option<Notifier>,
     metrics: NodeMetrics,
+    /// The daemon's reload task, for the coordinator's reload orders.
+    reloads: Option<scold_daemon::reload::ReloadSender>,
 }
 
 impl NodeHandler {
@@ -308,7 +310,14 @@ impl NodeHandler {
             guard: tokio::sync::Mutex::new(EpochGuard::default()),
             notifier,
             metrics,
+            reloads: None,
         }
+    }
+
+    /// Takes reload orders to `reloads`.
+    pub fn with_reloads(mut self, reloads: Option<scold_daemon::reload::ReloadSender>) -> Self {
+        self.reloads = reloads;
+        self
     }
 
     /// Applies one order's commands in sequence through the command channel; `leader`
@@ -395,6 +404,18 @@ impl Handler for NodeHandler {
                     Err(message) => Response::Failed { message },
                 }
             }
+            Request::Reload => match &self.reloads {
+                Some(r) => match r.request("coordinator").await {
+                    Ok(report) => Response::Ok {
+                        reply: Reply::Reloaded(report),
+                    },
+                    Err(message) => Response::Failed { message },
+                },
+                None => Response::Refused(Refusal::new(
+                    RefusalReason::Unavailable,
+                    "this node was started without a config file to reload",
+                )),
+            },
             other => Response::Refused(Refusal::new(
                 RefusalReason::Role,
                 format!("a {} takes no {} requests", self.role, other.kind()),
@@ -432,6 +453,7 @@ impl ControlLink {
         info: NodeInfo,
         commands: mpsc::Sender<CommandRequest>,
         notifier: Option<Notifier>,
+        reloads: Option<scold_daemon::reload::ReloadSender>,
     ) -> anyhow::Result<ControlLink> {
         let metrics = NodeMetrics::new();
         let (stop, stop_rx) = watch::channel(false);
@@ -462,7 +484,10 @@ impl ControlLink {
                     "config file {}: [control.tls] cert is for {id}, not a {role}; issue one with `scold ca issue --role {role} --name NAME`",
                     file.display()
                 );
-                let handler = Arc::new(NodeHandler::new(role, commands, notifier, metrics.clone()));
+                let handler = Arc::new(
+                    NodeHandler::new(role, commands, notifier, metrics.clone())
+                        .with_reloads(reloads),
+                );
                 let mut all = vec![coordinator];
                 all.extend(section.replicas.iter().copied());
                 let agent = CoordinatorLink::start_any(

@@ -29,7 +29,7 @@ pub struct Challenger {
     jar: Mutex<CookieJar>,
     start: Instant,
     pending: Arc<AtomicUsize>,
-    after: usize,
+    after: AtomicUsize,
 }
 
 /// One connection counted as not yet admitted; dropping it uncounts it.
@@ -53,8 +53,13 @@ impl Challenger {
             jar: Mutex::new(CookieJar::new(Duration::ZERO, fresh_secret(), ROTATE_EVERY)),
             start: Instant::now(),
             pending: Arc::new(AtomicUsize::new(0)),
-            after,
+            after: AtomicUsize::new(after),
         })
+    }
+
+    /// A new load threshold (a config reload).
+    pub fn set_after(&self, after: usize) {
+        self.after.store(after, Ordering::Relaxed);
     }
 
     /// Connections held that are not yet admitted.
@@ -64,7 +69,8 @@ impl Challenger {
 
     /// Whether handshakes are spent only on connections with a valid cookie now.
     pub fn under_load(&self) -> bool {
-        self.after == 0 || self.pending() >= self.after
+        let after = self.after.load(Ordering::Relaxed);
+        after == 0 || self.pending() >= after
     }
 
     /// Counts a connection as not yet admitted until the returned guard is dropped.

@@ -166,9 +166,28 @@ impl AdmissionTap {
 }
 
 /// Stops the admission server when dropped.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct AdmissionGuard {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where reloaded limits go (with an `[admission]` table).
+    pub live: Option<AdmissionLive>,
+}
+
+/// The running admission port's door and cookie threshold.
+#[derive(Clone)]
+pub struct AdmissionLive {
+    door: Door,
+    challenger: Arc<Challenger>,
+}
+
+impl AdmissionLive {
+    /// Applies the limits of a reloaded `[admission]` table: connections held now stay,
+    /// new ones meet the new limits.
+    pub fn apply(&self, a: &AdmissionSection) {
+        self.door.set_limits(a.connections);
+        self.challenger.set_after(a.cookie_after);
+        tracing::info!(connections = ?a.connections, cookie_after = a.cookie_after, "admission: new limits in force");
+    }
 }
 
 impl Drop for AdmissionGuard {
@@ -566,6 +585,10 @@ pub async fn start(
     let door = Door::new("admission", a.connections, metrics.clone());
     let handshake = Duration::from_millis(a.handshake_timeout_ms.max(1));
     let challenger = Challenger::new(a.cookie_after);
+    let live = AdmissionLive {
+        door: door.clone(),
+        challenger: challenger.clone(),
+    };
     let gauges = metrics.map(|m| {
         let (door, challenger) = (door.clone(), challenger.clone());
         tokio::spawn(async move { connection_gauges(m, door, challenger).await })
@@ -622,7 +645,10 @@ pub async fn start(
     });
     let mut tasks = vec![forward, reaper, accept];
     tasks.extend(gauges);
-    Ok(AdmissionGuard { tasks })
+    Ok(AdmissionGuard {
+        tasks,
+        live: Some(live),
+    })
 }
 
 /// Keeps `scold_admission_connections` (held by the door now) and

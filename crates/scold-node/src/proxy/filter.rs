@@ -326,6 +326,62 @@ pub enum FilterUpdate {
     /// [`Program::hide_ipv4_sources`]).
     Hide(IpAddr),
     Unhide(IpAddr),
+    /// New limits from a config reload; tracked sources and blocks stay.
+    Reconfigure(Box<FilterConfig>),
+}
+
+/// The filters' limits as Prometheus gauges (`scold_filter_limit{limit="pps"}`), so an
+/// operator sees which values a reload put in force.
+#[derive(Clone, Default)]
+struct LimitGauges(
+    prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
+);
+
+impl LimitGauges {
+    fn set(&self, cfg: &FilterConfig) {
+        let l = &cfg.limits;
+        for (k, v) in [
+            ("pps", l.pps),
+            ("bytes_per_s", l.bytes_per_s),
+            ("udp_pps", l.udp_pps),
+            ("icmp_pps", l.icmp_pps),
+            ("syn_pps", l.syn_pps),
+            ("block_after_drops", f64::from(cfg.block_after_drops)),
+            ("block_secs", cfg.block_for.as_secs_f64()),
+            ("max_block_secs", cfg.max_block_for.as_secs_f64()),
+            ("new_source_pps", cfg.new_source_pps.unwrap_or(0.0)),
+        ] {
+            self.0
+                .get_or_create(&vec![("limit".to_string(), k.to_string())])
+                .set(v);
+        }
+    }
+}
+
+/// Hands new limits to the running filters: the link watcher (through its update
+/// queue), the relay path's filter on the engine thread (picked up at its next tick,
+/// within about 100 ms) and the `scold_filter_limit` gauges.
+#[derive(Clone)]
+pub struct LiveFilter {
+    watcher: mpsc::UnboundedSender<FilterUpdate>,
+    session: Arc<std::sync::Mutex<Option<FilterConfig>>>,
+    gauges: LimitGauges,
+}
+
+impl LiveFilter {
+    /// Applies the limits of a reloaded `[filter]` table.
+    pub fn apply(&self, section: &FilterSection) -> Result<(), String> {
+        let cfg = section.filter_config()?;
+        self.watcher
+            .send(FilterUpdate::Reconfigure(Box::new(cfg.clone())))
+            .map_err(|_| "the link watcher has stopped".to_string())?;
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg.clone());
+        self.gauges.set(&cfg);
+        Ok(())
+    }
 }
 
 /// How tunnel datagrams are recognised.
@@ -426,6 +482,8 @@ pub enum FilterReport {
 /// packet engine. See the module documentation for what it judges.
 pub struct SessionFilter {
     filter: Filter,
+    /// New limits from a config reload, taken at the next tick.
+    pending: Arc<std::sync::Mutex<Option<FilterConfig>>>,
     epoch: Instant,
     tx: mpsc::Sender<FilterReport>,
     next_summary: Instant,
@@ -443,6 +501,7 @@ impl SessionFilter {
                 new_source_pps: None,
                 ..cfg
             }),
+            pending: Default::default(),
             epoch: now,
             tx,
             next_summary: now,
@@ -480,6 +539,15 @@ impl scold_tunnel::Inspect for SessionFilter {
     }
 
     fn tick(&mut self, now: Instant) {
+        // Never waits on the packet path: a reload holding the lock is seen next tick.
+        if let Ok(mut p) = self.pending.try_lock() {
+            if let Some(cfg) = p.take() {
+                self.filter.reconfigure(FilterConfig {
+                    new_source_pps: None,
+                    ..cfg
+                });
+            }
+        }
         if now < self.next_summary {
             return;
         }
@@ -552,6 +620,8 @@ impl FilterMetrics {
 
 /// The running defence tasks; stop with [`Defence::stop`].
 pub struct Defence {
+    /// With a `[filter]`: where reloaded limits go.
+    pub live: Option<LiveFilter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     nft: Option<NftBlocklist>,
     /// Detaches when the last handle is dropped.
@@ -587,8 +657,14 @@ impl Defence {
         let mut session = None;
         let mut watcher_stop = None;
         let mut port_counter = None;
+        let mut live = None;
         if let Some(section) = section {
             let started = start_filter(section, (tx.clone(), rx), tunnel, ctx)?;
+            live = Some(LiveFilter {
+                watcher: tx.clone(),
+                session: started.session.pending.clone(),
+                gauges: started.gauges,
+            });
             tasks.push(started.task);
             nft = started.kernel.nft;
             xdp = started.kernel.xdp;
@@ -613,6 +689,7 @@ impl Defence {
         }
         Ok((
             Defence {
+                live,
                 tasks,
                 nft,
                 xdp,
@@ -652,6 +729,7 @@ impl Defence {
 }
 
 struct StartedFilter {
+    gauges: LimitGauges,
     task: tokio::task::JoinHandle<()>,
     kernel: KernelBlocks,
     session: SessionFilter,
@@ -704,7 +782,14 @@ fn start_filter(
         agent: ctx.agent.clone(),
         ..Default::default()
     };
+    let gauges = LimitGauges::default();
+    gauges.set(&cfg);
     ctx.metrics.metrics.with_registry(|r| {
+        r.register(
+            "filter_limit",
+            "Limits the proxy filter holds each source to now (they change on a config reload)",
+            gauges.0.clone(),
+        );
         r.register(
             "filter_passed",
             "Packets the proxy filter passed",
@@ -787,6 +872,7 @@ fn start_filter(
         ctx.clone(),
     ));
     Ok(StartedFilter {
+        gauges,
         task,
         kernel,
         session,
@@ -863,6 +949,10 @@ impl Watcher {
                     FilterUpdate::Unhide(IpAddr::V4(a)) => hide_changed |= hidden.remove(&a),
                     // The program matches IPv4 sources only; IPv6 blocks stay visible.
                     FilterUpdate::Hide(_) | FilterUpdate::Unhide(_) => {}
+                    FilterUpdate::Reconfigure(cfg) => {
+                        self.filter.reconfigure(*cfg);
+                        tracing::info!("link filter: new limits in force");
+                    }
                 }
             }
             if std::mem::take(&mut hide_changed) {

@@ -19,6 +19,7 @@ pub mod filter;
 pub mod push;
 
 use crate::node::control::{self, ControlSection, NodeContext, NotifyEntry};
+use crate::node::daemon::{LiveChange, LiveReceiver};
 use crate::node::{self, CommandReceiver, TunnelSection};
 use crate::proxy::filter::{Defence, FilterSection, FilterUpdate, SelfDefenceSection, TunnelPorts};
 use anyhow::Context as _;
@@ -126,6 +127,9 @@ traceback_top = 20
 # Per-source limits (defaults shown): pps = 20000.0, bytes_per_s = 25000000.0,
 # udp_pps = 10000.0, icmp_pps = 50.0, syn_pps = 50.0; block_after_drops = 200,
 # block_secs = 60, max_block_secs = 3600, new_source_pps = 20000.0 (0: off)
+# These limits, and [admission] connections and cookie_after, change without a restart:
+# edit this file, then `systemctl reload scold-proxy` (SIGHUP) or
+# `scold ctl reload proxy/NAME`; the answer names what needs a restart instead.
 
 # Self-defence: when the proxy itself is overwhelmed it asks the coordinator to reset
 # it out of every ALT set (paper 4.4), and at once tells the client agents it admitted
@@ -343,6 +347,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 impl node::daemon::RoleDaemon for Config {
     const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Proxy;
     const EXAMPLE: &'static str = EXAMPLE;
+    /// The filter's thresholds and the admission port's limits; sessions, tunnels and
+    /// connections are not touched by applying them.
+    const LIVE: &'static [&'static str] = &[
+        "filter.pps",
+        "filter.bytes_per_s",
+        "filter.udp_pps",
+        "filter.icmp_pps",
+        "filter.syn_pps",
+        "filter.block_after_drops",
+        "filter.block_secs",
+        "filter.max_block_secs",
+        "filter.new_source_pps",
+        "admission.connections",
+        "admission.cookie_after",
+    ];
 
     fn load(path: &Path) -> anyhow::Result<Self> {
         Config::load(path)
@@ -370,10 +389,13 @@ impl node::daemon::RoleDaemon for Config {
     async fn serve<S: Future<Output = ()> + Send>(
         self,
         commands: CommandReceiver,
+        live: LiveReceiver<Config>,
         shutdown: S,
         ctx: NodeContext,
     ) -> anyhow::Result<()> {
-        serve_with(self, commands, shutdown, ctx).await.map(|_| ())
+        serve_live(self, commands, live, shutdown, ctx)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -401,6 +423,9 @@ struct Proxy {
     /// while one runs makes its result stale.
     in_flight: HashMap<(SocketAddr, String), u64>,
     push_generation: u64,
+    /// Where a config reload's new limits go.
+    live_filter: Option<filter::LiveFilter>,
+    live_admission: Option<crate::proxy::admission::AdmissionLive>,
 }
 
 /// A push whose exchange with the agent ended (it ran in its own task so that a slow or
@@ -618,18 +643,53 @@ impl Proxy {
 
     /// Carries out commands until `shutdown`, like [`node::command_loop`], except that
     /// pushes run concurrently.
+    /// Applies a reloaded config's live keys: the filter's thresholds, the admission
+    /// port's limits. Sessions, tunnels and connections stay as they are.
+    fn reconfigure(&mut self, change: LiveChange<Config>) {
+        let LiveChange {
+            config,
+            keys,
+            reply,
+        } = change;
+        let mut result = Ok(());
+        if keys.iter().any(|k| k.starts_with("filter.")) {
+            result = match (&self.live_filter, &config.filter) {
+                (Some(l), Some(f)) => l.apply(f),
+                _ => Err("the proxy runs without a [filter]; adding one needs a restart".into()),
+            };
+        }
+        if result.is_ok() && keys.iter().any(|k| k.starts_with("admission.")) {
+            match (&self.live_admission, &config.admission) {
+                (Some(l), Some(a)) => l.apply(a),
+                _ => {
+                    result = Err(
+                        "the proxy runs without an [admission] port; adding one needs a restart"
+                            .into(),
+                    )
+                }
+            }
+        }
+        let _ = reply.send(result);
+    }
+
     async fn command_loop(
         &mut self,
         commands: &mut CommandReceiver,
+        live: &mut LiveReceiver<Config>,
         shutdown: impl Future<Output = ()>,
     ) {
         use node::Node as _;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PushDone>();
         tokio::pin!(shutdown);
         let mut open = true;
+        let mut reloads = true;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                change = live.recv(), if reloads => match change {
+                    Some(c) => self.reconfigure(c),
+                    None => reloads = false,
+                },
                 Some(PushDone { push, generation, result, reply }) = done_rx.recv() => {
                     let r = self.push_done(push, generation, result).await;
                     node::log_reply("push_route", &r);
@@ -858,14 +918,26 @@ pub async fn serve(
 /// [`serve`] with the control link's context: the filter reports through its agent.
 pub async fn serve_with(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+    ctx: NodeContext,
+) -> anyhow::Result<Stats> {
+    let (_none, live) = mpsc::channel(1);
+    serve_live(cfg, commands, live, shutdown, ctx).await
+}
+
+/// [`serve_with`] that also applies reloaded configs from `live`.
+pub async fn serve_live(
+    cfg: Config,
     mut commands: CommandReceiver,
+    mut live: LiveReceiver<Config>,
     shutdown: impl Future<Output = ()> + Send,
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
     // Self-defence flips the switch; the admission server tells the clients to move.
     let (drain, drain_rx) = crate::proxy::admission::drain_switch();
     let tap = crate::proxy::admission::AdmissionTap::new(&cfg);
-    let _admission = crate::proxy::admission::start(
+    let admission = crate::proxy::admission::start(
         &cfg,
         &mut commands,
         drain_rx,
@@ -949,6 +1021,8 @@ pub async fn serve_with(
         nat,
         filter,
         pusher: pusher.map(Arc::new),
+        live_filter: defence.as_ref().and_then(|d| d.live.clone()),
+        live_admission: admission.live.clone(),
         pushed: HashMap::new(),
         in_flight: HashMap::new(),
         push_generation: 0,
@@ -956,7 +1030,7 @@ pub async fn serve_with(
     let result = node::apply_static(&cfg.file, cfg.entries(), &mut node).await;
     if result.is_ok() {
         tracing::info!(listen = ?cfg.tunnel.listen, ipip = cfg.tunnel.ipip, nat = cfg.nat.is_some(), "proxy running");
-        node.command_loop(&mut commands, shutdown).await;
+        node.command_loop(&mut commands, &mut live, shutdown).await;
     }
     if let Some(mut n) = node.nat.take() {
         n.services.clear();

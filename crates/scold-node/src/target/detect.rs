@@ -211,6 +211,17 @@ impl Detection {
         })
     }
 
+    /// Applies the thresholds of a reloaded `[detect]` table (the interface, sampling
+    /// interval and sampling rate need a restart); the learned baseline and an alarm in
+    /// force stay.
+    pub fn reconfigure(&self, section: &DetectSection) -> Result<(), String> {
+        let cfg = section.monitor_config()?;
+        match &self.monitor {
+            Some(m) if m.reconfigure(cfg.detector) => Ok(()),
+            _ => Err("attack detection has stopped".into()),
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(m) = self.monitor.take() {
             m.stop().await;

@@ -64,7 +64,8 @@ crl = "crl.pem"
 
 # Attack detection on the main link: an alarm asks the coordinator to divert, the
 # all-clear (after hold_down of calm) to restore. Without [detect], only the operator
-# diverts (scold ctl divert).
+# diverts (scold ctl divert). The thresholds (not interface, interval_ms, one_in) change
+# on reload: SIGHUP (systemctl reload) or `scold ctl reload target/NAME`.
 [detect]
 interface = "eth0"            # the main link
 alarm_after_ms = 1000         # an anomaly must last this long
@@ -168,6 +169,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
 impl node::daemon::RoleDaemon for Config {
     const ROLE: scold_proto::identity::Role = scold_proto::identity::Role::Target;
+    /// The detector's thresholds; the link it watches and how it samples need a restart.
+    const LIVE: &'static [&'static str] = &[
+        "detect.alarm_after_ms",
+        "detect.hold_down_ms",
+        "detect.warmup_ms",
+        "detect.baseline_secs",
+        "detect.alarm_factor",
+        "detect.alarm_sigmas",
+        "detect.clear_factor",
+        "detect.clear_sigmas",
+        "detect.syn_share_alarm",
+        "detect.floors",
+        "detect.ceilings",
+    ];
     const EXAMPLE: &'static str = EXAMPLE;
     const TUNNEL_KEY: bool = false;
 
@@ -188,10 +203,13 @@ impl node::daemon::RoleDaemon for Config {
     async fn serve<S: Future<Output = ()> + Send>(
         self,
         commands: CommandReceiver,
+        live: crate::node::daemon::LiveReceiver<Config>,
         shutdown: S,
         ctx: NodeContext,
     ) -> anyhow::Result<()> {
-        serve_with(self, commands, shutdown, ctx).await.map(|_| ())
+        serve_live(self, commands, live, shutdown, ctx)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -267,7 +285,19 @@ pub async fn serve(
 /// [`serve`] with the control link's context: detection reports through its agent.
 pub async fn serve_with(
     cfg: Config,
+    commands: CommandReceiver,
+    shutdown: impl Future<Output = ()> + Send,
+    ctx: NodeContext,
+) -> anyhow::Result<Stats> {
+    let (_none, live) = tokio::sync::mpsc::channel(1);
+    serve_live(cfg, commands, live, shutdown, ctx).await
+}
+
+/// [`serve_with`] that also applies reloaded detector thresholds from `live`.
+pub async fn serve_live(
+    cfg: Config,
     mut commands: CommandReceiver,
+    mut live: crate::node::daemon::LiveReceiver<Config>,
     shutdown: impl Future<Output = ()> + Send,
     ctx: NodeContext,
 ) -> anyhow::Result<Stats> {
@@ -295,7 +325,20 @@ pub async fn serve_with(
     let result = node::apply_static(&cfg.file, entries, &mut node).await;
     if result.is_ok() {
         tracing::info!(table = cfg.table, "target return path ready");
-        node::command_loop(&mut node, &mut commands, shutdown).await;
+        let orders = node::command_loop(&mut node, &mut commands, shutdown);
+        tokio::pin!(orders);
+        loop {
+            tokio::select! {
+                _ = &mut orders => break,
+                Some(change) = live.recv() => {
+                    let r = match (&detection, &change.config.detect) {
+                        (Some(d), Some(s)) => d.reconfigure(s),
+                        _ => Err("the target runs without [detect]; adding or removing it needs a restart".into()),
+                    };
+                    let _ = change.reply.send(r);
+                }
+            }
+        }
     }
     if let Some(d) = detection {
         d.stop().await;
