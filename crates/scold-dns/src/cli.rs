@@ -85,15 +85,19 @@ async fn serve_metrics(
 }
 
 /// What `scold dns` applies on reload (SIGHUP): the TSIG keys with their update
-/// policies, and the secondaries (which name keys). Zones, listeners, the journal and
-/// rate limits need a restart.
-const DNS_LIVE: &[&str] = &["key", "secondary"];
+/// policies, the secondaries (which name keys), the zones (added, removed, a zone file
+/// edited: see [`crate::zonereload`]). Listeners, the journal, the ALT type and rate
+/// limits need a restart.
+const DNS_LIVE: &[&str] = &["key", "secondary", "zone", "zone_file"];
 
 /// A reloaded config: as written (compared key by key) and as checked (applied).
 #[derive(serde::Serialize)]
 struct Reloaded {
     #[serde(flatten)]
     file: crate::config::DnsFile,
+    /// The zone files' contents (length and CRC), so that an edited zone file is a
+    /// change to apply although the config file is the same.
+    zone_file: Vec<String>,
     #[serde(skip)]
     cfg: Option<crate::config::DnsConfig>,
 }
@@ -154,6 +158,7 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
         scold_daemon::reload::Running::new(
             &Reloaded {
                 file: raw,
+                zone_file: crate::zonereload::fingerprints(&cfg),
                 cfg: None,
             },
             DNS_LIVE,
@@ -163,13 +168,23 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
             crate::config::load_dns_file(p)
                 .map(|(file, cfg)| Reloaded {
                     file,
+                    zone_file: crate::zonereload::fingerprints(&cfg),
                     cfg: Some(cfg),
                 })
                 .map_err(|e| e.to_string())
         },
-        async move |new: Reloaded, _keys: Vec<String>| {
+        async move |new: Reloaded, keys: Vec<String>| {
             let cfg = new.cfg.ok_or("no checked configuration")?;
+            // Keys first: a zone added now is notified to the secondaries of the new
+            // config.
             shared.set_access(&cfg);
+            if keys.iter().any(|k| k == "zone" || k == "zone_file") {
+                let sh = shared.clone();
+                // Zone files are read and the journal may be rewritten: off the runtime.
+                tokio::task::spawn_blocking(move || sh.reload_zones(&cfg))
+                    .await
+                    .map_err(|e| format!("the zone reload stopped: {e}"))?;
+            }
             Ok(())
         },
     ));

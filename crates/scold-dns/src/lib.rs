@@ -8,7 +8,8 @@
 //!   RFC 8945 TSIG, per-key policy, and the on-disk journal that makes every acknowledged
 //!   update survive a crash; [`startup`] decides how the journal and the zone files
 //!   combine at start (torn tail, damage, a zone file edited past the journal).
-//!   [`rrl`] limits responses per source.
+//!   [`rrl`] limits responses per source. [`zonereload`] applies edited, added and
+//!   removed zones on a config reload (SIGHUP) without losing an acknowledged update.
 //! - [`transfer`], [`notify`]: secondaries. AXFR and IXFR (from the recent changes) to
 //!   TSIG-authorized secondaries, multi-message TSIG; signed NOTIFY after every change,
 //!   retried with back-off.
@@ -42,6 +43,7 @@ pub mod updater;
 pub mod wire;
 pub mod zone;
 pub mod zonefile;
+pub mod zonereload;
 
 pub use tsig::{TsigAlgorithm, TsigKey};
 pub use updater::{send_notify, UpdateError, Updater};

@@ -25,16 +25,18 @@ pub const FIRST_WAIT: Duration = Duration::from_millis(500);
 /// Attempts before giving up (about 15 s in all with [`FIRST_WAIT`]).
 pub const ATTEMPTS: u32 = 5;
 
-/// Runs until the channel closes: each message is the index of a zone that changed.
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<usize>) {
+/// Runs until the channel closes: each message is the apex key of a zone that changed
+/// (a key, not an index: a reload may add and remove zones).
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut tasks = JoinSet::new();
-    let mut pending: HashMap<(usize, usize), AbortHandle> = HashMap::new();
+    let mut pending: HashMap<(usize, Vec<u8>), AbortHandle> = HashMap::new();
     loop {
         tokio::select! {
-            zi = rx.recv() => {
-                let Some(zi) = zi else { break };
+            apex = rx.recv() => {
+                let Some(apex) = apex else { break };
                 let cat = shared.catalog();
-                let Some(zone) = cat.zones.get(zi) else { continue };
+                // A zone removed by a reload since: nothing to tell.
+                let Some(zone) = cat.find_exact(&apex).map(|zi| &cat.zones[zi]) else { continue };
                 let origin = zone.data.origin.clone();
                 let serial = zone.data.soa().map(|s| s.serial).unwrap_or(0);
                 let acc = shared.access();
@@ -42,7 +44,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<usi
                     if !sec.notify || !sec.serves(&zone.data.apex) {
                         continue;
                     }
-                    if let Some(old) = pending.remove(&(si, zi)) {
+                    if let Some(old) = pending.remove(&(si, apex.clone())) {
                         old.abort();
                     }
                     let key = acc.keys[sec.key].clone();
@@ -52,7 +54,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<usi
                     let h = tasks.spawn(async move {
                         notify_one(&sh, &sec, &key, &origin, serial).await;
                     });
-                    pending.insert((si, zi), h);
+                    pending.insert((si, apex.clone()), h);
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {

@@ -29,15 +29,20 @@ pub use crate::error::ServerError;
 
 /// State shared by every worker.
 pub struct Shared {
-    catalog: RwLock<Arc<Catalog>>,
-    generation: AtomicU64,
+    pub(crate) catalog: RwLock<Arc<Catalog>>,
+    pub(crate) generation: AtomicU64,
     /// TSIG keys, their update policies and the secondaries (which name keys by index):
     /// swapped together by a config reload, read once per request.
     access: RwLock<Arc<Access>>,
-    journal: Mutex<Journal>,
-    alt_type: u16,
-    /// Zones that changed, for the NOTIFY sender (set once the server runs).
-    changed: OnceLock<tokio::sync::mpsc::UnboundedSender<usize>>,
+    /// Held by whoever changes the catalog (an update, a zone reload), so changes
+    /// apply one at a time in journal order.
+    pub(crate) journal: Mutex<Journal>,
+    pub(crate) alt_type: u16,
+    /// Per zone apex: the zone file its served data was loaded from, with its
+    /// fingerprint then, so a reload skips zone files nobody touched.
+    pub(crate) sources: Mutex<std::collections::HashMap<Vec<u8>, (std::path::PathBuf, String)>>,
+    /// Zones that changed (by apex key), for the NOTIFY sender (set once the server runs).
+    changed: OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     /// Prometheus counters (registered when the config names a metrics address).
     pub metrics: crate::metrics::DnsMetrics,
 }
@@ -74,8 +79,13 @@ impl Shared {
     ) -> Result<Self, ServerError> {
         let plan = crate::startup::plan(cfg, opts)?;
         let (datas, histories, journal) = crate::startup::apply(plan)?;
+        let mut sources = std::collections::HashMap::new();
         for (z, (_, file)) in datas.iter().zip(&cfg.zones) {
             tracing::info!(zone = %z.origin, file = %file.display(), records = z.rr_count(), serial = z.soa().map(|s| s.serial), "zone loaded");
+            sources.insert(
+                z.apex.clone(),
+                (file.clone(), crate::zonereload::fingerprint(file)),
+            );
         }
         let catalog = Catalog {
             zones: datas
@@ -90,6 +100,7 @@ impl Shared {
             access: RwLock::new(Arc::new(Access::of(cfg))),
             journal: Mutex::new(journal),
             alt_type: cfg.alt_type,
+            sources: Mutex::new(sources),
             changed: OnceLock::new(),
             metrics: Default::default(),
         })
@@ -127,10 +138,11 @@ impl Shared {
         );
     }
 
-    /// Tells the NOTIFY sender that zone `zi` changed (nothing before the server runs).
-    fn zone_changed(&self, zi: usize) {
+    /// Tells the NOTIFY sender that the zone with apex key `apex` changed (nothing
+    /// before the server runs).
+    pub(crate) fn zone_changed(&self, apex: &[u8]) {
         if let Some(tx) = self.changed.get() {
-            let _ = tx.send(zi);
+            let _ = tx.send(apex.to_vec());
         }
     }
 
@@ -448,7 +460,7 @@ impl Shared {
                 *self.catalog.write().unwrap_or_else(|p| p.into_inner()) =
                     Arc::new(Catalog { zones });
                 self.generation.fetch_add(1, Ordering::AcqRel);
-                self.zone_changed(zi);
+                self.zone_changed(&cat.zones[zi].data.apex);
                 tracing::info!(%src, key = %keyname, zone = %zq.name(), serial = changes.serial, rrsets = changes.changes.len() - 1, "UPDATE applied and journaled");
                 self.metrics.update("applied");
                 rcode::NOERROR
@@ -571,8 +583,8 @@ pub async fn start_with(
             tcp.push(tokio::spawn(crate::notify::run(shared.clone(), rx)));
             // The zones as loaded may be news to the secondaries (a restart after the
             // zone file changed, or updates they missed while this server was down).
-            for zi in 0..shared.catalog().zones.len() {
-                let _ = tx.send(zi);
+            for z in &shared.catalog().zones {
+                let _ = tx.send(z.data.apex.clone());
             }
         }
     }

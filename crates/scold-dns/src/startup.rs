@@ -133,7 +133,7 @@ fn describe(cs: &ChangeSet, alt_type: u16) -> String {
 }
 
 /// Moves `z` to `serial` and returns the journal entry that records it.
-fn bump(z: &mut ZoneData, serial: u32) -> ChangeSet {
+pub(crate) fn bump(z: &mut ZoneData, serial: u32) -> ChangeSet {
     bump_tracked(z, serial, None)
 }
 

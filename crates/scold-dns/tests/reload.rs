@@ -1,14 +1,18 @@
 //! `scold dns` reloads its config on SIGHUP: TSIG keys and their update policies change
 //! while it serves (an `nsupdate` with a new key is taken, one with a dropped key is
-//! refused), zones it cannot change live are named in its log as waiting for a
-//! restart, and a broken file changes nothing and is named with its line.
+//! refused), and a broken file changes nothing and is named with its line. Zones reload
+//! live: a zone added is answered, a zone removed is refused, an edited zone file with a
+//! newer serial is served (and reaches a Knot secondary by NOTIFY and IXFR), and a zone
+//! file that would undo an acknowledged update, is not newer, or does not parse is
+//! refused with the reason while the zone is served as before.
 //!
-//! Needs `nsupdate` and `dig` (bind9-dnsutils) and a built binary.
+//! Needs `nsupdate` and `dig` (bind9-dnsutils), `knotd` (knot) and a built binary.
 
 mod common;
 
 use common::*;
-use scold_testkit::Signal;
+use scold_testkit::{free_port, output, require_tool, Proc, Signal};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NEW_SECRET: &str = "bmV3LWtleS1mb3ItdGhlLXJlbG9hZC10ZXN0LTEyMzQ1Ng==";
@@ -61,8 +65,14 @@ fn sighup_swaps_tsig_keys_and_a_broken_file_changes_nothing() {
     srv.signal(Signal::Hup).unwrap();
     let log = wait_lines(&mut srv, "config reloaded", 1);
     let line = log.lines().find(|l| l.contains("config reloaded")).unwrap();
-    assert!(line.contains("applied=[\"key\"]"), "{line}");
-    assert!(line.contains("needs_restart=[\"zone\"]"), "{line}");
+    // The zone now comes from another file, with the same serial: applied, and kept as
+    // served (nothing tells a secondary the data changed) with the reason.
+    assert!(line.contains("applied=[\"key\", \"zone\"]"), "{line}");
+    assert!(line.contains("needs_restart=[]"), "{line}");
+    assert!(
+        log.contains("not above the served serial 2"),
+        "no reason for keeping the zone:\n{log}"
+    );
     assert!(
         update(s.port, &new, "c", "192.0.2.3").status.success(),
         "the new key is refused"
@@ -99,5 +109,288 @@ fn sighup_swaps_tsig_keys_and_a_broken_file_changes_nothing() {
     assert!(
         update(s.port, &new, "e", "192.0.2.5").status.success(),
         "the keys in force changed"
+    );
+}
+
+/// `dig` with comments (status line) against 127.0.0.1:`port`.
+fn dig_full(port: u16, args: &[&str]) -> String {
+    let bin = require_tool("dig", "bind9-dnsutils");
+    let out = output(
+        Command::new(bin)
+            .args([
+                "+comments",
+                "+norec",
+                "+time=2",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+            ])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn serial_at(port: u16, zone: &str) -> u32 {
+    let soa = dig_short(port, zone, "SOA", &[]);
+    assert_eq!(soa.len(), 1, "SOA of {zone}: {soa:?}");
+    soa[0].split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn com_zone(serial: u32, extra: &str) -> String {
+    format!(
+        "$ORIGIN example.com.\n$TTL 300\n@ SOA ns1 hostmaster {serial} 3600 900 604800 60\n  NS ns1\nns1 A 127.0.0.1\nwww A 192.0.2.10\nwww 60 ALT 203.55.57.102\nold 60 TYPE65280 \\# 4 CB373967\n{extra}"
+    )
+}
+
+const NET_ZONE: &str = "$ORIGIN example.net.\n$TTL 300\n@ SOA ns1 hostmaster 7 3600 900 604800 60\n  NS ns1\nns1 A 127.0.0.1\nwww A 198.51.100.80\n";
+
+/// Sends SIGHUP and waits for the reload's answer in the log (the `n`th one); returns
+/// the log.
+fn hup(srv: &mut Proc, n: usize) -> String {
+    srv.signal(Signal::Hup).unwrap();
+    wait_lines(srv, "config reloaded", n)
+}
+
+#[test]
+fn sighup_adds_edits_and_removes_zones_without_losing_an_update() {
+    let s = DnsSetup::new(0, "");
+    let mut srv = s.start("zones");
+    let key = format!("hmac-sha256:coordinator:{SECRET}");
+    assert!(update(s.port, &key, "a", "192.0.2.1").status.success());
+    assert_eq!(serial_at(s.port, "example.com"), 2);
+
+    // A zone added to the config is served.
+    assert!(dig_full(s.port, &["www.example.net", "A"]).contains("status: REFUSED"));
+    std::fs::write(s.path("example.net.zone"), NET_ZONE).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let with_net =
+        format!("{config}\n[[zone]]\nname = \"example.net\"\nfile = \"example.net.zone\"\n");
+    std::fs::write(&s.config, &with_net).unwrap();
+    let log = hup(&mut srv, 1);
+    assert!(log.contains("zone added by reload"), "{log}");
+    assert_eq!(
+        dig_short(s.port, "www.example.net", "A", &[]),
+        ["198.51.100.80"]
+    );
+
+    // A zone file that leaves out the acknowledged update: refused, still served.
+    let com = s.path("example.com.zone");
+    std::fs::write(&com, com_zone(5, "new A 192.0.2.50\n")).unwrap();
+    let log = hup(&mut srv, 2);
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("would undo acknowledged updates"))
+        .unwrap_or_else(|| panic!("no refusal:\n{log}"));
+    assert!(
+        refusal.contains("a.example.com. A (1 record(s), TTL 60, by the update at serial 2)"),
+        "the refusal does not name the update: {refusal}"
+    );
+    assert_eq!(dig_short(s.port, "a.example.com", "A", &[]), ["192.0.2.1"]);
+    assert!(dig_short(s.port, "new.example.com", "A", &[]).is_empty());
+    assert_eq!(serial_at(s.port, "example.com"), 2);
+
+    // A serial not above the served one: kept, with the reason.
+    std::fs::write(&com, com_zone(2, "a 60 A 192.0.2.1\nnew A 192.0.2.50\n")).unwrap();
+    let log = hup(&mut srv, 3);
+    assert!(
+        log.contains("has serial 2, not above the served serial 2"),
+        "{log}"
+    );
+    assert!(dig_short(s.port, "new.example.com", "A", &[]).is_empty());
+
+    // A broken zone file: refused with file:line, still served.
+    std::fs::write(&com, com_zone(5, "a 60 A 192.0.2.1\nnew A 192.0.2.500\n")).unwrap();
+    let line_no = com_zone(5, "a 60 A 192.0.2.1\n").lines().count() + 1;
+    let log = hup(&mut srv, 4);
+    let place = format!("{}:{line_no}:", com.display());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("zone reload refused") && l.contains(&place)),
+        "the refusal does not name {place}:\n{log}"
+    );
+    assert_eq!(dig_short(s.port, "a.example.com", "A", &[]), ["192.0.2.1"]);
+    assert_eq!(serial_at(s.port, "example.com"), 2);
+
+    // The file with the update in it and a newer serial: served.
+    std::fs::write(&com, com_zone(5, "a 60 A 192.0.2.1\nnew A 192.0.2.50\n")).unwrap();
+    let log = hup(&mut srv, 5);
+    assert!(log.contains("zone file reloaded"), "{log}");
+    assert_eq!(
+        dig_short(s.port, "new.example.com", "A", &[]),
+        ["192.0.2.50"]
+    );
+    assert_eq!(dig_short(s.port, "a.example.com", "A", &[]), ["192.0.2.1"]);
+    assert_eq!(serial_at(s.port, "example.com"), 5);
+    // Updates go on on top of the file, and everything survives a restart (the
+    // journal was written anew from the file's serial; the old one is kept aside).
+    assert!(update(s.port, &key, "b", "192.0.2.2").status.success());
+    assert_eq!(serial_at(s.port, "example.com"), 6);
+    let asides: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dns.journal.reload-")
+        })
+        .collect();
+    assert_eq!(asides.len(), 1, "the old journal is not kept aside");
+    srv.terminate();
+    let mut srv2 = s.start("zones-restarted");
+    assert_eq!(serial_at(s.port, "example.com"), 6);
+    for (name, ip) in [
+        ("a", "192.0.2.1"),
+        ("b", "192.0.2.2"),
+        ("new", "192.0.2.50"),
+    ] {
+        assert_eq!(
+            dig_short(s.port, &format!("{name}.example.com"), "A", &[]),
+            [ip],
+            "{name} lost across the restart:\n{}",
+            srv2.log_text()
+        );
+    }
+    assert_eq!(
+        dig_short(s.port, "www.example.net", "A", &[]),
+        ["198.51.100.80"]
+    );
+
+    // A zone removed: refused like any unknown zone, updates to it NOTAUTH; the journal
+    // is left as it was.
+    let journal_before = std::fs::read(s.path("dns.journal")).unwrap();
+    std::fs::write(&s.config, &config).unwrap();
+    let log = hup(&mut srv2, 1);
+    assert!(log.contains("zone removed by reload"), "{log}");
+    assert!(
+        dig_full(s.port, &["www.example.net", "A"]).contains("status: REFUSED"),
+        "a removed zone is still answered"
+    );
+    assert_eq!(
+        std::fs::read(s.path("dns.journal")).unwrap(),
+        journal_before,
+        "removing a zone changed the journal"
+    );
+    assert_eq!(dig_short(s.port, "b.example.com", "A", &[]), ["192.0.2.2"]);
+    let out = nsupdate(
+        &["-y", &key],
+        &format!("server 127.0.0.1 {}\nzone example.net\nupdate add x.example.net. 60 A 192.0.2.9\nsend\n", s.port),
+    );
+    assert!(
+        !out.status.success(),
+        "an update to a removed zone was taken"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOTAUTH"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An edited zone file and a zone added reach a Knot secondary by the primary's NOTIFY:
+/// the edit by IXFR (from the difference the reload recorded), the new zone by AXFR.
+#[test]
+fn a_reloaded_zone_reaches_a_knot_secondary() {
+    let knotd = require_tool("knotd", "knot");
+    let kport = free_port();
+    let s = DnsSetup::new(
+        0,
+        &format!("[[key]]\nname = \"sec-knot\"\nsecret = \"{SECRET}\"\n[[secondary]]\nname = \"knot\"\naddress = \"127.0.0.1:{kport}\"\nkey = \"sec-knot\"\n"),
+    );
+    let mut srv = s.start("p");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = d.join("knot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+    rundir: "{dir}"
+    listen: 127.0.0.1@{kport}
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{dir}"
+key:
+  - id: sec-knot
+    algorithm: hmac-sha256
+    secret: {SECRET}
+remote:
+  - id: primary
+    address: 127.0.0.1@{pport}
+    key: sec-knot
+acl:
+  - id: notify_from_primary
+    address: 127.0.0.1
+    key: sec-knot
+    action: notify
+template:
+  - id: default
+    storage: "{dir}"
+    file: "%s.zone"
+zone:
+  - domain: example.com
+    master: primary
+    acl: notify_from_primary
+  - domain: example.net
+    master: primary
+    acl: notify_from_primary
+"#,
+            dir = d.display(),
+            pport = s.port
+        ),
+    )
+    .unwrap();
+    let mut k = Proc::spawn(
+        "knotd",
+        Command::new(knotd).arg("-c").arg(&conf),
+        &d.join("knot.log"),
+    );
+    let wait_knot = |k: &mut Proc, name: &str, want: &[&str]| {
+        let t0 = Instant::now();
+        loop {
+            assert!(k.alive(), "knotd exited:\n{}", k.log_text());
+            if dig_short(kport, name, "A", &["+norec"]) == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "knot does not answer {name} {want:?}:\n{}",
+                k.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_knot(&mut k, "www.example.com", &["192.0.2.10"]);
+
+    std::fs::write(
+        s.path("example.com.zone"),
+        com_zone(2, "new A 192.0.2.50\n"),
+    )
+    .unwrap();
+    std::fs::write(s.path("example.net.zone"), NET_ZONE).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{config}\n[[zone]]\nname = \"example.net\"\nfile = \"example.net.zone\"\n"),
+    )
+    .unwrap();
+    let log = hup(&mut srv, 1);
+    let line = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(line.contains("applied=[\"zone\", \"zone_file\"]"), "{line}");
+    wait_knot(&mut k, "new.example.com", &["192.0.2.50"]);
+    wait_knot(&mut k, "www.example.net", &["198.51.100.80"]);
+    let log = srv.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("answer=\"incremental\"")
+            && l.contains("secondary=knot ")
+            && l.contains("serial=2")),
+        "the edited zone did not go to knot by IXFR:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NOTIFY answered") && l.contains("example.net")),
+        "knot was not notified of the added zone:\n{log}"
     );
 }
