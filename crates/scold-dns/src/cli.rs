@@ -12,7 +12,10 @@ RFC 2136 dynamic updates authenticated by TSIG (hmac-sha256/hmac-sha512) and a p
 Every accepted update is journaled (fsync) before it is answered and replayed at start. \
 Secondaries ([[secondary]]: BIND, Knot, NSD) may transfer the zones by AXFR or IXFR over TCP, \
 only with their TSIG key, and get a signed NOTIFY after every change, retried until answered. \
-Zone files are RFC 1035 master files that may use `ALT 203.0.113.7` and `TYPE65280 \\# 4 CB007107`."
+Zone files are RFC 1035 master files that may use `ALT 203.0.113.7` and `TYPE65280 \\# 4 CB007107`. \
+SIGHUP reloads the configuration: TSIG keys, policies, secondaries and zones apply at once (an edited \
+zone file only with a serial above the one served and every RRset an update set kept as it is); \
+what needs a restart is named in the log."
 )]
 pub struct DnsArgs {
     /// TOML configuration file (listen addresses, zones, journal, TSIG keys and their

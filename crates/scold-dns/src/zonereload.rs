@@ -413,7 +413,7 @@ impl Shared {
             .collect();
         if !lost.is_empty() {
             return Err(format!(
-                "the zone file {} (serial {f}) would undo acknowledged updates: {}; still serving serial {s}; write these RRsets into the file as served (`dig AXFR` shows them) and reload again",
+                "the zone file {} (serial {f}) would undo acknowledged updates: {}; still serving serial {s}; write these RRsets into the file as served (`dig AXFR` with a secondary's key shows them) and reload again",
                 path.display(),
                 lost.join("; ")
             ));
@@ -544,4 +544,197 @@ fn rewrite(
         "journal entries superseded by reloaded zone files left out; the old journal is kept aside (not deleted) and a new one written"
     );
     Ok(j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rrl::RrlConfig;
+    use crate::update::Change;
+    use hickory_proto::rr::Name;
+
+    const ALT: u16 = 65280;
+
+    fn key(name: &str) -> Vec<u8> {
+        name_key(&Name::from_ascii(name).unwrap())
+    }
+
+    fn zone_text(origin: &str, serial: u32) -> String {
+        format!("$ORIGIN {origin}\n$TTL 60\n@ SOA ns1 h {serial} 3600 900 604800 60\n@ NS ns1\nns1 A 192.0.2.53\n")
+    }
+
+    /// An update of `www.<zone>` ALT to 10.0.0.<serial>, from `serial - 1`.
+    fn cs(zone: &str, serial: u32) -> ChangeSet {
+        ChangeSet {
+            zone: key(zone),
+            prev_serial: serial - 1,
+            serial,
+            changes: vec![Change {
+                name: key(&format!("www.{zone}")),
+                rtype: ALT,
+                set: Some(RRset {
+                    ttl: 30,
+                    rdatas: vec![vec![10, 0, 0, serial as u8]],
+                }),
+            }],
+        }
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        cfg: DnsConfig,
+    }
+
+    /// `example.com.` served at serial 1 and `example.net.` (file at `net_serial`) not
+    /// configured, with journal entries for both.
+    fn setup(net_serial: u32, entries: &[ChangeSet]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let mut zones = Vec::new();
+        for (name, serial) in [("example.com.", 1), ("example.net.", net_serial)] {
+            let file = dir.path().join(format!("{name}zone"));
+            std::fs::write(&file, zone_text(name, serial)).unwrap();
+            zones.push((name.to_string(), file));
+        }
+        let cfg = DnsConfig {
+            listen: vec!["127.0.0.1:53".parse().unwrap()],
+            alt_type: ALT,
+            journal: dir.path().join("dns.journal"),
+            udp_workers: 1,
+            tcp_max_connections: 1,
+            tcp_idle_timeout_secs: 1,
+            zones,
+            keys: Vec::new(),
+            secondaries: Vec::new(),
+            rrl: RrlConfig::default(),
+            metrics: None,
+        };
+        let (mut j, _) = Journal::open(&cfg.journal).unwrap();
+        for e in entries {
+            j.append(e).unwrap();
+        }
+        Setup { dir, cfg }
+    }
+
+    fn only_com(cfg: &DnsConfig) -> DnsConfig {
+        let mut c = cfg.clone();
+        c.zones.truncate(1);
+        c
+    }
+
+    fn served(sh: &Shared, zone: &str) -> Option<(u32, Vec<Vec<u8>>)> {
+        let cat = sh.catalog();
+        let z = &cat.zones[cat.find_exact(&key(zone))?].data;
+        let alt = z
+            .node(&key(&format!("www.{zone}")))
+            .and_then(|n| n.rrsets.get(&ALT))
+            .map(|s| s.rdatas.clone())
+            .unwrap_or_default();
+        Some((serial_of(z), alt))
+    }
+
+    fn asides(s: &Setup) -> usize {
+        std::fs::read_dir(s.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("dns.journal.reload-")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_zone_added_again_gets_its_journal_entries_back() {
+        let s = setup(5, &[cs("example.net.", 6), cs("example.com.", 2)]);
+        let sh = Shared::load(&only_com(&s.cfg)).unwrap();
+        assert_eq!(
+            served(&sh, "example.com."),
+            Some((2, vec![vec![10, 0, 0, 2]]))
+        );
+        assert_eq!(served(&sh, "example.net."), None);
+        let before = std::fs::read(&s.cfg.journal).unwrap();
+        let r = sh.reload_zones(&s.cfg);
+        assert_eq!(r[0].outcome, Outcome::Unchanged);
+        assert_eq!(r[1].outcome, Outcome::Added(6));
+        assert_eq!(
+            served(&sh, "example.net."),
+            Some((6, vec![vec![10, 0, 0, 6]]))
+        );
+        assert_eq!(std::fs::read(&s.cfg.journal).unwrap(), before);
+        assert_eq!(asides(&s), 0);
+        // And removed again: its entries stay.
+        let r = sh.reload_zones(&only_com(&s.cfg));
+        assert_eq!(r[1].outcome, Outcome::Removed);
+        assert_eq!(served(&sh, "example.net."), None);
+        assert_eq!(std::fs::read(&s.cfg.journal).unwrap(), before);
+    }
+
+    #[test]
+    fn a_zone_added_with_a_newer_file_leaves_its_old_entries_out_of_the_journal() {
+        // The file moved past the journal's base (5) but not past its highest serial
+        // (7): served at 8 so the serial does not go backwards, as at start.
+        let s = setup(
+            6,
+            &[
+                cs("example.net.", 6),
+                cs("example.com.", 2),
+                cs("example.net.", 7),
+            ],
+        );
+        let sh = Shared::load(&only_com(&s.cfg)).unwrap();
+        let r = sh.reload_zones(&s.cfg);
+        assert_eq!(r[1].outcome, Outcome::Added(8));
+        assert_eq!(served(&sh, "example.net."), Some((8, vec![])));
+        assert_eq!(asides(&s), 1);
+        // What a restart now serves is what is served.
+        drop(sh);
+        let again = Shared::load(&s.cfg).unwrap();
+        assert_eq!(served(&again, "example.net."), Some((8, vec![])));
+        assert_eq!(
+            served(&again, "example.com."),
+            Some((2, vec![vec![10, 0, 0, 2]]))
+        );
+    }
+
+    #[test]
+    fn an_edited_file_that_keeps_the_updates_is_taken_and_survives_a_restart() {
+        let s = setup(5, &[cs("example.com.", 2)]);
+        let sh = Shared::load(&only_com(&s.cfg)).unwrap();
+        let file = &s.cfg.zones[0].1;
+        // Without the update's RRset: refused.
+        std::fs::write(file, zone_text("example.com.", 9)).unwrap();
+        let r = sh.reload_zones(&only_com(&s.cfg));
+        assert!(
+            matches!(&r[0].outcome, Outcome::Kept(w) if w.contains("www.example.com. ALT (1 record(s), TTL 30, by the update at serial 2)")),
+            "{r:?}"
+        );
+        assert_eq!(
+            served(&sh, "example.com."),
+            Some((2, vec![vec![10, 0, 0, 2]]))
+        );
+        // With it: taken, with the difference in the history.
+        std::fs::write(
+            file,
+            zone_text("example.com.", 9) + "www 30 TYPE65280 \\# 4 0A000002\nnew A 192.0.2.7\n",
+        )
+        .unwrap();
+        let r = sh.reload_zones(&only_com(&s.cfg));
+        assert_eq!(r[0].outcome, Outcome::Reloaded(2, 9));
+        let cat = sh.catalog();
+        let last = cat.zones[0].history.last().unwrap().clone();
+        assert_eq!((last.from_serial(), last.to_serial()), (2, 9));
+        assert_eq!(last.added.len(), 1, "{last:?}");
+        assert!(last.removed.is_empty(), "{last:?}");
+        // Reloading the same file again does nothing.
+        let r = sh.reload_zones(&only_com(&s.cfg));
+        assert_eq!(r[0].outcome, Outcome::Unchanged);
+        drop(sh);
+        let again = Shared::load(&only_com(&s.cfg)).unwrap();
+        assert_eq!(
+            served(&again, "example.com."),
+            Some((9, vec![vec![10, 0, 0, 2]]))
+        );
+    }
 }

@@ -394,3 +394,116 @@ zone:
         "knot was not notified of the added zone:\n{log}"
     );
 }
+
+/// Updates racing zone reloads: each update is either in the zone before the reload
+/// (and then the file must hold it, or that reload is refused) or applied to the
+/// reloaded zone; no query ever finds the zone missing, and every acknowledged update
+/// is served at the end and after a restart from disk. The server runs in this process
+/// (its zone reload called directly, as SIGHUP does) so that the reloads come much
+/// faster than a signal round trip would allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_racing_zone_reloads_are_never_lost() {
+    use scold_dns::zonereload::Outcome;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::{Arc, Mutex};
+
+    const UPDATES: usize = 60;
+    const RELOADS: u32 = 20;
+    let s = DnsSetup::new(0, "");
+    let cfg = scold_dns::config::load_dns(&s.config).unwrap();
+    let server = scold_dns::server::start(&cfg).await.unwrap();
+    let addr = server.addrs[0];
+    let key: scold_dns::TsigKey = format!("hmac-sha256:coordinator:{SECRET}").parse().unwrap();
+    let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8));
+    let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
+
+    let updater = {
+        let acked = acked.clone();
+        let u = scold_dns::Updater::new(addr, key);
+        tokio::spawn(async move {
+            for i in 0..UPDATES {
+                u.replace_addresses("example.com", &format!("u{i}.example.com"), &[ip(i)], 60)
+                    .await
+                    .unwrap_or_else(|e| panic!("update {i} failed: {e}"));
+                acked.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let querier = tokio::task::spawn_blocking(move || {
+        for n in 0..400u16 {
+            let q = query_bytes(n, "www.example.com", 1, false);
+            let r = udp_ask(addr, &q, Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("query {n}: no answer"));
+            let rcode = r[3] & 0x0F;
+            let ancount = u16::from_be_bytes([r[6], r[7]]);
+            assert!(
+                rcode == 0 && ancount == 1,
+                "query {n} during reloads: rcode {rcode}, {ancount} answers"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+
+    let file = s.path("example.com.zone");
+    let mut outcomes = Vec::new();
+    let mut last_taken = None;
+    for k in 1..=RELOADS {
+        let done: Vec<usize> = acked.lock().unwrap().clone();
+        let mut extra = format!("f{k} A 10.2.0.{k}\n");
+        for i in &done {
+            extra.push_str(&format!("u{i} 60 A {}\n", ip(*i)));
+        }
+        std::fs::write(&file, com_zone(1000 * k, &extra)).unwrap();
+        let shared = server.shared.clone();
+        let c = cfg.clone();
+        let r = tokio::task::spawn_blocking(move || shared.reload_zones(&c))
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 1, "{r:?}");
+        match &r[0].outcome {
+            Outcome::Reloaded(_, to) => {
+                assert_eq!(*to, 1000 * k);
+                last_taken = Some(k);
+            }
+            Outcome::Kept(why) => assert!(
+                why.contains("would undo acknowledged updates"),
+                "reload {k} refused for another reason: {why}"
+            ),
+            o => panic!("reload {k}: {o:?}"),
+        }
+        outcomes.push(r[0].outcome.clone());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    updater.await.unwrap();
+    querier.await.unwrap();
+    let last_taken = last_taken.unwrap_or_else(|| panic!("no reload was taken: {outcomes:?}"));
+    let taken = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Reloaded(..)))
+        .count();
+    eprintln!(
+        "zone reloads racing updates: {taken} taken, {} refused",
+        outcomes.len() - taken
+    );
+
+    let check = |when: &str| {
+        for i in 0..UPDATES {
+            assert_eq!(
+                dig_short(s.port, &format!("u{i}.example.com"), "A", &[]),
+                [ip(i).to_string()],
+                "update {i} lost {when}"
+            );
+        }
+        assert_eq!(
+            dig_short(s.port, &format!("f{last_taken}.example.com"), "A", &[]),
+            [format!("10.2.0.{last_taken}")],
+            "the last zone file taken is not served {when}"
+        );
+    };
+    tokio::task::block_in_place(|| check("while running"));
+    server.shutdown().await;
+    let again = scold_dns::server::start(&cfg).await.unwrap();
+    tokio::task::block_in_place(|| check("after a restart"));
+    again.shutdown().await;
+}
