@@ -362,13 +362,18 @@ pub fn render(reply: &Reply) -> String {
                     v.join(", ")
                 }
             };
-            format!(
+            let mut out = format!(
                 "{} reloaded {}\napplied:       {}\nneeds restart: {}\n",
                 r.node,
                 r.file,
                 list(&r.applied),
                 list(&r.needs_restart)
-            )
+            );
+            // One refusal a line: each says what stays and what to do.
+            for why in &r.refused {
+                out.push_str(&format!("refused:       {why}\n"));
+            }
+            out
         }
         other => format!("{other:?}\n"),
     }
