@@ -56,7 +56,10 @@ fn changed_keys(old: &TargetConfig, new: &TargetConfig) -> Vec<String> {
         serde_json::to_value(new).unwrap_or_default(),
     );
     let empty = serde_json::Map::new();
-    let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let mut out = Vec::new();
     for k in keys {
@@ -66,10 +69,7 @@ fn changed_keys(old: &TargetConfig, new: &TargetConfig) -> Vec<String> {
         }
         // One level down for the [target.dns] table: the servers and the key are told
         // apart in the answer.
-        match (
-            x.and_then(|v| v.as_object()),
-            y.and_then(|v| v.as_object()),
-        ) {
+        match (x.and_then(|v| v.as_object()), y.and_then(|v| v.as_object())) {
             (Some(xo), Some(yo)) => {
                 let sub: BTreeSet<&String> = xo.keys().chain(yo.keys()).collect();
                 for s in sub {
@@ -234,7 +234,11 @@ impl Coordinator {
                 ));
             }
             for name in &p.remove {
-                events.push(event(name, "target_removed", "from the reloaded config file"));
+                events.push(event(
+                    name,
+                    "target_removed",
+                    "from the reloaded config file",
+                ));
             }
             for t in &p.replace {
                 let keys: Vec<&str> = p
@@ -275,9 +279,7 @@ impl Coordinator {
                 events,
                 ..Default::default()
             })
-            .map_err(|e| {
-                format!("cannot record the [[target]] changes, none applied: {e}")
-            })?;
+            .map_err(|e| format!("cannot record the [[target]] changes, none applied: {e}"))?;
             let mut cfgs = self.targets.write().expect("targets lock");
             for t in p.add.iter().chain(&p.replace) {
                 cfgs.insert(t.name.clone(), Arc::new(t.clone()));
@@ -348,7 +350,11 @@ mod tests {
         let w = web();
         let mut mail = web();
         mail.name = "mail".into();
-        let p = plan(&names(&["web"]), &running(&[(&w, Phase::Diverted)]), &[w.clone(), mail]);
+        let p = plan(
+            &names(&["web"]),
+            &running(&[(&w, Phase::Diverted)]),
+            &[w.clone(), mail],
+        );
         assert_eq!(p.add.len(), 1);
         assert_eq!(p.applied, ["target.mail (added)"]);
         assert!(p.replace.is_empty() && p.remove.is_empty() && p.refused.is_empty());
@@ -398,7 +404,11 @@ mod tests {
             "192.0.2.53:53".parse().unwrap(),
             "192.0.2.54:53".parse().unwrap(),
         ]);
-        let p = plan(&names(&["web"]), &running(&[(&w, Phase::Normal)]), &[n.clone()]);
+        let p = plan(
+            &names(&["web"]),
+            &running(&[(&w, Phase::Normal)]),
+            &[n.clone()],
+        );
         assert_eq!(
             p.applied,
             [
@@ -422,7 +432,11 @@ mod tests {
         n.ttl = 60;
         n.proxies = Some(3);
         n.dns.key = "hmac-sha256:other:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==".into();
-        let p = plan(&names(&["web"]), &running(&[(&w, Phase::Diverted)]), &[n.clone()]);
+        let p = plan(
+            &names(&["web"]),
+            &running(&[(&w, Phase::Diverted)]),
+            &[n.clone()],
+        );
         assert_eq!(p.applied, ["target.web.dns.key", "target.web.proxies"]);
         let [merged] = p.replace.as_slice() else {
             panic!("{p:?}")
@@ -446,15 +460,25 @@ mod tests {
         let mut only = web();
         only.scheme = Scheme::Nat;
         only.services = vec!["tcp/80".parse().unwrap()];
-        let p = plan(&names(&["web"]), &running(&[(&w, Phase::Restoring)]), &[only]);
+        let p = plan(
+            &names(&["web"]),
+            &running(&[(&w, Phase::Restoring)]),
+            &[only],
+        );
         assert!(p.replace.is_empty() && p.applied.is_empty());
-        assert!(p.refused[0].starts_with("target.web.scheme, target.web.services: web is restoring"));
+        assert!(
+            p.refused[0].starts_with("target.web.scheme, target.web.services: web is restoring")
+        );
     }
 
     #[test]
     fn the_file_takes_a_run_time_target_over() {
         let w = web();
-        let p = plan(&[], &running(&[(&w, Phase::Diverted)]), &[w.clone()]);
+        let p = plan(
+            &[],
+            &running(&[(&w, Phase::Diverted)]),
+            std::slice::from_ref(&w),
+        );
         assert_eq!(p.taken_from_store, ["web"]);
         assert_eq!(p.applied, ["target.web (now from the config file)"]);
         assert_eq!(p.file_names, ["web"]);
