@@ -6,7 +6,8 @@
 //! entry does, and a divert of it then runs on the real nodes and carries a client's
 //! traffic. While it is diverted, a new DNS server list applies but a new scheme is
 //! refused and named, and dropping it from the file is refused: it stays diverted and
-//! carries traffic, and once restored, a reload removes it.
+//! carries traffic, and once restored, a reload removes it. A run-time target the file
+//! comes to list is the file's from then on, and does not outlive its removal from it.
 //!
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `getent` (libc-bin),
 //! `sha256sum` and a built binary (`cargo build -p scold`, or SCOLD_BIN).
@@ -224,4 +225,39 @@ fn target_entries_change_by_reload_as_each_targets_phase_allows() {
         "{report}"
     );
     assert!(targets(&net).is_empty(), "{:?}", targets(&net));
+
+    // A run-time target that the file then lists is the file's: its store entry goes,
+    // so once the file drops it, a restart does not bring it back.
+    let mail =
+        "[[target]]\nname = \"mail\"\nfqdn = \"mail.example.net.\"\nzone = \"example.net.\"\n\
+         addresses = [\"10.4.0.3\"]\ngateways = [\"gw1\"]\nscheme = \"4.1\"\nttl = 1\n\
+         [target.dns]\nserver = \"127.0.0.1:5353\"\n\
+         key = \"hmac-sha256:coordinator:c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=\"\n";
+    let added = net.write("mail.toml", mail);
+    net.ctl(&format!("target add --file {}", added.display()));
+    assert!(net
+        .ctl("target show mail")
+        .contains("added at run time: true"));
+    write(format!(
+        "{head}{}{proxies}",
+        mail.replace("ttl = 1", "ttl = 2")
+    ));
+    let report = net.ctl("reload coordinator");
+    assert!(report.contains("target.mail.ttl"), "{report}");
+    let shown = net.ctl("target show mail");
+    assert!(
+        shown.contains("added at run time: false") && shown.contains("ttl = 2"),
+        "{shown}"
+    );
+    write(format!("{head}{proxies}"));
+    let report = net.ctl("reload coordinator");
+    assert!(report.contains("target.mail (removed)"), "{report}");
+    net.stop("coordinator");
+    net.scold("k", "coordinator2", "coordinator", &file);
+    net.wait_log("coordinator2", "coordinator listening", 20);
+    assert!(
+        targets(&net).is_empty(),
+        "a target the file dropped came back from the store: {:?}",
+        targets(&net)
+    );
 }

@@ -287,6 +287,7 @@ impl Coordinator {
             for name in &p.remove {
                 cfgs.remove(name);
                 world.targets.remove(name);
+                self.phases.forget(name);
             }
             drop(cfgs);
             let mut resume = Vec::new();

@@ -710,6 +710,7 @@ impl Coordinator {
         .map_err(|e| refuse(RefusalReason::Unavailable, format!("cannot record it: {e}")))?;
         self.targets.write().expect("targets lock").remove(name);
         self.lock().targets.remove(name);
+        self.phases.forget(name);
         info!(target = %name, %by, "target removed");
         Ok(Reply::Done)
     }
