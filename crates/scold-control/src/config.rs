@@ -458,7 +458,10 @@ listen = "127.0.0.1:9800"
 # secret = "a long random string, e.g. from openssl rand -base64 32"
 # events = ["alarm", "divert", "failover", "restore", "revocation"]
 
-# One table per protected target.
+# One table per protected target. A reload (SIGHUP, `scold ctl reload coordinator`)
+# adds and removes targets and applies changed ones; a target that is not in its normal
+# phase keeps its names, addresses, gateways, scheme, services and ttl (and stays, if
+# its table is removed) until it is restored: the answer says what was refused.
 [[target]]
 name = "web"
 fqdn = "www.example.net."

@@ -72,9 +72,10 @@ pub enum CtlCommand {
         kind: Option<String>,
     },
     /// Have a node re-read its config file and apply what can change while it runs
-    /// (as SIGHUP does); prints what it applied and what waits for a restart. A file
-    /// the node cannot use is refused with its file and line, and the node keeps its
-    /// running config.
+    /// (as SIGHUP does); prints what it applied, what waits for a restart, and what it
+    /// refused for now and why (the coordinator's diverted targets keep their gateways,
+    /// scheme and addresses until restored). A file the node cannot use is refused with
+    /// its file and line, and the node keeps its running config.
     Reload {
         /// The node as `role/name` (e.g. `proxy/p1`), or its name when only one
         /// connected node has it; `coordinator` for the coordinator itself.
@@ -362,13 +363,18 @@ pub fn render(reply: &Reply) -> String {
                     v.join(", ")
                 }
             };
-            format!(
+            let mut out = format!(
                 "{} reloaded {}\napplied:       {}\nneeds restart: {}\n",
                 r.node,
                 r.file,
                 list(&r.applied),
                 list(&r.needs_restart)
-            )
+            );
+            // One refusal a line: each says what stays and what to do.
+            for why in &r.refused {
+                out.push_str(&format!("refused:       {why}\n"));
+            }
+            out
         }
         other => format!("{other:?}\n"),
     }

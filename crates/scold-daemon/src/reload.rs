@@ -193,6 +193,16 @@ fn set(v: &mut Value, key: &str, new: Value) {
         .insert(parts[parts.len() - 1].to_string(), new);
 }
 
+/// What a daemon made of a reload, when it decides key by key ([`serve_reporting`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Keys now in force (they replace the plan's live keys in the answer).
+    pub applied: Vec<String>,
+    /// Changes the daemon would apply live but not now, each as `key: why`; the
+    /// running value stays.
+    pub refused: Vec<String>,
+}
+
 /// Serves reload requests until the channel closes: loads `file` with `load`, compares
 /// it with `running`, hands a config with live changes to `apply` (with the keys), and
 /// answers with what applied and what waits for a restart. `node` names the daemon in
@@ -200,24 +210,54 @@ fn set(v: &mut Value, key: &str, new: Value) {
 pub async fn serve<T: Serialize>(
     node: String,
     file: PathBuf,
+    running: Running,
+    requests: ReloadReceiver,
+    load: impl Fn(&Path) -> Result<T, String>,
+    mut apply: impl AsyncFnMut(T, Vec<String>) -> Result<(), String>,
+) {
+    serve_reporting(
+        node,
+        file,
+        running,
+        requests,
+        load,
+        async move |new: T, keys: Vec<String>| {
+            if !keys.is_empty() {
+                apply(new, keys.clone()).await?;
+            }
+            Ok(Applied {
+                applied: keys,
+                refused: Vec::new(),
+            })
+        },
+    )
+    .await
+}
+
+/// [`serve`] for a daemon that compares some keys itself against what runs (the
+/// coordinator's targets, whose phase decides what may change): `apply` gets every
+/// file that loads, also one without changed live keys (a change it refused before may
+/// apply now), and says what it applied and what it refused.
+pub async fn serve_reporting<T: Serialize>(
+    node: String,
+    file: PathBuf,
     mut running: Running,
     mut requests: ReloadReceiver,
     load: impl Fn(&Path) -> Result<T, String>,
-    mut apply: impl AsyncFnMut(T, Vec<String>) -> Result<(), String>,
+    mut apply: impl AsyncFnMut(T, Vec<String>) -> Result<Applied, String>,
 ) {
     while let Some(req) = requests.recv().await {
         let outcome = async {
             let new = load(&file)?;
             let plan = running.compare(&new);
-            if !plan.live.is_empty() {
-                apply(new, plan.live.clone()).await?;
-                running.adopt(&plan);
-            }
+            let done = apply(new, plan.live.clone()).await?;
+            running.adopt(&plan);
             Ok(ReloadReport {
                 node: node.clone(),
                 file: file.display().to_string(),
-                applied: plan.live,
+                applied: done.applied,
                 needs_restart: plan.restart,
+                refused: done.refused,
             })
         }
         .await;
@@ -227,6 +267,7 @@ pub async fn serve<T: Serialize>(
                 file = %file.display(),
                 applied = ?r.applied,
                 needs_restart = ?r.needs_restart,
+                refused = ?r.refused,
                 "config reloaded"
             ),
             Err(e) => tracing::error!(
@@ -357,6 +398,60 @@ mod tests {
         // Unchanged now: nothing to apply.
         let r = tx.request("test").await.unwrap();
         assert!(r.applied.is_empty());
+        drop(tx);
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_decides_itself_is_asked_at_every_reload_and_its_word_is_the_answer() {
+        let dir = std::env::temp_dir().join(format!("scold-reload-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("y.toml");
+        std::fs::write(&file, "pps = 10.0\nport = 1\n").unwrap();
+        #[derive(serde::Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        struct Y {
+            pps: f64,
+            port: u16,
+        }
+        let load = |p: &Path| crate::load::<Y>(p, "y").map_err(|e| e.to_string());
+        let running = Running::new(&load(&file).unwrap(), &["pps"]);
+        let (tx, rx) = channel();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let task = tokio::spawn(serve_reporting(
+            "y".into(),
+            file.clone(),
+            running,
+            rx,
+            load,
+            async move |y: Y, keys: Vec<String>| {
+                seen.lock().unwrap().push(keys.clone());
+                // Refuses what it cannot take now, whatever the file's comparison said.
+                Ok(Applied {
+                    applied: vec![format!("pps.as.{}", y.pps)],
+                    refused: vec!["pps.other: not now".into()],
+                })
+            },
+        ));
+        std::fs::write(&file, "pps = 20.0\nport = 2\n").unwrap();
+        let r = tx.request("test").await.unwrap();
+        assert_eq!(r.applied, ["pps.as.20"]);
+        assert_eq!(r.refused, ["pps.other: not now"]);
+        assert_eq!(r.needs_restart, ["port"]);
+        assert!(r.to_string().contains("refused: pps.other: not now"), "{r}");
+        // Unchanged file: still asked (a change refused before may apply now).
+        let r = tx.request("test").await.unwrap();
+        assert_eq!(r.applied, ["pps.as.20"]);
+        // A broken file: not asked, nothing changes.
+        std::fs::write(&file, "pps = \n").unwrap();
+        let e = tx.request("test").await.unwrap_err();
+        assert!(e.contains("y.toml") && e.contains("line 1"), "{e}");
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [vec!["pps".to_string()], Vec::<String>::new()]
+        );
         drop(tx);
         task.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -320,6 +320,11 @@ pub struct ReloadReport {
     pub file: String,
     pub applied: Vec<String>,
     pub needs_restart: Vec<String>,
+    /// Changes the daemon could apply live but not now, each `key: why` (a diverted
+    /// target's gateways); the running value stays. Left out when empty, so older
+    /// readers see the report they know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 impl std::fmt::Display for ReloadReport {
@@ -342,7 +347,11 @@ impl std::fmt::Display for ReloadReport {
             self.file,
             list(&self.applied),
             list(&self.needs_restart)
-        )
+        )?;
+        if !self.refused.is_empty() {
+            write!(f, "; refused: {}", self.refused.join("; "))?;
+        }
+        Ok(())
     }
 }
 

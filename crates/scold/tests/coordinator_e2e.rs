@@ -652,7 +652,8 @@ fn replica_starter(c: &Consortium) -> impl Fn(&PathBuf, &str) -> Proc {
 /// listens, the other stands by without listening. A divert completes under the first;
 /// kill -9 of it, and the standby takes over when its lease lapses: the nodes follow it
 /// (they know both addresses), it holds the divert's state and the audit log from
-/// before, and its restore works, on the wire. The killed one, started again, stands by.
+/// before, and its restore works, on the wire. A target added to its file while it stood
+/// by is driven once it leads. The killed one, started again, stands by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_replica_takes_over_from_a_killed_leader() {
     let etcd = scold_testkit::EtcdCluster::start(1);
@@ -668,6 +669,18 @@ async fn a_standby_replica_takes_over_from_a_killed_leader() {
         !scold_testkit::tcp_listening(b),
         "the standby replica listens while the other leads"
     );
+
+    // A target added to the standby's file while it stands by: it reads its entries
+    // again when it takes the lead.
+    let text = std::fs::read_to_string(&cfg_b).unwrap();
+    let from = text.find("[[target]]").unwrap();
+    let to = from + text[from..].find("key = ").unwrap();
+    let to = to + text[to..].find('\n').unwrap() + 1;
+    let web2 = text[from..to]
+        .replace("name = \"web\"", "name = \"web2\"")
+        .replace("www.example.net.", "web2.example.net.")
+        .replace("192.0.2.10", "192.0.2.11");
+    std::fs::write(&cfg_b, format!("{text}\n{web2}")).unwrap();
 
     Arc::get_mut(&mut c.site).unwrap().replicas = vec![b];
     let site = c.site.clone();
@@ -709,7 +722,16 @@ async fn a_standby_replica_takes_over_from_a_killed_leader() {
                 && s.gateways.iter().any(|g| g.health == "up")
         });
         // The divert's state and the audit log from before the takeover are there.
+        assert_eq!(s.targets[0].name, "web");
         assert_eq!(s.targets[0].phase, "diverted");
+        assert!(
+            !before.0.targets.iter().any(|t| t.name == "web2")
+                && s.targets
+                    .iter()
+                    .any(|t| t.name == "web2" && t.phase == "normal"),
+            "the new leader does not drive the target its file gained while it stood by: {:?}",
+            s.targets
+        );
         assert_eq!(s.targets[0].epoch, before.0.targets[0].epoch);
         assert_eq!(s.targets[0].proxies, before.0.targets[0].proxies);
         let seqs = |events: &[scold_proto::control::EventView]| -> Vec<u64> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -61,15 +61,34 @@ pub async fn serve(
         let listener = bind().await?;
         return serve_on(cfg, tls, dns, listener, metrics, shutdown).await;
     };
-    serve_replica(cfg, replica, tls, dns, metrics, shutdown, bind).await
+    serve_replica(cfg, config_path, replica, tls, dns, metrics, shutdown, bind).await
+}
+
+/// A replica that takes the lead may have stood by for weeks: the `[[target]]` and
+/// `[[proxy]]` entries it drives are read from its file again (every other key keeps its
+/// value from the start, as a reload would keep it). A file that no longer loads leaves
+/// the entries read at start, with a warning.
+fn reread_entries(mut cfg: Config, path: &Path) -> Config {
+    match load_config(path) {
+        Ok(now) => {
+            cfg.targets = now.targets;
+            cfg.proxies = now.proxies;
+        }
+        Err(e) => warn!(
+            "taking the lead with the [[target]] and [[proxy]] entries read at start: the config file does not load now: {e:#}"
+        ),
+    }
+    cfg
 }
 
 /// A replica sharing an etcd cluster: stands by (not listening) until it leads, then
 /// serves as the coordinator on the fenced shared store, renewing its lead; gives the
 /// lead back on shutdown, and stops with an error when it loses it (a supervisor
 /// restarts it, as a standby).
+#[allow(clippy::too_many_arguments)]
 async fn serve_replica<B, F>(
     cfg: Config,
+    config_path: &Path,
     replica: crate::config::EtcdSection,
     tls: Arc<scold_pki::TlsIdentity>,
     dns: Box<dyn DnsBackend>,
@@ -107,6 +126,7 @@ where
         return Ok(());
     };
     info!(epoch = lead.epoch, "coordinator replica: leading");
+    let cfg = reread_entries(cfg, config_path);
     let store = {
         let (etcd, prefix, fence) = (client(), replica.prefix.clone(), lead.fence.clone());
         tokio::task::spawn_blocking(move || Store::etcd(etcd, &prefix, Some(fence))).await??

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 
 mod daemon;
 mod dns;
+mod file_targets;
 mod handler;
 pub mod lead;
 mod ops;
@@ -117,6 +118,9 @@ pub struct Coordinator {
     webhooks: crate::webhook::Webhooks,
     /// The config file's `[[proxy]]` entries as last read (start or reload).
     file_proxies: Mutex<Vec<ProxyConfig>>,
+    /// The names of the config file's `[[target]]` entries as last applied (start or
+    /// reload); every other driven target came from `scold ctl target add`.
+    file_targets: Mutex<Vec<String>>,
 }
 
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
@@ -209,6 +213,7 @@ impl Coordinator {
         }
         Ok(Arc::new(Coordinator {
             file_proxies: Mutex::new(cfg.proxies.clone()),
+            file_targets: Mutex::new(cfg.targets.iter().map(|t| t.name.clone()).collect()),
             cfg,
             targets: std::sync::RwLock::new(target_cfgs),
             store,

@@ -516,11 +516,12 @@ impl Coordinator {
     }
 }
 
-/// The coordinator's part of a config reload: `[[proxy]]` applies live, everything
-/// else waits for a restart. The reload channel is set up by the process's entry
+/// The coordinator's part of a config reload: `[[proxy]]` and `[[target]]` apply live
+/// (targets as their phase allows: `file_targets`), everything else waits for a
+/// restart. The reload channel is set up by the process's entry
 /// point ([`super::run`]), before anything slow, so a SIGHUP never ends the process;
 /// the coordinator it drives exists only once this replica serves.
-pub(super) const LIVE: &[&str] = &["proxy"];
+pub(super) const LIVE: &[&str] = &["proxy", "target"];
 
 type PendingReloads = (
     std::path::PathBuf,
@@ -546,18 +547,34 @@ pub(super) fn watch_hangups(path: &std::path::Path, cfg: &Config) -> anyhow::Res
 impl Coordinator {
     /// Starts serving reloads for this coordinator, when the process set them up.
     pub(super) fn serve_reloads(self: &Arc<Self>) {
-        let Some((path, cfg, rx)) = PENDING.lock().expect("reload lock").take() else {
+        let Some((path, _, rx)) = PENDING.lock().expect("reload lock").take() else {
             return;
         };
-        let running = scold_daemon::reload::Running::new(&cfg, LIVE);
+        // Compared with the config this coordinator runs on: a replica that took the
+        // lead read its file again then.
+        let running = scold_daemon::reload::Running::new(&self.cfg, LIVE);
         let c = self.clone();
-        tokio::spawn(scold_daemon::reload::serve(
+        tokio::spawn(scold_daemon::reload::serve_reporting(
             "coordinator".to_string(),
             path,
             running,
             rx,
             |p: &std::path::Path| super::load_config(p).map_err(|e| format!("{e:#}")),
-            async move |new: Config, _keys: Vec<String>| c.apply_file_proxies(new.proxies),
+            async move |new: Config, keys: Vec<String>| {
+                let mut applied = Vec::new();
+                if keys.iter().any(|k| k == "proxy") {
+                    c.apply_file_proxies(new.proxies)?;
+                    applied.push("proxy".to_string());
+                }
+                // Targets are compared with what runs, not with the last file: a change
+                // refused while a target was diverted applies at a later reload.
+                let targets = c.apply_file_targets(new.targets)?;
+                applied.extend(targets.applied);
+                Ok(scold_daemon::reload::Applied {
+                    applied,
+                    refused: targets.refused,
+                })
+            },
         ));
     }
 
@@ -593,7 +610,7 @@ impl Coordinator {
 impl Coordinator {
     /// Whether `name` came from `scold ctl target add` rather than the config file.
     fn runtime_target(&self, name: &str) -> bool {
-        !self.cfg.targets.iter().any(|t| t.name == name)
+        !self.file_target(name)
     }
 
     /// `scold ctl target add`: a new target, checked as the config file's are, kept in
@@ -671,7 +688,7 @@ impl Coordinator {
         if !self.runtime_target(name) {
             return Err(refuse(
                 RefusalReason::BadRequest,
-                format!("target {name} is in the coordinator's config file; remove its [[target]] entry there and restart the coordinator"),
+                format!("target {name} is in the coordinator's config file; remove its [[target]] entry there and reload (`scold ctl reload coordinator` or SIGHUP)"),
             ));
         }
         let phase = self.lock().targets.get(name).map(|s| s.phase);
@@ -693,6 +710,7 @@ impl Coordinator {
         .map_err(|e| refuse(RefusalReason::Unavailable, format!("cannot record it: {e}")))?;
         self.targets.write().expect("targets lock").remove(name);
         self.lock().targets.remove(name);
+        self.phases.forget(name);
         info!(target = %name, %by, "target removed");
         Ok(Reply::Done)
     }

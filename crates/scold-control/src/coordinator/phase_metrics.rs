@@ -74,6 +74,17 @@ impl PhaseMetrics {
         }
     }
 
+    /// `name` is driven no more: its phase series go (its duration histograms stay, the
+    /// record of what happened).
+    pub(super) fn forget(&self, name: &str) {
+        for p in Phase::ALL {
+            self.phase.remove(&vec![
+                ("target".into(), name.into()),
+                ("phase".into(), p.as_str().into()),
+            ]);
+        }
+    }
+
     /// A phase change of `name` after `seconds` in `from`.
     pub(super) fn transition(&self, name: &str, from: Phase, to: Phase, seconds: f64) {
         self.set(name, to);
@@ -113,5 +124,14 @@ mod tests {
         }
         // Normal -> diverting is no divert duration.
         assert!(text.contains("scold_divert_duration_seconds_count{target=\"web\"} 1"));
+        // A target driven no more shows no phase.
+        m.set("mail", Phase::Normal);
+        m.forget("web");
+        let text = metrics.render();
+        assert!(
+            !text.contains("scold_target_phase{target=\"web\""),
+            "{text}"
+        );
+        assert!(text.contains("scold_target_phase{target=\"mail\",phase=\"normal\"} 1"));
     }
 }
