@@ -300,53 +300,7 @@ fn a_reloaded_zone_reaches_a_knot_secondary() {
     let mut srv = s.start("p");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let conf = d.join("knot.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"server:
-    rundir: "{dir}"
-    listen: 127.0.0.1@{kport}
-log:
-  - target: stderr
-    any: info
-database:
-    storage: "{dir}"
-key:
-  - id: sec-knot
-    algorithm: hmac-sha256
-    secret: {SECRET}
-remote:
-  - id: primary
-    address: 127.0.0.1@{pport}
-    key: sec-knot
-acl:
-  - id: notify_from_primary
-    address: 127.0.0.1
-    key: sec-knot
-    action: notify
-template:
-  - id: default
-    storage: "{dir}"
-    file: "%s.zone"
-zone:
-  - domain: example.com
-    master: primary
-    acl: notify_from_primary
-  - domain: example.net
-    master: primary
-    acl: notify_from_primary
-"#,
-            dir = d.display(),
-            pport = s.port
-        ),
-    )
-    .unwrap();
-    let mut k = Proc::spawn(
-        "knotd",
-        Command::new(knotd).arg("-c").arg(&conf),
-        &d.join("knot.log"),
-    );
+    let mut k = start_knot_secondary(&knotd, d, kport, s.port, &["example.com", "example.net"]);
     let wait_knot = |k: &mut Proc, name: &str, want: &[&str]| {
         let t0 = Instant::now();
         loop {

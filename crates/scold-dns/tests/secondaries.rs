@@ -172,49 +172,7 @@ async fn knot_follows_scold_dns() {
     let _p = s.start("p");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let conf = write(
-        d,
-        "knot.conf",
-        &format!(
-            r#"server:
-    rundir: "{dir}"
-    listen: 127.0.0.1@{port}
-log:
-  - target: stderr
-    any: info
-database:
-    storage: "{dir}"
-key:
-  - id: sec-knot
-    algorithm: hmac-sha256
-    secret: {SECRET}
-remote:
-  - id: primary
-    address: 127.0.0.1@{pport}
-    key: sec-knot
-acl:
-  - id: notify_from_primary
-    address: 127.0.0.1
-    key: sec-knot
-    action: notify
-template:
-  - id: default
-    storage: "{dir}"
-    file: "%s.zone"
-zone:
-  - domain: example.com
-    master: primary
-    acl: notify_from_primary
-"#,
-            dir = d.display(),
-            pport = s.port
-        ),
-    );
-    let mut k = Proc::spawn(
-        "knotd",
-        Command::new(knotd).arg("-c").arg(&conf),
-        &d.join("knot.log"),
-    );
+    let mut k = start_knot_secondary(&knotd, d, port, s.port, &["example.com"]);
     check_secondary(&s, port, &mut k, "knot").await;
 }
 

@@ -5,7 +5,7 @@
 
 use scold_testkit::{free_port, output, require_tool, scold_bin, Proc};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -232,4 +232,63 @@ ipv4_prefix = 32
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// Starts an unmodified Knot (`knotd`) in `dir` as a secondary on 127.0.0.1:`port` of
+/// `zones`, pulled from the primary on 127.0.0.1:`primary_port` with the TSIG key
+/// `sec-knot` (secret [`SECRET`]), whose NOTIFY signed with that key it takes. Its
+/// log is `dir/knot.log`; the returned guard stops it.
+pub fn start_knot_secondary(
+    knotd: &Path,
+    dir: &Path,
+    port: u16,
+    primary_port: u16,
+    zones: &[&str],
+) -> Proc {
+    let mut zone_list = String::new();
+    for z in zones {
+        zone_list.push_str(&format!(
+            "  - domain: {z}\n    master: primary\n    acl: notify_from_primary\n"
+        ));
+    }
+    let conf = dir.join("knot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+    rundir: "{dir}"
+    listen: 127.0.0.1@{port}
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{dir}"
+key:
+  - id: sec-knot
+    algorithm: hmac-sha256
+    secret: {SECRET}
+remote:
+  - id: primary
+    address: 127.0.0.1@{primary_port}
+    key: sec-knot
+acl:
+  - id: notify_from_primary
+    address: 127.0.0.1
+    key: sec-knot
+    action: notify
+template:
+  - id: default
+    storage: "{dir}"
+    file: "%s.zone"
+zone:
+{zone_list}"#,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    Proc::spawn(
+        "knotd",
+        Command::new(knotd).arg("-c").arg(&conf),
+        &dir.join("knot.log"),
+    )
 }
