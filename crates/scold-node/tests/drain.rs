@@ -21,18 +21,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::consortium::{
-    consortium, flood_proxy, start_linked, start_paced_download, ConsortiumNet, Linked,
+    chosen_proxy, consortium, flood_proxy, start_linked, start_paced_download, ConsortiumNet,
+    Linked,
 };
 use common::*;
 use scold_testkit::{must, Net};
-
-/// The proxy the agent's route went up through last, from its log.
-fn chosen_proxy(log: &str) -> Option<String> {
-    log.lines()
-        .rfind(|l| l.contains("indirect route up"))
-        .and_then(|l| l.split("proxy=").nth(1))
-        .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
-}
 
 /// Seconds since midnight (UTC) of a log line's RFC 3339 time stamp
 /// (`2026-01-02T03:04:05.678901Z ...`).
@@ -94,21 +87,7 @@ fn flooded_proxy_drains_its_clients_to_another_proxy() {
     net.wait_phase("diverted", &["p1", "p2"], 40);
     // An application's lookup brings the indirect route up through a proxy of the ALT
     // set.
-    let end = Instant::now() + Duration::from_secs(20);
-    while !net
-        .out("c", "getent hosts www.example.net")
-        .contains("10.4.0.2")
-        || chosen_proxy(&net.log("client")).is_none()
-    {
-        assert!(
-            Instant::now() < end,
-            "no indirect route after the lookup:\n{}",
-            net.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    net.wait_ping();
-    let first = chosen_proxy(&net.log("client")).expect("checked");
+    let first = net.wait_indirect_route();
     let (victim, victim_label, other, spoofed) = match first.as_str() {
         "10.1.0.1" => ("10.1.0.1", "p1", "10.5.0.1", "10.1.0.66"),
         "10.5.0.1" => ("10.5.0.1", "p2", "10.1.0.1", "10.5.0.66"),

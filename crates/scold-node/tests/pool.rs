@@ -11,35 +11,11 @@
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `getent` (libc-bin),
 //! `sha256sum` and a built binary (`cargo build -p scold`, or SCOLD_BIN).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{chosen_proxy, consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::{poll_until, Net};
-
-/// The proxy the agent's route went up through last, from its log.
-fn chosen_proxy(log: &str) -> Option<String> {
-    log.lines()
-        .rfind(|l| l.contains("indirect route up"))
-        .and_then(|l| l.split("proxy=").nth(1))
-        .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
-}
-
-/// `scold ctl ARGS` in k with certificate `cert`: (stdout, stderr, success).
-fn ctl_as(net: &Net, cert: &str, args: &str) -> (String, String, bool) {
-    let certs = net.p("certs");
-    let o = net.scold_cli(
-        "k",
-        &format!(
-            "ctl --coordinator 127.0.0.1:7800 --ca {certs}/ca.crt --cert {certs}/{cert}.crt --key {certs}/{cert}.key --timeout 5 {args}"
-        ),
-    );
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        o.status.success(),
-    )
-}
 
 /// The pool state of `name` as `scold ctl --json proxies` reports it; None if unknown.
 fn pool_of(net: &Net, name: &str) -> Option<String> {
@@ -80,7 +56,7 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
             format!("target add --file {}", mail.display()),
             "target remove web".to_string(),
         ] {
-            let (_, err, ok) = ctl_as(&net, cert, &args);
+            let (_, err, ok) = net.ctl_as(cert, &args);
             assert!(!ok, "{cert} was allowed {args}");
             assert!(
                 err.contains("refused") && err.contains("Role"),
@@ -94,8 +70,7 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
         "broken.toml",
         "name = \"x\"\nfqdn = \"x.example.net.\"\nzoen = 1\n",
     );
-    let (_, err, ok) = ctl_as(
-        &net,
+    let (_, err, ok) = net.ctl_as(
         "operator-admin",
         &format!("target add --file {}", broken.display()),
     );
@@ -104,25 +79,24 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
         "{err}"
     );
     net.ctl(&format!("target add --file {}", mail.display()));
-    let (_, err, ok) = ctl_as(
-        &net,
+    let (_, err, ok) = net.ctl_as(
         "operator-admin",
         &format!("target add --file {}", mail.display()),
     );
     assert!(!ok && err.contains("exists already"), "{err}");
-    let (_, err, ok) = ctl_as(&net, "operator-admin", "target remove web");
+    let (_, err, ok) = net.ctl_as("operator-admin", "target remove web");
     assert!(!ok && err.contains("config file"), "{err}");
     assert_eq!(pool_of(&net, "p1").as_deref(), Some("member"));
 
     // Added at run time: pending, then approved; kept across a coordinator restart.
     net.ctl("proxy add p3 --address 10.5.0.77 --organisation org-p3 --capacity-mbps 500");
     assert_eq!(pool_of(&net, "p3").as_deref(), Some("pending"));
-    let (_, err, ok) = ctl_as(&net, "operator-admin", "proxy add p3 --address 10.5.0.78");
+    let (_, err, ok) = net.ctl_as("operator-admin", "proxy add p3 --address 10.5.0.78");
     assert!(
         !ok && err.contains("already"),
         "a second add with another address: {err}"
     );
-    let (_, err, ok) = ctl_as(&net, "operator-admin", "proxy remove p1");
+    let (_, err, ok) = net.ctl_as("operator-admin", "proxy remove p1");
     assert!(
         !ok && err.contains("config file"),
         "a config-file proxy was removable at run time: {err}"
@@ -149,7 +123,7 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
         "the run-time target did not survive a restart:\n{shown}"
     );
     net.ctl("target remove mail");
-    let (_, err, ok) = ctl_as(&net, "operator-admin", "target show mail");
+    let (_, err, ok) = net.ctl_as("operator-admin", "target show mail");
     assert!(!ok && err.contains("no target mail"), "{err}");
     let events = net.ctl("events --subject mail --limit 10");
     assert!(
@@ -181,21 +155,7 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
     // A client agent's route through one proxy of the ALT set.
     net.ctl("divert web");
     net.wait_phase("diverted", &["p1", "p2"], 40);
-    let end = Instant::now() + Duration::from_secs(20);
-    while !net
-        .out("c", "getent hosts www.example.net")
-        .contains("10.4.0.2")
-        || chosen_proxy(&net.log("client")).is_none()
-    {
-        assert!(
-            Instant::now() < end,
-            "no indirect route after the lookup:\n{}",
-            net.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    net.wait_ping();
-    let first = chosen_proxy(&net.log("client")).expect("checked");
+    let first = net.wait_indirect_route();
     let (used, used_addr, other, other_addr) = match first.as_str() {
         "10.1.0.1" => ("p1", "10.1.0.1", "p2", "10.5.0.1"),
         "10.5.0.1" => ("p2", "10.5.0.1", "p1", "10.1.0.1"),
@@ -218,7 +178,7 @@ fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
     net.fetch("after-drain.bin");
 
     // A config-file proxy goes by deleting its entry and reloading the coordinator.
-    let (_, err, ok) = ctl_as(&net, "operator-admin", &format!("proxy remove {used}"));
+    let (_, err, ok) = net.ctl_as("operator-admin", &format!("proxy remove {used}"));
     assert!(!ok && err.contains("config file"), "{err}");
     let file = net.path("coordinator.toml");
     let text = std::fs::read_to_string(&file).unwrap();

@@ -12,27 +12,11 @@
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `getent` (libc-bin),
 //! `sha256sum` and a built binary (`cargo build -p scold`, or SCOLD_BIN).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::{poll_until, Net, Signal};
-
-/// `scold ctl ARGS` in k as the operator: (stdout, stderr, success).
-fn ctl_try(net: &Net, args: &str) -> (String, String, bool) {
-    let certs = net.p("certs");
-    let o = net.scold_cli(
-        "k",
-        &format!(
-            "ctl --coordinator 127.0.0.1:7800 --ca {certs}/ca.crt --cert {certs}/operator-admin.crt --key {certs}/operator-admin.key --timeout 5 {args}"
-        ),
-    );
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        o.status.success(),
-    )
-}
 
 /// The names of the targets `scold ctl status` lists, with their phases.
 fn targets(net: &Net) -> Vec<(String, String)> {
@@ -71,20 +55,7 @@ fn hangup_until(net: &mut Net, want: &[(&str, &str)]) {
 /// The client's lookup of the target's name sets its route up; then a ping and a fetch
 /// go through it.
 fn client_reaches_the_target(net: &Net, fetch: &str) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !net
-        .out("c", "getent hosts www.example.net")
-        .contains("10.4.0.2")
-        || !net.log("client").contains("indirect route up")
-    {
-        assert!(
-            Instant::now() < end,
-            "no indirect route after the lookup:\n{}",
-            net.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    net.wait_ping();
+    net.wait_indirect_route();
     net.fetch(fetch);
 }
 
@@ -117,7 +88,7 @@ fn target_entries_change_by_reload_as_each_targets_phase_allows() {
     let bad_line =
         head.lines().count() + bad.lines().position(|l| l.starts_with("ttl")).unwrap() + 1;
     write(format!("{head}{bad}{proxies}"));
-    let (_, err, ok) = ctl_try(&net, "reload coordinator");
+    let (_, err, ok) = net.ctl_as("operator-admin", "reload coordinator");
     assert!(
         !ok && err.contains("coordinator.toml") && err.contains(&format!("line {bad_line}")),
         "a broken file was not refused with its line {bad_line}: {err}"
@@ -153,7 +124,7 @@ fn target_entries_change_by_reload_as_each_targets_phase_allows() {
     // Gone from the file in its normal phase: forgotten; back in it: driven again.
     write(format!("{head}{proxies}"));
     hangup_until(&mut net, &[]);
-    let (_, err, ok) = ctl_try(&net, "target show web");
+    let (_, err, ok) = net.ctl_as("operator-admin", "target show web");
     assert!(!ok && err.contains("no target web"), "{err}");
     write(original.clone());
     hangup_until(&mut net, &[("web", "normal")]);

@@ -128,6 +128,15 @@ pub trait ConsortiumNet {
     /// the test unless it succeeds.
     fn ctl(&self, args: &str) -> String;
 
+    /// `scold ctl ARGS` in the control namespace with the certificate `cert` (e.g.
+    /// `operator-admin`): (stdout, stderr, success), for a call that may be refused.
+    fn ctl_as(&self, cert: &str, args: &str) -> (String, String, bool);
+
+    /// The client's lookup of the target's name (repeated for up to 20 s) brings the
+    /// agent's indirect route up and a ping gets through it; the proxy it went up
+    /// through, from the agent's log.
+    fn wait_indirect_route(&self) -> String;
+
     /// The coordinator's status, as `scold ctl --json status` prints it.
     fn status(&self) -> serde_json::Value;
 
@@ -193,20 +202,42 @@ impl ConsortiumNet for Net {
     }
 
     fn ctl(&self, args: &str) -> String {
+        let (out, err, ok) = self.ctl_as("operator-admin", args);
+        assert!(ok, "scold ctl {args} failed: {err}\n{}", self.logs());
+        out
+    }
+
+    fn ctl_as(&self, cert: &str, args: &str) -> (String, String, bool) {
         let certs = self.p("certs");
         let o = self.scold_cli(
             "k",
             &format!(
-                "ctl --coordinator 127.0.0.1:7800 --ca {certs}/ca.crt --cert {certs}/operator-admin.crt --key {certs}/operator-admin.key --timeout 5 {args}"
+                "ctl --coordinator 127.0.0.1:7800 --ca {certs}/ca.crt --cert {certs}/{cert}.crt --key {certs}/{cert}.key --timeout 5 {args}"
             ),
         );
-        assert!(
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
             o.status.success(),
-            "scold ctl {args} failed: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        )
+    }
+
+    fn wait_indirect_route(&self) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !self
+            .out("c", "getent hosts www.example.net")
+            .contains("10.4.0.2")
+            || chosen_proxy(&self.log("client")).is_none()
+        {
+            assert!(
+                Instant::now() < end,
+                "no indirect route after the lookup:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.wait_ping();
+        chosen_proxy(&self.log("client")).expect("checked")
     }
 
     fn status(&self) -> serde_json::Value {
@@ -253,6 +284,14 @@ impl ConsortiumNet for Net {
             up(&s["proxies"], "p1") && up(&s["proxies"], "p2") && up(&s["gateways"], "gw1")
         });
     }
+}
+
+/// The proxy the client agent's route went up through last, from its log.
+pub fn chosen_proxy(log: &str) -> Option<String> {
+    log.lines()
+        .rfind(|l| l.contains("indirect route up"))
+        .and_then(|l| l.split("proxy=").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
 }
 
 /// What [`start_linked`] sets up.
