@@ -19,18 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-const SCOLD: &str = env!("CARGO_BIN_EXE_scold");
-const SECRET: &str = "c2NvbGQtZTJlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk=";
-
-fn scold(args: &[&str]) -> String {
-    let out = Command::new(SCOLD).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "scold {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{scold, SCOLD, SECRET};
 
 /// Records the orders a node gets; answers every one with success. Its [`Hold`] can
 /// keep the first order that matches a pattern from being answered until released, as a

@@ -11,18 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const SCOLD: &str = env!("CARGO_BIN_EXE_scold");
-const SECRET: &str = "c2NvbGQtZTJlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk=";
-
-fn scold(args: &[&str]) -> String {
-    let out = Command::new(SCOLD).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "scold {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{scold, SCOLD, SECRET};
 
 struct Site {
     dir: PathBuf,
