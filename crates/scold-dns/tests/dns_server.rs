@@ -601,21 +601,7 @@ fn metrics_count_answers_and_updates() {
 
 /// The `status:` of every header `dig +comments` prints (one per message).
 fn dig_statuses(port: u16, args: &[&str]) -> (Vec<String>, String) {
-    let bin = require_tool("dig", "bind9-dnsutils");
-    let out = output(
-        Command::new(bin)
-            .args([
-                "+comments",
-                "+time=2",
-                "+tries=1",
-                "-p",
-                &port.to_string(),
-                "@127.0.0.1",
-            ])
-            .args(args),
-    );
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = dig_comments(port, args);
     let st = text
         .lines()
         .filter_map(|l| l.split("status: ").nth(1))

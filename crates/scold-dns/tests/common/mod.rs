@@ -134,6 +134,25 @@ pub fn dig_short(port: u16, name: &str, qtype: &str, extra: &[&str]) -> Vec<Stri
     v
 }
 
+/// What `dig +comments` (header and status lines) prints, stdout then stderr, asking
+/// 127.0.0.1:`port` with `args` (name, type and further options).
+pub fn dig_comments(port: u16, args: &[&str]) -> String {
+    let bin = require_tool("dig", "bind9-dnsutils");
+    let out = output(
+        Command::new(bin)
+            .args([
+                "+comments",
+                "+time=2",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+            ])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// A temporary directory with the standard test zone and a `scold dns` config.
 pub struct DnsSetup {
     pub dir: tempfile::TempDir,
