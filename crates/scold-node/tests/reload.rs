@@ -210,27 +210,6 @@ fn wait_limit(lab: &Net, name: &str, want: f64) {
     );
 }
 
-/// Reads the target's file (port 5001) into `argv[1]`, at most `argv[2]` bytes/s, over
-/// one connection; every wait is bounded by the socket's timeout.
-const PACED_READER: &str = r#"
-import socket, sys, time
-out, rate = sys.argv[1], float(sys.argv[2])
-s = socket.create_connection(("10.3.0.2", 5001), timeout=10)
-s.settimeout(30)
-t0, n = time.monotonic(), 0
-with open(out, "wb") as f:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        f.write(d)
-        n += len(d)
-        ahead = n / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            time.sleep(ahead)
-print(n, flush=True)
-"#;
-
 #[test]
 fn thresholds_change_live_while_a_download_runs_and_a_broken_file_changes_nothing() {
     let mut lab = lab();
@@ -265,6 +244,9 @@ fn thresholds_change_live_while_a_download_runs_and_a_broken_file_changes_nothin
             &reader.display().to_string(),
             &dst.display().to_string(),
             &PACE.to_string(),
+            "10.3.0.2",
+            "5001",
+            "30",
         ],
     );
     let size = || std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);

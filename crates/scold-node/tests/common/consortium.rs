@@ -503,39 +503,20 @@ organisation = "org-p2"
     net.wait_log("client2", "registered with the coordinator", 20);
 }
 
-/// Reads the target's big file (TCP port 8081) into `argv[1]` at most `argv[2]` bytes/s,
-/// so the download lasts long enough for the flood to fall in its middle. Every wait is
-/// bounded by the socket timeout.
-const PACED_READER: &str = r#"
-import socket, sys, time
-out, rate = sys.argv[1], float(sys.argv[2])
-s = socket.create_connection(("10.4.0.2", 8081), timeout=10)
-s.settimeout(60)
-t0, n = time.monotonic(), 0
-with open(out, "wb") as f:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        f.write(d)
-        f.flush()
-        n += len(d)
-        ahead = n / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            time.sleep(ahead)
-"#;
-
 /// Starts a download of the target's big file in the client (label "transfer", paced to
-/// 1.5 MB/s, bounded to 120 s) and waits until 3 MiB have arrived. Returns the file it
+/// 1.5 MB/s so that it lasts long enough for a flood to fall in its middle, bounded to
+/// 120 s) and waits until 3 MiB have arrived. Returns the file it
 /// writes and its size at that moment.
 pub fn start_paced_download(net: &mut Net) -> (PathBuf, u64) {
     let out = net.path("big.out");
-    let reader = net.write("reader.py", PACED_READER);
+    let reader = net.write("reader.py", super::PACED_READER);
     let (outs, readers) = (out.display().to_string(), reader.display().to_string());
     net.spawn(
         "c",
         "transfer",
-        &["timeout", "120", "python3", &readers, &outs, "1500000"],
+        &[
+            "timeout", "120", "python3", &readers, &outs, "1500000", "10.4.0.2", "8081", "60",
+        ],
     );
     let size = |out: &PathBuf| std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     let end = Instant::now() + Duration::from_secs(30);
