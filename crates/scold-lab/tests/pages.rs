@@ -46,23 +46,8 @@ fn the_status_page_shows_the_divert_live_and_the_report_renders() {
     let mut lab = Proc::spawn(
         "scold lab",
         Command::new(scold_bin())
-            .args([
-                "lab",
-                "--reps",
-                "1",
-                "--pings",
-                "5",
-                "--sizes",
-                "250k",
-                "--attack-timeout",
-                "4",
-                "--divert-wait",
-                "10",
-                "--failover-reps",
-                "1",
-                "--quiet",
-                "--out",
-            ])
+            .args(SHORT_RUN)
+            .args(["--failover-reps", "1", "--quiet", "--out"])
             .arg(out.path()),
         &out.path().join("lab.log"),
     );

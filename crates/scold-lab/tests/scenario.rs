@@ -254,24 +254,11 @@ fn run_short_within(extra: &[&str], secs: u64) -> (Results, String) {
     require_root();
     let out = tempfile::tempdir().unwrap();
     let routes_before = host_lab_routes();
-    let mut args: Vec<std::ffi::OsString> = [
-        "lab",
-        "--reps",
-        "1",
-        "--pings",
-        "5",
-        "--sizes",
-        "250k",
-        "--attack-timeout",
-        "4",
-        "--divert-wait",
-        "10",
-        "--quiet",
-        "--out",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let mut args: Vec<std::ffi::OsString> = SHORT_RUN
+        .iter()
+        .chain(&["--quiet", "--out"])
+        .map(Into::into)
+        .collect();
     args.push(out.path().into());
     args.extend(extra.iter().map(Into::into));
     let run = run_lab(&args, secs);

@@ -10,6 +10,22 @@ use std::time::Duration;
 use scold_lab::topology::{NETNS_DIR, NETNS_ETC_DIR};
 use scold_testkit::{scold_bin, wait_for, Proc};
 
+/// The arguments of a short `scold lab` run (one repetition, five pings, one small
+/// transfer, short waits), to which each test adds its own.
+pub const SHORT_RUN: [&str; 11] = [
+    "lab",
+    "--reps",
+    "1",
+    "--pings",
+    "5",
+    "--sizes",
+    "250k",
+    "--attack-timeout",
+    "4",
+    "--divert-wait",
+    "10",
+];
+
 /// Names in `dir` that start with `prefix`.
 pub fn names_in(dir: &str, prefix: &str) -> BTreeSet<String> {
     std::fs::read_dir(dir)
