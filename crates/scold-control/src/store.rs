@@ -137,6 +137,21 @@ pub struct EventRecord {
     pub phase: Option<String>,
 }
 
+impl EventRecord {
+    /// The entry as `scold ctl events` and the status page show it, with its sequence
+    /// number in the log.
+    pub fn into_view(self, seq: u64) -> scold_proto::control::EventView {
+        scold_proto::control::EventView {
+            seq,
+            at_ms: self.at_ms,
+            subject: self.subject,
+            event: self.event,
+            detail: self.detail,
+            phase: self.phase,
+        }
+    }
+}
+
 /// What one durable commit writes.
 #[derive(Default)]
 pub struct Batch<'a> {

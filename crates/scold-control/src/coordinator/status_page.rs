@@ -87,14 +87,7 @@ impl Coordinator {
             .map_err(|e| Refusal::new(RefusalReason::Unavailable, e.to_string()))?
             .into_iter()
             .filter(|(_, e)| shown(&e.subject, &e.event))
-            .map(|(seq, e)| EventView {
-                seq,
-                at_ms: e.at_ms,
-                subject: e.subject,
-                event: e.event,
-                detail: e.detail,
-                phase: e.phase,
-            })
+            .map(|(seq, e)| e.into_view(seq))
             .collect())
     }
 }
