@@ -221,16 +221,7 @@ impl Coordinator {
                 events.push(event(
                     &t.name,
                     "target_added",
-                    format!(
-                        "from the reloaded config file: {} ({}), scheme {}",
-                        t.fqdn,
-                        t.addresses
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        t.scheme
-                    ),
+                    format!("from the reloaded config file: {}", target_summary(t)),
                 ));
             }
             for name in &p.remove {

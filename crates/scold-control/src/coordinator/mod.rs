@@ -123,6 +123,41 @@ pub struct Coordinator {
     file_targets: Mutex<Vec<String>>,
 }
 
+/// The record of a config-file proxy that has never been seen: down, a pool member.
+fn new_file_proxy(name: &str) -> NodeRecord {
+    NodeRecord {
+        role: Role::Proxy,
+        name: name.to_string(),
+        info: NodeInfo::default(),
+        health: Health::Down,
+        last_seen_ms: None,
+        attacked_until_ms: None,
+        pool: Pool::Member,
+        runtime: false,
+    }
+}
+
+/// What a config file's `[[proxy]]` entry says of it into its record.
+fn take_proxy_entry(rec: &mut NodeRecord, p: &ProxyConfig) {
+    rec.info.address = Some(p.address);
+    rec.info.capacity_mbps = Some(p.capacity_mbps);
+    rec.info.organisation = p.organisation.clone();
+}
+
+/// A target as its `target_added` event names it: name, addresses and scheme.
+fn target_summary(t: &TargetConfig) -> String {
+    format!(
+        "{} ({}), scheme {}",
+        t.fqdn,
+        t.addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        t.scheme
+    )
+}
+
 fn event(subject: &str, event: &str, detail: impl Into<String>) -> EventRecord {
     EventRecord {
         at_ms: now_ms(),
@@ -179,19 +214,8 @@ impl Coordinator {
             .collect();
         for p in &cfg.proxies {
             let key = NodeRecord::key(Role::Proxy, &p.name);
-            let rec = nodes.entry(key).or_insert_with(|| NodeRecord {
-                role: Role::Proxy,
-                name: p.name.clone(),
-                info: NodeInfo::default(),
-                health: Health::Down,
-                last_seen_ms: None,
-                attacked_until_ms: None,
-                pool: Pool::Member,
-                runtime: false,
-            });
-            rec.info.address = Some(p.address);
-            rec.info.capacity_mbps = Some(p.capacity_mbps);
-            rec.info.organisation = p.organisation.clone();
+            let rec = nodes.entry(key).or_insert_with(|| new_file_proxy(&p.name));
+            take_proxy_entry(rec, p);
         }
         let mut target_cfgs: HashMap<String, Arc<TargetConfig>> = cfg
             .targets

@@ -460,20 +460,12 @@ impl Coordinator {
             let mut world = self.lock();
             for p in &proxies {
                 let key = proxy_key(&p.name);
-                let rec = world.nodes.entry(key).or_insert_with(|| NodeRecord {
-                    role: Role::Proxy,
-                    name: p.name.clone(),
-                    info: NodeInfo::default(),
-                    health: Health::Down,
-                    last_seen_ms: None,
-                    attacked_until_ms: None,
-                    pool: Pool::Member,
-                    runtime: false,
-                });
+                let rec = world
+                    .nodes
+                    .entry(key)
+                    .or_insert_with(|| new_file_proxy(&p.name));
                 let before = rec.clone();
-                rec.info.address = Some(p.address);
-                rec.info.capacity_mbps = Some(p.capacity_mbps);
-                rec.info.organisation = p.organisation.clone();
+                take_proxy_entry(rec, p);
                 // The file is the consortium's word: an entry in it is no run-time record.
                 rec.runtime = false;
                 if *rec != before {
@@ -653,16 +645,7 @@ impl Coordinator {
             events: vec![event(
                 &name,
                 "target_added",
-                format!(
-                    "by {by}: {} ({}), scheme {}",
-                    t.fqdn,
-                    t.addresses
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    t.scheme
-                ),
+                format!("by {by}: {}", target_summary(&t)),
             )],
             ..Default::default()
         })
