@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{client_asks_agent, consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::Net;
 
 /// `hold SRCS DST N SECS`: opens N plain TLS connections (no preamble, as an old
@@ -180,15 +180,13 @@ fn under_load_one_shot_sources_get_cookies_and_the_agent_is_still_admitted() {
             ("python3", "python3"),
         ],
     );
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
+    client_asks_agent(&mut net);
     start_linked(
         &mut net,
         &Linked {
-            scheme: "4.1",
-            proxy_extra: None,
-            site2_push: false,
             // The holders' connections stay "not yet admitted" for the whole test.
             admission_extra: "cookie_after = 8\nhello_timeout_secs = 60\n",
+            ..Linked::SCHEME_41
         },
     );
     let www = net.path("www");
@@ -421,10 +419,9 @@ fn an_admission_burst_is_not_a_link_flood_but_a_flood_still_is() {
     start_linked(
         &mut net,
         &Linked {
-            scheme: "4.1",
             proxy_extra: Some(("p1", defence)),
-            site2_push: false,
             admission_extra: "cookie_after = 0\n",
+            ..Linked::SCHEME_41
         },
     );
     let s = net.suffix().to_string();

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{client_asks_agent, consortium, start_linked, ConsortiumNet, Linked};
 
 /// Opens up to `argv[3]` TLS connections from `argv[1]` to `argv[2]`:5443 (no
 /// certificate check: it is the attacker), holds them `argv[4]` seconds, closes them.
@@ -62,17 +62,15 @@ fn one_host_holding_idle_connections_does_not_block_admission() {
             ("python3", "python3"),
         ],
     );
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
+    client_asks_agent(&mut net);
     // Self-defence as in the drain test: 1500 packets/s for a second on the link from
     // the client site is an attack; the CPU is left out (the test machine's load is not).
     let defence = "[selfdefence]\ninterface = \"{client_link}\"\nrx_pps_max = 1500.0\nsustain_ms = 1000\nrecover_ms = 3000\ncpu_busy_max = 2.0\ninterval_ms = 200\n";
     start_linked(
         &mut net,
         &Linked {
-            scheme: "4.1",
             proxy_extra: Some(("*", defence)),
-            site2_push: false,
-            admission_extra: "",
+            ..Linked::SCHEME_41
         },
     );
     let www = net.path("www");

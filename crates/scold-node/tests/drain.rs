@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::consortium::{
-    chosen_proxy, consortium, flood_proxy, start_linked, start_paced_download, ConsortiumNet,
-    Linked,
+    chosen_proxy, client_asks_agent, consortium, flood_proxy, start_linked, start_paced_download,
+    ConsortiumNet, Linked,
 };
 use common::*;
 use scold_testkit::{must, Net};
@@ -55,7 +55,7 @@ fn flooded_proxy_drains_its_clients_to_another_proxy() {
             ("hping3", "hping3"),
         ],
     );
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
+    client_asks_agent(&mut net);
     // Self-defence on both proxies watches the link from the client site: 1500 packets/s
     // for a second is an attack. The download's acknowledgements (a few hundred
     // packets/s at its pace) and the agent's probes stay far below that; cpu_busy_max
@@ -64,10 +64,8 @@ fn flooded_proxy_drains_its_clients_to_another_proxy() {
     start_linked(
         &mut net,
         &Linked {
-            scheme: "4.1",
             proxy_extra: Some(("*", defence)),
-            site2_push: false,
-            admission_extra: "",
+            ..Linked::SCHEME_41
         },
     );
     // 12 MiB at 1.5 MB/s: about 8 s.

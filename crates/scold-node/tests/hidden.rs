@@ -10,7 +10,7 @@
 //! `getent` (libc-bin), `sha256sum`, `timeout` (coreutils) and a built binary.
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{client_asks_agent, consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::Net;
 
 /// The gateway's tunnel end point and its address towards the scanner.
@@ -73,16 +73,8 @@ fn a_scan_finds_no_sign_of_the_gateway_before_during_and_after_a_divert() {
     // interface, as anyone on the internet could reach it.
     net.link("r", "g", Some("10.66.0.1/24"), Some("10.66.0.2/24"));
     net.route("r", &format!("{TUNNEL}/32 via {OUTSIDE}"));
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
-    start_linked(
-        &mut net,
-        &Linked {
-            scheme: "4.1",
-            proxy_extra: None,
-            site2_push: false,
-            admission_extra: "",
-        },
-    );
+    client_asks_agent(&mut net);
+    start_linked(&mut net, &Linked::SCHEME_41);
     let pcap = net.p("scanner.pcap");
     let dev = net.dev("rg");
     net.spawn(

@@ -14,7 +14,9 @@
 use std::time::Duration;
 
 mod common;
-use common::consortium::{chosen_proxy, consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{
+    chosen_proxy, client_asks_agent, consortium, start_linked, ConsortiumNet, Linked,
+};
 use scold_testkit::{poll_until, Net};
 
 /// The pool state of `name` as `scold ctl --json proxies` reports it; None if unknown.
@@ -31,16 +33,8 @@ fn pool_of(net: &Net, name: &str) -> Option<String> {
 #[test]
 fn the_pool_changes_at_run_time_and_a_drain_moves_clients_before_removal() {
     let mut net: Net = consortium(true, &[("getent", "libc-bin")]);
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
-    start_linked(
-        &mut net,
-        &Linked {
-            scheme: "4.1",
-            proxy_extra: None,
-            site2_push: false,
-            admission_extra: "",
-        },
-    );
+    client_asks_agent(&mut net);
+    start_linked(&mut net, &Linked::SCHEME_41);
 
     // Only an operator changes the pool and the targets.
     let mail = net.write(

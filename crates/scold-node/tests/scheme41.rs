@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{client_asks_agent, consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::Net;
 
 /// The icmp_seq numbers that got a reply, from ping's output.
@@ -56,16 +56,8 @@ fn divert_failover_and_restore_with_the_client_agent() {
         ],
     );
     // The client host's applications ask the agent.
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
-    start_linked(
-        &mut net,
-        &Linked {
-            scheme: "4.1",
-            proxy_extra: None,
-            site2_push: false,
-            admission_extra: "",
-        },
-    );
+    client_asks_agent(&mut net);
+    start_linked(&mut net, &Linked::SCHEME_41);
     let www = net.path("www");
     std::fs::create_dir_all(&www).expect("mkdir www");
     std::fs::write(www.join("index.html"), "scold-target-page\n").expect("index");

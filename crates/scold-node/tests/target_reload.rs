@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 mod common;
-use common::consortium::{consortium, start_linked, ConsortiumNet, Linked};
+use common::consortium::{client_asks_agent, consortium, start_linked, ConsortiumNet, Linked};
 use scold_testkit::{poll_until, Net, Signal};
 
 /// The names of the targets `scold ctl status` lists, with their phases.
@@ -62,16 +62,8 @@ fn client_reaches_the_target(net: &Net, fetch: &str) {
 #[test]
 fn target_entries_change_by_reload_as_each_targets_phase_allows() {
     let mut net: Net = consortium(true, &[("getent", "libc-bin")]);
-    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
-    start_linked(
-        &mut net,
-        &Linked {
-            scheme: "4.1",
-            proxy_extra: None,
-            site2_push: false,
-            admission_extra: "",
-        },
-    );
+    client_asks_agent(&mut net);
+    start_linked(&mut net, &Linked::SCHEME_41);
     let file = net.path("coordinator.toml");
     let original = std::fs::read_to_string(&file).unwrap();
     let (head, rest) = original.split_at(original.find("[[target]]").expect("a target"));

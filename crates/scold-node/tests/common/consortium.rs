@@ -310,6 +310,22 @@ pub struct Linked<'a> {
     pub admission_extra: &'a str,
 }
 
+impl Linked<'static> {
+    /// Scheme 4.1 with nothing added to the proxies' configs and no second push site.
+    pub const SCHEME_41: Linked<'static> = Linked {
+        scheme: "4.1",
+        proxy_extra: None,
+        site2_push: false,
+        admission_extra: "",
+    };
+}
+
+/// The client host's applications look names up through the client agent's stub
+/// resolver (127.0.0.53), one try of at most 5 s.
+pub fn client_asks_agent(net: &mut Net) {
+    net.resolv_conf("c", "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n");
+}
+
 /// The secrets of the TSIG key the coordinator updates TargetDNS with, and of the
 /// proxies' NOTIFY to the client site's resolver.
 pub const SECRET: &str = "c2NvbGQtY29udHJvbC10ZXN0LXNlY3JldC0wMTIzNDU=";
