@@ -28,7 +28,6 @@
 //! ```
 
 use scold_pki::{Ca, CaInit};
-use scold_tunnel::keys;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -50,12 +49,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const ZONE: &str = "site.example";
 const TSIG_SECRET: &str = "c2NvbGQtY2xpZW50LWFnZW50LXRlc3Qta2V5LTAwMDE=";
-
-fn keypair() -> (String, String) {
-    let private = keys::generate_private().expect("key");
-    let public = keys::public_of(&private).expect("public");
-    (private, public)
-}
 
 /// The topology drawn at the top of this file.
 fn lab() -> Net {

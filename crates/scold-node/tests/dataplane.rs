@@ -5,7 +5,6 @@
 //! Needs root, `ip` (iproute2), `ping` (iputils-ping), `socat`, `tcpdump`, `sha256sum`
 //! and a built binary (`cargo build -p scold`, or SCOLD_BIN=/path/to/scold).
 
-use scold_tunnel::keys;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,12 +63,6 @@ struct Keys {
     client: (String, String),
     proxy: (String, String),
     gateway: (String, String),
-}
-
-fn keypair() -> (String, String) {
-    let private = keys::generate_private().expect("key");
-    let public = keys::public_of(&private).expect("public");
-    (private, public)
 }
 
 fn keys3() -> Keys {

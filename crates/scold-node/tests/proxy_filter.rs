@@ -15,7 +15,6 @@
 //! or SCOLD_BIN=/path/to/scold).
 
 use scold_testkit::{must, poll_until, Net};
-use scold_tunnel::keys;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -115,27 +114,12 @@ fn blocked_in_nft(lab: &Net) -> String {
     String::from_utf8_lossy(&lab.exec("p", "nft list set inet scold blocked4").stdout).into_owned()
 }
 
-fn keypair() -> (String, String) {
-    let private = keys::generate_private().expect("key");
-    let public = keys::public_of(&private).expect("public");
-    (private, public)
-}
-
 /// Gateway, proxy and client configs: clients on udp tunnels, proxy to gateway over
 /// WireGuard, the proxy's filter on its public link with small limits.
 fn write_configs(lab: &Net, filter: bool) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let (proxy_key, proxy_pub) = keypair();
     let (gw_key, gw_pub) = keypair();
-    let gw = lab.write(
-        "gateway.toml",
-        &format!(
-            "lan_interface = \"{}\"\ntun_name = \"sg{}\"\n\
-             [tunnel]\nencap = \"wireguard\"\nlisten = \"0.0.0.0:51820\"\nprivate_key = \"{gw_key}\"\n\
-             [[peers]]\nname = \"proxy-1\"\naddress = \"10.2.0.1\"\nencap = \"wireguard\"\npublic_key = \"{proxy_pub}\"\n",
-            lab.dev("gt"),
-            lab.suffix(),
-        ),
-    );
+    let gw = wireguard_gateway(lab, &gw_key, &proxy_pub);
     let filter_section = if filter {
         format!(
             "[control]\nmetrics = \"127.0.0.1:9901\"\n\

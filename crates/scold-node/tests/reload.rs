@@ -14,7 +14,6 @@
 //! binary (`cargo build -p scold`, or SCOLD_BIN=/path/to/scold).
 
 use scold_testkit::{poll_until, Net, Signal};
-use scold_tunnel::keys;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -47,12 +46,6 @@ fn lab() -> Net {
     lab.link("g", "t", Some("10.3.0.1/24"), Some("10.3.0.2/24"));
     lab.route("t", "default via 10.3.0.1");
     lab
-}
-
-fn keypair() -> (String, String) {
-    let private = keys::generate_private().expect("key");
-    let public = keys::public_of(&private).expect("public");
-    (private, public)
 }
 
 /// The proxy's config, with the filter's `udp_pps` and the tunnel's `outer_mtu` as
@@ -108,16 +101,7 @@ fn start(lab: &mut Net) -> (PathBuf, ProxyText) {
     );
     let (proxy_key, proxy_pub) = keypair();
     let (gw_key, gw_pub) = keypair();
-    let gw = lab.write(
-        "gateway.toml",
-        &format!(
-            "lan_interface = \"{}\"\ntun_name = \"sg{}\"\n\
-             [tunnel]\nencap = \"wireguard\"\nlisten = \"0.0.0.0:51820\"\nprivate_key = \"{gw_key}\"\n\
-             [[peers]]\nname = \"proxy-1\"\naddress = \"10.2.0.1\"\nencap = \"wireguard\"\npublic_key = \"{proxy_pub}\"\n",
-            lab.dev("gt"),
-            lab.suffix(),
-        ),
-    );
+    let gw = wireguard_gateway(lab, &gw_key, &proxy_pub);
     let text = ProxyText {
         key: proxy_key,
         gw_pub,

@@ -43,3 +43,30 @@ with open(out, "wb") as f:
             time.sleep(ahead)
 print(n, flush=True)
 "#;
+
+/// A fresh WireGuard key pair (private, public), base64.
+pub fn keypair() -> (String, String) {
+    let private = scold_tunnel::keys::generate_private().expect("key");
+    let public = scold_tunnel::keys::public_of(&private).expect("public");
+    (private, public)
+}
+
+/// `gateway.toml` of the gateway in namespace g behind one proxy (proxy-1 at 10.2.0.1)
+/// over WireGuard, its LAN on the device `gt`: the small labs with one proxy, one
+/// gateway and the target t behind it.
+pub fn wireguard_gateway(
+    lab: &scold_testkit::Net,
+    gw_key: &str,
+    proxy_pub: &str,
+) -> std::path::PathBuf {
+    lab.write(
+        "gateway.toml",
+        &format!(
+            "lan_interface = \"{}\"\ntun_name = \"sg{}\"\n\
+             [tunnel]\nencap = \"wireguard\"\nlisten = \"0.0.0.0:51820\"\nprivate_key = \"{gw_key}\"\n\
+             [[peers]]\nname = \"proxy-1\"\naddress = \"10.2.0.1\"\nencap = \"wireguard\"\npublic_key = \"{proxy_pub}\"\n",
+            lab.dev("gt"),
+            lab.suffix(),
+        ),
+    )
+}
