@@ -44,24 +44,6 @@ fn primary(extra: &str) -> DnsSetup {
     s
 }
 
-/// `dig` against 127.0.0.1:`port`, stdout and stderr together.
-fn dig(port: u16, args: &[&str]) -> String {
-    let bin = require_tool("dig", "bind9-dnsutils");
-    let out = output(
-        Command::new(bin)
-            .args([
-                "+comments",
-                "+time=2",
-                "+tries=1",
-                "-p",
-                &port.to_string(),
-                "@127.0.0.1",
-            ])
-            .args(args),
-    );
-    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-}
-
 /// The ALT records of www at 127.0.0.1:`port`, as `dig +short` prints them.
 fn alt_at(port: u16) -> Vec<String> {
     dig_short(port, "www.example.com", "TYPE65280", &["+norec"])
@@ -327,7 +309,7 @@ fn transfers_need_a_secondarys_key() {
         for t in ["AXFR", "IXFR=0"] {
             let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
             a.extend(["example.com", t]);
-            let text = dig(s.port, &a);
+            let text = dig_comments(s.port, &a);
             assert_eq!(statuses(&text), vec![want], "{t} with {what}:\n{text}");
             assert!(
                 records(&text).is_empty(),
@@ -338,7 +320,7 @@ fn transfers_need_a_secondarys_key() {
 
     // Signed with the secondary's key: the whole zone, in several verified messages.
     let sec1 = spec("sec1", SECRET);
-    let text = dig(s.port, &["-y", &sec1, "example.com", "AXFR"]);
+    let text = dig_comments(s.port, &["-y", &sec1, "example.com", "AXFR"]);
     let rrs = records(&text);
     assert!(
         !text.contains("Couldn't verify") && !text.contains("failed") && !text.contains("failure"),
@@ -392,7 +374,7 @@ fn transfers_need_a_secondarys_key() {
         let mut a = vec!["-y", sec1.as_str()];
         a.extend_from_slice(extra);
         a.extend(["example.com", "IXFR=1"]);
-        dig(p, &a)
+        dig_comments(p, &a)
     };
     let check_incremental = |text: &str| {
         let rrs = records(text);
@@ -410,7 +392,7 @@ fn transfers_need_a_secondarys_key() {
     assert!(rrs[0].contains("SOA") && rrs[0].contains(" 2 "), "{text}");
     // Up to date: the SOA alone.
     let mut a = vec!["-y", sec1.as_str(), "+tcp", "example.com", "IXFR=2"];
-    let text = dig(s.port, &a);
+    let text = dig_comments(s.port, &a);
     assert_eq!(records(&text).len(), 1, "{text}");
 
     // After a restart the journal still gives the difference; from a serial it does
@@ -419,7 +401,7 @@ fn transfers_need_a_secondarys_key() {
     let _p = s.start("p2");
     check_incremental(&ixfr(s.port, &["+tcp"]));
     a[4] = "IXFR=0";
-    let text = dig(s.port, &a);
+    let text = dig_comments(s.port, &a);
     assert_eq!(records(&text).len(), zone_rrs, "{text}");
 }
 
