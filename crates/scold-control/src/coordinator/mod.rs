@@ -123,10 +123,11 @@ pub struct Coordinator {
     file_targets: Mutex<Vec<String>>,
 }
 
-/// The record of a config-file proxy that has never been seen: down, a pool member.
-fn new_file_proxy(name: &str) -> NodeRecord {
+/// The record of a node that has never been seen (a config-file proxy, or one that
+/// connects for the first time): down, a pool member.
+fn unseen_node(role: Role, name: &str) -> NodeRecord {
     NodeRecord {
-        role: Role::Proxy,
+        role,
         name: name.to_string(),
         info: NodeInfo::default(),
         health: Health::Down,
@@ -214,7 +215,9 @@ impl Coordinator {
             .collect();
         for p in &cfg.proxies {
             let key = NodeRecord::key(Role::Proxy, &p.name);
-            let rec = nodes.entry(key).or_insert_with(|| new_file_proxy(&p.name));
+            let rec = nodes
+                .entry(key)
+                .or_insert_with(|| unseen_node(Role::Proxy, &p.name));
             take_proxy_entry(rec, p);
         }
         let mut target_cfgs: HashMap<String, Arc<TargetConfig>> = cfg
@@ -1105,16 +1108,7 @@ impl Coordinator {
         let rec = world
             .nodes
             .entry(key.clone())
-            .or_insert_with(|| NodeRecord {
-                role: peer.role,
-                name: peer.name.clone(),
-                info: NodeInfo::default(),
-                health: Health::Down,
-                last_seen_ms: None,
-                attacked_until_ms: None,
-                pool: Pool::Member,
-                runtime: false,
-            });
+            .or_insert_with(|| unseen_node(peer.role, &peer.name));
         let before = (rec.info.clone(), rec.health);
         let tunnel_changed = rec.info.tunnel != info.tunnel;
         rec.info = NodeInfo {

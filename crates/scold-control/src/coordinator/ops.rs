@@ -463,7 +463,7 @@ impl Coordinator {
                 let rec = world
                     .nodes
                     .entry(key)
-                    .or_insert_with(|| new_file_proxy(&p.name));
+                    .or_insert_with(|| unseen_node(Role::Proxy, &p.name));
                 let before = rec.clone();
                 take_proxy_entry(rec, p);
                 // The file is the consortium's word: an entry in it is no run-time record.
