@@ -45,5 +45,8 @@ pub mod zone;
 pub mod zonefile;
 pub mod zonereload;
 
+#[cfg(test)]
+mod testutil;
+
 pub use tsig::{TsigAlgorithm, TsigKey};
 pub use updater::{send_notify, UpdateError, Updater};

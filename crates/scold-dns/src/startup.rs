@@ -451,11 +451,7 @@ mod tests {
     use crate::journal::{Journal, Tail};
     use crate::rrl::RrlConfig;
     use crate::server::Shared;
-    use crate::wire::name_key;
-    use crate::zone::RRset;
-    use hickory_proto::rr::Name;
-
-    const ALT: u16 = 65280;
+    use crate::testutil::{cs, key, ALT};
 
     fn zone_text(origin: &str, serial: u32, extra: &str) -> String {
         format!("$ORIGIN {origin}\n$TTL 60\n@ SOA ns1 h {serial} 3600 900 604800 60\n@ NS ns1\nns1 A 192.0.2.53\n{extra}")
@@ -515,27 +511,6 @@ mod tests {
                 .filter(|(n, _)| n.starts_with(&format!("dns.journal.{kind}-")))
                 .map(|(_, b)| b)
                 .collect()
-        }
-    }
-
-    fn key(name: &str) -> Vec<u8> {
-        name_key(&Name::from_ascii(name).unwrap())
-    }
-
-    /// An update of `www.<zone>` ALT to 10.0.0.<serial>, from `serial - 1`.
-    fn cs(zone: &str, serial: u32) -> ChangeSet {
-        ChangeSet {
-            zone: key(zone),
-            prev_serial: serial - 1,
-            serial,
-            changes: vec![Change {
-                name: key(&format!("www.{zone}")),
-                rtype: ALT,
-                set: Some(RRset {
-                    ttl: 30,
-                    rdatas: vec![vec![10, 0, 0, serial as u8]],
-                }),
-            }],
         }
     }
 

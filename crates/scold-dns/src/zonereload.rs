@@ -550,34 +550,10 @@ fn rewrite(
 mod tests {
     use super::*;
     use crate::rrl::RrlConfig;
-    use crate::update::Change;
-    use hickory_proto::rr::Name;
-
-    const ALT: u16 = 65280;
-
-    fn key(name: &str) -> Vec<u8> {
-        name_key(&Name::from_ascii(name).unwrap())
-    }
+    use crate::testutil::{cs, key, ALT};
 
     fn zone_text(origin: &str, serial: u32) -> String {
         format!("$ORIGIN {origin}\n$TTL 60\n@ SOA ns1 h {serial} 3600 900 604800 60\n@ NS ns1\nns1 A 192.0.2.53\n")
-    }
-
-    /// An update of `www.<zone>` ALT to 10.0.0.<serial>, from `serial - 1`.
-    fn cs(zone: &str, serial: u32) -> ChangeSet {
-        ChangeSet {
-            zone: key(zone),
-            prev_serial: serial - 1,
-            serial,
-            changes: vec![Change {
-                name: key(&format!("www.{zone}")),
-                rtype: ALT,
-                set: Some(RRset {
-                    ttl: 30,
-                    rdatas: vec![vec![10, 0, 0, serial as u8]],
-                }),
-            }],
-        }
     }
 
     struct Setup {
