@@ -159,23 +159,27 @@ pub enum ProxyCommand {
     Remove { name: String },
 }
 
-fn fmt_time(ms: u64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    let secs = ms / 1000;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let days = secs / 86400;
-    // Civil date from days since the epoch (proleptic Gregorian).
-    let z = days as i64 + 719_468;
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01 (Howard
+/// Hinnant's algorithm), for the times `scold ctl` and the lab's report print.
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn fmt_time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let (y, mo, d) = civil_date((secs / 86400) as i64);
     format!(
         "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}.{:03}Z",
         ms % 1000
