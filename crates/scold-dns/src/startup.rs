@@ -449,9 +449,8 @@ pub fn apply(plan: LoadPlan) -> Result<(Vec<ZoneData>, Vec<History>, Journal), S
 mod tests {
     use super::*;
     use crate::journal::{Journal, Tail};
-    use crate::rrl::RrlConfig;
     use crate::server::Shared;
-    use crate::testutil::{cs, key, ALT};
+    use crate::testutil::{config, cs, key, ALT};
 
     fn zone_text(origin: &str, serial: u32, extra: &str) -> String {
         format!("$ORIGIN {origin}\n$TTL 60\n@ SOA ns1 h {serial} 3600 900 604800 60\n@ NS ns1\nns1 A 192.0.2.53\n{extra}")
@@ -471,19 +470,7 @@ mod tests {
                 std::fs::write(&file, zone_text(name, *serial, "")).unwrap();
                 zs.push((name.to_string(), file));
             }
-            let cfg = DnsConfig {
-                listen: vec!["127.0.0.1:53".parse().unwrap()],
-                alt_type: ALT,
-                journal: dir.path().join("dns.journal"),
-                udp_workers: 1,
-                tcp_max_connections: 1,
-                tcp_idle_timeout_secs: 1,
-                zones: zs,
-                keys: Vec::new(),
-                secondaries: Vec::new(),
-                rrl: RrlConfig::default(),
-                metrics: None,
-            };
+            let cfg = config(dir.path(), zs);
             Setup { dir, cfg }
         }
 

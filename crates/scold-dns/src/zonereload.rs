@@ -549,8 +549,7 @@ fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rrl::RrlConfig;
-    use crate::testutil::{cs, key, ALT};
+    use crate::testutil::{config, cs, key, ALT};
 
     fn zone_text(origin: &str, serial: u32) -> String {
         format!("$ORIGIN {origin}\n$TTL 60\n@ SOA ns1 h {serial} 3600 900 604800 60\n@ NS ns1\nns1 A 192.0.2.53\n")
@@ -571,19 +570,7 @@ mod tests {
             std::fs::write(&file, zone_text(name, serial)).unwrap();
             zones.push((name.to_string(), file));
         }
-        let cfg = DnsConfig {
-            listen: vec!["127.0.0.1:53".parse().unwrap()],
-            alt_type: ALT,
-            journal: dir.path().join("dns.journal"),
-            udp_workers: 1,
-            tcp_max_connections: 1,
-            tcp_idle_timeout_secs: 1,
-            zones,
-            keys: Vec::new(),
-            secondaries: Vec::new(),
-            rrl: RrlConfig::default(),
-            metrics: None,
-        };
+        let cfg = config(dir.path(), zones);
         let (mut j, _) = Journal::open(&cfg.journal).unwrap();
         for e in entries {
             j.append(e).unwrap();
