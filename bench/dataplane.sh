@@ -16,6 +16,11 @@
 # For each: TCP throughput (iperf3, one stream, with its retransmissions), the CPU the
 # relaying process(es) used during it, and request/response round-trip time (1-byte TCP
 # ping-pong). Prints a table and the ratios the project aims at.
+# Packets per second: small UDP datagrams (64-byte payloads, iperf3 -u -b 0, two flows)
+# through kernel forwarding, the scold udp path, and the scold udp path with the proxy's
+# filter on (its per-source limits set above the test's rate, so what is measured is the
+# filter's cost, not its drops): packets sent and received per second, and received
+# packets per engine core.
 #
 # CPU is read from /proc (utime+stime, with reaped children) over the throughput run, in
 # cores (1.0 = one core busy for the whole run). "relay": haproxy, socat, scold's NAT
@@ -137,6 +142,19 @@ measure() { # name ns host port_iperf port_rr
   RELAY=(); ENGINES=()
 }
 
+PPS=()
+measure_pps() { # name ns host port: 64-byte UDP payloads, two flows, for DUR seconds
+  local name=$1 ns=$2 host=$3 p=$4 out sent recv r0 r1 t0 t1 cores
+  r0=$(ticks "${RELAY[@]:-}"); t0=$(date +%s.%N)
+  out=$(nsx "$ns" timeout $((DUR + 20)) iperf3 -c "$host" -p "$p" -u -l 64 -b 0 -P 2 -t "$DUR" -J 2>/dev/null \
+        | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]; s=e["sum_sent"]; r=e["sum_received"]; print("%.0f %.0f" % (s["packets"]/s["seconds"], r["bytes"]/64/r["seconds"]))' || echo "0 0")
+  r1=$(ticks "${RELAY[@]:-}"); t1=$(date +%s.%N)
+  read -r sent recv <<<"$out"
+  cores=$(python3 -c "print('%.2f' % (($r1 - $r0) / $HZ / ($t1 - $t0)) if ${#RELAY[@]} else '-')")
+  PPS+=("$name $sent $recv $cores")
+  printf '%-16s pps: sent %9s/s received %9s/s  engines %5s cores\n' "$name" "$sent" "$recv" "$cores" >&2
+}
+
 # Servers on the target (and one on the proxy for the direct path).
 bg t iperf-t iperf3 -s -B 10.4.0.2 -p 5201
 bg t rr-t python3 "$W/rr.py" server 10.4.0.2 7001
@@ -155,6 +173,7 @@ ip -n g$S route add 10.1.0.0/24 via 10.2.0.1
 ip -n t$S route add 10.1.0.0/24 via 10.3.0.1
 ip -n t$S route add 10.2.0.0/24 via 10.3.0.1
 measure kernel-fwd c 10.4.0.2 5201 7001
+measure_pps kernel-fwd c 10.4.0.2 5201
 cat >"$W/haproxy.cfg" <<EOH
 global
   nbthread 1
@@ -193,10 +212,12 @@ tun() { local e=$1 l=$2 k=$3; echo "[tunnel]"; echo "encap = \"$e\""; echo "list
 peer() { local name=$1 a=$2 port=$3 e=$4 pub=$5; echo "[[peers]]"; echo "name = \"$name\""; echo "address = \"$a\""; echo "encap = \"$e\"";
   [ -n "$port" ] && [ "$e" != ipip ] && echo "port = $port"; [ "$e" = wireguard ] && echo "public_key = \"$pub\""; true; }
 
-run_scold() { # encap nat(0/1)
-  local e=$1 nat=$2
+run_scold() { # encap nat(0/1) [filter]
+  local e=$1 nat=$2 filter=${3:-}
   { echo "lan_interface = \"gt$S\""; tun "$e" 0.0.0.0:51820 "$KG"; peer proxy 10.2.0.1 "" "$e" "$KPP"; } >"$W/g.toml"
-  { tun "$e" 0.0.0.0:51820 "$KP"; peer gw 10.2.0.2 51820 "$e" "$KGP"
+  { tun "$e" 0.0.0.0:51820 "$KP"
+    [ -n "$filter" ] && printf '[filter]\ninterface = "pc%s"\npps = 1e9\nbytes_per_s = 1e12\nudp_pps = 1e9\nnew_source_pps = 0\n' "$S"
+    peer gw 10.2.0.2 51820 "$e" "$KGP"
     printf '[[routes]]\ndestination = "10.4.0.2/32"\nvia = { peer = "gw" }\n'
     printf '[[sessions]]\nclient = "10.1.0.2"\nencap = "%s"\ntargets = ["10.4.0.2/32"]\n' "$e"
     [ "$e" = wireguard ] && echo "public_key = \"$KCP\""
@@ -220,8 +241,16 @@ for e in udp ipip wireguard; do
   run_scold $e 0
   RELAY=("$PID_C:scold-engine" "$PID_P:scold-engine" "$PID_G:scold-engine")
   measure scold-$e c 10.4.0.2 5201 7001
+  if [ "$e" = udp ]; then
+    RELAY=("$PID_C:scold-engine" "$PID_P:scold-engine" "$PID_G:scold-engine")
+    measure_pps scold-udp c 10.4.0.2 5201
+  fi
   stop_all
 done
+run_scold udp 0 filter
+RELAY=("$PID_C:scold-engine" "$PID_P:scold-engine" "$PID_G:scold-engine")
+measure_pps scold-udp+filter c 10.4.0.2 5201
+stop_all
 run_scold udp 1
 RELAY=("$PID_P:-scold-engine"); ENGINES=("$PID_P:scold-engine" "$PID_G:scold-engine")
 measure scold-nat c 10.1.0.1 5501 7501
@@ -260,6 +289,17 @@ if command -v wireguard-go >/dev/null && command -v wg >/dev/null; then
 else
   echo "wireguard-go or wg missing: apt-get install --no-install-recommends wireguard-go wireguard-tools; skipping that peer" >&2
 fi
+
+printf '\n%-18s %12s %12s %8s %14s\n' "pps (64 B UDP)" "sent/s" "received/s" engines "Mpps/engine-core"
+for r in "${PPS[@]}"; do set -- $r
+  per=$(python3 -c "import sys; r, c = sys.argv[1:]; print('%.2f' % (float(r) / 1e6 / float(c)) if c not in ('-', '0.00') else '-')" "$3" "$4")
+  printf '%-18s %12s %12s %8s %14s\n' "$1" "$2" "$3" "$4" "$per"; done
+python3 - "${PPS[@]}" <<'EOP'
+import sys
+r = {a.split()[0]: float(a.split()[2]) for a in sys.argv[1:]}
+k = r.get("kernel-fwd") or 1
+print("received packets/s vs kernel forwarding: " + ", ".join("%s %.2f" % (n, v / k) for n, v in r.items() if n != "kernel-fwd"))
+EOP
 
 printf '\n%-16s %10s %6s %8s %9s %8s %8s\n' path "Gbit/s" retr "RTT us" "relay" "Gb/core" engines
 for r in "${RESULTS[@]}"; do set -- $r
