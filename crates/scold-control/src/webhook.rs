@@ -12,6 +12,7 @@
 //! 2, 4 s.
 
 use crate::store::EventRecord;
+use scold_proto::control::EventView;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -142,17 +143,13 @@ impl std::str::FromStr for Url {
     }
 }
 
-/// The body a hook gets for one event.
+/// The body a hook gets for one event: its kind, and the audit entry as `scold ctl
+/// events` shows it (the same fields, flat in the JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Payload {
     pub kind: Kind,
-    pub seq: u64,
-    pub at_ms: u64,
-    pub subject: String,
-    pub event: String,
-    pub detail: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    #[serde(flatten)]
+    pub event: EventView,
 }
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -268,12 +265,7 @@ impl Webhooks {
         let Some(kind) = kind_of(ev) else { return };
         let payload = Payload {
             kind,
-            seq,
-            at_ms: ev.at_ms,
-            subject: ev.subject.clone(),
-            event: ev.event.clone(),
-            detail: ev.detail.clone(),
-            phase: ev.phase.clone(),
+            event: ev.clone().into_view(seq),
         };
         for h in self.hooks.iter().filter(|h| h.kinds.contains(&kind)) {
             if h.queue.try_send(payload.clone()).is_err() {
@@ -306,7 +298,7 @@ async fn deliver(
         };
         let headers = vec![
             ("X-Scold-Event", p.kind.as_str().to_string()),
-            ("X-Scold-Delivery", p.seq.to_string()),
+            ("X-Scold-Delivery", p.event.seq.to_string()),
             ("X-Scold-Signature", signature(&cfg.secret, &body)),
         ];
         let mut attempt = 0;
@@ -321,12 +313,12 @@ async fn deliver(
                     break;
                 }
                 Err(e) if attempt < RETRY_WAITS.len() => {
-                    warn!(url = %cfg.url, seq = p.seq, attempt = attempt + 1, error = %e, "webhook delivery failed; trying again");
+                    warn!(url = %cfg.url, seq = p.event.seq, attempt = attempt + 1, error = %e, "webhook delivery failed; trying again");
                     tokio::time::sleep(RETRY_WAITS[attempt]).await;
                     attempt += 1;
                 }
                 Err(e) => {
-                    warn!(url = %cfg.url, seq = p.seq, error = %e, "webhook delivery failed for good; event not delivered");
+                    warn!(url = %cfg.url, seq = p.event.seq, error = %e, "webhook delivery failed for good; event not delivered");
                     counters.count("failed");
                     break;
                 }

@@ -1734,8 +1734,8 @@ async fn alert_hooks_get_signed_events_and_a_stuck_one_delays_nothing() {
             scold_control::webhook::signature("another-secret-0123", body)
         );
         let p: scold_control::webhook::Payload = serde_json::from_slice(body).unwrap();
-        assert_eq!(p.subject, "web");
-        assert_eq!(h("x-scold-delivery"), p.seq.to_string());
+        assert_eq!(p.event.subject, "web");
+        assert_eq!(h("x-scold-delivery"), p.event.seq.to_string());
         assert_eq!(h("x-scold-event"), p.kind.as_str());
     }
     let m = rig.metrics.render();
