@@ -539,7 +539,12 @@ impl scold_tunnel::Inspect for SessionFilter {
     }
 
     fn tick(&mut self, now: Instant) {
-        // Never waits on the packet path: a reload holding the lock is seen next tick.
+        if now < self.next_summary {
+            return;
+        }
+        self.next_summary = now + Duration::from_secs(1);
+        // Once a second, never waiting on the packet path: a reload holding the lock is
+        // seen at the next summary.
         if let Ok(mut p) = self.pending.try_lock() {
             if let Some(cfg) = p.take() {
                 self.filter.reconfigure(FilterConfig {
@@ -548,10 +553,6 @@ impl scold_tunnel::Inspect for SessionFilter {
                 });
             }
         }
-        if now < self.next_summary {
-            return;
-        }
-        self.next_summary = now + Duration::from_secs(1);
         let t = now.saturating_duration_since(self.epoch);
         self.filter.expire(t);
         self.hand_on_events();
