@@ -465,7 +465,8 @@ pub struct NodeLoad {
     /// second or so.
     #[serde(default)]
     pub bytes_per_sec: u64,
-    /// Packets the filter dropped since the node started (link and relay path).
+    /// Packets the filter dropped since the node started (link and relay path, and the
+    /// XDP block list's drops at the link).
     #[serde(default)]
     pub filter_drops: u64,
 }

@@ -594,11 +594,12 @@ impl FilterMetrics {
             s.dropped_blocked + s.dropped_rate + s.dropped_new_source + s.dropped_malformed
         };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let [passed, dropped_last, relay_last, lost_last, ..] = &mut *last;
+        let [passed, dropped_last, relay_last, lost_last, _, xdp_last, _] = &mut *last;
         advance(&self.passed, link.passed + relay.passed, passed);
         advance(&self.dropped, dropped(link) + dropped(relay), dropped_last);
         if let Some(agent) = &self.agent {
-            let total = dropped(link) + dropped(relay);
+            // The filters' own drops and the XDP program's (last[5], read once a second).
+            let total = dropped(link) + dropped(relay) + *xdp_last;
             agent.report_load(|l| l.filter_drops = total);
         }
         advance(&self.relay_dropped, dropped(relay), relay_last);
