@@ -253,20 +253,14 @@ fn start_agent_with(lab: &mut Net, st: &Setup, extra: &str) {
 /// the agent's host route up; curl and ping by name then reach the target through a
 /// proxy. Returns the proxy the agent chose.
 fn reach_by_name(lab: &Net) -> String {
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
+    assert_target_resolves(&lab);
     let table = lab.out("c", "ip route show table 5103");
     assert!(
         table.contains("10.4.0.2"),
         "no host route for the target after the lookup: {table}\n{}",
         lab.logs()
     );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    let first = agent_proxy(&lab);
     assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
     let end = Instant::now() + Duration::from_secs(15);
     let mut page = String::new();
@@ -351,6 +345,22 @@ fn failover(lab: &mut Net, what: &str, expect: &str, brk: impl FnOnce(&mut Net))
     {
         eprintln!("agent: {line}");
     }
+}
+
+/// The client's resolver (the agent's stub) answers the target's name with its address.
+fn assert_target_resolves(lab: &Net) {
+    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
+    assert!(
+        hosts.contains("10.4.0.2"),
+        "getent: {hosts}\n{}",
+        lab.logs()
+    );
+}
+
+/// The proxy the agent logged it chose.
+fn agent_proxy(lab: &Net) -> String {
+    chosen_proxy(&lab.log("client"))
+        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")))
 }
 
 #[test]
@@ -473,12 +483,7 @@ fn agent_refuses_foreign_ca_and_address_outside_alt_set() {
     start_agent(&mut lab, &st);
     let before = lab.routing("c", false);
 
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
+    assert_target_resolves(&lab);
     // Over TCP too, and other types pass through unchanged (ALT itself included).
     require_tool("dig", "bind9-dnsutils");
     let tcp = lab.out("c", &format!("dig +tcp +short @127.0.0.53 www.{ZONE} A"));
@@ -545,14 +550,8 @@ fn tcp_transfer_survives_the_proxy_failure() {
     start_agent(&mut lab, &st);
     let before = lab.routing("c", false);
 
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    assert_target_resolves(&lab);
+    let first = agent_proxy(&lab);
     let (victim, other) = proxy_of(&first);
     // The web server answers through the tunnel before the transfer starts.
     let end = Instant::now() + Duration::from_secs(15);
@@ -810,14 +809,8 @@ fn tunnel_path_blocked_while_admission_answers() {
     lab.wait_log("proxy1", "admission server listening", 15);
     lab.wait_log("proxy2", "admission server listening", 15);
     start_agent(&mut lab, &st);
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    assert_target_resolves(&lab);
+    let first = agent_proxy(&lab);
     let (_, other) = proxy_of(&first);
     let ns = lab.ns(if first == "10.1.0.11" { "p1" } else { "p2" });
     failover(&mut lab, "tunnel-blocked", other, |_| {
@@ -854,14 +847,8 @@ fn agent_leaves_a_proxy_revoked_while_connected() {
     lab.wait_log("proxy1", "admission server listening", 15);
     lab.wait_log("proxy2", "admission server listening", 15);
     start_agent_with(&mut lab, &st, &format!("crl = \"{}\"\n", crl.display()));
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
-    let first = chosen_proxy(&lab.log("client"))
-        .unwrap_or_else(|| panic!("the agent logged no proxy:\n{}", lab.log("client")));
+    assert_target_resolves(&lab);
+    let first = agent_proxy(&lab);
     let (_, other) = proxy_of(&first);
     let name = if first == "10.1.0.11" { "p1" } else { "p2" };
     failover(&mut lab, "revoked", other, |_| {
@@ -904,12 +891,7 @@ fn drained_client_stays_when_no_other_proxy_is_left() {
     start_path(&mut lab, &st, [&defence, &admission_tls("certs", 2)]);
     lab.wait_log("proxy1", "admission server listening", 15);
     start_agent_with(&mut lab, &st, "min_refresh_ms = 100\n");
-    let hosts = lab.out("c", &format!("getent hosts www.{ZONE}"));
-    assert!(
-        hosts.contains("10.4.0.2"),
-        "getent: {hosts}\n{}",
-        lab.logs()
-    );
+    assert_target_resolves(&lab);
     assert_eq!(
         chosen_proxy(&lab.log("client")).as_deref(),
         Some("10.1.0.11"),
