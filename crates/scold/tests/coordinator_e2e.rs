@@ -380,6 +380,14 @@ fn wait_status(site: &Site, what: &str, ok: impl Fn(&StatusReport) -> bool) -> S
     }
 }
 
+/// Waits until `proxies` proxies and a gateway are up at the coordinator.
+fn wait_nodes_up(site: &Site, proxies: usize) {
+    wait_status(site, "up", |s| {
+        s.proxies.iter().filter(|p| p.health == "up").count() == proxies
+            && s.gateways.iter().any(|g| g.health == "up")
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
     let mut c = Consortium::setup(&["p1", "p2"]);
@@ -524,10 +532,7 @@ async fn a_proxy_dead_across_a_coordinator_restart_is_reset_out() {
     let diverted = tokio::task::spawn_blocking({
         let site = site.clone();
         move || {
-            wait_status(&site, "up", |s| {
-                s.proxies.iter().filter(|p| p.health == "up").count() == 3
-                    && s.gateways.iter().any(|g| g.health == "up")
-            });
+            wait_nodes_up(&site, 3);
             site.ctl(&["divert", "web"]);
             wait_status(&site, "diverted", |s| {
                 s.targets[0].phase == "diverted" && s.targets[0].proxies.len() == 2
@@ -681,10 +686,7 @@ async fn a_standby_replica_takes_over_from_a_killed_leader() {
     let before = tokio::task::spawn_blocking({
         let site = site.clone();
         move || {
-            wait_status(&site, "up", |s| {
-                s.proxies.iter().filter(|p| p.health == "up").count() == 2
-                    && s.gateways.iter().any(|g| g.health == "up")
-            });
+            wait_nodes_up(&site, 2);
             site.ctl(&["divert", "web"]);
             let s = site.wait_phase("diverted");
             assert_eq!(site.alt(), vec!["\\# 4 C6336401", "\\# 4 C6336402"]);
@@ -789,10 +791,7 @@ async fn divert_cut_by_the_leaders_death(etcd: &scold_testkit::EtcdCluster, cut:
         let site = site.clone();
         let holder = holder.clone();
         move || {
-            wait_status(&site, "up", |s| {
-                s.proxies.iter().filter(|p| p.health == "up").count() == 2
-                    && s.gateways.iter().any(|g| g.health == "up")
-            });
+            wait_nodes_up(&site, 2);
             if let Cut::Dns = cut {
                 scold_testkit::send_signal(dns_pid, scold_testkit::Signal::Stop).unwrap();
             }
@@ -957,10 +956,7 @@ async fn bench_replicas() {
             let ms = tokio::task::spawn_blocking({
                 let site = site.clone();
                 move || {
-                    wait_status(&site, "up", |s| {
-                        s.proxies.iter().filter(|p| p.health == "up").count() == 2
-                            && s.gateways.iter().any(|g| g.health == "up")
-                    });
+                    wait_nodes_up(&site, 2);
                     site.ctl(&["divert", "web"]);
                     site.wait_phase("diverted");
                     let ms = divert_ms(&site);
