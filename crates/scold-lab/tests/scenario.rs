@@ -87,6 +87,11 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
         stdout.contains("indirect route before the attack"),
         "{stdout}"
     );
+    assert_divert_all_clear_restore(&r, &stdout);
+}
+
+/// The divert, the all-clear and the restore each completed at least once.
+fn assert_divert_all_clear_restore(r: &Results, stdout: &str) {
     for m in [Metric::Divert, Metric::AllClear, Metric::Restore] {
         assert!(
             r.samples
@@ -101,14 +106,7 @@ fn short_scenario_has_the_papers_shape_and_leaves_nothing() {
 /// the target's detector's alarm), the failover by its reset of the flooded proxy, the
 /// detector's all-clear and its restore, each completed.
 fn assert_coordinator_drove(r: &Results, stdout: &str, failovers: usize) {
-    for m in [Metric::Divert, Metric::AllClear, Metric::Restore] {
-        assert!(
-            r.samples
-                .iter()
-                .any(|s| s.metric == m && matches!(s.outcome, Outcome::Ok { .. })),
-            "{m:?} did not complete:\n{stdout}"
-        );
-    }
+    assert_divert_all_clear_restore(r, stdout);
     let done = r
         .samples
         .iter()

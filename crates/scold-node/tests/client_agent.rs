@@ -253,14 +253,14 @@ fn start_agent_with(lab: &mut Net, st: &Setup, extra: &str) {
 /// the agent's host route up; curl and ping by name then reach the target through a
 /// proxy. Returns the proxy the agent chose.
 fn reach_by_name(lab: &Net) -> String {
-    assert_target_resolves(&lab);
+    assert_target_resolves(lab);
     let table = lab.out("c", "ip route show table 5103");
     assert!(
         table.contains("10.4.0.2"),
         "no host route for the target after the lookup: {table}\n{}",
         lab.logs()
     );
-    let first = agent_proxy(&lab);
+    let first = agent_proxy(lab);
     assert!(first == "10.1.0.11" || first == "10.1.0.12", "{first}");
     let end = Instant::now() + Duration::from_secs(15);
     let mut page = String::new();
