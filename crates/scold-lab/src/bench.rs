@@ -379,6 +379,35 @@ fn from_alarm(
     Ok((first, divert))
 }
 
+/// A divert the set-up benchmark has started: its clocks (monotonic and wall), the
+/// watcher of the phase "diverted", and what `scold ctl divert` answered.
+struct Started {
+    t0: Instant,
+    t0_wall: SystemTime,
+    phases: std::thread::JoinHandle<Vec<Option<f64>>>,
+    divert: Result<serde_json::Value, LabError>,
+}
+
+/// Starts the clocks, the phase watcher and the divert, in that order.
+fn start_divert(roles: &Roles, stop: &Arc<AtomicBool>) -> Result<Started, LabError> {
+    let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
+    let phases = scenario::watch_phases(
+        roles.ctl_argv(&["status"])?,
+        t0,
+        t0 + SETUP_LIMIT,
+        &["diverted"],
+        stop.clone(),
+    );
+    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+    Ok(Started {
+        t0,
+        t0_wall,
+        phases,
+        divert,
+    })
+}
+
 /// One set-up in scheme 4.3: client 1 looks the name up at ClientDNS and fetches the
 /// target's page from the first address every 10 ms; returns the seconds from the
 /// coordinator taking the alarm to the first page fetched from a proxy's address, and
@@ -411,16 +440,12 @@ fn setup_run_nat(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>)
         None
     })?;
     std::thread::sleep(Duration::from_millis(200));
-    let t0 = Instant::now();
-    let t0_wall = SystemTime::now();
-    let phases = scenario::watch_phases(
-        roles.ctl_argv(&["status"])?,
+    let Started {
         t0,
-        t0 + SETUP_LIMIT,
-        &["diverted"],
-        stop.clone(),
-    );
-    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+        t0_wall,
+        phases,
+        divert,
+    } = start_divert(roles, &stop)?;
     if divert.is_err() {
         stop.store(true, Ordering::Relaxed);
     }
@@ -502,16 +527,12 @@ fn setup_run(lab: &Fig8, roles: &Roles) -> Result<(Option<f64>, Option<f64>), La
     })?;
     // Let the probes run on the direct route first.
     std::thread::sleep(Duration::from_millis(200));
-    let t0 = Instant::now();
-    let t0_wall = SystemTime::now();
-    let phases = scenario::watch_phases(
-        roles.ctl_argv(&["status"])?,
+    let Started {
         t0,
-        t0 + SETUP_LIMIT,
-        &["diverted"],
-        stop.clone(),
-    );
-    let divert = roles.ctl(&["divert", roles::TARGET_ID]);
+        t0_wall,
+        phases,
+        divert,
+    } = start_divert(roles, &stop)?;
     if divert.is_ok() {
         let deadline = t0 + SETUP_LIMIT;
         while !sink.is_finished() && Instant::now() < deadline {
