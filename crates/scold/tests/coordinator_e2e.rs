@@ -419,14 +419,20 @@ async fn divert_survives_kill_9_and_updates_dns_on_the_wire() {
             assert!(site.alt().is_empty(), "ALT records before any divert");
             site.ctl(&["divert", "web"]);
             // The gateway is not connected: the divert waits at its first stage, and
-            // nothing is published in DNS before the route works.
+            // nothing is published in DNS before the route works. The set-up steps run
+            // side by side, so the gateway's failure may be the last error or only in
+            // the audit log.
             let t = Instant::now();
             let s = loop {
                 let s = site.status();
+                let gateway_missing = |e: &str| e.contains("gateway/gw1 is not connected");
                 if s.targets[0]
                     .last_error
                     .as_deref()
-                    .is_some_and(|e| e.contains("gateway/gw1 is not connected"))
+                    .is_some_and(gateway_missing)
+                    || s.events
+                        .iter()
+                        .any(|e| e.event == "step_failed" && gateway_missing(&e.detail))
                 {
                     break s;
                 }
