@@ -582,6 +582,10 @@ pub struct Stats {
     pub dropped_too_big: u64,
     /// Send errors towards peers (peer down: ICMP unreachable, no route).
     pub send_errors: u64,
+    /// Packets each packet-engine thread received (outer datagrams and TUN packets),
+    /// by thread: how evenly the node's cores share the load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_packets: Vec<u64>,
 }
 
 /// Why a command was refused. Refusals change nothing.

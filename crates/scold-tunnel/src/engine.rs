@@ -36,7 +36,7 @@ use crate::icmp;
 use crate::keys;
 use crate::poll::{Poller, Ready, Waker};
 use crate::socket::{endpoint, OuterKind, OuterSocket, RxBatch, SendReport, TxBatch};
-use crate::tun::TunDevice;
+use crate::tun::{TunDevice, TunQueue};
 use boringtun::x25519::StaticSecret;
 use scold_proto::dataplane::{Counters, Encap, Peer, PeerStats, Stats};
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
@@ -115,6 +115,9 @@ pub struct EngineConfig {
     pub outer_mtu: u16,
     /// Where packets from peers go when no route matches (client, gateway: the TUN).
     pub peer_default: Option<Dest>,
+    /// Packet-engine threads (lanes), 1 to [`MAX_ENGINES`]. More than one needs a TUN
+    /// device with as many queues ([`crate::tun::create`]).
+    pub engines: usize,
 }
 
 impl Default for EngineConfig {
@@ -126,6 +129,7 @@ impl Default for EngineConfig {
             private_key: None,
             outer_mtu: 1500,
             peer_default: None,
+            engines: 1,
         }
     }
 }
@@ -140,7 +144,7 @@ struct PeerEntry {
     filtered: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Totals {
     unknown_source: u64,
     truncated: u64,
@@ -177,6 +181,8 @@ pub struct State {
     icmp_limit: icmp::RateLimit,
     /// Peers to start a session with at the next tick ([`State::initiate`]).
     initiate: Vec<PeerId>,
+    /// Packets each lane received (outer datagrams and TUN packets).
+    lane_packets: Vec<u64>,
 }
 
 fn outer_kind(e: Encap) -> OuterKind {
@@ -383,6 +389,7 @@ impl State {
             dropped_no_route: self.totals.no_route,
             dropped_too_big: self.totals.too_big,
             send_errors: self.totals.send_errors,
+            engine_packets: self.lane_packets.clone(),
         }
     }
 }
@@ -419,7 +426,7 @@ impl EngineHandle {
 struct Sinks<'a> {
     udp: Option<&'a OuterSocket>,
     ipip: Option<&'a OuterSocket>,
-    tun: Option<&'a TunDevice>,
+    tun: Option<&'a TunQueue>,
     tx_udp: &'a mut TxBatch,
     tx_ipip: &'a mut TxBatch,
     /// Inner packets for the TUN device, written together so GRO can coalesce them.
@@ -651,11 +658,28 @@ fn on_datagram(
 
 /// The engine: create with [`Engine::new`], change through its [`EngineHandle`], run with
 /// [`Engine::run`].
+///
+/// It runs as one or more lanes ([`EngineConfig::engines`]), each a thread of its own
+/// with its own UDP socket (one `SO_REUSEPORT` group on the tunnel port, inner flows
+/// steered to a lane by [`crate::steer`]), its own queue of a multi-queue TUN device
+/// and its own batches. The lanes share one [`State`] behind a lock taken once per
+/// received batch: the system calls, which are most of a packet's cost, run in
+/// parallel; the per-packet work under the lock (decapsulation, inspection, the
+/// forwarding decision, encapsulation) is a small part. Lane 0 also runs the control
+/// closures and the timers, and owns the raw ipip socket (a raw socket sees every
+/// packet of its protocol, so a second one would only receive copies).
 pub struct Engine {
-    state: State,
+    state: Arc<Mutex<State>>,
+    lanes: Vec<Lane>,
+}
+
+/// One engine thread's sources, batches and readiness loop.
+struct Lane {
+    index: usize,
     udp: Option<OuterSocket>,
-    ipip: Option<OuterSocket>,
-    tun: Option<TunDevice>,
+    /// The raw ipip socket, shared for sending; only lane 0 reads it.
+    ipip: Option<Arc<OuterSocket>>,
+    tun: Option<TunQueue>,
     tx_udp: TxBatch,
     tx_ipip: TxBatch,
     rx: RxBatch,
@@ -664,7 +688,8 @@ pub struct Engine {
     tun_rx: TunRx,
     tun_tx: Vec<Vec<u8>>,
     gro: GROTable,
-    ops: mpsc::Receiver<Op>,
+    /// Control closures (lane 0 only).
+    ops: Option<mpsc::Receiver<Op>>,
     poller: Poller,
     waker: Arc<Waker>,
 }
@@ -676,29 +701,62 @@ struct TunRx {
     sizes: Vec<usize>,
 }
 
-/// Stops the engine thread when the future of [`Engine::run`] ends or is dropped.
+/// Stops the engine threads when the future of [`Engine::run`] ends or is dropped.
 struct StopOnDrop {
     stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    wakers: Vec<Arc<Waker>>,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        self.waker.wake();
+        for w in &self.wakers {
+            w.wake();
+        }
     }
 }
+
+/// The shared state, also when a lane panicked while holding it (its counters may be
+/// one batch short; the packet path keeps going).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Most engine threads one node may ask for.
+pub const MAX_ENGINES: usize = 64;
 
 impl Engine {
     pub fn new(
         cfg: EngineConfig,
         tun: Option<TunDevice>,
     ) -> Result<(Engine, EngineHandle), TunnelError> {
-        let udp = cfg.udp_listen.map(OuterSocket::udp).transpose()?;
+        let n = cfg.engines;
+        if !(1..=MAX_ENGINES).contains(&n) {
+            return Err(TunnelError::Config(format!(
+                "engines = {n}: give between 1 and {MAX_ENGINES} packet-engine threads"
+            )));
+        }
+        let mut udp: Vec<Option<OuterSocket>> = match cfg.udp_listen {
+            Some(bind) => OuterSocket::udp_group(bind, n)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..n).map(|_| None).collect(),
+        };
         let ipip = if cfg.ipip {
-            Some(OuterSocket::ipip(cfg.ipip_bind)?)
+            Some(Arc::new(OuterSocket::ipip(cfg.ipip_bind)?))
         } else {
             None
+        };
+        let mut queues: Vec<Option<TunQueue>> = match tun {
+            Some(t) if t.queues.len() != n => {
+                return Err(TunnelError::Config(format!(
+                    "the TUN device has {} queue(s) for {n} engine(s); create it with one queue per engine",
+                    t.queues.len()
+                )))
+            }
+            Some(t) => t.queues.into_iter().map(Some).collect(),
+            None => (0..n).map(|_| None).collect(),
         };
         let private_key = cfg
             .private_key
@@ -709,40 +767,30 @@ impl Engine {
             what: "the packet engine's epoll set".into(),
             source,
         };
-        let poller = Poller::new().map_err(poll_err)?;
-        let waker = Arc::new(Waker::new().map_err(poll_err)?);
-        poller
-            .add(waker.as_raw_fd(), TOKEN_WAKE)
-            .map_err(poll_err)?;
-        if let Some(s) = &udp {
-            poller.add(s.as_raw_fd(), TOKEN_UDP).map_err(poll_err)?;
-        }
-        if let Some(s) = &ipip {
-            poller.add(s.as_raw_fd(), TOKEN_IPIP).map_err(poll_err)?;
-        }
-        if let Some(t) = &tun {
-            poller.add(t.dev.as_raw_fd(), TOKEN_TUN).map_err(poll_err)?;
-        }
         let (tx, rx) = mpsc::channel(64);
-        let state = State {
-            peers: Vec::new(),
-            by_addr: HashMap::new(),
-            by_name: HashMap::new(),
-            fib: Fib::with_peer_default(cfg.peer_default),
-            totals: Totals::default(),
-            private_key,
-            has_udp: udp.is_some(),
-            has_ipip: ipip.is_some(),
-            outer_mtu: cfg.outer_mtu,
-            inspector: None,
-            icmp_limit: icmp::RateLimit::new(ICMP_PER_SEC, ICMP_BURST),
-            initiate: Vec::new(),
-        };
-        Ok((
-            Engine {
-                state,
+        let mut ops = Some(rx);
+        let mut lanes = Vec::with_capacity(n);
+        for index in 0..n {
+            let poller = Poller::new().map_err(poll_err)?;
+            let waker = Arc::new(Waker::new().map_err(poll_err)?);
+            poller
+                .add(waker.as_raw_fd(), TOKEN_WAKE)
+                .map_err(poll_err)?;
+            let udp = udp[index].take();
+            if let Some(s) = &udp {
+                poller.add(s.as_raw_fd(), TOKEN_UDP).map_err(poll_err)?;
+            }
+            if let (Some(s), 0) = (&ipip, index) {
+                poller.add(s.as_raw_fd(), TOKEN_IPIP).map_err(poll_err)?;
+            }
+            let tun = queues[index].take();
+            if let Some(t) = &tun {
+                poller.add(t.as_raw_fd(), TOKEN_TUN).map_err(poll_err)?;
+            }
+            lanes.push(Lane {
+                index,
                 udp,
-                ipip,
+                ipip: ipip.clone(),
                 tun,
                 tx_udp: TxBatch::default(),
                 tx_ipip: TxBatch::default(),
@@ -759,9 +807,31 @@ impl Engine {
                     .map(|_| Vec::with_capacity(TUN_READ + TUN_OFFSET))
                     .collect(),
                 gro: GROTable::default(),
-                ops: rx,
+                ops: if index == 0 { ops.take() } else { None },
                 poller,
-                waker: waker.clone(),
+                waker,
+            });
+        }
+        let state = State {
+            peers: Vec::new(),
+            by_addr: HashMap::new(),
+            by_name: HashMap::new(),
+            fib: Fib::with_peer_default(cfg.peer_default),
+            totals: Totals::default(),
+            private_key,
+            has_udp: cfg.udp_listen.is_some(),
+            has_ipip: ipip.is_some(),
+            outer_mtu: cfg.outer_mtu,
+            inspector: None,
+            icmp_limit: icmp::RateLimit::new(ICMP_PER_SEC, ICMP_BURST),
+            initiate: Vec::new(),
+            lane_packets: vec![0; n],
+        };
+        let waker = lanes[0].waker.clone();
+        Ok((
+            Engine {
+                state: Arc::new(Mutex::new(state)),
+                lanes,
             },
             EngineHandle { tx, waker },
         ))
@@ -769,44 +839,66 @@ impl Engine {
 
     /// The local address of the UDP tunnel socket.
     pub fn udp_local_addr(&self) -> Option<SocketAddr> {
-        self.udp.as_ref().and_then(|s| s.local_addr().ok())
+        self.lanes[0]
+            .udp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
     }
 
     /// Moves packets until `shutdown` completes; returns the final counters.
     ///
-    /// The packets move on a thread of the engine's own (named `scold-engine`); this
-    /// future only waits. Dropping it stops the thread as well.
+    /// The packets move on threads of the engine's own (each named `scold-engine`); this
+    /// future only waits. Dropping it stops the threads as well.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stats {
         let stop = Arc::new(AtomicBool::new(false));
         let guard = StopOnDrop {
             stop: stop.clone(),
-            waker: self.waker.clone(),
+            wakers: self.lanes.iter().map(|l| l.waker.clone()).collect(),
         };
-        let (done_tx, done_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("scold-engine".into())
-            .spawn(move || {
-                let stats = self.run_blocking(&stop);
-                let _ = done_tx.send(stats);
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the packet engine thread; no packet will move");
-            return Stats::default();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<usize>();
+        let state = self.state;
+        let mut running = 0;
+        for lane in self.lanes {
+            let (stop, state, done_tx) = (stop.clone(), state.clone(), done_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("scold-engine".into())
+                .spawn(move || {
+                    let index = lane.index;
+                    lane.run_blocking(&state, &stop);
+                    let _ = done_tx.send(index);
+                });
+            match spawned {
+                Ok(_) => running += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a packet engine thread; no packet will move");
+                    drop(guard);
+                    while running > 0 && done_rx.recv().await.is_some() {
+                        running -= 1;
+                    }
+                    return Stats::default();
+                }
+            }
         }
-        tokio::pin!(done_rx);
+        drop(done_tx);
         tokio::select! {
             _ = shutdown => {}
-            r = &mut done_rx => {
-                // Only an epoll failure or a panic ends the thread before shutdown.
-                tracing::error!("the packet engine thread ended before shutdown; no packet moves any more");
-                return r.unwrap_or_default();
+            Some(index) = done_rx.recv() => {
+                // Only an epoll failure or a panic ends a lane before shutdown.
+                tracing::error!(engine = index, "a packet engine thread ended before shutdown; the engine stops");
+                running -= 1;
             }
         }
         drop(guard);
-        done_rx.await.unwrap_or_default()
+        while running > 0 && done_rx.recv().await.is_some() {
+            running -= 1;
+        }
+        let stats = lock(&state).stats();
+        stats
     }
+}
 
-    fn run_blocking(mut self, stop: &AtomicBool) -> Stats {
+impl Lane {
+    fn run_blocking(mut self, state: &Mutex<State>, stop: &AtomicBool) {
         let mut ready = [Ready {
             token: 0,
             error: false,
@@ -815,7 +907,9 @@ impl Engine {
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= next_tick {
-                self.on_tick();
+                if self.index == 0 {
+                    self.on_tick(state);
+                }
                 next_tick = now + TICK;
             }
             // No busy polling: spinning for the next packet measured far worse (3x the
@@ -832,36 +926,35 @@ impl Engine {
                 match r.token {
                     TOKEN_WAKE => {
                         self.waker.reset();
-                        self.run_ops();
+                        self.run_ops(state);
                     }
-                    TOKEN_UDP => self.drain_outer(OuterKind::Udp),
-                    TOKEN_IPIP => self.drain_outer(OuterKind::Ipip),
-                    TOKEN_TUN => self.drain_tun(),
+                    TOKEN_UDP => self.drain_outer(state, OuterKind::Udp),
+                    TOKEN_IPIP => self.drain_outer(state, OuterKind::Ipip),
+                    TOKEN_TUN => self.drain_tun(state),
                     _ => {}
                 }
             }
         }
-        self.run_ops();
-        self.state.stats()
+        self.run_ops(state);
     }
 
-    fn run_ops(&mut self) {
-        while let Ok(op) = self.ops.try_recv() {
-            op(&mut self.state);
+    fn run_ops(&mut self, state: &Mutex<State>) {
+        let Some(ops) = self.ops.as_mut() else { return };
+        while let Ok(op) = ops.try_recv() {
+            op(&mut lock(state));
         }
     }
 
     /// Stops watching a source that keeps failing, so a level-triggered error does not
     /// spin the thread.
     fn give_up(&mut self, fd: std::os::fd::RawFd, what: &str, e: &std::io::Error) {
-        tracing::error!(error = %e, "reading {what} keeps failing; the engine stops reading it");
+        tracing::error!(error = %e, engine = self.index, "reading {what} keeps failing; the engine stops reading it");
         let _ = self.poller.remove(fd);
     }
 
-    /// Splits the engine into the state and the sinks the packet path writes to.
-    fn split(&mut self) -> (&mut State, Sinks<'_>, &mut RxBatch, &mut [u8], &mut TunRx) {
-        let Engine {
-            state,
+    /// Splits the lane into the sinks the packet path writes to and its receive buffers.
+    fn split(&mut self) -> (Sinks<'_>, &mut RxBatch, &mut [u8], &mut TunRx) {
+        let Lane {
             udp,
             ipip,
             tun,
@@ -877,7 +970,7 @@ impl Engine {
         } = self;
         let sinks = Sinks {
             udp: udp.as_ref(),
-            ipip: ipip.as_ref(),
+            ipip: ipip.as_deref(),
             tun: tun.as_ref(),
             tx_udp,
             tx_ipip,
@@ -887,11 +980,12 @@ impl Engine {
             icmp,
             totals: Totals::default(),
         };
-        (state, sinks, rx, scratch, tun_rx)
+        (sinks, rx, scratch, tun_rx)
     }
 
-    fn drain_outer(&mut self, kind: OuterKind) {
-        let (state, mut sinks, rx, scratch, _) = self.split();
+    fn drain_outer(&mut self, state: &Mutex<State>, kind: OuterKind) {
+        let index = self.index;
+        let (mut sinks, rx, scratch, _) = self.split();
         let sock = match kind {
             OuterKind::Udp => sinks.udp,
             OuterKind::Ipip => sinks.ipip,
@@ -906,12 +1000,21 @@ impl Engine {
                     break;
                 }
             };
+            if rx.is_empty() {
+                break;
+            }
             // One clock read per batch: the inspector's buckets need no finer time.
             let now = Instant::now();
-            for i in 0..rx.len() {
-                let (payload, src) = rx.get(i);
-                on_datagram(state, &mut sinks, scratch, kind, payload, src, now);
+            {
+                let mut st = lock(state);
+                for i in 0..rx.len() {
+                    let (payload, src) = rx.get(i);
+                    on_datagram(&mut st, &mut sinks, scratch, kind, payload, src, now);
+                }
+                st.lane_packets[index] += rx.len() as u64;
+                st.totals += std::mem::take(&mut sinks.totals);
             }
+            // The sends happen outside the lock, in parallel with the other lanes.
             sinks.flush();
             sinks.totals.truncated += rx.take_truncated();
             // A short batch emptied the queue; the level-triggered poll reports more.
@@ -919,13 +1022,15 @@ impl Engine {
                 break;
             }
         }
-        state.totals += sinks.totals;
+        if sinks.totals != Totals::default() {
+            lock(state).totals += sinks.totals;
+        }
     }
 
-    fn drain_tun(&mut self) {
-        let (state, mut sinks, _, _, rx) = self.split();
+    fn drain_tun(&mut self, state: &Mutex<State>) {
+        let index = self.index;
+        let (mut sinks, _, _, rx) = self.split();
         let Some(tun) = sinks.tun else { return };
-        let outer_mtu = state.outer_mtu;
         let mut failed = None;
         for _ in 0..TUN_PER_WAKE {
             let n = match tun
@@ -940,30 +1045,36 @@ impl Engine {
                     break;
                 }
             };
-            for i in 0..n {
-                let pkt = &rx.bufs[i][..rx.sizes[i]];
-                let Some((_, dst)) = inner_addrs(pkt) else {
-                    continue;
-                };
-                match state.fib.from_tun(dst) {
-                    Ok(Dest::Peer(q)) => {
-                        if let Some(p) = state.peers.get_mut(q).and_then(Option::as_mut) {
-                            // The TUN MTU is set so that this fits; a larger packet is
-                            // dropped and counted.
-                            sinks.send_peer(p, pkt, outer_mtu);
+            {
+                let mut st = lock(state);
+                let st = &mut *st;
+                let outer_mtu = st.outer_mtu;
+                for i in 0..n {
+                    let pkt = &rx.bufs[i][..rx.sizes[i]];
+                    let Some((_, dst)) = inner_addrs(pkt) else {
+                        continue;
+                    };
+                    match st.fib.from_tun(dst) {
+                        Ok(Dest::Peer(q)) => {
+                            if let Some(p) = st.peers.get_mut(q).and_then(Option::as_mut) {
+                                // The TUN MTU is set so that this fits; a larger packet
+                                // is dropped and counted.
+                                sinks.send_peer(p, pkt, outer_mtu);
+                            }
                         }
+                        _ => sinks.totals.no_route += 1,
                     }
-                    _ => sinks.totals.no_route += 1,
                 }
+                st.lane_packets[index] += n as u64;
+                st.totals += std::mem::take(&mut sinks.totals);
             }
-            if n > 1 {
-                // A GSO burst: send it before reading the next, so the peer's TCP sees a
-                // steady stream rather than bursts of batches.
-                sinks.flush();
-            }
+            // A GSO burst goes out before the next is read, so the peer's TCP sees a
+            // steady stream rather than bursts of batches.
+            sinks.flush();
         }
-        sinks.flush();
-        state.totals += sinks.totals;
+        if sinks.totals != Totals::default() {
+            lock(state).totals += sinks.totals;
+        }
         if let Some(e) = failed {
             // EBADFD/EIO: the interface was deleted under us; a malformed offload header
             // is a single bad read and worth only a warning.
@@ -971,7 +1082,7 @@ impl Engine {
                 e.raw_os_error(),
                 Some(libc::EBADFD | libc::EIO | libc::ENODEV)
             ) {
-                let fd = self.tun.as_ref().map(|t| t.dev.as_raw_fd());
+                let fd = self.tun.as_ref().map(|t| t.as_raw_fd());
                 if let Some(fd) = fd {
                     self.give_up(fd, "the TUN device", &e);
                 }
@@ -981,32 +1092,39 @@ impl Engine {
         }
     }
 
-    /// WireGuard timers: handshake retries, keepalives, rekeying.
-    fn on_tick(&mut self) {
-        let (state, mut sinks, _, scratch, _) = self.split();
-        if let Some(inspector) = state.inspector.as_mut() {
-            inspector.tick(Instant::now());
-        }
-        for id in std::mem::take(&mut state.initiate) {
-            let Some(p) = state.peers.get_mut(id).and_then(|p| p.as_mut()) else {
-                continue;
-            };
-            let Some(dst) = p.endpoint else { continue };
-            if let Action::ToPeer(b) = p.encap.initiate(scratch) {
-                sinks.raw(outer_kind(p.spec.encap), b, dst);
+    /// WireGuard timers: handshake retries, keepalives, rekeying (lane 0).
+    fn on_tick(&mut self, state: &Mutex<State>) {
+        let (mut sinks, _, scratch, _) = self.split();
+        {
+            let mut st = lock(state);
+            let st = &mut *st;
+            if let Some(inspector) = st.inspector.as_mut() {
+                inspector.tick(Instant::now());
             }
-        }
-        for p in state.peers.iter_mut().flatten() {
-            if p.spec.encap != Encap::Wireguard {
-                continue;
+            for id in std::mem::take(&mut st.initiate) {
+                let Some(p) = st.peers.get_mut(id).and_then(|p| p.as_mut()) else {
+                    continue;
+                };
+                let Some(dst) = p.endpoint else { continue };
+                if let Action::ToPeer(b) = p.encap.initiate(scratch) {
+                    sinks.raw(outer_kind(p.spec.encap), b, dst);
+                }
             }
-            let Some(dst) = p.endpoint else { continue };
-            if let Action::ToPeer(b) = p.encap.tick(scratch) {
-                sinks.raw(OuterKind::Udp, b, dst);
+            for p in st.peers.iter_mut().flatten() {
+                if p.spec.encap != Encap::Wireguard {
+                    continue;
+                }
+                let Some(dst) = p.endpoint else { continue };
+                if let Action::ToPeer(b) = p.encap.tick(scratch) {
+                    sinks.raw(OuterKind::Udp, b, dst);
+                }
             }
+            st.totals += std::mem::take(&mut sinks.totals);
         }
         sinks.flush();
-        state.totals += sinks.totals;
+        if sinks.totals != Totals::default() {
+            lock(state).totals += sinks.totals;
+        }
     }
 }
 
@@ -1147,6 +1265,107 @@ mod tests {
             handle.call(|_| ()).await,
             Err(TunnelError::EngineStopped)
         ));
+    }
+
+    /// Two lanes share one tunnel port: the datagrams of one client (one outer 4-tuple)
+    /// are spread over both by inner flow, each flow arrives whole and in order, the
+    /// control state is seen by both, and the counters add up across lanes.
+    #[tokio::test]
+    async fn two_engines_spread_one_tunnel_by_inner_flow() {
+        let client = bind("127.0.0.2");
+        let gateway = bind("127.0.0.3");
+        socket2::SockRef::from(&gateway)
+            .set_recv_buffer_size(8 << 20)
+            .unwrap();
+        let (engine, handle) = Engine::new(
+            EngineConfig {
+                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                engines: 2,
+                ..EngineConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        let listen = engine.udp_local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(engine.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let gw_port = gateway.local_addr().unwrap().port();
+        handle
+            .call(move |s| relay_peers(s, gw_port, false))
+            .await
+            .unwrap();
+
+        const FLOWS: u16 = 16;
+        const ROUNDS: u16 = 40;
+        let receiver = std::thread::spawn(move || {
+            let mut got: HashMap<u16, Vec<u16>> = HashMap::new();
+            let mut buf = [0u8; 2048];
+            for _ in 0..FLOWS * ROUNDS {
+                let Ok((n, _)) = gateway.recv_from(&mut buf) else {
+                    break;
+                };
+                assert_eq!(n, 120);
+                let port = u16::from_be_bytes([buf[20], buf[21]]);
+                let seq = u16::from_be_bytes([buf[28], buf[29]]);
+                got.entry(port).or_default().push(seq);
+            }
+            got
+        });
+        for round in 0..ROUNDS {
+            for flow in 0..FLOWS {
+                let mut p = v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 120);
+                p[20..22].copy_from_slice(&(40000 + flow).to_be_bytes());
+                p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+                p[28..30].copy_from_slice(&round.to_be_bytes());
+                client.send_to(&p, listen).unwrap();
+            }
+        }
+        let got = receiver.join().unwrap();
+        assert_eq!(got.len(), usize::from(FLOWS), "a flow went missing");
+        for (port, seqs) in &got {
+            assert_eq!(
+                seqs,
+                &(0..ROUNDS).collect::<Vec<_>>(),
+                "flow from port {port} lost or reordered packets"
+            );
+        }
+        let stats = handle.call(|s| s.stats()).await.unwrap();
+        assert_eq!(stats.engine_packets.len(), 2);
+        let total: u64 = stats.engine_packets.iter().sum();
+        assert_eq!(total, u64::from(FLOWS * ROUNDS));
+        assert!(
+            stats.engine_packets.iter().all(|&n| n > 0),
+            "one lane carried the whole tunnel: {:?}",
+            stats.engine_packets
+        );
+        let c = stats.peers.iter().find(|p| p.name == "client").unwrap();
+        assert_eq!(c.counters.rx_packets, u64::from(FLOWS * ROUNDS));
+        stop_tx.send(()).unwrap();
+        let fin = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the engine threads did not stop")
+            .unwrap();
+        assert_eq!(fin.engine_packets.iter().sum::<u64>(), total);
+    }
+
+    /// A lane count out of range is refused with the bounds, before anything is opened.
+    #[test]
+    fn engine_counts_out_of_range_are_refused() {
+        for engines in [0, MAX_ENGINES + 1] {
+            let e = Engine::new(
+                EngineConfig {
+                    udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                    engines,
+                    ..EngineConfig::default()
+                },
+                None,
+            )
+            .err()
+            .expect("accepted an engine count out of range");
+            assert!(e.to_string().contains("between 1 and 64"), "{e}");
+        }
     }
 
     /// Refuses inner packets of odd length and counts what it saw, by outer source.

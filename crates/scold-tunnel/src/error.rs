@@ -24,6 +24,8 @@ pub enum TunnelError {
     Peer { name: String, reason: String },
     #[error("address {0} is already used by another peer")]
     AddressInUse(IpAddr),
+    #[error("{0}")]
+    Config(String),
     #[error("the packet engine has stopped")]
     EngineStopped,
     #[error("{0}")]

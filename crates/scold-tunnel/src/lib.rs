@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod poll;
 pub mod proxy_protocol;
 pub mod socket;
+pub mod steer;
 pub mod tun;
 
 pub use engine::{Engine, EngineConfig, EngineHandle, Inspect, PeerDrops, State};

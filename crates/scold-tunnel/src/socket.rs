@@ -207,6 +207,39 @@ fn tune(sock: &Socket, v6: bool) -> io::Result<()> {
 impl OuterSocket {
     /// A UDP socket bound to `bind` (port 0: any free port).
     pub fn udp(bind: SocketAddr) -> Result<Self, TunnelError> {
+        Self::udp_shared(bind, false)
+    }
+
+    /// `n` UDP sockets on one address and port, an `SO_REUSEPORT` group whose datagrams
+    /// are steered to a socket by inner flow ([`crate::steer`]); one engine thread
+    /// reads each. `n == 1` is [`OuterSocket::udp`]. With port 0 the first socket picks
+    /// the port and the others join it.
+    ///
+    /// Only sockets of the same user can join a reuseport group, so another user's
+    /// process cannot take a share of the tunnel's datagrams.
+    pub fn udp_group(bind: SocketAddr, n: usize) -> Result<Vec<Self>, TunnelError> {
+        if n <= 1 {
+            return Ok(vec![Self::udp(bind)?]);
+        }
+        let first = Self::udp_shared(bind, true)?;
+        let at = first.local_addr().map_err(|source| TunnelError::Socket {
+            what: format!("UDP tunnel socket on {bind}"),
+            source,
+        })?;
+        let mut all = vec![first];
+        for _ in 1..n {
+            all.push(Self::udp_shared(at, true)?);
+        }
+        crate::steer::attach(all[0].as_raw_fd(), n as u32).map_err(|source| {
+            TunnelError::Socket {
+                what: format!("the flow steering program of the UDP tunnel sockets on {at}"),
+                source,
+            }
+        })?;
+        Ok(all)
+    }
+
+    fn udp_shared(bind: SocketAddr, reuseport: bool) -> Result<Self, TunnelError> {
         let what = || format!("UDP tunnel socket on {bind}");
         let err = |source| TunnelError::Socket {
             what: what(),
@@ -215,6 +248,9 @@ impl OuterSocket {
         let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
             .map_err(err)?;
         tune(&sock, bind.is_ipv6()).map_err(err)?;
+        if reuseport {
+            sock.set_reuse_port(true).map_err(err)?;
+        }
         sock.bind(&bind.into()).map_err(err)?;
         // UDP GRO: the kernel may hand over a train of datagrams from one peer at once.
         let _ = set_int_opt(&sock, libc::SOL_UDP, UDP_GRO, 1);

@@ -28,6 +28,10 @@ outer_mtu = 1500
 # The encapsulation asked of proxies; it also sets the TUN MTU (outer_mtu minus its
 # overhead).
 encap = "wireguard"
+# Packet-engine threads (default 1): each has its own UDP socket on the tunnel port
+# and its own TUN queue, and inner flows are spread over them; about one per core the
+# node can spare for packets. Changing it needs a restart.
+engines = 1
 
 # The agent: point resolv.conf at `listen` (nameserver 127.0.0.53).
 [agent]

@@ -243,7 +243,7 @@ pub async fn serve_with(
     metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<Stats> {
     let mtu = cfg.tunnel.inner_mtu();
-    let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu)?;
+    let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu, cfg.tunnel.engines)?;
     let nl = Netlink::new()?;
     let tun_index = nl.link_index(&cfg.tun_name).await?;
     nl.set_up(tun_index).await?;
@@ -256,6 +256,7 @@ pub async fn serve_with(
             outer_mtu: cfg.tunnel.outer_mtu,
             // Everything the proxy sends is for this host.
             peer_default: Some(Dest::Tun),
+            engines: cfg.tunnel.engines,
         },
         Some(tun),
     )?;

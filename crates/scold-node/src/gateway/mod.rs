@@ -63,6 +63,10 @@ private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
 # Outer path MTU, and the encapsulation whose overhead sets the TUN MTU.
 outer_mtu = 1500
 encap = "wireguard"
+# Packet-engine threads (default 1): each has its own UDP socket on the tunnel port
+# and its own TUN queue, and inner flows are spread over them; about one per core the
+# node can spare for packets. Changing it needs a restart.
+engines = 1
 
 # The link to the coordinator (optional: without it the gateway runs standalone with
 # the peers below). The coordinator tells the gateway which proxies to admit.
@@ -328,7 +332,7 @@ pub async fn serve_with(
     metrics: Option<scold_metrics::Metrics>,
 ) -> anyhow::Result<scold_proto::dataplane::Stats> {
     let mtu = cfg.tunnel.inner_mtu();
-    let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu)?;
+    let tun = scold_tunnel::tun::create(&cfg.tun_name, mtu, cfg.tunnel.engines)?;
     let nl = Netlink::new()?;
     let index = nl.link_index(&cfg.tun_name).await?;
     nl.set_up(index).await?;
@@ -352,6 +356,7 @@ pub async fn serve_with(
             ipip_bind: cfg.tunnel.ipip_bind,
             private_key,
             outer_mtu: cfg.tunnel.outer_mtu,
+            engines: cfg.tunnel.engines,
             peer_default: Some(Dest::Tun),
         },
         Some(tun),

@@ -23,6 +23,10 @@ fn default_outer_mtu() -> u16 {
     1500
 }
 
+fn default_engines() -> usize {
+    1
+}
+
 fn default_encap() -> Encap {
     Encap::Wireguard
 }
@@ -54,6 +58,10 @@ pub struct TunnelSection {
     /// TUN MTU; default: `outer_mtu` minus the overhead of `encap`.
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// Packet-engine threads: one UDP socket of a reuseport group and one TUN queue
+    /// each, inner flows spread over them.
+    #[serde(default = "default_engines")]
+    pub engines: usize,
 }
 
 impl Default for TunnelSection {
@@ -67,6 +75,7 @@ impl Default for TunnelSection {
             outer_mtu: default_outer_mtu(),
             encap: default_encap(),
             mtu: None,
+            engines: default_engines(),
         }
     }
 }
@@ -116,6 +125,14 @@ impl TunnelSection {
                     self.encap
                 );
             }
+        }
+        if !(1..=scold_tunnel::engine::MAX_ENGINES).contains(&self.engines) {
+            anyhow::bail!(
+                "config file {}: tunnel.engines = {} is outside 1..={}; give about one per core the node can spare for packets",
+                file.display(),
+                self.engines,
+                scold_tunnel::engine::MAX_ENGINES
+            );
         }
         if let Some(k) = self.private_key(file)? {
             scold_tunnel::keys::decode_key(&k, "tunnel.private_key")

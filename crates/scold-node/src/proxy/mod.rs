@@ -61,6 +61,10 @@ ipip = false
 private_key = "oK1m8k5gGv2cYxq0yRZt5oGv3s8Jk8oB1rKk7l0d0E0="
 outer_mtu = 1500
 encap = "wireguard"
+# Packet-engine threads (default 1): each has its own UDP socket on the tunnel port
+# and its own TUN queue, and inner flows are spread over them; about one per core the
+# node can spare for packets. Changing it needs a restart.
+engines = 1
 
 # The link to the coordinator (optional: without it the proxy runs standalone with the
 # entries below). The coordinator sets up gateways and routes while a target is diverted.
@@ -951,7 +955,7 @@ pub async fn serve_live(
     let tun = match &cfg.nat {
         Some(n) => {
             let mtu = cfg.tunnel.inner_mtu();
-            let tun = scold_tunnel::tun::create(&n.tun_name, mtu)?;
+            let tun = scold_tunnel::tun::create(&n.tun_name, mtu, cfg.tunnel.engines)?;
             let index = nl.link_index(&n.tun_name).await?;
             let len = if n.source.is_ipv4() { 32 } else { 128 };
             nl.add_address(index, n.source, len).await?;
@@ -978,6 +982,7 @@ pub async fn serve_live(
             ipip_bind: cfg.tunnel.ipip_bind,
             private_key: cfg.tunnel.private_key(&cfg.file)?,
             outer_mtu: cfg.tunnel.outer_mtu,
+            engines: cfg.tunnel.engines,
             peer_default: None,
         },
         tun,
