@@ -336,6 +336,134 @@ fn indirect_route_udp() {
     indirect_route("udp");
 }
 
+/// The engines' packet counters from a daemon's final stats line.
+fn engine_packets(log: &str) -> Vec<u64> {
+    let key = "\"engine_packets\":[";
+    log.rfind(key)
+        .map(|i| {
+            let rest = &log[i + key.len()..];
+            rest[..rest.find(']').unwrap_or(0)]
+                .split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two engine threads on every node: the client's and gateway's TUN devices get two
+/// queues, sixteen TCP transfers at once arrive whole, and on the proxy and the gateway
+/// both threads carried packets (one tunnel spread over both by inner flow).
+#[test]
+fn indirect_route_udp_on_two_engines() {
+    let mut lab = lab();
+    let k = keys3();
+    let [gw, proxy, target, client] = write_configs(&lab, "udp", &k);
+    for f in [&gw, &proxy, &client] {
+        let text = std::fs::read_to_string(f).expect("config");
+        std::fs::write(f, text.replace("[tunnel]\n", "[tunnel]\nengines = 2\n")).expect("config");
+    }
+    lab.scold("g", "gateway", "gateway", &gw);
+    lab.scold("p", "proxy", "proxy", &proxy);
+    lab.scold("c", "client", "client", &client);
+    lab.scold("t", "target", "target", &target);
+    lab.wait_ping();
+    for (ns, tun) in [
+        ("c", format!("sc{}", lab.suffix())),
+        ("g", format!("sg{}", lab.suffix())),
+    ] {
+        let queues = lab.exec(ns, &format!("ls /sys/class/net/{tun}/queues"));
+        let queues = String::from_utf8_lossy(&queues.stdout).to_string();
+        assert!(
+            queues.contains("rx-0") && queues.contains("rx-1"),
+            "TUN {tun} does not have two queues: {queues:?}"
+        );
+    }
+
+    const FLOWS: usize = 16;
+    let src = lab.path("src.bin");
+    let sums = lab.path("sums");
+    must(&format!("head -c 2000000 /dev/urandom > {}", src.display()));
+    std::fs::create_dir_all(&sums).expect("sums folder");
+    // One file per connection, named by the client's port, holding what arrived's hash
+    // (every connection accepted at once: socat's fork-per-connection with its backlog
+    // of 5 resets some of sixteen simultaneous ones).
+    let sink = lab.write(
+        "sink.py",
+        "import hashlib, socket, sys, threading\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('10.4.0.2', 5001)); s.listen(64); s.settimeout(60)\n\
+         def take(c, port):\n\
+         \x20   h = hashlib.sha256()\n\
+         \x20   while True:\n\
+         \x20       b = c.recv(65536)\n\
+         \x20       if not b: break\n\
+         \x20       h.update(b)\n\
+         \x20   open('%s/%d' % (sys.argv[1], port), 'w').write(h.hexdigest())\n\
+         while True:\n\
+         \x20   c, a = s.accept(); c.settimeout(60)\n\
+         \x20   threading.Thread(target=take, args=(c, a[1]), daemon=True).start()\n",
+    );
+    lab.spawn(
+        "t",
+        "tcp-sink",
+        &[
+            "timeout",
+            "60",
+            "python3",
+            sink.to_str().expect("utf-8"),
+            sums.to_str().expect("utf-8"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.exec(
+        "c",
+        &format!(
+            "sh -c 'for i in $(seq {FLOWS}); do (socat -u FILE:{} TCP4:10.4.0.2:5001 || echo failed) & done; wait'",
+            src.display()
+        ),
+    );
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "transfers failed: {out:?}\n{}",
+        lab.logs()
+    );
+    let want = sha256(&src);
+    let end = Instant::now() + Duration::from_secs(15);
+    let done = |want: &str| {
+        std::fs::read_dir(&sums)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(want))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while done(&want) < FLOWS && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        done(&want),
+        FLOWS,
+        "not every transfer arrived whole\n{}",
+        lab.logs()
+    );
+    lab.stop("client");
+    lab.stop("target");
+    lab.stop("proxy");
+    lab.stop("gateway");
+    for node in ["proxy", "gateway"] {
+        let log = lab.log(node);
+        let lanes = engine_packets(&log);
+        assert_eq!(lanes.len(), 2, "{node} did not report two engines:\n{log}");
+        assert!(
+            lanes.iter().all(|&n| n > 100),
+            "on the {node} one engine carried (nearly) everything: {lanes:?}"
+        );
+    }
+}
+
 #[test]
 fn indirect_route_ipip() {
     indirect_route("ipip");

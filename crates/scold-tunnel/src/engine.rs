@@ -490,7 +490,7 @@ impl Sinks<'_> {
     /// Queues bytes that are already the outer payload (handshake messages).
     fn raw(&mut self, kind: OuterKind, bytes: &[u8], dst: SocketAddr) {
         self.room(kind);
-        self.tx(kind).push(bytes, dst);
+        self.tx(kind).push(bytes, dst, crate::steer::NO_BUCKET);
     }
 
     /// Encapsulates `inner` for `peer` straight into the send batch.
@@ -515,9 +515,15 @@ impl Sinks<'_> {
             Action::ToPeer(b) => Some((b.len(), std::ptr::eq(b.as_ptr(), slot_ptr))),
             _ => None,
         };
+        // Plain udp is steered by inner flow at a receiver with several engines; keep
+        // each GSO run within one bucket so that it reaches one of them whole.
+        let bucket = match peer.spec.encap {
+            Encap::Udp => crate::steer::bucket(inner),
+            _ => crate::steer::NO_BUCKET,
+        };
         match placed {
-            Some((len, true)) => tx.commit(len, dst),
-            Some((_, false)) => tx.push(inner, dst),
+            Some((len, true)) => tx.commit(len, dst, bucket),
+            Some((_, false)) => tx.push(inner, dst, bucket),
             None => return Sent::Dropped,
         }
         peer.counters.tx_packets += 1;
@@ -723,7 +729,9 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Most engine threads one node may ask for.
-pub const MAX_ENGINES: usize = 64;
+/// Most engine threads one node may have: the steering program's buckets
+/// ([`crate::steer::BUCKETS`]).
+pub const MAX_ENGINES: usize = crate::steer::BUCKETS as usize;
 
 impl Engine {
     pub fn new(
@@ -839,10 +847,7 @@ impl Engine {
 
     /// The local address of the UDP tunnel socket.
     pub fn udp_local_addr(&self) -> Option<SocketAddr> {
-        self.lanes[0]
-            .udp
-            .as_ref()
-            .and_then(|s| s.local_addr().ok())
+        self.lanes[0].udp.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     /// Moves packets until `shutdown` completes; returns the final counters.
@@ -1267,9 +1272,10 @@ mod tests {
         ));
     }
 
-    /// Two lanes share one tunnel port: the datagrams of one client (one outer 4-tuple)
-    /// are spread over both by inner flow, each flow arrives whole and in order, the
-    /// control state is seen by both, and the counters add up across lanes.
+    /// Two lanes share one tunnel port: the datagrams of one client (one outer 4-tuple),
+    /// single or in GSO runs, are spread over both by inner flow, each flow arrives whole
+    /// and in order, the control state is seen by both, and the counters add up across
+    /// lanes.
     #[tokio::test]
     async fn two_engines_spread_one_tunnel_by_inner_flow() {
         let client = bind("127.0.0.2");
@@ -1313,13 +1319,24 @@ mod tests {
             }
             got
         });
+        // The first half as single datagrams, the second as the engine sends them: GSO
+        // runs of a send batch, which arrive as one skb each.
+        let batch = OuterSocket::udp("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut tx = TxBatch::default();
         for round in 0..ROUNDS {
             for flow in 0..FLOWS {
                 let mut p = v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 120);
                 p[20..22].copy_from_slice(&(40000 + flow).to_be_bytes());
                 p[22..24].copy_from_slice(&5201u16.to_be_bytes());
                 p[28..30].copy_from_slice(&round.to_be_bytes());
-                client.send_to(&p, listen).unwrap();
+                if round < ROUNDS / 2 {
+                    client.send_to(&p, listen).unwrap();
+                } else {
+                    tx.push(&p, listen, crate::steer::bucket(&p));
+                    if tx.is_full() || flow == FLOWS - 1 {
+                        batch.flush(&mut tx);
+                    }
+                }
             }
         }
         let got = receiver.join().unwrap();
@@ -1364,7 +1381,7 @@ mod tests {
             )
             .err()
             .expect("accepted an engine count out of range");
-            assert!(e.to_string().contains("between 1 and 64"), "{e}");
+            assert!(e.to_string().contains("between 1 and 16"), "{e}");
         }
     }
 

@@ -97,6 +97,8 @@ pub struct TxBatch {
     data: Box<[u8]>,
     lens: [usize; TX_BATCH],
     dsts: [SocketAddr; TX_BATCH],
+    /// Steering bucket of each datagram ([`crate::steer::bucket`]); a GSO run keeps to one.
+    buckets: [u8; TX_BATCH],
     n: usize,
 }
 
@@ -106,6 +108,7 @@ impl Default for TxBatch {
             data: vec![0u8; TX_BATCH * MAX_PACKET].into_boxed_slice(),
             lens: [0; TX_BATCH],
             dsts: [SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); TX_BATCH],
+            buckets: [crate::steer::NO_BUCKET; TX_BATCH],
             n: 0,
         }
     }
@@ -127,18 +130,20 @@ impl TxBatch {
         &mut self.data[base..base + MAX_PACKET]
     }
 
-    /// Keeps the first `len` bytes of the slot for `dst`.
-    pub fn commit(&mut self, len: usize, dst: SocketAddr) {
+    /// Keeps the first `len` bytes of the slot for `dst`, in steering bucket `bucket`
+    /// ([`crate::steer::NO_BUCKET`] for anything the receiver does not steer).
+    pub fn commit(&mut self, len: usize, dst: SocketAddr, bucket: u8) {
         self.lens[self.n] = len;
         self.dsts[self.n] = dst;
+        self.buckets[self.n] = bucket;
         self.n += 1;
     }
 
-    /// Copies `payload` into the next slot for `dst`.
-    pub fn push(&mut self, payload: &[u8], dst: SocketAddr) {
+    /// Copies `payload` into the next slot for `dst` (see [`TxBatch::commit`]).
+    pub fn push(&mut self, payload: &[u8], dst: SocketAddr, bucket: u8) {
         let len = payload.len().min(MAX_PACKET);
         self.slot()[..len].copy_from_slice(&payload[..len]);
-        self.commit(len, dst);
+        self.commit(len, dst, bucket);
     }
 
     pub fn clear(&mut self) {
@@ -413,7 +418,8 @@ impl OuterSocket {
     }
 
     /// Length of the run of datagrams from `i` that one GSO send can carry: same
-    /// destination, same size, except that the last may be shorter.
+    /// destination, same steering bucket, same size, except that the last may be
+    /// shorter.
     fn gso_run(&self, tx: &TxBatch, i: usize) -> usize {
         if self.kind != OuterKind::Udp || !self.gso.load(Ordering::Relaxed) {
             return 1;
@@ -424,6 +430,7 @@ impl OuterSocket {
         while j < tx.n
             && j - i < GSO_MAX_SEGMENTS
             && tx.dsts[j] == tx.dsts[i]
+            && tx.buckets[j] == tx.buckets[i]
             && tx.lens[j] <= seg
             && total + tx.lens[j] <= 65000
         {
@@ -643,7 +650,7 @@ mod tests {
         for i in 0..20u8 {
             let len = if i == 19 { 300 } else { 1200 };
             let p = vec![i; len];
-            tx.push(&p, if i == 10 { cd } else { bd });
+            tx.push(&p, if i == 10 { cd } else { bd }, crate::steer::NO_BUCKET);
             if i != 10 {
                 want_b.push(p);
             }

@@ -13,7 +13,68 @@
 //! which makes the kernel fall back to its own 4-tuple hash: a WireGuard peer stays on
 //! one thread, whose session state it needs in order anyway.
 
+//!
+//! The kernel runs the program once per arriving skb, and a UDP GSO send arrives as one
+//! skb carrying many datagrams, all delivered to the socket its first one picks. So the
+//! hash is cut to one of [`BUCKETS`] buckets first, the socket is the bucket modulo the
+//! group's size, and a sender keeps each GSO run within one bucket ([`bucket`], used by
+//! the send batch): whatever the receiver's engine count, a flow's datagrams always
+//! reach the same socket, in order.
+
 use std::io;
+
+/// Buckets of inner flows; a node can spread its tunnels over this many engines at most.
+pub const BUCKETS: u32 = 16;
+
+/// The bucket of a datagram that is not a plain inner IP packet (WireGuard, handshakes),
+/// which the program leaves to the kernel's own hash.
+pub const NO_BUCKET: u8 = u8::MAX;
+
+/// The bucket [`program`] puts a plain inner IP packet into (see the module text), or
+/// [`NO_BUCKET`].
+pub fn bucket(inner: &[u8]) -> u8 {
+    let word = |at: usize| -> Option<u32> {
+        inner
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ports = |proto: u8, at: usize| -> u32 {
+        if proto == 6 || proto == 17 {
+            word(at).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let Some(&first) = inner.first() else {
+        return NO_BUCKET;
+    };
+    let key = match first & 0xf0 {
+        0x40 => {
+            let (Some(s), Some(d)) = (word(12), word(16)) else {
+                return NO_BUCKET;
+            };
+            let later_fragment = u16::from_be_bytes([inner[6], inner[7]]) & 0x1fff != 0;
+            let ihl = usize::from(first & 0x0f) * 4;
+            s ^ d
+                ^ if later_fragment {
+                    0
+                } else {
+                    ports(inner[9], ihl)
+                }
+        }
+        0x60 => {
+            let (Some(s), Some(d)) = (word(20), word(36)) else {
+                return NO_BUCKET;
+            };
+            s ^ d ^ ports(inner[6], 40)
+        }
+        _ => return NO_BUCKET,
+    };
+    (key.wrapping_mul(MIX) >> 28) as u8
+}
+
+/// The multiplier that spreads the key's bits into the top four.
+const MIX: u32 = 0x9e37_79b1;
 use std::os::fd::RawFd;
 
 /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h).
@@ -86,14 +147,12 @@ fn assemble(lines: &[Line]) -> Vec<libc::sock_filter> {
                 jf: 0,
                 k,
             }),
-            Jump(code, _, t, _) if code == JMP | JA => {
-                out.push(libc::sock_filter {
-                    code,
-                    jt: 0,
-                    jf: 0,
-                    k: off(t),
-                })
-            }
+            Jump(code, _, t, _) if code == JMP | JA => out.push(libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k: off(t),
+            }),
             Jump(code, k, t, f) => out.push(libc::sock_filter {
                 code,
                 jt: off(t) as u8,
@@ -105,7 +164,7 @@ fn assemble(lines: &[Line]) -> Vec<libc::sock_filter> {
     out
 }
 
-/// The program for a group of `n` sockets (`n >= 2`).
+/// The program for a group of `n` sockets (`2 <= n <= BUCKETS`).
 pub fn program(n: u32) -> Vec<libc::sock_filter> {
     assemble(&[
         Op(LD | B | ABS, 0), // the version nibble
@@ -149,9 +208,9 @@ pub fn program(n: u32) -> Vec<libc::sock_filter> {
         Op(ST, 0),
         Label("mix"),
         Op(LD | MEM, 0),
-        Op(ALU | MUL | K, 0x9e37_79b1),
-        Op(ALU | RSH | K, 16),
-        Op(ALU | MOD | K, n),
+        Op(ALU | MUL | K, MIX),
+        Op(ALU | RSH | K, 28), // the bucket (BUCKETS = 16) ...
+        Op(ALU | MOD | K, n),  // ... and its socket
         Op(RET | A, 0),
         Label("fallback"),
         Op(RET | K, FALLBACK),
@@ -179,5 +238,62 @@ pub fn attach(fd: RawFd, n: u32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(src: u8, sport: u16, proto: u8, frag: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 1, 0, src]);
+        p[16..20].copy_from_slice(&[10, 4, 0, 2]);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p
+    }
+
+    /// Buckets follow the inner flow: ports count for TCP and UDP in a first fragment
+    /// only; what is not an IP packet has none; the flows of one host pair spread.
+    #[test]
+    fn buckets_follow_the_inner_flow() {
+        assert_eq!(bucket(&[]), NO_BUCKET);
+        assert_eq!(bucket(&[0x01, 0, 0, 0, 1, 2, 3, 4]), NO_BUCKET, "WireGuard");
+        assert_eq!(bucket(&v4(2, 1, 17, 0)[..19]), NO_BUCKET, "too short");
+        let spread: std::collections::HashSet<u8> = (0..64)
+            .map(|port| bucket(&v4(2, 40000 + port, 6, 0)))
+            .collect();
+        assert!(
+            spread.len() >= 12,
+            "64 flows fell into {} buckets",
+            spread.len()
+        );
+        assert!(spread.iter().all(|&b| u32::from(b) < BUCKETS));
+        // Later fragments carry no ports: only the addresses count, as for ICMP.
+        assert_eq!(bucket(&v4(2, 1, 17, 185)), bucket(&v4(2, 9, 1, 0)));
+        assert_ne!(bucket(&v4(2, 1, 17, 0x2000)), NO_BUCKET, "a first fragment");
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        assert_ne!(bucket(&v6), NO_BUCKET);
+    }
+
+    /// The program assembles within cBPF's limits, ends every path in a return, and
+    /// jumps only forward.
+    #[test]
+    fn program_is_well_formed() {
+        let p = program(4);
+        assert!(p.len() < 64);
+        assert_eq!(p.last().unwrap().code, RET | K);
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code & 0x07 == JMP && ins.code != JMP | JA {
+                assert!(i + 1 + usize::from(ins.jt) < p.len());
+                assert!(i + 1 + usize::from(ins.jf) < p.len());
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ pub struct TunnelMetrics {
     dropped: Family<Labels, Counter>,
     peers: Gauge,
     engine_dropped: Family<Labels, Counter>,
+    engine_packets: Family<Labels, Counter>,
     send_errors: Counter,
 }
 
@@ -37,6 +38,7 @@ pub struct TunnelMetrics {
 struct Seen {
     peers: HashMap<(String, String), Counters>,
     engine: [u64; 5],
+    lanes: Vec<u64>,
 }
 
 fn step(now: u64, before: u64) -> u64 {
@@ -82,6 +84,11 @@ impl TunnelMetrics {
                 "tunnel_engine_dropped_packets",
                 "Packets the tunnel engine dropped before any peer, by reason",
                 m.engine_dropped.clone(),
+            );
+            r.register(
+                "tunnel_engine_packets",
+                "Packets each packet-engine thread received (tunnel datagrams and TUN packets), by thread: how evenly the cores share the load",
+                m.engine_packets.clone(),
             );
             r.register(
                 "tunnel_send_errors",
@@ -157,6 +164,13 @@ impl TunnelMetrics {
         self.send_errors
             .inc_by(step(stats.send_errors, seen.engine[4]));
         seen.engine[4] = stats.send_errors;
+        seen.lanes.resize(stats.engine_packets.len(), 0);
+        for (i, &n) in stats.engine_packets.iter().enumerate() {
+            self.engine_packets
+                .get_or_create(&vec![("engine".into(), i.to_string())])
+                .inc_by(step(n, seen.lanes[i]));
+            seen.lanes[i] = n;
+        }
     }
 }
 
@@ -206,11 +220,13 @@ mod tests {
         let mut stats = Stats {
             peers: vec![peer("gw1", 5), peer("client-a", 2), peer("client-b", 3)],
             dropped_no_route: 7,
+            engine_packets: vec![10, 4],
             ..Default::default()
         };
         m.update(&stats, &mut seen);
         // client-a leaves, gw1 counts on, client-c arrives.
         stats.peers = vec![peer("gw1", 9), peer("client-b", 4), peer("client-c", 1)];
+        stats.engine_packets = vec![12, 9];
         m.update(&stats, &mut seen);
         let text = metrics.render();
         for want in [
@@ -220,6 +236,8 @@ mod tests {
             "scold_tunnel_rx_bytes_total{peer=\"gw1\",encap=\"wireguard\"} 900",
             "scold_tunnel_engine_dropped_packets_total{reason=\"no_route\"} 7",
             "scold_tunnel_peers 3",
+            "scold_tunnel_engine_packets_total{engine=\"0\"} 12",
+            "scold_tunnel_engine_packets_total{engine=\"1\"} 9",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
