@@ -168,9 +168,9 @@ impl TxBatch {
         // Key: the destination's first slot, the bucket, the slot; sorted, the slot
         // number comes out in the wanted order. No allocation.
         let mut keys = [0u32; TX_BATCH];
-        for i in 0..n {
+        for (i, key) in keys[..n].iter_mut().enumerate() {
             let first = (0..i).find(|&j| self.dsts[j] == self.dsts[i]).unwrap_or(i);
-            keys[i] = (first as u32) << 16 | u32::from(self.buckets[i]) << 8 | i as u32;
+            *key = (first as u32) << 16 | u32::from(self.buckets[i]) << 8 | i as u32;
         }
         keys[..n].sort_unstable();
         for (o, k) in self.order[..n].iter_mut().zip(&keys[..n]) {
