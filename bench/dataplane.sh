@@ -279,30 +279,34 @@ udp_drops() { # ns port: datagrams that socket's queue dropped
   nsx "$1" cat /proc/net/udp | awk -v p=":$(printf '%04X' "$2")" '$2 ~ p"$" {d += $NF} END {print d + 0}'
 }
 measure_pps() { # name ns dst mode(encap|plain): DUR s of 64-byte packets from ns to the sink on g
-  local name=$1 ns=$2 dst=$3 mode=$4 seg0 sink sent sdur serr scpu recv rdur rdrop rcpu e0 e1 p0 p1 q0 q1 pd0 pd1
+  local name=$1 ns=$2 dst=$3 mode=$4 seg0 sink sent sdur serr scpu recv rdur rdrop rcpu e0 e1 p0 p1 q0 q1 pd0 pd1 x0 x1 f0 f1
   seg0=$(ip -d -n "$ns$S" link show "${ns}p$S" | grep -o 'gso_max_segs [0-9]*' | cut -d' ' -f2)
   ip -n "$ns$S" link set "${ns}p$S" gso_max_segs 1   # single datagrams on the wire
   nsx g timeout $((DUR + 30)) python3 "$W/pps.py" sink 10.2.0.2 51820 $((DUR + 20)) >"$W/sink.out" 2>&1 &
   sink=$!; PIDS+=("$sink")
   sleep 0.5
   pd0=$(udp_drops p 51820)
+  # The proxy's own counts, to check the sink against (0 without a proxy).
+  x0=$(metric 'scold_tunnel_tx_packets_total{peer="gw",encap="udp"}'); f0=$(metric scold_filter_passed_total)
   e0=$(ticks "${ENGINES[@]:-}"); p0=$(ticks "${RELAY[@]:-}"); q0=$(softirq)
   read -r sent sdur serr scpu < <(nsx "$ns" timeout $((DUR + 20)) python3 "$W/pps.py" send "$dst" 51820 10.1.0.2 40000 \
       "$mode" 64 "$DUR" $((DUR * 5000000)) 0 10.1.0.2 10.4.0.2 || echo "0 1 0 0")
   sleep 0.2   # the proxy's last batches
   e1=$(ticks "${ENGINES[@]:-}"); p1=$(ticks "${RELAY[@]:-}"); q1=$(softirq)
   pd1=$(udp_drops p 51820)
-  wait "$sink" || true
+  wait "$sink" || true   # it ends 1 s after the last datagram: the proxy's metrics are current
   read -r recv rdur rdrop rcpu <"$W/sink.out" || { recv=0; rdur=0; rdrop=0; rcpu=0; }
+  x1=$(metric 'scold_tunnel_tx_packets_total{peer="gw",encap="udp"}'); f1=$(metric scold_filter_passed_total)
   ip -n "$ns$S" link set "${ns}p$S" gso_max_segs "$seg0"
   RESULTS+=("pps $name sent=$sent secs=$sdur recv=$recv rsecs=$rdur sinkdrop=$rdrop proxydrop=$((pd1 - pd0)) engine_ticks=$([ ${#ENGINES[@]} -gt 0 ] && echo $((e1 - e0)) || echo -) proxy_ticks=$([ ${#RELAY[@]} -gt 0 ] && echo $((p1 - p0)) || echo -) softirq_ticks=$((q1 - q0)) sender_cpu=${scpu:-0} sink_cpu=${rcpu:-0} hz=$HZ")
-  printf '%-16s pps: sent %s in %ss, sink %s (+%s dropped at its socket) in %ss, proxy socket dropped %s\n' \
-    "$name" "$sent" "$sdur" "$recv" "$rdrop" "$rdur" "$((pd1 - pd0))" >&2
+  printf '%-16s pps: sent %s in %ss, sink %s (+%s dropped at its socket) in %ss, proxy socket dropped %s, proxy relayed %s, its filter passed %s\n' \
+    "$name" "$sent" "$sdur" "$recv" "$rdrop" "$rdur" "$((pd1 - pd0))" \
+    "$(python3 -c "print(int(float('$x1') - float('$x0')))")" "$(python3 -c "print(int(float('$f1') - float('$f0')))")" >&2
   ENGINES=(); RELAY=()
 }
 
 metric() { # name: a counter from the proxy's Prometheus endpoint (0 when not reachable)
-  nsx p curl -s --max-time 2 http://127.0.0.1:9801/metrics 2>/dev/null | awk -v m="$1" '$1 == m {print $2; f=1} END {if (!f) print 0}'
+  { nsx p curl -s --max-time 2 http://127.0.0.1:9801/metrics 2>/dev/null || true; } | awk -v m="$1" '$1 == m {print $2; f=1} END {if (!f) print 0}'
 }
 measure_flood() { # name rate: iperf3 TCP through the scold udp path, a flood from f at rate pps (0: none)
   local name=$1 rate=$2 bps e0 e1 p0 p1 q0 q1 b0 b1 t0 t1 x0 x1 fpid="" fsent=0 fsecs=0 ferr fcpu=-
