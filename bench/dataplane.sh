@@ -27,6 +27,9 @@
 # its drops), and kernel forwarding through the proxy namespace (plain 64-byte UDP, 64
 # flows = 64 source ports, same sender and sink). CPU: the proxy's engine threads, the
 # whole proxy, and the machine's softirq time (the only figure kernel forwarding has).
+# Engines (goal 4): the scold udp path with several TCP flows, every node on 1 and on 2
+# engine threads ([tunnel] engines), with each node's engine CPU, so Gbit/s per engine
+# core can be read off for a larger node.
 # Flood (goal 5): an iperf3 TCP transfer through the scold udp path with the proxy's
 # filter on and its XDP block list (generic), alternately without and with a flood
 # (FLOOD_REPS pairs) from a namespace the proxy never admitted (f, 10.5.0.2) at FLOOD_PPS
@@ -46,6 +49,7 @@ DUR=${1:-5}
 RR_COUNT=${RR_COUNT:-3000}
 FLOOD_PPS=${FLOOD_PPS:-300000}   # the blocked flood's rate in the flood case
 FLOOD_REPS=${FLOOD_REPS:-2}      # alternating pairs of transfers without and with the flood
+ENGINE_FLOWS=${ENGINE_FLOWS:-4}  # TCP flows of the engines case
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 for t in ip iperf3 haproxy socat python3 curl; do
   command -v "$t" >/dev/null || { echo "missing $t (Debian: iproute2 iperf3 haproxy socat python3 curl)" >&2; exit 1; }
@@ -387,7 +391,7 @@ nsx p sysctl -qw net.ipv4.ip_forward=0
 
 keypair() { "$SCOLD_BIN" proxy --genkey | python3 -c 'import sys; l=sys.stdin.read().split("\n"); print(l[0].split("\"")[1], l[1].split(": ")[1])'; }
 read -r KP KPP < <(keypair); read -r KG KGP < <(keypair); read -r KC KCP < <(keypair)
-tun() { local e=$1 l=$2 k=$3; echo "[tunnel]"; echo "encap = \"$e\""; echo "listen = \"$l\"";
+tun() { local e=$1 l=$2 k=$3; echo "[tunnel]"; echo "engines = ${ENGINES_N:-1}"; echo "encap = \"$e\""; echo "listen = \"$l\"";
   [ "$e" = ipip ] && echo "ipip = true"; [ "$e" = wireguard ] && echo "private_key = \"$k\""; true; }
 peer() { local name=$1 a=$2 port=$3 e=$4 pub=$5; echo "[[peers]]"; echo "name = \"$name\""; echo "address = \"$a\""; echo "encap = \"$e\"";
   [ -n "$port" ] && [ "$e" != ipip ] && echo "port = $port"; [ "$e" = wireguard ] && echo "public_key = \"$pub\""; true; }
@@ -459,6 +463,26 @@ RELAY=("$PID_P:-scold-engine"); ENGINES=("$PID_P:scold-engine" "$PID_G:scold-eng
 measure scold-nat c 10.1.0.1 5501 7501
 stop_all
 
+# Engines (goal 4): the scold udp path with ENGINE_FLOWS TCP flows (iperf3 -P), every
+# node on 1, then 2 engine threads, twice each, alternating; the CPU of each node's
+# engine threads. udp tunnels spread over the engines by inner flow.
+measure_engines() { # name n
+  local name=$1 n=$2 c0 p0 g0 c1 p1 g1 t0 t1 bps
+  c0=$(ticks "$PID_C:scold-engine"); p0=$(ticks "$PID_P:scold-engine"); g0=$(ticks "$PID_G:scold-engine"); t0=$(date +%s.%N)
+  bps=$(nsx c timeout $((DUR + 20)) iperf3 -c 10.4.0.2 -p 5201 -P "$ENGINE_FLOWS" -t "$DUR" -J 2>/dev/null \
+        | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' || echo 0)
+  c1=$(ticks "$PID_C:scold-engine"); p1=$(ticks "$PID_P:scold-engine"); g1=$(ticks "$PID_G:scold-engine"); t1=$(date +%s.%N)
+  RESULTS+=("engines $name n=$n gbps=$bps client_ticks=$((c1 - c0)) proxy_ticks=$((p1 - p0)) gateway_ticks=$((g1 - g0)) secs=$(python3 -c "print('%.3f' % ($t1 - $t0))") hz=$HZ")
+  printf '%-16s %8s Gbit/s with %s engine(s) per node, %s flows\n' "$name" "$bps" "$n" "$ENGINE_FLOWS" >&2
+}
+for rep in 1 2; do
+  for n in 1 2; do
+    ENGINES_N=$n run_scold udp 0
+    measure_engines "udp-e$n/$rep" "$n"
+    stop_all
+  done
+done
+
 # The user-space WireGuard peer in the same layout. Inner addresses 10.9.0.0/24 (the
 # client's tunnel address), so a route into a tunnel never covers the outer addresses.
 if command -v wireguard-go >/dev/null && command -v wg >/dev/null; then
@@ -509,6 +533,7 @@ for a in sys.argv[1:]:
             d[k] = None
     recs.setdefault(f[0], {})[f[1]] = d
 tcp, pps, flood = recs.get("tcp", {}), recs.get("pps", {}), recs.get("flood", {})
+engines = recs.get("engines", {})
 nan = float("nan")
 def div(a, b):
     try:
@@ -552,6 +577,17 @@ if flood:
               fmt(cores(r, "busy_ticks", r["secs"]))))
     print("(cores: engines and proxy as above, flooder = the flood's sender, machine = all CPUs' busy time)")
 
+eng = {}
+if engines:
+    print("\nengine threads per node, scold udp path, several TCP flows (cores: each node's engine threads)")
+    print("%-12s %8s %8s %8s %8s %8s %14s %14s" % ("case", "Gbit/s", "client", "proxy", "gateway", "all", "Gb/proxy-core", "Gb/engine-core"))
+    for n, r in engines.items():
+        c, p, gw = (div(r[k] / r["hz"], r["secs"]) for k in ("client_ticks", "proxy_ticks", "gateway_ticks"))
+        print("%-12s %8s %8s %8s %8s %8s %14s %14s" % (n, fmt(r["gbps"]), fmt(c), fmt(p), fmt(gw), fmt(c + p + gw),
+              fmt(div(r["gbps"], p), "%.1f"), fmt(div(r["gbps"], c + p + gw), "%.1f")))
+        e = eng.setdefault(int(r["n"]), {"gbps": [], "proxy": [], "all": []})
+        e["gbps"].append(r["gbps"]); e["proxy"].append(p); e["all"].append(c + p + gw)
+
 print("\ngoals (issue 15), ratios from this run:")
 def goal(text, v, ok):
     if v is None or math.isnan(v):
@@ -577,6 +613,12 @@ k = g(tcp, "kernel-fwd", "gbps")
 goal("3  udp / kernel forwarding throughput (>= 0.4)", div(g(tcp, "scold-udp", "gbps"), k), lambda v: v >= 0.4)
 goal("3  wireguard / kernel forwarding throughput (>= 0.25)", div(g(tcp, "scold-wireguard", "gbps"), k), lambda v: v >= 0.25)
 goal("3  ipip / udp throughput (>= 1)", div(g(tcp, "scold-ipip", "gbps"), g(tcp, "scold-udp", "gbps")), lambda v: v >= 1)
+if 1 in eng and 2 in eng:
+    m = {n: {k: sum(v) / len(v) for k, v in e.items()} for n, e in eng.items()}
+    goal("4  udp path, 2 engines per node / 1 engine: throughput (means)", div(m[2]["gbps"], m[1]["gbps"]), lambda v: v >= 1)
+    print("     Gbit/s per engine core (client+proxy+gateway): 1 engine %s, 2 engines %s; per proxy engine core: %s, %s" % (
+          fmt(div(m[1]["gbps"], m[1]["all"]), "%.1f"), fmt(div(m[2]["gbps"], m[2]["all"]), "%.1f"),
+          fmt(div(m[1]["gbps"], m[1]["proxy"]), "%.1f"), fmt(div(m[2]["gbps"], m[2]["proxy"]), "%.1f")))
 pf, kf = pps.get("proxy-udp+filter"), pps.get("kernel-fwd")
 if pf:
     goal("5  proxy with filter: received Mpps per engine core (>= 1)",
