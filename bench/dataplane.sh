@@ -393,7 +393,7 @@ keypair() { "$SCOLD_BIN" proxy --genkey | python3 -c 'import sys; l=sys.stdin.re
 read -r KP KPP < <(keypair); read -r KG KGP < <(keypair); read -r KC KCP < <(keypair)
 tun() { local e=$1 l=$2 k=$3; echo "[tunnel]"; echo "engines = ${ENGINES_N:-1}"; echo "encap = \"$e\""; echo "listen = \"$l\"";
   [ "$e" = ipip ] && echo "ipip = true"; [ "$e" = wireguard ] && echo "private_key = \"$k\""; true; }
-peer() { local name=$1 a=$2 port=$3 e=$4 pub=$5; echo "[[peers]]"; echo "name = \"$name\""; echo "address = \"$a\""; echo "encap = \"$e\"";
+peer() { local name=$1 a=$2 port=$3 e=$4 pub=$5; echo "[[peers]]"; echo "engines = ${ENGINES_N:-1}"; echo "name = \"$name\""; echo "address = \"$a\""; echo "encap = \"$e\"";
   [ -n "$port" ] && [ "$e" != ipip ] && echo "port = $port"; [ "$e" = wireguard ] && echo "public_key = \"$pub\""; true; }
 
 # filter: "" (none), "limits" (limits above any test's rate: its cost, not its drops),

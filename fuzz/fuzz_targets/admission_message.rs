@@ -41,6 +41,7 @@ fn offer() -> ProxyOffer {
         allow: vec!["10.0.0.0/8".parse().expect("prefix")],
         max_clients: 4,
         max_clients_per_prefix: 4,
+        engines: 2,
     }
 }
 

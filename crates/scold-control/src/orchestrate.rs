@@ -107,6 +107,7 @@ fn peer(k: &Known, role: &'static str) -> Result<Peer, PlanError> {
         encap: t.encap,
         public_key: t.public_key.clone(),
         keepalive_secs: None,
+        engines: t.engines,
     })
 }
 
@@ -342,8 +343,19 @@ mod tests {
                 encap: Encap::Wireguard,
                 public_key: Some(PublicKey(format!("{}=", "A".repeat(43)))),
                 inside: inside.map(|s| s.parse().unwrap()),
+                engines: None,
             }),
         }
+    }
+
+    /// A node's engine count reaches the peers told about it, so their senders keep GSO
+    /// runs to one steering bucket; one engine says nothing.
+    #[test]
+    fn a_gateways_engine_count_goes_into_its_peer_entry() {
+        let mut g = known("g1", "203.0.113.9", Some("10.3.0.1"));
+        assert_eq!(peer(&g, "gateway").unwrap().engines, None);
+        g.tunnel.as_mut().unwrap().engines = Some(4);
+        assert_eq!(peer(&g, "gateway").unwrap().engines, Some(4));
     }
 
     fn target(scheme: Scheme) -> TargetConfig {

@@ -176,6 +176,7 @@ fn tunnel(role: Role, name: &str) -> Option<TunnelInfo> {
         encap: dataplane::Encap::Udp,
         public_key: None,
         inside,
+        engines: None,
     })
 }
 

@@ -662,6 +662,7 @@ fn register_flood(lab: &Fig8, roles: &Roles) -> Result<Attack, LabError> {
                         encap: scold_proto::dataplane::Encap::Udp,
                         public_key: None,
                         inside: None,
+                        engines: None,
                     }),
                     ..Default::default()
                 };

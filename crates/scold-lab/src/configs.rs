@@ -356,6 +356,7 @@ impl ConfigPlan {
             encap: self.encap,
             public_key: (self.encap == Encap::Wireguard).then(|| PublicKey(key.public.clone())),
             keepalive_secs: None,
+            engines: None,
         }
     }
 }

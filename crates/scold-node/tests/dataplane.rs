@@ -360,7 +360,11 @@ fn two_engines(encap: &str) {
     let [gw, proxy, target, client] = write_configs(&lab, encap, &k);
     for f in [&gw, &proxy, &client] {
         let text = std::fs::read_to_string(f).expect("config");
-        std::fs::write(f, text.replace("[tunnel]\n", "[tunnel]\nengines = 2\n")).expect("config");
+        // The peers read with two engines as well: senders keep GSO runs to one bucket.
+        let text = text
+            .replace("[tunnel]\n", "[tunnel]\nengines = 2\n")
+            .replace("[[peers]]\n", "[[peers]]\nengines = 2\n");
+        std::fs::write(f, text).expect("config");
     }
     lab.scold("g", "gateway", "gateway", &gw);
     lab.scold("p", "proxy", "proxy", &proxy);

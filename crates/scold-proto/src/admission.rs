@@ -109,6 +109,11 @@ pub struct Admitted {
     /// The proxy's WireGuard public key (wireguard only).
     #[serde(default)]
     pub public_key: Option<PublicKey>,
+    /// Engine threads the proxy reads its tunnel with (its `[tunnel] engines`), when
+    /// more than one: packets to it go in GSO runs that each keep to one steering
+    /// bucket, so that every flow reaches one of its engines, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<u8>,
     /// The largest inner packet the whole path carries unfragmented.
     pub inner_mtu: u16,
     /// Every target this client is now admitted to at this proxy.
@@ -292,6 +297,8 @@ pub struct ProxyOffer {
     /// Sessions one network (an IPv4 /24, an IPv6 /56) may hold, so that one network
     /// cannot take every lease.
     pub max_clients_per_prefix: usize,
+    /// The proxy's engine threads, told to clients when more than one.
+    pub engines: u8,
 }
 
 /// The admission connection a request came over (the proxy numbers them); a session
@@ -507,6 +514,7 @@ impl Admissions {
             } else {
                 None
             },
+            engines: (offer.engines > 1).then_some(offer.engines),
             inner_mtu: base.saturating_sub(outer_v6).min(offer.relay_mtu),
             targets: entry.targets.iter().copied().collect(),
         };
@@ -698,6 +706,7 @@ mod tests {
             allow: vec!["10.4.0.0/16".parse().unwrap()],
             max_clients: 2,
             max_clients_per_prefix: 2,
+            engines: 2,
         }
     }
 
@@ -723,6 +732,11 @@ mod tests {
             .unwrap();
         assert_eq!(ans.tunnel_address, ip("10.1.0.1"));
         assert_eq!(ans.inner_mtu, 1440);
+        assert_eq!(
+            ans.engines,
+            Some(2),
+            "the proxy tells clients it reads with two engines"
+        );
         assert_eq!(ans.port, Some(51820));
         assert_eq!(ans.public_key, Some(key('P')));
         let first = plan.command.clone();
@@ -942,6 +956,7 @@ mod tests {
             port: Some(51820),
             encap: Encap::Wireguard,
             public_key: Some(key('P')),
+            engines: None,
             inner_mtu: 1440,
             targets: vec![ip("10.4.0.2")],
         };

@@ -1680,6 +1680,7 @@ mod tests {
             port: Some(51820),
             encap: Encap::Wireguard,
             public_key: Some(key('P')),
+            engines: None,
             inner_mtu: 1420,
             targets: targets.to_vec(),
         }

@@ -108,6 +108,11 @@ pub struct TunnelInfo {
     /// flows they relay, which the target routes back through its gateway.
     #[serde(default)]
     pub inside: Option<IpAddr>,
+    /// Engine threads the node reads its tunnel with (its `[tunnel] engines`), when
+    /// more than one: packets to it go in GSO runs that each keep to one steering
+    /// bucket, so that every flow reaches one of its engines, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -233,6 +233,11 @@ pub struct Peer {
     /// WireGuard persistent keepalive in seconds (keeps NAT state and the session warm).
     #[serde(default)]
     pub keepalive_secs: Option<u16>,
+    /// Engine threads the peer reads its tunnel with (its `[tunnel] engines`), when
+    /// more than one: packets to it go in GSO runs that each keep to one steering
+    /// bucket, so that every flow reaches one of its engines, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<u8>,
 }
 
 /// A client admitted at a proxy (after the admission exchange or a coordinator push).
@@ -749,6 +754,7 @@ mod tests {
                 encap: Encap::Wireguard,
                 public_key: Some(PublicKey(KEY.into())),
                 keepalive_secs: Some(25),
+                engines: None,
             }),
             Command::AddSession(Session {
                 client: "198.51.100.7".parse().unwrap(),
@@ -801,6 +807,7 @@ mod tests {
                 encap,
                 public_key: key.map(|k| PublicKey(k.into())),
                 keepalive_secs: None,
+                engines: None,
             })
         };
         assert!(peer(Encap::Wireguard, None, "192.0.2.1")

@@ -516,9 +516,10 @@ impl Sinks<'_> {
             _ => None,
         };
         // Plain udp is steered by inner flow at a receiver with several engines; keep
-        // each GSO run within one bucket so that it reaches one of them whole.
+        // each GSO run within one bucket so that it reaches one of them whole. For a
+        // receiver with one engine that would only cut runs short.
         let bucket = match peer.spec.encap {
-            Encap::Udp => crate::steer::bucket(inner),
+            Encap::Udp if peer.spec.engines.is_some_and(|n| n > 1) => crate::steer::bucket(inner),
             _ => crate::steer::NO_BUCKET,
         };
         match placed {
@@ -1150,6 +1151,7 @@ mod tests {
             encap: Encap::Udp,
             public_key: None,
             keepalive_secs: None,
+            engines: None,
         };
         let (gid, _) = s
             .add_peer(

@@ -98,6 +98,7 @@ fn tunnel_of(role: Role, name: &str) -> Option<TunnelInfo> {
         encap: dataplane::Encap::Udp,
         public_key: None,
         inside,
+        engines: None,
     })
 }
 

@@ -509,6 +509,7 @@ impl Driver<'_> {
             encap: admitted.encap,
             public_key: admitted.public_key.clone(),
             keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
+            engines: admitted.engines,
         };
         if let Reply::Refused { code, message } =
             node::Node::apply(&mut *self.node, Command::AddPeer(peer)).await
@@ -609,6 +610,8 @@ impl Driver<'_> {
                 .then(|| offer.public_key.clone())
                 .flatten(),
             keepalive_secs: Some(self.cfg.keepalive_secs).filter(|k| *k > 0),
+            // A pushed offer does not say how many engines the proxy reads with.
+            engines: None,
         };
         if let Reply::Refused { code, message } =
             node::Node::apply(&mut *self.node, Command::AddPeer(peer)).await

@@ -142,6 +142,7 @@ impl ControlSection {
             encap: tunnel.encap,
             public_key,
             inside: self.inside,
+            engines: u8::try_from(tunnel.engines).ok().filter(|&n| n > 1),
         }))
     }
 }

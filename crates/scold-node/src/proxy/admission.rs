@@ -488,6 +488,7 @@ fn offer_of(cfg: &crate::proxy::Config, a: &AdmissionSection) -> anyhow::Result<
         allow: a.allow.clone(),
         max_clients: a.max_clients,
         max_clients_per_prefix: a.max_clients_per_prefix,
+        engines: u8::try_from(t.engines).unwrap_or(u8::MAX),
     })
 }
 

@@ -504,6 +504,9 @@ impl Proxy {
             encap: s.encap,
             public_key: s.public_key.clone(),
             keepalive_secs: None,
+            // A client reads its tunnel with one engine (its config can say more, but
+            // the session does not carry it): replies go in plain GSO runs.
+            engines: None,
         };
         let policy = PeerPolicy {
             sources: vec![Prefix::host(s.client)],
