@@ -3,7 +3,7 @@
 //!
 //! Properties:
 //! - plain encapsulations hand out exactly the payload, and only IPv4 (ipip) or
-//!   IPv4/IPv6 (udp) packets;
+//!   IPv4/IPv6 (udp) packets; any payload has a steering bucket in range, or none;
 //! - the forwarding table never sends a packet back to the peer it came from, never
 //!   passes a spoofed source or a destination outside the peer's policy, and a learned
 //!   source routes the reply back to that peer;
@@ -219,6 +219,11 @@ fuzz_target!(|input: Input| {
             let policy = policy_of(&input);
             let src: IpAddr = "198.51.100.1".parse().expect("address");
             for (d, _) in &input.datagrams {
+                // The steering bucket of any payload is one of the buckets or none, and
+                // the same for the same bytes.
+                let b = scold_tunnel::steer::bucket(d);
+                assert!(b == scold_tunnel::steer::NO_BUCKET || u32::from(b) < scold_tunnel::steer::BUCKETS);
+                assert_eq!(b, scold_tunnel::steer::bucket(d));
                 match e.decapsulate(src, d, &mut scratch) {
                     Action::Inner(pkt) => {
                         assert_eq!(pkt, &d[..]);
