@@ -723,6 +723,15 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Reports a lane's end to [`Engine::run`] when dropped: at its return or its panic.
+struct Done(usize, mpsc::UnboundedSender<usize>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
 /// The shared state, also when a lane panicked while holding it (its counters may be
 /// one batch short; the packet path keeps going).
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -869,9 +878,9 @@ impl Engine {
             let spawned = std::thread::Builder::new()
                 .name("scold-engine".into())
                 .spawn(move || {
-                    let index = lane.index;
+                    // Says "ended" also when the lane panics.
+                    let _done = Done(lane.index, done_tx);
                     lane.run_blocking(&state, &stop);
-                    let _ = done_tx.send(index);
                 });
             match spawned {
                 Ok(_) => running += 1,
@@ -1006,8 +1015,14 @@ impl Lane {
                     break;
                 }
             };
+            sinks.totals.truncated += rx.take_truncated();
             if rx.is_empty() {
-                break;
+                // Nothing, or only datagrams cut short (counted): read on if it was a full
+                // batch.
+                if got < crate::socket::BATCH {
+                    break;
+                }
+                continue;
             }
             // One clock read per batch: the inspector's buckets need no finer time.
             let now = Instant::now();
@@ -1022,7 +1037,6 @@ impl Lane {
             }
             // The sends happen outside the lock, in parallel with the other lanes.
             sinks.flush();
-            sinks.totals.truncated += rx.take_truncated();
             // A short batch emptied the queue; the level-triggered poll reports more.
             if got < crate::socket::BATCH {
                 break;
@@ -1391,6 +1405,53 @@ mod tests {
             .expect("the engine threads did not stop")
             .unwrap();
         assert_eq!(fin.engine_packets.iter().sum::<u64>(), total);
+    }
+
+    /// Panics on the first packet it judges.
+    struct Bomb;
+
+    impl Inspect for Bomb {
+        fn check(&mut self, _now: Instant, _outer_src: IpAddr, _inner: &[u8]) -> bool {
+            panic!("inspector failed");
+        }
+    }
+
+    /// A lane that dies (here its inspector panics) ends the whole engine, the other
+    /// lane too, instead of leaving it half-running until shutdown.
+    #[tokio::test]
+    async fn a_lane_that_panics_stops_the_engine() {
+        let client = bind("127.0.0.2");
+        let gateway = bind("127.0.0.3");
+        let (engine, handle) = Engine::new(
+            EngineConfig {
+                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                engines: 2,
+                ..EngineConfig::default()
+            },
+            None,
+        )
+        .unwrap();
+        let listen = engine.udp_local_addr().unwrap();
+        let task = tokio::spawn(engine.run(std::future::pending::<()>()));
+        let gw_port = gateway.local_addr().unwrap().port();
+        handle
+            .call(move |s| {
+                relay_peers(s, gw_port, true);
+                s.set_inspector(Some(Box::new(Bomb)));
+            })
+            .await
+            .unwrap();
+        client
+            .send_to(&v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 100), listen)
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the engine kept running after a lane died")
+            .unwrap();
+        assert!(matches!(
+            handle.call(|_| ()).await,
+            Err(TunnelError::EngineStopped)
+        ));
     }
 
     /// A lane count out of range is refused with the bounds, before anything is opened.
