@@ -1208,18 +1208,22 @@ mod tests {
         s
     }
 
-    /// A proxy engine on loopback: a client's udp-encapsulated packets reach the gateway
-    /// peer in order and unchanged, an answer goes back to the client's learned port,
-    /// a stranger is dropped and counted, control calls work while packets flow, and
-    /// after shutdown the handle reports the engine stopped.
-    #[tokio::test]
-    async fn proxy_engine_relays_between_peers_on_its_thread() {
-        let client = bind("127.0.0.2");
-        let gateway = bind("127.0.0.3");
-        let stranger = bind("127.0.0.9");
+    /// A relay engine on loopback with `engines` lanes and the peers of [`relay_peers`]
+    /// (gateway at `gw_port`): its tunnel address, handle, stop switch and task.
+    async fn relay(
+        engines: usize,
+        gw_port: u16,
+        inspect: bool,
+    ) -> (
+        SocketAddr,
+        EngineHandle,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stats>,
+    ) {
         let (engine, handle) = Engine::new(
             EngineConfig {
                 udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+                engines,
                 ..EngineConfig::default()
             },
             None,
@@ -1230,13 +1234,24 @@ mod tests {
         let task = tokio::spawn(engine.run(async move {
             let _ = stop_rx.await;
         }));
-        let gw_port = gateway.local_addr().unwrap().port();
         handle
-            .call(move |s| {
-                relay_peers(s, gw_port, false);
-            })
+            .call(move |s| relay_peers(s, gw_port, inspect))
             .await
             .unwrap();
+        (listen, handle, stop_tx, task)
+    }
+
+    /// A proxy engine on loopback: a client's udp-encapsulated packets reach the gateway
+    /// peer in order and unchanged, an answer goes back to the client's learned port,
+    /// a stranger is dropped and counted, control calls work while packets flow, and
+    /// after shutdown the handle reports the engine stopped.
+    #[tokio::test]
+    async fn proxy_engine_relays_between_peers_on_its_thread() {
+        let client = bind("127.0.0.2");
+        let gateway = bind("127.0.0.3");
+        let stranger = bind("127.0.0.9");
+        let gw_port = gateway.local_addr().unwrap().port();
+        let (listen, handle, stop_tx, task) = relay(1, gw_port, false).await;
 
         let sent: Vec<Vec<u8>> = (0..50)
             .map(|i| v4_packet([10, 1, 0, 2], [10, 4, 0, 2], 100 + i * 20))
@@ -1299,25 +1314,8 @@ mod tests {
         socket2::SockRef::from(&gateway)
             .set_recv_buffer_size(8 << 20)
             .unwrap();
-        let (engine, handle) = Engine::new(
-            EngineConfig {
-                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-                engines: 2,
-                ..EngineConfig::default()
-            },
-            None,
-        )
-        .unwrap();
-        let listen = engine.udp_local_addr().unwrap();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(engine.run(async move {
-            let _ = stop_rx.await;
-        }));
         let gw_port = gateway.local_addr().unwrap().port();
-        handle
-            .call(move |s| relay_peers(s, gw_port, false))
-            .await
-            .unwrap();
+        let (listen, handle, stop_tx, task) = relay(2, gw_port, false).await;
 
         const FLOWS: u16 = 16;
         const ROUNDS: u16 = 40;
@@ -1422,23 +1420,10 @@ mod tests {
     async fn a_lane_that_panics_stops_the_engine() {
         let client = bind("127.0.0.2");
         let gateway = bind("127.0.0.3");
-        let (engine, handle) = Engine::new(
-            EngineConfig {
-                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-                engines: 2,
-                ..EngineConfig::default()
-            },
-            None,
-        )
-        .unwrap();
-        let listen = engine.udp_local_addr().unwrap();
-        let task = tokio::spawn(engine.run(std::future::pending::<()>()));
         let gw_port = gateway.local_addr().unwrap().port();
+        let (listen, handle, _stop_tx, task) = relay(2, gw_port, true).await;
         handle
-            .call(move |s| {
-                relay_peers(s, gw_port, true);
-                s.set_inspector(Some(Box::new(Bomb)));
-            })
+            .call(|s| s.set_inspector(Some(Box::new(Bomb))))
             .await
             .unwrap();
         client
@@ -1496,19 +1481,6 @@ mod tests {
     async fn inspector_and_too_big_answers() {
         let client = bind("127.0.0.2");
         let gateway = bind("127.0.0.3");
-        let (engine, handle) = Engine::new(
-            EngineConfig {
-                udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-                ..EngineConfig::default()
-            },
-            None,
-        )
-        .unwrap();
-        let listen = engine.udp_local_addr().unwrap();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(engine.run(async move {
-            let _ = stop_rx.await;
-        }));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let gw_port = gateway.local_addr().unwrap().port();
@@ -1516,11 +1488,9 @@ mod tests {
             seen: seen.clone(),
             ticks: ticks.clone(),
         };
+        let (listen, handle, stop_tx, task) = relay(1, gw_port, true).await;
         handle
-            .call(move |s| {
-                s.set_inspector(Some(Box::new(inspector)));
-                relay_peers(s, gw_port, true);
-            })
+            .call(move |s| s.set_inspector(Some(Box::new(inspector))))
             .await
             .unwrap();
 
