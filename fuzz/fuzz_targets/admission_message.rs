@@ -122,6 +122,7 @@ fn check_proxy(m: &ProxyMessage) {
                     encap,
                     public_key: None,
                     port: None,
+                    engines: None,
                 };
                 if check_admitted(a, &req, &alt(), client()).is_ok() {
                     assert!(alt().contains(&a.tunnel_address));

@@ -492,6 +492,7 @@ impl RoleConfigs {
                         public_key: (plan.encap == Encap::Wireguard)
                             .then(|| PublicKey(key.public.clone())),
                         targets: vec![host(target)],
+                        engines: None,
                     });
                 }
             }

@@ -363,7 +363,8 @@ fn two_engines(encap: &str) {
         // The peers read with two engines as well: senders keep GSO runs to one bucket.
         let text = text
             .replace("[tunnel]\n", "[tunnel]\nengines = 2\n")
-            .replace("[[peers]]\n", "[[peers]]\nengines = 2\n");
+            .replace("[[peers]]\n", "[[peers]]\nengines = 2\n")
+            .replace("[[sessions]]\n", "[[sessions]]\nengines = 2\n");
         std::fs::write(f, text).expect("config");
     }
     lab.scold("g", "gateway", "gateway", &gw);

@@ -92,6 +92,10 @@ pub struct AdmitRequest {
     /// (which also works through NAT).
     #[serde(default)]
     pub port: Option<u16>,
+    /// The client's engine threads, when more than one: the proxy's replies then keep
+    /// each GSO run within one steering bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<u8>,
 }
 
 /// The proxy's answer to an admission: where and how to send tunnel packets.
@@ -310,6 +314,7 @@ struct ClientEntry {
     encap: Encap,
     public_key: Option<PublicKey>,
     port: Option<u16>,
+    engines: Option<u8>,
     targets: BTreeSet<IpAddr>,
     /// Open admission connections from this client.
     connections: usize,
@@ -341,6 +346,7 @@ fn session(client: IpAddr, e: &ClientEntry) -> Session {
         encap: e.encap,
         public_key: e.public_key.clone(),
         targets: e.targets.iter().map(|t| Prefix::host(*t)).collect(),
+        engines: e.engines,
     }
 }
 
@@ -420,6 +426,7 @@ impl Admissions {
                 if e.owner.is_none() {
                     e.owner = Some(conn);
                 }
+                e.engines = req.engines;
                 e
             }
             // New parameters (the client restarted with another key): start afresh with
@@ -448,6 +455,7 @@ impl Admissions {
                     encap: req.encap,
                     public_key: req.public_key.clone(),
                     port: req.port,
+                    engines: req.engines,
                     targets: BTreeSet::new(),
                     connections: e.connections,
                     idle_since: e.idle_since,
@@ -483,6 +491,7 @@ impl Admissions {
                     encap: req.encap,
                     public_key: req.public_key.clone(),
                     port: req.port,
+                    engines: req.engines,
                     targets: BTreeSet::new(),
                     connections: 0,
                     idle_since: None,
@@ -716,6 +725,7 @@ mod tests {
             encap: Encap::Wireguard,
             public_key: Some(key('C')),
             port: None,
+            engines: None,
         }
     }
 
@@ -736,6 +746,30 @@ mod tests {
             ans.engines,
             Some(2),
             "the proxy tells clients it reads with two engines"
+        );
+        let Command::AddSession(s) = &plan.command else {
+            panic!("not a session: {:?}", plan.command)
+        };
+        assert_eq!(s.engines, None, "a one-engine client says nothing");
+        let (again, _) = a
+            .plan_admit(
+                c,
+                1,
+                ip("10.1.0.1"),
+                &AdmitRequest {
+                    engines: Some(3),
+                    ..req(&["10.4.0.2"])
+                },
+                &offer(),
+            )
+            .unwrap();
+        let Command::AddSession(s) = &again.command else {
+            panic!("not a session: {:?}", again.command)
+        };
+        assert_eq!(
+            s.engines,
+            Some(3),
+            "a client's engine count reaches its session"
         );
         assert_eq!(ans.port, Some(51820));
         assert_eq!(ans.public_key, Some(key('P')));

@@ -83,6 +83,8 @@ pub struct Config {
     pub encap: Encap,
     /// Our WireGuard public key (wireguard only).
     pub public_key: Option<PublicKey>,
+    /// Our engine threads, told to proxies when more than one.
+    pub engines: Option<u8>,
     /// Bounds of the wait between two reads of a name's ALT set.
     pub min_refresh: Duration,
     pub max_refresh: Duration,
@@ -1342,6 +1344,7 @@ impl Agent {
                             encap: self.cfg.encap,
                             public_key: self.cfg.public_key.clone(),
                             port: None,
+                            engines: self.cfg.engines,
                         },
                     });
                     e.wait = Wait::Admit { ticket, proxy };
@@ -1665,6 +1668,7 @@ mod tests {
         Config {
             encap: Encap::Wireguard,
             public_key: Some(key('C')),
+            engines: None,
             min_refresh: Duration::from_secs(1),
             max_refresh: Duration::from_secs(300),
             probe_interval: ms(200),
@@ -1692,6 +1696,7 @@ mod tests {
             encap: Encap::Wireguard,
             public_key: Some(key('C')),
             port: None,
+            engines: None,
         }
     }
 

@@ -256,6 +256,9 @@ pub struct Session {
     pub public_key: Option<PublicKey>,
     /// Where the client may send through this proxy: the target it asked for.
     pub targets: Vec<Prefix>,
+    /// The client's engine threads, when more than one (see [`Peer::engines`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<u8>,
 }
 
 /// Where a route sends packets.
@@ -762,6 +765,7 @@ mod tests {
                 encap: Encap::Udp,
                 public_key: None,
                 targets: vec!["203.0.113.10/32".parse().unwrap()],
+                engines: None,
             }),
             Command::AddRoute(Route {
                 destination: "203.0.113.10/32".parse().unwrap(),

@@ -136,6 +136,7 @@ pub(super) async fn run(
     let core = Agent::new(scold_proto::agent::Config {
         encap: cfg.tunnel.encap,
         public_key: public_key.clone(),
+        engines: u8::try_from(cfg.tunnel.engines).ok().filter(|&n| n > 1),
         min_refresh: a.min_refresh(),
         max_refresh: Duration::from_secs(a.max_refresh_secs),
         probe_interval: Duration::from_millis(a.probe_interval_ms),

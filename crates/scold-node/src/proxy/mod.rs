@@ -465,6 +465,8 @@ impl PushedClient {
             encap: self.encap,
             public_key: self.public_key.clone(),
             targets,
+            // A pushed client's engine count is not known: plain GSO runs.
+            engines: None,
         }
     }
 }
@@ -504,9 +506,7 @@ impl Proxy {
             encap: s.encap,
             public_key: s.public_key.clone(),
             keepalive_secs: None,
-            // A client reads its tunnel with one engine (its config can say more, but
-            // the session does not carry it): replies go in plain GSO runs.
-            engines: None,
+            engines: s.engines,
         };
         let policy = PeerPolicy {
             sources: vec![Prefix::host(s.client)],
