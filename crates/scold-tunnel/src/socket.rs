@@ -268,12 +268,12 @@ impl OuterSocket {
         for _ in 1..n {
             all.push(Self::udp_shared(at, true)?);
         }
-        crate::steer::attach(all[0].as_raw_fd(), n as u32).map_err(|source| {
-            TunnelError::Socket {
-                what: format!("the flow steering program of the UDP tunnel sockets on {at}"),
-                source,
-            }
-        })?;
+        if let Err(e) = crate::steer::attach(all[0].as_raw_fd(), n as u32) {
+            // Still correct without it: the kernel's own hash keeps each tunnel on one
+            // engine, so only one tunnel's spread over the engines is lost.
+            tracing::warn!(error = %e, listen = %at,
+                "the kernel refused the flow steering program; each tunnel stays on one engine thread");
+        }
         Ok(all)
     }
 
