@@ -277,7 +277,8 @@ pub struct Filter {
     rate_ns: [f64; NB],
     cap: [f64; NB],
     slots: Vec<Slot>,
-    index: HashMap<Key, u32>,
+    /// ahash, randomly keyed: looked up for every packet, with keys a flood chooses.
+    index: HashMap<Key, u32, ahash::RandomState>,
     new_tokens: f64,
     new_cap: f64,
     new_last: u64,
@@ -313,7 +314,7 @@ impl Filter {
                 }
             }),
             slots: Vec::with_capacity(max_sources),
-            index: HashMap::with_capacity(max_sources),
+            index: HashMap::with_capacity_and_hasher(max_sources, Default::default()),
             new_tokens: new_cap,
             new_cap,
             new_last: 0,

@@ -22,7 +22,7 @@ struct Entry<K> {
 pub struct SpaceSaving<K> {
     cap: usize,
     entries: Vec<Entry<K>>,
-    index: HashMap<K, usize>,
+    index: HashMap<K, usize, ahash::RandomState>,
 }
 
 impl<K: Eq + Hash + Copy> SpaceSaving<K> {
@@ -32,7 +32,7 @@ impl<K: Eq + Hash + Copy> SpaceSaving<K> {
         Self {
             cap,
             entries: Vec::with_capacity(cap),
-            index: HashMap::with_capacity(cap),
+            index: HashMap::with_capacity_and_hasher(cap, Default::default()),
         }
     }
 

@@ -168,7 +168,7 @@ impl std::ops::AddAssign for Totals {
 /// The engine's state, as control closures see it.
 pub struct State {
     peers: Vec<Option<PeerEntry>>,
-    by_addr: HashMap<IpAddr, PeerId>,
+    by_addr: crate::fib::FastMap<IpAddr, PeerId>,
     by_name: HashMap<String, PeerId>,
     /// The forwarding table; control code adds routes to peers by their [`PeerId`].
     pub fib: Fib,
@@ -832,7 +832,7 @@ impl Engine {
         }
         let state = State {
             peers: Vec::new(),
-            by_addr: HashMap::new(),
+            by_addr: Default::default(),
             by_name: HashMap::new(),
             fib: Fib::with_peer_default(cfg.peer_default),
             totals: Totals::default(),
