@@ -16,7 +16,7 @@
 # For each: TCP throughput (iperf3, one stream, with its retransmissions), the CPU the
 # relaying process(es) used during it, and request/response round-trip time (1-byte TCP
 # ping-pong). Prints a table and the ratios the project aims at.
-# Packets per second (issue 15 goal 5): a GSO sender (python, UDP_SEGMENT, 64 datagrams
+# Packets per second (goal 5): a GSO sender (python, UDP_SEGMENT, 64 datagrams
 # per sendmsg) in the client namespace sends what a scold client with encap "udp" sends:
 # each outer datagram to the proxy's tunnel port carries a whole inner IPv4/UDP packet
 # with a 64-byte payload (10.1.0.2 -> 10.4.0.2, 64 flows = 64 inner source ports). The
@@ -517,7 +517,8 @@ else
   echo "wireguard-go or wg missing: apt-get install --no-install-recommends wireguard-go wireguard-tools; skipping that peer" >&2
 fi
 
-# One summary over every record of this run: the tables, then each goal of issue 15 with
+# One summary over every record of this run: the tables, then each speed goal (listed in
+# docs/dataplane.md, "Benchmark") with
 # its ratio from this run. A new kind of measurement adds a record and its lines here.
 python3 - "${RESULTS[@]}" <<'EOP'
 import math, sys
@@ -588,7 +589,7 @@ if engines:
         e = eng.setdefault(int(r["n"]), {"gbps": [], "proxy": [], "all": []})
         e["gbps"].append(r["gbps"]); e["proxy"].append(p); e["all"].append(c + p + gw)
 
-print("\ngoals (issue 15), ratios from this run:")
+print("\nspeed goals, ratios from this run:")
 def goal(text, v, ok):
     if v is None or math.isnan(v):
         print("  %-74s %7s  not measured" % (text, "-"))

@@ -44,7 +44,7 @@ use crate::scenario::{self, FailoverAttack, ScenarioConfig};
 
 /// UDP port the set-up probes go to.
 pub const PROBE_PORT: u16 = 9099;
-/// The goals of issue 5 (and the paper's figures' order of magnitude).
+/// The lab's goals for these figures (and the paper's figures' order of magnitude).
 pub const SETUP_GOAL: Duration = Duration::from_millis(100);
 pub const FAILOVER_GOAL: Duration = Duration::from_secs(1);
 /// Longest wait for one set-up.
