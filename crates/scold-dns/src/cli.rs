@@ -125,7 +125,7 @@ pub async fn run_dns(a: DnsArgs) -> anyhow::Result<()> {
                 "zone {}: {} records, serial {}",
                 z.origin,
                 z.rr_count(),
-                z.soa().map(|s| s.serial).unwrap_or(0)
+                z.serial()
             );
         }
         for n in &plan.notes {

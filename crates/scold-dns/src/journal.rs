@@ -154,6 +154,15 @@ impl Scan {
     pub fn valid_len(&self) -> u64 {
         self.entries.last().map(|e| e.offset + e.len).unwrap_or(0)
     }
+
+    /// The intact entries of the zone with apex `apex`, in order.
+    pub fn changes_of(&self, apex: &[u8]) -> Vec<&ChangeSet> {
+        self.entries
+            .iter()
+            .map(|e| &e.cs)
+            .filter(|c| c.zone == apex)
+            .collect()
+    }
 }
 
 /// An open journal.

@@ -38,7 +38,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Vec
                 // A zone removed by a reload since: nothing to tell.
                 let Some(zone) = cat.find_exact(&apex).map(|zi| &cat.zones[zi]) else { continue };
                 let origin = zone.data.origin.clone();
-                let serial = zone.data.soa().map(|s| s.serial).unwrap_or(0);
+                let serial = zone.data.serial();
                 let acc = shared.access();
                 for (si, sec) in acc.secondaries.iter().enumerate() {
                     if !sec.notify || !sec.serves(&zone.data.apex) {

@@ -273,7 +273,7 @@ impl Shared {
             return vec![self.signed_error(acc, msg, rcode::REFUSED, key, mac, now)];
         };
         let zone = &cat.zones[zi];
-        let current = zone.data.soa().map(|s| s.serial).unwrap_or(0);
+        let current = zone.data.serial();
         let plan = if ixfr {
             let client = msg.authorities.first().and_then(|r| match &r.data {
                 hickory_proto::rr::RData::SOA(soa) => Some(soa.serial),

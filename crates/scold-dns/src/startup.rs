@@ -153,7 +153,7 @@ fn bump_tracked(z: &mut ZoneData, serial: u32, history: Option<&mut History>) ->
 pub type History = std::sync::Arc<[std::sync::Arc<crate::transfer::Diff>]>;
 
 fn bump_only(z: &mut ZoneData, serial: u32) -> ChangeSet {
-    let prev = z.soa().map(|s| s.serial).unwrap_or(0);
+    let prev = z.serial();
     z.set_serial(serial);
     let apex = &z.nodes[&z.apex];
     ChangeSet {
@@ -240,14 +240,9 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
     let mut replayed = 0;
     let mut histories: Vec<History> = vec![Vec::new().into(); zones.len()];
     for ((z, file), hist) in zones.iter_mut().zip(&files).zip(histories.iter_mut()) {
-        let good: Vec<&ChangeSet> = scan
-            .entries
-            .iter()
-            .map(|e| &e.cs)
-            .filter(|c| c.zone == z.apex)
-            .collect();
+        let good = scan.changes_of(&z.apex);
         let zlost: Vec<&ChangeSet> = lost.iter().copied().filter(|c| c.zone == z.apex).collect();
-        let file_serial = z.soa().map(|s| s.serial).unwrap_or(0);
+        let file_serial = z.serial();
         let Some(first) = good.first().or(zlost.first()) else {
             if unknown_damaged_zone {
                 // Had it been this zone's, it took the next serial: serve the one after.
@@ -310,7 +305,7 @@ pub fn plan(cfg: &DnsConfig, opts: StartOptions) -> Result<LoadPlan, ServerError
         if damage.is_none() {
             continue;
         }
-        let cur = z.soa().map(|s| s.serial).unwrap_or(0);
+        let cur = z.serial();
         let mut target = highest;
         if unknown_damaged_zone {
             target = later_of(target, next_serial(cur));

@@ -323,7 +323,7 @@ pub fn apply(msg: &Message, zone: &ZoneData, policy: &Policy, alt_type: u16) -> 
     // 3.4.2: apply to a copy.
     let mut z = zone.clone();
     let mut touched: BTreeSet<(Vec<u8>, u16)> = BTreeSet::new();
-    let old_serial = zone.soa().map(|s| s.serial).unwrap_or(0);
+    let old_serial = zone.serial();
     let mut soa_serial_set = false;
     for op in &ops {
         let at_apex = op.key == *apex;
@@ -413,7 +413,7 @@ pub fn apply(msg: &Message, zone: &ZoneData, policy: &Policy, alt_type: u16) -> 
         z.set_serial(next_serial(old_serial));
     }
     touched.insert((apex.clone(), T_SOA));
-    let serial = z.soa().map(|s| s.serial).unwrap_or(0);
+    let serial = z.serial();
     let changes = touched
         .into_iter()
         .map(|(key, t)| {
@@ -473,7 +473,7 @@ pub fn replay(z: &mut ZoneData, cs: &ChangeSet) {
             }
         }
     }
-    let cur = z.soa().map(|s| s.serial).unwrap_or(0);
+    let cur = z.serial();
     if serial_gt(cs.serial, cur) {
         z.set_serial(cs.serial);
     }

@@ -111,6 +111,11 @@ impl ZoneData {
         }
     }
 
+    /// The SOA serial; 0 for a zone without a readable SOA.
+    pub fn serial(&self) -> u32 {
+        self.soa().map(|s| s.serial).unwrap_or(0)
+    }
+
     /// The apex SOA fields.
     pub fn soa(&self) -> Option<SoaFields> {
         let set = self.nodes.get(&self.apex)?.rrsets.get(&T_SOA)?;

@@ -248,7 +248,7 @@ impl Shared {
                     Plan::Keep,
                     Outcome::Kept(format!(
                         "{e}; still serving serial {} from before",
-                        serial_of(&cat.zones[zi].data)
+                        cat.zones[zi].data.serial()
                     )),
                 ),
                 (None, Err(e)) => (
@@ -258,10 +258,7 @@ impl Shared {
                 (Some(zi), Ok(file)) => {
                     let served = &cat.zones[zi];
                     match self.plan_edited(served, file, &l.file, &mut read_scan) {
-                        Ok(p) => (
-                            p,
-                            Outcome::Reloaded(serial_of(&served.data), serial_of(file)),
-                        ),
+                        Ok(p) => (p, Outcome::Reloaded(served.data.serial(), file.serial())),
                         Err(why) => (Plan::Keep, Outcome::Kept(why)),
                     }
                 }
@@ -381,8 +378,8 @@ impl Shared {
         path: &Path,
         read_scan: &mut impl FnMut() -> Result<Scan, String>,
     ) -> Result<Plan, String> {
-        let s = serial_of(&served.data);
-        let f = serial_of(file);
+        let s = served.data.serial();
+        let f = file.serial();
         if !serial_gt(f, s) {
             return Err(format!(
                 "the zone file {} has serial {f}, not above the served serial {s}: still serving serial {s}; raise the serial in the file above {s} (and keep what updates added) and reload again",
@@ -390,12 +387,7 @@ impl Shared {
             ));
         }
         let scan = read_scan()?;
-        let entries: Vec<&ChangeSet> = scan
-            .entries
-            .iter()
-            .map(|e| &e.cs)
-            .filter(|c| c.zone == served.data.apex)
-            .collect();
+        let entries = scan.changes_of(&served.data.apex);
         let lost: Vec<String> = updated_sets(&entries)
             .into_iter()
             .filter(|((k, t), _)| !same_set(*t, set_at(&served.data, k, *t), set_at(file, k, *t)))
@@ -439,16 +431,11 @@ fn plan_added(
     read_scan: &mut impl FnMut() -> Result<Scan, String>,
 ) -> Result<(Plan, u32), String> {
     let scan = read_scan()?;
-    let entries: Vec<&ChangeSet> = scan
-        .entries
-        .iter()
-        .map(|e| &e.cs)
-        .filter(|c| c.zone == file.apex)
-        .collect();
+    let entries = scan.changes_of(&file.apex);
     let mut z = file.clone();
     let mut history: History = Vec::new().into();
     let Some(first) = entries.first() else {
-        let serial = serial_of(&z);
+        let serial = z.serial();
         return Ok((
             Plan::Serve {
                 zone: Arc::new(Zone::new(z)),
@@ -458,7 +445,7 @@ fn plan_added(
             serial,
         ));
     };
-    let f = serial_of(file);
+    let f = file.serial();
     let base = first.prev_serial;
     if serial_gt(f, base) {
         // Edited after its journal began: the entries no longer apply (as at start).
@@ -469,7 +456,7 @@ fn plan_added(
             tracing::warn!(zone = %z.origin, file = %path.display(), file_serial = f, highest, serving = new, "the zone file's serial is not above the highest the journal held: serving the next one so the serial does not go backwards; raise the serial in the file");
             crate::startup::bump(&mut z, new)
         });
-        let serial = serial_of(&z);
+        let serial = z.serial();
         return Ok((
             Plan::Serve {
                 zone: Arc::new(Zone::new(z)),
@@ -487,7 +474,7 @@ fn plan_added(
             history = crate::transfer::extend(&history, d);
         }
     }
-    let serial = serial_of(&z);
+    let serial = z.serial();
     Ok((
         Plan::Serve {
             zone: Arc::new(Zone::with_history(z, history)),
@@ -496,10 +483,6 @@ fn plan_added(
         },
         serial,
     ))
-}
-
-fn serial_of(z: &ZoneData) -> u32 {
-    z.soa().map(|s| s.serial).unwrap_or(0)
 }
 
 /// The journal without the entries of `drop_zones`, with `bumps` after them; the old
@@ -592,7 +575,7 @@ mod tests {
             .and_then(|n| n.rrsets.get(&ALT))
             .map(|s| s.rdatas.clone())
             .unwrap_or_default();
-        Some((serial_of(z), alt))
+        Some((z.serial(), alt))
     }
 
     fn asides(s: &Setup) -> usize {
