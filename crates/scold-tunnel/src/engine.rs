@@ -732,13 +732,19 @@ impl Drop for Done {
     }
 }
 
-/// The shared state, also when a lane panicked while holding it (its counters may be
-/// one batch short; the packet path keeps going).
+/// The shared state, also when a lane panicked while holding it: the other lanes and
+/// [`Engine::run`] still stop cleanly and report the counters (perhaps one batch short).
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Most engine threads one node may ask for.
+/// Adds what sends outside the lock counted (refusals, errors; rarely anything).
+fn add_totals(state: &Mutex<State>, totals: Totals) {
+    if totals != Totals::default() {
+        lock(state).totals += totals;
+    }
+}
+
 /// Most engine threads one node may have: the steering program's buckets
 /// ([`crate::steer::BUCKETS`]).
 pub const MAX_ENGINES: usize = crate::steer::BUCKETS as usize;
@@ -1042,9 +1048,7 @@ impl Lane {
                 break;
             }
         }
-        if sinks.totals != Totals::default() {
-            lock(state).totals += sinks.totals;
-        }
+        add_totals(state, sinks.totals);
     }
 
     fn drain_tun(&mut self, state: &Mutex<State>) {
@@ -1088,13 +1092,15 @@ impl Lane {
                 st.lane_packets[index] += n as u64;
                 st.totals += std::mem::take(&mut sinks.totals);
             }
-            // A GSO burst goes out before the next is read, so the peer's TCP sees a
-            // steady stream rather than bursts of batches.
-            sinks.flush();
+            if n > 1 {
+                // A GSO burst: send it before reading the next, so the peer's TCP sees a
+                // steady stream rather than bursts of batches. Single packets wait for
+                // the batch, which the sends after the loop take.
+                sinks.flush();
+            }
         }
-        if sinks.totals != Totals::default() {
-            lock(state).totals += sinks.totals;
-        }
+        sinks.flush();
+        add_totals(state, sinks.totals);
         if let Some(e) = failed {
             // EBADFD/EIO: the interface was deleted under us; a malformed offload header
             // is a single bad read and worth only a warning.
@@ -1142,9 +1148,7 @@ impl Lane {
             st.totals += std::mem::take(&mut sinks.totals);
         }
         sinks.flush();
-        if sinks.totals != Totals::default() {
-            lock(state).totals += sinks.totals;
-        }
+        add_totals(state, sinks.totals);
     }
 }
 
