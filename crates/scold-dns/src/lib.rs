@@ -12,7 +12,7 @@
 //!   removed zones on a config reload (SIGHUP) without losing an acknowledged update.
 //! - [`transfer`], [`notify`]: secondaries. AXFR and IXFR (from the recent changes) to
 //!   TSIG-authorized secondaries, multi-message TSIG; signed NOTIFY after every change,
-//!   retried with back-off.
+//!   retried with back-off. [`knot`] writes the configuration of a Knot secondary.
 //! - [`updater`]: the coordinator's client that sets and clears a target's ALT set, and
 //!   the proxy's signed NOTIFY.
 //! - [`resolver`]: `scold resolver`, the client site's caching resolver (ClientDNS) that
@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod knot;
 pub mod metrics;
 pub mod net;
 pub mod notify;

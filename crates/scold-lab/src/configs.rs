@@ -868,43 +868,15 @@ impl RoleConfigs {
 /// The zone's refresh is an hour, so only the NOTIFY makes a change arrive quickly.
 fn knot_conf(plan: &ConfigPlan, sec: Ipv4Addr, primary: Ipv4Addr) -> String {
     let dir = plan.path(KNOT_DIR);
-    format!(
-        r#"# Knot: the lab's TargetDNS secondary, following the hidden primary scold dns
-server:
-    rundir: "{dir}"
-    listen: {sec}@53
-log:
-  - target: stderr
-    any: info
-database:
-    storage: "{dir}"
-key:
-  - id: {key}
-    algorithm: hmac-sha256
-    secret: {secret}
-remote:
-  - id: primary
-    address: {primary}@53
-    key: {key}
-acl:
-  - id: notify_from_primary
-    address: {primary}
-    key: {key}
-    action: notify
-template:
-  - id: default
-    storage: "{dir}"
-    file: "%s.zone"
-zone:
-  - domain: {zone}
-    master: primary
-    acl: notify_from_primary
-"#,
-        dir = dir.display(),
-        key = settings::SECONDARY_KEY_NAME,
-        secret = plan.secondary_secret,
-        zone = settings::ZONE,
-    )
+    let conf = scold_dns::knot::secondary_conf(&scold_dns::knot::Secondary {
+        dir: &dir,
+        listen: (sec, 53).into(),
+        primary: (primary, 53).into(),
+        key_name: settings::SECONDARY_KEY_NAME,
+        secret: &plan.secondary_secret,
+        zones: &[settings::ZONE],
+    });
+    format!("# Knot: the lab's TargetDNS secondary, following the hidden primary scold dns\n{conf}")
 }
 
 /// The lab target's detector: the lab's main link carries a few hundred packets/s of

@@ -264,47 +264,16 @@ pub fn start_knot_secondary(
     primary_port: u16,
     zones: &[&str],
 ) -> Proc {
-    let mut zone_list = String::new();
-    for z in zones {
-        zone_list.push_str(&format!(
-            "  - domain: {z}\n    master: primary\n    acl: notify_from_primary\n"
-        ));
-    }
     let conf = dir.join("knot.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"server:
-    rundir: "{dir}"
-    listen: 127.0.0.1@{port}
-log:
-  - target: stderr
-    any: info
-database:
-    storage: "{dir}"
-key:
-  - id: sec-knot
-    algorithm: hmac-sha256
-    secret: {SECRET}
-remote:
-  - id: primary
-    address: 127.0.0.1@{primary_port}
-    key: sec-knot
-acl:
-  - id: notify_from_primary
-    address: 127.0.0.1
-    key: sec-knot
-    action: notify
-template:
-  - id: default
-    storage: "{dir}"
-    file: "%s.zone"
-zone:
-{zone_list}"#,
-            dir = dir.display(),
-        ),
-    )
-    .unwrap();
+    let text = scold_dns::knot::secondary_conf(&scold_dns::knot::Secondary {
+        dir,
+        listen: ([127, 0, 0, 1], port).into(),
+        primary: ([127, 0, 0, 1], primary_port).into(),
+        key_name: "sec-knot",
+        secret: SECRET,
+        zones,
+    });
+    std::fs::write(&conf, text).unwrap();
     Proc::spawn(
         "knotd",
         Command::new(knotd).arg("-c").arg(&conf),
