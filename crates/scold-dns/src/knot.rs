@@ -1,7 +1,6 @@
 //! A Knot DNS configuration that runs Knot, unmodified, as a secondary of `scold dns`:
 //! zones pulled by TSIG-signed transfer and refreshed on the primary's signed NOTIFY.
-//! The lab's TargetDNS secondary and the interop tests use it, so what they run is the
-//! set-up docs/operating.md describes.
+//! The lab's TargetDNS secondary and the interop tests use it, so both run one set-up.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
